@@ -1,0 +1,12 @@
+"""Numba options in one place, so that a kernel's behaviour does not depend on who wrote it."""
+
+from __future__ import annotations
+
+# Fast-math flags we allow: never "nnan" or "ninf", so that NaN and inf propagate as in NumPy.
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+# Options for every CPU kernel. `cache=True` keeps compiled code between runs (in __pycache__).
+NJIT = {"nogil": True, "cache": True, "error_model": "numpy"}
+
+# Options for kernels that use prange.
+NJIT_PARALLEL = {**NJIT, "parallel": True}
