@@ -9,10 +9,367 @@ import numpy as np  # noqa: F401
 
 # ---------------------------------------------------------------- bit fields (bitsub.bitfield)
 
+
+def naive_pack_bits(codes, bits):
+    """Codes -> list of 0/1 bits, MSB first, padded with zeros to whole bytes -> bytes list."""
+    stream = []
+    for c in [int(x) for x in np.asarray(codes).reshape(-1)]:
+        stream.extend((c >> (bits - 1 - j)) & 1 for j in range(bits))
+    while len(stream) % 8:
+        stream.append(0)
+    return [int("".join(str(b) for b in stream[i : i + 8]), 2) for i in range(0, len(stream), 8)]
+
+
+def naive_unpack_bits(data, bits, count):
+    """Bytes -> list of 0/1 bits (MSB first) -> ``count`` codes of ``bits`` bits."""
+    stream = []
+    for byte in bytes(bytearray(int(x) for x in data)):
+        stream.extend((byte >> (7 - j)) & 1 for j in range(8))
+    return [
+        int("".join(str(b) for b in stream[i * bits : (i + 1) * bits]), 2) if bits else 0
+        for i in range(count)
+    ]
+
+
+def naive_read_field(word, shift, bits):
+    """Bits [shift, shift+bits) of a Python int, bit by bit."""
+    return sum(((word >> (shift + j)) & 1) << j for j in range(bits))
+
+
+def naive_write_field(word, shift, bits, value):
+    """Python int ``word`` with bits [shift, shift+bits) replaced by the low bits of value."""
+    for j in range(bits):
+        bit = (value >> j) & 1
+        if bit:
+            word |= 1 << (shift + j)
+        else:
+            word &= ~(1 << (shift + j))
+    return word
+
+
 # ---------------------------------------------------------------- Huffman masks (bitsub.maskcodec)
+
+
+def naive_huffman_lengths(freqs):
+    """Code lengths of a textbook Huffman tree (heap of subtrees; no length limit)."""
+    import heapq
+
+    used = [s for s, f in enumerate(freqs) if f > 0]
+    lengths = [0] * len(freqs)
+    if len(used) == 1:
+        lengths[used[0]] = 1
+        return lengths
+    heap = [(int(freqs[s]), s, [s]) for s in used]
+    heapq.heapify(heap)
+    tie = len(freqs)
+    while len(heap) > 1:
+        fa, _, a = heapq.heappop(heap)
+        fb, _, b = heapq.heappop(heap)
+        for s in a + b:
+            lengths[s] += 1
+        heapq.heappush(heap, (fa + fb, tie, a + b))
+        tie += 1
+    return lengths
+
+
+def naive_limited_huffman_cost(freqs, max_length):
+    """Least sum(freq * length) over all complete codes with lengths in 1..max_length (tiny n)."""
+    import itertools
+
+    used = [int(f) for f in freqs if f > 0]
+    if len(used) <= 1:
+        return sum(used)
+    best = None
+    for lengths in itertools.product(range(1, max_length + 1), repeat=len(used)):
+        if sum(2.0 ** -l for l in lengths) == 1.0:
+            cost = sum(f * l for f, l in zip(used, lengths))
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+def naive_canonical_code(lengths):
+    """Dict symbol -> code as a '0'/'1' string: by (length, symbol), each code the previous + 1."""
+    code = {}
+    value = 0
+    prev_len = 0
+    for s in sorted((s for s in range(len(lengths)) if lengths[s] > 0),
+                    key=lambda s: (lengths[s], s)):
+        value <<= lengths[s] - prev_len
+        code[s] = format(value, f"0{lengths[s]}b")
+        value += 1
+        prev_len = lengths[s]
+    return code
+
+
+def naive_huffman_encode(symbols, code):
+    """Concatenated code strings, zero padded to whole bytes, as bytes."""
+    bits = "".join(code[int(s)] for s in symbols)
+    bits += "0" * (-len(bits) % 8)
+    return bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8))
+
+
+def naive_huffman_decode(data, code, count):
+    """Read bit by bit, looking the bits so far up in a dict code-string -> symbol."""
+    inverse = {c: s for s, c in code.items()}
+    bits = "".join(format(b, "08b") for b in data)
+    out = []
+    cur = ""
+    for b in bits:
+        if len(out) == count:
+            break
+        cur += b
+        if cur in inverse:
+            out.append(inverse[cur])
+            cur = ""
+    if len(out) != count:
+        raise ValueError("ran out of bits")
+    return out
+
+
+def naive_mask_runs(bits, minority, esc_run):
+    """Symbols of the runs scheme: majority bits before each minority bit (and the virtual one at
+    the end), a run longer than esc_run - 1 first written as escapes (symbol esc_run)."""
+    symbols = []
+    run = 0
+    for b in list(bits) + [minority]:
+        if b == minority:
+            while run >= esc_run:
+                symbols.append(esc_run)
+                run -= esc_run
+            symbols.append(run)
+            run = 0
+        else:
+            run += 1
+    return symbols
+
+
+def naive_mask_from_runs(symbols, minority, esc_run):
+    """Inverse of naive_mask_runs (drops the virtual minority bit at the end)."""
+    bits = []
+    for s in symbols:
+        if s == esc_run:
+            bits += [1 - minority] * esc_run
+        else:
+            bits += [1 - minority] * s + [minority]
+    return bits[:-1]
 
 # ---------------------------------------------------------------- K-Means (bitsub.kmeans)
 
+
+def naive_sse(values, centroids, codes):
+    """Sum of squared errors of quantizing values to centroids[codes], in float64."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    q = np.asarray(centroids, dtype=np.float64)[np.asarray(codes).reshape(-1)]
+    return float(((v - q) ** 2).sum())
+
+
+def naive_kmeans_1d_min_sse(values, k):
+    """Exact minimum 1-D K-Means SSE by trying every split of the sorted values into runs."""
+    from itertools import combinations
+
+    x = sorted(float(v) for v in np.asarray(values).reshape(-1))
+    n = len(x)
+    parts = min(k, n)
+    best = float("inf")
+    for cuts in combinations(range(1, n), parts - 1):
+        bounds = (0, *cuts, n)
+        sse = 0.0
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            run = x[a:b]
+            mean = sum(run) / len(run)
+            sse += sum((v - mean) ** 2 for v in run)
+        best = min(best, sse)
+    return best
+
+
 # ---------------------------------------------------------------- packed model (bitsub.packed)
 
+
+def naive_word_fields(word, word_bits, prefix_bits, bits_of_prefix):
+    """A word (Python int) as a string of bits, cut into (prefix, code) fields from the left.
+
+    ``bits_of_prefix[p]`` is the code width of the task with prefix p. Stops at prefix 0 or when
+    fewer than ``prefix_bits`` bits are left.
+    """
+    text = format(int(word), "b").zfill(word_bits)
+    fields = []
+    pos = 0
+    while pos + prefix_bits <= word_bits:
+        p = int(text[pos : pos + prefix_bits], 2)
+        if p == 0:
+            break
+        b = bits_of_prefix[p]
+        code = int(text[pos + prefix_bits : pos + prefix_bits + b], 2)
+        fields.append((p, code))
+        pos += prefix_bits + b
+    return fields
+
+
+def naive_packed_weights(pm, task, layer):
+    """Task ``task``'s weights in ``layer``, read bit by bit through PackedModel's public accessors.
+
+    Read rule: 0 where the mask is 0, else the value of the field written by the latest task of
+    the same bank whose prefix is <= the task's prefix.
+    """
+    bank = pm.bank(task)
+    members = pm.bank_tasks(bank)
+    bits_of_prefix = {j + 1: pm.bits(t, layer) for j, t in enumerate(members)}
+    mine = pm.prefix(task)
+    words = [int(w) for w in pm.words(layer, bank)]
+    mask = pm.mask(task, layer).reshape(-1).tolist()
+    out = []
+    for i, word in enumerate(words):
+        if not mask[i]:
+            out.append(np.float32(0.0))
+            continue
+        mine_fields = [(p, c) for p, c in naive_word_fields(
+            word, pm.word_bits, pm.prefix_bits, bits_of_prefix) if p <= mine]
+        p, code = mine_fields[-1]  # IndexError = a used position nobody wrote: a bug
+        owner = members[p - 1]
+        cb = pm.codebook(owner, layer)
+        if cb is None:
+            out.append(np.array([code], dtype=np.uint32).view(np.float32)[0])
+        else:
+            out.append(np.float32(cb[code]))
+    return np.array(out, dtype=np.float32).reshape(pm.shape(layer))
+
+
 # ---------------------------------------------------------------- matmul (bitsub.matmul)
+
+
+def naive_resolved_weights(mask, source, codes, codebooks):
+    """Dense float32 weights, position by position: codebook[code] of the writer, raw bits if None."""
+    mask = np.asarray(mask)
+    w = np.zeros(mask.shape, np.float32)
+    for idx in np.ndindex(mask.shape):
+        if mask[idx]:
+            cb = codebooks[int(source[idx])]
+            code = int(codes[idx])
+            if cb is None:
+                w[idx] = np.array([code], np.uint32).view(np.float32)[0]
+            else:
+                w[idx] = cb[code]
+    return w
+
+
+def naive_dense_matmul(w, x):
+    """x @ w.T from fully decoded weights, in float64, one dot product per (sample, row)."""
+    w2 = np.asarray(w, np.float64).reshape(len(w), -1)
+    x2 = np.atleast_2d(np.asarray(x, np.float64))
+    y = np.empty((x2.shape[0], w2.shape[0]))
+    with np.errstate(invalid="ignore", over="ignore"):
+        for b in range(x2.shape[0]):
+            for i in range(w2.shape[0]):
+                y[b, i] = np.sum(w2[i] * x2[b])
+    return y[0] if np.ndim(x) == 1 else y
+
+
+def naive_conv2d_loops(x, w, stride=1, padding=0):
+    """Cross-correlation of x (N, C, H, W) with w (O, C, kh, kw) by explicit loops, float64."""
+    x = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    out = np.zeros((n, o, oh, ow))
+    for b in range(n):
+        for f in range(o):
+            for p in range(oh):
+                for q in range(ow):
+                    acc = 0.0
+                    for ch in range(c):
+                        for u in range(kh):
+                            for v in range(kw):
+                                acc += w[f, ch, u, v] * x[b, ch, p * stride + u, q * stride + v]
+                    out[b, f, p, q] = acc
+    return out
+
+
+# ---------------------------------------------------------------- torch layers (bitsub_torch, H5)
+
+
+def naive_topk_mask(scores, k):
+    """Bool mask of the k entries of largest |score| (sorted, ties broken by position)."""
+    flat = np.abs(np.asarray(scores, dtype=np.float64)).reshape(-1)
+    order = sorted(range(flat.size), key=lambda i: (-flat[i], i))
+    mask = np.zeros(flat.size, dtype=bool)
+    for i in order[:k]:
+        mask[i] = True
+    return mask.reshape(np.shape(scores))
+
+
+def naive_quantize(x, codebook):
+    """Each value replaced by its nearest centroid (a tie goes to the smaller centroid)."""
+    cents = sorted(float(c) for c in np.asarray(codebook).reshape(-1))
+    out = []
+    for v in np.asarray(x, dtype=np.float64).reshape(-1):
+        best = cents[0]
+        for c in cents[1:]:
+            if abs(v - c) < abs(v - best):
+                best = c
+        out.append(best)
+    return np.array(out).reshape(np.shape(x))
+
+
+def naive_conv2d(x, w, stride=1, padding=0):
+    """Direct 2-D convolution (cross-correlation) of x (N, C, H, W) with w (O, C, k, k)."""
+    x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    n, _, h, wd = x.shape
+    o, _, k, _ = w.shape
+    ho, wo = (h - k) // stride + 1, (wd - k) // stride + 1
+    out = np.zeros((n, o, ho, wo))
+    for i in range(ho):
+        for j in range(wo):
+            patch = x[:, :, i * stride : i * stride + k, j * stride : j * stride + k]
+            out[:, :, i, j] = np.einsum("nchw,ochw->no", patch, w)
+    return out
+
+
+def naive_pool2d(x, kernel, stride, reduce):
+    """Max or average pooling by explicit windows."""
+    n, c, h, w = x.shape
+    ho, wo = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+    out = np.zeros((n, c, ho, wo))
+    for i in range(ho):
+        for j in range(wo):
+            win = x[:, :, i * stride : i * stride + kernel, j * stride : j * stride + kernel]
+            out[:, :, i, j] = reduce(win.reshape(n, c, -1), axis=2)
+    return out
+
+
+def naive_run_steps(steps, weights, private, x):
+    """Interpret bitsub network steps in float64 (eval mode) with dense masked weights."""
+    x = np.asarray(x, dtype=np.float64)
+    for s in steps:
+        op = s["op"]
+        if op == "linear":
+            x = x @ weights[s["layer"]].T
+            if s["bias"] is not None:
+                x = x + private[s["bias"]]
+        elif op == "conv2d":
+            x = naive_conv2d(x, weights[s["layer"]], s["stride"], s["padding"])
+            if s["bias"] is not None:
+                x = x + private[s["bias"]][None, :, None, None]
+        elif op == "relu":
+            x = np.maximum(x, 0)
+        elif op in ("maxpool2d", "avgpool2d"):
+            x = naive_pool2d(x, s["kernel"], s["stride"], np.max if op == "maxpool2d" else np.mean)
+        elif op == "flatten":
+            x = x.reshape(len(x), -1)
+        elif op == "dropout":
+            pass
+        elif op == "batchnorm":
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            mean = private[s["mean"]].reshape(shape)
+            var = private[s["var"]].reshape(shape)
+            x = (x - mean) / np.sqrt(var + s["eps"])
+            if s["weight"] is not None:
+                x = x * private[s["weight"]].reshape(shape)
+            if s["bias"] is not None:
+                x = x + private[s["bias"]].reshape(shape)
+        elif op == "head":
+            x = x @ private[s["weight"]].T
+            if s["bias"] is not None:
+                x = x + private[s["bias"]]
+        else:
+            raise ValueError(f"unknown op {op}")
+    return x

@@ -1,0 +1,204 @@
+"""Capacity accounting of a packed model, as in TinySubNets' Tables 1 and 5.
+
+The capacity of a packed model is the number of bits it needs for all tasks: fields (prefix +
+code per written position), codebooks and encoded masks, as a percentage of the dense float32
+model (32 bits x number of weight positions, one copy). Task-private parameters (heads, biases,
+norms) are counted separately, as the paper does.
+
+How we read the paper's case study (TinySubNets, appendix "Case study")
+----------------------------------------------------------------------
+Two layers of 6 weights: 384 bits dense. Task 1 keeps 4 weights per layer at 2 bits:
+``4*2 + 4*2 + 136 = 152``. Task 2 adds 1 weight per layer at 1 bit: ``152 + 2*1 + 66 = 220``.
+Task 3 only reuses weights: ``220``. So:
+
+- a field costs its code bits only (no prefix bits counted);
+- a task has one codebook for all its layers, and ``136 = 4 * (32 + 2)``, ``66 = 2 * (32 + 1)``:
+  every centroid is stored as a pair (b-bit index, 32-bit value), matching the paper's description
+  of the codebook as a "dictionary in which mapping is stored (pairs ...)";
+- masks are not counted (task 3 adds nothing, though it has its own masks).
+
+``capacity(pm, prefix=False, masks=False, codebook_scope="task", codebook_index=True)`` reproduces
+these numbers. Other readings give the same totals (e.g. 16-bit centroids per layer plus one extra
+bit per field); the options below let a caller state theirs. The defaults follow DESIGN.md and
+count what a bitsub file stores: prefix + code per field, one float32 codebook per (task, layer)
+as stored (``len(codebook)`` centroids), and the Huffman-coded masks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bitsub.packed import PackedModel
+
+__all__ = ["Capacity", "capacity"]
+
+COMPONENTS = ("fields", "codebooks", "masks")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Bits a packed model needs, per component, task and layer.
+
+    Attributes
+    ----------
+    bits : dict str -> int
+        Totals per component: ``"fields"``, ``"codebooks"``, ``"masks"`` and ``"private"``.
+    dense_bits : int
+        The dense float32 model: 32 x number of weight positions (one copy).
+    by_task : list of dict
+        Per task (index = task id): its bank and the bits it added per component.
+    by_layer : dict str -> dict
+        Per layer: its shape and the bits per component over all tasks. With
+        ``codebook_scope="task"`` codebooks belong to no layer and are 0 here.
+    options : dict
+        The accounting options used.
+    """
+
+    bits: dict[str, int]
+    dense_bits: int
+    by_task: list[dict[str, Any]] = field(default_factory=list)
+    by_layer: dict[str, dict[str, Any]] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """Fields + codebooks + masks, in bits (private parameters excluded)."""
+        return sum(self.bits[c] for c in COMPONENTS)
+
+    @property
+    def percent(self) -> float:
+        """``total`` as a percentage of ``dense_bits``."""
+        return 100.0 * self.total / self.dense_bits if self.dense_bits else 0.0
+
+    @property
+    def private_percent(self) -> float:
+        """Private parameters as a percentage of ``dense_bits`` (reported separately)."""
+        return 100.0 * self.bits["private"] / self.dense_bits if self.dense_bits else 0.0
+
+    def _pct(self, bits: int) -> str:
+        return f"{100.0 * bits / self.dense_bits:8.3f}" if self.dense_bits else "       -"
+
+    def __str__(self) -> str:
+        head = ("component", "bits", "% dense")
+        lines = [
+            f"capacity: {self.percent:.3f}% of the dense float32 model "
+            f"({self.total} of {self.dense_bits} bits)",
+            "options: " + ", ".join(f"{k}={v!r}" for k, v in self.options.items()),
+            "",
+            f"{head[0]:<22}{head[1]:>14}{head[2]:>10}",
+        ]
+        for c in COMPONENTS:
+            lines.append(f"{c:<22}{self.bits[c]:>14}  {self._pct(self.bits[c])}")
+        lines.append(f"{'total':<22}{self.total:>14}  {self._pct(self.total)}")
+        lines.append(f"{'private (separate)':<22}{self.bits['private']:>14}  "
+                     f"{self._pct(self.bits['private'])}")
+        lines += ["", f"{'task':>5}{'bank':>6}" + "".join(f"{c:>12}" for c in COMPONENTS)
+                  + f"{'private':>12}{'cumul. %':>11}"]
+        running = 0
+        for t, row in enumerate(self.by_task):
+            running += sum(row[c] for c in COMPONENTS)
+            pct = 100.0 * running / self.dense_bits if self.dense_bits else 0.0
+            lines.append(f"{t:>5}{row['bank']:>6}" + "".join(f"{row[c]:>12}" for c in COMPONENTS)
+                         + f"{row['private']:>12}{pct:>11.3f}")
+        lines += ["", f"{'layer':<16}{'shape':<18}" + "".join(f"{c:>12}" for c in COMPONENTS)]
+        for name, row in self.by_layer.items():
+            shape = "x".join(str(s) for s in row["shape"])
+            lines.append(f"{name:<16}{shape:<18}" + "".join(f"{row[c]:>12}" for c in COMPONENTS))
+        return "\n".join(lines)
+
+
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def capacity(
+    pm: PackedModel,
+    *,
+    prefix: bool = True,
+    masks: bool = True,
+    codebook_bits: int = 32,
+    codebook_scope: str = "layer",
+    codebook_index: bool = False,
+    upto: int | None = None,
+) -> Capacity:
+    """Count the bits of a packed model per component, task and layer.
+
+    Parameters
+    ----------
+    pm : PackedModel
+        The model.
+    prefix : bool
+        Count the P prefix bits of every field (True: what the words hold) or only its code.
+    masks : bool
+        Count the Huffman-coded masks (8 x encoded bytes per task and layer, every layer).
+    codebook_bits : int
+        Bits per stored centroid (32 = float32 as stored; 16 for a float16 reading).
+    codebook_scope : {"layer", "task"}
+        ``"layer"``: one codebook per (task, layer) as stored. ``"task"``: one codebook per task
+        shared by its layers, sized by its largest codebook (the case study's reading).
+    codebook_index : bool
+        Count a b-bit index beside every centroid (the codebook as a dictionary of pairs).
+    upto : int, optional
+        Count only tasks ``0..upto`` (the model as it was right after task ``upto``).
+
+    Returns
+    -------
+    Capacity
+        Raw float32 fields count ``prefix + 32`` bits and have no codebook.
+    """
+    prefix = _check_bool(prefix, "prefix")
+    masks = _check_bool(masks, "masks")
+    codebook_index = _check_bool(codebook_index, "codebook_index")
+    if isinstance(codebook_bits, bool) or not isinstance(codebook_bits, int):
+        raise TypeError(f"codebook_bits must be an int, got {codebook_bits!r}")
+    if codebook_bits < 0:
+        raise ValueError(f"codebook_bits must be >= 0, got {codebook_bits}")
+    if codebook_scope not in ("layer", "task"):
+        raise ValueError(f"codebook_scope must be 'layer' or 'task', got {codebook_scope!r}")
+    n_tasks = len(pm.tasks)
+    if upto is not None:
+        if isinstance(upto, bool) or not isinstance(upto, int):
+            raise TypeError(f"upto must be an int task id, got {upto!r}")
+        if not 0 <= upto < n_tasks:
+            raise ValueError(f"upto must be a task id in 0..{n_tasks - 1}, got {upto}")
+        n_tasks = upto + 1
+    p_bits = pm.prefix_bits if prefix else 0
+    dense = 32 * sum(math.prod(pm.shape(name)) for name in pm.layers)
+    by_layer = {name: {"shape": pm.shape(name), **dict.fromkeys(COMPONENTS, 0)}
+                for name in pm.layers}
+    by_task = []
+    for t in range(n_tasks):
+        row = {"bank": pm.bank(t), **dict.fromkeys(COMPONENTS, 0), "private": 0}
+        task_entries, task_index_bits = 0, 0
+        for name in pm.layers:
+            b = pm.bits(t, name)
+            n = pm.fields(t, name)
+            f = n * (p_bits + b)
+            cb = pm.codebook(t, name)
+            k = 0 if cb is None else int(cb.size)
+            index_bits = b if k else 0
+            c = 0
+            if codebook_scope == "layer":
+                c = k * (codebook_bits + (index_bits if codebook_index else 0))
+            else:
+                task_entries = max(task_entries, k)
+                task_index_bits = max(task_index_bits, index_bits)
+            m = 8 * len(pm.encoded_mask(t, name)) if masks else 0
+            for comp, val in (("fields", f), ("codebooks", c), ("masks", m)):
+                row[comp] += val
+                by_layer[name][comp] += val
+        if codebook_scope == "task":
+            row["codebooks"] += task_entries * (
+                codebook_bits + (task_index_bits if codebook_index else 0))
+        row["private"] = 32 * sum(int(a.size) for a in pm.private(t).values())
+        by_task.append(row)
+    bits = {c: sum(r[c] for r in by_task) for c in (*COMPONENTS, "private")}
+    options = {"prefix": prefix, "masks": masks, "codebook_bits": codebook_bits,
+               "codebook_scope": codebook_scope, "codebook_index": codebook_index, "upto": upto}
+    return Capacity(bits=bits, dense_bits=dense, by_task=by_task, by_layer=by_layer,
+                    options=options)

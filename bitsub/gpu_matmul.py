@@ -1,0 +1,122 @@
+"""Packed sparse matmul on an NVIDIA GPU with numba.cuda: the twin of :mod:`bitsub.matmul`.
+
+Same signatures as :func:`bitsub.matmul.matmul` and :func:`bitsub.matmul.conv2d`. One thread per
+(output row, sample); the threads of a warp take consecutive rows, so with the plan's sliced
+layout (``SLICE`` rows stored column-major) their loads of columns and codes are coalesced.
+
+``numba.cuda`` is imported on first use only, so ``import bitsub`` never touches CUDA. Without a
+GPU (and without ``NUMBA_ENABLE_CUDASIM=1``, Numba's simulator) a call raises RuntimeError.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+
+from bitsub.matmul import _check_plan, _check_x, _conv_geometry, _fix_nonfinite, _im2col
+from bitsub.plan import SLICE, Plan
+
+__all__ = ["gpu_conv2d", "gpu_matmul"]
+
+_THREADS = (32, 4)  # rows x samples per block
+_state: dict[str, Any] = {}
+_device_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# numba.cuda once loaded; a module global because the simulator swaps globals of its kernels.
+cuda: Any = None
+
+
+def _cuda() -> Any:
+    """numba.cuda and the compiled kernel, loaded on first use; RuntimeError without a GPU."""
+    global cuda
+    if "kernel" not in _state:
+        try:
+            from numba import cuda as numba_cuda
+        except ImportError as exc:  # pragma: no cover (numba always ships numba.cuda)
+            raise RuntimeError(f"numba.cuda cannot be imported: {exc}") from None
+        if not numba_cuda.is_available():
+            raise RuntimeError(
+                "device='cuda' needs an NVIDIA GPU with a working CUDA driver, and none was "
+                "found; use device='cpu', or set NUMBA_ENABLE_CUDASIM=1 (before numba is "
+                "imported) to run on Numba's CUDA simulator")
+        from numba import float32
+
+        cuda = numba_cuda
+
+        @cuda.jit
+        def kernel(slice_ptr, row_len, cols, codes, codebook, x, y):  # pragma: no cover
+            i, b = cuda.grid(2)
+            if i < y.shape[1] and b < y.shape[0]:
+                s = i // SLICE
+                base = slice_ptr[s] + (i - s * SLICE)
+                acc = float32(0.0)
+                for k in range(row_len[i]):
+                    o = base + k * SLICE
+                    acc += codebook[codes[o]] * x[b, cols[o]]
+                y[b, i] = acc
+
+        _state["kernel"] = kernel
+    return cuda
+
+
+def _device_arrays(cuda: Any, plan: Plan) -> tuple:
+    # Plans never change (tasks are only added), so their device copies can be kept with them.
+    arrays = _device_plans.get(plan)
+    if arrays is None:
+        arrays = tuple(cuda.to_device(a) for a in
+                       (plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook))
+        _device_plans[plan] = arrays
+    return arrays
+
+
+def _run(plan: Plan, x2: np.ndarray) -> np.ndarray:
+    cuda = _cuda()
+    n_batch, out = x2.shape[0], plan.shape[0]
+    y = np.empty((n_batch, out), np.float32)
+    if n_batch and out:
+        d_y = cuda.device_array((n_batch, out), np.float32)
+        blocks = (-(-out // _THREADS[0]), -(-n_batch // _THREADS[1]))
+        _state["kernel"][blocks, _THREADS](*_device_arrays(cuda, plan), cuda.to_device(x2), d_y)
+        d_y.copy_to_host(y)
+    if not np.isfinite(x2).all():
+        _fix_nonfinite(plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook, x2, y)
+    return y
+
+
+def gpu_matmul(plan: Plan, x: np.ndarray) -> np.ndarray:
+    """Packed sparse matmul ``x @ W.T`` on the GPU; see :func:`bitsub.matmul.matmul`.
+
+    Parameters
+    ----------
+    plan : Plan
+    x : ndarray of float32, (in,) or (batch, in), C-contiguous
+
+    Returns
+    -------
+    ndarray of float32, (out,) or (batch, out)
+
+    Raises
+    ------
+    RuntimeError
+        No GPU (and the CUDA simulator is off).
+    """
+    plan = _check_plan(plan)
+    x = _check_x(x, plan.cols_in)
+    if x.ndim == 1:
+        return _run(plan, x.reshape(1, -1))[0]
+    return _run(plan, x)
+
+
+def gpu_conv2d(plan: Plan, x: np.ndarray, stride: int = 1, padding: int = 0) -> np.ndarray:
+    """2-D convolution (NCHW) on the GPU; see :func:`bitsub.matmul.conv2d`.
+
+    The im2col patches are gathered on the host and multiplied on the GPU.
+    """
+    x, stride, padding, oh, ow = _conv_geometry(plan, x, stride, padding)
+    _, c, kh, kw = plan.shape
+    n = x.shape[0]
+    patches = np.empty((n * oh * ow, c * kh * kw), np.float32)
+    _im2col(x, kh, kw, stride, padding, oh, ow, patches)
+    y = _run(plan, patches)
+    return np.ascontiguousarray(y.reshape(n, oh, ow, plan.shape[0]).transpose(0, 3, 1, 2))

@@ -1,0 +1,374 @@
+"""Canonical Huffman codes: optimal length-limited code lengths, table-driven Numba coder.
+
+The bit stream is MSB-first: the first code's first bit is the top bit of the first byte, so a
+canonical code compares numerically with the next bits of the stream. A decoder looks the next
+``TABLE_BITS`` bits up in a table; the rare longer codes fall back to the canonical
+first-code-per-length walk.
+
+Decoders read the stream as big-endian uint64 words with two zero words of padding (see
+`bit_words`), so that peeking 64 bits never reads past the array.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from bitsub._config import NJIT
+
+__all__ = [
+    "MAX_CODE_LENGTH",
+    "TABLE_BITS",
+    "DecodeTable",
+    "bit_words",
+    "canonical_codes",
+    "check_code_lengths",
+    "code_lengths",
+    "decode_symbols",
+    "decode_table",
+    "encode_symbols",
+]
+
+# Longest code we emit or accept. Package-merge keeps codes within it at minimal cost.
+MAX_CODE_LENGTH = 20
+# Codes up to this length decode in one table look-up (a 2**TABLE_BITS int32 table, 8 KiB).
+TABLE_BITS = 11
+
+_U64 = np.uint64
+
+
+# ------------------------------------------------------------------------------- code lengths
+
+
+@numba.njit(**NJIT)
+def _package_merge(weights: np.ndarray, max_length: int) -> np.ndarray:
+    """Optimal code lengths within `max_length` for weights sorted ascending (n >= 2)."""
+    n = weights.shape[0]
+    is_package = np.zeros((max_length, 2 * n), dtype=np.bool_)
+    prev = np.empty(2 * n, dtype=np.int64)
+    cur = np.empty(2 * n, dtype=np.int64)
+    prev_size = 0
+    # Level 0 is the deepest (codes of length max_length); each level merges the leaves with the
+    # pairs ("packages") of the level below.
+    for level in range(max_length):
+        n_packages = prev_size // 2
+        i = 0
+        j = 0
+        k = 0
+        while i < n or j < n_packages:
+            if j < n_packages:
+                package = prev[2 * j] + prev[2 * j + 1]
+            else:
+                package = 0
+            if j >= n_packages or (i < n and weights[i] <= package):
+                cur[k] = weights[i]
+                i += 1
+            else:
+                cur[k] = package
+                is_package[level, k] = True
+                j += 1
+            k += 1
+        prev, cur = cur, prev
+        prev_size = k
+    lengths = np.zeros(n, dtype=np.uint8)
+    take = 2 * n - 2
+    for level in range(max_length - 1, -1, -1):
+        leaves = 0
+        packages = 0
+        for k in range(take):
+            if is_package[level, k]:
+                packages += 1
+            else:
+                leaves += 1
+        # Leaves enter each level in ascending weight order, so the lightest get the extra bit.
+        for s in range(leaves):
+            lengths[s] += 1
+        take = 2 * packages
+    return lengths
+
+
+def code_lengths(freqs: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.ndarray:
+    """Optimal prefix-code lengths for symbol frequencies, no code longer than `max_length`.
+
+    Parameters
+    ----------
+    freqs : array_like of int
+        Frequency of each symbol (>= 0). Symbols of frequency 0 get length 0 (no code).
+    max_length : int
+        Longest allowed code, 1..32; needs ``2**max_length >=`` the number of used symbols.
+
+    Returns
+    -------
+    np.ndarray of uint8
+        Code length per symbol. One used symbol gets length 1; none used gives all zeros.
+    """
+    freqs = np.asarray(freqs)
+    if freqs.ndim != 1 or not (freqs.dtype.kind in "iu" or freqs.size == 0):
+        raise TypeError("freqs must be a 1-D array of integer frequencies")
+    if freqs.size and freqs.min() < 0:
+        raise ValueError("freqs must be >= 0")
+    if not 1 <= int(max_length) <= 32:
+        raise ValueError(f"max_length must be in 1..32, got {max_length}")
+    freqs = freqs.astype(np.int64)
+    lengths = np.zeros(freqs.size, dtype=np.uint8)
+    used = np.flatnonzero(freqs)
+    if used.size == 1:
+        lengths[used] = 1
+    elif used.size > 1:
+        if used.size > 2 ** int(max_length):
+            raise ValueError(
+                f"{used.size} used symbols need codes longer than max_length={max_length}"
+            )
+        order = used[np.argsort(freqs[used], kind="stable")]
+        lengths[order] = _package_merge(freqs[order], int(max_length))
+    return lengths
+
+
+def check_code_lengths(lengths: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> str | None:
+    """Why `lengths` is not a usable canonical code, or None when it is.
+
+    A usable code is complete (the Kraft sum is exactly 1) with every length in 0..max_length, or
+    has a single used symbol of length 1.
+    """
+    lengths = np.asarray(lengths)
+    if lengths.size == 0 or lengths.max() == 0:
+        return None
+    if int(lengths.max()) > max_length:
+        return f"a code length of {int(lengths.max())} exceeds the maximum {max_length}"
+    used = lengths[lengths > 0].astype(np.int64)
+    if used.size == 1:
+        return None if used[0] == 1 else "a single used symbol must have code length 1"
+    kraft = int(np.sum(np.left_shift(np.int64(1), max_length - used)))
+    if kraft != 1 << max_length:
+        relation = "over" if kraft > 1 << max_length else "under"
+        return f"code lengths are not a complete prefix code (Kraft sum {relation} 1)"
+    return None
+
+
+def canonical_codes(lengths: np.ndarray) -> np.ndarray:
+    """Canonical code of each symbol: codes ordered by (length, symbol), consecutive per length.
+
+    Parameters
+    ----------
+    lengths : array_like of int
+        Code length per symbol (0 = unused); must pass `check_code_lengths`.
+
+    Returns
+    -------
+    np.ndarray of uint32
+        The code of each symbol, right-aligned in `lengths[s]` bits (0 for unused symbols).
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    why = check_code_lengths(lengths, 32)
+    if why is not None:
+        raise ValueError(why)
+    codes = np.zeros(lengths.size, dtype=np.uint32)
+    if lengths.size == 0:
+        return codes
+    bl_count = np.bincount(lengths, minlength=33)
+    bl_count[0] = 0
+    next_code = np.zeros(34, dtype=np.int64)
+    code = 0
+    for bits in range(1, 33):
+        code = (code + bl_count[bits - 1]) << 1
+        next_code[bits] = code
+    for s in np.flatnonzero(lengths):
+        codes[s] = next_code[lengths[s]]
+        next_code[lengths[s]] += 1
+    return codes
+
+
+# ------------------------------------------------------------------------------------- writer
+
+
+@numba.njit(**NJIT, inline="always")
+def put_bits(out: np.ndarray, acc: np.uint64, n_acc: int, k: int, code: np.uint64, length: int):
+    """Append `length` (<= 32) bits of `code` to the stream; returns the new (acc, n_acc, k).
+
+    `acc` holds the last `n_acc` (< 32) bits not yet written; `out` is a uint32 word array, `k`
+    the next word to write.
+    """
+    acc = (acc << _U64(length)) | code
+    n_acc += length
+    if n_acc >= 32:
+        n_acc -= 32
+        out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+        k += 1
+    return acc, n_acc, k
+
+
+@numba.njit(**NJIT, inline="always")
+def flush_bits(out: np.ndarray, acc: np.uint64, n_acc: int, k: int) -> int:
+    """Write the last partial word (zero padded); returns the number of words used."""
+    if n_acc > 0:
+        out[k] = np.uint32((acc << _U64(32 - n_acc)) & _U64(0xFFFFFFFF))
+        k += 1
+    return k
+
+
+def words_to_bytes(words: np.ndarray, n_bits: int) -> bytes:
+    """The first ceil(n_bits / 8) bytes of an MSB-first uint32 word stream."""
+    return words.astype(">u4").tobytes()[: (n_bits + 7) // 8]
+
+
+@numba.njit(**NJIT)
+def _encode_kernel(symbols, codes, lengths, out):
+    acc = _U64(0)
+    n_acc = 0
+    k = 0
+    for i in range(symbols.shape[0]):
+        s = symbols[i]
+        acc, n_acc, k = put_bits(out, acc, n_acc, k, _U64(codes[s]), lengths[s])
+    return flush_bits(out, acc, n_acc, k)
+
+
+def encode_symbols(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
+    """Huffman-code `symbols` with the canonical code of `lengths` (MSB-first, zero padded).
+
+    Parameters
+    ----------
+    symbols : array_like of int
+        Symbols in ``0..len(lengths)-1``, each with a nonzero length.
+    lengths : array_like of int
+        Code lengths (see `code_lengths`).
+
+    Returns
+    -------
+    bytes
+        ceil(total bits / 8) bytes.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    symbols = np.asarray(symbols)
+    if symbols.ndim != 1 or not (symbols.dtype.kind in "iu" or symbols.size == 0):
+        raise TypeError("symbols must be a 1-D integer array")
+    symbols = symbols.astype(np.int64)
+    if symbols.size and (symbols.min() < 0 or symbols.max() >= lengths.size):
+        raise ValueError(f"symbols must be in 0..{lengths.size - 1}")
+    if symbols.size and np.any(lengths[symbols] == 0):
+        raise ValueError("every symbol to encode needs a nonzero code length")
+    codes = canonical_codes(lengths)
+    n_bits = int(np.sum(lengths[symbols]))
+    out = np.zeros(n_bits // 32 + 1, dtype=np.uint32)
+    _encode_kernel(symbols, codes, lengths.astype(np.uint8), out)
+    return words_to_bytes(out, n_bits)
+
+
+# ------------------------------------------------------------------------------------- reader
+
+
+def bit_words(payload: bytes | np.ndarray) -> np.ndarray:
+    """An MSB-first byte stream as native uint64 words, with two zero words of padding."""
+    raw = np.frombuffer(payload, dtype=np.uint8) if not isinstance(payload, np.ndarray) else payload
+    n_words = (raw.size + 7) // 8 + 2
+    buf = np.zeros(n_words * 8, dtype=np.uint8)
+    buf[: raw.size] = raw
+    return buf.view(">u8").astype(np.uint64)
+
+
+class DecodeTable(tuple):
+    """(table, table_bits, max_length, first, count, offset, sorted_symbols) for `decode_one`.
+
+    `table[v]` for the next `table_bits` bits v is ``symbol << 5 | length``, or 0 when the code
+    is longer than `table_bits` (or unused); `first[l]`, `count[l]`, `offset[l]` describe the
+    codes of length l in canonical order within `sorted_symbols`.
+    """
+
+    __slots__ = ()
+
+
+def decode_table(lengths: np.ndarray) -> DecodeTable:
+    """Decoding tables for a code that passed `check_code_lengths`."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    max_length = int(lengths.max()) if lengths.size else 0
+    max_length = max(max_length, 1)
+    table_bits = min(max_length, TABLE_BITS)
+    codes = canonical_codes(lengths).astype(np.int64)
+    table = np.zeros(1 << table_bits, dtype=np.int32)
+    used = np.flatnonzero(lengths)
+    order = used[np.lexsort((used, lengths[used]))]
+    sorted_symbols = order.astype(np.int32)
+    count = np.bincount(lengths[used], minlength=max_length + 1).astype(np.int64)
+    count[0] = 0
+    first = np.zeros(max_length + 1, dtype=np.int64)
+    offset = np.zeros(max_length + 1, dtype=np.int64)
+    pos = 0
+    for bits in range(1, max_length + 1):
+        offset[bits] = pos
+        pos += count[bits]
+    for s in used:
+        if lengths[s] <= table_bits:
+            shift = table_bits - int(lengths[s])
+            start = int(codes[s]) << shift
+            table[start : start + (1 << shift)] = (int(s) << 5) | int(lengths[s])
+    for s in order[::-1]:  # first code of each length = code of its first symbol
+        first[lengths[s]] = codes[s]
+    return DecodeTable((table, table_bits, max_length, first, count, offset, sorted_symbols))
+
+
+@numba.njit(**NJIT, inline="always")
+def peek64(words: np.ndarray, bit_pos: int) -> np.uint64:
+    """The 64 stream bits from `bit_pos`, MSB-first (needs one word after bit_pos's word)."""
+    i = bit_pos >> 6
+    off = _U64(bit_pos & 63)
+    return (words[i] << off) | ((words[i + 1] >> _U64(1)) >> (_U64(63) - off))
+
+
+@numba.njit(**NJIT, inline="always")
+def decode_one(words, bit_pos, table, table_bits, max_length, first, count, offset, symbols):
+    """Decode one symbol at `bit_pos`; returns (symbol, new bit_pos), symbol -1 if invalid."""
+    v = peek64(words, bit_pos)
+    e = table[np.int64(v >> _U64(64 - table_bits))]
+    if e != 0:
+        return np.int64(e >> 5), bit_pos + np.int64(e & 31)
+    for bits in range(table_bits + 1, max_length + 1):
+        c = np.int64(v >> _U64(64 - bits)) - first[bits]
+        if 0 <= c < count[bits]:
+            return np.int64(symbols[offset[bits] + c]), bit_pos + bits
+    return np.int64(-1), bit_pos
+
+
+@numba.njit(**NJIT)
+def _decode_kernel(words, n_bits, out, table, table_bits, max_length, first, count, offset, syms):
+    bit_pos = 0
+    for i in range(out.shape[0]):
+        if bit_pos > n_bits:
+            return -1
+        s, bit_pos = decode_one(
+            words, bit_pos, table, table_bits, max_length, first, count, offset, syms
+        )
+        if s < 0:
+            return -1
+        out[i] = s
+    return bit_pos
+
+
+def decode_symbols(data: bytes, lengths: np.ndarray, count: int) -> np.ndarray:
+    """Decode `count` symbols coded by `encode_symbols` with the same `lengths`.
+
+    Raises
+    ------
+    ValueError
+        If the lengths are not a valid code, or `data` is not `count` symbols of it (too short,
+        an invalid code, or bytes left over).
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    why = check_code_lengths(lengths)
+    if why is not None:
+        raise ValueError(why)
+    count = int(count)
+    if count < 0:
+        raise ValueError("count must be >= 0")
+    out = np.zeros(count, dtype=np.int32)
+    if count == 0:
+        if len(data):
+            raise ValueError("bytes left over after the last symbol")
+        return out
+    if not lengths.any():
+        raise ValueError("no symbol has a code")
+    n_bits = 8 * len(data)
+    end = _decode_kernel(bit_words(data), n_bits, out, *decode_table(lengths))
+    if end < 0 or end > n_bits:
+        raise ValueError("the data ends before the last symbol, or holds an invalid code")
+    if (end + 7) // 8 != len(data):
+        raise ValueError("bytes left over after the last symbol")
+    return out

@@ -1,0 +1,654 @@
+"""One-dimensional K-Means codebooks: exact dynamic programming and a sorted Lloyd.
+
+In one dimension an optimal clustering splits the sorted values into contiguous runs, so the
+exact minimum of the sum of squared errors (SSE) is a dynamic program over the sorted values:
+``D[j][i] = min_t D[j-1][t] + cost(t, i)``, where ``cost`` is the SSE of one run, read in O(1)
+from float64 prefix sums. The cost is a Monge array, so each layer's argmins are monotone and a
+divide-and-conquer layer costs O(m log m) for m points: O(k m log m) in all.
+
+Methods
+-------
+``"optimal"``
+    The exact DP over the distinct values (weighted by their counts). Memory stays bounded for
+    large k * m by keeping only every c-th DP row and recomputing the rows between two of them
+    during the backtrack (at most twice the work).
+``"lloyd"``
+    Lloyd's algorithm on the sorted distinct values, started from the quantiles: an assignment
+    is k - 1 binary searches for the midpoints between centroids and an update is k prefix-sum
+    differences, so an iteration costs O(k log n).
+``"auto"``
+    The exact DP when k * m * log2(m) is small. Otherwise coarse to fine: the exact DP over
+    coarse groups of consecutive distinct values, then exact DPs on finer groups with each
+    boundary held within a band around the coarser solution, then Lloyd until no boundary moves.
+
+Every method ends with the nearest-centroid assignment to the float32 centroids, so
+``centroids[codes]`` is each value's nearest codebook entry.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numba
+import numpy as np
+
+from bitsub._config import NJIT
+
+__all__ = ["kmeans_1d", "quantize"]
+
+MAX_K = 65536
+METHODS = ("auto", "optimal", "lloyd")
+
+# "auto" runs the exact DP when k * m * log2(m) is below this many cost evaluations.
+_AUTO_EXACT_WORK = 400_000
+# Keep all DP argmin rows when they fit in this many int32 entries; else checkpoint rows.
+_DP_FULL_ENTRIES = 1 << 25
+_LLOYD_MAX_ITER = 2000
+# "auto": the top level has about max(_AUTO_GROUPS, _AUTO_GROUPS_PER_K * k) groups; levels
+# differ by a factor _AUTO_REFINE in group size; the finest level used has groups of at most
+# n / (k * _AUTO_FINEST) values; a group's SSE stays below the estimated SSE per cluster
+# divided by _AUTO_TAU_DIV (scaled by the cube of the group size ratio on lower levels); bands
+# span _AUTO_BAND coarse groups either side.
+_AUTO_GROUPS = 1024
+_AUTO_GROUPS_PER_K = 4
+_AUTO_REFINE = 4
+_AUTO_FINEST = 1 << 30
+_AUTO_TAU_DIV = 64.0
+_AUTO_BAND = 2
+_AUTO_MAX_RECENTRE = 20
+
+
+# ------------------------------------------------------------------------ kernels
+
+
+@numba.njit(**NJIT)
+def _distinct_prefix(x, center):
+    """Distinct values of sorted ``x`` and prefix sums over them, all centred on ``center``.
+
+    Returns ``w, s, q`` (length m + 1: prefix counts, sums and sums of squares of
+    ``x - center`` in float64) and ``u`` (length m: the distinct values minus ``center``).
+    """
+    n = x.size
+    w = np.empty(n + 1)
+    s = np.empty(n + 1)
+    q = np.empty(n + 1)
+    u = np.empty(n)
+    w[0] = 0.0
+    s[0] = 0.0
+    q[0] = 0.0
+    m = 0
+    cw = 0.0
+    cs = 0.0
+    cq = 0.0
+    prev = x[0]
+    u[0] = np.float64(prev) - center
+    for i in range(n):
+        xi = x[i]
+        v = np.float64(xi) - center
+        if xi != prev:
+            m += 1
+            w[m] = cw
+            s[m] = cs
+            q[m] = cq
+            u[m] = v
+            prev = xi
+        cw += 1.0
+        cs += v
+        cq += v * v
+    m += 1
+    w[m] = cw
+    s[m] = cs
+    q[m] = cq
+    return w[: m + 1], s[: m + 1], q[: m + 1], u[:m]
+
+
+@numba.njit(**NJIT)
+def _cost(w, s, q, a, b):
+    # SSE of groups [a, b) around their mean.
+    cw = w[b] - w[a]
+    cs = s[b] - s[a]
+    c = q[b] - q[a] - cs * cs / cw
+    return c if c > 0.0 else 0.0
+
+
+@numba.njit(**NJIT)
+def _dp_layer(w, s, q, prev, cur, arg, j, k):
+    """Layer j (2..k) of the DP by divide and conquer over the monotone argmins.
+
+    ``cur[i]`` for i in [j, m - k + j]: the least SSE of the first i groups in j runs;
+    ``arg[i]`` the start of the last run.
+    """
+    m = w.size - 1
+    lo0 = j
+    hi0 = m - k + j
+    stack = np.empty((130, 4), dtype=np.int64)
+    sp = 0
+    stack[0, 0] = lo0
+    stack[0, 1] = hi0
+    stack[0, 2] = j - 1
+    stack[0, 3] = hi0 - 1
+    sp = 1
+    while sp > 0:
+        sp -= 1
+        lo = stack[sp, 0]
+        hi = stack[sp, 1]
+        olo = stack[sp, 2]
+        ohi = stack[sp, 3]
+        mid = (lo + hi) // 2
+        top = min(ohi, mid - 1)
+        best = np.inf
+        bt = olo
+        for t in range(olo, top + 1):
+            v = prev[t] + _cost(w, s, q, t, mid)
+            if v < best:
+                best = v
+                bt = t
+        cur[mid] = best
+        arg[mid] = bt
+        if mid < hi:
+            stack[sp, 0] = mid + 1
+            stack[sp, 1] = hi
+            stack[sp, 2] = bt
+            stack[sp, 3] = ohi
+            sp += 1
+        if lo < mid:
+            stack[sp, 0] = lo
+            stack[sp, 1] = mid - 1
+            stack[sp, 2] = olo
+            stack[sp, 3] = bt
+            sp += 1
+
+
+@numba.njit(**NJIT)
+def _first_layer(w, s, q, cur, arg, k):
+    m = w.size - 1
+    for i in range(1, m - k + 2):
+        cur[i] = _cost(w, s, q, 0, i)
+        arg[i] = 0
+
+
+@numba.njit(**NJIT)
+def _dp_partition(w, s, q, k, c):
+    """Optimal split of m weighted groups into k non-empty runs (1 <= k <= m).
+
+    Keeps the DP row of every c-th layer and recomputes the rows in between while
+    backtracking. Returns t (k + 1): run j covers groups [t[j], t[j+1]).
+    """
+    m = w.size - 1
+    t = np.zeros(k + 1, dtype=np.int64)
+    t[k] = m
+    if k == 1:
+        return t
+    nseg = (k - 1) // c + 1
+    saved = np.empty((nseg, m + 1))
+    prev = np.full(m + 1, np.inf)
+    cur = np.full(m + 1, np.inf)
+    args = np.zeros((c, m + 1), dtype=np.int32)
+    scratch = np.zeros(m + 1, dtype=np.int32)
+    # Forward pass: rows of layers c, 2c, ... (layer 0 is implicit).
+    last = (nseg - 1) * c
+    for j in range(1, last + 1):
+        if j == 1:
+            _first_layer(w, s, q, cur, scratch, k)
+        else:
+            _dp_layer(w, s, q, prev, cur, scratch, j, k)
+        if j % c == 0:
+            saved[j // c, :] = cur
+        prev, cur = cur, prev
+    # Backtrack segment by segment, top first.
+    for seg in range(nseg - 1, -1, -1):
+        a = seg * c
+        b = min(a + c, k)
+        if a > 0:
+            prev[:] = saved[seg]
+        for j in range(a + 1, b):
+            row = args[j - a - 1]
+            if j == 1:
+                _first_layer(w, s, q, cur, row, k)
+            else:
+                _dp_layer(w, s, q, prev, cur, row, j, k)
+            prev, cur = cur, prev
+        # Layer b at its known end t[b] only.
+        end = t[b]
+        if b == 1:
+            t[0] = 0
+        else:
+            best = np.inf
+            bt = b - 1
+            for tt in range(b - 1, end):
+                v = prev[tt] + _cost(w, s, q, tt, end)
+                if v < best:
+                    best = v
+                    bt = tt
+            t[b - 1] = bt
+        for j in range(b - 1, a, -1):
+            t[j - 1] = args[j - a - 1][t[j]]
+    return t
+
+
+@numba.njit(**NJIT)
+def _dp_band(w, s, q, lo, hi):
+    """Exact DP with boundary j restricted to [lo[j], hi[j]]; returns the boundaries t.
+
+    Requires lo[0] = hi[0] = 0, lo[k] = hi[k] = m, both non-decreasing, and some strictly
+    increasing choice within the bands.
+    """
+    k = lo.size - 1
+    width = 1
+    for j in range(k + 1):
+        width = max(width, hi[j] - lo[j] + 1)
+    prev = np.full(width, np.inf)
+    prev[0] = 0.0
+    cur = np.full(width, np.inf)
+    args = np.zeros((k + 1, width), dtype=np.int64)
+    stack = np.empty((130, 4), dtype=np.int64)
+    for j in range(1, k + 1):
+        plo = lo[j - 1]
+        clo = lo[j]
+        stack[0, 0] = clo
+        stack[0, 1] = hi[j]
+        stack[0, 2] = plo
+        stack[0, 3] = hi[j - 1]
+        sp = 1
+        while sp > 0:
+            sp -= 1
+            a = stack[sp, 0]
+            b = stack[sp, 1]
+            olo = stack[sp, 2]
+            ohi = stack[sp, 3]
+            mid = (a + b) // 2
+            top = min(ohi, mid - 1)
+            best = np.inf
+            bt = olo
+            for tt in range(olo, top + 1):
+                v = prev[tt - plo] + _cost(w, s, q, tt, mid)
+                if v < best:
+                    best = v
+                    bt = tt
+            cur[mid - clo] = best
+            args[j, mid - clo] = bt
+            if mid < b:
+                stack[sp, 0] = mid + 1
+                stack[sp, 1] = b
+                stack[sp, 2] = bt
+                stack[sp, 3] = ohi
+                sp += 1
+            if a < mid:
+                stack[sp, 0] = a
+                stack[sp, 1] = mid - 1
+                stack[sp, 2] = olo
+                stack[sp, 3] = bt
+                sp += 1
+        prev, cur = cur, prev
+    t = np.zeros(k + 1, dtype=np.int64)
+    t[k] = hi[k]
+    for j in range(k, 0, -1):
+        t[j - 1] = args[j, t[j] - lo[j]]
+    return t
+
+
+@numba.njit(**NJIT)
+def _merge_groups(w, s, q, b, target, tau):
+    """Coarser groups from the groups with boundaries ``b`` (indices into the prefix sums).
+
+    Merges consecutive groups while the merged group holds fewer than ``target`` values and its
+    SSE stays within ``tau``. Returns the coarser boundaries, a subset of ``b``.
+    """
+    out = np.empty(b.size, dtype=np.int64)
+    out[0] = b[0]
+    no = 1
+    g0 = b[0]
+    for i in range(1, b.size - 1):
+        close = w[b[i]] - w[g0] >= target
+        if not close:
+            e = b[i + 1]
+            cw = w[e] - w[g0]
+            cs = s[e] - s[g0]
+            close = (q[e] - q[g0]) - cs * cs / cw > tau
+        if close:
+            out[no] = b[i]
+            no += 1
+            g0 = b[i]
+    out[no] = b[b.size - 1]
+    return out[: no + 1]
+
+
+@numba.njit(**NJIT)
+def _lloyd_weighted(u, w, s, c, max_iter):
+    """Lloyd's iterations on sorted distinct values u (prefix counts w, sums s), in place on c.
+
+    ``c`` holds ascending centroids in the same (centred) coordinates as u. An assignment is
+    k - 1 binary searches for the midpoints between centroids; an update is k prefix-sum
+    differences. Stops at a fixed point (no boundary moves) or after max_iter iterations.
+    Returns the number of iterations run.
+    """
+    m = u.size
+    k = c.size
+    b = np.full(k + 1, -1, dtype=np.int64)
+    nb = np.zeros(k + 1, dtype=np.int64)
+    nb[k] = m
+    it = 0
+    while it < max_iter:
+        it += 1
+        for j in range(1, k):
+            v = 0.5 * (c[j - 1] + c[j])
+            lo = nb[j - 1]
+            hi = m
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if u[mid] < v:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            nb[j] = lo
+        changed = False
+        for j in range(k + 1):
+            if nb[j] != b[j]:
+                changed = True
+                b[j] = nb[j]
+        if not changed:
+            break
+        for j in range(k):
+            cnt = w[b[j + 1]] - w[b[j]]
+            if cnt > 0:
+                c[j] = (s[b[j + 1]] - s[b[j]]) / cnt
+    return it
+
+
+@numba.njit(**NJIT)
+def _assign_nearest(values, mids, table, base, scale, codes):
+    """codes[i] = number of midpoints strictly below values[i]: the nearest centroid's index.
+
+    ``table[g]`` is a guess of that count for values in cell g of a uniform grid over the
+    midpoints (``g = (v - base) * scale``); a short walk either way makes it exact whatever
+    the guess, so rounding in the cell index cannot give a wrong code.
+    """
+    nm = mids.size
+    last = table.size - 1
+    for i in range(values.size):
+        v = np.float64(values[i])
+        f = (v - base) * scale
+        if f <= 0.0:
+            c = table[0]
+        elif f >= last:
+            c = table[last]
+        else:
+            c = table[np.int64(f)]
+        while c < nm and mids[c] < v:
+            c += 1
+        while c > 0 and mids[c - 1] >= v:
+            c -= 1
+        codes[i] = c
+
+
+# ------------------------------------------------------------------------ Python layer
+
+
+def _check_k(k: object) -> int:
+    if isinstance(k, (bool, np.bool_)):
+        raise TypeError("k must be an integer in 1..65536, got a bool")
+    try:
+        kk = operator.index(k)
+    except TypeError:
+        raise TypeError(f"k must be an integer in 1..65536, got {type(k).__name__}") from None
+    if not 1 <= kk <= MAX_K:
+        raise ValueError(f"k must be in 1..{MAX_K}, got {kk}")
+    return kk
+
+
+def _check_values(values: object) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"values must be a real numeric array, got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise ValueError("values is empty: K-Means needs at least one value")
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError("values contain NaN or inf; remove or replace them first")
+    return arr
+
+
+def _dp_rows_step(k: int, m: int) -> int:
+    """Layers between two kept DP rows: all of them when the argmin table is small."""
+    if k * (m + 1) <= _DP_FULL_ENTRIES:
+        return k
+    return max(1, math.isqrt(2 * k))
+
+
+def _finish(values: np.ndarray, centroids64: np.ndarray, k: int, shape: tuple) -> tuple:
+    """Float32 ascending codebook of length k (padded) and nearest-centroid codes."""
+    cent = centroids64.astype(np.float32)
+    cent = np.maximum.accumulate(cent)
+    if cent.size < k:
+        cent = np.concatenate([cent, np.full(k - cent.size, cent[-1], dtype=np.float32)])
+    mids = 0.5 * (cent[:-1].astype(np.float64) + cent[1:].astype(np.float64))
+    codes = np.empty(values.size, dtype=np.uint8 if k <= 256 else np.uint16)
+    cells = max(1024, 4 * k)
+    base = float(mids[0]) if mids.size else 0.0
+    span = float(mids[-1]) - base if mids.size else 0.0
+    scale = cells / span if span > 0.0 else 0.0
+    if scale > 0.0:
+        edges = base + np.arange(cells + 1) / scale
+    else:
+        edges = np.full(cells + 1, base)
+    table = np.searchsorted(mids, edges, side="left").astype(np.int64)
+    _assign_nearest(values.reshape(-1), mids, table, base, scale, codes)
+    return cent, codes.reshape(shape)
+
+
+class _Distinct:
+    """Sorted distinct values of x (centred) with prefix counts, sums and sums of squares."""
+
+    def __init__(self, x: np.ndarray, center: float) -> None:
+        self.w, self.s, self.q, self.u = _distinct_prefix(x, center)
+        self.m = self.u.size
+
+    def means(self, t: np.ndarray) -> np.ndarray:
+        return (self.s[t[1:]] - self.s[t[:-1]]) / (self.w[t[1:]] - self.w[t[:-1]])
+
+
+def _optimal(d: _Distinct, k: int) -> np.ndarray:
+    """Exact DP over the distinct values; centred centroids (min(k, m) of them)."""
+    kk = min(k, d.m)
+    return d.means(_dp_partition(d.w, d.s, d.q, kk, _dp_rows_step(kk, d.m)))
+
+
+def _lloyd(d: _Distinct, k: int) -> np.ndarray:
+    """Lloyd from the k quantiles (by count) of the values."""
+    if d.m <= k:
+        return d.u.copy()
+    n = d.w[-1]
+    idx = np.searchsorted(d.w, (np.arange(k) + 0.5) * n / k, side="right") - 1
+    c = d.u[np.clip(idx, 0, d.m - 1)].copy()
+    _lloyd_weighted(d.u, d.w, d.s, c, _LLOYD_MAX_ITER)
+    return c
+
+
+def _sse_per_cluster_estimate(d: _Distinct, k: int) -> float:
+    """Panter-Dite estimate of the optimal SSE per cluster, from a coarse quantile histogram.
+
+    High-rate theory: the optimal SSE is about ``n / (12 k^2) * (integral of f^(1/3))^3`` and
+    every cluster contributes about the same share of it.
+    """
+    n = float(d.w[-1])
+    cuts = np.searchsorted(d.w, np.linspace(0.0, n, 16 * k + 1)[1:-1])
+    cuts = np.unique(np.concatenate([[0], cuts, [d.m]]))
+    first = d.u[np.minimum(cuts[:-1], d.m - 1)]
+    last = d.u[np.maximum(cuts[1:] - 1, 0)]
+    width = last - first
+    count = d.w[cuts[1:]] - d.w[cuts[:-1]]
+    ok = width > 0
+    integral = float(np.sum(width[ok] ** (2.0 / 3.0) * (count[ok] / n) ** (1.0 / 3.0)))
+    return n / (12.0 * k**2) * integral**3 / k
+
+
+def _auto(d: _Distinct, k: int) -> np.ndarray:
+    """Coarse-to-fine DP: exact over coarse groups, then exact within bands on finer groups.
+
+    Groups of consecutive distinct values are capped by a count and by their own SSE (a small
+    fraction of the estimated SSE per cluster), so that they stay small in the sparse tails,
+    where optimal clusters hold few values. The top level is solved exactly; each lower level
+    is re-solved exactly with every boundary held within ``_AUTO_BAND`` groups of the level
+    above (bands move and the DP reruns while a boundary sits on an edge). Lloyd on the
+    distinct values polishes the result.
+    """
+    m = d.m
+    if m <= k or k * m * max(1.0, math.log2(m)) <= _AUTO_EXACT_WORK:
+        return _optimal(d, k)
+    n = float(d.w[-1])
+    top = max(1.0, n / max(_AUTO_GROUPS, _AUTO_GROUPS_PER_K * k))
+    finest = max(1.0, n / (k * _AUTO_FINEST))
+    tau = _sse_per_cluster_estimate(d, k) / _AUTO_TAU_DIV
+    target = 1.0
+    while target * _AUTO_REFINE <= min(finest, top):
+        target *= _AUTO_REFINE
+    b = np.arange(m + 1, dtype=np.int64)
+    if target > 1.0:
+        b = _merge_groups(d.w, d.s, d.q, b, target, tau * (target / top) ** 3)
+    levels = [b]
+    while target < top:
+        target *= _AUTO_REFINE
+        b = _merge_groups(d.w, d.s, d.q, levels[-1], target, tau * min(1.0, target / top) ** 3)
+        if b.size - 1 <= 2 * k:
+            break
+        levels.append(b)
+    b = levels[-1]
+    t = _dp_partition(d.w[b], d.s[b], d.q[b], k, _dp_rows_step(k, b.size - 1))
+    for lev in range(len(levels) - 2, -1, -1):
+        coarse = levels[lev + 1]
+        fine = levels[lev]
+        mc = coarse.size - 1
+        pos = np.searchsorted(fine, coarse[t])
+        lo = np.searchsorted(fine, coarse[np.maximum(t - _AUTO_BAND, 0)])
+        hi = np.searchsorted(fine, coarse[np.minimum(t + _AUTO_BAND, mc)])
+        if lev == 0 and fine.size == m + 1:
+            t = _refine_band(d.w, d.s, d.q, pos, lo, hi)
+        else:
+            t = _refine_band(d.w[fine], d.s[fine], d.q[fine], pos, lo, hi)
+    c = d.means(levels[0][t])
+    _lloyd_weighted(d.u, d.w, d.s, c, _LLOYD_MAX_ITER)
+    return c
+
+
+def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """One-dimensional K-Means: a codebook of k float32 centroids and one code per value.
+
+    Parameters
+    ----------
+    values : array_like of float
+        Values to cluster, any shape (flattened inside). Must be finite and non-empty.
+    k : int
+        Number of centroids, 1..65536.
+    method : {"auto", "optimal", "lloyd"}
+        ``"optimal"``: the exact minimum SSE (dynamic programming over the sorted distinct
+        values). ``"lloyd"``: Lloyd's algorithm on the sorted values from quantiles (fast, a
+        local optimum). ``"auto"``: exact when cheap, else exact over coarse groups of sorted
+        values refined level by level within bands, then polished by Lloyd.
+
+    Returns
+    -------
+    centroids : ndarray of float32, shape (k,)
+        Ascending (non-decreasing) codebook. With fewer than k distinct values, the centroids
+        are those values and the last one is repeated to fill k entries (unused codes).
+    codes : ndarray of uint8 (k <= 256) or uint16, shape of ``values``
+        Index of each value's nearest centroid (the first one on a tie), so that
+        ``centroids[codes]`` is the quantized array.
+
+    Raises
+    ------
+    TypeError
+        If ``values`` is not numeric or ``k`` not an integer.
+    ValueError
+        If ``values`` is empty or not finite, ``k`` out of range or ``method`` unknown.
+    """
+    kk = _check_k(k)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    arr = _check_values(values)
+    x = np.sort(arr.reshape(-1))
+    center = float(x[x.size // 2])
+    if x[0] == x[-1]:
+        return _finish(arr, np.array([float(x[0])]), kk, arr.shape)
+    d = _Distinct(x, center)
+    if method == "optimal":
+        c = _optimal(d, kk)
+    elif method == "lloyd":
+        c = _lloyd(d, kk)
+    else:
+        c = _auto(d, kk)
+    return _finish(arr, c + center, kk, arr.shape)
+
+
+def _run_costs(w: np.ndarray, s: np.ndarray, q: np.ndarray, t: np.ndarray) -> np.ndarray:
+    cw = w[t[1:]] - w[t[:-1]]
+    cs = s[t[1:]] - s[t[:-1]]
+    return np.maximum(q[t[1:]] - q[t[:-1]] - cs * cs / cw, 0.0)
+
+
+def _refine_band(
+    w: np.ndarray,
+    s: np.ndarray,
+    q: np.ndarray,
+    idx: np.ndarray,
+    lo_start: np.ndarray,
+    hi_start: np.ndarray,
+) -> np.ndarray:
+    """Exact DP with boundary j held in [lo_start[j], hi_start[j]] around idx[j].
+
+    When a boundary ends on the edge of its band, the band is moved by its width and the DP
+    run again, until none does: a local optimum over all joint moves within the bands.
+    """
+    m = w.size - 1
+    k = idx.size - 1
+    j = np.arange(k + 1)
+    hard_lo = j
+    hard_hi = m - k + j
+    t = np.clip(idx.astype(np.int64), hard_lo, hard_hi)
+    t[0] = 0
+    t[k] = m
+    # Strictly increasing: a feasible start inside every band.
+    t = np.maximum(t, np.maximum.accumulate(t - j) + j)
+    t = np.minimum(t, np.minimum.accumulate((t - j)[::-1])[::-1] + j)
+    below = np.maximum(t - lo_start, 1)
+    above = np.maximum(hi_start - t, 1)
+    for _ in range(_AUTO_MAX_RECENTRE):
+        lo = np.maximum.accumulate(np.maximum(hard_lo, t - below))
+        hi = np.minimum.accumulate(np.minimum(hard_hi, t + above)[::-1])[::-1]
+        t_new = _dp_band(w, s, q, lo, hi)
+        edge = ((t_new == lo) & (lo > hard_lo)) | ((t_new == hi) & (hi < hard_hi))
+        t = t_new
+        if not edge.any():
+            break
+    return t
+
+
+def quantize(
+    values: np.ndarray, bits: int, *, method: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """K-Means codebook of ``2**bits`` centroids: :func:`kmeans_1d` with ``k = 2**bits``.
+
+    Parameters
+    ----------
+    values : array_like of float
+        Values to quantize, any shape; finite and non-empty.
+    bits : int
+        Bit-width of the codes, 1..16.
+    method : {"auto", "optimal", "lloyd"}
+        See :func:`kmeans_1d`.
+
+    Returns
+    -------
+    centroids : ndarray of float32, shape (2**bits,)
+    codes : ndarray of uint8 (bits <= 8) or uint16, shape of ``values``
+    """
+    if isinstance(bits, (bool, np.bool_)):
+        raise TypeError("bits must be an integer in 1..16, got a bool")
+    try:
+        b = operator.index(bits)
+    except TypeError:
+        raise TypeError(f"bits must be an integer in 1..16, got {type(bits).__name__}") from None
+    if not 1 <= b <= 16:
+        raise ValueError(f"bits must be in 1..16, got {b}")
+    return kmeans_1d(values, 1 << b, method=method)

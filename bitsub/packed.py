@@ -1,0 +1,800 @@
+"""The packed multi-task model: banks of prefix-encoded fields, the read rule, task table.
+
+A :class:`PackedModel` is a list of layers plus a task table. Each layer has one word array per
+bank (uint32 or uint64, one word per weight position). A word is a sequence of fields packed from
+the most significant bit down; a field is ``[prefix: P bits][code: b bits]``. The prefix names the
+task of the bank that wrote the field (1 .. 2**P - 1, in the order the tasks were added); prefix 0
+ends the word. The code indexes that task's codebook for the layer (or, for ``bits=32`` with no
+codebook, is the raw float32 bit pattern).
+
+The read rule: task t's weight at position i is 0 where t's mask is 0; otherwise it is the value of
+the field of word i of t's bank written by the latest task <= t that wrote there. Fields are never
+rewritten, so adding tasks never changes an earlier task's weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import operator
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numba
+import numpy as np
+
+from bitsub._config import NJIT, NJIT_PARALLEL
+from bitsub.bitfield import field_shift, read_field, write_field
+from bitsub.kmeans import kmeans_1d
+from bitsub.maskcodec import encode_mask
+
+if TYPE_CHECKING:
+    from bitsub.capacity import Capacity
+
+__all__ = ["PackedModel", "TaskLayer"]
+
+MAX_PREFIX_BITS = 8
+MAX_CODE_BITS = 16
+RAW_BITS = 32
+
+
+@dataclass(eq=False)
+class TaskLayer:
+    """What one task stores in, and reads from, one layer.
+
+    Parameters
+    ----------
+    mask : array_like of bool, layer shape
+        Positions the task uses (its weight is 0 elsewhere).
+    write : array_like of bool, layer shape
+        Positions where the task writes new fields; a subset of ``mask``. Positions in ``mask``
+        but not in ``write`` reuse what the latest earlier task of the same bank wrote there.
+    values : array_like of float, layer shape, optional
+        Weights, read at the written positions. With ``bits`` in 1..16 they are quantized with
+        :func:`bitsub.kmeans.kmeans_1d` into ``2**bits`` centroids; with ``bits=32`` (and no
+        codebook) they are stored as raw float32 fields, which needs ``word_bits=64``.
+    bits : int, optional
+        Bit-width of the task's codes in this layer: 1..16, or 32 for raw float32 fields.
+        With ``codebook`` it defaults to ``ceil(log2(len(codebook)))`` (at least 1).
+    codebook : array_like of float, optional
+        A ready codebook (at most ``2**bits`` float32 centroids), given with ``codes``.
+    codes : array_like of int, optional
+        Codebook indices: either the layer shape (read at the written positions) or 1-D with one
+        code per written position in C order.
+
+    Notes
+    -----
+    A layer with no written position stores no fields and no codebook (its bit-width reads 0).
+    Inputs are checked when the task is added (:meth:`PackedModel.add_task`), where the layer
+    shape is known.
+    """
+
+    mask: Any
+    write: Any
+    values: Any = None
+    bits: int | None = None
+    codebook: Any = None
+    codes: Any = None
+
+
+@dataclass
+class _Bank:
+    words: dict[str, np.ndarray]  # layer -> 1-D word array
+    used: dict[str, np.ndarray]  # layer -> 1-D uint8, bits occupied per word (cache of words)
+    tasks: list[int]  # task ids by prefix - 1
+
+
+@dataclass
+class _Task:
+    bank: int
+    prefix: int
+    bits: dict[str, int]  # layer -> bit-width of its fields (0: no fields)
+    fields: dict[str, int]  # layer -> number of fields the task wrote
+    codebooks: dict[str, np.ndarray | None]  # layer -> float32 centroids, None for raw fields
+    masks: dict[str, np.ndarray]  # layer -> np.packbits of the flattened mask
+    private: dict[str, np.ndarray]
+    encoded_masks: dict[str, bytes]  # cache, filled on demand
+
+
+@dataclass
+class _PreparedLayer:
+    name: str
+    mask: np.ndarray  # bool, flat
+    write_pos: np.ndarray  # int64 positions of new fields
+    reuse_pos: np.ndarray  # int64 positions read from earlier tasks
+    bits: int
+    codebook: np.ndarray | None
+    codes: np.ndarray  # uint32, one per written position
+
+
+# ------------------------------------------------------------------------------- kernels
+
+
+@numba.njit(**NJIT)
+def _write_fields(words, used, positions, codes, prefix, prefix_bits, bits, word_bits):
+    # Room was checked by the caller for every position: used[i] + prefix_bits + bits <= word_bits.
+    for j in range(positions.size):
+        i = positions[j]
+        s = field_shift(word_bits, used[i], prefix_bits)
+        write_field(words, i, s, prefix_bits, prefix)
+        write_field(words, i, s - bits, bits, codes[j])
+        used[i] = used[i] + prefix_bits + bits
+
+
+@numba.njit(**NJIT_PARALLEL)
+def _resolve_kernel(words, mask, prefix, prefix_bits, word_bits, bits_by_prefix, task_by_prefix,
+                    source, codes):
+    # Walk each used word's fields from the MSB; keep the latest field whose prefix <= prefix.
+    # Prefixes within a word increase (tasks append in order), so stop at the first larger one.
+    missing = 0
+    for i in numba.prange(words.size):
+        src = -1
+        code = np.uint64(0)
+        if mask[i]:
+            used = 0
+            while used + prefix_bits <= word_bits:
+                p = np.int64(read_field(words, i, word_bits - used - prefix_bits, prefix_bits))
+                if p == 0 or p > prefix:
+                    break
+                b = bits_by_prefix[p]
+                used += prefix_bits
+                code = read_field(words, i, word_bits - used - b, b)
+                used += b
+                src = task_by_prefix[p]
+            if src < 0:
+                missing += 1
+        source[i] = src
+        codes[i] = np.uint32(code)
+    return missing
+
+
+@numba.njit(**NJIT_PARALLEL)
+def _decode_kernel(source, codes, codes_as_float, table, offsets, raw, out):
+    for i in numba.prange(source.size):
+        s = source[i]
+        if s < 0:
+            out[i] = np.float32(0.0)
+        elif raw[s]:
+            out[i] = codes_as_float[i]
+        else:
+            out[i] = table[offsets[s] + codes[i]]
+
+
+@numba.njit(**NJIT)
+def _scan_words(words, prefix_bits, word_bits, bits_by_prefix, n_prefixes, limit, used, first,
+                counts):
+    # Structural check of a word array (for loaded files): every field has a known prefix, fits
+    # the word, prefixes increase, codes are below limit[prefix] (the codebook size) and the bits
+    # after the last field are zero. Fills used (bits occupied), first (first prefix, 0 = none)
+    # and counts (fields per prefix). Returns the index of the first bad word, or -1.
+    for i in range(words.size):
+        pos = 0
+        last = 0
+        bad = False
+        while pos + prefix_bits <= word_bits:
+            p = np.int64(read_field(words, i, word_bits - pos - prefix_bits, prefix_bits))
+            if p == 0:
+                break
+            if p > n_prefixes or p <= last:
+                bad = True
+                break
+            b = bits_by_prefix[p]
+            if b == 0 or pos + prefix_bits + b > word_bits:
+                bad = True
+                break
+            if read_field(words, i, word_bits - pos - prefix_bits - b, b) >= limit[p]:
+                bad = True
+                break
+            if last == 0:
+                first[i] = p
+            counts[p] += 1
+            pos += prefix_bits + b
+            last = p
+        if bad:
+            return i
+        rest = word_bits - pos
+        if rest > 0 and read_field(words, i, 0, rest) != 0:
+            return i
+        used[i] = pos
+    return -1
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _check_int(value: object, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got a bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+
+
+def _as_bool(arr: object, shape: tuple[int, ...], what: str) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.dtype != np.bool_:
+        if a.dtype.kind not in "iu" or (a.size and not np.isin(a, (0, 1)).all()):
+            raise TypeError(f"{what} must be a boolean array (or 0/1 integers), got {a.dtype}")
+        a = a.astype(bool)
+    if a.shape != shape:
+        raise ValueError(f"{what} has shape {a.shape}, the layer has shape {shape}")
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+def _check_private(private: object) -> dict[str, np.ndarray]:
+    if private is None:
+        return {}
+    if not isinstance(private, Mapping):
+        raise TypeError(f"private must be a dict str -> array, got {type(private).__name__}")
+    out = {}
+    for key, val in private.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"private parameter names must be non-empty strings, got {key!r}")
+        a = np.asarray(val)
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"private parameter {key!r} must be a real array, got {a.dtype}")
+        out[key] = np.array(a, dtype=np.float32, copy=True)
+        out[key].flags.writeable = False
+    return out
+
+
+def check_network(steps: object) -> list[dict[str, Any]]:
+    """Check that ``steps`` is a JSON-serialisable list of dicts, each with an ``"op"`` string.
+
+    Returns a deep copy (through JSON). Op semantics are checked by :mod:`bitsub.network`.
+    """
+    if not isinstance(steps, (list, tuple)):
+        raise TypeError(f"network must be a list of dicts, got {type(steps).__name__}")
+    for k, step in enumerate(steps):
+        if not isinstance(step, dict):
+            raise TypeError(f"network step {k} must be a dict, got {type(step).__name__}")
+        if not isinstance(step.get("op"), str):
+            raise ValueError(f"network step {k} needs an 'op' string, got {step!r}")
+    try:
+        text = json.dumps(list(steps), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"network must be JSON-serialisable: {exc}") from None
+    return json.loads(text)
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+# ------------------------------------------------------------------------------- model
+
+
+class PackedModel:
+    """Many tasks' weights packed into one set of words (banks of prefix-encoded fields).
+
+    Parameters
+    ----------
+    word_bits : {32, 64}
+        Width of a word (uint32 or uint64 arrays). Raw float32 fields need 64.
+    prefix_bits : int
+        P, the width of a field's prefix, 1..8. A bank holds at most ``2**P - 1`` tasks.
+
+    Examples
+    --------
+    >>> import numpy as np, bitsub
+    >>> pm = bitsub.PackedModel(word_bits=32, prefix_bits=3)
+    >>> pm.add_layer("fc1", (2, 3))
+    >>> m = np.ones((2, 3), bool)
+    >>> t = pm.add_task({"fc1": bitsub.TaskLayer(m, m, codebook=[-1.0, 1.0],
+    ...                                           codes=np.eye(2, 3, dtype=int))})
+    >>> pm.weights(t, "fc1")
+    array([[ 1., -1., -1.],
+           [-1.,  1., -1.]], dtype=float32)
+    """
+
+    def __init__(self, word_bits: int = 32, prefix_bits: int = 3) -> None:
+        word_bits = _check_int(word_bits, "word_bits")
+        prefix_bits = _check_int(prefix_bits, "prefix_bits")
+        if word_bits not in (32, 64):
+            raise ValueError(f"word_bits must be 32 or 64, got {word_bits}")
+        if not 1 <= prefix_bits <= MAX_PREFIX_BITS:
+            raise ValueError(f"prefix_bits must be in 1..{MAX_PREFIX_BITS}, got {prefix_bits}")
+        self._word_bits = word_bits
+        self._prefix_bits = prefix_bits
+        self._dtype = np.dtype(np.uint32 if word_bits == 32 else np.uint64)
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._banks: list[_Bank] = []
+        self._tasks: list[_Task] = []
+        self._network: list[dict[str, Any]] = []
+
+    # --------------------------------------------------------------------- structure
+
+    @property
+    def word_bits(self) -> int:
+        """Width of a word in bits (32 or 64)."""
+        return self._word_bits
+
+    @property
+    def prefix_bits(self) -> int:
+        """P, the width of every field's prefix."""
+        return self._prefix_bits
+
+    @property
+    def max_tasks_per_bank(self) -> int:
+        """``2**P - 1``: prefix 0 marks the end of a word's fields."""
+        return (1 << self._prefix_bits) - 1
+
+    @property
+    def layers(self) -> list[str]:
+        """Layer names, in the order they were added."""
+        return list(self._shapes)
+
+    @property
+    def tasks(self) -> list[int]:
+        """Task ids, ``[0, 1, ..., n - 1]``."""
+        return list(range(len(self._tasks)))
+
+    @property
+    def banks(self) -> int:
+        """Number of banks."""
+        return len(self._banks)
+
+    @property
+    def network(self) -> list[dict[str, Any]]:
+        """The recorded network steps (a copy); see :meth:`set_network`."""
+        return copy.deepcopy(self._network)
+
+    def set_network(self, steps: list[dict[str, Any]]) -> None:
+        """Record the network as a JSON-serialisable list of op dicts (each with an ``"op"``)."""
+        self._network = check_network(steps)
+
+    def shape(self, layer: str) -> tuple[int, ...]:
+        """Weight shape of ``layer``."""
+        self._check_layer(layer)
+        return self._shapes[layer]
+
+    def add_layer(self, name: str, shape: Iterable[int]) -> None:
+        """Add a layer with weight shape (out, in) or (out, in, kh, kw).
+
+        Tasks added earlier have an empty mask in it; every bank gets zero words for it.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"layer name must be a non-empty string, got {name!r}")
+        if name in self._shapes:
+            raise ValueError(f"layer {name!r} already exists")
+        try:
+            shp = tuple(_check_int(s, "shape entries") for s in shape)
+        except TypeError as exc:
+            raise TypeError(f"shape must be a tuple of ints: {exc}") from None
+        if len(shp) not in (2, 4):
+            raise ValueError(f"shape must be (out, in) or (out, in, kh, kw), got {shp}")
+        if any(s < 1 for s in shp):
+            raise ValueError(f"shape entries must be >= 1, got {shp}")
+        self._shapes[name] = shp
+        n = math.prod(shp)
+        for bank in self._banks:
+            bank.words[name] = np.zeros(n, self._dtype)
+            bank.used[name] = np.zeros(n, np.uint8)
+
+    # --------------------------------------------------------------------- adding tasks
+
+    def add_task(
+        self,
+        layers: Mapping[str, TaskLayer],
+        private: Mapping[str, np.ndarray] | None = None,
+        bank: int | str | None = None,
+    ) -> int:
+        """Add a task; return its id (0, 1, 2, ...).
+
+        Parameters
+        ----------
+        layers : dict str -> TaskLayer
+            What the task uses and writes per layer. A layer not mentioned gets an empty mask.
+        private : dict str -> array, optional
+            Task-private parameters (heads, biases, norms), stored as float32.
+        bank : None, "new" or int
+            None: the latest bank if every written word has room for the new fields and a
+            prefix is free, else a new bank (a task that reuses positions cannot move to a new
+            bank: then it is an error). ``"new"``: always open a new bank. An int: that
+            existing bank, or an error.
+
+        Returns
+        -------
+        int
+            The new task id.
+
+        Raises
+        ------
+        ValueError
+            Bad shapes or bit-widths, ``write`` not inside ``mask``, a reused position that no
+            earlier task of the bank wrote, no room, or no free prefix in the requested bank.
+            A failed call leaves the model unchanged.
+        """
+        if not isinstance(layers, Mapping):
+            raise TypeError(f"layers must be a dict str -> TaskLayer, got {type(layers).__name__}")
+        prepared = []
+        for name, tl in layers.items():
+            self._check_layer(name)
+            if not isinstance(tl, TaskLayer):
+                raise TypeError(f"layers[{name!r}] must be a TaskLayer, got {type(tl).__name__}")
+            prepared.append(self._prepare(name, tl))
+        priv = _check_private(private)
+        target = self._choose_bank(prepared, bank)
+
+        # Everything checked: from here on nothing can fail.
+        if target == len(self._banks):
+            self._banks.append(_Bank(
+                words={n: np.zeros(math.prod(s), self._dtype) for n, s in self._shapes.items()},
+                used={n: np.zeros(math.prod(s), np.uint8) for n, s in self._shapes.items()},
+                tasks=[],
+            ))
+        b = self._banks[target]
+        tid = len(self._tasks)
+        prefix = len(b.tasks) + 1
+        task = _Task(bank=target, prefix=prefix, bits={}, fields={}, codebooks={}, masks={},
+                     private=priv, encoded_masks={})
+        for pl in prepared:
+            if pl.write_pos.size:
+                _write_fields(b.words[pl.name], b.used[pl.name], pl.write_pos,
+                              pl.codes, prefix, self._prefix_bits, pl.bits, self._word_bits)
+            task.bits[pl.name] = pl.bits
+            task.fields[pl.name] = int(pl.write_pos.size)
+            task.codebooks[pl.name] = pl.codebook
+            task.masks[pl.name] = np.packbits(pl.mask)
+        b.tasks.append(tid)
+        self._tasks.append(task)
+        return tid
+
+    def _prepare(self, name: str, tl: TaskLayer) -> _PreparedLayer:
+        shape = self._shapes[name]
+        what = f"layer {name!r}"
+        mask = _as_bool(tl.mask, shape, f"{what}: mask")
+        write = _as_bool(tl.write, shape, f"{what}: write")
+        if (write & ~mask).any():
+            raise ValueError(f"{what}: write must be a subset of mask (write implies mask)")
+        write_pos = np.flatnonzero(write).astype(np.int64)
+        reuse_pos = np.flatnonzero(mask & ~write).astype(np.int64)
+        n = write_pos.size
+        bits = None if tl.bits is None else _check_int(tl.bits, f"{what}: bits")
+        codebook = None
+        if tl.codebook is not None or tl.codes is not None:
+            if tl.codebook is None or tl.codes is None:
+                raise ValueError(f"{what}: give codebook and codes together")
+            if tl.values is not None:
+                raise ValueError(f"{what}: give values + bits, or codebook + codes, not both")
+            codebook = np.asarray(tl.codebook)
+            if codebook.dtype.kind not in "iuf" or codebook.ndim != 1:
+                raise TypeError(f"{what}: codebook must be a 1-D float array")
+            codebook = np.array(codebook, dtype=np.float32)
+            k = codebook.size
+            if not 1 <= k <= 1 << MAX_CODE_BITS:
+                raise ValueError(f"{what}: codebook needs 1..{1 << MAX_CODE_BITS} entries, got {k}")
+            if bits is None:
+                bits = max(1, (k - 1).bit_length())
+            if not 1 <= bits <= MAX_CODE_BITS:
+                raise ValueError(f"{what}: bits with a codebook must be in 1..{MAX_CODE_BITS}, "
+                                 f"got {bits}")
+            if k > 1 << bits:
+                raise ValueError(f"{what}: a codebook of {k} entries does not fit {bits} bits")
+            codes = np.asarray(tl.codes)
+            if codes.dtype.kind not in "iu":
+                raise TypeError(f"{what}: codes must be an integer array, got {codes.dtype}")
+            if codes.shape == shape:
+                codes = codes.reshape(-1)[write_pos]
+            elif codes.shape != (n,):
+                raise ValueError(f"{what}: codes must have the layer shape {shape} or one code "
+                                 f"per written position ({n},), got {codes.shape}")
+            if n and (codes.min() < 0 or codes.max() >= k):
+                raise ValueError(f"{what}: codes must be in 0..{k - 1} (codebook size)")
+            codes = codes.astype(np.uint32)
+        elif tl.values is not None:
+            if bits is None:
+                raise ValueError(f"{what}: values need bits (1..{MAX_CODE_BITS}, or 32 for raw)")
+            values = np.asarray(tl.values)
+            if values.dtype.kind not in "biuf":
+                raise TypeError(f"{what}: values must be a float array, got {values.dtype}")
+            if values.shape != shape:
+                raise ValueError(f"{what}: values have shape {values.shape}, expected {shape}")
+            chosen = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)[write_pos]
+            if bits == RAW_BITS:
+                codes = chosen.view(np.uint32).copy()
+            elif 1 <= bits <= MAX_CODE_BITS:
+                if n:
+                    if not np.isfinite(chosen).all():
+                        raise ValueError(f"{what}: values to quantize must be finite")
+                    codebook, c = kmeans_1d(chosen, 1 << bits)
+                    codebook = np.asarray(codebook, dtype=np.float32)
+                    codes = np.asarray(c).reshape(-1).astype(np.uint32)
+                else:
+                    codes = np.zeros(0, np.uint32)
+            else:
+                raise ValueError(f"{what}: bits must be 1..{MAX_CODE_BITS} or 32 (raw float32), "
+                                 f"got {bits}")
+        elif n:
+            raise ValueError(f"{what}: the task writes {n} positions; give values + bits or "
+                             "codebook + codes")
+        else:
+            codes = np.zeros(0, np.uint32)
+        if n == 0:
+            # Nothing written: no fields, no codebook.
+            return _PreparedLayer(name, mask, write_pos, reuse_pos, 0, np.zeros(0, np.float32),
+                                  codes)
+        if self._prefix_bits + bits > self._word_bits:
+            hint = " (raw float32 fields need word_bits=64)" if bits == RAW_BITS else ""
+            raise ValueError(f"{what}: a field of {self._prefix_bits} + {bits} bits does not fit "
+                             f"a {self._word_bits}-bit word{hint}")
+        if codebook is not None:
+            codebook.flags.writeable = False
+        return _PreparedLayer(name, mask, write_pos, reuse_pos, bits, codebook, codes)
+
+    def _bank_problem(self, k: int, prepared: list[_PreparedLayer]) -> str | None:
+        """Why the task cannot go into existing bank k (None if it can)."""
+        b = self._banks[k]
+        if len(b.tasks) >= self.max_tasks_per_bank:
+            return (f"bank {k} is full: it holds {len(b.tasks)} tasks, the most that "
+                    f"{self._prefix_bits}-bit prefixes allow")
+        for pl in prepared:
+            if pl.write_pos.size:
+                top = int(b.used[pl.name][pl.write_pos].max())
+                if top + self._prefix_bits + pl.bits > self._word_bits:
+                    return (f"layer {pl.name!r}: some written words of bank {k} have only "
+                            f"{self._word_bits - top} free bits, a field needs "
+                            f"{self._prefix_bits + pl.bits}")
+        return None
+
+    def _reuse_problem(self, k: int | None, prepared: list[_PreparedLayer]) -> str | None:
+        for pl in prepared:
+            if not pl.reuse_pos.size:
+                continue
+            if k is None:
+                return (f"layer {pl.name!r}: the task reuses {pl.reuse_pos.size} positions "
+                        "(in mask but not in write) but goes to a new bank, where no earlier "
+                        "task wrote; write them or add the task to an existing bank")
+            missing = self._banks[k].used[pl.name][pl.reuse_pos] == 0
+            if missing.any():
+                i = int(pl.reuse_pos[np.argmax(missing)])
+                idx = np.unravel_index(i, self._shapes[pl.name])
+                return (f"layer {pl.name!r}: position {tuple(int(x) for x in idx)} is in mask "
+                        f"but not in write, and no earlier task of bank {k} wrote it "
+                        f"({int(missing.sum())} such positions); add it to write")
+        return None
+
+    def _choose_bank(self, prepared: list[_PreparedLayer], bank: int | str | None) -> int:
+        nb = len(self._banks)
+        if isinstance(bank, str):
+            if bank != "new":
+                raise ValueError(f"bank must be None, 'new' or a bank index, got {bank!r}")
+            problem = self._reuse_problem(None, prepared)
+            if problem:
+                raise ValueError(problem)
+            return nb
+        if bank is not None:
+            k = _check_int(bank, "bank")
+            if not 0 <= k < nb:
+                raise ValueError(f"bank {k} does not exist (there are {nb}); use bank='new' "
+                                 "to open one")
+            problem = self._bank_problem(k, prepared) or self._reuse_problem(k, prepared)
+            if problem:
+                raise ValueError(problem)
+            return k
+        if nb == 0:
+            problem = self._reuse_problem(None, prepared)
+            if problem:
+                raise ValueError(problem)
+            return 0
+        k = nb - 1
+        reuses = any(pl.reuse_pos.size for pl in prepared)
+        problem = self._bank_problem(k, prepared)
+        if problem is None:
+            problem = self._reuse_problem(k, prepared)
+            if problem:
+                raise ValueError(problem)
+            return k
+        if reuses:
+            raise ValueError(f"{problem}; the task reuses positions of bank {k}, so it cannot "
+                             "move to a new bank: lower its bit-widths or write those positions")
+        return nb
+
+    # --------------------------------------------------------------------- reading
+
+    def _check_layer(self, layer: object) -> None:
+        if not isinstance(layer, str):
+            raise TypeError(f"layer must be a layer name (str), got {type(layer).__name__}")
+        if layer not in self._shapes:
+            raise KeyError(f"no layer {layer!r}; layers are {list(self._shapes)}")
+
+    def _check_task(self, task: object) -> int:
+        t = _check_int(task, "task")
+        if not 0 <= t < len(self._tasks):
+            raise IndexError(f"no task {t}; tasks are 0..{len(self._tasks) - 1}")
+        return t
+
+    def bank(self, task: int) -> int:
+        """The bank that holds ``task``."""
+        return self._tasks[self._check_task(task)].bank
+
+    def prefix(self, task: int) -> int:
+        """The prefix of ``task`` in its bank (1 .. 2**P - 1)."""
+        return self._tasks[self._check_task(task)].prefix
+
+    def bank_tasks(self, bank: int) -> list[int]:
+        """Task ids of ``bank``, in prefix order."""
+        k = _check_int(bank, "bank")
+        if not 0 <= k < len(self._banks):
+            raise IndexError(f"no bank {k}; there are {len(self._banks)}")
+        return list(self._banks[k].tasks)
+
+    def bits(self, task: int, layer: str) -> int:
+        """Bit-width of the task's fields in ``layer`` (0 when it writes none; 32 = raw)."""
+        t = self._check_task(task)
+        self._check_layer(layer)
+        return self._tasks[t].bits.get(layer, 0)
+
+    def fields(self, task: int, layer: str) -> int:
+        """Number of fields the task wrote in ``layer``."""
+        t = self._check_task(task)
+        self._check_layer(layer)
+        return self._tasks[t].fields.get(layer, 0)
+
+    def codebook(self, task: int, layer: str) -> np.ndarray | None:
+        """The task's codebook for ``layer`` (read-only float32), None for raw float32 fields.
+
+        Empty when the task writes no field in ``layer``.
+        """
+        t = self._check_task(task)
+        self._check_layer(layer)
+        return self._tasks[t].codebooks.get(layer, np.zeros(0, np.float32))
+
+    def mask(self, task: int, layer: str) -> np.ndarray:
+        """The task's mask in ``layer``: bool, layer shape (a copy)."""
+        t = self._check_task(task)
+        self._check_layer(layer)
+        return self._mask_flat(t, layer).reshape(self._shapes[layer])
+
+    def _mask_flat(self, t: int, layer: str) -> np.ndarray:
+        n = math.prod(self._shapes[layer])
+        packed = self._tasks[t].masks.get(layer)
+        if packed is None:
+            return np.zeros(n, bool)
+        return np.unpackbits(packed, count=n).view(bool)
+
+    def encoded_mask(self, task: int, layer: str) -> bytes:
+        """The task's mask in ``layer``, Huffman-coded by :func:`bitsub.maskcodec.encode_mask`."""
+        t = self._check_task(task)
+        self._check_layer(layer)
+        cache = self._tasks[t].encoded_masks
+        if layer not in cache:
+            cache[layer] = bytes(encode_mask(self.mask(t, layer)))
+        return cache[layer]
+
+    def private(self, task: int) -> dict[str, np.ndarray]:
+        """The task's private parameters (read-only float32 arrays)."""
+        return dict(self._tasks[self._check_task(task)].private)
+
+    def words(self, layer: str, bank: int) -> np.ndarray:
+        """The word array of ``layer`` in ``bank`` (read-only view, flat, one word a position)."""
+        self._check_layer(layer)
+        k = _check_int(bank, "bank")
+        if not 0 <= k < len(self._banks):
+            raise IndexError(f"no bank {k}; there are {len(self._banks)}")
+        return _readonly(self._banks[k].words[layer])
+
+    def _prefix_tables(self, k: int, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        size = 1 << self._prefix_bits
+        bits_by_prefix = np.zeros(size, np.int64)
+        task_by_prefix = np.full(size, -1, np.int32)
+        for j, tid in enumerate(self._banks[k].tasks):
+            bits_by_prefix[j + 1] = self._tasks[tid].bits.get(layer, 0)
+            task_by_prefix[j + 1] = tid
+        return bits_by_prefix, task_by_prefix
+
+    def resolve(self, task: int, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Which field the task reads at every position of ``layer``, by the read rule.
+
+        Returns
+        -------
+        mask : ndarray of bool, layer shape
+            The task's mask.
+        source : ndarray of int32, layer shape
+            Id of the task whose field is read at each position; -1 where mask is 0.
+        codes : ndarray of uint32, layer shape
+            That field's code (the float32 bit pattern for a raw field); 0 where mask is 0.
+        """
+        t = self._check_task(task)
+        self._check_layer(layer)
+        rec = self._tasks[t]
+        shape = self._shapes[layer]
+        mask = self._mask_flat(t, layer)
+        bits_by_prefix, task_by_prefix = self._prefix_tables(rec.bank, layer)
+        source = np.empty(mask.size, np.int32)
+        codes = np.empty(mask.size, np.uint32)
+        missing = _resolve_kernel(self._banks[rec.bank].words[layer], mask, rec.prefix,
+                                  self._prefix_bits, self._word_bits, bits_by_prefix,
+                                  task_by_prefix, source, codes)
+        if missing:  # cannot happen for a model built by add_task or accepted by load
+            raise RuntimeError(f"task {t}, layer {layer!r}: {missing} used positions have no field")
+        return mask.reshape(shape), source.reshape(shape), codes.reshape(shape)
+
+    def weights(self, task: int, layer: str) -> np.ndarray:
+        """Dense float32 weights of ``task`` in ``layer``: the reference decode."""
+        mask, source, codes = self.resolve(task, layer)
+        t = self._check_task(task)
+        n_tasks = t + 1
+        offsets = np.zeros(n_tasks, np.int64)
+        raw = np.zeros(n_tasks, np.bool_)
+        parts = []
+        pos = 0
+        for tid in self._banks[self._tasks[t].bank].tasks:
+            if tid > t:
+                break
+            cb = self._tasks[tid].codebooks.get(layer)
+            if cb is None:
+                raw[tid] = True
+                continue
+            offsets[tid] = pos
+            parts.append(cb)
+            pos += cb.size
+        table = np.concatenate(parts) if parts else np.zeros(1, np.float32)
+        out = np.empty(mask.size, np.float32)
+        flat_codes = codes.reshape(-1)
+        _decode_kernel(source.reshape(-1), flat_codes, flat_codes.view(np.float32), table,
+                       offsets, raw, out)
+        return out.reshape(mask.shape)
+
+    def capacity(self, **options: Any) -> Capacity:
+        """Bits used per component, task and layer; see :func:`bitsub.capacity.capacity`."""
+        from bitsub.capacity import capacity
+
+        return capacity(self, **options)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the model to one HDF5 file, atomically; see :func:`bitsub.storage.save`."""
+        from bitsub.storage import save
+
+        save(self, path)
+
+    # --------------------------------------------------------------------- misc
+
+    def __repr__(self) -> str:
+        return (f"PackedModel(word_bits={self._word_bits}, prefix_bits={self._prefix_bits}, "
+                f"layers={len(self._shapes)}, tasks={len(self._tasks)}, banks={len(self._banks)})")
+
+    def __eq__(self, other: object) -> bool:
+        """Bit-exact equality of everything stored (words, task table, private, network)."""
+        if not isinstance(other, PackedModel):
+            return NotImplemented
+        if (self._word_bits, self._prefix_bits, self._shapes, self._network) != (
+                other._word_bits, other._prefix_bits, other._shapes, other._network):
+            return False
+        if len(self._banks) != len(other._banks) or len(self._tasks) != len(other._tasks):
+            return False
+        for a, b in zip(self._banks, other._banks):
+            if a.tasks != b.tasks:
+                return False
+            for name in self._shapes:
+                if not np.array_equal(a.words[name], b.words[name]):
+                    return False
+        for t, (a, b) in enumerate(zip(self._tasks, other._tasks)):
+            if (a.bank, a.prefix) != (b.bank, b.prefix):
+                return False
+            if sorted(a.private) != sorted(b.private):
+                return False
+            for key in a.private:
+                pa, pb = a.private[key], b.private[key]
+                if pa.shape != pb.shape or pa.tobytes() != pb.tobytes():
+                    return False
+            for name in self._shapes:
+                if a.bits.get(name, 0) != b.bits.get(name, 0):
+                    return False
+                ca = self.codebook(t, name)
+                cb = other.codebook(t, name)
+                if (ca is None) != (cb is None):
+                    return False
+                if ca is not None and ca.tobytes() != cb.tobytes():
+                    return False
+                if not np.array_equal(self._mask_flat(t, name), other._mask_flat(t, name)):
+                    return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]

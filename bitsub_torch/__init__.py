@@ -1,0 +1,43 @@
+"""bitsub_torch: the PyTorch bridge of bitsub (task layers, strategies, trainer, scenarios, export).
+
+It depends on bitsub; bitsub never imports torch.
+"""
+
+from __future__ import annotations
+
+from bitsub_torch.export import export
+from bitsub_torch.layers import TaskBatchNorm, TaskConv2d, TaskLinear
+from bitsub_torch.metrics import acc, bwt, forgetting, fwt
+from bitsub_torch.models import TaskNetwork, alexnet, mlp, resnet18, tinynet
+from bitsub_torch.packed_module import PackedModule
+from bitsub_torch.scenarios import Scenario, TaskData, get_scenario
+from bitsub_torch.strategies import STRATEGIES, WSN, Finetune, PackNet, Strategy, get_strategy
+from bitsub_torch.trainer import Results, Trainer
+
+__all__ = [
+    "Finetune",
+    "PackNet",
+    "PackedModule",
+    "Results",
+    "STRATEGIES",
+    "Scenario",
+    "Strategy",
+    "TaskBatchNorm",
+    "TaskConv2d",
+    "TaskData",
+    "TaskLinear",
+    "TaskNetwork",
+    "Trainer",
+    "WSN",
+    "acc",
+    "alexnet",
+    "bwt",
+    "export",
+    "forgetting",
+    "fwt",
+    "get_scenario",
+    "get_strategy",
+    "mlp",
+    "resnet18",
+    "tinynet",
+]

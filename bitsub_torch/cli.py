@@ -1,0 +1,406 @@
+"""Command-line tools: ``bitsub-train`` (train, export, report), ``bitsub-eval`` (re-test a file).
+
+``bitsub-train --strategy S --scenario C --out DIR`` trains the tasks of scenario C one after the
+other with strategy S, then writes
+
+- ``DIR/results.json``: ``accuracy_matrix`` (R[i][j], test accuracy on task j after training task
+  i, re-tested), ``acc``, ``bwt``, ``fwt``, ``forgetting``, ``random_init_accuracy``, ``capacity``
+  (``percent`` and ``bits`` per component of the packed file), ``export`` (the accuracy of every
+  task measured from the file with bitsub's NumPy forward, and the fraction of test samples on
+  which the file and the torch model predict the same label), ``config`` and ``timings``;
+- ``DIR/model.h5``: the packed model (lossless raw float32 fields, or ``--export-bits b`` codes);
+- ``DIR/accuracy_matrix.png``: a heat map of R.
+
+The trainer checkpoints after every task under ``DIR/checkpoints``: running the same command again
+after an interruption continues from the last finished task and ends with the same results.
+``DIR/config.json`` records the arguments; a different command on the same DIR is refused.
+
+``bitsub-eval DIR/model.h5 --scenario C --seed K`` re-tests every task from the file alone with
+bitsub's NumPy forward pass and prints the per-task accuracy as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["eval_main", "train", "train_main"]
+
+MODELS = ("mlp", "alexnet", "tinynet", "resnet18")
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _json_safe(v.tolist())
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return None if math.isnan(float(v)) else float(v)
+    return v
+
+
+def _default_model(input_shape: tuple[int, ...]) -> str:
+    if len(input_shape) == 1:
+        return "mlp"
+    if len(input_shape) == 3 and input_shape[1:] == (64, 64):
+        return "tinynet"
+    if len(input_shape) == 3:
+        return "alexnet"
+    return "mlp"
+
+
+def _build_model(name: str, scenario: Any, width: float | None) -> Any:
+    from bitsub_torch import models
+
+    kwargs: dict[str, Any] = {}
+    if width is not None:
+        if name in ("mlp", "resnet18"):
+            if width != int(width) or width < 1:
+                raise ValueError(f"--width for {name} is a whole number of units, got {width}")
+            kwargs["width"] = int(width)
+        else:
+            kwargs["width"] = float(width)
+    build = getattr(models, name)
+    return build(scenario.input_shape, scenario.num_classes, len(scenario.tasks), **kwargs)
+
+
+def plot_accuracy_matrix(matrix: np.ndarray, path: Path, title: str = "") -> None:
+    """Save a heat map of the accuracy matrix R (rows: after training task i; columns: task j)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    r = np.asarray(matrix, dtype=float)
+    n = r.shape[0]
+    size = min(12.0, 1.5 + 0.6 * n)
+    fig = Figure(figsize=(size, size * 0.85))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(r), vmin=0.0, vmax=1.0, cmap="viridis")
+    fig.colorbar(im, ax=ax, label="test accuracy")
+    ax.set_xlabel("task j (tested)")
+    ax.set_ylabel("after training task i")
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if not math.isnan(r[i, j]):
+                    ax.text(j, i, f"{100 * r[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                            color="white" if r[i, j] < 0.6 else "black")
+    ax.set_title(title or "accuracy matrix R")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+def _torch_predictions(model: Any, task: int, x: np.ndarray, batch: int = 1024) -> np.ndarray:
+    import torch
+
+    model.eval()
+    out = [np.zeros(0, np.int64)]
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch], dtype=np.float32))
+            out.append(model(xb, task).argmax(dim=1).numpy().astype(np.int64))
+    return np.concatenate(out)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    from bitsub_torch.scenarios import SCENARIOS
+    from bitsub_torch.strategies import STRATEGIES
+
+    p = argparse.ArgumentParser(
+        prog="bitsub-train",
+        description="Train a continual-learning strategy on a scenario, export the packed model, "
+        "write results.json, model.h5 and accuracy_matrix.png to --out (resumable).",
+    )
+    p.add_argument("--strategy", required=True, choices=sorted(STRATEGIES))
+    p.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
+    p.add_argument("--out", required=True, type=Path, help="output directory (also checkpoints)")
+    p.add_argument("--tasks", type=int, default=None, help="number of tasks (scenario default)")
+    p.add_argument("--epochs", type=int, default=1, help="training epochs per task (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=None, help="directory of on-disk data sets")
+    p.add_argument("--export-bits", type=int, default=None,
+                   help="store b-bit K-Means codes (1..16) instead of lossless float32 fields")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
+    p.add_argument("--model", default=None, choices=MODELS,
+                   help="network (default: mlp for flat inputs, alexnet for 32x32 images, "
+                   "tinynet for 64x64)")
+    p.add_argument("--width", type=float, default=None, help="network width (model default)")
+    p.add_argument("--strategy-args", default="{}",
+                   help='JSON keyword arguments of the strategy, e.g. \'{"density": 0.3}\'')
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def train(
+    *,
+    strategy: str,
+    scenario: str,
+    out: str | os.PathLike,
+    tasks: int | None = None,
+    epochs: int = 1,
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    export_bits: int | None = None,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    model: str | None = None,
+    width: float | None = None,
+    strategy_args: dict[str, Any] | None = None,
+    val_fraction: float = 0.1,
+    threads: int = 2,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train, export and write the run's files to ``out`` (resuming from its checkpoints).
+
+    The keyword arguments are those of ``bitsub-train``. Returns the dict written to
+    ``out/results.json``.
+    """
+    import torch
+
+    import bitsub
+    from bitsub_torch.export import export, packed_predictions
+    from bitsub_torch.scenarios import get_scenario
+    from bitsub_torch.strategies import get_strategy
+    from bitsub_torch.trainer import Trainer
+
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    torch.set_num_threads(threads)
+    out = Path(out)
+    strategy_args = dict(strategy_args or {})
+    sc = get_scenario(scenario, tasks=tasks, seed=seed, data_dir=data_dir,
+                      val_fraction=val_fraction)
+    model_name = model or _default_model(sc.input_shape)
+    if model_name not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model_name!r}")
+    config = {
+        "strategy": strategy, "strategy_args": strategy_args, "scenario": scenario,
+        "tasks": len(sc.tasks), "epochs": epochs, "seed": seed, "export_bits": export_bits,
+        "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "model": model_name,
+        "width": width, "val_fraction": val_fraction,
+        "data_dir": None if data_dir is None else str(data_dir),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    if config_path.exists():
+        previous = json.loads(config_path.read_text())
+        if previous != _json_safe(config):
+            changed = sorted(k for k in set(previous) | set(config)
+                             if previous.get(k) != _json_safe(config).get(k))
+            raise ValueError(
+                f"{out} holds a run with other arguments ({', '.join(changed)} differ): run the "
+                "same command to resume it, or choose another --out"
+            )
+    else:
+        _write_atomic(config_path, json.dumps(_json_safe(config), indent=2).encode())
+
+    strat = get_strategy(strategy, **strategy_args)
+    torch.manual_seed(seed)
+    net = _build_model(model_name, sc, width)
+    trainer = Trainer(net, strat, sc, epochs=epochs, batch_size=batch_size, lr=lr,
+                      optimizer=optimizer, seed=seed, checkpoint_dir=out / "checkpoints",
+                      progress=progress)
+    results = trainer.run()
+
+    t0 = time.perf_counter()
+    pm = export(net, strat, bits=export_bits)
+    pm.save(out / "model.h5")
+    export_time = time.perf_counter() - t0
+    # Re-test every task from the file alone (bitsub's NumPy forward), and compare predictions.
+    t0 = time.perf_counter()
+    pm = bitsub.load(out / "model.h5")
+    file_acc, agreement = [], []
+    for t, data in enumerate(sc.tasks):
+        pred_file = packed_predictions(pm, t, data.x_test)
+        pred_torch = _torch_predictions(net, t, data.x_test)
+        file_acc.append(float(np.mean(pred_file == data.y_test)))
+        agreement.append(float(np.mean(pred_file == pred_torch)))
+    file_time = time.perf_counter() - t0
+    cap = pm.capacity()
+
+    res = results.to_dict()
+    timings = dict(res.get("timings", {}))
+    timings.update({"export": export_time, "file_eval": file_time})
+    report = {
+        "accuracy_matrix": res["accuracy_matrix"],
+        "acc": res["acc"],
+        "bwt": res["bwt"],
+        "fwt": res["fwt"],
+        "forgetting": res["forgetting"],
+        "random_init_accuracy": res["random_init_accuracy"],
+        "capacity": {"percent": cap.percent, "bits": dict(cap.bits),
+                     "private_percent": cap.private_percent, "dense_bits": cap.dense_bits},
+        "export": {
+            "bits": export_bits if export_bits is not None else "float32",
+            "accuracy": file_acc,
+            "acc": float(np.mean(file_acc)),
+            "agreement": agreement,
+        },
+        "config": {**config, "trainer": res.get("config", {})},
+        "timings": timings,
+    }
+    report = _json_safe(report)
+    _write_atomic(out / "results.json", json.dumps(report, indent=2).encode())
+    title = f"{strategy} on {scenario}: ACC {100 * (report['acc'] or 0):.2f}%"
+    plot_accuracy_matrix(results.accuracy_matrix, out / "accuracy_matrix.png", title)
+    return report
+
+
+def format_report(report: dict[str, Any], capacity_table: str | None = None) -> str:
+    """A plain-text table of a run: per-task accuracies, ACC / BWT / FWT, capacity."""
+    r = np.array([[np.nan if v is None else v for v in row] for row in report["accuracy_matrix"]])
+    n = r.shape[0]
+    file_acc = report["export"]["accuracy"]
+    agree = report["export"]["agreement"]
+    lines = [f"{'task':>4}  {'just trained':>12}  {'at the end':>10}  {'from file':>9}  "
+             f"{'same pred.':>10}"]
+    for j in range(n):
+        lines.append(f"{j:>4}  {100 * r[j, j]:>11.2f}%  {100 * r[n - 1, j]:>9.2f}%  "
+                     f"{100 * file_acc[j]:>8.2f}%  {100 * agree[j]:>9.2f}%")
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    lines += [
+        "",
+        f"ACC {pct(report['acc'])}   BWT {pct(report['bwt'])}   FWT {pct(report['fwt'])}   "
+        f"forgetting {pct(report['forgetting'])}   ACC from file {pct(report['export']['acc'])}",
+    ]
+    cap = report["capacity"]
+    bits = cap["bits"]
+    dense = cap["dense_bits"] or 1
+    lines += ["", f"capacity {cap['percent']:.2f}% of the dense float32 model "
+              f"({dense} bits):"]
+    for comp in ("fields", "codebooks", "masks"):
+        v = bits.get(comp, 0)
+        lines.append(f"  {comp:<10}{v:>12} bits  {100 * v / dense:8.3f}%")
+    lines.append(f"  {'private':<10}{bits.get('private', 0):>12} bits  "
+                 f"{100 * bits.get('private', 0) / dense:8.3f}%  (heads, norms; separate)")
+    if capacity_table:
+        lines += ["", capacity_table]
+    return "\n".join(lines)
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``bitsub-train``."""
+    args = _train_parser().parse_args(argv)
+    try:
+        strategy_args = json.loads(args.strategy_args)
+        if not isinstance(strategy_args, dict):
+            raise ValueError("--strategy-args must be a JSON object")
+        report = train(
+            strategy=args.strategy, scenario=args.scenario, out=args.out, tasks=args.tasks,
+            epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
+            export_bits=args.export_bits, batch_size=args.batch_size, lr=args.lr,
+            optimizer=args.optimizer, model=args.model, width=args.width,
+            strategy_args=strategy_args, val_fraction=args.val_fraction, threads=args.threads,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        print(f"bitsub-train: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    print(f"\nwrote {args.out / 'results.json'}, {args.out / 'model.h5'}, "
+          f"{args.out / 'accuracy_matrix.png'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ eval
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    from bitsub_torch.scenarios import SCENARIOS
+
+    p = argparse.ArgumentParser(
+        prog="bitsub-eval",
+        description="Re-test every task of a packed model file with bitsub's NumPy forward pass "
+        "(no torch in the forward) and print the per-task accuracy as JSON.",
+    )
+    p.add_argument("model", type=Path, help="a packed model file (bitsub-train's model.h5)")
+    p.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
+    p.add_argument("--seed", type=int, default=0, help="the seed the model was trained with")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=1024)
+    return p
+
+
+def evaluate_file(
+    path: str | os.PathLike,
+    scenario: str,
+    *,
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "test",
+    val_fraction: float = 0.1,
+    batch_size: int = 1024,
+) -> dict[str, Any]:
+    """Per-task accuracy of a packed model file on a scenario, from bitsub's NumPy forward."""
+    import bitsub
+    from bitsub_torch.export import packed_accuracy
+    from bitsub_torch.scenarios import get_scenario
+
+    pm = bitsub.load(path)
+    sc = get_scenario(scenario, tasks=len(pm.tasks), seed=seed, data_dir=data_dir,
+                      val_fraction=val_fraction)
+    accs = packed_accuracy(pm, sc.tasks, split=split, batch_size=batch_size)
+    return _json_safe({
+        "model": str(path), "scenario": scenario, "seed": seed, "split": split,
+        "accuracy": accs, "acc": float(np.mean(accs)),
+    })
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``bitsub-eval``."""
+    args = _eval_parser().parse_args(argv)
+    try:
+        report = evaluate_file(args.model, args.scenario, seed=args.seed, data_dir=args.data_dir,
+                               split=args.split, val_fraction=args.val_fraction,
+                               batch_size=args.batch_size)
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        print(f"bitsub-eval: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(train_main())

@@ -1,0 +1,362 @@
+"""Task-aware layers: one float weight tensor shared by every task, a mask per task, and ownership.
+
+A task layer holds
+
+- ``weight``: the float weights (full shape), shared by all tasks;
+- ``owner``: an int16 buffer of the weight's shape, the task that wrote each position (-1 = free).
+  Ownership is consolidated after a task; owned positions are never changed again;
+- ``masks``: one bool mask per task (buffer ``(num_tasks, *shape)``), fixed once the task is
+  consolidated; ``mask_set[t]`` says whether task t has one. A task without a mask reads the
+  dense weight (Finetune; tasks not trained yet);
+- ``scores``: float scores for WSN's learned top-k mask, used while a task trains in score mode;
+- optional per-task biases (private to their task).
+
+``forward(x, task)`` computes with ``values(task) * mask(task)``. ``values(t)`` is the indirection
+that quantizing strategies override to plug in per-task stored values.
+
+Freezing: between ``freeze_owned()`` and ``unfreeze()`` the layer zeroes the gradient of owned
+positions (``zero_owned_grads``) and, after every optimizer step, restores their values from a
+snapshot taken at freeze time (``restore_owned``). The restore makes owned weights bit-identical
+whatever the optimizer does (Adam moments, momentum, coupled or decoupled weight decay).
+
+BatchNorm policy: `TaskBatchNorm` keeps one affine BatchNorm per task with its own running
+statistics, trained only with that task and used in eval mode with its running statistics. It is
+private to its task (exported as private parameters), so later tasks cannot change an earlier
+task's normalisation and results do not depend on the evaluation batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bitsub_torch.autograd import topk_mask, topk_mask_bool
+
+__all__ = ["TaskBatchNorm", "TaskConv2d", "TaskLayerMixin", "TaskLinear"]
+
+
+def _check_count(value: object, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+class TaskLayerMixin:
+    """Per-task masks, ownership, scores and freezing shared by `TaskLinear` and `TaskConv2d`."""
+
+    weight: nn.Parameter
+    scores: nn.Parameter
+    owner: torch.Tensor
+    masks: torch.Tensor
+    mask_set: torch.Tensor
+    biases: nn.ParameterList | None
+
+    def _init_task_state(self, num_tasks: int, bias: bool, out_features: int) -> None:
+        shape = tuple(self.weight.shape)
+        self.num_tasks = num_tasks
+        self.register_buffer("owner", torch.full(shape, -1, dtype=torch.int16))
+        self.register_buffer("masks", torch.zeros((num_tasks, *shape), dtype=torch.bool))
+        self.register_buffer("mask_set", torch.zeros(num_tasks, dtype=torch.bool))
+        self.scores = nn.Parameter(torch.empty(shape))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.scores, a=math.sqrt(5))
+        if bias:
+            self.biases = nn.ParameterList(
+                [nn.Parameter(torch.zeros(out_features)) for _ in range(num_tasks)]
+            )
+        else:
+            self.biases = None
+        self._score_task: int | None = None
+        self._density: float | None = None
+        self._frozen: dict[str, torch.Tensor] | None = None
+        # float copies of the bool masks (float multiplies are ~5x faster than bool ones),
+        # rebuilt whenever the `masks` buffer changes (its _version counts in-place writes)
+        self._mask_cache: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ checks
+    def _check_task(self, task: int) -> int:
+        if isinstance(task, bool) or not isinstance(task, int):
+            raise TypeError(f"task must be an int, got {type(task).__name__}")
+        if not 0 <= task < self.num_tasks:
+            raise ValueError(f"task must be in 0..{self.num_tasks - 1}, got {task}")
+        return task
+
+    # ------------------------------------------------------------------ masks
+    def has_task_mask(self, task: int) -> bool:
+        """Whether task ``task`` has a stored mask (else it reads the dense weight)."""
+        return bool(self.mask_set[self._check_task(task)])
+
+    def task_mask(self, task: int) -> torch.Tensor:
+        """The bool mask task ``task`` uses (all True when it has none stored)."""
+        self._check_task(task)
+        if bool(self.mask_set[task]):
+            return self.masks[task].clone()
+        return torch.ones(self.weight.shape, dtype=torch.bool, device=self.weight.device)
+
+    def set_task_mask(self, task: int, mask: torch.Tensor) -> None:
+        """Store the mask of task ``task`` (bool tensor of the weight's shape)."""
+        self._check_task(task)
+        mask = torch.as_tensor(mask)
+        if mask.dtype != torch.bool or tuple(mask.shape) != tuple(self.weight.shape):
+            raise ValueError(
+                f"mask must be a bool tensor of shape {tuple(self.weight.shape)}, "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
+        with torch.no_grad():
+            self.masks[task].copy_(mask.to(self.masks.device))
+            self.mask_set[task] = True
+
+    def clear_task_mask(self, task: int) -> None:
+        """Forget the mask of task ``task`` (it reads the dense weight again)."""
+        self._check_task(task)
+        with torch.no_grad():
+            self.masks[task].fill_(False)
+            self.mask_set[task] = False
+
+    def values(self, task: int) -> torch.Tensor:
+        """The weight values task ``task`` reads (full shape); quantizing strategies override."""
+        return self.weight
+
+    def task_bias(self, task: int) -> torch.Tensor | None:
+        """The private bias of task ``task``, or None for a bias-free layer."""
+        return None if self.biases is None else self.biases[task]
+
+    # ------------------------------------------------------------------ scores (WSN)
+    def start_scores(self, task: int, density: float) -> None:
+        """Train task ``task`` through the straight-through top-``density`` mask of ``scores``."""
+        self._check_task(task)
+        topk_mask_bool(self.scores, density)  # validates density
+        self._score_task = task
+        self._density = float(density)
+
+    def stop_scores(self) -> None:
+        """Leave score mode; tasks read their stored masks again."""
+        self._score_task = None
+        self._density = None
+
+    def score_mask(self, density: float | None = None) -> torch.Tensor:
+        """The current top-k mask of ``scores`` as bool (density defaults to the training one)."""
+        density = self._density if density is None else density
+        if density is None:
+            raise ValueError("no density: pass one or call start_scores first")
+        return topk_mask_bool(self.scores, density)
+
+    def _float_mask(self, task: int, like: torch.Tensor) -> torch.Tensor:
+        masks = self.masks
+        hit = self._mask_cache.get(task)
+        if (
+            hit is not None
+            and hit[0] is masks
+            and hit[1] == masks._version
+            and hit[2].dtype == like.dtype
+            and hit[2].device == like.device
+        ):
+            return hit[2]
+        mask = masks[task].to(device=like.device, dtype=like.dtype)
+        self._mask_cache[task] = (masks, masks._version, mask)
+        return mask
+
+    def effective_weight(self, task: int) -> torch.Tensor:
+        """``values(task)`` times the task's mask (its score mask while it trains on scores)."""
+        values = self.values(task)
+        if self._score_task == task:
+            return values * topk_mask(self.scores, self._density)
+        if bool(self.mask_set[task]):
+            return values * self._float_mask(task, values)
+        return values
+
+    # ------------------------------------------------------------------ ownership
+    def consolidate(self, task: int, mask: torch.Tensor | None = None) -> int:
+        """Give task ``task`` ownership of the free positions of ``mask`` (default: its mask).
+
+        Returns
+        -------
+        int
+            Number of positions newly owned.
+        """
+        self._check_task(task)
+        mask = self.task_mask(task) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+        if tuple(mask.shape) != tuple(self.weight.shape):
+            raise ValueError(f"mask must have shape {tuple(self.weight.shape)}")
+        with torch.no_grad():
+            new = (self.owner < 0) & mask.to(self.owner.device)
+            self.owner[new] = task
+        return int(new.sum())
+
+    def owned(self) -> torch.Tensor:
+        """Bool tensor: positions owned by some task."""
+        return self.owner >= 0
+
+    def freeze_owned(self) -> None:
+        """Freeze every owned position until `unfreeze` (snapshot of their current values)."""
+        frozen = self.owner >= 0
+        if not bool(frozen.any()):
+            self._frozen = None
+            return
+        w = self.weight.detach()
+        index = torch.nonzero(frozen.reshape(-1)).reshape(-1)
+        frozen_f = frozen.to(w.dtype)
+        self._frozen = {
+            "keep": 1.0 - frozen_f,  # 1 where trainable, 0 where frozen
+            "part": w * frozen_f,  # the frozen values, 0 elsewhere
+            "index": index,
+            "values": w.reshape(-1)[index].clone(),
+        }
+
+    def unfreeze(self) -> None:
+        """Drop the freeze snapshot."""
+        self._frozen = None
+
+    def zero_owned_grads(self) -> None:
+        """Zero the weight gradient at frozen positions (call after backward)."""
+        if self._frozen is not None and self.weight.grad is not None:
+            self.weight.grad.mul_(self._frozen["keep"])
+
+    def restore_owned(self) -> None:
+        """Write the frozen snapshot back at frozen positions (call after the optimizer step).
+
+        ``w * keep + part`` is exact for finite weights (``x * 0 + v == v``); if any weight is
+        not finite (``inf * 0`` is NaN) the frozen values are copied back by index instead.
+        """
+        if self._frozen is None:
+            return
+        with torch.no_grad():
+            w = self.weight.data
+            w.mul_(self._frozen["keep"]).add_(self._frozen["part"])
+            if not bool(torch.isfinite(w.sum())):
+                w.view(-1).index_copy_(0, self._frozen["index"], self._frozen["values"])
+
+
+class TaskLinear(TaskLayerMixin, nn.Module):
+    """Linear layer whose forward depends on the task: ``y = x (values(t) * mask_t)^T + b_t``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Shape of the weight ``(out_features, in_features)``.
+    num_tasks : int
+        Number of tasks (masks, biases and ownership are sized for them).
+    bias : bool
+        One private bias per task (default False, as in WSN's bias-free networks).
+    """
+
+    def __init__(self, in_features: int, out_features: int, num_tasks: int, *, bias: bool = False):
+        super().__init__()
+        self.in_features = _check_count(in_features, "in_features")
+        self.out_features = _check_count(out_features, "out_features")
+        _check_count(num_tasks, "num_tasks")
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self._init_task_state(num_tasks, bias, out_features)
+
+    def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        """Apply the layer as task ``task``."""
+        self._check_task(task)
+        return F.linear(x, self.effective_weight(task), self.task_bias(task))
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"num_tasks={self.num_tasks}, bias={self.biases is not None}"
+        )
+
+
+class TaskConv2d(TaskLayerMixin, nn.Module):
+    """2-D convolution whose forward depends on the task (square kernel, stride, padding).
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size : int
+        Weight shape ``(out_channels, in_channels, kernel_size, kernel_size)``.
+    num_tasks : int
+        Number of tasks.
+    stride, padding : int
+        As in `torch.nn.Conv2d` (one int each).
+    bias : bool
+        One private bias per task (default False).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        num_tasks: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = False,
+    ):
+        super().__init__()
+        self.in_channels = _check_count(in_channels, "in_channels")
+        self.out_channels = _check_count(out_channels, "out_channels")
+        self.kernel_size = _check_count(kernel_size, "kernel_size")
+        self.stride = _check_count(stride, "stride")
+        self.padding = _check_count(padding, "padding", minimum=0)
+        _check_count(num_tasks, "num_tasks")
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels, kernel_size, kernel_size)
+        )
+        self._init_task_state(num_tasks, bias, out_channels)
+
+    def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        """Apply the convolution as task ``task``."""
+        self._check_task(task)
+        return F.conv2d(
+            x, self.effective_weight(task), self.task_bias(task), self.stride, self.padding
+        )
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, num_tasks={self.num_tasks}, "
+            f"bias={self.biases is not None}"
+        )
+
+
+class TaskBatchNorm(nn.Module):
+    """One affine BatchNorm per task, each with its own running statistics (private to its task).
+
+    Parameters
+    ----------
+    num_features : int
+        Channels (dimension 1 of the input).
+    num_tasks : int
+        Number of tasks.
+    dims : int
+        1 for ``(N, C)`` / ``(N, C, L)`` inputs (BatchNorm1d), 2 for ``(N, C, H, W)`` (BatchNorm2d).
+    eps, momentum : float
+        As in `torch.nn.BatchNorm2d`.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_tasks: int,
+        *,
+        dims: int = 2,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ):
+        super().__init__()
+        _check_count(num_features, "num_features")
+        _check_count(num_tasks, "num_tasks")
+        if dims not in (1, 2):
+            raise ValueError(f"dims must be 1 or 2, got {dims}")
+        cls = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
+        self.num_features = num_features
+        self.num_tasks = num_tasks
+        self.eps = float(eps)
+        self.norms = nn.ModuleList(
+            [cls(num_features, eps=eps, momentum=momentum) for _ in range(num_tasks)]
+        )
+
+    def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        """Normalise with task ``task``'s statistics (batch statistics while training)."""
+        if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < self.num_tasks:
+            raise ValueError(f"task must be an int in 0..{self.num_tasks - 1}, got {task!r}")
+        return self.norms[task](x)

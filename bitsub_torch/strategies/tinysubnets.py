@@ -1,0 +1,299 @@
+"""TinySubNets (Pietron et al., arXiv 2412.10869): WSN-style masks, adaptive quantization, banks.
+
+Per task t:
+
+1. **Bank** (``before_task``): the KL gate (`bitsub_torch.divergence.KLGate`) compares t's input
+   distribution with the pooled distribution of the current bank's tasks; a task too different
+   (divergence > ``kl_threshold``) opens a new bank, as does a bank with no free prefix. In a new
+   bank nothing can be reused: every position t uses is written by t.
+2. **Training**: learned scores, top-``density`` mask per layer (straight-through), as WSN.
+   Positions that already hold a field in t's bank are reused with their stored (quantized)
+   values, frozen; the others are trainable and become t's own new weights if its mask keeps
+   them. (A position takes at most one field per bank: the word-level bit budget matters for
+   Ada-QPacknet, and here for new banks, which start empty.)
+3. **Post-pruning** (Table 5): greedy, gradient-free removal of t's own weights, smallest
+   magnitude first, ``post_prune_step`` of a layer's own weights at a time, layer by layer in
+   turn; a step is kept while the validation accuracy stays >= the trained accuracy minus
+   ``post_prune_delta``; a layer whose step is refused is done. At most ``post_prune_iters``
+   evaluations.
+4. **Adaptive quantization** (Algorithm 1): `bitsub.adaptive_bitwidth` over t's own weights, from
+   ``min_bits`` up until the validation accuracy is within ``delta`` of the post-pruned model's,
+   then per layer down (``per_layer=True``). The codes are stored; t reads exactly those values
+   from now on, and later tasks reuse them frozen.
+
+Masks are Huffman-coded by the engine at export (``bitsub.encode_mask``); :meth:`mask_bits`
+reports the size of t's mask coded in the context of its bank's earlier masks.
+
+Replay memory (Table 5, last column): with ``replay=n`` the strategy keeps n training samples per
+task (float32) as the paper's "additional memory bank for each task"; they are used by the KL gate
+(a bank's distribution is then estimated from its tasks' stored samples) and reported in
+:meth:`replay_bits` for the capacity with replay memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bitsub_torch.autograd import topk_count
+from bitsub_torch.divergence import KLGate
+from bitsub_torch.strategies.base import Evaluate
+from bitsub_torch.strategies.quantized import QuantizedStrategy, _check_float, _check_int, val_split
+
+__all__ = ["TinySubNets"]
+
+
+def _features(x: Any, limit: int) -> np.ndarray:
+    """At most ``limit`` samples, evenly spaced (deterministic), flattened."""
+    x = np.asarray(x, dtype=np.float32)
+    if len(x) > limit:
+        x = x[np.linspace(0, len(x) - 1, limit).astype(np.int64)]
+    return x.reshape(len(x), -1)
+
+
+class TinySubNets(QuantizedStrategy):
+    """TinySubNets: learned shared masks, post-pruning, per-layer adaptive bit-widths, KL banks.
+
+    Parameters
+    ----------
+    density : float
+        Layer capacity c of the top-k mask, in (0, 1].
+    delta : float
+        Algorithm 1's accuracy threshold (fraction; 0.01 = 1 point) on the validation split.
+    min_bits, max_bits : int
+        Bit-width search range (1..8).
+    per_layer : bool
+        Per-layer bit-widths (Algorithm 1 per layer).
+    post_prune_iters : int
+        Evaluations the greedy post-pruning may spend (0 disables it).
+    post_prune_step : float
+        Fraction of a layer's own weights removed per post-pruning step.
+    post_prune_delta : float
+        Accuracy drop the post-pruning may cost (fraction).
+    kl_threshold : float
+        KL gate threshold in nats (``inf`` disables the gate).
+    kl_method : {"histogram", "gaussian"}
+        The divergence estimate (see `bitsub_torch.divergence`).
+    kl_samples : int
+        Training samples per task summarised for the gate.
+    replay : int
+        Samples per task kept in a replay memory (0: none, the TSN-wr variant).
+    word_bits, prefix_bits, kmeans_method
+        See `QuantizedStrategy`.
+    """
+
+    name = "tinysubnets"
+    uses_scores = True
+
+    def __init__(
+        self,
+        density: float = 0.5,
+        *,
+        delta: float = 0.01,
+        min_bits: int = 1,
+        max_bits: int = 8,
+        per_layer: bool = True,
+        post_prune_iters: int = 20,
+        post_prune_step: float = 0.05,
+        post_prune_delta: float = 0.005,
+        kl_threshold: float = 0.5,
+        kl_method: str = "histogram",
+        kl_samples: int = 2000,
+        replay: int = 0,
+        word_bits: int = 32,
+        prefix_bits: int | None = None,
+        kmeans_method: str = "auto",
+    ) -> None:
+        super().__init__(
+            delta=delta,
+            min_bits=min_bits,
+            max_bits=max_bits,
+            per_layer=per_layer,
+            word_bits=word_bits,
+            prefix_bits=prefix_bits,
+            kmeans_method=kmeans_method,
+        )
+        topk_count(1, density)  # validates
+        self.density = float(density)
+        self.post_prune_iters = _check_int(post_prune_iters, "post_prune_iters", 0)
+        self.post_prune_step = _check_float(post_prune_step, "post_prune_step", 0.0, 1.0)
+        if self.post_prune_step == 0.0:
+            raise ValueError("post_prune_step must be > 0 (use post_prune_iters=0 to disable)")
+        self.post_prune_delta = _check_float(post_prune_delta, "post_prune_delta", 0.0, 1.0)
+        self.kl_samples = _check_int(kl_samples, "kl_samples", 1)
+        self.replay = _check_int(replay, "replay", 0)
+        self.gate = KLGate(kl_threshold, method=kl_method)
+        self.summaries: dict[int, dict[str, np.ndarray]] = {}
+        self.memory: dict[int, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ hooks
+    def before_task(self, task: int, model: nn.Module, data: Any) -> None:
+        """Choose the bank (KL gate), then train through the top-k mask of the scores."""
+        store = self._require_store()
+        feats = _features(data.x_train, self.kl_samples)
+        if self.replay:
+            self.memory[task] = _features(data.x_train, self.replay)
+        summary = self.gate.summarize(feats)
+        self.summaries[task] = summary
+        bank = store.current_bank()
+        divergence, reason = 0.0, "joins"
+        if bank is None:
+            bank, reason = store.open_bank(), "first"
+        elif store.bank_full(bank):
+            bank, reason = store.open_bank(), "full"
+        else:
+            earlier = [t for t in store.bank_tasks(bank) if t != task]
+            if self.replay and all(t in self.memory for t in earlier):
+                bank_summaries = [self.gate.summarize(self.memory[t]) for t in earlier]
+            else:
+                bank_summaries = [self.summaries[t] for t in earlier if t in self.summaries]
+            opens, divergence = self.gate.decide(summary, bank_summaries)
+            if opens:
+                bank, reason = store.open_bank(), "kl"
+        trainable = {n: ~store.has_field(bank, n) for n in store.shapes}
+        self._begin(task, model, bank, trainable)
+        for layer in model.task_layers().values():
+            layer.clear_task_mask(task)
+            layer.start_scores(task, self.density)
+        self.log[task] = {"bank": int(bank), "bank_reason": reason, "kl": float(divergence)}
+
+    def after_task(  # noqa: D102
+        self, task: int, model: nn.Module, data: Any, evaluate: Evaluate
+    ) -> None:
+        cur = self._current(task)
+        layers = model.task_layers()
+        masks = {}
+        for name, layer in layers.items():
+            masks[name] = layer.score_mask(self.density)
+            layer.stop_scores()
+            layer.set_task_mask(task, masks[name])
+        split = val_split(data)
+        trained = float(evaluate(model, task, split))
+        masks, pruned_acc, removed = self._post_prune(task, model, masks, evaluate, split, trained)
+        write = {n: masks[n] & cur.trainable[n] for n in layers}
+        result = self._quantize(task, model, write, evaluate, split, pruned_acc)
+        self._commit(task, model, masks, write, result)
+        stored = float(evaluate(model, task, split))
+        self.log[task].update(
+            {
+                "val_trained": trained,
+                "val_post_pruned": pruned_acc,
+                "val_stored": stored,
+                "post_pruned": int(removed),
+                "bits": {n: int(b) for n, b in self.bits(task).items()},
+                "written": {n: int(write[n].sum()) for n in layers},
+                "reused": {n: int((masks[n] & ~write[n]).sum()) for n in layers},
+            }
+        )
+        super().after_task(task, model, data, evaluate)
+
+    # ------------------------------------------------------------------ post-pruning
+    def _post_prune(
+        self,
+        task: int,
+        model: nn.Module,
+        masks: dict[str, torch.Tensor],
+        evaluate: Evaluate,
+        split: str,
+        baseline: float,
+    ) -> tuple[dict[str, torch.Tensor], float, int]:
+        """Greedy gradient-free pruning of the task's own weights; returns masks, acc, removed."""
+        cur = self._current(task)
+        layers = model.task_layers()
+        acc, removed = baseline, 0
+        if self.post_prune_iters == 0:
+            return masks, acc, removed
+        order, pos, total = {}, {}, {}
+        for name, layer in layers.items():
+            own = (masks[name] & cur.trainable[name]).reshape(-1)
+            idx = torch.nonzero(own).reshape(-1)
+            mag = layer.weight.detach().reshape(-1)[idx].abs()
+            order[name] = idx[torch.argsort(mag, stable=True)]
+            pos[name], total[name] = 0, int(idx.numel())
+        active = [n for n in layers if total[n] > 0]
+        evals = 0
+        while active and evals < self.post_prune_iters:
+            for name in list(active):
+                if evals >= self.post_prune_iters:
+                    break
+                k = min(max(1, round(self.post_prune_step * total[name])), total[name] - pos[name])
+                if k <= 0:
+                    active.remove(name)
+                    continue
+                trial = masks[name].clone()
+                trial.view(-1)[order[name][pos[name] : pos[name] + k]] = False
+                layers[name].set_task_mask(task, trial)
+                got = float(evaluate(model, task, split))
+                evals += 1
+                if got >= baseline - self.post_prune_delta:
+                    masks[name], pos[name], acc = trial, pos[name] + k, got
+                    removed += k
+                else:
+                    layers[name].set_task_mask(task, masks[name])
+                    active.remove(name)
+        return masks, acc, removed
+
+    # ------------------------------------------------------------------ accounting
+    def mask_bits(self, task: int) -> dict[str, int]:
+        """Huffman-coded size in bits of the task's masks, in the context of its bank's masks.
+
+        The context is the union of the earlier masks of the task's bank
+        (``bitsub.encode_mask(mask, context=...)``).
+        """
+        from bitsub.maskcodec import encode_mask
+
+        store = self._require_store()
+        bank = store.bank(task)
+        out = {}
+        for name, shape in store.shapes.items():
+            context = np.zeros(shape, bool)
+            for t in store.bank_tasks(bank):
+                if t >= task:
+                    break
+                context |= store.fields(t, name).mask
+            out[name] = 8 * len(encode_mask(store.fields(task, name).mask, context=context))
+        return out
+
+    def replay_bits(self) -> int:
+        """Bits of the replay memory (float32 samples), 0 without one."""
+        return int(sum(m.size for m in self.memory.values()) * 32)
+
+    # ------------------------------------------------------------------ state
+    def _settings(self) -> dict[str, Any]:
+        return {
+            **super()._settings(),
+            "density": self.density,
+            "post_prune_iters": self.post_prune_iters,
+            "post_prune_step": self.post_prune_step,
+            "post_prune_delta": self.post_prune_delta,
+            "kl_samples": self.kl_samples,
+            "replay": self.replay,
+        }
+
+    def state_dict(self) -> dict:  # noqa: D102
+        gate = self.gate.state_dict()
+        if gate["edges"] is not None:
+            gate["edges"] = torch.from_numpy(gate["edges"])
+        return {
+            **super().state_dict(),
+            "gate": gate,
+            "summaries": {
+                int(t): {k: torch.from_numpy(np.asarray(v)) for k, v in s.items()}
+                for t, s in self.summaries.items()
+            },
+            "memory": {int(t): torch.from_numpy(m) for t, m in self.memory.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: D102
+        super().load_state_dict(state)
+        gate = dict(state["gate"])
+        if gate["edges"] is not None:
+            gate["edges"] = np.asarray(gate["edges"])
+        self.gate.load_state_dict(gate)
+        self.summaries = {
+            int(t): {k: np.asarray(v) for k, v in s.items()} for t, s in state["summaries"].items()
+        }
+        self.memory = {int(t): np.asarray(m) for t, m in state["memory"].items()}

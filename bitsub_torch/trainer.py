@@ -1,0 +1,361 @@
+"""The task-incremental trainer: strategy hooks, the re-tested accuracy matrix, checkpoints.
+
+After each task i the trainer re-tests EVERY task j (seen or not) on its test split, so row i of
+``R`` is measured, never copied forward; the row of the untrained model (``random_init``) gives
+FWT's baseline. Strategies decide on the validation split only.
+
+Reproducibility: the data order of task t, epoch e comes from ``numpy.random.default_rng((seed,
+t, phase, e))`` and torch's generator is re-seeded from ``(seed, t)`` at the start of each task,
+so a task's training does not depend on how the run got there. This is what lets a resumed run
+(a new Trainer with the same arguments over the same checkpoint directory) end with the same
+results as an uninterrupted one.
+
+Checkpoints: after each task, ``task_XXX.pt`` holds the model's state_dict, the strategy's
+state_dict, the accuracy rows so far, ``random_init`` and timings; it is written to a temporary
+file and moved into place with `os.replace` (atomic), then the previous task's file is removed.
+Strategy state must be made of tensors, numbers, strings, lists and dicts (loaded with
+``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from bitsub_torch import metrics
+from bitsub_torch.strategies.base import Strategy
+
+__all__ = ["Results", "Trainer"]
+
+_OPTIMIZERS = ("adam", "adamw", "sgd")
+_CKPT = re.compile(r"^task_(\d{3,})\.pt$")
+
+
+@dataclass
+class Results:
+    """What a run measured.
+
+    Attributes
+    ----------
+    accuracy_matrix : np.ndarray
+        T x T, ``R[i, j]`` = test accuracy on task j after training task i (re-tested).
+    random_init_accuracy : np.ndarray
+        Length T: test accuracy of the untrained model on each task (FWT's ``b``).
+    acc, bwt, fwt, forgetting : float
+        See `bitsub_torch.metrics`.
+    timings : dict
+        Seconds: ``train`` and ``eval`` per task, ``total``.
+    config : dict
+        The run's arguments.
+    """
+
+    accuracy_matrix: np.ndarray
+    random_init_accuracy: np.ndarray
+    acc: float
+    bwt: float
+    fwt: float
+    forgetting: float
+    timings: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (arrays as nested lists, NaN as None)."""
+        d = asdict(self)
+        d["accuracy_matrix"] = _nan_to_none(self.accuracy_matrix.tolist())
+        d["random_init_accuracy"] = _nan_to_none(self.random_init_accuracy.tolist())
+        for key in ("acc", "bwt", "fwt", "forgetting"):
+            d[key] = _nan_to_none(d[key])
+        return d
+
+    def to_json(self, **kwargs: Any) -> str:
+        """The results as a JSON string (keyword arguments go to `json.dumps`)."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+def _nan_to_none(v: Any) -> Any:
+    if isinstance(v, list):
+        return [_nan_to_none(x) for x in v]
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+class Trainer:
+    """Task-incremental training of a `TaskNetwork` with a `Strategy` over a scenario.
+
+    Parameters
+    ----------
+    model : TaskNetwork
+        The network (one head per task; ``model.num_tasks >= len(scenario.tasks)``).
+    strategy : Strategy
+        The continual-learning strategy.
+    scenario : Scenario
+        The task stream (``scenario.tasks``: list of TaskData).
+    epochs : int
+        Training epochs per task.
+    batch_size : int
+        Training batch size.
+    lr : float
+        Learning rate.
+    optimizer : {"adam", "adamw", "sgd"}
+        A fresh optimizer is made for every task, over ``strategy.parameters(model, task)``.
+    weight_decay, momentum : float
+        Optimizer settings (momentum for SGD only).
+    seed : int
+        Seed of the data order and of torch's generator (re-seeded per task).
+    checkpoint_dir : str or path, optional
+        Where to save a checkpoint after each task and resume from.
+    progress : bool
+        Show tqdm progress bars.
+    eval_batch_size : int
+        Batch size of evaluation.
+    device : str
+        Torch device of the model and batches.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        strategy: Strategy,
+        scenario: Any,
+        *,
+        epochs: int = 1,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        seed: int = 0,
+        checkpoint_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+        eval_batch_size: int = 1024,
+        device: str = "cpu",
+    ):
+        if not isinstance(strategy, Strategy):
+            raise TypeError(f"strategy must be a Strategy, got {type(strategy).__name__}")
+        if not hasattr(model, "task_layers") or not hasattr(model, "num_tasks"):
+            raise TypeError("model must be a bitsub_torch TaskNetwork")
+        tasks = getattr(scenario, "tasks", None)
+        if not tasks:
+            raise ValueError("scenario has no tasks")
+        if model.num_tasks < len(tasks):
+            raise ValueError(
+                f"model has {model.num_tasks} heads but the scenario has {len(tasks)} tasks: "
+                "build the model with num_tasks=len(scenario.tasks)"
+            )
+        for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1),
+                                 ("eval_batch_size", eval_batch_size, 1), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if optimizer not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.model = model.to(device)
+        self.strategy = strategy
+        self.scenario = scenario
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = float(lr)
+        self.optimizer = optimizer
+        self.weight_decay = float(weight_decay)
+        self.momentum = float(momentum)
+        self.seed = seed
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.progress = bool(progress)
+        self.eval_batch_size = eval_batch_size
+        self.device = torch.device(device)
+
+    # ------------------------------------------------------------------ config
+    def config(self) -> dict:
+        """The run's arguments (checked on resume)."""
+        return {
+            "strategy": self.strategy.name,
+            "scenario": getattr(self.scenario, "name", None),
+            "tasks": len(self.scenario.tasks),
+            "model": type(self.model).__name__,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "optimizer": self.optimizer,
+            "weight_decay": self.weight_decay,
+            "momentum": self.momentum,
+            "seed": self.seed,
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, task: int, split: str = "val") -> float:
+        """Accuracy in [0, 1] of ``model`` as task ``task`` on ``split`` ("val" or "test")."""
+        if split not in ("val", "test", "train"):
+            raise ValueError(f"split must be 'val', 'test' or 'train', got {split!r}")
+        data = self.scenario.tasks[task]
+        x = np.asarray(getattr(data, f"x_{split}"), dtype=np.float32)
+        y = np.asarray(getattr(data, f"y_{split}"), dtype=np.int64)
+        if len(y) == 0:
+            return float("nan")
+        was_training = model.training
+        model.eval()
+        correct = 0
+        for start in range(0, len(y), self.eval_batch_size):
+            xb = torch.from_numpy(x[start : start + self.eval_batch_size]).to(self.device)
+            pred = model(xb, task).argmax(dim=1).cpu().numpy()
+            correct += int(np.sum(pred == y[start : start + self.eval_batch_size]))
+        model.train(was_training)
+        return correct / len(y)
+
+    def _test_row(self) -> np.ndarray:
+        return np.array(
+            [self.evaluate(self.model, j, "test") for j in range(len(self.scenario.tasks))]
+        )
+
+    # ------------------------------------------------------------------ training
+    def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(
+            params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+
+    def _train_epochs(
+        self, task: int, epochs: int, opt: torch.optim.Optimizer, phase: int, bar: Any
+    ) -> None:
+        data = self.scenario.tasks[task]
+        x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
+        y = torch.from_numpy(np.ascontiguousarray(data.y_train, dtype=np.int64))
+        n = len(y)
+        model, strategy = self.model, self.strategy
+        for epoch in range(epochs):
+            model.train()
+            order = np.random.default_rng((self.seed, task, phase, epoch)).permutation(n)
+            starts = list(range(0, n, self.batch_size))
+            if n > 1 and n - starts[-1] == 1:
+                starts.pop()  # a batch of one breaks BatchNorm's batch statistics
+            for start in starts:
+                idx = torch.from_numpy(order[start : start + self.batch_size])
+                xb, yb = x[idx].to(self.device), y[idx].to(self.device)
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(xb, task), yb)
+                loss.backward()
+                strategy.after_backward(task, model)
+                opt.step()
+                strategy.after_step(task, model)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+
+    def _train_task(self, task: int) -> None:
+        data = self.scenario.tasks[task]
+        torch.manual_seed(self.seed * 1_000_003 + task)
+        self.strategy.before_task(task, self.model, data)
+        params = self.strategy.parameters(self.model, task)
+        n = len(data.y_train)
+        steps = max(1, math.ceil(n / self.batch_size))
+        retrain = self.strategy.retrain_epochs(task)
+        total = steps * (self.epochs + retrain)
+        with tqdm(
+            total=total, desc=f"task {task}", leave=False, disable=not self.progress
+        ) as bar:
+            opt = self._make_optimizer(params)
+            self._train_epochs(task, self.epochs, opt, 0, bar)
+            self.strategy.prune(task, self.model, data, self.evaluate)
+            if retrain > 0:
+                self._train_epochs(task, retrain, opt, 1, bar)
+        self.strategy.after_task(task, self.model, data, self.evaluate)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _latest_checkpoint(self) -> tuple[int, Path] | None:
+        if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir():
+            return None
+        found = [
+            (int(m.group(1)), p)
+            for p in self.checkpoint_dir.iterdir()
+            if (m := _CKPT.match(p.name))
+        ]
+        return max(found) if found else None
+
+    def _save(self, task: int, rows: np.ndarray, random_init: np.ndarray, timings: dict) -> None:
+        if self.checkpoint_dir is None:
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "task": task,
+            "config": self.config(),
+            "model": self.model.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "rows": torch.from_numpy(rows.copy()),
+            "random_init": torch.from_numpy(random_init.copy()),
+            "timings": timings,
+        }
+        path = self.checkpoint_dir / f"task_{task:03d}.pt"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        for t in range(task):
+            old = self.checkpoint_dir / f"task_{t:03d}.pt"
+            if old.exists():
+                old.unlink()
+
+    def _load(self, path: Path) -> dict:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state["config"] != self.config():
+            raise ValueError(
+                f"checkpoint {path} was made with {state['config']}, this run is "
+                f"{self.config()}: use the same arguments or another checkpoint_dir"
+            )
+        self.model.load_state_dict(state["model"])
+        self.strategy.load_state_dict(state["strategy"])
+        return state
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> Results:
+        """Train every task in order (skipping those a checkpoint says are done); return Results."""
+        t_start = time.perf_counter()
+        num = len(self.scenario.tasks)
+        rows = np.full((num, num), np.nan)
+        timings: dict = {"train": [float("nan")] * num, "eval": [float("nan")] * num}
+        first = 0
+        self.strategy.setup(self.model, self.scenario)
+        latest = self._latest_checkpoint()
+        if latest is not None:
+            state = self._load(latest[1])
+            first = int(state["task"]) + 1
+            rows = state["rows"].numpy().astype(np.float64)
+            random_init = state["random_init"].numpy().astype(np.float64)
+            timings = state["timings"]
+        else:
+            torch.manual_seed(self.seed)
+            random_init = self._test_row()
+        for task in tqdm(range(first, num), desc="tasks", disable=not self.progress):
+            t0 = time.perf_counter()
+            self._train_task(task)
+            t1 = time.perf_counter()
+            rows[task] = self._test_row()
+            timings["train"][task] = t1 - t0
+            timings["eval"][task] = time.perf_counter() - t1
+            if self.checkpoint_dir is not None:
+                self._save(task, rows, random_init, timings)
+        timings["total"] = time.perf_counter() - t_start
+        return Results(
+            accuracy_matrix=rows,
+            random_init_accuracy=random_init,
+            acc=metrics.acc(rows),
+            bwt=metrics.bwt(rows),
+            fwt=metrics.fwt(rows, random_init),
+            forgetting=metrics.forgetting(rows),
+            timings=timings,
+            config=self.config(),
+        )

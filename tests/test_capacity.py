@@ -1,0 +1,118 @@
+"""Capacity: the TinySubNets case study and an independent count on random models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bitsub import PackedModel, TaskLayer
+from bitsub.capacity import Capacity, capacity
+from tests.test_packed import run_random_sequence
+
+CASE_STUDY = dict(prefix=False, masks=False, codebook_scope="task", codebook_index=True)
+
+
+def case_study_model():
+    """TinySubNets appendix: two layers of 6 weights; 3 tasks sharing one bank.
+
+    Task 1 keeps 4 weights per layer at 2 bits (one 4-centroid codebook for both layers), task 2
+    adds 1 weight per layer at 1 bit (a 2-centroid codebook), task 3 writes nothing: it reuses
+    task 2's new weights and a subset of task 1's.
+    """
+    pm = PackedModel(word_bits=32, prefix_bits=2)
+    pm.add_layer("L1", (2, 3))
+    pm.add_layer("L2", (3, 2))
+    rng = np.random.default_rng(0)
+    cb1 = np.array([-0.3576, -0.1, 0.2, 0.41], np.float32)
+    cb2 = np.array([-0.5, 0.5], np.float32)
+    t1, t2, t3 = {}, {}, {}
+    for name, shape in (("L1", (2, 3)), ("L2", (3, 2))):
+        m1 = np.zeros(6, bool)
+        m1[:4] = True
+        w2 = np.zeros(6, bool)
+        w2[4] = True
+        m1, w2 = m1.reshape(shape), w2.reshape(shape)
+        t1[name] = TaskLayer(m1, m1, bits=2, codebook=cb1, codes=rng.integers(0, 4, shape))
+        t2[name] = TaskLayer(m1 | w2, w2, bits=1, codebook=cb2, codes=rng.integers(0, 2, shape))
+        shared = m1.copy()
+        shared.reshape(-1)[0] = False  # task 3 shares a subset of task 1's weights
+        t3[name] = TaskLayer(shared | w2, np.zeros(shape, bool))
+    for layers in (t1, t2, t3):
+        pm.add_task(layers)
+    return pm
+
+
+def test_case_study_152_220_220():
+    pm = case_study_model()
+    cumulative = [capacity(pm, upto=t, **CASE_STUDY).total for t in pm.tasks]
+    assert capacity(pm, **CASE_STUDY).dense_bits == 384
+    assert cumulative == [152, 220, 220]
+    cap = pm.capacity(**CASE_STUDY)
+    # the pieces as the paper writes them: 4*2b + 4*2b + 136b, then 2*1b + 66b, then 0
+    assert [(r["fields"], r["codebooks"]) for r in cap.by_task] == [(16, 136), (2, 66), (0, 0)]
+    assert cap.percent == pytest.approx(100 * 220 / 384)
+    assert pm.banks == 1
+
+
+def independent_count(pm, spec_bits):
+    """Bits per component counted straight from public accessors, the obvious way."""
+    from bitsub.maskcodec import encode_mask
+
+    fields = codebooks = masks = private = 0
+    for t in pm.tasks:
+        for name in pm.layers:
+            _, source, _ = pm.resolve(t, name)
+            written = int((source == t).sum())  # the task's own fields are what it reads there
+            assert written == pm.fields(t, name)
+            b = spec_bits(t, name)
+            fields += written * (pm.prefix_bits + b)
+            cb = pm.codebook(t, name)
+            codebooks += 0 if cb is None else 32 * cb.size
+            masks += 8 * len(encode_mask(pm.mask(t, name)))
+        private += 32 * sum(a.size for a in pm.private(t).values())
+    return {"fields": fields, "codebooks": codebooks, "masks": masks, "private": private}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), word_bits=st.sampled_from([32, 64]),
+       prefix_bits=st.integers(1, 4))
+def test_capacity_equals_independent_count(seed, word_bits, prefix_bits):
+    shapes = {"fc1": (4, 3), "conv": (2, 2, 1, 3)}
+    pm, _, _ = run_random_sequence(seed, word_bits, prefix_bits, 6, shapes)
+    cap = pm.capacity()
+    assert isinstance(cap, Capacity)
+    assert cap.bits == independent_count(pm, pm.bits)
+    assert cap.dense_bits == 32 * sum(math.prod(s) for s in shapes.values())
+    assert cap.total == cap.bits["fields"] + cap.bits["codebooks"] + cap.bits["masks"]
+    assert cap.percent == pytest.approx(100 * cap.total / cap.dense_bits)
+    for comp in ("fields", "codebooks", "masks", "private"):
+        assert sum(r[comp] for r in cap.by_task) == cap.bits[comp]
+    for comp in ("fields", "codebooks", "masks"):
+        assert sum(r[comp] for r in cap.by_layer.values()) == cap.bits[comp]
+    if pm.tasks:
+        last = pm.tasks[-1]
+        assert pm.capacity(upto=last).bits == cap.bits
+    text = str(cap)
+    assert "fields" in text and "private" in text and f"{cap.total}" in text
+
+
+def test_options_and_validation():
+    pm = case_study_model()
+    full = pm.capacity()
+    no_prefix = pm.capacity(prefix=False)
+    assert full.bits["fields"] - no_prefix.bits["fields"] == 10 * pm.prefix_bits
+    half = pm.capacity(codebook_bits=16)
+    assert half.bits["codebooks"] == 16 * (4 + 4 + 2 + 2)
+    assert pm.capacity(masks=False).bits["masks"] == 0
+    with pytest.raises(ValueError, match="codebook_scope"):
+        pm.capacity(codebook_scope="model")
+    with pytest.raises(ValueError, match="upto"):
+        pm.capacity(upto=3)
+    with pytest.raises(TypeError):
+        pm.capacity(prefix=1)
+    empty = PackedModel()
+    assert empty.capacity().percent == 0.0 and empty.capacity().total == 0

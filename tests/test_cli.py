@@ -1,0 +1,166 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import bitsub
+from bitsub_torch import trainer as trainer_module
+from bitsub_torch.cli import eval_main, train_main
+
+FAST = ["--scenario", "splitdigits", "--epochs", "3", "--lr", "0.005", "--batch-size", "32",
+        "--no-progress", "--threads", "1"]
+
+
+def run_train(out, *extra):
+    return train_main([*FAST, "--out", str(out), *extra])
+
+
+def run_eval(capsys, model, *extra):
+    capsys.readouterr()
+    rc = eval_main([str(model), "--scenario", "splitdigits", *extra])
+    assert rc == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def check_run_dir(out, n_tasks):
+    res = json.loads((out / "results.json").read_text())
+    for key in ("accuracy_matrix", "acc", "bwt", "fwt", "capacity", "config", "timings",
+                "export"):
+        assert key in res
+    r = np.array(res["accuracy_matrix"], dtype=float)
+    assert r.shape == (n_tasks, n_tasks)
+    assert np.isfinite(r).all() and (r >= 0).all() and (r <= 1).all()
+    assert res["capacity"]["percent"] > 0
+    assert set(res["capacity"]["bits"]) >= {"fields", "codebooks", "masks", "private"}
+    assert (out / "accuracy_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert isinstance(bitsub.load(out / "model.h5"), bitsub.PackedModel)
+    return res, r
+
+
+@pytest.mark.parametrize("strategy", ["wsn", "packnet"])
+def test_train_and_eval_forget_free(tmp_path, capsys, strategy):
+    assert run_train(tmp_path, "--strategy", strategy) == 0
+    res, r = check_run_dir(tmp_path, 5)
+    assert res["bwt"] == 0.0
+    # tasks learnt something (2 classes per task: chance is 0.5)
+    assert np.mean(np.diag(r)) > 0.8
+    # the file reproduces the torch model: same predictions, same accuracies
+    assert min(res["export"]["agreement"]) >= 0.999
+    ev = run_eval(capsys, tmp_path / "model.h5", "--seed", "0")
+    assert ev["accuracy"] == pytest.approx(r[-1].tolist(), abs=1e-12)
+    assert ev["accuracy"] == res["export"]["accuracy"]
+
+
+def test_finetune_forgets(tmp_path):
+    assert run_train(tmp_path, "--strategy", "finetune") == 0
+    res, _ = check_run_dir(tmp_path, 5)
+    assert res["bwt"] < 0
+
+
+def test_export_bits_reports_file_accuracy(tmp_path, capsys):
+    assert run_train(tmp_path, "--strategy", "wsn", "--tasks", "2", "--export-bits", "4") == 0
+    res, r = check_run_dir(tmp_path, 2)
+    assert res["export"]["bits"] == 4
+    pm = bitsub.load(tmp_path / "model.h5")
+    assert {pm.bits(t, name) for t in pm.tasks for name in pm.layers} <= {0, 4}
+    ev = run_eval(capsys, tmp_path / "model.h5")
+    assert ev["accuracy"] == res["export"]["accuracy"]
+    # 4-bit codes of a tiny MLP stay close to the float model
+    assert abs(ev["acc"] - float(np.mean(r[-1]))) < 0.1
+
+
+def _interrupt_after(monkeypatch, k):
+    real = trainer_module.Trainer._train_task
+
+    def train_task(self, task):
+        if task == k + 1:
+            raise KeyboardInterrupt  # as if the run were killed after task k's checkpoint
+        return real(self, task)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_train_task", train_task)
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_train(full, "--strategy", "wsn", "--tasks", "3") == 0
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 0)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(cut, "--strategy", "wsn", "--tasks", "3")
+    assert not (cut / "results.json").exists()
+    assert [p.name for p in (cut / "checkpoints").iterdir()] == ["task_000.pt"]
+    assert run_train(cut, "--strategy", "wsn", "--tasks", "3") == 0
+    a = json.loads((full / "results.json").read_text())
+    b = json.loads((cut / "results.json").read_text())
+    for key in ("accuracy_matrix", "acc", "bwt", "fwt", "forgetting", "capacity", "export"):
+        assert a[key] == b[key], key
+    assert bitsub.load(full / "model.h5") == bitsub.load(cut / "model.h5")
+
+
+def test_other_arguments_on_same_dir_refused(tmp_path, capsys):
+    assert run_train(tmp_path, "--strategy", "wsn", "--tasks", "1") == 0
+    capsys.readouterr()
+    assert run_train(tmp_path, "--strategy", "wsn", "--tasks", "2") == 2
+    err = capsys.readouterr().err
+    assert "tasks" in err and "--out" in err
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert train_main(["--strategy", "wsn", "--scenario", "pmnist", "--out", str(tmp_path),
+                       "--no-progress"]) == 2
+    assert "data-dir" in capsys.readouterr().err
+    assert eval_main([str(tmp_path / "absent.h5"), "--scenario", "splitdigits"]) == 2
+    assert "error" in capsys.readouterr().err
+    (tmp_path / "junk.h5").write_bytes(b"not a file")
+    assert eval_main([str(tmp_path / "junk.h5"), "--scenario", "splitdigits"]) == 2
+    with pytest.raises(SystemExit):
+        train_main(["--strategy", "nope", "--scenario", "splitdigits", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_sigkill_and_rerun(tmp_path):
+    """A real `kill -9` of bitsub-train after task 1's checkpoint; the same command finishes."""
+    cmd = [sys.executable, "-c", "import sys; from bitsub_torch.cli import train_main; "
+           "sys.exit(train_main())", *FAST, "--strategy", "wsn", "--epochs", "30",
+           "--tasks", "4"]
+    ref = tmp_path / "ref"
+    subprocess.run([*cmd, "--out", str(ref)], check=True, capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoints" / "task_001.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists(), "the run finished before the kill"
+    subprocess.run([*cmd, "--out", str(out)], check=True, capture_output=True)
+    a = json.loads((ref / "results.json").read_text())
+    b = json.loads((out / "results.json").read_text())
+    assert a["accuracy_matrix"] == b["accuracy_matrix"]
+    assert bitsub.load(ref / "model.h5") == bitsub.load(out / "model.h5")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["wsn", "packnet", "finetune"])
+def test_pmnist5k_bars(tmp_path, capsys, strategy):
+    out = tmp_path / strategy
+    assert train_main(["--strategy", strategy, "--scenario", "pmnist5k", "--tasks", "5",
+                       "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
+    res, r = check_run_dir(out, 5)
+    if strategy == "finetune":
+        assert res["bwt"] < 0
+        return
+    assert res["bwt"] == 0.0
+    assert np.mean(np.diag(r)) > 0.8
+    assert min(res["export"]["agreement"]) >= 0.999
+    capsys.readouterr()
+    assert eval_main([str(out / "model.h5"), "--scenario", "pmnist5k", "--seed", "0"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["accuracy"] == pytest.approx(r[-1].tolist(), abs=1e-3)

@@ -1,0 +1,194 @@
+import numpy as np
+import pytest
+import torch
+
+import bitsub
+from bitsub_torch.export import export, packed_accuracy, packed_predictions
+from bitsub_torch.models import alexnet, mlp
+from bitsub_torch.strategies import WSN, Finetune, PackNet, Strategy
+
+torch.set_num_threads(1)
+
+
+def masked_model(net, n_tasks, seed=0, density=0.5):
+    """A model in the state WSN/PackNet leave it in: per-task masks, consolidated ownership."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        for t in range(n_tasks):
+            for layer in net.task_layers().values():
+                mask = torch.rand(layer.weight.shape, generator=g) < density
+                layer.set_task_mask(t, mask)
+                layer.consolidate(t, mask)
+    net.eval()
+    return net
+
+
+def torch_logits(net, task, x):
+    with torch.no_grad():
+        return net(torch.from_numpy(x), task).numpy()
+
+
+@pytest.mark.parametrize("strategy", [Strategy(), WSN(0.5), PackNet()])
+def test_lossless_weights_and_private(strategy):
+    net = masked_model(mlp((20,), 3, 4, width=12), 4)
+    pm = export(net, strategy)
+    assert isinstance(pm, bitsub.PackedModel)
+    assert pm.word_bits == 64 and pm.prefix_bits == 3 and pm.banks == 1
+    assert pm.tasks == [0, 1, 2, 3]
+    assert pm.layers == list(net.task_layers())
+    for t in range(4):
+        for name, layer in net.task_layers().items():
+            expected = (layer.weight * layer.task_mask(t)).detach().numpy()
+            np.testing.assert_array_equal(pm.weights(t, name), expected)
+            np.testing.assert_array_equal(pm.mask(t, name), layer.task_mask(t).numpy())
+            assert pm.bits(t, name) in (0, 32)
+        priv = pm.private(t)
+        assert set(priv) == set(net.private_params(t))
+        np.testing.assert_array_equal(priv["head.weight"], net.heads[t].weight.detach().numpy())
+    assert pm.network == net.network_steps(0)
+
+
+def test_finetune_exports_final_weights():
+    net = mlp((10,), 2, 3, width=8)
+    pm = export(net, Finetune())
+    for t in range(3):
+        for name, layer in net.task_layers().items():
+            np.testing.assert_array_equal(pm.weights(t, name), layer.weight.detach().numpy())
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_quantized_export(bits):
+    net = masked_model(mlp((30,), 3, 3, width=16), 3, seed=bits)
+    pm = export(net, Strategy(), bits=bits)
+    assert pm.word_bits == 32
+    for t in range(3):
+        for name, layer in net.task_layers().items():
+            write = (layer.owner == t).numpy() & layer.task_mask(t).numpy()
+            w = pm.weights(t, name)
+            ref = (layer.weight * layer.task_mask(t)).detach().numpy()
+            assert pm.bits(t, name) == (bits if write.any() else 0)
+            if write.any():
+                assert len(np.unique(w[write])) <= 2**bits
+                # K-Means codes: each stored value is near its original (within the value range)
+                err = np.abs(w[write] - ref[write]).max()
+                assert err <= np.ptp(ref[write]) / 2 + 1e-6
+            np.testing.assert_array_equal(w[~layer.task_mask(t).numpy()], 0)
+
+
+def test_prefix_bits_grow_with_tasks():
+    net = masked_model(mlp((6,), 2, 9, width=4), 9, density=0.6)
+    pm = export(net, Strategy())
+    assert pm.prefix_bits == 4 and pm.banks == 1
+    for t in (0, 8):
+        for name, layer in net.task_layers().items():
+            np.testing.assert_array_equal(
+                pm.weights(t, name), (layer.weight * layer.task_mask(t)).detach().numpy()
+            )
+    sub = export(net, Strategy(), tasks=3)
+    assert sub.tasks == [0, 1, 2] and sub.prefix_bits == 2
+
+
+@pytest.mark.parametrize("kwargs,exc", [
+    ({"bits": 0}, ValueError),
+    ({"bits": 20}, ValueError),
+    ({"bits": 2.0}, TypeError),
+    ({"word_bits": 48}, ValueError),
+    ({"word_bits": 32}, ValueError),  # raw float32 fields need 64-bit words
+    ({"prefix_bits": 9}, ValueError),
+    ({"tasks": 5}, ValueError),
+    ({"tasks": 0}, ValueError),
+])
+def test_export_argument_errors(kwargs, exc):
+    net = masked_model(mlp((6,), 2, 2, width=4), 2)
+    with pytest.raises(exc):
+        export(net, Strategy(), **kwargs)
+
+
+def test_export_strategy_codebooks_and_errors():
+    net = masked_model(mlp((8,), 2, 2, width=4), 2)
+
+    class Coded(Strategy):
+        quantizes = True
+
+        def task_layers(self, model, task):
+            out = {}
+            for name, e in super().task_layers(model, task).items():
+                codes = (e["values"] > 0).astype(np.int64)
+                out[name] = {"mask": e["mask"], "write": e["write"], "bits": 1,
+                             "codebook": np.array([-0.5, 0.5], np.float32), "codes": codes}
+            return out
+
+    pm = export(net, Coded())
+    assert pm.word_bits == 32
+    for t in range(2):
+        for name, layer in net.task_layers().items():
+            m = layer.task_mask(t).numpy()
+            w = pm.weights(t, name)
+            assert set(np.unique(w[m])) <= {-0.5, 0.5}
+    with pytest.raises(ValueError, match="quantizes"):
+        export(net, Coded(), bits=4)
+
+    class Bad(Strategy):
+        def task_layers(self, model, task):
+            return {"nope": {"mask": None, "write": None}}
+
+    with pytest.raises(ValueError, match="unknown layers"):
+        export(net, Bad())
+
+
+# ------------------------------------------------------------------ from the file (pm.forward)
+
+
+def file_logits(pm, task, x):
+    """bitsub's NumPy forward: pm.forward where wired, else bitsub.network.forward directly."""
+    if hasattr(pm, "forward"):
+        return pm.forward(task, x)
+    from bitsub.network import forward
+
+    from bitsub_torch.export import _Planned
+
+    return forward(_Planned(pm), task, x)
+
+
+def test_lossless_forward_matches_torch(tmp_path):
+    net = masked_model(mlp((20,), 3, 3, width=12), 3)
+    pm = export(net, WSN(0.5))
+    pm.save(tmp_path / "m.h5")
+    pm = bitsub.load(tmp_path / "m.h5")
+    x = np.random.default_rng(0).standard_normal((50, 20)).astype(np.float32)
+    for t in range(3):
+        np.testing.assert_allclose(file_logits(pm, t, x), torch_logits(net, t, x), rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_array_equal(packed_predictions(pm, t, x, batch_size=7),
+                                      torch_logits(net, t, x).argmax(1))
+
+
+def test_conv_network_forward_matches_torch():
+    net = masked_model(alexnet((3, 32, 32), 4, 2, width=0.1), 2)
+    # give the per-task BatchNorms non-trivial statistics
+    with torch.no_grad():
+        for norm in net.task_norms().values():
+            for bn in norm.norms:
+                bn.running_mean.uniform_(-0.2, 0.2)
+                bn.running_var.uniform_(0.5, 1.5)
+    pm = export(net, WSN(0.5))
+    x = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    for t in range(2):
+        np.testing.assert_allclose(file_logits(pm, t, x), torch_logits(net, t, x), rtol=1e-4,
+                                   atol=1e-4)
+
+
+def test_packed_accuracy():
+    from bitsub_torch.scenarios import get_scenario
+
+    sc = get_scenario("splitdigits", tasks=2)
+    net = masked_model(mlp((64,), 2, 2, width=16), 2)
+    pm = export(net, WSN(0.5))
+    accs = packed_accuracy(pm, sc.tasks)
+    for t, data in enumerate(sc.tasks):
+        pred = torch_logits(net, t, data.x_test).argmax(1)
+        assert accs[t] == pytest.approx(float(np.mean(pred == data.y_test)))
+    with pytest.raises(ValueError, match="split"):
+        packed_accuracy(pm, sc.tasks, split="nope")

@@ -1,0 +1,220 @@
+"""1-D K-Means: exactness against brute force, auto vs optimal, edge cases, validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bitsub.kmeans as km
+from bitsub.kmeans import kmeans_1d, quantize
+from tests.naive import naive_kmeans_1d_min_sse, naive_sse
+
+METHODS = ["optimal", "auto", "lloyd"]
+
+
+def check_codebook(values, k, centroids, codes):
+    """Format invariants: shape, dtype, ascending finite codebook, nearest-centroid codes."""
+    values = np.asarray(values)
+    assert centroids.dtype == np.float32 and centroids.shape == (k,)
+    assert np.all(np.isfinite(centroids))
+    assert np.all(np.diff(centroids) >= 0)
+    assert codes.dtype == (np.uint8 if k <= 256 else np.uint16)
+    assert codes.shape == values.shape
+    assert int(codes.max()) < k
+    v = values.reshape(-1).astype(np.float64)
+    dist = np.abs(v[:, None] - centroids.astype(np.float64)[None, :])
+    nearest = np.argmin(dist, axis=1)  # first index on a tie
+    assert np.array_equal(codes.reshape(-1), nearest)
+
+
+small_values = st.lists(
+    st.sampled_from([-3.5, -1.0, -0.25, 0.0, 0.5, 0.75, 2.0, 8.0])
+    | st.floats(-100, 100, allow_nan=False, width=32),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(small_values, st.integers(1, 6))
+def test_optimal_and_auto_reach_brute_force_minimum(vals, k):
+    values = np.array(vals, dtype=np.float32)
+    best = naive_kmeans_1d_min_sse(values, k)
+    tol = 1e-6 * (1.0 + float(np.sum(values.astype(np.float64) ** 2)))
+    for method in ("optimal", "auto"):
+        c, codes = kmeans_1d(values, k, method=method)
+        check_codebook(values, k, c, codes)
+        assert abs(naive_sse(values, c, codes) - best) <= tol, method
+    c, codes = kmeans_1d(values, k, method="lloyd")
+    check_codebook(values, k, c, codes)
+    assert naive_sse(values, c, codes) >= best - tol
+
+
+@pytest.mark.parametrize("dist", ["normal", "laplace"])
+@pytest.mark.parametrize(("n", "k", "tol"), [(20000, 4, 1e-3), (6000, 16, 1e-3), (8000, 256, 1e-2)])
+def test_auto_within_bar_of_optimal(dist, n, k, tol):
+    rng = np.random.default_rng(n + k)
+    x = (rng.standard_normal(n) if dist == "normal" else rng.laplace(size=n)).astype(np.float32)
+    # The grouped path, not the exact fallback, must be what "auto" runs here.
+    assert k * n * np.log2(n) > km._AUTO_EXACT_WORK
+    c_opt, codes_opt = kmeans_1d(x, k, method="optimal")
+    c_auto, codes_auto = kmeans_1d(x, k, method="auto")
+    check_codebook(x, k, c_auto, codes_auto)
+    sse_opt = naive_sse(x, c_opt, codes_opt)
+    sse_auto = naive_sse(x, c_auto, codes_auto)
+    assert sse_opt <= sse_auto * (1 + 1e-9)
+    assert sse_auto <= sse_opt * (1 + tol)
+
+
+def test_auto_with_many_duplicates_and_k_above_256():
+    rng = np.random.default_rng(3)
+    x = np.round(rng.standard_normal(20000) * 40) / 8  # about 300 distinct values
+    for k in (64, 300):
+        c_opt, codes_opt = kmeans_1d(x, k, method="optimal")
+        c, codes = kmeans_1d(x, k)
+        check_codebook(x, k, c, codes)
+        assert naive_sse(x, c, codes) <= naive_sse(x, c_opt, codes_opt) * 1.01 + 1e-12
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fewer_distinct_values_than_k(method):
+    values = np.array([[2.0, 1.0, 2.0], [1.0, 5.0, 2.0]])
+    c, codes = kmeans_1d(values, 8, method=method)
+    check_codebook(values, 8, c, codes)
+    assert c[:3].tolist() == [1.0, 2.0, 5.0]
+    assert np.all(c[3:] == 5.0)
+    assert np.array_equal(c[codes], values.astype(np.float32))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_edge_inputs(method):
+    c, codes = kmeans_1d([3.0], 4, method=method)
+    check_codebook(np.array([3.0]), 4, c, codes)
+    assert np.all(c == 3.0) and codes.tolist() == [0]
+    same = np.full((4, 5), -1.5, dtype=np.float32)
+    c, codes = kmeans_1d(same, 2, method=method)
+    check_codebook(same, 2, c, codes)
+    assert np.all(codes == 0)
+    values = np.arange(10, dtype=np.int32)
+    c, codes = kmeans_1d(values, 1, method=method)
+    assert c.tolist() == [4.5] and np.all(codes == 0)
+    c, codes = kmeans_1d(np.array([True, False, True]), 2, method=method)
+    assert c.tolist() == [0.0, 1.0] and codes.tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_any_shape_float64_and_uint16_codes(method):
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((3, 7, 11))
+    c, codes = kmeans_1d(values, 300, method=method)
+    check_codebook(values, 300, c, codes)
+    c, codes = kmeans_1d(values, 5, method=method)
+    check_codebook(values, 5, c, codes)
+
+
+def test_permutation_and_large_offset():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(3000)
+    c1, codes1 = kmeans_1d(x, 8)
+    perm = rng.permutation(x.size)
+    c2, codes2 = kmeans_1d(x[perm], 8)
+    assert np.array_equal(c1, c2) and np.array_equal(codes1[perm], codes2)
+    c3, codes3 = kmeans_1d(x + 1000.0, 8, method="optimal")
+    check_codebook(x + 1000.0, 8, c3, codes3)
+    np.testing.assert_allclose(c3, c1 + 1000.0, rtol=0, atol=1e-3)
+
+
+def test_quantize_is_kmeans_with_two_to_the_bits():
+    rng = np.random.default_rng(1)
+    x = rng.laplace(size=500).astype(np.float32)
+    for bits in range(1, 17):
+        c, codes = quantize(x, bits)
+        c2, codes2 = kmeans_1d(x, 2**bits)
+        assert np.array_equal(c, c2) and np.array_equal(codes, codes2)
+        check_codebook(x, 2**bits, c, codes)
+
+
+@pytest.mark.parametrize(
+    ("values", "k", "kwargs", "exc"),
+    [
+        ([], 4, {}, ValueError),
+        (np.zeros((0, 3)), 4, {}, ValueError),
+        ([1.0, np.nan], 4, {}, ValueError),
+        ([1.0, np.inf], 4, {}, ValueError),
+        ([1.0, -np.inf], 4, {}, ValueError),
+        ([1.0], 0, {}, ValueError),
+        ([1.0], 65537, {}, ValueError),
+        ([1.0], 2.0, {}, TypeError),
+        ([1.0], True, {}, TypeError),
+        ([1.0], 2, {"method": "kmeans++"}, ValueError),
+        (["a", "b"], 2, {}, TypeError),
+        ([1 + 2j], 2, {}, TypeError),
+    ],
+)
+def test_kmeans_rejects_bad_input(values, k, kwargs, exc):
+    with pytest.raises(exc):
+        kmeans_1d(values, k, **kwargs)
+
+
+@pytest.mark.parametrize(("bits", "exc"), [(0, ValueError), (17, ValueError), (2.0, TypeError)])
+def test_quantize_rejects_bad_bits(bits, exc):
+    with pytest.raises(exc):
+        quantize([1.0, 2.0], bits)
+
+
+def test_k_max_is_accepted():
+    x = np.linspace(-1, 1, 70000, dtype=np.float32)
+    c, codes = kmeans_1d(x, 65536, method="lloyd")
+    assert c.shape == (65536,) and codes.dtype == np.uint16
+    assert np.all(np.diff(c) >= 0)
+
+
+# ------------------------------------------------------------------------ kernels
+
+
+def _prefix(x):
+    d = km._Distinct(np.sort(x), float(np.median(x)))
+    return d
+
+
+def test_checkpointed_dp_equals_full_table(monkeypatch):
+    rng = np.random.default_rng(2)
+    d = _prefix(rng.standard_normal(700).astype(np.float32))
+    for k in (2, 5, 17, 40):
+        full = km._dp_partition(d.w, d.s, d.q, k, k)
+        for step in (1, 2, 3, 7):
+            assert np.array_equal(km._dp_partition(d.w, d.s, d.q, k, step), full), (k, step)
+    monkeypatch.setattr(km, "_DP_FULL_ENTRIES", 100)
+    assert km._dp_rows_step(40, 700) < 40
+    x = rng.laplace(size=900)
+    c_small, codes_small = kmeans_1d(x, 40, method="optimal")
+    monkeypatch.undo()
+    c_full, codes_full = kmeans_1d(x, 40, method="optimal")
+    assert np.array_equal(c_small, c_full) and np.array_equal(codes_small, codes_full)
+
+
+def test_band_dp_with_full_bands_is_exact():
+    rng = np.random.default_rng(4)
+    d = _prefix(rng.standard_normal(400).astype(np.float32))
+    m = d.m
+    for k in (1, 3, 12):
+        j = np.arange(k + 1)
+        t_band = km._dp_band(d.w, d.s, d.q, j.copy(), m - k + j)
+        t_full = km._dp_partition(d.w, d.s, d.q, k, k)
+        cost_band = km._run_costs(d.w, d.s, d.q, t_band).sum()
+        cost_full = km._run_costs(d.w, d.s, d.q, t_full).sum()
+        assert cost_band == pytest.approx(cost_full, rel=1e-12, abs=1e-12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.floats(-50, 50, width=32), min_size=1, max_size=30),
+    st.lists(st.floats(-60, 60, width=32), min_size=1, max_size=200),
+)
+def test_nearest_assignment_matches_argmin(cents, vals):
+    centroids = np.sort(np.array(cents, dtype=np.float32))
+    values = np.array(vals, dtype=np.float32)
+    c, codes = km._finish(values, centroids.astype(np.float64), centroids.size, values.shape)
+    check_codebook(values, centroids.size, c, codes)

@@ -1,0 +1,337 @@
+"""Task layers, straight-through functions and the papers' networks (bitsub_torch.layers/models)."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from naive import naive_conv2d, naive_quantize, naive_run_steps, naive_topk_mask
+
+from bitsub_torch.autograd import quantize_ste, topk_count, topk_mask, topk_mask_bool
+from bitsub_torch.layers import TaskBatchNorm, TaskConv2d, TaskLinear
+from bitsub_torch.models import alexnet, mlp, resnet18, tinynet
+from bitsub_torch.strategies import WSN
+
+torch.set_num_threads(1)
+
+densities = st.floats(min_value=1e-3, max_value=1.0, exclude_min=False)
+
+
+# ------------------------------------------------------------------ top-k mask
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 7), min_size=1, max_size=3),
+    density=densities,
+    seed=st.integers(0, 2**16),
+)
+def test_topk_mask_matches_naive(shape, density, seed):
+    scores = torch.from_numpy(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+    k = topk_count(scores.numel(), density)
+    got = topk_mask_bool(scores, density).numpy()
+    assert got.shape == tuple(shape)
+    assert got.sum() == k == max(1, min(scores.numel(), round(density * scores.numel())))
+    # random normal scores have distinct magnitudes, so the top-k set is unique
+    np.testing.assert_array_equal(got, naive_topk_mask(scores.numpy(), k))
+    st_mask = topk_mask(scores, density)
+    assert st_mask.dtype == scores.dtype
+    np.testing.assert_array_equal(st_mask.numpy().astype(bool), got)
+
+
+@pytest.mark.parametrize("fill", [0.0, 1.0, -2.0])
+def test_topk_mask_with_ties_keeps_exactly_k(fill):
+    scores = torch.full((5, 6), fill)
+    mask = topk_mask_bool(scores, 0.3)
+    assert int(mask.sum()) == 9
+
+
+def test_topk_mask_edges():
+    s = torch.randn(1)
+    assert topk_mask_bool(s, 0.01).tolist() == [True]
+    assert topk_mask_bool(torch.randn(4, 4), 1.0).all()
+    assert topk_mask_bool(torch.empty(0), 0.5).numel() == 0
+
+
+def test_topk_mask_is_straight_through():
+    scores = torch.randn(6, 5, requires_grad=True)
+    g = torch.randn(6, 5)
+    (topk_mask(scores, 0.4) * g).sum().backward()
+    torch.testing.assert_close(scores.grad, g, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("density", [0.0, -0.1, 1.5, float("nan")])
+def test_topk_rejects_bad_density(density):
+    with pytest.raises(ValueError, match="density"):
+        topk_mask(torch.randn(3), density)
+
+
+def test_topk_rejects_bad_types():
+    with pytest.raises(TypeError):
+        topk_mask(np.ones(3), 0.5)
+    with pytest.raises(TypeError):
+        topk_mask(torch.ones(3), "0.5")
+
+
+# ------------------------------------------------------------------ quantization
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    bits=st.integers(1, 8),
+    seed=st.integers(0, 2**16),
+)
+def test_quantize_ste_matches_naive(n, bits, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n).astype(np.float32)
+    cb = rng.standard_normal(2**bits).astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    q = quantize_ste(xt, torch.from_numpy(cb))
+    np.testing.assert_array_equal(q.detach().numpy(), naive_quantize(x, cb).astype(np.float32))
+    g = torch.randn(n)
+    (q * g).sum().backward()
+    torch.testing.assert_close(xt.grad, g, rtol=0, atol=0)
+
+
+def test_quantize_ste_tie_goes_low_and_single_centroid():
+    x = torch.tensor([0.5, -1.0, 3.0])
+    assert quantize_ste(x, torch.tensor([1.0, 0.0])).tolist() == [0.0, 0.0, 1.0]
+    assert quantize_ste(x, torch.tensor([2.0])).tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="codebook"):
+        quantize_ste(x, torch.tensor([]))
+
+
+# ------------------------------------------------------------------ TaskLinear / TaskConv2d
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 5),
+    fin=st.integers(1, 9),
+    fout=st.integers(1, 9),
+    p=st.floats(0.0, 1.0),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_task_linear_matches_dense_masked(n, fin, fout, p, bias, seed):
+    torch.manual_seed(seed)
+    layer = TaskLinear(fin, fout, 3, bias=bias)
+    rng = np.random.default_rng(seed)
+    mask = rng.random((fout, fin)) < p
+    layer.set_task_mask(1, torch.from_numpy(mask))
+    if bias:
+        with torch.no_grad():
+            layer.biases[1].copy_(torch.randn(fout))
+    x = rng.standard_normal((n, fin)).astype(np.float32)
+    got = layer(torch.from_numpy(x), 1).detach().numpy()
+    w = layer.weight.detach().numpy().astype(np.float64) * mask
+    want = x @ w.T + (layer.biases[1].detach().numpy() if bias else 0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # a task without a mask reads the dense weight
+    dense = layer(torch.from_numpy(x), 0).detach().numpy()
+    np.testing.assert_allclose(dense, x @ layer.weight.detach().numpy().T, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    k=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    padding=st.integers(0, 1),
+    cin=st.integers(1, 3),
+    cout=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_task_conv2d_matches_naive(k, stride, padding, cin, cout, seed):
+    torch.manual_seed(seed)
+    layer = TaskConv2d(cin, cout, k, 2, stride=stride, padding=padding)
+    rng = np.random.default_rng(seed)
+    mask = rng.random(tuple(layer.weight.shape)) < 0.5
+    layer.set_task_mask(0, torch.from_numpy(mask))
+    x = rng.standard_normal((2, cin, 5, 6)).astype(np.float32)
+    got = layer(torch.from_numpy(x), 0).detach().numpy()
+    want = naive_conv2d(x, layer.weight.detach().numpy() * mask, stride, padding)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_score_mode_uses_topk_and_trains_scores():
+    torch.manual_seed(0)
+    layer = TaskLinear(6, 4, 2)
+    layer.start_scores(1, 0.25)
+    x = torch.randn(3, 6)
+    y = layer(x, 1)
+    mask = topk_mask_bool(layer.scores, 0.25)
+    torch.testing.assert_close(y, F.linear(x, layer.weight * mask))
+    y.sum().backward()
+    assert layer.scores.grad is not None and layer.scores.grad.abs().sum() > 0
+    # only kept positions get a weight gradient
+    assert torch.all(layer.weight.grad[~mask] == 0)
+    # other tasks are unaffected by score mode
+    torch.testing.assert_close(layer(x, 0), F.linear(x, layer.weight))
+    layer.stop_scores()
+    torch.testing.assert_close(layer(x, 1), F.linear(x, layer.weight))
+
+
+def test_consolidate_owns_only_free_positions():
+    layer = TaskLinear(3, 2, 3)
+    m0 = torch.tensor([[True, False, True], [False, False, False]])
+    m1 = torch.tensor([[True, True, False], [False, False, True]])
+    assert layer.consolidate(0, m0) == 2
+    assert layer.consolidate(1, m1) == 2
+    assert layer.owner.tolist() == [[0, 1, 0], [-1, -1, 1]]
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.1),
+        lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.1),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.1),
+    ],
+    ids=["adam-l2", "adamw", "sgd-momentum"],
+)
+def test_owned_positions_bit_identical_under_any_optimizer(make_opt):
+    torch.manual_seed(0)
+    layer = TaskConv2d(2, 3, 3, 2, padding=1)
+    owned = torch.rand(layer.weight.shape) < 0.5
+    layer.consolidate(0, owned)
+    opt = make_opt([layer.weight])
+    # stale optimizer state from "task 0" (momentum, Adam moments) must not move owned weights
+    for _ in range(3):
+        opt.zero_grad()
+        layer(torch.randn(4, 2, 5, 5), 0).pow(2).sum().backward()
+        opt.step()
+    layer.freeze_owned()
+    before = layer.weight.detach().clone()
+    for _ in range(10):
+        opt.zero_grad()
+        layer(torch.randn(4, 2, 5, 5), 1).pow(2).sum().backward()
+        layer.zero_owned_grads()
+        assert torch.all(layer.weight.grad[owned] == 0)
+        opt.step()
+        layer.restore_owned()
+    after = layer.weight.detach()
+    assert torch.equal(after[owned].view(torch.int32), before[owned].view(torch.int32))
+    assert not torch.equal(after[~owned], before[~owned])
+
+
+def test_set_task_mask_validates():
+    layer = TaskLinear(3, 2, 2)
+    with pytest.raises(ValueError, match="bool tensor of shape"):
+        layer.set_task_mask(0, torch.ones(2, 3))
+    with pytest.raises(ValueError, match="bool tensor of shape"):
+        layer.set_task_mask(0, torch.ones(3, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="task must be in 0..1"):
+        layer.set_task_mask(2, torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(TypeError, match="task must be an int"):
+        layer(torch.randn(1, 3), 0.0)
+    with pytest.raises(ValueError, match="in_features"):
+        TaskLinear(0, 2, 1)
+    assert not layer.has_task_mask(0)
+    assert layer.task_mask(0).all()
+
+
+def test_task_batchnorm_is_private_per_task():
+    bn = TaskBatchNorm(3, 2)
+    bn.train()
+    bn(torch.randn(8, 3, 4, 4) * 5 + 2, 1)
+    assert torch.equal(bn.norms[0].running_mean, torch.zeros(3))
+    assert not torch.equal(bn.norms[1].running_mean, torch.zeros(3))
+    with pytest.raises(ValueError, match="task"):
+        bn(torch.randn(2, 3, 4, 4), 2)
+
+
+# ------------------------------------------------------------------ networks
+
+
+@pytest.mark.parametrize(
+    "build, shape",
+    [
+        (lambda: mlp((784,), 10, 3), (784,)),
+        (lambda: mlp((1, 8, 8), 4, 3, width=7, depth=3), (1, 8, 8)),
+        (lambda: alexnet((3, 32, 32), 5, 3, width=0.1), (3, 32, 32)),
+        (lambda: tinynet((3, 16, 16), 5, 3, width=0.1), (3, 16, 16)),
+        (lambda: resnet18((3, 16, 16), 5, 3, width=4), (3, 16, 16)),
+    ],
+    ids=["mlp", "mlp-3d", "alexnet", "tinynet", "resnet18"],
+)
+def test_networks_forward_backward(build, shape):
+    torch.manual_seed(0)
+    model = build()
+    x = torch.randn(3, *shape)
+    y = model(x, 2)
+    assert y.shape == (3, model.num_classes)
+    y.sum().backward()
+    layers = model.task_layers()
+    assert layers and all(layer.weight.grad is not None for layer in layers.values())
+    assert model.heads[2].weight.grad is not None and model.heads[0].weight.grad is None
+
+
+def test_mlp_is_the_papers_784_100_100_without_bias():
+    model = mlp()
+    assert list(model.task_layers()) == ["fc1", "fc2"]
+    assert [tuple(v.weight.shape) for v in model.task_layers().values()] == [(100, 784), (100, 100)]
+    assert all(v.biases is None for v in model.task_layers().values())
+    assert all(h.bias is None for h in model.heads)
+    assert len(model.heads) == 10
+
+
+@pytest.mark.parametrize(
+    "build, shape",
+    [
+        (lambda: mlp((12,), 4, 2, width=9), (12,)),
+        (lambda: alexnet((3, 24, 24), 4, 2, width=0.05), (3, 24, 24)),
+        (lambda: tinynet((2, 8, 8), 4, 2, width=0.05), (2, 8, 8)),
+    ],
+    ids=["mlp", "alexnet", "tinynet"],
+)
+def test_network_steps_reproduce_forward(build, shape):
+    """A naive interpreter of network_steps + private_params + masked weights = model.eval()."""
+    torch.manual_seed(0)
+    model = build()
+    strategy = WSN(0.5)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, *shape)).astype(np.float32)
+    # give task 1 trained-looking norms, a mask and ownership
+    model.train()
+    model(torch.from_numpy(x), 1)
+    for layer in model.task_layers().values():
+        layer.set_task_mask(1, torch.from_numpy(rng.random(tuple(layer.weight.shape)) < 0.6))
+        layer.consolidate(1)
+    model.eval()
+    steps = model.network_steps(1)
+    private = model.private_params(1)
+    named = {k for s in steps for key, k in s.items() if key in
+             ("bias", "mean", "var", "weight") and isinstance(k, str)}
+    assert named == set(private)
+    assert all(v.dtype == np.float32 for v in private.values())
+    layers = strategy.task_layers(model, 1)
+    weights = {n: d["values"].astype(np.float64) * d["mask"] for n, d in layers.items()}
+    want = naive_run_steps(steps, weights, private, x)
+    with torch.no_grad():
+        got = model(torch.from_numpy(x), 1).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_resnet18_has_no_steps_but_private_params():
+    model = resnet18((3, 16, 16), 5, 2, width=4)
+    with pytest.raises(NotImplementedError, match="skip"):
+        model.network_steps(0)
+    assert "head.weight" in model.private_params(0)
+    assert "layer1_0.conv1" in model.task_layers()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: alexnet((3, 4, 4)),
+        lambda: alexnet((784,)),
+        lambda: mlp((), 10, 2),
+        lambda: tinynet((3, 16, 16), width=0),
+        lambda: mlp(num_tasks=0),
+    ],
+)
+def test_network_constructors_validate(call):
+    with pytest.raises((ValueError, TypeError)):
+        call()

@@ -1,0 +1,232 @@
+"""Packed sparse matmul on the CPU and the per-task plan, against the naive dense references."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bitsub import matmul as mm
+from bitsub.matmul import conv2d, matmul
+from bitsub.plan import SLICE, Plan, build_plan
+from tests.naive import naive_conv2d_loops, naive_dense_matmul, naive_resolved_weights
+
+
+def random_fields(rng, shape, density, bits, n_writers, raw_writers=0):
+    """Random resolved fields: mask, source, codes and the writers' codebooks."""
+    mask = rng.random(shape) < density
+    n_all = n_writers + raw_writers
+    source = np.where(mask, rng.integers(0, n_all, shape), -1).astype(np.int32)
+    codebooks = {}
+    codes = np.zeros(shape, np.uint32)
+    for w in range(n_all):
+        sel = source == w
+        if w < n_writers:
+            k = int(rng.integers(1, (1 << bits) + 1))
+            codebooks[w] = rng.standard_normal(k).astype(np.float32)
+            codes[sel] = rng.integers(0, k, int(sel.sum()))
+        else:
+            codebooks[w] = None
+            codes[sel] = rng.standard_normal(int(sel.sum())).astype(np.float32).view(np.uint32)
+    return mask, source, codes, codebooks
+
+
+def assert_close(y, ref):
+    ref = np.asarray(ref)
+    assert y.dtype == np.float32 and y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, rtol=2e-4, atol=2e-4 * max(1.0, float(np.abs(ref).max(
+        initial=0.0))))
+
+
+fields = st.tuples(
+    st.integers(1, 40),  # out
+    st.integers(1, 70),  # in
+    st.sampled_from([0.0, 0.05, 0.3, 0.7, 1.0]),  # density
+    st.integers(1, 8),  # bit-width
+    st.integers(1, 3),  # codebook writers (own and reused fields)
+    st.integers(0, 1),  # raw float32 writers
+    st.integers(0, 2**32 - 1),  # seed
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(fields, st.sampled_from([1, 2, 7, 8, 9, 33]))
+def test_matmul_equals_dense_product(f, batch):
+    out, n_in, density, bits, writers, raw, seed = f
+    rng = np.random.default_rng(seed)
+    mask, source, codes, cbs = random_fields(rng, (out, n_in), density, bits, writers, raw)
+    plan = build_plan(mask, source, codes, cbs)
+    w = naive_resolved_weights(mask, source, codes, cbs)
+    np.testing.assert_array_equal(plan.dense(), w)
+    x = rng.standard_normal((batch, n_in)).astype(np.float32)
+    assert_close(matmul(plan, x), naive_dense_matmul(w, x))
+    assert_close(matmul(plan, x[0]), naive_dense_matmul(w, x[0]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(fields)
+def test_plan_invariants(f):
+    out, n_in, density, bits, writers, raw, seed = f
+    rng = np.random.default_rng(seed)
+    mask, source, codes, cbs = random_fields(rng, (out, n_in), density, bits, writers, raw)
+    plan = build_plan(mask, source, codes, cbs)
+    n_slices = -(-out // SLICE)
+    assert plan.slice_ptr.shape == (n_slices + 1,) and plan.slice_ptr[0] == 0
+    np.testing.assert_array_equal(np.diff(plan.slice_ptr), plan.slice_len.astype(np.int64) * SLICE)
+    np.testing.assert_array_equal(plan.row_len, mask.sum(axis=1))
+    assert plan.nnz == mask.sum()
+    assert plan.codebook[-1] == 0.0
+    assert plan.cols.size == plan.codes.size == plan.slice_ptr[-1]
+    assert int(plan.codes.max(initial=0)) < plan.codebook.size
+    assert plan.cols.dtype == np.uint16
+    # no dense float32 copy: the only floats are the combined codebook of the writers present
+    present = {int(w) for w in np.unique(source[mask])}
+    if raw == 0:
+        assert plan.codebook.size == sum(cbs[w].size for w in present) + 1
+        assert plan.codes.itemsize == (1 if plan.codebook.size <= 256 else 2)
+    assert plan.nbytes == sum(a.nbytes for a in plan.arrays())
+    for a in plan.arrays():
+        assert not a.flags.writeable
+
+
+@pytest.mark.parametrize("batch", [1, 2, 8, 64, 1024])
+@pytest.mark.parametrize("density", [0.0, 0.5, 1.0])
+def test_batch_sizes_and_densities(batch, density):
+    rng = np.random.default_rng(batch)
+    mask, source, codes, cbs = random_fields(rng, (19, 45), density, 4, 2)
+    plan = build_plan(mask, source, codes, cbs)
+    w = naive_resolved_weights(mask, source, codes, cbs)
+    x = rng.standard_normal((batch, 45)).astype(np.float32)
+    assert_close(matmul(plan, x), x.astype(np.float64) @ w.T.astype(np.float64))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_parallel_and_serial_kernels_agree(batch, monkeypatch):
+    rng = np.random.default_rng(3)
+    mask, source, codes, cbs = random_fields(rng, (70, 130), 0.4, 3, 2)
+    plan = build_plan(mask, source, codes, cbs)
+    x = rng.standard_normal((batch, 130)).astype(np.float32)
+    monkeypatch.setattr(mm, "PARALLEL_MIN", 0)
+    par = matmul(plan, x)
+    monkeypatch.setattr(mm, "PARALLEL_MIN", 1 << 62)
+    ser = matmul(plan, x)
+    np.testing.assert_allclose(par, ser, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 4, 12])
+def test_nan_and_inf_propagate_as_in_dense_product(batch):
+    rng = np.random.default_rng(5)
+    mask, source, codes, cbs = random_fields(rng, (21, 17), 0.5, 2, 1)
+    cbs[0][0] = 0.0  # a used position whose value is exactly 0
+    plan = build_plan(mask, source, codes, cbs)
+    w = naive_resolved_weights(mask, source, codes, cbs)
+    x = rng.standard_normal((batch, 17)).astype(np.float32)
+    x[0, 0] = np.nan
+    x[-1, 3] = np.inf
+    x[-1, 4] = -np.inf
+    y = matmul(plan, x)
+    with np.errstate(invalid="ignore"):
+        ref = x @ w.T
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(y[finite], ref[finite], rtol=1e-4, atol=1e-4)
+    assert np.isnan(y[0]).all()  # a NaN input meets a 0 (used or not) in every row
+
+
+def test_empty_task_and_empty_batch():
+    shape = (5, 6)
+    plan = build_plan(np.zeros(shape, bool), np.full(shape, -1, np.int32),
+                      np.zeros(shape, np.uint32), {})
+    assert plan.nnz == 0
+    x = np.ones((3, 6), np.float32)
+    np.testing.assert_array_equal(matmul(plan, x), np.zeros((3, 5), np.float32))
+    assert matmul(plan, np.zeros((0, 6), np.float32)).shape == (0, 5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3),
+       st.integers(1, 2), st.integers(0, 2), st.integers(1, 8), st.integers(0, 2**32 - 1))
+def test_conv2d_equals_naive_loops(o, c, kh, kw, stride, padding, bits, seed):
+    rng = np.random.default_rng(seed)
+    mask, source, codes, cbs = random_fields(rng, (o, c, kh, kw), 0.6, bits, 2)
+    plan = build_plan(mask, source, codes, cbs)
+    w = naive_resolved_weights(mask, source, codes, cbs)
+    x = rng.standard_normal((2, c, 5 + kh, 4 + kw)).astype(np.float32)
+    y = conv2d(plan, x, stride, padding)
+    assert_close(y, naive_conv2d_loops(x, w, stride, padding))
+
+
+def test_conv2d_plan_as_flat_matmul():
+    rng = np.random.default_rng(0)
+    mask, source, codes, cbs = random_fields(rng, (4, 3, 2, 2), 0.5, 3, 1)
+    plan = build_plan(mask, source, codes, cbs)
+    w = naive_resolved_weights(mask, source, codes, cbs).reshape(4, -1)
+    x = rng.standard_normal(12).astype(np.float32)
+    assert_close(matmul(plan, x), naive_dense_matmul(w, x))
+
+
+# ----------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def small_plan():
+    rng = np.random.default_rng(1)
+    return build_plan(*random_fields(rng, (4, 6), 0.5, 2, 1))
+
+
+def test_bad_x_gets_clear_errors(small_plan):
+    with pytest.raises(TypeError, match="float32"):
+        matmul(small_plan, np.ones(6, np.float64))
+    with pytest.raises(TypeError, match="numpy array"):
+        matmul(small_plan, [1.0] * 6)
+    with pytest.raises(ValueError, match=r"shape \(6,\) or \(batch, 6\)"):
+        matmul(small_plan, np.ones(5, np.float32))
+    with pytest.raises(ValueError, match=r"shape \(6,\) or \(batch, 6\)"):
+        matmul(small_plan, np.ones((2, 3, 6), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        matmul(small_plan, np.ones((6, 4), np.float32).T)
+    with pytest.raises(TypeError, match="Plan"):
+        matmul("fc1", np.ones(6, np.float32))
+
+
+def test_bad_conv_input_gets_clear_errors(small_plan):
+    rng = np.random.default_rng(2)
+    conv = build_plan(*random_fields(rng, (2, 3, 3, 3), 0.5, 2, 1))
+    x = np.ones((1, 3, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="4-D"):
+        conv2d(small_plan, x)
+    with pytest.raises(ValueError, match="NCHW"):
+        conv2d(conv, np.ones((1, 2, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        conv2d(conv, np.ones((1, 3, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="stride"):
+        conv2d(conv, x, stride=0)
+    with pytest.raises(ValueError, match="padding"):
+        conv2d(conv, x, padding=-1)
+    with pytest.raises(TypeError, match="float32"):
+        conv2d(conv, x.astype(np.float64))
+
+
+def test_build_plan_rejects_bad_fields():
+    mask = np.ones((2, 3), bool)
+    source = np.zeros((2, 3), np.int32)
+    codes = np.zeros((2, 3), np.uint32)
+    with pytest.raises(ValueError, match="codebooks has no entry"):
+        build_plan(mask, source, codes, {})
+    with pytest.raises(ValueError, match="code 5"):
+        build_plan(mask, source, np.full((2, 3), 5, np.uint32), {0: np.zeros(4, np.float32)})
+    with pytest.raises(ValueError, match="one shape"):
+        build_plan(mask, source[:1], codes, {0: np.zeros(4, np.float32)})
+    with pytest.raises(TypeError, match="bool"):
+        build_plan(mask.astype(int), source, codes, {0: np.zeros(4, np.float32)})
+    with pytest.raises(ValueError, match=r"\(out, in\)"):
+        build_plan(np.ones(3, bool), np.zeros(3, np.int32), np.zeros(3, np.uint32), {})
+
+
+def test_plan_is_compact():
+    rng = np.random.default_rng(4)
+    mask, source, codes, cbs = random_fields(rng, (64, 512), 0.2, 4, 1)
+    plan = build_plan(mask, source, codes, cbs)
+    assert isinstance(plan, Plan)
+    # 2-byte column + 1-byte code per used position (plus slice padding), far below float32
+    assert plan.nbytes < 0.3 * mask.size * 4

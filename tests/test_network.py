@@ -1,0 +1,141 @@
+"""Network op vocabulary, validation and the NumPy forward, against a naive float64 interpreter."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bitsub.network import OPS, forward, validate_network
+from bitsub.plan import build_plan
+from tests.naive import naive_resolved_weights, naive_run_steps
+from tests.test_matmul import random_fields
+
+
+class ToyModel:
+    """The part of PackedModel that forward uses, built from random resolved fields."""
+
+    def __init__(self, shapes, steps, private, seed=0):
+        rng = np.random.default_rng(seed)
+        self.network = steps
+        self._shapes = shapes
+        self._private = private
+        self.plans, self.weights = {}, {}
+        for name, shape in shapes.items():
+            fields = random_fields(rng, shape, 0.6, 4, 2)
+            self.plans[name] = build_plan(*fields)
+            self.weights[name] = naive_resolved_weights(*fields)
+
+    def shape(self, layer):
+        return self._shapes[layer]
+
+    def plan(self, task, layer):
+        return self.plans[layer]
+
+    def private(self, task):
+        return dict(self._private)
+
+
+CNN = [
+    {"op": "conv2d", "layer": "c1", "stride": 1, "padding": 1, "bias": "c1.b"},
+    {"op": "batchnorm", "mean": "bn.m", "var": "bn.v", "weight": "bn.w", "bias": "bn.b",
+     "eps": 1e-5},
+    {"op": "relu"},
+    {"op": "maxpool2d", "kernel": 2, "stride": 2},
+    {"op": "conv2d", "layer": "c2", "stride": 2, "padding": 0, "bias": None},
+    {"op": "avgpool2d", "kernel": 2, "stride": 1},
+    {"op": "flatten"},
+    {"op": "dropout"},
+    {"op": "linear", "layer": "fc", "bias": None},
+    {"op": "relu"},
+    {"op": "head", "weight": "head.w", "bias": "head.b"},
+]
+
+
+def cnn_model():
+    rng = np.random.default_rng(1)
+    f32 = np.float32
+    private = {
+        "c1.b": rng.standard_normal(4).astype(f32),
+        "bn.m": rng.standard_normal(4).astype(f32),
+        "bn.v": rng.random(4).astype(f32) + 0.5,
+        "bn.w": rng.standard_normal(4).astype(f32),
+        "bn.b": rng.standard_normal(4).astype(f32),
+        "head.w": rng.standard_normal((3, 7)).astype(f32),
+        "head.b": rng.standard_normal(3).astype(f32),
+    }
+    # 8x8 -> conv(3,p1) 8x8 -> pool 4x4 -> conv(2,s2) 2x2 -> avgpool(2,s1) 1x1 -> 5 -> 7 -> 3
+    shapes = {"c1": (4, 2, 3, 3), "c2": (5, 4, 2, 2), "fc": (7, 5)}
+    return ToyModel(shapes, CNN, private)
+
+
+def test_forward_equals_naive_interpreter():
+    model = cnn_model()
+    x = np.random.default_rng(2).standard_normal((3, 2, 8, 8)).astype(np.float32)
+    y = forward(model, 0, x)
+    ref = naive_run_steps(CNN, model.weights, model.private(0), x)
+    assert y.dtype == np.float32 and y.shape == (3, 3)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_forward_on_cuda_twin_matches_cpu():
+    model = cnn_model()
+    x = np.random.default_rng(3).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(forward(model, 0, x, device="cuda"), forward(model, 0, x),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_with_batch_statistics():
+    steps = [{"op": "linear", "layer": "fc", "bias": None},
+             {"op": "batchnorm", "mean": None, "var": None, "weight": None, "bias": None,
+              "eps": 1e-5}]
+    model = ToyModel({"fc": (6, 4)}, steps, {})
+    x = np.random.default_rng(4).standard_normal((9, 4)).astype(np.float32)
+    h = x.astype(np.float64) @ model.weights["fc"].T.astype(np.float64)
+    ref = (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5)
+    np.testing.assert_allclose(forward(model, 0, x), ref, rtol=1e-3, atol=1e-3)
+
+
+def test_vocabulary_is_json_and_validates():
+    validate_network(json.loads(json.dumps(CNN)))
+    assert set(OPS) == {"linear", "conv2d", "relu", "maxpool2d", "avgpool2d", "flatten",
+                        "batchnorm", "dropout", "head"}
+
+
+@pytest.mark.parametrize(("step", "match"), [
+    ({"op": "softmax"}, "unknown op"),
+    ({"op": "linear"}, "needs key 'layer'"),
+    ({"op": "linear", "layer": 3, "bias": None}, "layer name"),
+    ({"op": "linear", "layer": "nope", "bias": None}, "no layer 'nope'"),
+    ({"op": "linear", "layer": "c1", "bias": None}, "2-D layer"),
+    ({"op": "conv2d", "layer": "fc", "stride": 1, "padding": 0, "bias": None}, "4-D layer"),
+    ({"op": "conv2d", "layer": "c1", "stride": 0, "padding": 0, "bias": None}, "stride"),
+    ({"op": "maxpool2d", "kernel": 2.5, "stride": 2}, "kernel"),
+    ({"op": "head", "weight": None, "bias": None}, "private parameter"),
+    ({"op": "batchnorm", "mean": None, "var": None, "weight": None, "bias": None,
+      "eps": float("nan")}, "eps"),
+    ({"op": "relu", "inplace": True}, "unknown key"),
+    ("relu", "must be a dict"),
+])
+def test_validate_network_names_the_bad_step(step, match):
+    layers = {"fc": (7, 5), "c1": (4, 2, 3, 3)}
+    with pytest.raises(ValueError, match=match) as info:
+        validate_network([{"op": "relu"}, step], layers)
+    assert "step 1" in str(info.value)
+
+
+def test_missing_private_key_is_a_clear_error():
+    steps = [{"op": "linear", "layer": "fc", "bias": "fc.b"}]
+    model = ToyModel({"fc": (3, 4)}, steps, {})
+    with pytest.raises(KeyError, match="'fc.b'.*task 0"):
+        forward(model, 0, np.ones((1, 4), np.float32))
+
+
+def test_forward_rejects_bad_input():
+    model = ToyModel({"fc": (3, 4)}, [{"op": "linear", "layer": "fc", "bias": None}], {})
+    with pytest.raises(TypeError, match="float32"):
+        forward(model, 0, np.ones((1, 4)))
+    with pytest.raises(ValueError, match="device"):
+        forward(model, 0, np.ones((1, 4), np.float32), device="tpu")
+    model.network = []
+    with pytest.raises(ValueError, match="no network"):
+        forward(model, 0, np.ones((1, 4), np.float32))

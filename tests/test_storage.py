@@ -1,0 +1,326 @@
+"""HDF5 storage: round trips, atomic save, and refusal of truncated/corrupted/newer files."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import bitsub
+import bitsub.storage as storage
+from bitsub import FormatError, PackedModel, TaskLayer
+from tests.test_packed import assert_same_bits, run_random_sequence
+
+NETWORK = [{"op": "linear", "layer": "fc1", "bias": None}, {"op": "relu"},
+           {"op": "head", "weight": "head.weight", "bias": None}]
+
+
+def small_model(word_bits=32, seed=3):
+    pm, frozen, _ = run_random_sequence(seed, word_bits, 2, 7, {"fc1": (4, 3),
+                                                                "conv": (2, 1, 2, 2)})
+    pm.set_network(NETWORK)
+    return pm, frozen
+
+
+def reseal(path):
+    """Recompute the file-level seal, so that only the inner (per-object) checks can object."""
+    with open(path, "rb") as fh:
+        data = bytearray(fh.read())
+    data[: storage.USERBLOCK] = bytes(storage.USERBLOCK)
+    head = storage._head(zlib.crc32(bytes(data[storage.USERBLOCK:])), len(data))
+    data[: len(head)] = head
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+def assert_same_model(a, b, frozen=None):
+    assert a == b
+    for t in a.tasks:
+        for name in a.layers:
+            assert_same_bits(b.weights(t, name), a.weights(t, name))
+            if frozen is not None:
+                assert_same_bits(b.weights(t, name), frozen[(t, name)])
+        pa, pb = a.private(t), b.private(t)
+        assert sorted(pa) == sorted(pb)
+        for k in pa:
+            assert pa[k].tobytes() == pb[k].tobytes()
+    assert a.network == b.network
+    assert a.capacity().bits == b.capacity().bits
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), word_bits=st.sampled_from([32, 64]),
+       prefix_bits=st.integers(1, 4), n_tasks=st.integers(0, 9))
+def test_round_trip_is_bit_exact(tmp_path, seed, word_bits, prefix_bits, n_tasks):
+    pm, frozen, _ = run_random_sequence(seed, word_bits, prefix_bits, n_tasks,
+                                        {"a": (3, 5), "b": (2, 2, 2, 1)})
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    back = bitsub.load(path)
+    assert_same_model(pm, back, frozen)
+    # a loaded model keeps growing exactly like the original
+    m = np.ones((3, 5), bool)
+    tl = {"a": TaskLayer(m, m, bits=1, codebook=[0.25, 0.75], codes=np.ones((3, 5), int))}
+    assert pm.add_task(tl, bank="new") == back.add_task(tl, bank="new")
+    assert pm == back
+
+
+def test_layout_is_readable_with_plain_h5py(tmp_path):
+    pm, _ = small_model(word_bits=64)
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["encoding-type"] == "bitsub.packed-model"
+        assert f.attrs["encoding-version"] == storage.FORMAT_VERSION
+        assert f.attrs["word_bits"] == 64
+        for i, name in enumerate(pm.layers):
+            g = f[f"layers/{i}"]
+            assert g.attrs["name"] == name
+            assert tuple(g.attrs["shape"]) == pm.shape(name)
+            for k in range(pm.banks):
+                pairs = g[f"bank_{k}"][()]
+                assert pairs.dtype == np.uint32 and pairs.shape == (pm.words(name, k).size, 2)
+                words = (pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1]
+                np.testing.assert_array_equal(words, pm.words(name, k))
+        for t in pm.tasks:
+            g = f[f"tasks/{t}"]
+            assert g.attrs["bank"] == pm.bank(t) and g.attrs["prefix"] == pm.prefix(t)
+            assert g["bits"][()].tolist() == [pm.bits(t, n) for n in pm.layers]
+            for i, name in enumerate(pm.layers):
+                mask = bitsub.maskcodec.decode_mask(g[f"masks/{i}"][()].tobytes())
+                np.testing.assert_array_equal(mask, pm.mask(t, name))
+
+        def visit(path, obj):
+            assert "encoding-type" in obj.attrs and "encoding-version" in obj.attrs, path
+            assert "crc32" in obj.attrs, path
+
+        f.visititems(visit)
+    assert path.read_bytes()[:8] == storage.MAGIC
+
+
+def test_values_path_quantizes_and_round_trips(tmp_path):
+    rng = np.random.default_rng(1)
+    pm = PackedModel(word_bits=32, prefix_bits=3)
+    pm.add_layer("fc1", (16, 8))
+    vals = rng.standard_normal((16, 8))
+    m = np.ones((16, 8), bool)
+    t = pm.add_task({"fc1": TaskLayer(m, m, values=vals, bits=3)},
+                    private={"head.weight": rng.standard_normal((4, 8))})
+    cb = pm.codebook(t, "fc1")
+    assert cb.dtype == np.float32 and cb.size == 8 and (np.diff(cb) >= 0).all()
+    w = pm.weights(t, "fc1")
+    # every weight is its nearest centroid (1-D k-means assignment)
+    nearest = cb[np.abs(vals.astype(np.float32)[..., None] - cb).argmin(-1)]
+    np.testing.assert_allclose(np.abs(w - vals), np.abs(nearest - vals), atol=1e-6)
+    pm.save(tmp_path / "m.h5")
+    assert_same_model(pm, bitsub.load(tmp_path / "m.h5"))
+
+
+def test_save_overwrites_atomically_and_cleans_up(tmp_path, monkeypatch):
+    pm, frozen = small_model()
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    before = path.read_bytes()
+    bigger = small_model(seed=11)[0]
+
+    calls = {"n": 0}
+    real = storage._dataset
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "_dataset", failing)
+    with pytest.raises(OSError, match="disk on fire"):
+        bigger.save(path)
+    assert path.read_bytes() == before  # the previous file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]  # no temporary left behind
+    monkeypatch.setattr(storage, "_dataset", real)
+
+    def no_rename(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(storage.os, "replace", no_rename)
+    with pytest.raises(OSError, match="rename failed"):
+        bigger.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
+    monkeypatch.undo()
+    assert_same_model(pm, bitsub.load(path), frozen)
+    bigger.save(path)
+    assert_same_model(bigger, bitsub.load(path))
+
+
+def test_save_to_new_file_that_fails_leaves_nothing(tmp_path, monkeypatch):
+    pm, _ = small_model()
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(storage, "_write_h5", boom)
+    with pytest.raises(KeyboardInterrupt):
+        pm.save(tmp_path / "new.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
+def corrupt_cases(data, n, seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        kind = rng.integers(0, 4)
+        if kind == 0:  # truncation
+            yield bytes(data[: int(rng.integers(0, len(data)))])
+        elif kind == 1:  # one bit flipped
+            b = bytearray(data)
+            i = int(rng.integers(0, len(b)))
+            b[i] ^= 1 << int(rng.integers(0, 8))
+            yield bytes(b)
+        elif kind == 2:  # a few random bytes overwritten
+            b = bytearray(data)
+            for i in rng.integers(0, len(b), int(rng.integers(1, 9))):
+                b[int(i)] = int(rng.integers(0, 256))
+            yield bytes(b)
+        else:  # bytes appended or a block zeroed
+            b = bytearray(data)
+            if rng.random() < 0.5:
+                b += bytes(rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8))
+            else:
+                i = int(rng.integers(0, len(b)))
+                b[i : i + int(rng.integers(1, 256))] = bytes(min(len(b) - i, 255) or 0)
+            yield bytes(b)
+
+
+def check_corruptions(tmp_path, n, seed, resealed):
+    pm, frozen = small_model(word_bits=64 if seed % 2 else 32)
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    data = path.read_bytes()
+    bad = tmp_path / "bad.h5"
+    refused = 0
+    for case in corrupt_cases(data, n, seed):
+        bad.write_bytes(case)
+        if resealed and len(case) > storage.USERBLOCK:
+            reseal(bad)
+        try:
+            back = bitsub.load(bad)
+        except FormatError as exc:
+            assert str(exc)
+            refused += 1
+            continue
+        assert_same_model(pm, back, frozen)
+    return refused
+
+
+def test_200_random_corruptions_refused_or_identical(tmp_path):
+    refused = check_corruptions(tmp_path, 200, seed=7, resealed=False)
+    assert refused >= 190  # almost every change to the bytes is caught by the seal
+
+
+def test_corruptions_behind_a_recomputed_seal_are_caught_inside(tmp_path):
+    # the seal is recomputed, so HDF5 parses the damaged bytes: the per-object checksums and
+    # the structural checks must refuse them (or the model must be identical)
+    refused = check_corruptions(tmp_path, 150, seed=8, resealed=True)
+    assert refused > 0
+
+
+@pytest.mark.slow
+def test_1000_random_corruptions_refused_or_identical(tmp_path):
+    check_corruptions(tmp_path, 1000, seed=9, resealed=False)
+    check_corruptions(tmp_path, 1000, seed=10, resealed=True)
+
+
+def test_dataset_checksum_names_the_dataset(tmp_path):
+    pm, _ = small_model()
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    with h5py.File(path, "r+") as f:
+        ds = f["layers/0/bank_0"]
+        w = ds[()]
+        w[0] ^= 1
+        ds[...] = w
+    reseal(path)
+    with pytest.raises(FormatError, match=r"/layers/0/bank_0: checksum mismatch"):
+        bitsub.load(path)
+
+
+def test_attribute_change_is_caught(tmp_path):
+    pm, _ = small_model()
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    with h5py.File(path, "r+") as f:
+        f["tasks/1"].attrs["bank"] = 0 if pm.bank(1) else 1
+    reseal(path)
+    with pytest.raises(FormatError, match=r"/tasks/1: checksum mismatch"):
+        bitsub.load(path)
+
+
+def test_newer_versions_are_refused(tmp_path):
+    pm, _ = small_model()
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    data = bytearray(path.read_bytes())
+    magic, _, length, crc = storage._HEAD.unpack_from(data)
+    head = storage._HEAD.pack(magic, storage.FORMAT_VERSION + 1, length, crc)
+    data[: len(head) + 4] = head + storage._HEAD_CRC.pack(zlib.crc32(head))
+    path.write_bytes(data)
+    with pytest.raises(FormatError, match="newer"):
+        bitsub.load(path)
+
+    pm.save(path)
+    with h5py.File(path, "r+") as f:
+        g = f["tasks/0"]
+        g.attrs["encoding-version"] = storage.FORMAT_VERSION + 1
+        g.attrs["crc32"] = np.uint32(storage._object_crc(g))
+    reseal(path)
+    with pytest.raises(FormatError, match=r"/tasks/0: encoding-version 2 is newer"):
+        bitsub.load(path)
+
+
+def test_truncated_garbage_and_empty_files(tmp_path):
+    pm, _ = small_model()
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    data = path.read_bytes()
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(data[:-1])
+    with pytest.raises(FormatError, match="truncated"):
+        bitsub.load(bad)
+    bad.write_bytes(data + b"\0")
+    with pytest.raises(FormatError, match="after the end"):
+        bitsub.load(bad)
+    bad.write_bytes(b"")
+    with pytest.raises(FormatError, match="truncated"):
+        bitsub.load(bad)
+    bad.write_bytes(os.urandom(4096))
+    with pytest.raises(FormatError, match="not a bitsub file"):
+        bitsub.load(bad)
+    # a plain HDF5 file (not ours)
+    with h5py.File(bad, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(FormatError):
+        bitsub.load(bad)
+    # our magic and a valid seal over bytes that are not HDF5
+    junk = bytearray(storage.USERBLOCK) + os.urandom(2048)
+    bad.write_bytes(junk)
+    reseal(bad)
+    with pytest.raises(FormatError, match="unreadable HDF5"):
+        bitsub.load(bad)
+    with pytest.raises(FileNotFoundError):
+        bitsub.load(tmp_path / "missing.h5")
+
+
+def test_save_validation(tmp_path):
+    with pytest.raises(TypeError, match="PackedModel"):
+        storage.save("not a model", tmp_path / "x.h5")
+    with pytest.raises(IsADirectoryError):
+        PackedModel().save(tmp_path)
+    empty = PackedModel(word_bits=64, prefix_bits=5)
+    empty.save(tmp_path / "e.h5")
+    assert_same_model(empty, bitsub.load(tmp_path / "e.h5"))

@@ -1,0 +1,169 @@
+"""The trainer: re-tested accuracy matrix, seeds, checkpoints and resume after an interruption."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_strategies import permuted_digits
+
+from bitsub_torch.models import mlp
+from bitsub_torch.scenarios import Scenario
+from bitsub_torch.strategies import WSN, Finetune, PackNet
+from bitsub_torch.trainer import Results, Trainer
+
+torch.set_num_threads(1)
+
+SCENARIO = permuted_digits(3)
+# small and fast: 400 training samples per task
+SMALL = Scenario(
+    "pdigits-small",
+    SCENARIO.input_shape,
+    10,
+    [
+        type(t)(t.task_id, t.x_train[:400], t.y_train[:400], t.x_val, t.y_val, t.x_test,
+                t.y_test, t.classes)
+        for t in SCENARIO.tasks
+    ],
+)
+
+
+class Interrupt(RuntimeError):
+    pass
+
+
+class Counting:
+    """Mixin: count the tasks trained, and raise (a 'kill') when training task ``stop_at``."""
+
+    stop_at = None
+
+    def before_task(self, task, model, data):
+        self.trained = [*getattr(self, "trained", []), task]
+        if task == self.stop_at:
+            raise Interrupt(f"killed at task {task}")
+        super().before_task(task, model, data)
+
+
+class CountingWSN(Counting, WSN):
+    pass
+
+
+class CountingPackNet(Counting, PackNet):
+    pass
+
+
+def make(strategy, ckpt=None, **kw):
+    torch.manual_seed(0)
+    model = mlp((64,), 10, 3, width=32)
+    args = {"epochs": 1, "batch_size": 32, "lr": 1e-2, "progress": False, "seed": 3} | kw
+    return model, Trainer(model, strategy, SMALL, checkpoint_dir=ckpt, **args)
+
+
+@pytest.mark.parametrize("cls", [CountingWSN, CountingPackNet], ids=["wsn", "packnet"])
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, cls):
+    model_a, trainer_a = make(cls(), tmp_path / "a")
+    res_a = trainer_a.run()
+
+    killed = cls()
+    killed.stop_at = 2
+    _, trainer_b = make(killed, tmp_path / "b")
+    with pytest.raises(Interrupt):
+        trainer_b.run()
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["task_001.pt"]
+
+    again = cls()  # the same command, run again in a fresh process state
+    model_c, trainer_c = make(again, tmp_path / "b")
+    res_c = trainer_c.run()
+    assert again.trained == [2]  # finished tasks were not redone
+    np.testing.assert_array_equal(res_c.accuracy_matrix, res_a.accuracy_matrix)
+    np.testing.assert_array_equal(res_c.random_init_accuracy, res_a.random_init_accuracy)
+    assert (res_c.acc, res_c.bwt, res_c.fwt) == (res_a.acc, res_a.bwt, res_a.fwt)
+    sa, sc = model_a.state_dict(), model_c.state_dict()
+    assert sa.keys() == sc.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sc[key]), key
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["task_002.pt"]
+
+    # a finished run resumes to the same results without training anything
+    done = cls()
+    _, trainer_d = make(done, tmp_path / "b")
+    res_d = trainer_d.run()
+    assert getattr(done, "trained", []) == []
+    np.testing.assert_array_equal(res_d.accuracy_matrix, res_a.accuracy_matrix)
+
+
+def test_resume_refuses_other_arguments(tmp_path):
+    _, trainer = make(WSN(), tmp_path, epochs=1)
+    trainer.run()
+    _, other = make(WSN(), tmp_path, epochs=2)
+    with pytest.raises(ValueError, match="same arguments"):
+        other.run()
+    _, other = make(PackNet(), tmp_path)
+    with pytest.raises(ValueError, match="same arguments"):
+        other.run()
+
+
+def test_same_seed_same_results_and_other_seed_differs():
+    res = [make(WSN(), seed=s)[1].run() for s in (1, 1, 2)]
+    np.testing.assert_array_equal(res[0].accuracy_matrix, res[1].accuracy_matrix)
+    assert not np.array_equal(res[0].accuracy_matrix, res[2].accuracy_matrix)
+
+
+def test_matrix_is_retested_every_row():
+    _, trainer = make(Finetune())
+    res = trainer.run()
+    r = res.accuracy_matrix
+    assert r.shape == (3, 3) and not np.isnan(r).any()  # unseen tasks are tested too (FWT)
+    assert res.random_init_accuracy.shape == (3,)
+    assert not np.array_equal(r[1, :1], r[0, :1])  # finetune: row 1 re-measured task 0
+    assert res.acc == pytest.approx(r[-1].mean())
+    assert res.fwt == pytest.approx(
+        np.mean([r[0, 1] - res.random_init_accuracy[1], r[1, 2] - res.random_init_accuracy[2]])
+    )
+    assert len(res.timings["train"]) == 3 and res.timings["total"] > 0
+
+
+def test_results_to_json():
+    r = Results(np.array([[0.5, np.nan], [0.5, 0.7]]), np.array([0.1, 0.2]), 0.6, 0.0,
+                math.nan, 0.0, {"train": [1.0, 2.0]}, {"seed": 0})
+    d = json.loads(r.to_json())
+    assert d["accuracy_matrix"] == [[0.5, None], [0.5, 0.7]]
+    assert d["fwt"] is None and d["acc"] == 0.6 and d["config"] == {"seed": 0}
+    assert set(d) >= {"accuracy_matrix", "acc", "bwt", "fwt", "forgetting", "timings", "config"}
+
+
+def test_evaluate_uses_the_requested_split():
+    model, trainer = make(WSN())
+    val = trainer.evaluate(model, 0, "val")
+    test = trainer.evaluate(model, 0, "test")
+    assert 0 <= val <= 1 and 0 <= test <= 1
+    with pytest.raises(ValueError, match="split"):
+        trainer.evaluate(model, 0, "dev")
+
+
+def test_progress_bars_run(capsys):
+    _, trainer = make(PackNet(retrain_epochs=1), progress=True)
+    trainer.run()
+    assert "task" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kw, err",
+    [
+        ({"epochs": -1}, ValueError),
+        ({"batch_size": 0}, ValueError),
+        ({"optimizer": "rmsprop"}, ValueError),
+        ({"lr": 0.0}, ValueError),
+    ],
+)
+def test_trainer_validates(kw, err):
+    with pytest.raises(err):
+        make(WSN(), **kw)
+
+
+def test_trainer_checks_model_and_strategy():
+    with pytest.raises(ValueError, match="num_tasks"):
+        Trainer(mlp((64,), 10, 2), WSN(), SMALL)
+    with pytest.raises(TypeError, match="Strategy"):
+        Trainer(mlp((64,), 10, 3), object(), SMALL)
