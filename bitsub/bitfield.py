@@ -119,7 +119,7 @@ def _pack_kernel(codes, bits, out):
 
 @numba.njit(**NJIT)
 def _pack_bytes_kernel(codes, bits, out):
-    # bits in {1, 2, 4, 8}: codes never straddle a byte, so build each byte from 8 // bits codes.
+    # bits in {1, 2, 4}: codes never straddle a byte, so build each byte from 8 // bits codes.
     per = 8 // bits
     n = codes.size
     full = n // per
@@ -156,12 +156,18 @@ def _unpack_kernel(data, bits, count, out):
 
 @numba.njit(**NJIT)
 def _unpack_bytes_kernel(data, bits, count, out):
+    # bits in {1, 2, 4}: each byte holds 8 // bits whole codes.
     per = 8 // bits
-    mask = (1 << bits) - 1
-    for i in range(count):
-        j = i // per
-        t = i - j * per
-        out[i] = (data[j] >> (8 - bits * (t + 1))) & mask
+    mask = np.uint8((1 << bits) - 1)
+    full = count // per
+    for j in range(full):
+        byte = data[j]
+        base = j * per
+        for t in range(per):
+            out[base + t] = (byte >> np.uint8(8 - bits * (t + 1))) & mask
+    for i in range(full * per, count):
+        t = i - full * per
+        out[i] = (data[full] >> np.uint8(8 - bits * (t + 1))) & mask
 
 
 def _check_bits(bits: object, low: int, high: int) -> int:
@@ -223,8 +229,12 @@ def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
         raise ValueError(f"code {hi} does not fit in {b} bits (max {(1 << b) - 1}); raise bits")
     if flat.dtype.itemsize > 4 or flat.dtype.kind == "i":
         flat = flat.astype(np.uint32 if b > 8 else np.uint8)
+    if b == 8:
+        return flat.astype(np.uint8)
+    if b == 16:
+        return flat.astype(">u2").view(np.uint8)
     out = np.empty(packed_size(flat.size, b), dtype=np.uint8)
-    if b in (1, 2, 4, 8) and flat.dtype == np.uint8:
+    if b in (1, 2, 4) and flat.dtype == np.uint8:
         _pack_bytes_kernel(flat, b, out)
     else:
         _pack_kernel(flat, b, out)
@@ -279,10 +289,14 @@ def unpack_bits(data: np.ndarray | bytes, bits: int, count: int) -> np.ndarray:
         raise ValueError(
             f"data too short: {n} codes of {b} bits need {need} bytes, got {buf.size}"
         )
+    if b == 8:
+        return buf[:n].copy()
+    if b == 16:
+        return buf[: 2 * n].view(">u2").astype(np.uint16)
     out = np.empty(n, dtype=np.uint8 if b <= 8 else np.uint16)
     if n == 0:
         return out
-    if b in (1, 2, 4, 8):
+    if b in (1, 2, 4):
         _unpack_bytes_kernel(buf, b, n, out)
     else:
         _unpack_kernel(buf, b, n, out)

@@ -1,8 +1,9 @@
 """Packed sparse matmul on an NVIDIA GPU with numba.cuda: the twin of :mod:`bitsub.matmul`.
 
 Same signatures as :func:`bitsub.matmul.matmul` and :func:`bitsub.matmul.conv2d`. One thread per
-(output row, sample); the threads of a warp take consecutive rows, so with the plan's sliced
-layout (``SLICE`` rows stored column-major) their loads of columns and codes are coalesced.
+(output row, sample); the threads of a warp take consecutive rows, so with the ``"sell"`` layout
+(``SLICE`` rows stored column-major) their loads of columns and codes are coalesced. A ``"lut"``
+plan is decoded per position (bitmap bit, 4-bit code) in the same loop.
 
 ``numba.cuda`` is imported on first use only, so ``import bitsub`` never touches CUDA. Without a
 GPU (and without ``NUMBA_ENABLE_CUDASIM=1``, Numba's simulator) a call raises RuntimeError.
@@ -15,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from bitsub.matmul import _check_plan, _check_x, _conv_geometry, _fix_nonfinite, _im2col
-from bitsub.plan import SLICE, Plan
+from bitsub.matmul import _check_plan, _check_x, _conv_geometry, _fix_nonfinite, _padded, _patches
+from bitsub.plan import LUT_CHUNK, SLICE, Plan
 
 __all__ = ["gpu_conv2d", "gpu_matmul"]
 
@@ -40,7 +41,7 @@ def _cuda() -> Any:
                 "device='cuda' needs an NVIDIA GPU with a working CUDA driver, and none was "
                 "found; use device='cpu', or set NUMBA_ENABLE_CUDASIM=1 (before numba is "
                 "imported) to run on Numba's CUDA simulator")
-        from numba import float32
+        from numba import float32, int32
 
         cuda = numba_cuda
 
@@ -56,7 +57,22 @@ def _cuda() -> Any:
                     acc += codebook[codes[o]] * x[b, cols[o]]
                 y[b, i] = acc
 
+        @cuda.jit
+        def lut_kernel(codes, mask, book, x, n_chunks, y):  # pragma: no cover
+            i, b = cuda.grid(2)
+            if i < y.shape[1] and b < y.shape[0]:
+                acc = float32(0.0)
+                for c in range(n_chunks):
+                    m = mask[i * n_chunks + c]
+                    for p in range(16):
+                        byte = codes[(i * n_chunks + c) * 8 + (p & 7)]
+                        code = (int32(byte) >> (4 * (p >> 3))) & 15
+                        w = book[code] if (m >> p) & 1 else float32(0.0)
+                        acc += w * x[b, c * 16 + p]  # every position, as a dense product
+                y[b, i] = acc
+
         _state["kernel"] = kernel
+        _state["lut_kernel"] = lut_kernel
     return cuda
 
 
@@ -64,8 +80,9 @@ def _device_arrays(cuda: Any, plan: Plan) -> tuple:
     # Plans never change (tasks are only added), so their device copies can be kept with them.
     arrays = _device_plans.get(plan)
     if arrays is None:
-        arrays = tuple(cuda.to_device(a) for a in
-                       (plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook))
+        host = ((plan.lut_codes, plan.lut_mask, plan.codebook) if plan.layout == "lut" else
+                (plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook))
+        arrays = tuple(cuda.to_device(a) for a in host)
         _device_plans[plan] = arrays
     return arrays
 
@@ -77,9 +94,15 @@ def _run(plan: Plan, x2: np.ndarray) -> np.ndarray:
     if n_batch and out:
         d_y = cuda.device_array((n_batch, out), np.float32)
         blocks = (-(-out // _THREADS[0]), -(-n_batch // _THREADS[1]))
-        _state["kernel"][blocks, _THREADS](*_device_arrays(cuda, plan), cuda.to_device(x2), d_y)
+        if plan.layout == "lut":
+            xp = cuda.to_device(_padded(x2, plan.n_chunks * LUT_CHUNK))
+            _state["lut_kernel"][blocks, _THREADS](*_device_arrays(cuda, plan), xp,
+                                                   plan.n_chunks, d_y)
+        else:
+            _state["kernel"][blocks, _THREADS](*_device_arrays(cuda, plan), cuda.to_device(x2),
+                                               d_y)
         d_y.copy_to_host(y)
-    if not np.isfinite(x2).all():
+    if plan.layout == "sell" and not np.isfinite(x2).all():
         _fix_nonfinite(plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook, x2, y)
     return y
 
@@ -114,9 +137,5 @@ def gpu_conv2d(plan: Plan, x: np.ndarray, stride: int = 1, padding: int = 0) -> 
     The im2col patches are gathered on the host and multiplied on the GPU.
     """
     x, stride, padding, oh, ow = _conv_geometry(plan, x, stride, padding)
-    _, c, kh, kw = plan.shape
-    n = x.shape[0]
-    patches = np.empty((n * oh * ow, c * kh * kw), np.float32)
-    _im2col(x, kh, kw, stride, padding, oh, ow, patches)
-    y = _run(plan, patches)
-    return np.ascontiguousarray(y.reshape(n, oh, ow, plan.shape[0]).transpose(0, 3, 1, 2))
+    y = _run(plan, _patches(plan, x, stride, padding, oh, ow))
+    return np.ascontiguousarray(y.reshape(x.shape[0], oh, ow, -1).transpose(0, 3, 1, 2))

@@ -276,12 +276,19 @@ class DecodeTable(tuple):
     __slots__ = ()
 
 
-def decode_table(lengths: np.ndarray) -> DecodeTable:
-    """Decoding tables for a code that passed `check_code_lengths`."""
+def decode_table(
+    lengths: np.ndarray, table_bits: int | None = None, max_length: int | None = None
+) -> DecodeTable:
+    """Decoding tables for a code that passed `check_code_lengths`.
+
+    `table_bits` (default: the longest code, at most `TABLE_BITS`) and `max_length` (default:
+    the longest code) may be raised so that several codes' tables have the same shapes.
+    """
     lengths = np.asarray(lengths, dtype=np.int64)
-    max_length = int(lengths.max()) if lengths.size else 0
-    max_length = max(max_length, 1)
-    table_bits = min(max_length, TABLE_BITS)
+    longest = max(int(lengths.max()) if lengths.size else 0, 1)
+    max_length = longest if max_length is None else max(int(max_length), longest)
+    if table_bits is None:
+        table_bits = min(max_length, TABLE_BITS)
     codes = canonical_codes(lengths).astype(np.int64)
     table = np.zeros(1 << table_bits, dtype=np.int32)
     used = np.flatnonzero(lengths)
@@ -295,13 +302,15 @@ def decode_table(lengths: np.ndarray) -> DecodeTable:
     for bits in range(1, max_length + 1):
         offset[bits] = pos
         pos += count[bits]
-    for s in used:
-        if lengths[s] <= table_bits:
-            shift = table_bits - int(lengths[s])
-            start = int(codes[s]) << shift
-            table[start : start + (1 << shift)] = (int(s) << 5) | int(lengths[s])
-    for s in order[::-1]:  # first code of each length = code of its first symbol
-        first[lengths[s]] = codes[s]
+    # A code of length l <= table_bits fills the 2**(table_bits - l) entries it prefixes.
+    short = used[lengths[used] <= table_bits]
+    sizes = np.left_shift(1, table_bits - lengths[short])
+    starts = codes[short] * sizes
+    index = np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
+    table[index] = np.repeat((short << 5) | lengths[short], sizes)
+    # The first code of each length is the code of its first symbol in canonical order.
+    present, first_index = np.unique(lengths[order], return_index=True)
+    first[present] = codes[order[first_index]]
     return DecodeTable((table, table_bits, max_length, first, count, offset, sorted_symbols))
 
 

@@ -41,21 +41,19 @@ MAX_K = 65536
 METHODS = ("auto", "optimal", "lloyd")
 
 # "auto" runs the exact DP when k * m * log2(m) is below this many cost evaluations.
-_AUTO_EXACT_WORK = 400_000
+_AUTO_EXACT_WORK = 1_000_000
 # Keep all DP argmin rows when they fit in this many int32 entries; else checkpoint rows.
 _DP_FULL_ENTRIES = 1 << 25
 _LLOYD_MAX_ITER = 2000
-# "auto": the top level has about max(_AUTO_GROUPS, _AUTO_GROUPS_PER_K * k) groups; levels
-# differ by a factor _AUTO_REFINE in group size; the finest level used has groups of at most
-# n / (k * _AUTO_FINEST) values; a group's SSE stays below the estimated SSE per cluster
-# divided by _AUTO_TAU_DIV (scaled by the cube of the group size ratio on lower levels); bands
-# span _AUTO_BAND coarse groups either side.
-_AUTO_GROUPS = 1024
+# "auto": the top level has as many groups as the exact-DP budget allows (at least
+# _AUTO_GROUPS_PER_K * k); levels differ by a factor _AUTO_REFINE in group size, down to the
+# distinct values; a group's SSE stays below the estimated SSE per cluster / _AUTO_TAU_DIV
+# (times the cube of the group-size ratio on lower levels); a band spans _AUTO_BAND groups of
+# the coarser level either side of its boundary.
 _AUTO_GROUPS_PER_K = 4
 _AUTO_REFINE = 4
-_AUTO_FINEST = 1 << 30
 _AUTO_TAU_DIV = 64.0
-_AUTO_BAND = 2
+_AUTO_BAND = 4
 _AUTO_MAX_RECENTRE = 20
 
 
@@ -357,8 +355,8 @@ def _lloyd_weighted(u, w, s, c, max_iter):
 
 
 @numba.njit(**NJIT)
-def _assign_nearest(values, mids, table, base, scale, codes):
-    """codes[i] = number of midpoints strictly below values[i]: the nearest centroid's index.
+def _assign_nearest(values, mids, table, base, scale, first, codes):
+    """codes[i] = first[number of midpoints strictly below values[i]]: the nearest centroid.
 
     ``table[g]`` is a guess of that count for values in cell g of a uniform grid over the
     midpoints (``g = (v - base) * scale``); a short walk either way makes it exact whatever
@@ -368,18 +366,14 @@ def _assign_nearest(values, mids, table, base, scale, codes):
     last = table.size - 1
     for i in range(values.size):
         v = np.float64(values[i])
-        f = (v - base) * scale
-        if f <= 0.0:
-            c = table[0]
-        elif f >= last:
-            c = table[last]
-        else:
-            c = table[np.int64(f)]
+        # Clamped without branches: values outside the grid are common (the outer clusters).
+        f = min(max((v - base) * scale, 0.0), np.float64(last))
+        c = table[np.int64(f)]
         while c < nm and mids[c] < v:
             c += 1
         while c > 0 and mids[c - 1] >= v:
             c -= 1
-        codes[i] = c
+        codes[i] = first[c]
 
 
 # ------------------------------------------------------------------------ Python layer
@@ -405,9 +399,15 @@ def _check_values(values: object) -> np.ndarray:
         raise ValueError("values is empty: K-Means needs at least one value")
     if arr.dtype != np.float32:
         arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError("values contain NaN or inf; remove or replace them first")
     return arr
+
+
+def _check_sorted(x: np.ndarray) -> None:
+    # NaN sorts last and -inf first, so the ends of the sorted values tell all.
+    if not (np.isfinite(x[0]) and np.isfinite(x[-1])):
+        raise ValueError("values contain NaN or inf; remove or replace them first")
+    if max(-float(x[0]), float(x[-1])) > float(np.finfo(np.float32).max):
+        raise ValueError("values exceed the float32 range of the codebook; rescale them first")
 
 
 def _dp_rows_step(k: int, m: int) -> int:
@@ -423,7 +423,10 @@ def _finish(values: np.ndarray, centroids64: np.ndarray, k: int, shape: tuple) -
     cent = np.maximum.accumulate(cent)
     if cent.size < k:
         cent = np.concatenate([cent, np.full(k - cent.size, cent[-1], dtype=np.float32)])
-    mids = 0.5 * (cent[:-1].astype(np.float64) + cent[1:].astype(np.float64))
+    # Assign over the distinct centroids, then map to the first index of each value, so that
+    # a code never names a later duplicate.
+    uniq, first = np.unique(cent, return_index=True)
+    mids = 0.5 * (uniq[:-1].astype(np.float64) + uniq[1:].astype(np.float64))
     codes = np.empty(values.size, dtype=np.uint8 if k <= 256 else np.uint16)
     cells = max(1024, 4 * k)
     base = float(mids[0]) if mids.size else 0.0
@@ -434,7 +437,7 @@ def _finish(values: np.ndarray, centroids64: np.ndarray, k: int, shape: tuple) -
     else:
         edges = np.full(cells + 1, base)
     table = np.searchsorted(mids, edges, side="left").astype(np.int64)
-    _assign_nearest(values.reshape(-1), mids, table, base, scale, codes)
+    _assign_nearest(values.reshape(-1), mids, table, base, scale, first, codes)
     return cent, codes.reshape(shape)
 
 
@@ -498,16 +501,13 @@ def _auto(d: _Distinct, k: int) -> np.ndarray:
     if m <= k or k * m * max(1.0, math.log2(m)) <= _AUTO_EXACT_WORK:
         return _optimal(d, k)
     n = float(d.w[-1])
-    top = max(1.0, n / max(_AUTO_GROUPS, _AUTO_GROUPS_PER_K * k))
-    finest = max(1.0, n / (k * _AUTO_FINEST))
+    groups = _AUTO_GROUPS_PER_K * k
+    while k * (2 * groups) * math.log2(2 * groups) <= _AUTO_EXACT_WORK:
+        groups *= 2
+    top = max(1.0, n / groups)
     tau = _sse_per_cluster_estimate(d, k) / _AUTO_TAU_DIV
     target = 1.0
-    while target * _AUTO_REFINE <= min(finest, top):
-        target *= _AUTO_REFINE
-    b = np.arange(m + 1, dtype=np.int64)
-    if target > 1.0:
-        b = _merge_groups(d.w, d.s, d.q, b, target, tau * (target / top) ** 3)
-    levels = [b]
+    levels = [np.arange(m + 1, dtype=np.int64)]
     while target < top:
         target *= _AUTO_REFINE
         b = _merge_groups(d.w, d.s, d.q, levels[-1], target, tau * min(1.0, target / top) ** 3)
@@ -568,6 +568,7 @@ def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.n
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     arr = _check_values(values)
     x = np.sort(arr.reshape(-1))
+    _check_sorted(x)
     center = float(x[x.size // 2])
     if x[0] == x[-1]:
         return _finish(arr, np.array([float(x[0])]), kk, arr.shape)

@@ -42,7 +42,13 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 
 from bitsub._config import NJIT
 from bitsub.errors import FormatError
-from bitsub.huffman import MAX_CODE_LENGTH, canonical_codes, check_code_lengths, code_lengths
+from bitsub.huffman import (
+    MAX_CODE_LENGTH,
+    TABLE_BITS,
+    canonical_codes,
+    check_code_lengths,
+    code_lengths,
+)
 from bitsub.huffman import decode_table as _decode_table
 
 __all__ = ["MAX_POSITIONS", "decode_mask", "encode_mask", "mask_scheme"]
@@ -53,11 +59,10 @@ VERSION = 1
 MAX_POSITIONS = 1 << 32
 # Largest runs alphabet (M); also the longest run one symbol covers is M - 1.
 MAX_RUN_SYMBOLS = 4096
-MAX_SEGMENTS = 8
 _FLAG_CONTEXT = 1
 
-ZEROS, ONES, RAW, BYTES, RUNS1, RUNS0 = range(6)
-SCHEME_NAMES = ("zeros", "ones", "raw", "bytes", "runs1", "runs0")
+ZEROS, ONES, RAW, BYTES, RUNS1, RUNS0, RUNS01 = range(7)
+SCHEME_NAMES = ("zeros", "ones", "raw", "bytes", "runs1", "runs0", "runs01")
 
 # Error codes of the decoding kernels.
 _ERR_OVERRUN = -1
@@ -209,23 +214,44 @@ def _read_length_table(reader: _Reader, count: int) -> np.ndarray:
 
 
 @numba.njit(**NJIT)
-def _byte_histogram(packed):
+def _scan_bytes(packed):
+    """Histogram of the packed bytes and the number of one bits."""
+    # Four sub-histograms, so that runs of equal bytes do not serialize on one counter.
+    sub = np.zeros((4, 256), dtype=np.int64)
+    n = packed.shape[0]
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        sub[0, packed[i]] += 1
+        sub[1, packed[i + 1]] += 1
+        sub[2, packed[i + 2]] += 1
+        sub[3, packed[i + 3]] += 1
+    for i in range(n4, n):
+        sub[0, packed[i]] += 1
     hist = np.zeros(256, dtype=np.int64)
-    for i in range(packed.shape[0]):
-        hist[packed[i]] += 1
-    return hist
+    ones = 0
+    for b in range(256):
+        hist[b] = sub[0, b] + sub[1, b] + sub[2, b] + sub[3, b]
+        bits = 0
+        v = b
+        while v:
+            bits += v & 1
+            v >>= 1
+        ones += bits * hist[b]
+    return hist, ones
 
 
 @numba.njit(**NJIT)
 def _find_runs(words, n, invert, seg_ends, n_marks, hist_size):
-    """Runs of the majority value before each minority bit and each segment end.
+    """The runs scheme's runs (see `_encode_runs_kernel`), their histogram and count per segment.
 
-    `words`: the stream packed little-endian (position i is bit i % 64 of word i // 64), the
-    minority value is 1 (or 0 when `invert`). Returns (runs, hist) where hist counts the runs
-    shorter than hist_size - 1 and hist[-1] counts the rest.
+    `words` hold the stream packed little-endian (position i is bit i % 64 of word i // 64); the
+    minority value is 1 (0 when `invert`), `n_marks` its count. Runs shorter than hist_size - 1
+    are counted in hist[run]; hist[-1] counts the longer ones.
     """
-    runs = np.empty(n_marks + seg_ends.shape[0], dtype=np.int64)
+    n_seg = seg_ends.shape[0]
+    runs = np.empty(n_marks + n_seg, dtype=np.uint32)
     hist = np.zeros(hist_size, dtype=np.int64)
+    seg_runs = np.zeros(n_seg, dtype=np.int64)
     big = hist_size - 1
     k = 0
     seg = 0
@@ -247,6 +273,7 @@ def _find_runs(words, n, invert, seg_ends, n_marks, hist_size):
                 runs[k] = r
                 k += 1
                 hist[min(r, big)] += 1
+                seg_runs[seg] = k
                 prev = seg_end - 1
                 seg += 1
                 seg_end = seg_ends[seg]
@@ -255,51 +282,65 @@ def _find_runs(words, n, invert, seg_ends, n_marks, hist_size):
             k += 1
             hist[min(r, big)] += 1
             prev = p
-    while seg < seg_ends.shape[0]:
+    while seg < n_seg:
         seg_end = seg_ends[seg]
         r = seg_end - prev - 1
         runs[k] = r
         k += 1
         hist[min(r, big)] += 1
+        seg_runs[seg] = k
         prev = seg_end - 1
         seg += 1
-    return runs[:k], hist
+    return runs[:k], hist, seg_runs
 
 
 # --------------------------------------------------------------------------- kernels: encode
 
 
 @numba.njit(**NJIT)
-def _encode_runs_kernel(runs, codes, lengths, esc_run, out):
-    """Huffman-code runs (escape symbol = esc_run majority bits); returns the bits written."""
+def _encode_runs_kernel(runs, seg_runs, codes, lengths, esc, out, seg_bits):
+    """Huffman-code the runs of every segment into `out` (uint32 words, MSB-first).
+
+    A run r is written as r // esc escape symbols (symbol esc) and the symbol r % esc. Each
+    segment's runs (ending at index seg_runs[j]) start on a fresh word; its bit count goes to
+    seg_bits[j].
+    """
     acc = _U64(0)
     n_acc = 0
     k = 0
     n_bits = 0
-    esc_code = _U64(codes[esc_run])
-    esc_len = np.int64(lengths[esc_run])
-    for i in range(runs.shape[0]):
-        r = runs[i]
-        while r >= esc_run:
-            r -= esc_run
-            acc = (acc << _U64(esc_len)) | esc_code
-            n_acc += esc_len
-            n_bits += esc_len
-            if n_acc >= 32:
-                n_acc -= 32
+    esc_code = _U64(codes[esc])
+    esc_len = np.int64(lengths[esc])
+    start = 0
+    for seg in range(seg_runs.shape[0]):
+        for i in range(start, seg_runs[seg]):
+            r = np.int64(runs[i])
+            while r >= esc:
+                r -= esc
+                acc = (acc << _U64(esc_len)) | esc_code
+                n_acc += esc_len
+                n_bits += esc_len
+                f = n_acc >> 5
+                n_acc &= 31
                 out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
-                k += 1
-        ln = np.int64(lengths[r])
-        acc = (acc << _U64(ln)) | _U64(codes[r])
-        n_acc += ln
-        n_bits += ln
-        if n_acc >= 32:
-            n_acc -= 32
+                k += f
+            ln = np.int64(lengths[r])
+            acc = (acc << _U64(ln)) | _U64(codes[r])
+            n_acc += ln
+            n_bits += ln
+            # Branch-free flush: always store the top word, advance only when it is full.
+            f = n_acc >> 5
+            n_acc &= 31
             out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+            k += f
+        start = seg_runs[seg]
+        if n_acc > 0:
+            out[k] = np.uint32((acc << _U64(32 - n_acc)) & _U64(0xFFFFFFFF))
             k += 1
-    if n_acc > 0:
-        out[k] = np.uint32((acc << _U64(32 - n_acc)) & _U64(0xFFFFFFFF))
-    return n_bits
+            n_acc = 0
+        seg_bits[seg] = n_bits
+        n_bits = 0
+    return k
 
 
 @numba.njit(**NJIT)
@@ -314,17 +355,13 @@ def _encode_bytes_kernel(symbols, codes, lengths, out):
         acc = (acc << _U64(ln)) | _U64(codes[s])
         n_acc += ln
         n_bits += ln
-        if n_acc >= 32:
-            n_acc -= 32
-            out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
-            k += 1
+        f = n_acc >> 5
+        n_acc &= 31
+        out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+        k += f
     if n_acc > 0:
         out[k] = np.uint32((acc << _U64(32 - n_acc)) & _U64(0xFFFFFFFF))
     return n_bits
-
-
-def _words_to_bytes(words: np.ndarray, n_bits: int) -> bytes:
-    return words.astype(">u4").tobytes()[: (n_bits + 7) // 8]
 
 
 # --------------------------------------------------------------------------- kernels: decode
@@ -338,99 +375,460 @@ def _payload_words(payload: bytes) -> np.ndarray:
     return buf.view(">u4").astype(np.uint32)
 
 
+def _pair_table(table: np.ndarray, table_bits: int, esc: int) -> np.ndarray:
+    """Two-symbol look-up table for the runs decoder, from a one-symbol `decode_table` table.
+
+    Entry for the next `table_bits` bits: ``total | len1 << 5 | s1 << 10 | adv2 << 22`` where s1
+    is the first symbol (of length len1) and, when a second non-escape symbol s2 also fits in the
+    bits, adv2 = s2 + 1 and total = len1 + its length; otherwise adv2 = 0 and total = len1.
+    0 marks a first code longer than `table_bits`.
+    """
+    t = table.astype(np.int64)
+    len1 = t & 31
+    s1 = t >> 5
+    v = np.arange(t.size, dtype=np.int64)
+    nxt = t[(v << len1) & (t.size - 1)]
+    len2 = nxt & 31
+    s2 = nxt >> 5
+    pair = (len1 > 0) & (len2 > 0) & (len1 + len2 <= table_bits) & (s1 != esc) & (s2 != esc)
+    total = np.where(pair, len1 + len2, len1)
+    adv2 = np.where(pair, s2 + 1, 0)
+    return np.where(len1 > 0, total | len1 << 5 | s1 << 10 | adv2 << 22, 0)
+
+
 @numba.njit(**NJIT)
 def _decode_runs_kernel(
-    words, n_bits, out, start, stop, value, esc_run, table, table_bits, max_length, first,
-    count, offset, symbols,
+    w0, start0, stop0, w1, start1, stop1, two, out, value, esc, pairs, table_bits, max_length,
+    first, count, offset, symbols,
 ):
-    """Decode one runs segment into out[start:stop] (pre-filled with the majority value).
+    """Decode one or two runs segments, interleaved, into out (pre-filled with the majority).
 
-    Returns the number of bits read, or a negative error code.
+    Two independent bit streams let the CPU overlap their table look-ups, and each look-up in
+    `pairs` (see `_pair_table`) yields up to two runs. Returns the bits read from each stream, or
+    a negative error code in the first slot.
     """
-    acc = _U64(0)
-    n_acc = 0
-    k = 0
     shift = _U64(64 - table_bits)
-    pos = start
-    while True:
-        if n_acc < 32:
-            acc |= _U64(words[k]) << _U64(32 - n_acc)
-            k += 1
-            n_acc += 32
-        if 32 * k - n_acc > n_bits:
-            return _ERR_OVERRUN
-        e = table[np.int64(acc >> shift)]
-        if e != 0:
-            ln = np.int64(e & 31)
-            s = np.int64(e >> 5)
-        else:
-            ln = 0
-            s = 0
-            for bits in range(table_bits + 1, max_length + 1):
-                c = np.int64(acc >> _U64(64 - bits)) - first[bits]
-                if 0 <= c < count[bits]:
-                    s = np.int64(symbols[offset[bits] + c])
-                    ln = bits
-                    break
-            if ln == 0:
-                return _ERR_CODE
-        acc <<= _U64(ln)
-        n_acc -= ln
-        if s == esc_run:
-            pos += esc_run
-            if pos > stop:
-                return _ERR_RUN
-        else:
-            pos += s
-            if pos >= stop:
-                if pos > stop:
-                    return _ERR_RUN
-                break
-            out[pos] = value
-            pos += 1
-    return 32 * k - n_acc
+    acc0 = _U64(0)
+    n0 = 0
+    k0 = 0
+    pos0 = start0
+    done0 = False
+    acc1 = _U64(0)
+    n1 = 0
+    k1 = 0
+    pos1 = start1
+    done1 = not two
+    while not (done0 and done1):
+        if not done0:
+            if n0 < 32:
+                if k0 >= w0.shape[0]:
+                    return _ERR_OVERRUN, 0
+                acc0 |= _U64(w0[k0]) << _U64(32 - n0)
+                k0 += 1
+                n0 += 32
+            e = pairs[np.int64(acc0 >> shift)]
+            if e != 0:
+                total = e & 31
+                ln = (e >> 5) & 31
+                s = (e >> 10) & 0xFFF
+                adv2 = e >> 22
+            else:
+                ln = 0
+                s = 0
+                for bits in range(table_bits + 1, max_length + 1):
+                    c = np.int64(acc0 >> _U64(64 - bits)) - first[bits]
+                    if 0 <= c < count[bits]:
+                        s = np.int64(symbols[offset[bits] + c])
+                        ln = bits
+                        break
+                if ln == 0:
+                    return _ERR_CODE, 0
+                total = ln
+                adv2 = 0
+            if s == esc:
+                pos0 += esc
+                if pos0 > stop0:
+                    return _ERR_RUN, 0
+            else:
+                pos0 += s
+                if pos0 >= stop0:
+                    if pos0 > stop0:
+                        return _ERR_RUN, 0
+                    done0 = True
+                    total = ln
+                else:
+                    out[pos0] = value
+                    pos0 += 1 + adv2
+                    if pos0 > stop0:
+                        if pos0 - 1 > stop0:
+                            return _ERR_RUN, 0
+                        done0 = True
+                    else:
+                        # adv2 = 0 rewrites the bit just written; no branch on the pair.
+                        out[pos0 - 1] = value
+            acc0 <<= _U64(total)
+            n0 -= total
+        if not done1:
+            if n1 < 32:
+                if k1 >= w1.shape[0]:
+                    return _ERR_OVERRUN, 0
+                acc1 |= _U64(w1[k1]) << _U64(32 - n1)
+                k1 += 1
+                n1 += 32
+            e = pairs[np.int64(acc1 >> shift)]
+            if e != 0:
+                total = e & 31
+                ln = (e >> 5) & 31
+                s = (e >> 10) & 0xFFF
+                adv2 = e >> 22
+            else:
+                ln = 0
+                s = 0
+                for bits in range(table_bits + 1, max_length + 1):
+                    c = np.int64(acc1 >> _U64(64 - bits)) - first[bits]
+                    if 0 <= c < count[bits]:
+                        s = np.int64(symbols[offset[bits] + c])
+                        ln = bits
+                        break
+                if ln == 0:
+                    return _ERR_CODE, 0
+                total = ln
+                adv2 = 0
+            if s == esc:
+                pos1 += esc
+                if pos1 > stop1:
+                    return _ERR_RUN, 0
+            else:
+                pos1 += s
+                if pos1 >= stop1:
+                    if pos1 > stop1:
+                        return _ERR_RUN, 0
+                    done1 = True
+                    total = ln
+                else:
+                    out[pos1] = value
+                    pos1 += 1 + adv2
+                    if pos1 > stop1:
+                        if pos1 - 1 > stop1:
+                            return _ERR_RUN, 0
+                        done1 = True
+                    else:
+                        out[pos1 - 1] = value
+            acc1 <<= _U64(total)
+            n1 -= total
+    return 32 * k0 - n0, 32 * k1 - n1
 
 
 @numba.njit(**NJIT)
 def _decode_bytes_kernel(
-    words, n_bits, out, table, table_bits, max_length, first, count, offset, symbols
+    w0, out0, w1, out1, table, table_bits, max_length, first, count, offset, symbols
 ):
+    """Decode two byte segments, interleaved; returns the bits read from each (or an error)."""
+    shift = _U64(64 - table_bits)
+    acc0 = _U64(0)
+    n0 = 0
+    k0 = 0
+    acc1 = _U64(0)
+    n1 = 0
+    k1 = 0
+    m0 = out0.shape[0]
+    m1 = out1.shape[0]
+    for i in range(max(m0, m1)):
+        if i < m0:
+            if n0 < 32:
+                if k0 >= w0.shape[0]:
+                    return _ERR_OVERRUN, 0
+                acc0 |= _U64(w0[k0]) << _U64(32 - n0)
+                k0 += 1
+                n0 += 32
+            e = table[np.int64(acc0 >> shift)]
+            if e != 0:
+                ln = np.int64(e & 31)
+                out0[i] = np.uint8(e >> 5)
+            else:
+                ln = 0
+                for bits in range(table_bits + 1, max_length + 1):
+                    c = np.int64(acc0 >> _U64(64 - bits)) - first[bits]
+                    if 0 <= c < count[bits]:
+                        out0[i] = np.uint8(symbols[offset[bits] + c])
+                        ln = bits
+                        break
+                if ln == 0:
+                    return _ERR_CODE, 0
+            acc0 <<= _U64(ln)
+            n0 -= ln
+        if i < m1:
+            if n1 < 32:
+                if k1 >= w1.shape[0]:
+                    return _ERR_OVERRUN, 0
+                acc1 |= _U64(w1[k1]) << _U64(32 - n1)
+                k1 += 1
+                n1 += 32
+            e = table[np.int64(acc1 >> shift)]
+            if e != 0:
+                ln = np.int64(e & 31)
+                out1[i] = np.uint8(e >> 5)
+            else:
+                ln = 0
+                for bits in range(table_bits + 1, max_length + 1):
+                    c = np.int64(acc1 >> _U64(64 - bits)) - first[bits]
+                    if 0 <= c < count[bits]:
+                        out1[i] = np.uint8(symbols[offset[bits] + c])
+                        ln = bits
+                        break
+                if ln == 0:
+                    return _ERR_CODE, 0
+            acc1 <<= _U64(ln)
+            n1 -= ln
+    return 32 * k0 - n0, 32 * k1 - n1
+
+
+# ------------------------------------------------------------------- kernels: alternating runs
+
+
+@numba.njit(**NJIT, inline="always")
+def _popcount64(x):
+    x = x - ((x >> _U64(1)) & _U64(0x5555555555555555))
+    x = (x & _U64(0x3333333333333333)) + ((x >> _U64(2)) & _U64(0x3333333333333333))
+    x = (x + (x >> _U64(4))) & _U64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * _U64(0x0101010101010101)) >> _U64(56))
+
+
+@numba.njit(**NJIT)
+def _count_transitions(words, n):
+    """Positions 1..n-1 whose bit differs from the previous one (packed little-endian words)."""
+    total = 0
+    carry = _U64(0)
+    n_words = words.shape[0]
+    for wi in range(n_words):
+        w = words[wi]
+        t = w ^ ((w << _U64(1)) | carry)
+        carry = w >> _U64(63)
+        if wi == 0:
+            t &= ~_U64(1)
+        if wi == n_words - 1 and (n & 63) != 0:
+            t &= (_U64(1) << _U64(n & 63)) - _U64(1)
+        total += _popcount64(t)
+    return total
+
+
+@numba.njit(**NJIT)
+def _find_alt_runs(words, bounds, n_transitions, hist_size):
+    """Alternating runs of each segment: a run of 0s (maybe empty), of 1s, of 0s, ...
+
+    Returns (values, hist, big, n_big, seg_runs): the value of a run is its length, minus 1 for
+    every run but a segment's first (those cannot be empty); hist[parity, v] counts values
+    below hist_size - 1 per parity (0: runs of 0s), big[parity, :n_big[parity]] lists the rest.
+    """
+    n_seg = bounds.shape[0] - 1
+    values = np.empty(n_transitions + 2 * n_seg + 1, dtype=np.uint32)
+    limit = hist_size - 1
+    hist = np.zeros((2, hist_size), dtype=np.int64)
+    n_max_big = bounds[n_seg] // limit + 2 * n_seg + 1
+    big = np.empty((2, n_max_big), dtype=np.int64)
+    n_big = np.zeros(2, dtype=np.int64)
+    seg_runs = np.zeros(n_seg, dtype=np.int64)
+    k = 0
+    for seg in range(n_seg):
+        a = bounds[seg]
+        b = bounds[seg + 1]
+        run_start = a
+        cur = 0
+        first = True
+        if a < b:
+            wa = a >> 6
+            wb = (b - 1) >> 6
+            for wi in range(wa, wb + 1):
+                w = words[wi]
+                prev_bit = words[wi - 1] >> _U64(63) if wi > 0 else _U64(0)
+                t = w ^ ((w << _U64(1)) | prev_bit)
+                if wi == wa:
+                    # The segment starts as if after a 0: a transition at a iff bit a is set.
+                    bit = _U64(1) << _U64(a & 63)
+                    t &= ~(bit - _U64(1))
+                    t = (t & ~bit) | (w & bit)
+                if wi == wb and b - wi * 64 < 64:
+                    t &= (_U64(1) << _U64(b - wi * 64)) - _U64(1)
+                while t != 0:
+                    p = wi * 64 + np.int64(trailing_zeros(t))
+                    t &= t - _U64(1)
+                    v = p - run_start - (0 if first else 1)
+                    values[k] = v
+                    k += 1
+                    if v < limit:
+                        hist[cur, v] += 1
+                    else:
+                        big[cur, n_big[cur]] = v
+                        n_big[cur] += 1
+                    first = False
+                    cur ^= 1
+                    run_start = p
+        v = b - run_start - (0 if first else 1)
+        values[k] = v
+        k += 1
+        if v < limit:
+            hist[cur, v] += 1
+        else:
+            big[cur, n_big[cur]] = v
+            n_big[cur] += 1
+        seg_runs[seg] = k
+    return values[:k], hist, big, n_big, seg_runs
+
+
+@numba.njit(**NJIT)
+def _encode_alt_kernel(values, seg_runs, codes, lengths, esc, out, seg_bits):
+    """Huffman-code alternating runs, code `parity` for the runs of 0s (0) and of 1s (1)."""
     acc = _U64(0)
     n_acc = 0
     k = 0
-    shift = _U64(64 - table_bits)
-    for i in range(out.shape[0]):
-        if n_acc < 32:
-            acc |= _U64(words[k]) << _U64(32 - n_acc)
+    n_bits = 0
+    start = 0
+    for seg in range(seg_runs.shape[0]):
+        par = 0
+        for i in range(start, seg_runs[seg]):
+            v = np.int64(values[i])
+            e = esc[par]
+            while v >= e:
+                v -= e
+                ln = np.int64(lengths[par, e])
+                acc = (acc << _U64(ln)) | _U64(codes[par, e])
+                n_acc += ln
+                n_bits += ln
+                f = n_acc >> 5
+                n_acc &= 31
+                out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+                k += f
+            ln = np.int64(lengths[par, v])
+            acc = (acc << _U64(ln)) | _U64(codes[par, v])
+            n_acc += ln
+            n_bits += ln
+            f = n_acc >> 5
+            n_acc &= 31
+            out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+            k += f
+            par ^= 1
+        start = seg_runs[seg]
+        if n_acc > 0:
+            out[k] = np.uint32((acc << _U64(32 - n_acc)) & _U64(0xFFFFFFFF))
             k += 1
-            n_acc += 32
-        if 32 * k - n_acc > n_bits:
-            return _ERR_OVERRUN
-        e = table[np.int64(acc >> shift)]
-        if e != 0:
-            ln = np.int64(e & 31)
-            out[i] = np.uint8(e >> 5)
-        else:
-            ln = 0
-            for bits in range(table_bits + 1, max_length + 1):
-                c = np.int64(acc >> _U64(64 - bits)) - first[bits]
-                if 0 <= c < count[bits]:
-                    out[i] = np.uint8(symbols[offset[bits] + c])
-                    ln = bits
-                    break
-            if ln == 0:
-                return _ERR_CODE
-        acc <<= _U64(ln)
-        n_acc -= ln
-    return 32 * k - n_acc
+            n_acc = 0
+        seg_bits[seg] = n_bits
+        n_bits = 0
+    return k
+
+
+@numba.njit(**NJIT)
+def _decode_alt_kernel(
+    w0, start0, stop0, w1, start1, stop1, two, out, esc, table, table_bits, max_length, first,
+    count, offset, symbols,
+):
+    """Decode one or two alternating-runs segments, interleaved, into out (pre-filled with 0).
+
+    `esc`, `table`, `first`, `count`, `offset` and `symbols` have one row per code (0: runs of
+    0s, 1: runs of 1s). Returns the bits read from each stream, or an error code.
+    """
+    shift = _U64(64 - table_bits)
+    acc0 = _U64(0)
+    n0 = 0
+    k0 = 0
+    pos0 = start0
+    par0 = 0
+    off0 = 0
+    done0 = False
+    acc1 = _U64(0)
+    n1 = 0
+    k1 = 0
+    pos1 = start1
+    par1 = 0
+    off1 = 0
+    done1 = not two
+    while not (done0 and done1):
+        if not done0:
+            if n0 < 32:
+                if k0 >= w0.shape[0]:
+                    return _ERR_OVERRUN, 0
+                acc0 |= _U64(w0[k0]) << _U64(32 - n0)
+                k0 += 1
+                n0 += 32
+            e = table[par0, np.int64(acc0 >> shift)]
+            if e != 0:
+                ln = np.int64(e & 31)
+                s = np.int64(e >> 5)
+            else:
+                ln = 0
+                s = 0
+                for bits in range(table_bits + 1, max_length + 1):
+                    c = np.int64(acc0 >> _U64(64 - bits)) - first[par0, bits]
+                    if 0 <= c < count[par0, bits]:
+                        s = np.int64(symbols[par0, offset[par0, bits] + c])
+                        ln = bits
+                        break
+                if ln == 0:
+                    return _ERR_CODE, 0
+            acc0 <<= _U64(ln)
+            n0 -= ln
+            is_esc = s == esc[par0]
+            r = s if is_esc else s + off0
+            if pos0 + r + (off0 if is_esc else 0) > stop0:
+                return _ERR_RUN, 0
+            if par0 == 1:
+                for i in range(pos0, pos0 + r):
+                    out[i] = True
+            pos0 += r
+            if not is_esc:
+                if pos0 == stop0:
+                    done0 = True
+                par0 ^= 1
+                off0 = 1
+        if not done1:
+            if n1 < 32:
+                if k1 >= w1.shape[0]:
+                    return _ERR_OVERRUN, 0
+                acc1 |= _U64(w1[k1]) << _U64(32 - n1)
+                k1 += 1
+                n1 += 32
+            e = table[par1, np.int64(acc1 >> shift)]
+            if e != 0:
+                ln = np.int64(e & 31)
+                s = np.int64(e >> 5)
+            else:
+                ln = 0
+                s = 0
+                for bits in range(table_bits + 1, max_length + 1):
+                    c = np.int64(acc1 >> _U64(64 - bits)) - first[par1, bits]
+                    if 0 <= c < count[par1, bits]:
+                        s = np.int64(symbols[par1, offset[par1, bits] + c])
+                        ln = bits
+                        break
+                if ln == 0:
+                    return _ERR_CODE, 0
+            acc1 <<= _U64(ln)
+            n1 -= ln
+            is_esc = s == esc[par1]
+            r = s if is_esc else s + off1
+            if pos1 + r + (off1 if is_esc else 0) > stop1:
+                return _ERR_RUN, 0
+            if par1 == 1:
+                for i in range(pos1, pos1 + r):
+                    out[i] = True
+            pos1 += r
+            if not is_esc:
+                if pos1 == stop1:
+                    done1 = True
+                par1 ^= 1
+                off1 = 1
+    return 32 * k0 - n0, 32 * k1 - n1
 
 
 # ------------------------------------------------------------------------------ stream coder
 
 
 def _segments(size: int) -> int:
-    """Number of segments for a stream of `size` symbols' worth of positions or bytes."""
-    return 1
+    """Segments for a stream of `size` positions (runs) or bytes (bytes scheme).
+
+    Two segments let the decoder interleave two bit streams; small streams keep one.
+    """
+    return 2 if size >= 1 << 15 else 1
 
 
 def _bounds(size: int, n_seg: int) -> np.ndarray:
@@ -440,10 +838,9 @@ def _bounds(size: int, n_seg: int) -> np.ndarray:
 def _run_symbol_counts(hist: np.ndarray, big_runs: np.ndarray, m: int) -> np.ndarray:
     """Symbol frequencies of the runs scheme with alphabet size m, from the run histogram."""
     esc = m - 1
-    r = np.arange(hist.size - 1)
-    h = hist[:-1]
-    counts = np.bincount(r % esc, weights=h, minlength=m).astype(np.int64)
-    counts[esc] += int(np.dot(r // esc, h))
+    r = np.arange(hist.size)
+    counts = np.bincount(r % esc, weights=hist, minlength=m).astype(np.int64)
+    counts[esc] += int(np.dot(r // esc, hist))
     if big_runs.size:
         counts += np.bincount(big_runs % esc, minlength=m)[:m]
         counts[esc] += int(np.sum(big_runs // esc))
@@ -466,57 +863,92 @@ class _Plan:
         self.__dict__.update(kw)
 
 
+def _choose_run_code(hist: np.ndarray, big_runs: np.ndarray):
+    """Best alphabet size M for a runs code: (size in bytes, M, lengths, counts).
+
+    `hist[v]` counts the run values v < len(hist); `big_runs` lists the others. The size
+    counts the code-length table, the payload bits and the M varint.
+    """
+    used = np.flatnonzero(hist)
+    max_run = max(int(big_runs.max(initial=0)), int(used[-1]) if used.size else 0)
+    candidates = {min(max_run + 2, MAX_RUN_SYMBOLS)}
+    m = 4
+    while m <= MAX_RUN_SYMBOLS and m < max_run + 2:
+        candidates.add(m)
+        m *= 2
+    best = None
+    for m in sorted(candidates):
+        counts = _run_symbol_counts(hist, big_runs, m)
+        size, lengths = _huffman_cost(counts)
+        size += len(_varint(m))
+        # Fewer symbols code and decode faster: a byte of size buys 2048 fewer symbols.
+        score = size + int(counts.sum()) / 2048
+        if best is None or score < best[0]:
+            best = (score, size, m, lengths, counts)
+    return best[1:]
+
+
 def _plan_stream(bits: np.ndarray) -> _Plan:
     """Pick the smallest scheme for a 1-D bool stream; `size` is its estimated byte count."""
     n = bits.size
-    ones = int(np.count_nonzero(bits))
+    packed = np.packbits(bits, bitorder="little")
+    hist, ones = _scan_bytes(packed)
     if ones == 0:
         return _Plan(ZEROS, 1)
     if ones == n:
         return _Plan(ONES, 1)
-    packed = np.packbits(bits, bitorder="little")
     best = _Plan(RAW, 1 + packed.size, packed=packed)
-    hist = _byte_histogram(packed)
+    n_seg = _segments(packed.size)
     size, lengths = _huffman_cost(hist)
-    if size + 1 + 2 < best.size:
-        best = _Plan(BYTES, size + 3, packed=packed, lengths=lengths)
+    size += 2 + 3 * n_seg
+    if size < best.size:
+        best = _Plan(BYTES, size, packed=packed, lengths=lengths, n_seg=n_seg)
     minority = min(ones, n - ones)
     p = minority / n
     h_bits = -n * (p * np.log2(p) + (1 - p) * np.log2(1 - p))
-    # Runs pay off on skewed densities and on structure beyond 8-bit blocks; on i.i.d. masks of
-    # density near 1/2 they cannot, so we skip the scan there.
+    words = np.zeros((packed.size + 7) // 8 * 8, dtype=np.uint8)
+    words[: packed.size] = packed
+    words = words.view("<u8")
+    n_seg = _segments(n)
+    bounds = _bounds(n, n_seg)
+    # Runs of the majority pay off on skewed densities and on structure beyond 8-bit blocks;
+    # on i.i.d. masks of density near 1/2 they cannot, so we skip the scan there.
     if p <= 0.3 or 8 * best.size < 0.97 * h_bits:
         invert = ones > n - ones
-        n_seg = _segments(n)
-        ends = _bounds(n, n_seg)[1:]
-        words = np.zeros((packed.size + 7) // 8 * 8, dtype=np.uint8)
-        words[: packed.size] = packed
-        runs, rhist = _find_runs(
-            words.view("<u8"), n, invert, ends, minority, MAX_RUN_SYMBOLS + 1
+        runs, rhist, seg_runs = _find_runs(
+            words, n, invert, bounds[1:], minority, MAX_RUN_SYMBOLS + 1
         )
-        big_runs = runs[runs >= MAX_RUN_SYMBOLS] if rhist[-1] else runs[:0]
-        max_run = int(big_runs.max()) if big_runs.size else int(np.flatnonzero(rhist)[-1])
-        candidates = {min(max_run + 2, MAX_RUN_SYMBOLS)}
-        m = 4
-        while m <= MAX_RUN_SYMBOLS and m < max_run + 2:
-            candidates.add(m)
-            m *= 2
-        best_runs = None
-        for m in sorted(candidates):
-            counts = _run_symbol_counts(rhist, big_runs, m)
-            size, lengths = _huffman_cost(counts)
-            size += 1 + len(_varint(m)) + 1 + 2 * n_seg
-            # Fewer symbols code and decode faster: a byte of size buys 2048 fewer symbols.
-            score = size + int(counts.sum()) / 2048
-            if best_runs is None or score < best_runs[0]:
-                best_runs = (score, size, m, lengths, counts)
-        _, size, m, lengths, counts = best_runs
+        big_runs = runs[runs >= MAX_RUN_SYMBOLS].astype(np.int64) if rhist[-1] else runs[:0]
+        size, m, lengths, counts = _choose_run_code(rhist[:-1], big_runs)
+        size += 2 + 3 * n_seg
         if size < best.size:
             best = _Plan(
-                RUNS0 if invert else RUNS1, size, runs=runs, m=m, lengths=lengths, n_seg=n_seg,
-                counts=counts,
+                RUNS0 if invert else RUNS1, size, runs=runs, seg_runs=seg_runs, m=m,
+                lengths=lengths, counts=counts,
             )
+    # Alternating runs pay off on clustered masks: far fewer changes of value than an i.i.d.
+    # mask of the same density would have.
+    transitions = _count_transitions(words, n)
+    if transitions < n * p * (1 - p):
+        values, ahist, big, n_big, seg_runs = _find_alt_runs(
+            words, bounds, transitions, MAX_RUN_SYMBOLS + 1
+        )
+        codes = [_choose_run_code(ahist[par, :-1], big[par, : n_big[par]]) for par in (0, 1)]
+        size = codes[0][0] + codes[1][0] + 2 + 3 * n_seg
+        if size < best.size:
+            best = _Plan(RUNS01, size, values=values, seg_runs=seg_runs, codes=codes)
     return best
+
+
+def _segment_payloads(words: np.ndarray, seg_bits: np.ndarray) -> list[bytes]:
+    """Split a word stream whose segments each start on a fresh word into byte payloads."""
+    stream = words.astype(">u4").tobytes()
+    payloads = []
+    offset = 0
+    for bits in seg_bits.tolist():
+        payloads.append(stream[offset : offset + (bits + 7) // 8])
+        offset += 4 * ((bits + 31) // 32)
+    return payloads
 
 
 def _write_stream(plan: _Plan) -> bytes:
@@ -528,47 +960,61 @@ def _write_stream(plan: _Plan) -> bytes:
         out.append(_write_length_table(plan.lengths))
         codes = canonical_codes(plan.lengths)
         lengths8 = plan.lengths.astype(np.uint8)
-        bounds = _bounds(plan.packed.size, 1)
-        out.append(b"\x01")
-        words = np.zeros(plan.packed.size * MAX_CODE_LENGTH // 32 + 2, dtype=np.uint32)
+        bounds = _bounds(plan.packed.size, plan.n_seg)
+        out.append(bytes([plan.n_seg]))
         payloads = []
-        for j in range(bounds.size - 1):
+        for j in range(plan.n_seg):
             seg = plan.packed[bounds[j] : bounds[j + 1]]
+            words = np.zeros(seg.size * MAX_CODE_LENGTH // 32 + 2, dtype=np.uint32)
             n_bits = _encode_bytes_kernel(seg, codes, lengths8, words)
-            payloads.append(_words_to_bytes(words, n_bits))
+            payloads.append(words.astype(">u4").tobytes()[: (n_bits + 7) // 8])
         out += [_varint(len(p)) for p in payloads] + payloads
     elif scheme in (RUNS0, RUNS1):
-        m = plan.m
-        out.append(_varint(m))
+        out.append(_varint(plan.m))
         out.append(_write_length_table(plan.lengths))
         codes = canonical_codes(plan.lengths)
         lengths8 = plan.lengths.astype(np.uint8)
-        out.append(bytes([plan.n_seg]))
-        n_bits_total = int(np.dot(plan.counts, plan.lengths.astype(np.int64)))
-        words = np.zeros(n_bits_total // 32 + 2 + plan.n_seg, dtype=np.uint32)
-        payloads = []
-        # Each segment's runs end with its virtual minority bit: split after those.
-        runs = plan.runs
-        if plan.n_seg == 1:
-            pieces = [runs]
-        else:
-            raise NotImplementedError
-        for seg in pieces:
-            n_bits = _encode_runs_kernel(seg, codes, lengths8, m - 1, words)
-            payloads.append(_words_to_bytes(words, n_bits))
+        n_seg = plan.seg_runs.size
+        out.append(bytes([n_seg]))
+        total_bits = int(np.dot(plan.counts, plan.lengths.astype(np.int64)))
+        words = np.zeros(total_bits // 32 + n_seg + 2, dtype=np.uint32)
+        seg_bits = np.zeros(n_seg, dtype=np.int64)
+        _encode_runs_kernel(
+            plan.runs, plan.seg_runs, codes, lengths8, plan.m - 1, words, seg_bits
+        )
+        payloads = _segment_payloads(words, seg_bits)
+        out += [_varint(len(p)) for p in payloads] + payloads
+    elif scheme == RUNS01:
+        width = max(plan.codes[0][1], plan.codes[1][1])
+        codes = np.zeros((2, width), dtype=np.uint32)
+        lengths8 = np.zeros((2, width), dtype=np.uint8)
+        total_bits = 0
+        for par, (_, m, lengths, counts) in enumerate(plan.codes):
+            out.append(_varint(m))
+            out.append(_write_length_table(lengths))
+            codes[par, :m] = canonical_codes(lengths)
+            lengths8[par, :m] = lengths
+            total_bits += int(np.dot(counts, lengths.astype(np.int64)))
+        n_seg = plan.seg_runs.size
+        out.append(bytes([n_seg]))
+        words = np.zeros(total_bits // 32 + n_seg + 2, dtype=np.uint32)
+        seg_bits = np.zeros(n_seg, dtype=np.int64)
+        esc = np.array([plan.codes[0][1] - 1, plan.codes[1][1] - 1], dtype=np.int64)
+        _encode_alt_kernel(plan.values, plan.seg_runs, codes, lengths8, esc, words, seg_bits)
+        payloads = _segment_payloads(words, seg_bits)
         out += [_varint(len(p)) for p in payloads] + payloads
     return b"".join(out)
 
 
-def _read_segments(reader: _Reader, max_bytes: int) -> list[bytes]:
+def _read_segments(reader: _Reader) -> list[bytes]:
     n_seg = reader.u8("segment count")
-    if not 1 <= n_seg <= MAX_SEGMENTS:
-        raise FormatError(f"segment count {n_seg} is not in 1..{MAX_SEGMENTS}")
-    sizes = [reader.varint("segment payload length", max_bytes) for _ in range(n_seg)]
+    if n_seg not in (1, 2):
+        raise FormatError(f"segment count {n_seg} is not 1 or 2")
+    sizes = [reader.varint("segment payload length", reader.end) for _ in range(n_seg)]
     return [reader.take(size, "segment payload") for size in sizes]
 
 
-def _check_end(end: int, payload: bytes, words: np.ndarray, what: str) -> None:
+def _check_end(end: int, payload: bytes, what: str) -> None:
     """The bit stream must end in the payload's last byte, with zero padding after it."""
     if end == _ERR_OVERRUN or end > 8 * len(payload):
         raise FormatError(f"truncated or corrupt {what}: the bit stream runs past its payload")
@@ -591,14 +1037,53 @@ def _parse_stream(reader: _Reader, n: int):
         return (scheme, reader.take((n + 7) // 8, "raw payload"))
     if scheme == BYTES:
         lengths = _read_length_table(reader, 256)
-        return (scheme, lengths, _read_segments(reader, reader.end))
+        return (scheme, 0, lengths, _read_segments(reader))
     if scheme in (RUNS0, RUNS1):
         m = reader.varint("runs alphabet size", MAX_RUN_SYMBOLS)
         if m < 2:
             raise FormatError(f"runs alphabet size {m} is below 2")
         lengths = _read_length_table(reader, m)
-        return (scheme, m, lengths, _read_segments(reader, reader.end))
+        return (scheme, m, lengths, _read_segments(reader))
+    if scheme == RUNS01:
+        codes = []
+        for value in (0, 1):
+            m = reader.varint(f"alphabet size of the runs of {value}s", MAX_RUN_SYMBOLS)
+            if m < 2:
+                raise FormatError(f"alphabet size {m} of the runs of {value}s is below 2")
+            codes.append((m, _read_length_table(reader, m)))
+        return (scheme, codes, _read_segments(reader))
     raise FormatError(f"unknown mask scheme {scheme}")
+
+
+def _decode_alt_stream(parsed, n: int) -> np.ndarray:
+    _, codes, payloads = parsed
+    if not codes[0][1].any():
+        raise FormatError("invalid code-length table: no run of 0s has a code")
+    max_length = max(max(int(lengths.max()), 1) for _, lengths in codes)
+    table_bits = min(max_length, TABLE_BITS)
+    tables = [_decode_table(lengths, table_bits, max_length) for _, lengths in codes]
+    width = max(m for m, _ in codes)
+    symbols = np.zeros((2, width), dtype=np.int32)
+    for par, t in enumerate(tables):
+        symbols[par, : t[6].size] = t[6]
+    stacked = [np.stack([t[i] for t in tables]) for i in (0, 3, 4, 5)]
+    esc = np.array([codes[0][0] - 1, codes[1][0] - 1], dtype=np.int64)
+    words = [_payload_words(p) for p in payloads]
+    two = len(payloads) == 2
+    if not two:
+        words.append(words[0])
+    bounds = _bounds(n, len(payloads))
+    stop1 = bounds[2] if two else bounds[1]
+    out = np.zeros(n, dtype=np.bool_)
+    ends = _decode_alt_kernel(
+        words[0], 0, bounds[1], words[1], bounds[1], stop1, two, out, esc, stacked[0],
+        table_bits, max_length, stacked[1], stacked[2], stacked[3], symbols,
+    )
+    if ends[0] < 0:
+        _check_end(ends[0], payloads[0], "runs payload")
+    for end, payload in zip(ends, payloads):
+        _check_end(end, payload, "runs payload")
+    return out
 
 
 def _decode_stream(parsed, n: int) -> np.ndarray:
@@ -612,37 +1097,43 @@ def _decode_stream(parsed, n: int) -> np.ndarray:
         if n & 7 and payload[-1] >> (n & 7):
             raise FormatError("corrupt raw payload: nonzero padding bits")
         return np.unpackbits(payload, count=n, bitorder="little").view(np.bool_)
-    if scheme == BYTES:
-        _, lengths, payloads = parsed
-        if not lengths.any():
-            raise FormatError("invalid code-length table: no symbol has a code")
-        n_bytes = (n + 7) // 8
-        bounds = _bounds(n_bytes, len(payloads))
-        table = _decode_table(lengths)
-        packed = np.empty(n_bytes, dtype=np.uint8)
-        for j, payload in enumerate(payloads):
-            words = _payload_words(payload)
-            end = _decode_bytes_kernel(
-                words, 8 * len(payload), packed[bounds[j] : bounds[j + 1]], *table
-            )
-            _check_end(end, payload, words, "bytes payload")
-        if n & 7 and packed[-1] >> (n & 7):
-            raise FormatError("corrupt bytes payload: nonzero padding bits")
-        return np.unpackbits(packed, count=n, bitorder="little").view(np.bool_)
+    if scheme == RUNS01:
+        return _decode_alt_stream(parsed, n)
     _, m, lengths, payloads = parsed
     if not lengths.any():
         raise FormatError("invalid code-length table: no symbol has a code")
-    value = scheme == RUNS1
-    out = np.zeros(n, dtype=np.bool_) if value else np.ones(n, dtype=np.bool_)
-    bounds = _bounds(n, len(payloads))
     table = _decode_table(lengths)
-    for j, payload in enumerate(payloads):
-        words = _payload_words(payload)
-        end = _decode_runs_kernel(
-            words, 8 * len(payload), out, bounds[j], bounds[j + 1], value, m - 1, *table
+    words = [_payload_words(p) for p in payloads]
+    two = len(payloads) == 2
+    if not two:
+        words.append(words[0])
+    if scheme == BYTES:
+        n_bytes = (n + 7) // 8
+        bounds = _bounds(n_bytes, len(payloads))
+        packed = np.empty(n_bytes, dtype=np.uint8)
+        out1 = packed[bounds[1] : bounds[2]] if two else packed[:0]
+        ends = _decode_bytes_kernel(words[0], packed[: bounds[1]], words[1], out1, *table)
+        what = "bytes payload"
+    else:
+        value = scheme == RUNS1
+        out = np.zeros(n, dtype=np.bool_) if value else np.ones(n, dtype=np.bool_)
+        bounds = _bounds(n, len(payloads))
+        stop1 = bounds[2] if two else bounds[1]
+        pairs = _pair_table(table[0], table[1], m - 1)
+        ends = _decode_runs_kernel(
+            words[0], 0, bounds[1], words[1], bounds[1], stop1, two, out, value, m - 1, pairs,
+            *table[1:],
         )
-        _check_end(end, payload, words, "runs payload")
-    return out
+        what = "runs payload"
+    if ends[0] < 0:
+        _check_end(ends[0], payloads[0], what)
+    for end, payload in zip(ends, payloads):
+        _check_end(end, payload, what)
+    if scheme == RUNS0 or scheme == RUNS1:
+        return out
+    if n & 7 and packed[-1] >> (n & 7):
+        raise FormatError("corrupt bytes payload: nonzero padding bits")
+    return np.unpackbits(packed, count=n, bitorder="little").view(np.bool_)
 
 
 # ------------------------------------------------------------------------------ public API
@@ -705,6 +1196,62 @@ def encode_mask(mask: np.ndarray, context: np.ndarray | None = None) -> bytes:
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
+def _parse(data, context):
+    """Validate and parse an encoding (structure, checksum, context) without decoding payloads.
+
+    Returns (shape, stream sizes, parsed streams, flat context or None).
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    data = memoryview(data)
+    if not data.c_contiguous:
+        data = memoryview(data.tobytes())
+    data = data.cast("B")
+    if len(data) < 4 + 3 + 4:
+        raise FormatError(f"truncated: {len(data)} bytes is shorter than any mask encoding")
+    if bytes(data[:4]) != MAGIC:
+        raise FormatError("not a bitsub mask encoding (bad magic bytes)")
+    if data[4] != VERSION:
+        raise FormatError(f"mask format version {data[4]} is not supported (this reads {VERSION})")
+    reader = _Reader(data, len(data) - 4)
+    reader.pos = 5
+    flags = reader.u8("flags")
+    if flags & ~_FLAG_CONTEXT:
+        raise FormatError(f"unknown flags {flags:#x}")
+    ndim = reader.u8("ndim")
+    if ndim > 64:
+        raise FormatError(f"{ndim} dimensions; NumPy arrays have at most 64")
+    shape = tuple(reader.varint("shape", MAX_POSITIONS) for _ in range(ndim))
+    n = 1
+    for d in shape:
+        n *= d
+    if n > MAX_POSITIONS:
+        raise FormatError(f"declared shape {shape} has more than {MAX_POSITIONS} positions")
+    ctx = None
+    if flags & _FLAG_CONTEXT:
+        ctx_sum = int.from_bytes(reader.take(4, "context checksum"), "little")
+        if context is None:
+            raise FormatError("this mask was encoded with a context; pass the same context")
+        context = _as_mask(context, "context")
+        if context.shape != shape:
+            raise FormatError(f"context shape {context.shape} differs from the mask's {shape}")
+        ctx = np.ascontiguousarray(context).reshape(-1)
+        n1 = int(np.count_nonzero(ctx))
+        sizes = [n - n1, n1]
+    else:
+        sizes = [n]
+    parsed = [_parse_stream(reader, size) for size in sizes]
+    if reader.pos != reader.end:
+        raise FormatError(f"{reader.end - reader.pos} unexpected bytes after the last stream")
+    if zlib.crc32(data[:-4]) != int.from_bytes(data[-4:], "little"):
+        raise FormatError("checksum mismatch: the data is corrupted")
+    if ctx is None and context is not None:
+        raise FormatError("this mask was encoded without a context; pass context=None")
+    if ctx is not None and _context_checksum(ctx) != ctx_sum:
+        raise FormatError("the context differs from the one the mask was encoded with")
+    return shape, sizes, parsed, ctx
+
+
 def decode_mask(data: bytes, context: np.ndarray | None = None) -> np.ndarray:
     """Decode bytes from `encode_mask` back into the boolean mask.
 
@@ -718,7 +1265,7 @@ def decode_mask(data: bytes, context: np.ndarray | None = None) -> np.ndarray:
     Returns
     -------
     np.ndarray of bool
-        The mask, with its original shape.
+        The mask, with its original shape (C-contiguous).
 
     Raises
     ------
@@ -726,70 +1273,20 @@ def decode_mask(data: bytes, context: np.ndarray | None = None) -> np.ndarray:
         If `data` is not a valid encoding (truncated, corrupted, unknown version, ...) or the
         context is missing, unexpected or not the one the mask was encoded with.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"data must be bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if len(data) < 4 + 3 + 4:
-        raise FormatError(f"truncated: {len(data)} bytes is shorter than any mask encoding")
-    if data[:4] != MAGIC:
-        raise FormatError("not a bitsub mask encoding (bad magic bytes)")
-    if data[4] != VERSION:
-        raise FormatError(f"mask format version {data[4]} is not supported (this reads {VERSION})")
-    reader = _Reader(data, len(data) - 4)
-    reader.pos = 5
-    flags = reader.u8("flags")
-    if flags & ~_FLAG_CONTEXT:
-        raise FormatError(f"unknown flags {flags:#x}")
-    ndim = reader.u8("ndim")
-    shape = tuple(reader.varint("shape", MAX_POSITIONS) for _ in range(ndim))
-    n = 1
-    for d in shape:
-        n *= d
-    if n > MAX_POSITIONS:
-        raise FormatError(f"declared shape {shape} has more than {MAX_POSITIONS} positions")
-    ctx_sum = None
-    if flags & _FLAG_CONTEXT:
-        ctx_sum = int.from_bytes(reader.take(4, "context checksum"), "little")
-    if ctx_sum is None:
-        sizes = [n]
-    else:
-        if context is None:
-            raise FormatError("this mask was encoded with a context; pass the same context")
-        context = _as_mask(context, "context")
-        if context.shape != shape:
-            raise FormatError(f"context shape {context.shape} differs from the mask's {shape}")
-        ctx = np.ascontiguousarray(context).reshape(-1)
-        n1 = int(np.count_nonzero(ctx))
-        sizes = [n - n1, n1]
-    parsed = [_parse_stream(reader, size) for size in sizes]
-    if reader.pos != reader.end:
-        raise FormatError(f"{reader.end - reader.pos} unexpected bytes after the last stream")
-    if zlib.crc32(data[:-4]) != int.from_bytes(data[-4:], "little"):
-        raise FormatError("checksum mismatch: the data is corrupted")
-    if ctx_sum is None and context is not None:
-        raise FormatError("this mask was encoded without a context; pass context=None")
-    if ctx_sum is not None and _context_checksum(ctx) != ctx_sum:
-        raise FormatError("the context differs from the one the mask was encoded with")
+    shape, sizes, parsed, ctx = _parse(data, context)
     streams = [_decode_stream(p, size) for p, size in zip(parsed, sizes)]
-    if ctx_sum is None:
+    if ctx is None:
         return streams[0].reshape(shape)
-    out = np.empty(n, dtype=np.bool_)
+    out = np.empty(ctx.size, dtype=np.bool_)
     out[~ctx] = streams[0]
     out[ctx] = streams[1]
     return out.reshape(shape)
 
 
-def mask_scheme(data: bytes) -> list[str]:
-    """Names of the schemes used by an encoding's streams (for reports and tests)."""
-    names = []
-    reader = _Reader(bytes(data), len(data) - 4)
-    reader.pos = 5
-    flags = reader.u8("flags")
-    ndim = reader.u8("ndim")
-    shape = tuple(reader.varint("shape", MAX_POSITIONS) for _ in range(ndim))
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if flags & _FLAG_CONTEXT:
-        reader.take(4, "context checksum")
-        raise ValueError("mask_scheme needs the context for a context-coded mask")
-    names.append(SCHEME_NAMES[_parse_stream(reader, n)[0]])
-    return names
+def mask_scheme(data: bytes, context: np.ndarray | None = None) -> list[str]:
+    """Names of the schemes an encoding's streams use, e.g. ``["runs1"]`` (for reports, tests).
+
+    A context-coded mask has two streams (context 0 positions, then context 1 positions) and
+    needs its context.
+    """
+    return [SCHEME_NAMES[p[0]] for p in _parse(data, context)[2]]

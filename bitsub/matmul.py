@@ -1,45 +1,223 @@
 """Packed sparse matmul on the CPU: y = x @ W_t.T straight from a task's :class:`~bitsub.plan.Plan`.
 
-Two kernels, chosen by shape (thresholds measured with ``bench/test_bench_matmul.py``):
+Kernels, chosen by the plan's layout and the batch size (thresholds from
+``bench/test_bench_matmul.py``):
 
-- small batches (``batch < BATCH_MIN``): the fused decode-in-the-loop kernel. Each slice of
-  ``SLICE`` rows runs in SIMD lanes; every step loads one entry per row (column, code), looks the
-  code up in the combined codebook and multiplies by the gathered input.
-- large batches: the input is transposed once to (in, batch) and each used position adds
-  ``w * x[:, col]`` to its output row over the whole batch, so the inner loop is a dense
-  contiguous multiply-add (the dense micro-kernel) and the position's code is decoded once per
-  batch, not once per sample.
+- ``"lut"`` plans (at most 16 combined centroids: a bitmap and a 4-bit code per position).
+  Small batches: the fused decode-in-the-loop kernel. Each chunk of 16 weights is decoded in
+  registers (the 16 codes index the codebook held in one 512-bit register, ``vpermps``; the
+  bitmap zeroes unused lanes) and multiplied with 16 inputs; rows run in parallel. Large batches:
+  cache-sized tiles of rows are decoded the same way into a scratch tile (single-threaded) and
+  multiplied by BLAS, which owns the threads. No Numba parallel region runs between BLAS calls:
+  on 2 cores the two thread pools fight and stall.
+- ``"sell"`` plans (any codebook, sliced ELLPACK of the used positions). Small batches: slices of
+  16 rows run in SIMD lanes, each step gathering one input and one centroid per row. Large
+  batches: the input is transposed once and each used position adds ``w * x[:, col]`` to its
+  row, a dense contiguous multiply-add over the batch.
 
-Everything runs in Numba's thread pool; no BLAS call is interleaved with a Numba parallel region
-(on 2 cores the two pools fight and stall).
+The in-register look-up needs AVX-512 (checked once on the host); elsewhere a portable Numba
+kernel decodes the same layout.
 
-NaN and inf in ``x`` propagate as in a dense product: a dense W has ``0 * x[j]`` at every position
-a task does not use, which is NaN for a non-finite ``x[j]``. The kernels skip unused positions, so
-rows of a sample with a non-finite entry are recomputed exactly (a rare, slower path).
+NaN and inf in ``x`` propagate as in a dense product (a dense W has ``0 * x[j]`` at positions a
+task does not use, NaN for a non-finite ``x[j]``): the ``"lut"`` kernels multiply every position
+anyway; the ``"sell"`` kernels skip unused positions, so samples with a non-finite entry are
+recomputed exactly (a rare, slower path).
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from bitsub._config import FASTMATH, NJIT, NJIT_PARALLEL
-from bitsub.plan import SLICE, Plan
+from bitsub.plan import LUT_CHUNK, SLICE, Plan
 
-__all__ = ["BATCH_MIN", "PARALLEL_MIN", "conv2d", "matmul"]
+__all__ = ["BATCH_MIN", "LUT_BATCH_MIN", "PARALLEL_MIN", "TILE_BYTES", "conv2d", "matmul"]
 
 BATCH_MIN = 8
-"""Batches of at least this many samples use the transposed (batch-inner) kernel."""
+"""``"sell"``: batches of at least this many samples use the transposed (batch-inner) kernel."""
 
-PARALLEL_MIN = 1 << 16
-"""Stored entries times batch below which the serial kernels are used (thread start-up costs)."""
+LUT_BATCH_MIN = 4
+"""``"lut"``: batches of at least this many samples use decoded tiles and BLAS."""
+
+PARALLEL_MIN = 1 << 17
+"""Positions visited times batch below which the serial kernels run (thread start-up costs)."""
+
+TILE_BYTES = 2 << 20
+"""Size of the scratch tile of decoded float32 rows for the ``"lut"`` large-batch path."""
 
 
-# --------------------------------------------------------------------------- kernels
+def _host_has_avx512() -> bool:
+    if numba.config.DISABLE_JIT or numba.config.CPU_NAME not in (None, "host"):
+        return False
+    try:
+        import llvmlite.binding as ll
+
+        return bool(ll.get_host_cpu_features().get("avx512f"))
+    except Exception:  # pragma: no cover (an exotic host): use the portable kernels
+        return False
 
 
-def _vec_kernel(slice_ptr, slice_len, cols, codes, codebook, x, y):  # pragma: no cover (njit)
+AVX512 = _host_has_avx512()
+"""Whether the ``"lut"`` kernels use the AVX-512 in-register look-up (else portable Numba)."""
+
+# Numba's on-disk cache keys a function by its name and line, not by its options: the serial twin
+# of a cached parallel kernel is compiled without the cache so the two never share an entry.
+_SERIAL = {**NJIT, "cache": False}
+_FAST = set(FASTMATH)
+
+
+# --------------------------------------------------------------------------- "lut": AVX-512
+
+_F32 = ir.FloatType()
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_V16F = ir.VectorType(_F32, 16)
+_V16I = ir.VectorType(_I32, 16)
+_V8B = ir.VectorType(ir.IntType(8), 8)
+
+
+def _data(context, builder, ty, val):
+    return context.make_array(ty)(context, builder, val).data
+
+
+def _permvar(builder):
+    fnty = ir.FunctionType(_V16F, [_V16F, _V16I])
+    return cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.permvar.sf.512")
+
+
+def _chunk_weights(builder, book, codes_ptr, mask_ptr, c):
+    """16 weights of chunk c: book[code] where the mask bit is set, else 0.0."""
+    p8 = builder.gep(codes_ptr, [builder.mul(c, ir.Constant(_I64, 8))])
+    b = builder.load(builder.bitcast(p8, _V8B.as_pointer()), align=1)
+    lo = builder.and_(b, ir.Constant(_V8B, [15] * 8))
+    hi = builder.lshr(b, ir.Constant(_V8B, [4] * 8))
+    both = builder.shuffle_vector(lo, hi, ir.Constant(_V16I, list(range(16))))
+    w = builder.call(_permvar(builder), [book, builder.zext(both, _V16I)])
+    bits = builder.bitcast(builder.load(builder.gep(mask_ptr, [c]), align=2),
+                           ir.VectorType(ir.IntType(1), 16))
+    return builder.select(bits, w, ir.Constant(_V16F, [0.0] * 16))
+
+
+def _hsum(builder, v):
+    n = 16
+    while n > 1:
+        h = n // 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h, n))))
+        v = builder.fadd(lo, hi)
+        n = h
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
+def _lut_pointers(context, builder, sig, args):
+    codes, cbase, mask, mbase, book, arr, abase = args[:7]
+    codes_ptr = builder.gep(_data(context, builder, sig.args[0], codes), [cbase])
+    mask_ptr = builder.gep(_data(context, builder, sig.args[2], mask), [mbase])
+    book_ptr = _data(context, builder, sig.args[4], book)
+    arr_ptr = builder.gep(_data(context, builder, sig.args[5], arr), [abase])
+    book_vec = builder.load(builder.bitcast(book_ptr, _V16F.as_pointer()), align=4)
+    return codes_ptr, mask_ptr, book_vec, arr_ptr
+
+
+@intrinsic
+def _lut_dot_avx512(typingctx, codes, cbase, mask, mbase, book, x, xbase, n_chunks):
+    """Dot product of one "lut" row with x[xbase : xbase + 16 * n_chunks]."""
+    sig = types.float32(codes, cbase, mask, mbase, book, x, xbase, n_chunks)
+
+    def codegen(context, builder, signature, args):
+        codes_ptr, mask_ptr, book_vec, x_ptr = _lut_pointers(context, builder, signature, args)
+        acc = cgutils.alloca_once(builder, _V16F)
+        builder.store(ir.Constant(_V16F, [0.0] * 16), acc)
+        with cgutils.for_range(builder, args[7]) as loop:
+            c = loop.index
+            w = _chunk_weights(builder, book_vec, codes_ptr, mask_ptr, c)
+            xp = builder.gep(x_ptr, [builder.mul(c, ir.Constant(_I64, 16))])
+            xv = builder.load(builder.bitcast(xp, _V16F.as_pointer()), align=4)
+            builder.store(builder.fadd(builder.load(acc), builder.fmul(w, xv)), acc)
+        return _hsum(builder, builder.load(acc))
+
+    return sig, codegen
+
+
+@intrinsic
+def _lut_decode_avx512(typingctx, codes, cbase, mask, mbase, book, out, obase, n_chunks):
+    """Write one "lut" row's 16 * n_chunks weights to out[obase:]."""
+    sig = types.void(codes, cbase, mask, mbase, book, out, obase, n_chunks)
+
+    def codegen(context, builder, signature, args):
+        codes_ptr, mask_ptr, book_vec, out_ptr = _lut_pointers(context, builder, signature, args)
+        with cgutils.for_range(builder, args[7]) as loop:
+            c = loop.index
+            w = _chunk_weights(builder, book_vec, codes_ptr, mask_ptr, c)
+            op = builder.gep(out_ptr, [builder.mul(c, ir.Constant(_I64, 16))])
+            builder.store(w, builder.bitcast(op, _V16F.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# --------------------------------------------------------------------------- "lut": portable
+
+
+@numba.njit(**NJIT)
+def _lut_dot_portable(codes, cbase, mask, mbase, book, x, xbase, n_chunks):  # pragma: no cover
+    acc = np.float32(0.0)
+    for c in range(n_chunks):
+        m = mask[mbase + c]
+        for p in range(16):
+            byte = codes[cbase + 8 * c + (p & 7)]
+            code = (np.int64(byte) >> (4 * (p >> 3))) & 15
+            w = book[code] if (m >> p) & 1 else np.float32(0.0)
+            acc += w * x[xbase + 16 * c + p]
+    return acc
+
+
+@numba.njit(**NJIT)
+def _lut_decode_portable(codes, cbase, mask, mbase, book, out, obase, n_chunks):  # pragma: no cover
+    for c in range(n_chunks):
+        m = mask[mbase + c]
+        for p in range(16):
+            byte = codes[cbase + 8 * c + (p & 7)]
+            code = (np.int64(byte) >> (4 * (p >> 3))) & 15
+            out[obase + 16 * c + p] = book[code] if (m >> p) & 1 else np.float32(0.0)
+
+
+_lut_dot = _lut_dot_avx512 if AVX512 else _lut_dot_portable
+_lut_decode = _lut_decode_avx512 if AVX512 else _lut_decode_portable
+
+
+def _lut_vec_kernel(codes, mask, book, x, n_chunks, y):  # pragma: no cover (njit)
+    n_batch, out = y.shape
+    width = x.shape[1]
+    xf = x.ravel()
+    for i in prange(out):
+        for b in range(n_batch):
+            y[b, i] = _lut_dot(codes, i * n_chunks * 8, mask, i * n_chunks, book, xf, b * width,
+                               n_chunks)
+
+
+_lut_vec_par = numba.njit(**NJIT_PARALLEL)(_lut_vec_kernel)
+_lut_vec_ser = numba.njit(**_SERIAL)(_lut_vec_kernel)
+
+
+@numba.njit(**NJIT)
+def _lut_decode_rows(codes, mask, book, n_chunks, r0, r1, tile):  # pragma: no cover (njit)
+    flat = tile.ravel()
+    width = n_chunks * 16
+    for i in range(r0, r1):
+        _lut_decode(codes, i * n_chunks * 8, mask, i * n_chunks, book, flat, (i - r0) * width,
+                    n_chunks)
+
+
+# --------------------------------------------------------------------------- "sell"
+
+
+def _sell_vec_kernel(slice_ptr, slice_len, cols, codes, codebook, x, y):  # pragma: no cover
     n_batch, out = y.shape
     for s in prange(slice_len.shape[0]):
         acc = np.empty(SLICE, np.float32)
@@ -58,7 +236,7 @@ def _vec_kernel(slice_ptr, slice_len, cols, codes, codebook, x, y):  # pragma: n
                 y[b, s * SLICE + r] = acc[r]
 
 
-def _batch_kernel(slice_ptr, row_len, cols, codes, codebook, xt, yt):  # pragma: no cover (njit)
+def _sell_batch_kernel(slice_ptr, row_len, cols, codes, codebook, xt, yt):  # pragma: no cover
     out, n_batch = yt.shape
     for i in prange(out):
         s = i // SLICE
@@ -74,18 +252,23 @@ def _batch_kernel(slice_ptr, row_len, cols, codes, codebook, xt, yt):  # pragma:
                 acc[b] += w * xr[b]
 
 
-# Numba's on-disk cache keys a function by its name and line, not by its options: the serial twin
-# of a cached parallel kernel is compiled without the cache so the two never share an entry.
-_SERIAL = {**NJIT, "cache": False}
-_vec_par = numba.njit(**NJIT_PARALLEL, fastmath=set(FASTMATH))(_vec_kernel)
-_vec_ser = numba.njit(**_SERIAL, fastmath=set(FASTMATH))(_vec_kernel)
-_batch_par = numba.njit(**NJIT_PARALLEL, fastmath=set(FASTMATH))(_batch_kernel)
-_batch_ser = numba.njit(**_SERIAL, fastmath=set(FASTMATH))(_batch_kernel)
+_sell_vec_par = numba.njit(**NJIT_PARALLEL, fastmath=_FAST)(_sell_vec_kernel)
+_sell_vec_ser = numba.njit(**_SERIAL, fastmath=_FAST)(_sell_vec_kernel)
+_sell_batch_par = numba.njit(**NJIT_PARALLEL, fastmath=_FAST)(_sell_batch_kernel)
+_sell_batch_ser = numba.njit(**_SERIAL, fastmath=_FAST)(_sell_batch_kernel)
+
+
+@numba.njit(**NJIT)
+def _any_nonfinite(x):  # pragma: no cover (njit)
+    t = np.float32(0.0)
+    for v in x.ravel():
+        t += v * np.float32(0.0)
+    return t != t
 
 
 @numba.njit(**NJIT)
 def _fix_nonfinite(slice_ptr, row_len, cols, codes, codebook, x, y):  # pragma: no cover
-    """Recompute, exactly as a dense product would, the samples that hold a non-finite entry."""
+    """Recompute, as a dense product would, the samples of a "sell" plan with a non-finite x."""
     n_batch, n_in = x.shape
     out = y.shape[1]
     stamp = np.zeros(n_in, np.int64)
@@ -116,14 +299,6 @@ def _fix_nonfinite(slice_ptr, row_len, cols, codes, codebook, x, y):  # pragma: 
 
 
 @numba.njit(**NJIT)
-def _any_nonfinite(x):  # pragma: no cover (njit)
-    t = np.float32(0.0)
-    for v in x.ravel():
-        t += v * np.float32(0.0)
-    return t != t
-
-
-@numba.njit(**NJIT)
 def _im2col(x, kh, kw, stride, padding, oh, ow, cols):  # pragma: no cover (njit)
     n, c, h, w = x.shape
     for b in range(n):
@@ -139,6 +314,61 @@ def _im2col(x, kh, kw, stride, padding, oh, ow, cols):  # pragma: no cover (njit
                             if 0 <= hi < h and 0 <= wi < w:
                                 val = x[b, ch, hi, wi]
                             cols[row, (ch * kh + u) * kw + v] = val
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+def _padded(x2: np.ndarray, width: int) -> np.ndarray:
+    if x2.shape[1] == width:
+        return x2
+    xp = np.zeros((x2.shape[0], width), np.float32)
+    xp[:, :x2.shape[1]] = x2
+    return xp
+
+
+def _run_lut(plan: Plan, x2: np.ndarray) -> np.ndarray:
+    n_batch, out, nc = x2.shape[0], plan.shape[0], plan.n_chunks
+    xp = _padded(x2, nc * LUT_CHUNK)
+    if n_batch < LUT_BATCH_MIN:
+        y = np.empty((n_batch, out), np.float32)
+        kernel = _lut_vec_par if out * nc * LUT_CHUNK * n_batch >= PARALLEL_MIN else _lut_vec_ser
+        kernel(plan.lut_codes, plan.lut_mask, plan.codebook, xp, nc, y)
+        return y
+    yt = np.empty((out, n_batch), np.float32)
+    rows = max(1, min(out, TILE_BYTES // (4 * nc * LUT_CHUNK)))
+    tile = np.empty((rows, nc * LUT_CHUNK), np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf propagate, as in the kernels
+        for r0 in range(0, out, rows):
+            r1 = min(out, r0 + rows)
+            _lut_decode_rows(plan.lut_codes, plan.lut_mask, plan.codebook, nc, r0, r1, tile)
+            np.matmul(tile[: r1 - r0], xp.T, out=yt[r0:r1])
+    return np.ascontiguousarray(yt.T)
+
+
+def _run_sell(plan: Plan, x2: np.ndarray) -> np.ndarray:
+    n_batch, out = x2.shape[0], plan.shape[0]
+    work = plan.cols.size * n_batch
+    if n_batch < BATCH_MIN:
+        y = np.empty((n_batch, out), np.float32)
+        kernel = _sell_vec_par if work >= PARALLEL_MIN else _sell_vec_ser
+        kernel(plan.slice_ptr, plan.slice_len, plan.cols, plan.codes, plan.codebook, x2, y)
+    else:
+        xt = np.ascontiguousarray(x2.T)
+        yt = np.empty((out, n_batch), np.float32)
+        kernel = _sell_batch_par if work >= PARALLEL_MIN else _sell_batch_ser
+        kernel(plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook, xt, yt)
+        y = np.ascontiguousarray(yt.T)
+    if _any_nonfinite(x2):
+        _fix_nonfinite(plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook, x2, y)
+    return y
+
+
+def _run(plan: Plan, x2: np.ndarray) -> np.ndarray:
+    """Return x @ W.T, shape (batch, out), for a checked 2-D x."""
+    if plan.layout == "lut":
+        return _run_lut(plan, x2)
+    return _run_sell(plan, x2)
 
 
 # --------------------------------------------------------------------------- checks
@@ -163,24 +393,38 @@ def _check_x(x: object, n_in: int, what: str = "x") -> np.ndarray:
     return x
 
 
-def _run(plan: Plan, x2: np.ndarray) -> np.ndarray:
-    """Return x @ W.T, shape (batch, out), for a checked 2-D x."""
-    n_batch = x2.shape[0]
-    out = plan.shape[0]
-    work = plan.cols.size * n_batch
-    if n_batch < BATCH_MIN:
-        y = np.empty((n_batch, out), np.float32)
-        kernel = _vec_par if work >= PARALLEL_MIN else _vec_ser
-        kernel(plan.slice_ptr, plan.slice_len, plan.cols, plan.codes, plan.codebook, x2, y)
-    else:
-        xt = np.ascontiguousarray(x2.T)
-        yt = np.empty((out, n_batch), np.float32)
-        kernel = _batch_par if work >= PARALLEL_MIN else _batch_ser
-        kernel(plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook, xt, yt)
-        y = np.ascontiguousarray(yt.T)
-    if _any_nonfinite(x2):
-        _fix_nonfinite(plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook, x2, y)
-    return y
+def _conv_geometry(plan: object, x: object, stride: object, padding: object
+                   ) -> tuple[np.ndarray, int, int, int, int]:
+    plan = _check_plan(plan)
+    if len(plan.shape) != 4:
+        raise ValueError(f"conv2d needs a 4-D (out, in, kh, kw) layer, got shape {plan.shape}")
+    for name, v, lo in (("stride", stride, 1), ("padding", padding, 0)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    _, c, kh, kw = plan.shape
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy array of float32, got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != c:
+        raise ValueError(f"x must have shape (batch, {c}, height, width) (NCHW), got {x.shape}")
+    if x.dtype != np.float32:
+        raise TypeError(f"x must have dtype float32, got {x.dtype}; use x.astype(np.float32)")
+    if not x.flags.c_contiguous:
+        raise ValueError("x must be C-contiguous; use np.ascontiguousarray(x)")
+    h, w = x.shape[2] + 2 * int(padding), x.shape[3] + 2 * int(padding)
+    if h < kh or w < kw:
+        raise ValueError(f"input {x.shape[2:]} with padding {padding} is smaller than the "
+                         f"kernel {(kh, kw)}")
+    oh = (h - kh) // int(stride) + 1
+    ow = (w - kw) // int(stride) + 1
+    return x, int(stride), int(padding), oh, ow
+
+
+def _patches(plan: Plan, x: np.ndarray, stride: int, padding: int, oh: int, ow: int
+             ) -> np.ndarray:
+    _, c, kh, kw = plan.shape
+    patches = np.empty((x.shape[0] * oh * ow, c * kh * kw), np.float32)
+    _im2col(x, kh, kw, stride, padding, oh, ow, patches)
+    return patches
 
 
 # --------------------------------------------------------------------------- public
@@ -207,32 +451,6 @@ def matmul(plan: Plan, x: np.ndarray) -> np.ndarray:
     return _run(plan, x)
 
 
-def _conv_geometry(plan: Plan, x: object, stride: object, padding: object
-                   ) -> tuple[np.ndarray, int, int, int, int]:
-    plan = _check_plan(plan)
-    if len(plan.shape) != 4:
-        raise ValueError(f"conv2d needs a 4-D (out, in, kh, kw) layer, got shape {plan.shape}")
-    for name, v, lo in (("stride", stride, 1), ("padding", padding, 0)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    _, c, kh, kw = plan.shape
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x must be a numpy array of float32, got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != c:
-        raise ValueError(f"x must have shape (batch, {c}, height, width) (NCHW), got {x.shape}")
-    if x.dtype != np.float32:
-        raise TypeError(f"x must have dtype float32, got {x.dtype}; use x.astype(np.float32)")
-    if not x.flags.c_contiguous:
-        raise ValueError("x must be C-contiguous; use np.ascontiguousarray(x)")
-    h, w = x.shape[2] + 2 * int(padding), x.shape[3] + 2 * int(padding)
-    if h < kh or w < kw:
-        raise ValueError(f"input {x.shape[2:]} with padding {padding} is smaller than the "
-                         f"kernel {(kh, kw)}")
-    oh = (h - kh) // int(stride) + 1
-    ow = (w - kw) // int(stride) + 1
-    return x, int(stride), int(padding), oh, ow
-
-
 def conv2d(plan: Plan, x: np.ndarray, stride: int = 1, padding: int = 0) -> np.ndarray:
     """2-D convolution (cross-correlation, NCHW) with a conv layer's packed weights, on the CPU.
 
@@ -251,9 +469,5 @@ def conv2d(plan: Plan, x: np.ndarray, stride: int = 1, padding: int = 0) -> np.n
     ndarray of float32, (batch, out, out_height, out_width)
     """
     x, stride, padding, oh, ow = _conv_geometry(plan, x, stride, padding)
-    _, c, kh, kw = plan.shape
-    n = x.shape[0]
-    patches = np.empty((n * oh * ow, c * kh * kw), np.float32)
-    _im2col(x, kh, kw, stride, padding, oh, ow, patches)
-    y = _run(plan, patches)
-    return np.ascontiguousarray(y.reshape(n, oh, ow, plan.shape[0]).transpose(0, 3, 1, 2))
+    y = _run(plan, _patches(plan, x, stride, padding, oh, ow))
+    return np.ascontiguousarray(y.reshape(x.shape[0], oh, ow, -1).transpose(0, 3, 1, 2))

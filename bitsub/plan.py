@@ -25,41 +25,63 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SLICE", "Plan", "build_plan", "model_plan"]
+__all__ = ["LUT_CHUNK", "LUT_MIN_DENSITY", "SLICE", "Plan", "build_plan", "model_plan"]
 
 SLICE = 16
-"""Rows per slice of a plan (SIMD lanes of the CPU kernel; a power of two)."""
+"""Rows per slice of a ``"sell"`` plan (SIMD lanes of the CPU kernel)."""
+
+LUT_CHUNK = 16
+"""Columns per chunk of a ``"lut"`` plan (one 512-bit vector of float32)."""
+
+LUT_MIN_DENSITY = 0.03
+"""Below this task density, ``layout=None`` picks ``"sell"`` even where ``"lut"`` would fit."""
 
 
 @dataclass(frozen=True, eq=False)
 class Plan:
     """One task's weights of one layer, ready for the packed sparse matmul.
 
+    Two layouts hold the same weights (see the module docstring): ``"sell"`` (sliced ELLPACK of
+    the used positions: any codebook size, cost per used position) and ``"lut"`` (a bitmap and a
+    4-bit code for every position: combined codebooks of at most 16 entries, cost per position,
+    decoded 16 weights at a time with an in-register table look-up). Arrays of the other layout
+    are empty.
+
     Attributes
     ----------
     shape : tuple of int
         The layer's weight shape: (out, in) or (out, in, kh, kw).
-    slice_ptr : ndarray of int64, (n_slices + 1,)
-        Start of each slice in ``cols`` / ``codes``; the last item is their length.
-    slice_len : ndarray of int32, (n_slices,)
-        Entries per row stored in each slice (its longest row).
+    layout : {"sell", "lut"}
     row_len : ndarray of int32, (out,)
-        Entries of each row (used positions).
-    cols : ndarray of uint16 or int32
-        Column index (in the layer flattened to (out, in*kh*kw)) of each entry.
-    codes : ndarray of uint8, uint16 or uint32
-        Index of each entry's value in ``codebook``.
+        Used positions of each row.
     codebook : ndarray of float32
-        The combined codebook; its last entry is 0.0 (the padding value).
+        The combined codebook. ``"sell"``: its last entry is 0.0 (the padding value);
+        ``"lut"``: 16 entries, zero-filled.
+    slice_ptr : ndarray of int64, (n_slices + 1,)
+        ``"sell"``: start of each slice in ``cols`` / ``codes``; the last item is their length.
+    slice_len : ndarray of int32, (n_slices,)
+        ``"sell"``: entries per row stored in each slice (its longest row).
+    cols : ndarray of uint16 or int32
+        ``"sell"``: column (in the layer flattened to (out, in*kh*kw)) of each entry.
+    codes : ndarray of uint8, uint16 or uint32
+        ``"sell"``: index of each entry's value in ``codebook``.
+    lut_codes : ndarray of uint8, (out * n_chunks * 8,)
+        ``"lut"``: per row and chunk of 16 columns, 8 bytes; byte p holds the code of column p
+        in its low nibble and of column 8 + p in its high nibble.
+    lut_mask : ndarray of uint16, (out * n_chunks,)
+        ``"lut"``: per row and chunk, bit l set where column 16 * chunk + l is used.
     """
 
     shape: tuple[int, ...]
+    layout: str
+    row_len: np.ndarray
+    codebook: np.ndarray
     slice_ptr: np.ndarray
     slice_len: np.ndarray
-    row_len: np.ndarray
     cols: np.ndarray
     codes: np.ndarray
-    codebook: np.ndarray
+    lut_codes: np.ndarray
+    lut_mask: np.ndarray
 
     @property
     def rows(self) -> int:
@@ -72,24 +94,36 @@ class Plan:
         return math.prod(self.shape[1:])
 
     @property
+    def n_chunks(self) -> int:
+        """Chunks of 16 columns per row (``"lut"``)."""
+        return -(-self.cols_in // LUT_CHUNK)
+
+    @property
     def nnz(self) -> int:
-        """Number of used positions (non-padding entries)."""
+        """Number of used positions."""
         return int(self.row_len.sum())
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """All arrays of the plan."""
+        return (self.row_len, self.codebook, self.slice_ptr, self.slice_len, self.cols,
+                self.codes, self.lut_codes, self.lut_mask)
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the plan's arrays."""
-        return sum(a.nbytes for a in (self.slice_ptr, self.slice_len, self.row_len, self.cols,
-                                      self.codes, self.codebook))
-
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        """The kernel arguments: (slice_ptr, slice_len, row_len, cols, codes, codebook)."""
-        return (self.slice_ptr, self.slice_len, self.row_len, self.cols, self.codes,
-                self.codebook)
+        return sum(a.nbytes for a in self.arrays())
 
     def dense(self) -> np.ndarray:
         """Decode to dense float32 weights of ``shape`` (for tests and debugging only)."""
         out, n_in = self.rows, self.cols_in
+        if self.layout == "lut":
+            nc = self.n_chunks
+            b = self.lut_codes.reshape(out, nc, 8)
+            code = np.concatenate([b & 15, b >> 4], axis=2).reshape(out, nc * LUT_CHUNK)
+            bits = np.unpackbits(self.lut_mask.reshape(out, nc).view(np.uint8).reshape(out, -1),
+                                 axis=1, bitorder="little").astype(bool)
+            w = np.where(bits, self.codebook[code], np.float32(0.0))[:, :n_in]
+            return np.ascontiguousarray(w, dtype=np.float32).reshape(self.shape)
         w = np.zeros((out, n_in), np.float32)
         for i in range(out):
             s, r = divmod(i, SLICE)
@@ -107,7 +141,7 @@ def _code_dtype(k: int) -> np.dtype:
 
 
 def build_plan(mask: np.ndarray, source: np.ndarray, codes: np.ndarray,
-               codebooks: Mapping[int, np.ndarray | None]) -> Plan:
+               codebooks: Mapping[int, np.ndarray | None], layout: str | None = None) -> Plan:
     """Build the matmul plan of one (task, layer) from its resolved fields.
 
     Parameters
@@ -121,6 +155,10 @@ def build_plan(mask: np.ndarray, source: np.ndarray, codes: np.ndarray,
     codebooks : dict int -> ndarray of float32 or None
         Codebook of every task that appears in ``source`` under the mask; None for a writer of
         raw float32 fields.
+    layout : {None, "sell", "lut"}
+        None: ``"lut"`` where the combined codebook has at most 16 entries and the task density
+        is at least ``LUT_MIN_DENSITY``, else ``"sell"``. ``"lut"`` with a larger combined
+        codebook is an error.
 
     Returns
     -------
@@ -179,9 +217,34 @@ def build_plan(mask: np.ndarray, source: np.ndarray, codes: np.ndarray,
         offset += part.size
     parts.append(np.zeros(1, np.float32))
     codebook = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
-    zero_code = codebook.size - 1
 
-    # SELL-C layout.
+    row_len = np.bincount(rows, minlength=out).astype(np.int32)
+    real = codebook.size - 1  # entries before the padding zero
+    if layout is None:
+        density = rows.size / max(1, mask.size)
+        layout = "lut" if real <= LUT_CHUNK and density >= LUT_MIN_DENSITY else "sell"
+    if layout not in ("sell", "lut"):
+        raise ValueError(f"layout must be None, 'sell' or 'lut', got {layout!r}")
+    empty = {"slice_ptr": np.zeros(1, np.int64), "slice_len": np.zeros(0, np.int32),
+             "cols": np.zeros(0, np.uint16), "codes": np.zeros(0, np.uint8),
+             "lut_codes": np.zeros(0, np.uint8), "lut_mask": np.zeros(0, np.uint16)}
+    if layout == "lut":
+        if real > LUT_CHUNK:
+            raise ValueError(f"layout 'lut' needs a combined codebook of at most {LUT_CHUNK} "
+                             f"entries, this one has {real}; use layout='sell' or None")
+        arrays = {**empty, **_lut_arrays(out, n_in, rows, cols, combined)}
+        lut_book = np.zeros(LUT_CHUNK, np.float32)
+        lut_book[:real] = codebook[:real]
+        codebook = lut_book
+    else:
+        arrays = {**empty, **_sell_arrays(out, n_in, rows, cols, combined, codebook.size)}
+    for a in (row_len, codebook, *arrays.values()):
+        a.flags.writeable = False  # a plan is shared and cached: nobody may change it
+    return Plan(shape=shape, layout=layout, row_len=row_len, codebook=codebook, **arrays)
+
+
+def _sell_arrays(out: int, n_in: int, rows: np.ndarray, cols: np.ndarray, combined: np.ndarray,
+                 k: int) -> dict[str, np.ndarray]:
     n_slices = -(-out // SLICE)
     row_len_pad = np.zeros(n_slices * SLICE, np.int64)
     row_len_pad[:out] = np.bincount(rows, minlength=out)
@@ -192,18 +255,27 @@ def build_plan(mask: np.ndarray, source: np.ndarray, codes: np.ndarray,
     np.cumsum(row_len_pad[:out], out=row_start[1:])
     rank = np.arange(rows.size, dtype=np.int64) - row_start[rows]
     pos = slice_ptr[rows // SLICE] + rank * SLICE + rows % SLICE
-
     total = int(slice_ptr[-1])
-    col_dtype = np.uint16 if n_in <= 1 << 16 else np.int32
-    plan_cols = np.zeros(total, col_dtype)
+    plan_cols = np.zeros(total, np.uint16 if n_in <= 1 << 16 else np.int32)
     plan_cols[pos] = cols
-    plan_codes = np.full(total, zero_code, _code_dtype(codebook.size))
+    plan_codes = np.full(total, k - 1, _code_dtype(k))  # padding: the trailing 0.0
     plan_codes[pos] = combined
-    arrays = [slice_ptr, slice_len.astype(np.int32), row_len_pad[:out].astype(np.int32),
-              plan_cols, plan_codes, codebook]
-    for a in arrays:
-        a.flags.writeable = False  # a plan is shared and cached: nobody may change it
-    return Plan(shape, *arrays)
+    return {"slice_ptr": slice_ptr, "slice_len": slice_len.astype(np.int32), "cols": plan_cols,
+            "codes": plan_codes}
+
+
+def _lut_arrays(out: int, n_in: int, rows: np.ndarray, cols: np.ndarray, combined: np.ndarray
+                ) -> dict[str, np.ndarray]:
+    nc = -(-n_in // LUT_CHUNK)
+    code = np.zeros((out, nc * LUT_CHUNK), np.uint8)
+    code[rows, cols] = combined
+    used = np.zeros((out, nc * LUT_CHUNK), bool)
+    used[rows, cols] = True
+    c = code.reshape(out, nc, LUT_CHUNK)
+    packed = np.ascontiguousarray(c[:, :, :8] | (c[:, :, 8:] << 4)).reshape(-1)
+    bits = np.packbits(used.reshape(out, nc, LUT_CHUNK), axis=2, bitorder="little")
+    lut_mask = np.ascontiguousarray(bits).view("<u2").astype(np.uint16).reshape(-1)
+    return {"lut_codes": packed, "lut_mask": lut_mask}
 
 
 def model_plan(model: object, task: int, layer: str) -> Plan:

@@ -5,17 +5,31 @@ It depends on bitsub; bitsub never imports torch.
 
 from __future__ import annotations
 
+from bitsub_torch.divergence import KLGate
 from bitsub_torch.export import export
 from bitsub_torch.layers import TaskBatchNorm, TaskConv2d, TaskLinear
 from bitsub_torch.metrics import acc, bwt, forgetting, fwt
 from bitsub_torch.models import TaskNetwork, alexnet, mlp, resnet18, tinynet
 from bitsub_torch.packed_module import PackedModule
 from bitsub_torch.scenarios import Scenario, TaskData, get_scenario
-from bitsub_torch.strategies import STRATEGIES, WSN, Finetune, PackNet, Strategy, get_strategy
+from bitsub_torch.strategies import (
+    STRATEGIES,
+    WSN,
+    AdaQPacknet,
+    Finetune,
+    PackNet,
+    Strategy,
+    TinySubNets,
+    get_strategy,
+)
+from bitsub_torch.taskvalues import FieldStore
 from bitsub_torch.trainer import Results, Trainer
 
 __all__ = [
+    "AdaQPacknet",
+    "FieldStore",
     "Finetune",
+    "KLGate",
     "PackNet",
     "PackedModule",
     "Results",
@@ -27,6 +41,7 @@ __all__ = [
     "TaskData",
     "TaskLinear",
     "TaskNetwork",
+    "TinySubNets",
     "Trainer",
     "WSN",
     "acc",

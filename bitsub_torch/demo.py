@@ -25,7 +25,7 @@ DEMO = {
     "tasks": 5,
     "epochs": 3,
     "batch_size": 64,
-    "lr": 1e-3,
+    "lr": 5e-3,
     "seed": 0,
 }
 

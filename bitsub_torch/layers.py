@@ -15,9 +15,10 @@ A task layer holds
 that quantizing strategies override to plug in per-task stored values.
 
 Freezing: between ``freeze_owned()`` and ``unfreeze()`` the layer zeroes the gradient of owned
-positions (``zero_owned_grads``) and, after every optimizer step, restores their values from a
-snapshot taken at freeze time (``restore_owned``). The restore makes owned weights bit-identical
-whatever the optimizer does (Adam moments, momentum, coupled or decoupled weight decay).
+positions (``zero_owned_grads``) and, after every optimizer step, restores their bit patterns from
+a snapshot taken at freeze time (``restore_owned``). The restore makes owned weights
+bit-identical whatever the optimizer does (Adam moments, momentum, coupled or decoupled weight
+decay), for any value including signed zeros, NaN and inf.
 
 BatchNorm policy: `TaskBatchNorm` keeps one affine BatchNorm per task with its own running
 statistics, trained only with that task and used in eval mode with its running statistics. It is
@@ -36,6 +37,14 @@ from torch import nn
 from bitsub_torch.autograd import topk_mask, topk_mask_bool
 
 __all__ = ["TaskBatchNorm", "TaskConv2d", "TaskLayerMixin", "TaskLinear"]
+
+# Integer dtypes of the same width, to restore frozen weights by their bits.
+_INT_VIEW = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+}
 
 
 def _check_count(value: object, name: str, minimum: int = 1) -> int:
@@ -199,13 +208,11 @@ class TaskLayerMixin:
             self._frozen = None
             return
         w = self.weight.detach()
-        index = torch.nonzero(frozen.reshape(-1)).reshape(-1)
-        frozen_f = frozen.to(w.dtype)
+        itype = _INT_VIEW[w.dtype]
+        keep = torch.where(frozen, 0, -1).to(itype)  # all bits set where trainable, 0 if frozen
         self._frozen = {
-            "keep": 1.0 - frozen_f,  # 1 where trainable, 0 where frozen
-            "part": w * frozen_f,  # the frozen values, 0 elsewhere
-            "index": index,
-            "values": w.reshape(-1)[index].clone(),
+            "keep": keep,
+            "part": w.contiguous().view(itype) & ~keep,  # the frozen values' bits, 0 elsewhere
         }
 
     def unfreeze(self) -> None:
@@ -214,22 +221,21 @@ class TaskLayerMixin:
 
     def zero_owned_grads(self) -> None:
         """Zero the weight gradient at frozen positions (call after backward)."""
-        if self._frozen is not None and self.weight.grad is not None:
-            self.weight.grad.mul_(self._frozen["keep"])
+        grad = self.weight.grad
+        if self._frozen is not None and grad is not None:
+            grad.view(self._frozen["keep"].dtype).bitwise_and_(self._frozen["keep"])
 
     def restore_owned(self) -> None:
         """Write the frozen snapshot back at frozen positions (call after the optimizer step).
 
-        ``w * keep + part`` is exact for finite weights (``x * 0 + v == v``); if any weight is
-        not finite (``inf * 0`` is NaN) the frozen values are copied back by index instead.
+        Works on the bit patterns (``w = (w & keep) | part``), so it is exact for every value
+        (signed zeros, NaN, inf) and branch-free.
         """
         if self._frozen is None:
             return
         with torch.no_grad():
-            w = self.weight.data
-            w.mul_(self._frozen["keep"]).add_(self._frozen["part"])
-            if not bool(torch.isfinite(w.sum())):
-                w.view(-1).index_copy_(0, self._frozen["index"], self._frozen["values"])
+            bits = self.weight.data.view(self._frozen["keep"].dtype)
+            bits.bitwise_and_(self._frozen["keep"]).bitwise_or_(self._frozen["part"])
 
 
 class TaskLinear(TaskLayerMixin, nn.Module):

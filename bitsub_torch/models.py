@@ -112,9 +112,14 @@ class TaskNetwork(nn.Module):
     # ------------------------------------------------------------------ introspection
     def task_layers(self) -> dict[str, TaskLayer]:
         """Shared task layers (TaskLinear / TaskConv2d) in forward order, by stable name."""
-        return {
-            name: m for name, m in self.blocks.named_modules() if isinstance(m, TaskLayerMixin)
-        }
+        # cached: the strategies' hooks ask for it twice per training step
+        cache = self.__dict__.get("_task_layers")
+        if cache is None:
+            cache = {
+                name: m for name, m in self.blocks.named_modules() if isinstance(m, TaskLayerMixin)
+            }
+            self.__dict__["_task_layers"] = cache
+        return dict(cache)
 
     def task_norms(self) -> dict[str, TaskBatchNorm]:
         """Per-task BatchNorms by name."""

@@ -238,7 +238,7 @@ def naive_packed_weights(pm, task, layer):
 
 
 def naive_resolved_weights(mask, source, codes, codebooks):
-    """Dense float32 weights, position by position: codebook[code] of the writer, raw bits if None."""
+    """Dense float32 weights, position by position: the writer's codebook[code], raw if None."""
     mask = np.asarray(mask)
     w = np.zeros(mask.shape, np.float32)
     for idx in np.ndindex(mask.shape):

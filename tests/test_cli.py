@@ -152,7 +152,8 @@ def test_sigkill_and_rerun(tmp_path):
 def test_pmnist5k_bars(tmp_path, capsys, strategy):
     out = tmp_path / strategy
     assert train_main(["--strategy", strategy, "--scenario", "pmnist5k", "--tasks", "5",
-                       "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
+                       "--epochs", "3", "--batch-size", "64", "--lr", "0.005", "--out", str(out),
+                       "--no-progress"]) == 0
     res, r = check_run_dir(out, 5)
     if strategy == "finetune":
         assert res["bwt"] < 0

@@ -14,7 +14,7 @@ from bitsub.gpu_matmul import gpu_conv2d, gpu_matmul
 from bitsub.matmul import conv2d, matmul
 from bitsub.plan import build_plan
 from tests.naive import naive_conv2d_loops, naive_dense_matmul, naive_resolved_weights
-from tests.test_matmul import assert_close, random_fields
+from tests.test_matmul import assert_close, layouts, random_fields
 
 
 def test_twins_have_the_same_signature():
@@ -29,11 +29,12 @@ def test_twins_have_the_same_signature():
 def test_gpu_matmul_equals_dense_product(out, n_in, density, bits, writers, raw, batch, seed):
     rng = np.random.default_rng(seed)
     mask, source, codes, cbs = random_fields(rng, (out, n_in), density, bits, writers, raw)
-    plan = build_plan(mask, source, codes, cbs)
     w = naive_resolved_weights(mask, source, codes, cbs)
     x = rng.standard_normal((batch, n_in)).astype(np.float32)
-    assert_close(gpu_matmul(plan, x), naive_dense_matmul(w, x))
-    assert_close(gpu_matmul(plan, x[0]), naive_dense_matmul(w, x[0]))
+    for layout in layouts(cbs, source, mask):
+        plan = build_plan(mask, source, codes, cbs, layout=layout)
+        assert_close(gpu_matmul(plan, x), naive_dense_matmul(w, x))
+        assert_close(gpu_matmul(plan, x[0]), naive_dense_matmul(w, x[0]))
 
 
 def test_gpu_conv2d_equals_naive_loops():
@@ -45,10 +46,11 @@ def test_gpu_conv2d_equals_naive_loops():
     assert_close(gpu_conv2d(plan, x, 2, 1), naive_conv2d_loops(x, w, 2, 1))
 
 
-def test_gpu_nan_propagates_as_in_dense_product():
+@pytest.mark.parametrize("layout", ["sell", "lut"])
+def test_gpu_nan_propagates_as_in_dense_product(layout):
     rng = np.random.default_rng(8)
     mask, source, codes, cbs = random_fields(rng, (6, 5), 0.5, 2, 1)
-    plan = build_plan(mask, source, codes, cbs)
+    plan = build_plan(mask, source, codes, cbs, layout=layout)
     w = naive_resolved_weights(mask, source, codes, cbs)
     x = rng.standard_normal((2, 5)).astype(np.float32)
     x[1, 2] = np.nan

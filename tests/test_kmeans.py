@@ -144,6 +144,7 @@ def test_quantize_is_kmeans_with_two_to_the_bits():
         ([1.0, np.nan], 4, {}, ValueError),
         ([1.0, np.inf], 4, {}, ValueError),
         ([1.0, -np.inf], 4, {}, ValueError),
+        ([1e39, 0.0], 2, {}, ValueError),
         ([1.0], 0, {}, ValueError),
         ([1.0], 65537, {}, ValueError),
         ([1.0], 2.0, {}, TypeError),

@@ -45,6 +45,21 @@ def test_topk_mask_with_ties_keeps_exactly_k(fill):
     scores = torch.full((5, 6), fill)
     mask = topk_mask_bool(scores, 0.3)
     assert int(mask.sum()) == 9
+    np.testing.assert_array_equal(mask.numpy(), naive_topk_mask(scores.numpy(), 9))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(st.sampled_from([0.0, -1.0, 1.0, 2.0, -0.5]), min_size=1, max_size=30),
+    density=densities,
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+)
+def test_topk_mask_ties_match_naive(values, density, dtype):
+    """Few distinct values: ties are broken by position, lowest index first (also torch path)."""
+    scores = torch.tensor(values, dtype=dtype)
+    k = topk_count(len(values), density)
+    got = topk_mask_bool(scores, density).numpy()
+    np.testing.assert_array_equal(got, naive_topk_mask(np.array(values), k))
 
 
 def test_topk_mask_edges():
@@ -214,6 +229,48 @@ def test_owned_positions_bit_identical_under_any_optimizer(make_opt):
     after = layer.weight.detach()
     assert torch.equal(after[owned].view(torch.int32), before[owned].view(torch.int32))
     assert not torch.equal(after[~owned], before[~owned])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_restore_is_bit_exact_for_any_value(dtype):
+    layer = TaskLinear(5, 4, 2).to(dtype)
+    owned = torch.rand(4, 5) < 0.5
+    owned[0, 0], owned[0, 1], owned[1, 1] = True, False, True
+    with torch.no_grad():
+        layer.weight[0, 0] = -0.0
+        layer.weight[1, 1] = float("nan")
+    layer.consolidate(0, owned)
+    layer.freeze_owned()
+    before = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.weight[owned] = float("inf")
+        layer.weight[0, 1] = float("nan")
+        layer.weight.grad = torch.full_like(layer.weight, float("nan"))
+    layer.zero_owned_grads()
+    assert torch.all(layer.weight.grad[owned] == 0)
+    layer.restore_owned()
+    itype = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}
+    got = layer.weight.detach()[owned].view(itype[dtype])
+    assert torch.equal(got, before[owned].view(itype[dtype]))
+
+
+def test_mask_cache_follows_mask_changes_and_state_loads():
+    torch.manual_seed(0)
+    layer = TaskLinear(4, 3, 2)
+    x = torch.randn(2, 4)
+    m1 = torch.rand(3, 4) < 0.5
+    layer.set_task_mask(1, m1)
+    torch.testing.assert_close(layer(x, 1), F.linear(x, layer.weight * m1))
+    m2 = ~m1
+    layer.set_task_mask(1, m2)
+    torch.testing.assert_close(layer(x, 1), F.linear(x, layer.weight * m2))
+    other = TaskLinear(4, 3, 2)
+    other.set_task_mask(1, m1)
+    other(x, 1)  # fills its cache with m1
+    other.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(other(x, 1), layer(x, 1))
+    layer.double()
+    torch.testing.assert_close(layer(x.double(), 1), F.linear(x.double(), layer.weight * m2))
 
 
 def test_set_task_mask_validates():

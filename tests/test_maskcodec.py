@@ -216,3 +216,138 @@ def test_absurd_shape_is_refused():
     body = b"BSMK\x01\x00\x01" + bitsub.maskcodec._varint(big) + b"\x01"
     with pytest.raises(FormatError, match="limit"):
         decode_mask(with_crc(body))
+
+
+# ------------------------------------------------------------------- large masks, two segments
+
+
+@pytest.mark.parametrize("n", [32767, 32768, 100_003, 300_001])
+@pytest.mark.parametrize("p", [0.02, 0.4, 0.98])
+def test_large_roundtrip_and_corruption(n, p):
+    rng = np.random.default_rng(n + int(100 * p))
+    m = rng.random(n) < p
+    enc = roundtrip(m)
+    expected = {0.02: "runs1", 0.4: "bytes", 0.98: "runs0"}[p]
+    assert mask_scheme(enc) == [expected]
+    for i in rng.integers(0, len(enc), 12):
+        bad = bytearray(enc)
+        bad[i] ^= 1 << int(rng.integers(0, 8))
+        decode_or_same(bytes(bad), m)
+    body = bytearray(enc[:-4])
+    for i in rng.integers(5, len(body), 12):
+        bad = bytearray(body)
+        bad[i] ^= 1 << int(rng.integers(0, 8))
+        try:
+            out = decode_mask(with_crc(bytes(bad)))
+        except FormatError:
+            continue
+        assert out.dtype == np.bool_
+
+
+def test_runs_scheme_matches_naive_coder():
+    """The runs payload decodes, with the dictionary coder, to the naive runs of the mask."""
+    from bitsub.maskcodec import RUNS1, _parse_stream, _Reader
+    from tests.naive import (
+        naive_canonical_code,
+        naive_huffman_decode,
+        naive_mask_from_runs,
+        naive_mask_runs,
+    )
+
+    rng = np.random.default_rng(8)
+    checked = 0
+    for n, p in [(999, 0.05), (3000, 0.02), (5000, 0.001), (20000, 0.2)]:
+        m = rng.random(n) < p
+        m[0] = True
+        enc = encode_mask(m)
+        reader = _Reader(memoryview(enc), len(enc) - 4)
+        reader.pos = 7
+        reader.varint("shape", MAX_POSITIONS)
+        parsed = _parse_stream(reader, n)
+        if parsed[0] != RUNS1:
+            continue
+        _, size, lengths, payloads = parsed
+        assert len(payloads) == 1
+        symbols = naive_mask_runs(m.astype(int).tolist(), 1, size - 1)
+        code = naive_canonical_code(lengths.tolist())
+        assert naive_huffman_decode(bytes(payloads[0]), code, len(symbols)) == symbols
+        assert naive_mask_from_runs(symbols, 1, size - 1) == m.astype(int).tolist()
+        checked += 1
+    assert checked >= 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 20), min_size=1, max_size=300))
+def test_length_table_roundtrip(lengths):
+    from bitsub.maskcodec import _length_table_bits, _read_length_table_kernel, _write_length_table
+
+    lengths = np.array(lengths)
+    data = _write_length_table(lengths)
+    assert len(data) == (_length_table_bits(lengths) + 7) // 8
+    out = np.zeros(lengths.size, dtype=np.int64)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    assert _read_length_table_kernel(buf, 0, len(data), out) == len(data)
+    np.testing.assert_array_equal(out, lengths)
+    if len(data):
+        assert _read_length_table_kernel(buf, 0, len(data) - 1, out) == -1
+
+
+# ---------------------------------------------------------------------------- the size bar
+
+
+@pytest.mark.parametrize("p", [0.5, 0.2, 0.05, 0.01])
+def test_size_bar_iid(p):
+    """Issue 2: 10**7 i.i.d. bits within 1.02 n H(p) + 64 bytes and no larger than zlib / zstd."""
+    n = 10**7
+    m = np.random.default_rng(int(p * 1000)).random(n) < p
+    size = len(encode_mask(m))
+    entropy = n * -(p * np.log2(p) + (1 - p) * np.log2(1 - p)) / 8
+    packed = np.packbits(m).tobytes()
+    huff = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+    others = {
+        "zlib-9": len(zlib.compress(packed, 9)),
+        "zlib-huffman": len(huff.compress(packed) + huff.flush()),
+    }
+    try:
+        import zstandard
+    except ImportError:  # zstandard comes with the bench extra
+        pass
+    else:
+        others["zstd-19"] = len(zstandard.ZstdCompressor(level=19).compress(packed))
+    print(f"p={p}: {size} B = {size / entropy:.4f} n H(p); " + ", ".join(
+        f"{k} {v / size:.4f}x ours" for k, v in others.items()))
+    assert size <= 1.02 * entropy + 64
+    for name, other in others.items():
+        assert size <= other, name
+
+
+def test_too_many_dimensions_is_refused():
+    body = b"BSMK\x01\x00" + bytes([65]) + b"\x01" * 65 + b"\x00"
+    with pytest.raises(FormatError, match="dimensions"):
+        decode_mask(with_crc(body))
+
+
+def test_context_streams_use_their_own_schemes():
+    rng = np.random.default_rng(9)
+    ctx = rng.random(50_000) < 0.5
+    m = ctx & (rng.random(50_000) < 0.97)
+    schemes = mask_scheme(encode_mask(m, ctx), ctx)
+    assert schemes == ["zeros", "runs0"]
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 5000, 40_000, 100_001])
+def test_clustered_masks_use_alternating_runs(n):
+    rng = np.random.default_rng(n)
+    runs = rng.geometric(1 / 40, n // 10 + 4)
+    m = np.repeat(np.arange(runs.size) % 2 == 1, runs)[:n]
+    enc = roundtrip(m)
+    if n >= 5000:
+        assert mask_scheme(enc) == ["runs01"]
+        assert len(enc) < len(zlib.compress(np.packbits(m).tobytes(), 9))
+    m[0] = True
+    m[-1] = True
+    roundtrip(m)
+    for i in rng.integers(0, len(enc), 10):
+        bad = bytearray(enc)
+        bad[i] ^= 1 << int(rng.integers(0, 8))
+        decode_or_same(bytes(bad), decode_mask(enc))

@@ -1,13 +1,14 @@
 """Packed sparse matmul on the CPU and the per-task plan, against the naive dense references."""
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitsub import matmul as mm
-from bitsub.matmul import conv2d, matmul
-from bitsub.plan import SLICE, Plan, build_plan
+from bitsub.matmul import _lut_decode_portable, _lut_dot_portable, conv2d, matmul
+from bitsub.plan import LUT_CHUNK, SLICE, Plan, build_plan
 from tests.naive import naive_conv2d_loops, naive_dense_matmul, naive_resolved_weights
 
 
@@ -48,27 +49,37 @@ fields = st.tuples(
 )
 
 
+def layouts(cbs, source, mask):
+    """Layouts that can hold these fields: "sell" always, "lut" with <= 16 centroids in all."""
+    present = {int(w) for w in np.unique(source[mask])}
+    if any(cbs[w] is None for w in present):
+        return ["sell"]
+    return ["sell", "lut"] if sum(cbs[w].size for w in present) <= LUT_CHUNK else ["sell"]
+
+
 @settings(max_examples=60, deadline=None)
-@given(fields, st.sampled_from([1, 2, 7, 8, 9, 33]))
+@given(fields, st.sampled_from([1, 2, 3, 4, 7, 8, 9, 33]))
 def test_matmul_equals_dense_product(f, batch):
     out, n_in, density, bits, writers, raw, seed = f
     rng = np.random.default_rng(seed)
     mask, source, codes, cbs = random_fields(rng, (out, n_in), density, bits, writers, raw)
-    plan = build_plan(mask, source, codes, cbs)
     w = naive_resolved_weights(mask, source, codes, cbs)
-    np.testing.assert_array_equal(plan.dense(), w)
     x = rng.standard_normal((batch, n_in)).astype(np.float32)
-    assert_close(matmul(plan, x), naive_dense_matmul(w, x))
-    assert_close(matmul(plan, x[0]), naive_dense_matmul(w, x[0]))
+    ref = naive_dense_matmul(w, x)
+    for layout in [None, *layouts(cbs, source, mask)]:
+        plan = build_plan(mask, source, codes, cbs, layout=layout)
+        np.testing.assert_array_equal(plan.dense(), w)
+        assert_close(matmul(plan, x), ref)
+        assert_close(matmul(plan, x[0]), ref[0])
 
 
 @settings(max_examples=40, deadline=None)
 @given(fields)
-def test_plan_invariants(f):
+def test_sell_plan_invariants(f):
     out, n_in, density, bits, writers, raw, seed = f
     rng = np.random.default_rng(seed)
     mask, source, codes, cbs = random_fields(rng, (out, n_in), density, bits, writers, raw)
-    plan = build_plan(mask, source, codes, cbs)
+    plan = build_plan(mask, source, codes, cbs, layout="sell")
     n_slices = -(-out // SLICE)
     assert plan.slice_ptr.shape == (n_slices + 1,) and plan.slice_ptr[0] == 0
     np.testing.assert_array_equal(np.diff(plan.slice_ptr), plan.slice_len.astype(np.int64) * SLICE)
@@ -78,6 +89,7 @@ def test_plan_invariants(f):
     assert plan.cols.size == plan.codes.size == plan.slice_ptr[-1]
     assert int(plan.codes.max(initial=0)) < plan.codebook.size
     assert plan.cols.dtype == np.uint16
+    assert plan.lut_codes.size == plan.lut_mask.size == 0
     # no dense float32 copy: the only floats are the combined codebook of the writers present
     present = {int(w) for w in np.unique(source[mask])}
     if raw == 0:
@@ -88,15 +100,87 @@ def test_plan_invariants(f):
         assert not a.flags.writeable
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 70), st.sampled_from([0.0, 0.3, 1.0]),
+       st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_lut_plan_invariants(out, n_in, density, bits, seed):
+    rng = np.random.default_rng(seed)
+    mask, source, codes, cbs = random_fields(rng, (out, n_in), density, bits, 1)
+    plan = build_plan(mask, source, codes, cbs, layout="lut")
+    nc = -(-n_in // LUT_CHUNK)
+    assert plan.layout == "lut" and plan.n_chunks == nc
+    assert plan.lut_codes.shape == (out * nc * 8,) and plan.lut_mask.shape == (out * nc,)
+    assert plan.codebook.shape == (LUT_CHUNK,)
+    bits_set = np.unpackbits(plan.lut_mask.view(np.uint8)).sum()
+    assert bits_set == mask.sum() == plan.nnz
+    assert plan.cols.size == plan.codes.size == 0
+    # 5 bits per position (4-bit code + mask bit), plus the 16-entry codebook and row lengths
+    assert plan.nbytes == out * nc * 10 + 64 + 4 * out + 8
+
+
+def test_lut_needs_a_small_codebook():
+    rng = np.random.default_rng(0)
+    mask, source, codes, cbs = random_fields(rng, (3, 4), 1.0, 5, 1)
+    cbs[0] = rng.standard_normal(17).astype(np.float32)
+    codes[:] = 16
+    with pytest.raises(ValueError, match="at most 16"):
+        build_plan(mask, source, codes, cbs, layout="lut")
+    assert build_plan(mask, source, codes, cbs).layout == "sell"
+    with pytest.raises(ValueError, match="layout"):
+        build_plan(mask, source, codes, cbs, layout="csr")
+
+
+@numba.njit
+def _portable_matvec(plan_codes, plan_mask, book, x, nc, out):
+    y = np.empty(out, np.float32)
+    for i in range(out):
+        y[i] = _lut_dot_portable(plan_codes, i * nc * 8, plan_mask, i * nc, book, x, 0, nc)
+    return y
+
+
+@numba.njit
+def _portable_decode(plan_codes, plan_mask, book, nc, out):
+    w = np.empty(out * nc * 16, np.float32)
+    for i in range(out):
+        _lut_decode_portable(plan_codes, i * nc * 8, plan_mask, i * nc, book, w, i * nc * 16,
+                                nc)
+    return w.reshape(out, nc * 16)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 16), (9, 33), (20, 100)])
+def test_lut_portable_kernels_agree(shape):
+    rng = np.random.default_rng(shape[1])
+    mask, source, codes, cbs = random_fields(rng, shape, 0.5, 4, 1)
+    plan = build_plan(mask, source, codes, cbs, layout="lut")
+    w = naive_resolved_weights(mask, source, codes, cbs)
+    nc = plan.n_chunks
+    x = np.zeros(nc * 16, np.float32)
+    x[: shape[1]] = rng.standard_normal(shape[1])
+    y = _portable_matvec(plan.lut_codes, plan.lut_mask, plan.codebook, x, nc, shape[0])
+    assert_close(y, naive_dense_matmul(w, x[: shape[1]]))
+    dec = _portable_decode(plan.lut_codes, plan.lut_mask, plan.codebook, nc, shape[0])
+    np.testing.assert_array_equal(dec[:, : shape[1]], w)
+    # the kernel in use (AVX-512 where the host has it) decodes identically
+    tile = np.empty((shape[0], nc * 16), np.float32)
+    mm._lut_decode_rows(plan.lut_codes, plan.lut_mask, plan.codebook, nc, 0, shape[0], tile)
+    np.testing.assert_array_equal(tile, dec)
+
+
+@pytest.mark.parametrize("layout", ["sell", "lut"])
 @pytest.mark.parametrize("batch", [1, 2, 8, 64, 1024])
 @pytest.mark.parametrize("density", [0.0, 0.5, 1.0])
-def test_batch_sizes_and_densities(batch, density):
+def test_batch_sizes_and_densities(batch, density, layout, monkeypatch):
     rng = np.random.default_rng(batch)
-    mask, source, codes, cbs = random_fields(rng, (19, 45), density, 4, 2)
-    plan = build_plan(mask, source, codes, cbs)
+    mask, source, codes, cbs = random_fields(rng, (19, 45), density, 3, 2)
+    cbs = {w: cb[:8] for w, cb in cbs.items()}  # two writers, at most 16 centroids in all
+    codes = np.minimum(codes, 7 * (source >= 0)).astype(np.uint32)
     w = naive_resolved_weights(mask, source, codes, cbs)
+    plan = build_plan(mask, source, codes, cbs, layout=layout)
     x = rng.standard_normal((batch, 45)).astype(np.float32)
-    assert_close(matmul(plan, x), x.astype(np.float64) @ w.T.astype(np.float64))
+    ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    assert_close(matmul(plan, x), ref)
+    monkeypatch.setattr(mm, "TILE_BYTES", 1)  # one row per decoded tile
+    assert_close(matmul(plan, x), ref)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 16])
@@ -112,12 +196,13 @@ def test_parallel_and_serial_kernels_agree(batch, monkeypatch):
     np.testing.assert_allclose(par, ser, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["sell", "lut"])
 @pytest.mark.parametrize("batch", [1, 4, 12])
-def test_nan_and_inf_propagate_as_in_dense_product(batch):
+def test_nan_and_inf_propagate_as_in_dense_product(batch, layout):
     rng = np.random.default_rng(5)
     mask, source, codes, cbs = random_fields(rng, (21, 17), 0.5, 2, 1)
     cbs[0][0] = 0.0  # a used position whose value is exactly 0
-    plan = build_plan(mask, source, codes, cbs)
+    plan = build_plan(mask, source, codes, cbs, layout=layout)
     w = naive_resolved_weights(mask, source, codes, cbs)
     x = rng.standard_normal((batch, 17)).astype(np.float32)
     x[0, 0] = np.nan

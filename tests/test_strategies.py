@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 
 from bitsub_torch.autograd import topk_count
 from bitsub_torch.models import alexnet, mlp
-from bitsub_torch.scenarios import Scenario, TaskData
+from bitsub_torch.scenarios import Scenario, TaskData, get_scenario
 from bitsub_torch.strategies import STRATEGIES, WSN, Finetune, PackNet, get_strategy
 from bitsub_torch.trainer import Trainer
 
@@ -70,6 +70,17 @@ def test_forget_free_strategies_have_exactly_zero_bwt(make, optimizer, wd):
     assert_forget_free(r)
     assert res.bwt == 0.0 and res.forgetting == 0.0
     assert np.all(np.diag(r) > 0.3), np.diag(r)  # it learned each task (chance: 0.1)
+
+
+@pytest.mark.parametrize("make", [lambda: WSN(0.5), lambda: PackNet(0.5)], ids=["wsn", "packnet"])
+def test_forget_free_on_the_splitdigits_scenario(make):
+    scenario = get_scenario("splitdigits")
+    torch.manual_seed(0)
+    model = mlp(scenario.input_shape, scenario.num_classes, len(scenario.tasks), width=32)
+    _, res = run(make(), scenario=scenario, model=model, epochs=1)
+    assert_forget_free(res.accuracy_matrix)
+    assert res.bwt == 0.0
+    assert res.acc > 0.6  # chance: 0.5
 
 
 def test_finetune_forgets():

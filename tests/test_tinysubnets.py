@@ -12,7 +12,7 @@ from bitsub_torch.scenarios import Scenario, TaskData
 from bitsub_torch.strategies import STRATEGIES, TinySubNets, get_strategy
 from bitsub_torch.trainer import Trainer
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 def digits_tasks(tasks=3, shifted=()):

@@ -126,8 +126,9 @@ def test_matrix_is_retested_every_row():
 
 def test_results_to_json():
     r = Results(np.array([[0.5, np.nan], [0.5, 0.7]]), np.array([0.1, 0.2]), 0.6, 0.0,
-                math.nan, 0.0, {"train": [1.0, 2.0]}, {"seed": 0})
-    d = json.loads(r.to_json())
+                math.nan, 0.0, {"train": [1.0, math.nan]}, {"seed": 0})
+    d = json.loads(r.to_json(allow_nan=False))
+    assert d["timings"] == {"train": [1.0, None]}
     assert d["accuracy_matrix"] == [[0.5, None], [0.5, 0.7]]
     assert d["fwt"] is None and d["acc"] == 0.6 and d["config"] == {"seed": 0}
     assert set(d) >= {"accuracy_matrix", "acc", "bwt", "fwt", "forgetting", "timings", "config"}

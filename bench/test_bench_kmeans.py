@@ -1,0 +1,104 @@
+"""1-D K-Means: bitsub "auto" beside scikit-learn KMeans, with SSE against the exact optimum.
+
+Run: ``.venv/bin/python -m pytest bench/test_bench_kmeans.py -s --benchmark-columns=min,median``
+(``-s`` shows the table printed at the end). ``BITSUB_BENCH_KMEANS_NMAX`` caps n for a quick run
+(default 1000000).
+
+Cases (issue 2): N(0,1) and Laplace values (float32, seeded), n in {1e4, 1e5, 1e6}, k in
+{4, 16, 256}. Rows per case: ``bitsub-auto``, ``bitsub-lloyd``, ``sklearn``
+(``KMeans(n_clusters=k, n_init="auto", random_state=0)`` on the (n, 1) float64 array, one round:
+it is the slow baseline) and ``bitsub-optimal`` (exact DP, one round; its SSE is the reference).
+The table gives, per case, sklearn time / auto time and auto, lloyd and sklearn SSE / optimal
+SSE. Bars: auto within 0.1% (k <= 16) or 1% (k = 256) of the optimum, >= 10x faster than
+sklearn, SSE not above sklearn's.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from bitsub.kmeans import kmeans_1d
+
+sklearn_cluster = pytest.importorskip("sklearn.cluster")
+
+NMAX = int(os.environ.get("BITSUB_BENCH_KMEANS_NMAX", "1000000"))
+SIZES = [n for n in (10_000, 100_000, 1_000_000) if n <= NMAX]
+KS = [4, 16, 256]
+DISTS = ["normal", "laplace"]
+IMPLS = ["bitsub-optimal", "bitsub-auto", "bitsub-lloyd", "sklearn"]
+TIMES: dict[tuple, float] = {}  # (case, impl) -> median seconds
+SSE: dict[tuple, float] = {}
+
+_data: dict[tuple, np.ndarray] = {}
+
+
+def values(dist, n):
+    key = (dist, n)
+    if key not in _data:
+        _data.clear()
+        rng = np.random.default_rng(1000 + n + (dist == "laplace"))
+        x = rng.standard_normal(n) if dist == "normal" else rng.laplace(size=n)
+        _data[key] = x.astype(np.float32)
+    return _data[key]
+
+
+def sse(x, centroids, codes):
+    return float(((x.astype(np.float64) - centroids.astype(np.float64)[codes]) ** 2).sum())
+
+
+def run_sklearn(x, k):
+    km = sklearn_cluster.KMeans(n_clusters=k, n_init="auto", random_state=0)
+    labels = km.fit_predict(x.astype(np.float64).reshape(-1, 1))
+    return km.cluster_centers_.reshape(-1), labels
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dist", DISTS)
+def test_kmeans(benchmark, dist, n, k, impl):
+    x = values(dist, n)
+    case = f"{dist}-n{n}-k{k}"
+    benchmark.group = case
+    if impl == "sklearn":
+        fn = run_sklearn
+        rounds = 1
+    else:
+        method = impl.split("-")[1]
+
+        def fn(x, k):
+            return kmeans_1d(x, k, method=method)
+
+        kmeans_1d(x[:1000], k, method=method)  # warm the JIT
+        rounds = 1 if method == "optimal" else 5
+    centroids, codes = benchmark.pedantic(fn, args=(x, k), rounds=rounds, iterations=1)
+    TIMES[(case, impl)] = benchmark.stats.stats.median
+    SSE[(case, impl)] = sse(x, centroids, codes)
+    benchmark.extra_info["sse"] = SSE[(case, impl)]
+    if (case, "bitsub-optimal") in SSE:
+        benchmark.extra_info["sse_vs_optimal"] = SSE[(case, impl)] / SSE[(case, "bitsub-optimal")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ratio_table():
+    yield
+    print("\ncase: sklearn/auto time; SSE / optimal SSE for auto, lloyd, sklearn; auto <= sklearn")
+    def order(case):
+        dist, n, k = case.split("-")
+        return dist, int(n[1:]), int(k[1:])
+
+    for case in sorted({c for c, _ in TIMES}, key=order):
+        t_auto = TIMES.get((case, "bitsub-auto"))
+        t_sk = TIMES.get((case, "sklearn"))
+        opt = SSE.get((case, "bitsub-optimal"))
+        if t_auto is None or t_sk is None or opt is None:
+            continue
+        rel = {i: SSE[(case, i)] / opt for i in ("bitsub-auto", "bitsub-lloyd", "sklearn")}
+        not_above = SSE[(case, "bitsub-auto")] <= SSE[(case, "sklearn")]
+        print(
+            f"{case:22s} time {t_sk / t_auto:7.1f}x (auto {t_auto * 1e3:8.2f} ms, optimal "
+            f"{TIMES[(case, 'bitsub-optimal')] * 1e3:9.1f} ms)  SSE/opt auto "
+            f"{rel['bitsub-auto']:.6f} lloyd {rel['bitsub-lloyd']:.6f} sklearn "
+            f"{rel['sklearn']:.6f}  auto<=sklearn {not_above}"
+        )
