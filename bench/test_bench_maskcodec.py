@@ -2,7 +2,8 @@
 
 Run: ``.venv/bin/python -m pytest bench/test_bench_maskcodec.py -s --benchmark-columns=min,median``
 (``-s`` prints the size and speed tables). ``BITSUB_BENCH_MASK_N`` sets the positions per mask
-(default 10**7, as in issue 2).
+(default 10**7, as in issue 2). On a shared machine add ``--benchmark-timer=time.process_time``
+so that time spent descheduled does not count (both sides run on one thread).
 
 Baseline (issue 2): ``zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)`` on
 ``np.packbits(mask)``, the packing counted in the encode time and the unpacking back to a bool

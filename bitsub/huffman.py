@@ -5,8 +5,8 @@ canonical code compares numerically with the next bits of the stream. A decoder 
 ``TABLE_BITS`` bits up in a table; the rare longer codes fall back to the canonical
 first-code-per-length walk.
 
-Decoders read the stream as big-endian uint64 words with two zero words of padding (see
-`bit_words`), so that peeking 64 bits never reads past the array.
+Decoders keep up to 64 stream bits in a register, refilled 32 bits at a time from the stream as
+native uint32 words with two zero words of padding (see `stream_words`).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ __all__ = [
     "MAX_CODE_LENGTH",
     "TABLE_BITS",
     "DecodeTable",
-    "bit_words",
     "canonical_codes",
     "check_code_lengths",
     "code_lengths",
     "decode_symbols",
     "decode_table",
     "encode_symbols",
+    "stream_words",
 ]
 
 # Longest code we emit or accept. Package-merge keeps codes within it at minimal cost.
@@ -172,54 +172,40 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
     for bits in range(1, 33):
         code = (code + bl_count[bits - 1]) << 1
         next_code[bits] = code
-    for s in np.flatnonzero(lengths):
-        codes[s] = next_code[lengths[s]]
-        next_code[lengths[s]] += 1
+    used = np.flatnonzero(lengths)
+    order = used[np.lexsort((used, lengths[used]))]
+    ordered_lengths = lengths[order]
+    # Within one length, codes are consecutive in symbol order.
+    first_index = np.searchsorted(ordered_lengths, ordered_lengths, side="left")
+    rank = np.arange(order.size) - first_index
+    codes[order] = (next_code[ordered_lengths] + rank).astype(np.uint32)
     return codes
 
 
 # ------------------------------------------------------------------------------------- writer
 
 
-@numba.njit(**NJIT, inline="always")
-def put_bits(out: np.ndarray, acc: np.uint64, n_acc: int, k: int, code: np.uint64, length: int):
-    """Append `length` (<= 32) bits of `code` to the stream; returns the new (acc, n_acc, k).
-
-    `acc` holds the last `n_acc` (< 32) bits not yet written; `out` is a uint32 word array, `k`
-    the next word to write.
-    """
-    acc = (acc << _U64(length)) | code
-    n_acc += length
-    if n_acc >= 32:
-        n_acc -= 32
-        out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
-        k += 1
-    return acc, n_acc, k
-
-
-@numba.njit(**NJIT, inline="always")
-def flush_bits(out: np.ndarray, acc: np.uint64, n_acc: int, k: int) -> int:
-    """Write the last partial word (zero padded); returns the number of words used."""
-    if n_acc > 0:
-        out[k] = np.uint32((acc << _U64(32 - n_acc)) & _U64(0xFFFFFFFF))
-        k += 1
-    return k
-
-
-def words_to_bytes(words: np.ndarray, n_bits: int) -> bytes:
-    """The first ceil(n_bits / 8) bytes of an MSB-first uint32 word stream."""
-    return words.astype(">u4").tobytes()[: (n_bits + 7) // 8]
-
-
 @numba.njit(**NJIT)
 def _encode_kernel(symbols, codes, lengths, out):
+    """Write the codes of `symbols` MSB-first into uint32 words; returns the bits written."""
     acc = _U64(0)
     n_acc = 0
     k = 0
+    n_bits = 0
     for i in range(symbols.shape[0]):
         s = symbols[i]
-        acc, n_acc, k = put_bits(out, acc, n_acc, k, _U64(codes[s]), lengths[s])
-    return flush_bits(out, acc, n_acc, k)
+        ln = np.int64(lengths[s])
+        acc = (acc << _U64(ln)) | _U64(codes[s])
+        n_acc += ln
+        n_bits += ln
+        # Branch-free flush: always store the top word, advance only when it is full.
+        f = n_acc >> 5
+        n_acc &= 31
+        out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+        k += f
+    if n_acc > 0:
+        out[k] = np.uint32((acc << _U64(32 - n_acc)) & _U64(0xFFFFFFFF))
+    return n_bits
 
 
 def encode_symbols(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
@@ -230,7 +216,7 @@ def encode_symbols(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
     symbols : array_like of int
         Symbols in ``0..len(lengths)-1``, each with a nonzero length.
     lengths : array_like of int
-        Code lengths (see `code_lengths`).
+        Code lengths (see `code_lengths`), at most `MAX_CODE_LENGTH`.
 
     Returns
     -------
@@ -238,6 +224,9 @@ def encode_symbols(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
         ceil(total bits / 8) bytes.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
+    why = check_code_lengths(lengths)
+    if why is not None:
+        raise ValueError(why)
     symbols = np.asarray(symbols)
     if symbols.ndim != 1 or not (symbols.dtype.kind in "iu" or symbols.size == 0):
         raise TypeError("symbols must be a 1-D integer array")
@@ -247,26 +236,27 @@ def encode_symbols(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
     if symbols.size and np.any(lengths[symbols] == 0):
         raise ValueError("every symbol to encode needs a nonzero code length")
     codes = canonical_codes(lengths)
-    n_bits = int(np.sum(lengths[symbols]))
-    out = np.zeros(n_bits // 32 + 1, dtype=np.uint32)
-    _encode_kernel(symbols, codes, lengths.astype(np.uint8), out)
-    return words_to_bytes(out, n_bits)
+    out = np.zeros(int(np.sum(lengths[symbols])) // 32 + 2, dtype=np.uint32)
+    n_bits = _encode_kernel(symbols, codes, lengths.astype(np.uint8), out)
+    return out.astype(">u4").tobytes()[: (n_bits + 7) // 8]
 
 
 # ------------------------------------------------------------------------------------- reader
 
 
-def bit_words(payload: bytes | np.ndarray) -> np.ndarray:
-    """An MSB-first byte stream as native uint64 words, with two zero words of padding."""
-    raw = np.frombuffer(payload, dtype=np.uint8) if not isinstance(payload, np.ndarray) else payload
-    n_words = (raw.size + 7) // 8 + 2
-    buf = np.zeros(n_words * 8, dtype=np.uint8)
-    buf[: raw.size] = raw
-    return buf.view(">u8").astype(np.uint64)
+def stream_words(payload) -> np.ndarray:
+    """An MSB-first byte stream as native uint32 words, with two zero words of padding.
+
+    Decoders refill their bit buffer a word at a time and check the index against the array.
+    """
+    n_words = (len(payload) + 3) // 4 + 2
+    buf = np.zeros(n_words * 4, dtype=np.uint8)
+    buf[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+    return buf.view(">u4").astype(np.uint32)
 
 
 class DecodeTable(tuple):
-    """(table, table_bits, max_length, first, count, offset, sorted_symbols) for `decode_one`.
+    """(table, table_bits, max_length, first, count, offset, sorted_symbols) of a code.
 
     `table[v]` for the next `table_bits` bits v is ``symbol << 5 | length``, or 0 when the code
     is longer than `table_bits` (or unused); `first[l]`, `count[l]`, `offset[l]` describe the
@@ -314,41 +304,37 @@ def decode_table(
     return DecodeTable((table, table_bits, max_length, first, count, offset, sorted_symbols))
 
 
-@numba.njit(**NJIT, inline="always")
-def peek64(words: np.ndarray, bit_pos: int) -> np.uint64:
-    """The 64 stream bits from `bit_pos`, MSB-first (needs one word after bit_pos's word)."""
-    i = bit_pos >> 6
-    off = _U64(bit_pos & 63)
-    return (words[i] << off) | ((words[i + 1] >> _U64(1)) >> (_U64(63) - off))
-
-
-@numba.njit(**NJIT, inline="always")
-def decode_one(words, bit_pos, table, table_bits, max_length, first, count, offset, symbols):
-    """Decode one symbol at `bit_pos`; returns (symbol, new bit_pos), symbol -1 if invalid."""
-    v = peek64(words, bit_pos)
-    e = table[np.int64(v >> _U64(64 - table_bits))]
-    if e != 0:
-        return np.int64(e >> 5), bit_pos + np.int64(e & 31)
-    for bits in range(table_bits + 1, max_length + 1):
-        c = np.int64(v >> _U64(64 - bits)) - first[bits]
-        if 0 <= c < count[bits]:
-            return np.int64(symbols[offset[bits] + c]), bit_pos + bits
-    return np.int64(-1), bit_pos
-
-
 @numba.njit(**NJIT)
-def _decode_kernel(words, n_bits, out, table, table_bits, max_length, first, count, offset, syms):
-    bit_pos = 0
+def _decode_kernel(words, out, table, table_bits, max_length, first, count, offset, symbols):
+    """Decode len(out) symbols; returns the bits read or -1 (invalid code, or out of data)."""
+    shift = _U64(64 - table_bits)
+    acc = _U64(0)
+    n_acc = 0
+    k = 0
     for i in range(out.shape[0]):
-        if bit_pos > n_bits:
-            return -1
-        s, bit_pos = decode_one(
-            words, bit_pos, table, table_bits, max_length, first, count, offset, syms
-        )
-        if s < 0:
-            return -1
-        out[i] = s
-    return bit_pos
+        if n_acc < 32:
+            if k >= words.shape[0]:
+                return -1
+            acc |= _U64(words[k]) << _U64(32 - n_acc)
+            k += 1
+            n_acc += 32
+        e = table[np.int64(acc >> shift)]
+        if e != 0:
+            ln = np.int64(e & 31)
+            out[i] = e >> 5
+        else:
+            ln = 0
+            for bits in range(table_bits + 1, max_length + 1):
+                c = np.int64(acc >> _U64(64 - bits)) - first[bits]
+                if 0 <= c < count[bits]:
+                    out[i] = symbols[offset[bits] + c]
+                    ln = bits
+                    break
+            if ln == 0:
+                return -1
+        acc <<= _U64(ln)
+        n_acc -= ln
+    return 32 * k - n_acc
 
 
 def decode_symbols(data: bytes, lengths: np.ndarray, count: int) -> np.ndarray:
@@ -375,7 +361,7 @@ def decode_symbols(data: bytes, lengths: np.ndarray, count: int) -> np.ndarray:
     if not lengths.any():
         raise ValueError("no symbol has a code")
     n_bits = 8 * len(data)
-    end = _decode_kernel(bit_words(data), n_bits, out, *decode_table(lengths))
+    end = _decode_kernel(stream_words(data), out, *decode_table(lengths))
     if end < 0 or end > n_bits:
         raise ValueError("the data ends before the last symbol, or holds an invalid code")
     if (end + 7) // 8 != len(data):

@@ -53,7 +53,7 @@ _LLOYD_MAX_ITER = 2000
 _AUTO_GROUPS_PER_K = 4
 _AUTO_REFINE = 4
 _AUTO_TAU_DIV = 64.0
-_AUTO_BAND = 4
+_AUTO_BAND = 8
 _AUTO_MAX_RECENTRE = 20
 
 
@@ -355,24 +355,28 @@ def _lloyd_weighted(u, w, s, c, max_iter):
 
 
 @numba.njit(**NJIT)
-def _assign_nearest(values, mids, table, base, scale, first, codes):
+def _assign_nearest(values, mids, table, sure, base, scale, first, codes):
     """codes[i] = first[number of midpoints strictly below values[i]]: the nearest centroid.
 
-    ``table[g]`` is a guess of that count for values in cell g of a uniform grid over the
-    midpoints (``g = (v - base) * scale``); a short walk either way makes it exact whatever
-    the guess, so rounding in the cell index cannot give a wrong code.
+    A uniform grid starts at ``base`` (at or below every value); a value falls in cell
+    ``g = (v - base) * scale``. ``table[g]`` counts the midpoints below the cell's left edge;
+    ``sure[g]`` is that count when no midpoint lies in the cell or its two neighbours (so a
+    rounding error in g cannot matter), else -1 and the count is walked to from ``table[g]``.
     """
     nm = mids.size
-    last = table.size - 1
+    last = sure.size - 1
     for i in range(values.size):
         v = np.float64(values[i])
-        # Clamped without branches: values outside the grid are common (the outer clusters).
-        f = min(max((v - base) * scale, 0.0), np.float64(last))
-        c = table[np.int64(f)]
-        while c < nm and mids[c] < v:
-            c += 1
-        while c > 0 and mids[c - 1] >= v:
-            c -= 1
+        g = np.int64((v - base) * scale)
+        if g > last:
+            g = last
+        c = sure[g]
+        if c < 0:
+            c = table[g]
+            while c < nm and mids[c] < v:
+                c += 1
+            while c > 0 and mids[c - 1] >= v:
+                c -= 1
         codes[i] = first[c]
 
 
@@ -417,8 +421,13 @@ def _dp_rows_step(k: int, m: int) -> int:
     return max(1, math.isqrt(2 * k))
 
 
-def _finish(values: np.ndarray, centroids64: np.ndarray, k: int, shape: tuple) -> tuple:
-    """Float32 ascending codebook of length k (padded) and nearest-centroid codes."""
+def _finish(
+    values: np.ndarray, centroids64: np.ndarray, k: int, lo: float, hi: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 ascending codebook of length k (padded) and nearest-centroid codes.
+
+    ``lo`` and ``hi`` are the least and greatest value (the range of the lookup grid).
+    """
     cent = centroids64.astype(np.float32)
     cent = np.maximum.accumulate(cent)
     if cent.size < k:
@@ -428,17 +437,19 @@ def _finish(values: np.ndarray, centroids64: np.ndarray, k: int, shape: tuple) -
     uniq, first = np.unique(cent, return_index=True)
     mids = 0.5 * (uniq[:-1].astype(np.float64) + uniq[1:].astype(np.float64))
     codes = np.empty(values.size, dtype=np.uint8 if k <= 256 else np.uint16)
-    cells = max(1024, 4 * k)
-    base = float(mids[0]) if mids.size else 0.0
-    span = float(mids[-1]) - base if mids.size else 0.0
-    scale = cells / span if span > 0.0 else 0.0
+    cells = min(max(4096, 64 * k), 1 << 20)
+    scale = cells / (hi - lo) if hi > lo else 0.0
     if scale > 0.0:
-        edges = base + np.arange(cells + 1) / scale
+        edges = lo + np.arange(cells + 1) / scale
     else:
-        edges = np.full(cells + 1, base)
+        edges = np.full(cells + 1, lo)
     table = np.searchsorted(mids, edges, side="left").astype(np.int64)
-    _assign_nearest(values.reshape(-1), mids, table, base, scale, first, codes)
-    return cent, codes.reshape(shape)
+    before = table[np.maximum(np.arange(cells) - 1, 0)]
+    after = table[np.minimum(np.arange(cells) + 2, cells)]
+    sure = np.where(before == after, table[:-1], -1)
+    sure[-1] = -1  # where the top value lands when rounding carries it past the last edge
+    _assign_nearest(values.reshape(-1), mids, table, sure, float(lo), scale, first, codes)
+    return cent, codes.reshape(values.shape)
 
 
 class _Distinct:
@@ -570,8 +581,9 @@ def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.n
     x = np.sort(arr.reshape(-1))
     _check_sorted(x)
     center = float(x[x.size // 2])
-    if x[0] == x[-1]:
-        return _finish(arr, np.array([float(x[0])]), kk, arr.shape)
+    lo, hi = float(x[0]), float(x[-1])
+    if lo == hi:
+        return _finish(arr, np.array([lo]), kk, lo, hi)
     d = _Distinct(x, center)
     if method == "optimal":
         c = _optimal(d, kk)
@@ -579,7 +591,7 @@ def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.n
         c = _lloyd(d, kk)
     else:
         c = _auto(d, kk)
-    return _finish(arr, c + center, kk, arr.shape)
+    return _finish(arr, c + center, kk, lo, hi)
 
 
 def _run_costs(w: np.ndarray, s: np.ndarray, q: np.ndarray, t: np.ndarray) -> np.ndarray:

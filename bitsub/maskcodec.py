@@ -9,8 +9,13 @@ the smallest of several symbol schemes, each Huffman-coded with a canonical code
 - ``bytes``: 8-bit blocks, 256 symbols; close to the entropy for densities near 1/2.
 - ``runs1`` / ``runs0``: the runs of the majority value between two occurrences of the minority
   value (1 for ``runs1``, 0 for ``runs0``). Symbol s < M-1 is "s majority bits then one minority
-  bit"; symbol M-1 is "M-1 majority bits" (an escape for long runs). A virtual minority bit ends
-  every segment. Near the entropy for sparse and dense masks, and small on masks with long runs.
+  bit"; symbol M-1 is "M-1 majority bits" (an escape for long runs). With e extra bits, the
+  symbols count runs in units of 2**e and each non-escape symbol is followed by the run's e low
+  bits as they are (for very sparse masks, whose long runs would need a huge alphabet). A
+  virtual minority bit ends every segment. Near the entropy for sparse and dense masks.
+- ``runs01``: alternating runs (0s, maybe none, then 1s, 0s, ...), one code for the runs of 0s
+  and one for the runs of 1s, escapes as above (lengths stored minus 1, but for the first run).
+  For clustered masks (rows, blocks or channels pruned together).
 
 With a `context` (for example the union of earlier tasks' masks), the positions where the context
 is 0 and those where it is 1 are coded as two separate streams, each by its own best scheme.
@@ -21,7 +26,10 @@ Byte format, version 1 (integers are LEB128 varints unless a width is given)::
     [context checksum: crc32 of the packed context, u32 little-endian]
     stream, once (no context) or twice (context 0 positions, then context 1 positions):
         scheme u8
-        runs: M varint | code lengths | segments u8 | payload length varint per segment | payloads
+        runs1, runs0: extra bits u8 | M varint | code lengths | segments u8 | payload length
+            per segment | payloads
+        runs01: M0 varint | code lengths | M1 varint | code lengths | segments u8 | payload
+            length per segment | payloads
         bytes: code lengths (256 symbols) | segments u8 | payload length per segment | payloads
         raw: ceil(n / 8) bytes, positions in little-endian bit order
     crc32 of everything before it, u32 little-endian
@@ -29,7 +37,12 @@ Byte format, version 1 (integers are LEB128 varints unless a width is given)::
 Code lengths are bit-packed MSB-first, each as its difference d from the previous one
 ("0": d = 0, "10": d = +1, "110": d = -1, "111" + 5 bits: the length itself), zero padded to a
 byte. Each segment is an independent Huffman bit stream (MSB-first, zero padded) over an equal
-share of the positions (runs) or bytes (bytes); several segments let the decoder interleave them.
+share of the positions (runs) or bytes (bytes); two segments (streams of 2**15 positions or
+bytes and more) let the decoder interleave them.
+
+Decoders check the structure before they index (declared sizes against the data, code lengths
+against the Kraft equality, every run against the mask's end) and then the checksum, so any bytes
+that are not an encoding raise `FormatError`.
 """
 
 from __future__ import annotations
@@ -40,6 +53,12 @@ import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import trailing_zeros
 
+if numba.config.DISABLE_JIT:  # the intrinsic only exists compiled
+
+    def trailing_zeros(x):  # noqa: D103
+        return (int(x) & -int(x)).bit_length() - 1
+
+
 from bitsub._config import NJIT
 from bitsub.errors import FormatError
 from bitsub.huffman import (
@@ -48,6 +67,7 @@ from bitsub.huffman import (
     canonical_codes,
     check_code_lengths,
     code_lengths,
+    stream_words,
 )
 from bitsub.huffman import decode_table as _decode_table
 
@@ -59,6 +79,8 @@ VERSION = 1
 MAX_POSITIONS = 1 << 32
 # Largest runs alphabet (M); also the longest run one symbol covers is M - 1.
 MAX_RUN_SYMBOLS = 4096
+# Most low bits of a run sent as they are (runs1 / runs0).
+MAX_EXTRA_BITS = 24
 _FLAG_CONTEXT = 1
 
 ZEROS, ONES, RAW, BYTES, RUNS1, RUNS0, RUNS01 = range(7)
@@ -298,12 +320,12 @@ def _find_runs(words, n, invert, seg_ends, n_marks, hist_size):
 
 
 @numba.njit(**NJIT)
-def _encode_runs_kernel(runs, seg_runs, codes, lengths, esc, out, seg_bits):
+def _encode_runs_kernel(runs, seg_runs, codes, lengths, esc, extra, out, seg_bits):
     """Huffman-code the runs of every segment into `out` (uint32 words, MSB-first).
 
-    A run r is written as r // esc escape symbols (symbol esc) and the symbol r % esc. Each
-    segment's runs (ending at index seg_runs[j]) start on a fresh word; its bit count goes to
-    seg_bits[j].
+    A run r is written as its high part q = r >> extra, as q // esc escape symbols (symbol esc)
+    and the symbol q % esc, followed by its `extra` low bits as they are. Each segment's runs
+    (ending at index seg_runs[j]) start on a fresh word; its bit count goes to seg_bits[j].
     """
     acc = _U64(0)
     n_acc = 0
@@ -311,12 +333,14 @@ def _encode_runs_kernel(runs, seg_runs, codes, lengths, esc, out, seg_bits):
     n_bits = 0
     esc_code = _U64(codes[esc])
     esc_len = np.int64(lengths[esc])
+    low_mask = (np.int64(1) << extra) - 1
     start = 0
     for seg in range(seg_runs.shape[0]):
         for i in range(start, seg_runs[seg]):
             r = np.int64(runs[i])
-            while r >= esc:
-                r -= esc
+            q = r >> extra
+            while q >= esc:
+                q -= esc
                 acc = (acc << _U64(esc_len)) | esc_code
                 n_acc += esc_len
                 n_bits += esc_len
@@ -324,8 +348,8 @@ def _encode_runs_kernel(runs, seg_runs, codes, lengths, esc, out, seg_bits):
                 n_acc &= 31
                 out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
                 k += f
-            ln = np.int64(lengths[r])
-            acc = (acc << _U64(ln)) | _U64(codes[r])
+            ln = np.int64(lengths[q])
+            acc = (acc << _U64(ln)) | _U64(codes[q])
             n_acc += ln
             n_bits += ln
             # Branch-free flush: always store the top word, advance only when it is full.
@@ -333,6 +357,14 @@ def _encode_runs_kernel(runs, seg_runs, codes, lengths, esc, out, seg_bits):
             n_acc &= 31
             out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
             k += f
+            if extra > 0:
+                acc = (acc << _U64(extra)) | _U64(r & low_mask)
+                n_acc += extra
+                n_bits += extra
+                f = n_acc >> 5
+                n_acc &= 31
+                out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+                k += f
         start = seg_runs[seg]
         if n_acc > 0:
             out[k] = np.uint32((acc << _U64(32 - n_acc)) & _U64(0xFFFFFFFF))
@@ -367,21 +399,14 @@ def _encode_bytes_kernel(symbols, codes, lengths, out):
 # --------------------------------------------------------------------------- kernels: decode
 
 
-def _payload_words(payload: bytes) -> np.ndarray:
-    """An MSB-first byte stream as native uint32 words, with two zero words of padding."""
-    n_words = (len(payload) + 3) // 4 + 2
-    buf = np.zeros(n_words * 4, dtype=np.uint8)
-    buf[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
-    return buf.view(">u4").astype(np.uint32)
-
-
-def _pair_table(table: np.ndarray, table_bits: int, esc: int) -> np.ndarray:
+def _pair_table(table: np.ndarray, table_bits: int, esc: int, pairs: bool) -> np.ndarray:
     """Two-symbol look-up table for the runs decoder, from a one-symbol `decode_table` table.
 
     Entry for the next `table_bits` bits: ``total | len1 << 5 | s1 << 10 | adv2 << 22`` where s1
     is the first symbol (of length len1) and, when a second non-escape symbol s2 also fits in the
     bits, adv2 = s2 + 1 and total = len1 + its length; otherwise adv2 = 0 and total = len1.
-    0 marks a first code longer than `table_bits`.
+    0 marks a first code longer than `table_bits`. No pairs unless `pairs` (extra bits follow
+    each run otherwise).
     """
     t = table.astype(np.int64)
     len1 = t & 31
@@ -391,6 +416,7 @@ def _pair_table(table: np.ndarray, table_bits: int, esc: int) -> np.ndarray:
     len2 = nxt & 31
     s2 = nxt >> 5
     pair = (len1 > 0) & (len2 > 0) & (len1 + len2 <= table_bits) & (s1 != esc) & (s2 != esc)
+    pair &= pairs
     total = np.where(pair, len1 + len2, len1)
     adv2 = np.where(pair, s2 + 1, 0)
     return np.where(len1 > 0, total | len1 << 5 | s1 << 10 | adv2 << 22, 0)
@@ -398,16 +424,17 @@ def _pair_table(table: np.ndarray, table_bits: int, esc: int) -> np.ndarray:
 
 @numba.njit(**NJIT)
 def _decode_runs_kernel(
-    w0, start0, stop0, w1, start1, stop1, two, out, value, esc, pairs, table_bits, max_length,
-    first, count, offset, symbols,
+    w0, start0, stop0, w1, start1, stop1, two, out, value, esc, extra, pairs, table_bits,
+    max_length, first, count, offset, symbols,
 ):
     """Decode one or two runs segments, interleaved, into out (pre-filled with the majority).
 
     Two independent bit streams let the CPU overlap their table look-ups, and each look-up in
-    `pairs` (see `_pair_table`) yields up to two runs. Returns the bits read from each stream, or
-    a negative error code in the first slot.
+    `pairs` (see `_pair_table`) yields up to two runs when `extra` is 0. Returns the bits read
+    from each stream, or a negative error code in the first slot.
     """
     shift = _U64(64 - table_bits)
+    esc_span = esc << extra
     acc0 = _U64(0)
     n0 = 0
     k0 = 0
@@ -446,16 +473,33 @@ def _decode_runs_kernel(
                 total = ln
                 adv2 = 0
             if s == esc:
-                pos0 += esc
+                pos0 += esc_span
                 if pos0 > stop0:
                     return _ERR_RUN, 0
+                consume = ln
             else:
+                if extra > 0:
+                    acc0 <<= _U64(ln)
+                    n0 -= ln
+                    if n0 < extra:
+                        if k0 >= w0.shape[0]:
+                            return _ERR_OVERRUN, 0
+                        acc0 |= _U64(w0[k0]) << _U64(32 - n0)
+                        k0 += 1
+                        n0 += 32
+                    s = (s << extra) | np.int64(acc0 >> _U64(64 - extra))
+                    acc0 <<= _U64(extra)
+                    n0 -= extra
+                    consume = 0
+                    ln = 0
+                else:
+                    consume = total
                 pos0 += s
                 if pos0 >= stop0:
                     if pos0 > stop0:
                         return _ERR_RUN, 0
                     done0 = True
-                    total = ln
+                    consume = ln
                 else:
                     out[pos0] = value
                     pos0 += 1 + adv2
@@ -466,8 +510,8 @@ def _decode_runs_kernel(
                     else:
                         # adv2 = 0 rewrites the bit just written; no branch on the pair.
                         out[pos0 - 1] = value
-            acc0 <<= _U64(total)
-            n0 -= total
+            acc0 <<= _U64(consume)
+            n0 -= consume
         if not done1:
             if n1 < 32:
                 if k1 >= w1.shape[0]:
@@ -495,16 +539,33 @@ def _decode_runs_kernel(
                 total = ln
                 adv2 = 0
             if s == esc:
-                pos1 += esc
+                pos1 += esc_span
                 if pos1 > stop1:
                     return _ERR_RUN, 0
+                consume = ln
             else:
+                if extra > 0:
+                    acc1 <<= _U64(ln)
+                    n1 -= ln
+                    if n1 < extra:
+                        if k1 >= w1.shape[0]:
+                            return _ERR_OVERRUN, 0
+                        acc1 |= _U64(w1[k1]) << _U64(32 - n1)
+                        k1 += 1
+                        n1 += 32
+                    s = (s << extra) | np.int64(acc1 >> _U64(64 - extra))
+                    acc1 <<= _U64(extra)
+                    n1 -= extra
+                    consume = 0
+                    ln = 0
+                else:
+                    consume = total
                 pos1 += s
                 if pos1 >= stop1:
                     if pos1 > stop1:
                         return _ERR_RUN, 0
                     done1 = True
-                    total = ln
+                    consume = ln
                 else:
                     out[pos1] = value
                     pos1 += 1 + adv2
@@ -513,9 +574,10 @@ def _decode_runs_kernel(
                             return _ERR_RUN, 0
                         done1 = True
                     else:
+                        # adv2 = 0 rewrites the bit just written; no branch on the pair.
                         out[pos1 - 1] = value
-            acc1 <<= _U64(total)
-            n1 -= total
+            acc1 <<= _U64(consume)
+            n1 -= consume
     return 32 * k0 - n0, 32 * k1 - n1
 
 
@@ -591,7 +653,10 @@ def _popcount64(x):
     x = x - ((x >> _U64(1)) & _U64(0x5555555555555555))
     x = (x & _U64(0x3333333333333333)) + ((x >> _U64(2)) & _U64(0x3333333333333333))
     x = (x + (x >> _U64(4))) & _U64(0x0F0F0F0F0F0F0F0F)
-    return np.int64((x * _U64(0x0101010101010101)) >> _U64(56))
+    x += x >> _U64(8)
+    x += x >> _U64(16)
+    x += x >> _U64(32)
+    return np.int64(x & _U64(0x7F))
 
 
 @numba.njit(**NJIT)
@@ -772,8 +837,7 @@ def _decode_alt_kernel(
             if pos0 + r + (off0 if is_esc else 0) > stop0:
                 return _ERR_RUN, 0
             if par0 == 1:
-                for i in range(pos0, pos0 + r):
-                    out[i] = True
+                out[pos0 : pos0 + r] = True
             pos0 += r
             if not is_esc:
                 if pos0 == stop0:
@@ -809,8 +873,7 @@ def _decode_alt_kernel(
             if pos1 + r + (off1 if is_esc else 0) > stop1:
                 return _ERR_RUN, 0
             if par1 == 1:
-                for i in range(pos1, pos1 + r):
-                    out[i] = True
+                out[pos1 : pos1 + r] = True
             pos1 += r
             if not is_esc:
                 if pos1 == stop1:
@@ -863,28 +926,49 @@ class _Plan:
         self.__dict__.update(kw)
 
 
-def _choose_run_code(hist: np.ndarray, big_runs: np.ndarray):
-    """Best alphabet size M for a runs code: (size in bytes, M, lengths, counts).
+def _choose_run_code(hist: np.ndarray, big_runs: np.ndarray, extra_bits=(0,)):
+    """Best runs code: (size in bytes, M, lengths, counts, extra bits).
 
-    `hist[v]` counts the run values v < len(hist); `big_runs` lists the others. The size
-    counts the code-length table, the payload bits and the M varint.
+    `hist[v]` counts the run values v < len(hist); `big_runs` lists the others. A run is coded
+    as its high part (run >> extra, by a Huffman code of M symbols, the last an escape) and its
+    `extra` low bits as they are; the choice is over M and over `extra_bits`. The size counts
+    the code-length table, the payload bits and the M varint.
     """
     used = np.flatnonzero(hist)
-    max_run = max(int(big_runs.max(initial=0)), int(used[-1]) if used.size else 0)
-    candidates = {min(max_run + 2, MAX_RUN_SYMBOLS)}
-    m = 4
-    while m <= MAX_RUN_SYMBOLS and m < max_run + 2:
-        candidates.add(m)
-        m *= 2
+    hist = hist[: (int(used[-1]) + 1 if used.size else 0)]
+    n_runs = int(hist.sum()) + big_runs.size
+    values = np.arange(hist.size)
+    # Estimate each candidate from the entropy (lengths ~ -log2 p), then build the exact code
+    # for the two best estimates only.
+    estimates = []
+    for extra in sorted(set(extra_bits)):
+        q_hist = np.bincount(values >> extra, weights=hist).astype(np.int64)
+        q_big = big_runs >> extra
+        max_q = max(int(q_big.max(initial=0)), q_hist.size - 1)
+        candidates = {min(max_q + 2, MAX_RUN_SYMBOLS)}
+        m = 4
+        while m <= MAX_RUN_SYMBOLS and m < max_q + 2:
+            candidates.add(m)
+            m *= 2
+        for m in sorted(candidates):
+            counts = _run_symbol_counts(q_hist, q_big, m)
+            total = int(counts.sum())
+            nonzero = counts > 0
+            info = np.zeros(m)
+            info[nonzero] = np.log2(total / counts[nonzero])
+            approx = np.where(nonzero, np.clip(np.rint(info), 1, MAX_CODE_LENGTH), 0)
+            est = (float(np.dot(counts, info)) + _length_table_bits(approx)) / 8
+            est += extra * n_runs / 8
+            # Fewer symbols code and decode faster: a byte of size buys 2048 fewer symbols.
+            estimates.append((est + total / 2048, m, counts, extra))
+    estimates.sort(key=lambda e: e[0])
     best = None
-    for m in sorted(candidates):
-        counts = _run_symbol_counts(hist, big_runs, m)
+    for _, m, counts, extra in estimates[:2]:
         size, lengths = _huffman_cost(counts)
-        size += len(_varint(m))
-        # Fewer symbols code and decode faster: a byte of size buys 2048 fewer symbols.
+        size += len(_varint(m)) + (extra * n_runs + 7) // 8
         score = size + int(counts.sum()) / 2048
         if best is None or score < best[0]:
-            best = (score, size, m, lengths, counts)
+            best = (score, size, m, lengths, counts, extra)
     return best[1:]
 
 
@@ -911,21 +995,6 @@ def _plan_stream(bits: np.ndarray) -> _Plan:
     words = words.view("<u8")
     n_seg = _segments(n)
     bounds = _bounds(n, n_seg)
-    # Runs of the majority pay off on skewed densities and on structure beyond 8-bit blocks;
-    # on i.i.d. masks of density near 1/2 they cannot, so we skip the scan there.
-    if p <= 0.3 or 8 * best.size < 0.97 * h_bits:
-        invert = ones > n - ones
-        runs, rhist, seg_runs = _find_runs(
-            words, n, invert, bounds[1:], minority, MAX_RUN_SYMBOLS + 1
-        )
-        big_runs = runs[runs >= MAX_RUN_SYMBOLS].astype(np.int64) if rhist[-1] else runs[:0]
-        size, m, lengths, counts = _choose_run_code(rhist[:-1], big_runs)
-        size += 2 + 3 * n_seg
-        if size < best.size:
-            best = _Plan(
-                RUNS0 if invert else RUNS1, size, runs=runs, seg_runs=seg_runs, m=m,
-                lengths=lengths, counts=counts,
-            )
     # Alternating runs pay off on clustered masks: far fewer changes of value than an i.i.d.
     # mask of the same density would have.
     transitions = _count_transitions(words, n)
@@ -933,10 +1002,31 @@ def _plan_stream(bits: np.ndarray) -> _Plan:
         values, ahist, big, n_big, seg_runs = _find_alt_runs(
             words, bounds, transitions, MAX_RUN_SYMBOLS + 1
         )
-        codes = [_choose_run_code(ahist[par, :-1], big[par, : n_big[par]]) for par in (0, 1)]
+        codes = [
+            _choose_run_code(ahist[par, :-1], big[par, : n_big[par]])[:4] for par in (0, 1)
+        ]
         size = codes[0][0] + codes[1][0] + 2 + 3 * n_seg
         if size < best.size:
             best = _Plan(RUNS01, size, values=values, seg_runs=seg_runs, codes=codes)
+    # Runs of the majority pay off on skewed densities and on structure beyond 8-bit blocks;
+    # on i.i.d. masks of density near 1/2 they cannot, so we skip the scan there. They code
+    # each minority bit with at least one bit: skip them too when that is already too much.
+    if (p <= 0.3 or 8 * best.size < 0.97 * h_bits) and (minority + n_seg) // 8 < best.size:
+        invert = ones > n - ones
+        runs, rhist, seg_runs = _find_runs(
+            words, n, invert, bounds[1:], minority, MAX_RUN_SYMBOLS + 1
+        )
+        big_runs = runs[runs >= MAX_RUN_SYMBOLS].astype(np.int64) if rhist[-1] else runs[:0]
+        # Low bits sent as they are suit long runs: try up to log2 of the mean run.
+        top = int(np.log2(max((n - minority) / (minority + n_seg), 1.0)))
+        extra_bits = {0, *range(max(top - 3, 0), min(top, MAX_EXTRA_BITS) + 1)}
+        size, m, lengths, counts, extra = _choose_run_code(rhist[:-1], big_runs, extra_bits)
+        size += 3 + 3 * n_seg
+        if size < best.size:
+            best = _Plan(
+                RUNS0 if invert else RUNS1, size, runs=runs, seg_runs=seg_runs, m=m,
+                lengths=lengths, counts=counts, extra=extra,
+            )
     return best
 
 
@@ -970,6 +1060,7 @@ def _write_stream(plan: _Plan) -> bytes:
             payloads.append(words.astype(">u4").tobytes()[: (n_bits + 7) // 8])
         out += [_varint(len(p)) for p in payloads] + payloads
     elif scheme in (RUNS0, RUNS1):
+        out.append(bytes([plan.extra]))
         out.append(_varint(plan.m))
         out.append(_write_length_table(plan.lengths))
         codes = canonical_codes(plan.lengths)
@@ -977,10 +1068,11 @@ def _write_stream(plan: _Plan) -> bytes:
         n_seg = plan.seg_runs.size
         out.append(bytes([n_seg]))
         total_bits = int(np.dot(plan.counts, plan.lengths.astype(np.int64)))
+        total_bits += plan.extra * plan.runs.size
         words = np.zeros(total_bits // 32 + n_seg + 2, dtype=np.uint32)
         seg_bits = np.zeros(n_seg, dtype=np.int64)
         _encode_runs_kernel(
-            plan.runs, plan.seg_runs, codes, lengths8, plan.m - 1, words, seg_bits
+            plan.runs, plan.seg_runs, codes, lengths8, plan.m - 1, plan.extra, words, seg_bits
         )
         payloads = _segment_payloads(words, seg_bits)
         out += [_varint(len(p)) for p in payloads] + payloads
@@ -1028,6 +1120,15 @@ def _check_end(end: int, payload: bytes, what: str) -> None:
         raise FormatError(f"corrupt {what}: nonzero padding bits")
 
 
+def _check_coverage(n: int, payloads: list, per_bit: int) -> None:
+    """Refuse, before allocating the mask, payloads too short to cover its n positions."""
+    bits = 8 * sum(len(p) for p in payloads)
+    if n > bits * max(per_bit, 1):
+        raise FormatError(
+            f"corrupt: {bits} payload bits cannot cover the declared {n} positions"
+        )
+
+
 def _parse_stream(reader: _Reader, n: int):
     """Read one stream's header and payloads (validated structure, nothing decoded yet)."""
     scheme = reader.u8("scheme")
@@ -1037,13 +1138,16 @@ def _parse_stream(reader: _Reader, n: int):
         return (scheme, reader.take((n + 7) // 8, "raw payload"))
     if scheme == BYTES:
         lengths = _read_length_table(reader, 256)
-        return (scheme, 0, lengths, _read_segments(reader))
+        return (scheme, 0, lengths, _read_segments(reader), 0)
     if scheme in (RUNS0, RUNS1):
+        extra = reader.u8("extra bits")
+        if extra > MAX_EXTRA_BITS:
+            raise FormatError(f"{extra} extra bits per run, more than {MAX_EXTRA_BITS}")
         m = reader.varint("runs alphabet size", MAX_RUN_SYMBOLS)
         if m < 2:
             raise FormatError(f"runs alphabet size {m} is below 2")
         lengths = _read_length_table(reader, m)
-        return (scheme, m, lengths, _read_segments(reader))
+        return (scheme, m, lengths, _read_segments(reader), extra)
     if scheme == RUNS01:
         codes = []
         for value in (0, 1):
@@ -1059,6 +1163,7 @@ def _decode_alt_stream(parsed, n: int) -> np.ndarray:
     _, codes, payloads = parsed
     if not codes[0][1].any():
         raise FormatError("invalid code-length table: no run of 0s has a code")
+    _check_coverage(n, payloads, max(codes[0][0], codes[1][0]) - 1)
     max_length = max(max(int(lengths.max()), 1) for _, lengths in codes)
     table_bits = min(max_length, TABLE_BITS)
     tables = [_decode_table(lengths, table_bits, max_length) for _, lengths in codes]
@@ -1068,7 +1173,7 @@ def _decode_alt_stream(parsed, n: int) -> np.ndarray:
         symbols[par, : t[6].size] = t[6]
     stacked = [np.stack([t[i] for t in tables]) for i in (0, 3, 4, 5)]
     esc = np.array([codes[0][0] - 1, codes[1][0] - 1], dtype=np.int64)
-    words = [_payload_words(p) for p in payloads]
+    words = [stream_words(p) for p in payloads]
     two = len(payloads) == 2
     if not two:
         words.append(words[0])
@@ -1099,11 +1204,14 @@ def _decode_stream(parsed, n: int) -> np.ndarray:
         return np.unpackbits(payload, count=n, bitorder="little").view(np.bool_)
     if scheme == RUNS01:
         return _decode_alt_stream(parsed, n)
-    _, m, lengths, payloads = parsed
+    _, m, lengths, payloads, extra = parsed
     if not lengths.any():
         raise FormatError("invalid code-length table: no symbol has a code")
+    # Every symbol takes at least one bit and covers at most 8 positions (bytes) or
+    # (M-1) << extra (runs).
+    _check_coverage(n + len(payloads), payloads, 8 if scheme == BYTES else (m - 1) << extra)
     table = _decode_table(lengths)
-    words = [_payload_words(p) for p in payloads]
+    words = [stream_words(p) for p in payloads]
     two = len(payloads) == 2
     if not two:
         words.append(words[0])
@@ -1119,10 +1227,10 @@ def _decode_stream(parsed, n: int) -> np.ndarray:
         out = np.zeros(n, dtype=np.bool_) if value else np.ones(n, dtype=np.bool_)
         bounds = _bounds(n, len(payloads))
         stop1 = bounds[2] if two else bounds[1]
-        pairs = _pair_table(table[0], table[1], m - 1)
+        pairs = _pair_table(table[0], table[1], m - 1, extra == 0)
         ends = _decode_runs_kernel(
-            words[0], 0, bounds[1], words[1], bounds[1], stop1, two, out, value, m - 1, pairs,
-            *table[1:],
+            words[0], 0, bounds[1], words[1], bounds[1], stop1, two, out, value, m - 1, extra,
+            pairs, *table[1:],
         )
         what = "runs payload"
     if ends[0] < 0:
@@ -1201,7 +1309,13 @@ def _parse(data, context):
 
     Returns (shape, stream sizes, parsed streams, flat context or None).
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
+    if isinstance(data, np.void):  # h5py's opaque values
+        data = data.tobytes()
+    elif isinstance(data, np.ndarray):
+        if data.dtype not in (np.uint8, np.int8) or data.ndim != 1:
+            raise TypeError(f"data as an array must be 1-D uint8, got {data.dtype} {data.shape}")
+        data = np.ascontiguousarray(data).view(np.uint8)
+    elif not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
     data = memoryview(data)
     if not data.c_contiguous:
@@ -1257,7 +1371,7 @@ def decode_mask(data: bytes, context: np.ndarray | None = None) -> np.ndarray:
 
     Parameters
     ----------
-    data : bytes-like
+    data : bytes, bytearray, memoryview or 1-D uint8 array
         The encoding.
     context : array_like of bool, optional
         The context the mask was encoded with, if any (the same array).

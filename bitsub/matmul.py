@@ -34,7 +34,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from bitsub._config import FASTMATH, NJIT, NJIT_PARALLEL
-from bitsub.plan import LUT_CHUNK, SLICE, Plan
+from bitsub.plan import SLICE, Plan
 
 __all__ = ["BATCH_MIN", "LUT_BATCH_MIN", "PARALLEL_MIN", "TILE_BYTES", "conv2d", "matmul"]
 
@@ -73,6 +73,7 @@ _FAST = set(FASTMATH)
 
 # --------------------------------------------------------------------------- "lut": AVX-512
 
+_UNROLL = 4
 _F32 = ir.FloatType()
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -124,38 +125,107 @@ def _lut_pointers(context, builder, sig, args):
     return codes_ptr, mask_ptr, book_vec, arr_ptr
 
 
+def _splat(builder, scalar):
+    """<16 x i32> with every lane = scalar (an i32)."""
+    v = builder.insert_element(ir.Constant(_V16I, ir.Undefined), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(_V16I, [0] * 16))
+
+
+def _lane_buffer(builder):
+    """A zeroed 16-float stack buffer, as a float pointer and a vector pointer."""
+    buf = cgutils.alloca_once(builder, _V16F)
+    builder.store(ir.Constant(_V16F, [0.0] * 16), buf)
+    return builder.bitcast(buf, _F32.as_pointer()), buf
+
+
 @intrinsic
-def _lut_dot_avx512(typingctx, codes, cbase, mask, mbase, book, x, xbase, n_chunks):
-    """Dot product of one "lut" row with x[xbase : xbase + 16 * n_chunks]."""
-    sig = types.float32(codes, cbase, mask, mbase, book, x, xbase, n_chunks)
+def _lut_dot_avx512(typingctx, codes, cbase, mask, mbase, book, x, xbase, n_full, tail):
+    """Dot product of one "lut" row with x[xbase : xbase + 16 * n_full + tail]."""
+    sig = types.float32(codes, cbase, mask, mbase, book, x, xbase, n_full, tail)
 
     def codegen(context, builder, signature, args):
         codes_ptr, mask_ptr, book_vec, x_ptr = _lut_pointers(context, builder, signature, args)
-        acc = cgutils.alloca_once(builder, _V16F)
-        builder.store(ir.Constant(_V16F, [0.0] * 16), acc)
-        with cgutils.for_range(builder, args[7]) as loop:
-            c = loop.index
+        n_full_v, tail_v = args[7], args[8]
+        zero = ir.Constant(_V16F, [0.0] * 16)
+        accs = [cgutils.alloca_once(builder, _V16F) for _ in range(_UNROLL)]
+        for a in accs:
+            builder.store(zero, a)
+        acc = accs[0]
+
+        def step(c, a):
             w = _chunk_weights(builder, book_vec, codes_ptr, mask_ptr, c)
             xp = builder.gep(x_ptr, [builder.mul(c, ir.Constant(_I64, 16))])
             xv = builder.load(builder.bitcast(xp, _V16F.as_pointer()), align=4)
-            builder.store(builder.fadd(builder.load(acc), builder.fmul(w, xv)), acc)
+            builder.store(builder.fadd(builder.load(a), builder.fmul(w, xv)), a)
+
+        # _UNROLL independent accumulators hide the latency of the adds.
+        groups = builder.udiv(n_full_v, ir.Constant(_I64, _UNROLL))
+        with cgutils.for_range(builder, groups) as loop:
+            c0 = builder.mul(loop.index, ir.Constant(_I64, _UNROLL))
+            for u, a in enumerate(accs):
+                step(builder.add(c0, ir.Constant(_I64, u)), a)
+        done = builder.mul(groups, ir.Constant(_I64, _UNROLL))
+        with cgutils.for_range(builder, builder.sub(n_full_v, done)) as loop:
+            step(builder.add(done, loop.index), acc)
+        for a in accs[1:]:
+            builder.store(builder.fadd(builder.load(acc), builder.load(a)), acc)
+        # The partial last chunk, never reading past x: with a full chunk before it, load the
+        # row's last 16 inputs and rotate the tail down to lanes 0..tail-1 (in registers);
+        # otherwise copy the few inputs to a zeroed buffer.
+        has_tail = builder.icmp_signed(">", tail_v, ir.Constant(_I64, 0))
+        with builder.if_then(has_tail):
+            tail_x = cgutils.alloca_once(builder, _V16F)
+            has_full = builder.icmp_signed(">", n_full_v, ir.Constant(_I64, 0))
+            with builder.if_else(has_full) as (then, otherwise):
+                with then:
+                    start = builder.sub(builder.add(builder.mul(n_full_v, ir.Constant(_I64, 16)),
+                                                    tail_v), ir.Constant(_I64, 16))
+                    last = builder.load(builder.bitcast(builder.gep(x_ptr, [start]),
+                                                        _V16F.as_pointer()), align=4)
+                    t32 = builder.trunc(tail_v, _I32)
+                    iota = ir.Constant(_V16I, list(range(16)))
+                    shift = _splat(builder, builder.sub(ir.Constant(_I32, 16), t32))
+                    idx = builder.and_(builder.add(iota, shift), ir.Constant(_V16I, [15] * 16))
+                    rotated = builder.call(_permvar(builder), [last, idx])
+                    lanes = builder.icmp_unsigned("<", iota, _splat(builder, t32))
+                    builder.store(builder.select(lanes, rotated, ir.Constant(_V16F, [0.0] * 16)),
+                                  tail_x)
+                with otherwise:
+                    fbuf, vbuf = _lane_buffer(builder)
+                    with cgutils.for_range(builder, tail_v) as loop:
+                        j = loop.index
+                        builder.store(builder.load(builder.gep(x_ptr, [j])),
+                                      builder.gep(fbuf, [j]))
+                    builder.store(builder.load(vbuf), tail_x)
+            w = _chunk_weights(builder, book_vec, codes_ptr, mask_ptr, n_full_v)
+            builder.store(builder.fadd(builder.load(acc), builder.fmul(w, builder.load(tail_x))),
+                          acc)
         return _hsum(builder, builder.load(acc))
 
     return sig, codegen
 
 
 @intrinsic
-def _lut_decode_avx512(typingctx, codes, cbase, mask, mbase, book, out, obase, n_chunks):
-    """Write one "lut" row's 16 * n_chunks weights to out[obase:]."""
-    sig = types.void(codes, cbase, mask, mbase, book, out, obase, n_chunks)
+def _lut_decode_avx512(typingctx, codes, cbase, mask, mbase, book, out, obase, n_full, tail):
+    """Write one "lut" row's 16 * n_full + tail weights to out[obase:]."""
+    sig = types.void(codes, cbase, mask, mbase, book, out, obase, n_full, tail)
 
     def codegen(context, builder, signature, args):
         codes_ptr, mask_ptr, book_vec, out_ptr = _lut_pointers(context, builder, signature, args)
-        with cgutils.for_range(builder, args[7]) as loop:
+        n_full_v, tail_v = args[7], args[8]
+        with cgutils.for_range(builder, n_full_v) as loop:
             c = loop.index
             w = _chunk_weights(builder, book_vec, codes_ptr, mask_ptr, c)
             op = builder.gep(out_ptr, [builder.mul(c, ir.Constant(_I64, 16))])
             builder.store(w, builder.bitcast(op, _V16F.as_pointer()), align=4)
+        has_tail = builder.icmp_signed(">", tail_v, ir.Constant(_I64, 0))
+        with builder.if_then(has_tail):
+            fbuf, vbuf = _lane_buffer(builder)
+            builder.store(_chunk_weights(builder, book_vec, codes_ptr, mask_ptr, n_full_v), vbuf)
+            out_tail = builder.gep(out_ptr, [builder.mul(n_full_v, ir.Constant(_I64, 16))])
+            with cgutils.for_range(builder, tail_v) as loop:
+                j = loop.index
+                builder.store(builder.load(builder.gep(fbuf, [j])), builder.gep(out_tail, [j]))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -165,40 +235,57 @@ def _lut_decode_avx512(typingctx, codes, cbase, mask, mbase, book, out, obase, n
 
 
 @numba.njit(**NJIT)
-def _lut_dot_portable(codes, cbase, mask, mbase, book, x, xbase, n_chunks):  # pragma: no cover
+def _lut_dot_cols(codes, cbase, mask, mbase, book, x, xbase, c0, n_cols):  # pragma: no cover
+    """Dot product over n_cols columns of one "lut" row from chunk c0 on, one at a time."""
     acc = np.float32(0.0)
-    for c in range(n_chunks):
-        m = mask[mbase + c]
-        for p in range(16):
-            byte = codes[cbase + 8 * c + (p & 7)]
-            code = (np.int64(byte) >> (4 * (p >> 3))) & 15
-            w = book[code] if (m >> p) & 1 else np.float32(0.0)
-            acc += w * x[xbase + 16 * c + p]
+    for j in range(n_cols):
+        c = c0 + (j >> 4)
+        p = j & 15
+        byte = codes[cbase + 8 * c + (p & 7)]
+        code = (np.int64(byte) >> (4 * (p >> 3))) & 15
+        w = book[code] if (mask[mbase + c] >> p) & 1 else np.float32(0.0)
+        acc += w * x[xbase + 16 * (c - c0) + p]
     return acc
 
 
 @numba.njit(**NJIT)
-def _lut_decode_portable(codes, cbase, mask, mbase, book, out, obase, n_chunks):  # pragma: no cover
-    for c in range(n_chunks):
-        m = mask[mbase + c]
-        for p in range(16):
-            byte = codes[cbase + 8 * c + (p & 7)]
-            code = (np.int64(byte) >> (4 * (p >> 3))) & 15
-            out[obase + 16 * c + p] = book[code] if (m >> p) & 1 else np.float32(0.0)
+def _lut_decode_cols(codes, cbase, mask, mbase, book, out, obase, c0, n_cols):  # pragma: no cover
+    """Write n_cols weights of one "lut" row, from chunk c0 on, to out[obase:]."""
+    for j in range(n_cols):
+        c = c0 + (j >> 4)
+        p = j & 15
+        byte = codes[cbase + 8 * c + (p & 7)]
+        code = (np.int64(byte) >> (4 * (p >> 3))) & 15
+        out[obase + j] = book[code] if (mask[mbase + c] >> p) & 1 else np.float32(0.0)
+
+
+@numba.njit(**NJIT)
+def _lut_dot_portable(codes, cbase, mask, mbase, book, x, xbase, n_full, tail):  # pragma: no cover
+    return _lut_dot_cols(codes, cbase, mask, mbase, book, x, xbase, 0, 16 * n_full + tail)
+
+
+@numba.njit(**NJIT)
+def _lut_decode_portable(codes, cbase, mask, mbase, book, out, obase, n_full, tail
+                         ):  # pragma: no cover
+    _lut_decode_cols(codes, cbase, mask, mbase, book, out, obase, 0, 16 * n_full + tail)
 
 
 _lut_dot = _lut_dot_avx512 if AVX512 else _lut_dot_portable
 _lut_decode = _lut_decode_avx512 if AVX512 else _lut_decode_portable
 
 
-def _lut_vec_kernel(codes, mask, book, x, n_chunks, y):  # pragma: no cover (njit)
-    n_batch, out = y.shape
-    width = x.shape[1]
+def _lut_vec_kernel(codes, mask, book, x, y, n_in, n_chunks):  # pragma: no cover (njit)
     xf = x.ravel()
+    yf = y.ravel()
+    n_batch = xf.size // n_in
+    out = yf.size // max(1, n_batch)
+    n_full = n_in // 16
+    tail = n_in - 16 * n_full
     for i in prange(out):
+        cb = i * n_chunks * 8
+        mb = i * n_chunks
         for b in range(n_batch):
-            y[b, i] = _lut_dot(codes, i * n_chunks * 8, mask, i * n_chunks, book, xf, b * width,
-                               n_chunks)
+            yf[b * out + i] = _lut_dot(codes, cb, mask, mb, book, xf, b * n_in, n_full, tail)
 
 
 _lut_vec_par = numba.njit(**NJIT_PARALLEL)(_lut_vec_kernel)
@@ -206,12 +293,13 @@ _lut_vec_ser = numba.njit(**_SERIAL)(_lut_vec_kernel)
 
 
 @numba.njit(**NJIT)
-def _lut_decode_rows(codes, mask, book, n_chunks, r0, r1, tile):  # pragma: no cover (njit)
+def _lut_decode_rows(codes, mask, book, n_in, n_chunks, r0, r1, tile):  # pragma: no cover
     flat = tile.ravel()
-    width = n_chunks * 16
+    n_full = n_in // 16
+    tail = n_in - 16 * n_full
     for i in range(r0, r1):
-        _lut_decode(codes, i * n_chunks * 8, mask, i * n_chunks, book, flat, (i - r0) * width,
-                    n_chunks)
+        _lut_decode(codes, i * n_chunks * 8, mask, i * n_chunks, book, flat, (i - r0) * n_in,
+                    n_full, tail)
 
 
 # --------------------------------------------------------------------------- "sell"
@@ -327,23 +415,28 @@ def _padded(x2: np.ndarray, width: int) -> np.ndarray:
     return xp
 
 
-def _run_lut(plan: Plan, x2: np.ndarray) -> np.ndarray:
-    n_batch, out, nc = x2.shape[0], plan.shape[0], plan.n_chunks
-    xp = _padded(x2, nc * LUT_CHUNK)
+def _run_lut(plan: Plan, x: np.ndarray) -> np.ndarray:
+    """Return x @ W.T for a checked x of shape (in,) or (batch, in)."""
+    out, n_in = plan.shape[0], plan.cols_in
+    n_batch = x.shape[0] if x.ndim == 2 else 1
     if n_batch < LUT_BATCH_MIN:
-        y = np.empty((n_batch, out), np.float32)
-        kernel = _lut_vec_par if out * nc * LUT_CHUNK * n_batch >= PARALLEL_MIN else _lut_vec_ser
-        kernel(plan.lut_codes, plan.lut_mask, plan.codebook, xp, nc, y)
+        y = np.empty((n_batch, out) if x.ndim == 2 else out, np.float32)
+        kernel = _lut_vec_par if out * n_in * n_batch >= PARALLEL_MIN else _lut_vec_ser
+        kernel(plan.lut_codes, plan.lut_mask, plan.codebook, x, y, n_in, plan.n_chunks)
         return y
-    yt = np.empty((out, n_batch), np.float32)
-    rows = max(1, min(out, TILE_BYTES // (4 * nc * LUT_CHUNK)))
-    tile = np.empty((rows, nc * LUT_CHUNK), np.float32)
+    rows = max(1, min(out, TILE_BYTES // (4 * n_in)))
+    tile = np.empty((rows, n_in), np.float32)
+    y = np.empty((n_batch, out), np.float32)
     with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf propagate, as in the kernels
         for r0 in range(0, out, rows):
             r1 = min(out, r0 + rows)
-            _lut_decode_rows(plan.lut_codes, plan.lut_mask, plan.codebook, nc, r0, r1, tile)
-            np.matmul(tile[: r1 - r0], xp.T, out=yt[r0:r1])
-    return np.ascontiguousarray(yt.T)
+            _lut_decode_rows(plan.lut_codes, plan.lut_mask, plan.codebook, n_in, plan.n_chunks,
+                             r0, r1, tile)
+            if r1 - r0 == out:
+                np.matmul(x, tile.T, out=y)
+            else:
+                y[:, r0:r1] = x @ tile[: r1 - r0].T
+    return y
 
 
 def _run_sell(plan: Plan, x2: np.ndarray) -> np.ndarray:
@@ -369,6 +462,9 @@ def _run(plan: Plan, x2: np.ndarray) -> np.ndarray:
     if plan.layout == "lut":
         return _run_lut(plan, x2)
     return _run_sell(plan, x2)
+
+
+_NP_F32 = np.dtype(np.float32)
 
 
 # --------------------------------------------------------------------------- checks
@@ -444,11 +540,16 @@ def matmul(plan: Plan, x: np.ndarray) -> np.ndarray:
     -------
     ndarray of float32, (out,) or (batch, out)
     """
-    plan = _check_plan(plan)
-    x = _check_x(x, plan.cols_in)
+    if type(plan) is not Plan:
+        _check_plan(plan)
+    if (type(x) is not np.ndarray or x.dtype != _NP_F32 or x.ndim not in (1, 2)
+            or x.shape[-1] != plan.cols_in or not x.flags.c_contiguous):
+        _check_x(x, plan.cols_in)
+    if plan.layout == "lut":
+        return _run_lut(plan, x)
     if x.ndim == 1:
-        return _run(plan, x.reshape(1, -1))[0]
-    return _run(plan, x)
+        return _run_sell(plan, x.reshape(1, -1))[0]
+    return _run_sell(plan, x)
 
 
 def conv2d(plan: Plan, x: np.ndarray, stride: int = 1, padding: int = 0) -> np.ndarray:

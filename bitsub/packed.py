@@ -103,29 +103,85 @@ class _Task:
 class _PreparedLayer:
     name: str
     mask: np.ndarray  # bool, flat
-    write_pos: np.ndarray  # int64 positions of new fields
-    reuse_pos: np.ndarray  # int64 positions read from earlier tasks
+    write: np.ndarray  # bool, flat: positions of new fields
+    n_write: int
+    n_reuse: int  # positions in mask but not in write
     bits: int
     codebook: np.ndarray | None
-    codes: np.ndarray  # uint32, one per written position
+    codes: np.ndarray  # unsigned ints: one per written position (compact) or per position
+    compact: bool
 
 
 # ------------------------------------------------------------------------------- kernels
 
 
 @numba.njit(**NJIT)
-def _write_fields(words, used, positions, codes, prefix, prefix_bits, bits, word_bits):
+def _write_fields(words, used, write, codes, compact, prefix, prefix_bits, bits, word_bits):
     # Room was checked by the caller for every position: used[i] + prefix_bits + bits <= word_bits.
-    for j in range(positions.size):
-        i = positions[j]
-        s = field_shift(word_bits, used[i], prefix_bits)
-        write_field(words, i, s, prefix_bits, prefix)
-        write_field(words, i, s - bits, bits, codes[j])
-        used[i] = used[i] + prefix_bits + bits
+    # codes holds one code per written position (compact) or one per position.
+    j = 0
+    for i in range(write.size):
+        if write[i]:
+            c = codes[j] if compact else codes[i]
+            s = field_shift(word_bits, used[i], prefix_bits)
+            write_field(words, i, s, prefix_bits, prefix)
+            write_field(words, i, s - bits, bits, c)
+            used[i] = used[i] + prefix_bits + bits
+            j += 1
 
 
-@numba.njit(**NJIT_PARALLEL)
-def _resolve_kernel(words, mask, prefix, prefix_bits, word_bits, bits_by_prefix, task_by_prefix,
+@numba.njit(**NJIT)
+def _max_at(values, where):
+    # Largest values[i] where where[i] (-1 if none), and the number of such positions.
+    top = -1
+    count = 0
+    for i in range(where.size):
+        if where[i]:
+            count += 1
+            v = np.int64(values[i])
+            if v > top:
+                top = v
+    return top, count
+
+
+@numba.njit(**NJIT)
+def _min_at(values, where):
+    low = np.int64(0)
+    for i in range(where.size):
+        if where[i]:
+            v = np.int64(values[i])
+            if v < low:
+                low = v
+    return low
+
+
+@numba.njit(**NJIT)
+def _mask_stats(mask, write):
+    # (positions in write but not in mask, positions in mask but not in write)
+    outside = 0
+    reuse = 0
+    for i in range(mask.size):
+        if write[i] and not mask[i]:
+            outside += 1
+        elif mask[i] and not write[i]:
+            reuse += 1
+    return outside, reuse
+
+
+@numba.njit(**NJIT)
+def _unwritten_reuse(used, mask, write):
+    # Positions in mask but not in write whose word holds no field: (count, first index).
+    count = 0
+    first = -1
+    for i in range(mask.size):
+        if mask[i] and not write[i] and used[i] == 0:
+            if count == 0:
+                first = i
+            count += 1
+    return count, first
+
+
+def _resolve_kernel_py(words, mask, prefix, prefix_bits, word_bits, bits_by_prefix, task_by_prefix,
                     source, codes):
     # Walk each used word's fields from the MSB; keep the latest field whose prefix <= prefix.
     # Prefixes within a word increase (tasks append in order), so stop at the first larger one.
@@ -151,8 +207,7 @@ def _resolve_kernel(words, mask, prefix, prefix_bits, word_bits, bits_by_prefix,
     return missing
 
 
-@numba.njit(**NJIT_PARALLEL)
-def _decode_kernel(source, codes, codes_as_float, table, offsets, raw, out):
+def _decode_kernel_py(source, codes, codes_as_float, table, offsets, raw, out):
     for i in numba.prange(source.size):
         s = source[i]
         if s < 0:
@@ -163,43 +218,100 @@ def _decode_kernel(source, codes, codes_as_float, table, offsets, raw, out):
             out[i] = table[offsets[s] + codes[i]]
 
 
-@numba.njit(**NJIT)
-def _scan_words(words, prefix_bits, word_bits, bits_by_prefix, n_prefixes, limit, used, first,
-                counts):
+def _scan_words_py(words, prefix_bits, word_bits, bits_by_prefix, n_prefixes, limit, used, counts):
     # Structural check of a word array (for loaded files): every field has a known prefix, fits
     # the word, prefixes increase, codes are below limit[prefix] (the codebook size) and the bits
-    # after the last field are zero. Fills used (bits occupied), first (first prefix, 0 = none)
-    # and counts (fields per prefix). Returns the index of the first bad word, or -1.
-    for i in range(words.size):
-        pos = 0
-        last = 0
-        bad = False
-        while pos + prefix_bits <= word_bits:
-            p = np.int64(read_field(words, i, word_bits - pos - prefix_bits, prefix_bits))
-            if p == 0:
+    # after the last field are zero. Fills used (bits occupied per word) and counts (fields per
+    # prefix). Returns the index of a bad word, or -1. Chunks run in parallel.
+    n = words.size
+    n_chunks = min(256, n // 16384 + 1)
+    chunk_counts = np.zeros((n_chunks, counts.size), np.int64)
+    chunk_bad = np.full(n_chunks, -1, np.int64)
+    for c in numba.prange(n_chunks):
+        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            pos = 0
+            last = 0
+            bad = False
+            while pos + prefix_bits <= word_bits:
+                p = np.int64(read_field(words, i, word_bits - pos - prefix_bits, prefix_bits))
+                if p == 0:
+                    break
+                if p > n_prefixes or p <= last:
+                    bad = True
+                    break
+                b = bits_by_prefix[p]
+                if b == 0 or pos + prefix_bits + b > word_bits:
+                    bad = True
+                    break
+                if read_field(words, i, word_bits - pos - prefix_bits - b, b) >= limit[p]:
+                    bad = True
+                    break
+                chunk_counts[c, p] += 1
+                pos += prefix_bits + b
+                last = p
+            rest = word_bits - pos
+            if bad or (rest > 0 and read_field(words, i, 0, rest) != 0):
+                chunk_bad[c] = i
                 break
-            if p > n_prefixes or p <= last:
-                bad = True
-                break
-            b = bits_by_prefix[p]
-            if b == 0 or pos + prefix_bits + b > word_bits:
-                bad = True
-                break
-            if read_field(words, i, word_bits - pos - prefix_bits - b, b) >= limit[p]:
-                bad = True
-                break
-            if last == 0:
-                first[i] = p
-            counts[p] += 1
-            pos += prefix_bits + b
-            last = p
-        if bad:
-            return i
-        rest = word_bits - pos
-        if rest > 0 and read_field(words, i, 0, rest) != 0:
-            return i
-        used[i] = pos
+            used[i] = pos
+    for c in range(n_chunks):
+        if chunk_bad[c] >= 0:
+            return chunk_bad[c]
+    for c in range(n_chunks):
+        for p in range(counts.size):
+            counts[p] += chunk_counts[c, p]
     return -1
+
+
+def _count_orphans_py(packed_mask, words, prefix, prefix_bits, word_bits):
+    # Positions in the mask whose word has no field of a task <= prefix: the first field of a
+    # word sits at the MSB, and prefixes increase along the word.
+    n = words.size
+    orphans = 0
+    for j in numba.prange(packed_mask.size):
+        byte = packed_mask[j]
+        if byte == 0:
+            continue
+        for k in range(8):
+            i = j * 8 + k
+            if i < n and (byte >> (7 - k)) & 1:
+                first = np.int64(read_field(words, i, word_bits - prefix_bits, prefix_bits))
+                if first == 0 or first > prefix:
+                    orphans += 1
+    return orphans
+
+
+# Each scan has a serial and a parallel build: waking a thread pool costs more than a small
+# layer takes, so the public code picks by size (PARALLEL_MIN positions).
+PARALLEL_MIN = 1 << 16
+_resolve_serial = numba.njit(**NJIT)(_resolve_kernel_py)
+_resolve_parallel = numba.njit(**NJIT_PARALLEL)(_resolve_kernel_py)
+_decode_serial = numba.njit(**NJIT)(_decode_kernel_py)
+_decode_parallel = numba.njit(**NJIT_PARALLEL)(_decode_kernel_py)
+_scan_serial = numba.njit(**NJIT)(_scan_words_py)
+_scan_parallel = numba.njit(**NJIT_PARALLEL)(_scan_words_py)
+_orphans_serial = numba.njit(**NJIT)(_count_orphans_py)
+_orphans_parallel = numba.njit(**NJIT_PARALLEL)(_count_orphans_py)
+
+
+def _resolve_kernel(words, *args):
+    fn = _resolve_parallel if words.size >= PARALLEL_MIN else _resolve_serial
+    return fn(words, *args)
+
+
+def _decode_kernel(source, *args):
+    fn = _decode_parallel if source.size >= PARALLEL_MIN else _decode_serial
+    return fn(source, *args)
+
+
+def _scan_words(words, *args):
+    fn = _scan_parallel if words.size >= PARALLEL_MIN else _scan_serial
+    return fn(words, *args)
+
+
+def _count_orphans(packed_mask, words, *args):
+    fn = _orphans_parallel if words.size >= PARALLEL_MIN else _orphans_serial
+    return fn(packed_mask, words, *args)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -435,11 +547,11 @@ class PackedModel:
         task = _Task(bank=target, prefix=prefix, bits={}, fields={}, codebooks={}, masks={},
                      private=priv, encoded_masks={})
         for pl in prepared:
-            if pl.write_pos.size:
-                _write_fields(b.words[pl.name], b.used[pl.name], pl.write_pos,
-                              pl.codes, prefix, self._prefix_bits, pl.bits, self._word_bits)
+            if pl.n_write:
+                _write_fields(b.words[pl.name], b.used[pl.name], pl.write, pl.codes, pl.compact,
+                              prefix, self._prefix_bits, pl.bits, self._word_bits)
             task.bits[pl.name] = pl.bits
-            task.fields[pl.name] = int(pl.write_pos.size)
+            task.fields[pl.name] = pl.n_write
             task.codebooks[pl.name] = pl.codebook
             task.masks[pl.name] = np.packbits(pl.mask)
         b.tasks.append(tid)
@@ -451,11 +563,12 @@ class PackedModel:
         what = f"layer {name!r}"
         mask = _as_bool(tl.mask, shape, f"{what}: mask")
         write = _as_bool(tl.write, shape, f"{what}: write")
-        if (write & ~mask).any():
-            raise ValueError(f"{what}: write must be a subset of mask (write implies mask)")
-        write_pos = np.flatnonzero(write).astype(np.int64)
-        reuse_pos = np.flatnonzero(mask & ~write).astype(np.int64)
-        n = write_pos.size
+        outside, n_reuse = _mask_stats(mask, write)
+        if outside:
+            raise ValueError(f"{what}: write must be a subset of mask (write implies mask); "
+                             f"{outside} written positions are outside the mask")
+        n = int(np.count_nonzero(write))
+        compact = True
         bits = None if tl.bits is None else _check_int(tl.bits, f"{what}: bits")
         codebook = None
         if tl.codebook is not None or tl.codes is not None:
@@ -480,14 +593,24 @@ class PackedModel:
             codes = np.asarray(tl.codes)
             if codes.dtype.kind not in "iu":
                 raise TypeError(f"{what}: codes must be an integer array, got {codes.dtype}")
-            if codes.shape == shape:
-                codes = codes.reshape(-1)[write_pos]
-            elif codes.shape != (n,):
-                raise ValueError(f"{what}: codes must have the layer shape {shape} or one code "
-                                 f"per written position ({n},), got {codes.shape}")
-            if n and (codes.min() < 0 or codes.max() >= k):
+            if codes.shape == shape and codes.dtype.itemsize <= 4:
+                # full layer shape: read in place by the kernels, no gather
+                codes = np.ascontiguousarray(codes).reshape(-1)
+                compact = False
+                low = _min_at(codes, write) if codes.dtype.kind == "i" else 0
+                high = _max_at(codes, write)[0]
+            else:
+                if codes.shape == shape:
+                    codes = np.ascontiguousarray(codes).reshape(-1)[write]
+                elif codes.shape != (n,):
+                    raise ValueError(f"{what}: codes must have the layer shape {shape} or one "
+                                     f"code per written position ({n},), got {codes.shape}")
+                codes = np.ascontiguousarray(codes)
+                low, high = (int(codes.min()), int(codes.max())) if n else (0, 0)
+            if low < 0 or high >= k:
                 raise ValueError(f"{what}: codes must be in 0..{k - 1} (codebook size)")
-            codes = codes.astype(np.uint32)
+            if codes.dtype.itemsize > 4:
+                codes = codes.astype(np.uint32)  # values checked < k <= 2**16 above
         elif tl.values is not None:
             if bits is None:
                 raise ValueError(f"{what}: values need bits (1..{MAX_CODE_BITS}, or 32 for raw)")
@@ -496,16 +619,16 @@ class PackedModel:
                 raise TypeError(f"{what}: values must be a float array, got {values.dtype}")
             if values.shape != shape:
                 raise ValueError(f"{what}: values have shape {values.shape}, expected {shape}")
-            chosen = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)[write_pos]
+            chosen = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)[write]
             if bits == RAW_BITS:
-                codes = chosen.view(np.uint32).copy()
+                codes = chosen.view(np.uint32)
             elif 1 <= bits <= MAX_CODE_BITS:
                 if n:
                     if not np.isfinite(chosen).all():
                         raise ValueError(f"{what}: values to quantize must be finite")
                     codebook, c = kmeans_1d(chosen, 1 << bits)
                     codebook = np.asarray(codebook, dtype=np.float32)
-                    codes = np.asarray(c).reshape(-1).astype(np.uint32)
+                    codes = np.ascontiguousarray(c).reshape(-1)
                 else:
                     codes = np.zeros(0, np.uint32)
             else:
@@ -518,15 +641,15 @@ class PackedModel:
             codes = np.zeros(0, np.uint32)
         if n == 0:
             # Nothing written: no fields, no codebook.
-            return _PreparedLayer(name, mask, write_pos, reuse_pos, 0, np.zeros(0, np.float32),
-                                  codes)
+            return _PreparedLayer(name, mask, write, 0, n_reuse, 0, np.zeros(0, np.float32),
+                                  codes, True)
         if self._prefix_bits + bits > self._word_bits:
             hint = " (raw float32 fields need word_bits=64)" if bits == RAW_BITS else ""
             raise ValueError(f"{what}: a field of {self._prefix_bits} + {bits} bits does not fit "
                              f"a {self._word_bits}-bit word{hint}")
         if codebook is not None:
             codebook.flags.writeable = False
-        return _PreparedLayer(name, mask, write_pos, reuse_pos, bits, codebook, codes)
+        return _PreparedLayer(name, mask, write, n, n_reuse, bits, codebook, codes, compact)
 
     def _bank_problem(self, k: int, prepared: list[_PreparedLayer]) -> str | None:
         """Why the task cannot go into existing bank k (None if it can)."""
@@ -535,8 +658,8 @@ class PackedModel:
             return (f"bank {k} is full: it holds {len(b.tasks)} tasks, the most that "
                     f"{self._prefix_bits}-bit prefixes allow")
         for pl in prepared:
-            if pl.write_pos.size:
-                top = int(b.used[pl.name][pl.write_pos].max())
+            if pl.n_write:
+                top = int(_max_at(b.used[pl.name], pl.write)[0])
                 if top + self._prefix_bits + pl.bits > self._word_bits:
                     return (f"layer {pl.name!r}: some written words of bank {k} have only "
                             f"{self._word_bits - top} free bits, a field needs "
@@ -545,19 +668,18 @@ class PackedModel:
 
     def _reuse_problem(self, k: int | None, prepared: list[_PreparedLayer]) -> str | None:
         for pl in prepared:
-            if not pl.reuse_pos.size:
+            if not pl.n_reuse:
                 continue
             if k is None:
-                return (f"layer {pl.name!r}: the task reuses {pl.reuse_pos.size} positions "
+                return (f"layer {pl.name!r}: the task reuses {pl.n_reuse} positions "
                         "(in mask but not in write) but goes to a new bank, where no earlier "
                         "task wrote; write them or add the task to an existing bank")
-            missing = self._banks[k].used[pl.name][pl.reuse_pos] == 0
-            if missing.any():
-                i = int(pl.reuse_pos[np.argmax(missing)])
+            count, i = _unwritten_reuse(self._banks[k].used[pl.name], pl.mask, pl.write)
+            if count:
                 idx = np.unravel_index(i, self._shapes[pl.name])
                 return (f"layer {pl.name!r}: position {tuple(int(x) for x in idx)} is in mask "
                         f"but not in write, and no earlier task of bank {k} wrote it "
-                        f"({int(missing.sum())} such positions); add it to write")
+                        f"({count} such positions); add it to write")
         return None
 
     def _choose_bank(self, prepared: list[_PreparedLayer], bank: int | str | None) -> int:
@@ -584,7 +706,7 @@ class PackedModel:
                 raise ValueError(problem)
             return 0
         k = nb - 1
-        reuses = any(pl.reuse_pos.size for pl in prepared)
+        reuses = any(pl.n_reuse for pl in prepared)
         problem = self._bank_problem(k, prepared)
         if problem is None:
             problem = self._reuse_problem(k, prepared)

@@ -52,6 +52,10 @@ class Plan:
     shape : tuple of int
         The layer's weight shape: (out, in) or (out, in, kh, kw).
     layout : {"sell", "lut"}
+    cols_in : int
+        Input size: the product of ``shape[1:]``.
+    n_chunks : int
+        Chunks of 16 columns per row, the last one possibly partial (``"lut"``).
     row_len : ndarray of int32, (out,)
         Used positions of each row.
     codebook : ndarray of float32
@@ -74,6 +78,8 @@ class Plan:
 
     shape: tuple[int, ...]
     layout: str
+    cols_in: int
+    n_chunks: int
     row_len: np.ndarray
     codebook: np.ndarray
     slice_ptr: np.ndarray
@@ -87,16 +93,6 @@ class Plan:
     def rows(self) -> int:
         """Output size: ``shape[0]``."""
         return self.shape[0]
-
-    @property
-    def cols_in(self) -> int:
-        """Input size: the product of ``shape[1:]``."""
-        return math.prod(self.shape[1:])
-
-    @property
-    def n_chunks(self) -> int:
-        """Chunks of 16 columns per row (``"lut"``)."""
-        return -(-self.cols_in // LUT_CHUNK)
 
     @property
     def nnz(self) -> int:
@@ -240,7 +236,8 @@ def build_plan(mask: np.ndarray, source: np.ndarray, codes: np.ndarray,
         arrays = {**empty, **_sell_arrays(out, n_in, rows, cols, combined, codebook.size)}
     for a in (row_len, codebook, *arrays.values()):
         a.flags.writeable = False  # a plan is shared and cached: nobody may change it
-    return Plan(shape=shape, layout=layout, row_len=row_len, codebook=codebook, **arrays)
+    return Plan(shape=shape, layout=layout, cols_in=n_in, n_chunks=-(-n_in // LUT_CHUNK),
+                row_len=row_len, codebook=codebook, **arrays)
 
 
 def _sell_arrays(out: int, n_in: int, rows: np.ndarray, cols: np.ndarray, combined: np.ndarray,

@@ -34,6 +34,7 @@ little-endian bytes. Load checks every one of them.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -54,6 +55,7 @@ from bitsub.packed import (
     RAW_BITS,
     PackedModel,
     _Bank,
+    _count_orphans,
     _scan_words,
     _Task,
     check_network,
@@ -86,13 +88,13 @@ def _canon(value: Any) -> Any:
     return value
 
 
-def _object_crc(obj: h5py.HLObject, data: bytes = b"") -> int:
+def _object_crc(obj: h5py.HLObject, data: Any = b"") -> int:
     attrs = {k: _canon(obj.attrs[k]) for k in sorted(obj.attrs) if k != "crc32"}
     text = json.dumps(attrs, sort_keys=True).encode()
     return zlib.crc32(data, zlib.crc32(text))
 
 
-def _seal(obj: h5py.HLObject, kind: str, data: bytes = b"", **attrs: Any) -> None:
+def _seal(obj: h5py.HLObject, kind: str, data: Any = b"", **attrs: Any) -> None:
     obj.attrs["encoding-type"] = kind
     obj.attrs["encoding-version"] = FORMAT_VERSION
     for k, v in attrs.items():
@@ -103,7 +105,7 @@ def _seal(obj: h5py.HLObject, kind: str, data: bytes = b"", **attrs: Any) -> Non
 def _dataset(group: h5py.Group, key: str, arr: np.ndarray, kind: str, **attrs: Any) -> None:
     arr = np.ascontiguousarray(arr)
     ds = group.create_dataset(key, data=arr)
-    _seal(ds, kind, arr.tobytes(), **attrs)
+    _seal(ds, kind, arr.reshape(-1), **attrs)
 
 
 def _group(parent: h5py.Group, key: str, kind: str, **attrs: Any) -> h5py.Group:
@@ -197,18 +199,15 @@ def save(pm: PackedModel, path: str | os.PathLike[str]) -> None:
     if target.is_dir():
         raise IsADirectoryError(f"{target} is a directory; give a file path")
     directory = target.parent if str(target.parent) else Path(".")
+    # Build the whole file in memory, seal it, then write it out in one go.
+    image = io.BytesIO()
+    _write_h5(pm, image)
+    buf = image.getbuffer()
+    buf[: _HEAD.size + _HEAD_CRC.size] = _head(zlib.crc32(buf[USERBLOCK:]), len(buf))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "r+b") as fh:
-            _write_h5(pm, fh)
-            fh.flush()
-            length = fh.seek(0, os.SEEK_END)
-            fh.seek(USERBLOCK)
-            crc = 0
-            while chunk := fh.read(1 << 24):
-                crc = zlib.crc32(chunk, crc)
-            fh.seek(0)
-            fh.write(_head(crc, length))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buf)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -218,6 +217,8 @@ def save(pm: PackedModel, path: str | os.PathLike[str]) -> None:
         except OSError:
             pass
         raise
+    finally:
+        buf.release()
     _fsync_dir(directory)
 
 
@@ -247,11 +248,9 @@ def _check_seal(data: bytes, where: str) -> None:
 
 
 def _open_image(data: bytes) -> h5py.File:
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_fapl_core(backing_store=False)
-    fapl.set_file_image(data)
-    fid = h5py.h5f.open(b"bitsub-image", h5py.h5f.ACC_RDONLY, fapl=fapl)
-    return h5py.File(fid)
+    # HDF5 parses the bytes already verified against the seal, never the file on disk (which
+    # could change in between). io.BytesIO shares the bytes without copying them.
+    return h5py.File(io.BytesIO(data), "r")
 
 
 class _Reader:
@@ -278,7 +277,7 @@ class _Reader:
                               f"supports ({FORMAT_VERSION}); upgrade bitsub")
         return o
 
-    def _verify(self, o: Any, path: str, data: bytes = b"") -> None:
+    def _verify(self, o: Any, path: str, data: Any = b"") -> None:
         stored = o.attrs.get("crc32")
         if not isinstance(stored, (int, np.integer)) or int(stored) != _object_crc(o, data):
             raise FormatError(f"{path}: checksum mismatch: the file is corrupted")
@@ -298,7 +297,7 @@ class _Reader:
         if ndim is not None and len(ds.shape or ()) != ndim:
             raise FormatError(f"{path}: {len(ds.shape or ())} dimensions, expected {ndim}")
         arr = np.ascontiguousarray(ds[()]).astype(dtype, copy=False)
-        self._verify(ds, path, arr.tobytes())
+        self._verify(ds, path, arr.reshape(-1))
         return arr, ds
 
 
@@ -363,7 +362,7 @@ def _build(f: h5py.File) -> PackedModel:
             wpath = f"{path}/bank_{k}"
             if word_bits == 32:
                 w, _ = r.array(wpath, "bitsub.words-u32", "<u4", shape=(n,))
-                banks.append(w.astype(dtype))
+                banks.append(w.astype(dtype, copy=False))
             else:
                 pairs, _ = r.array(wpath, "bitsub.words-u64-as-u32-pairs", "<u4", shape=(n, 2))
                 banks.append((pairs[:, 0].astype(np.uint64) << np.uint64(32))
@@ -430,7 +429,7 @@ def _build(f: h5py.File) -> PackedModel:
             key = _attr_str(ds, "name", ppath)
             if not key or key in task.private:
                 raise FormatError(f"{ppath}: empty or repeated private name {key!r}")
-            arr = arr.astype(np.float32)
+            arr = arr.astype(np.float32, copy=False)
             arr.flags.writeable = False
             task.private[key] = arr
         tasks.append(task)
@@ -450,10 +449,9 @@ def _build(f: h5py.File) -> PackedModel:
                 cb = tasks[t].codebooks[name]
                 limit[j + 1] = np.uint64(1 << 32) if cb is None else cb.size
             used = np.zeros(n, np.uint8)
-            first = np.zeros(n, np.uint8)
             counts = np.zeros(size, np.int64)
             bad = _scan_words(words, prefix_bits, word_bits, bits_by_prefix, len(members[k]),
-                              limit, used, first, counts)
+                              limit, used, counts)
             where = f"/layers/{i}/bank_{k}"
             if bad >= 0:
                 raise FormatError(f"{where}: word {bad} holds malformed fields")
@@ -461,12 +459,12 @@ def _build(f: h5py.File) -> PackedModel:
                 if counts[j + 1] != tasks[t].fields[name]:
                     raise FormatError(f"{where}: task {t} has {int(counts[j + 1])} fields, "
                                       f"/tasks/{t}/fields says {tasks[t].fields[name]}")
-                mask = np.unpackbits(tasks[t].masks[name], count=n).view(bool)
-                orphan = mask & ((first == 0) | (first > j + 1))
-                if orphan.any():
-                    raise FormatError(f"/tasks/{t}/masks/{i}: task {t} uses "
-                                      f"{int(orphan.sum())} positions of layer {name!r} that "
-                                      f"no task <= {t} of bank {k} wrote")
+                orphans = _count_orphans(tasks[t].masks[name], words, j + 1, prefix_bits,
+                                         word_bits)
+                if orphans:
+                    raise FormatError(f"/tasks/{t}/masks/{i}: task {t} uses {orphans} "
+                                      f"positions of layer {name!r} that no task <= {t} of "
+                                      f"bank {k} wrote")
             layer_used[i].append(used)
     for k in range(n_banks):
         pm._banks.append(_Bank(

@@ -14,7 +14,10 @@ parameters (``model.private_params(t)``) and the network is recorded once with
   are stored as they are; ``bits`` must then be left as None.
 
 The prefix width defaults to the smallest P with ``2**P - 1 >= tasks`` (at least 1), so every task
-fits in one bank: a task that reuses earlier tasks' weights must live in their bank.
+fits in one bank: a task that reuses earlier tasks' weights must live in their bank. A strategy
+that plans its own banks of fields states its layout, which export follows unless told otherwise:
+integer attributes ``word_bits`` and ``prefix_bits``, and a method ``bank(t)`` giving the ``bank``
+argument of ``PackedModel.add_task`` for task t (an int, ``"new"`` or None).
 """
 
 from __future__ import annotations
@@ -118,9 +121,11 @@ def export(
         None: lossless raw float32 fields (non-quantizing strategies) or the strategy's own
         codebooks. 1..16: store b-bit K-Means codes of each task's written values.
     word_bits : {32, 64}, optional
-        Default 64 when raw float32 fields are stored, else 32.
+        Default: the strategy's ``word_bits`` if it states one, else 64 when raw float32 fields
+        are stored, else 32.
     prefix_bits : int, optional
-        Default: the smallest P (>= 1) with ``2**P - 1 >= tasks``, so all tasks share one bank.
+        Default: the strategy's ``prefix_bits`` if it states one, else the smallest P (>= 1)
+        with ``2**P - 1 >= tasks``, so all tasks share one bank.
     tasks : int, optional
         Export tasks ``0 .. tasks-1`` (default all the model's tasks).
 
@@ -148,6 +153,13 @@ def export(
             raise ValueError(f"strategy.task_layers() names unknown layers {sorted(unknown)}")
         per_task.append({n: _task_layer(n, entries[n], bits, quantizing) for n in entries})
 
+    # A strategy that planned its own banks of fields (TinySubNets, Ada-QPacknet) states the
+    # layout it planned for: its word and prefix widths, and the bank of each task.
+    if word_bits is None and isinstance(getattr(strategy, "word_bits", None), int):
+        word_bits = strategy.word_bits
+    if prefix_bits is None and isinstance(getattr(strategy, "prefix_bits", None), int):
+        prefix_bits = strategy.prefix_bits
+    bank_of = getattr(strategy, "bank", None)
     raw = any(tl.bits == RAW_BITS for task in per_task for tl in task.values())
     if word_bits is None:
         word_bits = 64 if raw else 32
@@ -168,7 +180,8 @@ def export(
         pm.add_layer(name, tuple(int(s) for s in layer.weight.shape))
     for t in range(n_tasks):
         private = {k: _np(v, np.float32) for k, v in model.private_params(t).items()}
-        tid = pm.add_task(per_task[t], private=private)
+        bank = bank_of(t) if callable(bank_of) else None
+        tid = pm.add_task(per_task[t], private=private, bank=bank)
         if tid != t:  # pragma: no cover - PackedModel numbers tasks 0, 1, 2, ...
             raise RuntimeError(f"packed task id {tid} != model task {t}")
     pm.set_network(steps)

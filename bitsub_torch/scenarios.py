@@ -289,6 +289,11 @@ def _load_idx_dataset(
             raise ValueError(f"{dataset}: {found[f'{split}_images']} holds no images")
         xs.append(x.reshape(len(x), -1).astype(np.float32) / 255.0)
         ys.append(y.astype(np.int64))
+    if xs[0].shape[1] != xs[1].shape[1]:
+        raise ValueError(
+            f"{dataset}: train images have {xs[0].shape[1]} pixels, test images "
+            f"{xs[1].shape[1]}; the two files must come from the same data set"
+        )
     x_train, x_test = _standardise(xs[0], xs[1], per_channel=False)
     return x_train, ys[0], x_test, ys[1]
 

@@ -81,8 +81,8 @@ def naive_limited_huffman_cost(freqs, max_length):
         return sum(used)
     best = None
     for lengths in itertools.product(range(1, max_length + 1), repeat=len(used)):
-        if sum(2.0 ** -l for l in lengths) == 1.0:
-            cost = sum(f * l for f, l in zip(used, lengths))
+        if sum(2.0**-length for length in lengths) == 1.0:
+            cost = sum(f * length for f, length in zip(used, lengths))
             best = cost if best is None else min(best, cost)
     return best
 
@@ -126,32 +126,47 @@ def naive_huffman_decode(data, code, count):
     return out
 
 
-def naive_mask_runs(bits, minority, esc_run):
-    """Symbols of the runs scheme: majority bits before each minority bit (and the virtual one at
-    the end), a run longer than esc_run - 1 first written as escapes (symbol esc_run)."""
-    symbols = []
+def naive_runs_payload(bits, minority, code, esc_run, extra=0):
+    """Payload bytes of the runs scheme (one segment): for each minority bit and the virtual one
+    at the end, the run r of majority bits before it as escapes (symbol esc_run, each for
+    esc_run << extra bits) and the symbol (r >> extra) % esc_run, then r's `extra` low bits."""
+    out = ""
     run = 0
     for b in list(bits) + [minority]:
-        if b == minority:
-            while run >= esc_run:
-                symbols.append(esc_run)
-                run -= esc_run
-            symbols.append(run)
-            run = 0
-        else:
+        if b != minority:
             run += 1
-    return symbols
+            continue
+        q = run >> extra
+        while q >= esc_run:
+            out += code[esc_run]
+            q -= esc_run
+        out += code[q]
+        if extra:
+            out += format(run & ((1 << extra) - 1), f"0{extra}b")
+        run = 0
+    out += "0" * (-len(out) % 8)
+    return bytes(int(out[i : i + 8], 2) for i in range(0, len(out), 8))
 
 
-def naive_mask_from_runs(symbols, minority, esc_run):
-    """Inverse of naive_mask_runs (drops the virtual minority bit at the end)."""
+def naive_decode_runs_payload(data, n, minority, code, esc_run, extra=0):
+    """Inverse of naive_runs_payload: the n mask bits, read bit by bit with a dict decoder."""
+    inverse = {c: s for s, c in code.items()}
+    stream = iter("".join(format(b, "08b") for b in data))
     bits = []
-    for s in symbols:
+    while True:
+        cur = ""
+        while cur not in inverse:
+            cur += next(stream)
+        s = inverse[cur]
         if s == esc_run:
-            bits += [1 - minority] * esc_run
-        else:
-            bits += [1 - minority] * s + [minority]
-    return bits[:-1]
+            bits += [1 - minority] * (esc_run << extra)
+            continue
+        low = int("".join(next(stream) for _ in range(extra)), 2) if extra else 0
+        bits += [1 - minority] * ((s << extra) | low)
+        if len(bits) >= n:
+            return bits
+        bits.append(minority)
+
 
 # ---------------------------------------------------------------- K-Means (bitsub.kmeans)
 

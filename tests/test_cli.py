@@ -165,3 +165,13 @@ def test_pmnist5k_bars(tmp_path, capsys, strategy):
     assert eval_main([str(out / "model.h5"), "--scenario", "pmnist5k", "--seed", "0"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["accuracy"] == pytest.approx(r[-1].tolist(), abs=1e-3)
+
+
+def test_demo_runs_and_retests_from_file(tmp_path, capsys):
+    from bitsub_torch.demo import main
+
+    assert main(["--out", str(tmp_path), "--tasks", "2", "--epochs", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "equals the last row of the accuracy matrix: yes" in out
+    assert "capacity" in out and "BWT" in out
+    check_run_dir(tmp_path, 2)

@@ -130,6 +130,23 @@ def test_export_strategy_codebooks_and_errors():
     with pytest.raises(ValueError, match="quantizes"):
         export(net, Coded(), bits=4)
 
+    class Layout(Coded):
+        word_bits = 64
+        prefix_bits = 1
+
+        def task_layers(self, model, task):
+            out = super().task_layers(model, task)
+            for e in out.values():
+                e["write"] = e["mask"].copy()  # every task writes all it uses: may open a bank
+            return out
+
+        def bank(self, task):
+            return "new" if task else None
+
+    pm = export(net, Layout())
+    assert (pm.word_bits, pm.prefix_bits, pm.banks) == (64, 1, 2)
+    assert [pm.bank(t) for t in pm.tasks] == [0, 1]
+
     class Bad(Strategy):
         def task_layers(self, model, task):
             return {"nope": {"mask": None, "write": None}}
@@ -146,7 +163,6 @@ def file_logits(pm, task, x):
     if hasattr(pm, "forward"):
         return pm.forward(task, x)
     from bitsub.network import forward
-
     from bitsub_torch.export import _Planned
 
     return forward(_Planned(pm), task, x)

@@ -24,9 +24,20 @@ def check_codebook(values, k, centroids, codes):
     assert codes.shape == values.shape
     assert int(codes.max()) < k
     v = values.reshape(-1).astype(np.float64)
-    dist = np.abs(v[:, None] - centroids.astype(np.float64)[None, :])
-    nearest = np.argmin(dist, axis=1)  # first index on a tie
-    assert np.array_equal(codes.reshape(-1), nearest)
+    cent = centroids.astype(np.float64)
+    flat = codes.reshape(-1).astype(np.int64)
+    dist = np.abs(v[:, None] - cent[None, :])
+    # Nearest: no centroid strictly closer (up to float64 rounding of the distances) ...
+    chosen = dist[np.arange(v.size), flat]
+    assert np.all(chosen <= dist.min(axis=1) * (1 + 1e-12) + 1e-300)
+    # ... and a code never names a later duplicate of its centroid.
+    first = np.searchsorted(cent, cent[flat], side="left")
+    assert np.array_equal(flat, first)
+    # Values away from ties: exactly the first argmin.
+    nearest = np.argmin(dist, axis=1)
+    gap = np.sort(dist, axis=1)[:, 1] - dist.min(axis=1) if k > 1 else np.ones(v.size)
+    clear = (gap > 1e-9 * (1 + np.abs(v))) | (cent[nearest] == cent[flat])
+    assert np.array_equal(cent[flat][clear], cent[nearest][clear])
 
 
 small_values = st.lists(
@@ -217,5 +228,19 @@ def test_band_dp_with_full_bands_is_exact():
 def test_nearest_assignment_matches_argmin(cents, vals):
     centroids = np.sort(np.array(cents, dtype=np.float32))
     values = np.array(vals, dtype=np.float32)
-    c, codes = km._finish(values, centroids.astype(np.float64), centroids.size, values.shape)
+    lo, hi = float(values.min()), float(values.max())
+    c, codes = km._finish(values, centroids.astype(np.float64), centroids.size, lo, hi)
     check_codebook(values, centroids.size, c, codes)
+
+
+@pytest.mark.parametrize("k", [2, 5, 64, 300])
+def test_nearest_assignment_at_midpoints(k):
+    rng = np.random.default_rng(k)
+    centroids = np.sort(rng.standard_normal(k).astype(np.float32))
+    centroids[k // 2] = centroids[k // 2 - 1]  # a duplicate
+    mids = 0.5 * (centroids[:-1].astype(np.float64) + centroids[1:].astype(np.float64))
+    near = np.concatenate([mids, np.nextafter(mids, -np.inf), np.nextafter(mids, np.inf)])
+    values = np.concatenate([near, rng.standard_normal(5000) * 3, centroids.astype(np.float64)])
+    lo, hi = float(values.min()), float(values.max())
+    c, codes = km._finish(values, centroids.astype(np.float64), k, lo, hi)
+    check_codebook(values, k, c, codes)

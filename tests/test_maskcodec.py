@@ -245,35 +245,29 @@ def test_large_roundtrip_and_corruption(n, p):
 
 
 def test_runs_scheme_matches_naive_coder():
-    """The runs payload decodes, with the dictionary coder, to the naive runs of the mask."""
-    from bitsub.maskcodec import RUNS1, _parse_stream, _Reader
-    from tests.naive import (
-        naive_canonical_code,
-        naive_huffman_decode,
-        naive_mask_from_runs,
-        naive_mask_runs,
-    )
+    """Runs payloads are byte for byte those of the naive dictionary coder, and decode back."""
+    from bitsub.maskcodec import RUNS0, RUNS1, _parse_stream, _Reader
+    from tests.naive import naive_canonical_code, naive_decode_runs_payload, naive_runs_payload
 
     rng = np.random.default_rng(8)
-    checked = 0
-    for n, p in [(999, 0.05), (3000, 0.02), (5000, 0.001), (20000, 0.2)]:
+    seen_extra = set()
+    for n, p in [(999, 0.05), (3000, 0.02), (5000, 0.001), (20000, 0.2), (30000, 0.9995),
+                 (30000, 0.0003), (4000, 0.97)]:
         m = rng.random(n) < p
-        m[0] = True
+        m[0] = not m[0]
         enc = encode_mask(m)
         reader = _Reader(memoryview(enc), len(enc) - 4)
         reader.pos = 7
         reader.varint("shape", MAX_POSITIONS)
-        parsed = _parse_stream(reader, n)
-        if parsed[0] != RUNS1:
-            continue
-        _, size, lengths, payloads = parsed
-        assert len(payloads) == 1
-        symbols = naive_mask_runs(m.astype(int).tolist(), 1, size - 1)
+        scheme, size, lengths, payloads, extra = _parse_stream(reader, n)
+        assert scheme in (RUNS0, RUNS1) and len(payloads) == 1
+        minority = 1 if scheme == RUNS1 else 0
         code = naive_canonical_code(lengths.tolist())
-        assert naive_huffman_decode(bytes(payloads[0]), code, len(symbols)) == symbols
-        assert naive_mask_from_runs(symbols, 1, size - 1) == m.astype(int).tolist()
-        checked += 1
-    assert checked >= 4
+        bits = m.astype(int).tolist()
+        assert bytes(payloads[0]) == naive_runs_payload(bits, minority, code, size - 1, extra)
+        assert naive_decode_runs_payload(payloads[0], n, minority, code, size - 1, extra) == bits
+        seen_extra.add(extra > 0)
+    assert seen_extra == {False, True}
 
 
 @settings(max_examples=60, deadline=None)
@@ -351,3 +345,41 @@ def test_clustered_masks_use_alternating_runs(n):
         bad = bytearray(enc)
         bad[i] ^= 1 << int(rng.integers(0, 8))
         decode_or_same(bytes(bad), decode_mask(enc))
+
+
+@pytest.mark.parametrize("scheme", ["bytes", "runs1", "runs01"])
+def test_huge_shape_with_tiny_payload_is_refused_before_allocating(scheme):
+    from bitsub.maskcodec import _varint, _write_length_table
+
+    table = _write_length_table(np.array([1, 1]))
+    body = b"BSMK\x01\x00\x01" + _varint(MAX_POSITIONS)
+    if scheme == "bytes":
+        body += b"\x03" + _write_length_table(np.array([1, 1] + [0] * 254))
+    elif scheme == "runs1":
+        body += b"\x04\x00" + _varint(2) + table
+    else:
+        body += b"\x06" + (_varint(2) + table) * 2
+    body += b"\x01\x01\x00"
+    with pytest.raises(FormatError, match="cannot cover"):
+        decode_mask(with_crc(body))
+
+
+def test_decode_accepts_byte_buffers():
+    m = np.random.default_rng(10).random((20, 30)) < 0.1
+    enc = encode_mask(m)
+    for data in (bytearray(enc), memoryview(enc), np.frombuffer(enc, np.uint8), np.void(enc)):
+        np.testing.assert_array_equal(decode_mask(data), m)
+    with pytest.raises(TypeError, match="uint8"):
+        decode_mask(np.frombuffer(enc, np.uint8).astype(np.float32))
+
+
+@pytest.mark.parametrize("p", [1e-4, 1e-3])
+def test_very_sparse_masks_use_extra_bits(p):
+    """Long runs: low bits sent as they are keep very sparse masks near the entropy."""
+    n = 2 * 10**6
+    m = np.random.default_rng(11).random(n) < p
+    enc = roundtrip(m)
+    q = m.mean()
+    entropy = n * -(q * np.log2(q) + (1 - q) * np.log2(1 - q)) / 8
+    assert len(enc) <= 1.02 * entropy + 64
+    assert len(enc) < len(zlib.compress(np.packbits(m).tobytes(), 9))

@@ -252,6 +252,10 @@ def test_missing_and_inconsistent_idx(tmp_path):
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.full(20, 10, np.uint8))
     with pytest.raises(ValueError, match="0..9"):
         get_scenario("pmnist", data_dir=tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(20, np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((20, 10, 10), np.uint8))
+    with pytest.raises(ValueError, match="pixels"):
+        get_scenario("pmnist", data_dir=tmp_path)
 
 
 # ----------------------------------------------------------------------------- CIFAR-100

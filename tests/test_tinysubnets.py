@@ -3,13 +3,18 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_digits
+from torch import nn
 
 import bitsub
 from bitsub_torch.export import export
-from bitsub_torch.models import mlp
+from bitsub_torch.layers import TaskConv2d
+from bitsub_torch.models import TaskNetwork, mlp
 from bitsub_torch.scenarios import Scenario, TaskData
 from bitsub_torch.strategies import STRATEGIES, TinySubNets, get_strategy
+from bitsub_torch.strategies.quantized import fake_quantize, op_counts, quantized_inference
 from bitsub_torch.trainer import Trainer
 
 torch.set_num_threads(1)
@@ -110,6 +115,8 @@ def test_forget_free_and_exported_weights_are_the_torch_values_bit_for_bit():
         log = strategy.log[t]
         for name, bits in log["bits"].items():
             assert (1 <= bits <= 8) if log["written"][name] else bits == 0
+        # The values the bit-width was validated with are exactly the values stored.
+        assert log["val_quantized"] == log["val_stored"]
         # Algorithm 1's guarantee on the validation split (unless max_bits was reached).
         if max(log["bits"].values()) < strategy.max_bits:
             assert log["val_stored"] >= log["val_post_pruned"] - strategy.delta - 1e-12
@@ -175,6 +182,21 @@ def test_kl_gate_opens_a_bank_for_a_different_domain_and_export_follows():
             assert pm.weights(t, name).tobytes() == w.tobytes()
 
 
+def test_kl_revisit_returns_to_the_closest_earlier_bank():
+    scenario = digits_tasks(4, shifted=(2,))
+    strategy = TinySubNets(0.5, post_prune_iters=0, kl_threshold=0.5, kl_revisit=True)
+    model, res = train(strategy, scenario)
+    assert_forget_free(res.accuracy_matrix)
+    assert [strategy.log[t]["bank"] for t in range(4)] == [0, 0, 1, 0]
+    assert strategy.log[3]["bank_reason"] == "revisits"
+    assert sum(strategy.log[3]["reused"].values()) > 0  # it reuses bank 0's weights
+    pm = pack(model, strategy)
+    assert [pm.bank(t) for t in range(4)] == [0, 0, 1, 0]
+    for t in range(4):
+        for name, w in torch_weights(model, t).items():
+            assert pm.weights(t, name).tobytes() == w.tobytes()
+
+
 def test_bank_full_opens_a_new_bank():
     scenario = digits_tasks(2)
     strategy = TinySubNets(0.5, post_prune_iters=0, prefix_bits=1, kl_threshold=float("inf"))
@@ -206,13 +228,22 @@ def test_interrupted_run_resumes_to_the_same_results(tmp_path):
     assert sorted(strategy.store.tasks) == [0, 1, 2]
 
 
-def test_mask_bits_in_context_and_replay_memory():
-    scenario = digits_tasks(2)
+def test_capacity_summary_agrees_with_the_packed_model_and_replay_memory():
+    scenario = digits_tasks(3)
     strategy = TinySubNets(0.5, post_prune_iters=0, replay=20, kl_threshold=float("inf"))
-    train(strategy, scenario)
-    bits = strategy.mask_bits(1)
-    assert set(bits) == set(strategy.store.shapes) and all(b > 0 for b in bits.values())
-    assert strategy.replay_bits() == 2 * 20 * 64 * 32
+    model, _ = train(strategy, scenario)
+    cap = pack(model, strategy).capacity()
+    summary = strategy.capacity_summary()
+    for key in ("fields", "codebooks"):
+        assert summary[key] == pytest.approx(100 * cap.bits[key] / cap.dense_bits)
+    assert summary["masks_plain"] == pytest.approx(100 * cap.bits["masks"] / cap.dense_bits)
+    # Coding a mask in the context of earlier masks of its bank is smaller than coding it alone.
+    assert summary["masks_previous"] < summary["masks_plain"]
+    assert summary["masks_union"] < summary["masks_plain"]
+    assert strategy.mask_bits(0, "previous") == strategy.mask_bits(0, None)  # nothing before it
+    assert 1 <= summary["mean_bits"] <= 8
+    assert strategy.replay_bits() == 3 * 20 * 64 * 32
+    assert summary["replay"] == pytest.approx(100 * strategy.replay_bits() / cap.dense_bits)
 
 
 def test_bad_settings_are_refused():
@@ -229,3 +260,70 @@ def test_bad_settings_are_refused():
     strategy.setup(model, None)
     with pytest.raises(ValueError, match="not been trained"):
         strategy.task_layers(model, 0)
+
+
+# ------------------------------------------------------------------ <b, b> inference and op counts
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    bits=st.integers(2, 16),
+    rows=st.integers(1, 5),
+    cols=st.integers(1, 9),
+    seed=st.integers(0, 2**31 - 1),
+    relu=st.booleans(),
+)
+def test_fake_quantize_is_a_per_sample_uniform_grid(bits, rows, cols, seed, relu):
+    x = torch.from_numpy(np.random.default_rng(seed).normal(size=(rows, cols)).astype(np.float32))
+    if relu:
+        x = x.clamp_min(0)
+    q = fake_quantize(x, bits)
+    for i in range(rows):  # each sample alone gives the same result: no batch dependence
+        row = x[i : i + 1]
+        torch.testing.assert_close(fake_quantize(row, bits), q[i : i + 1], rtol=0, atol=0)
+        amax = float(row.abs().max())
+        levels = 2 ** (bits - 1) - 1 if bool((row < 0).any()) else 2**bits - 1
+        if amax == 0:
+            assert torch.equal(q[i], row[0])
+            continue
+        scale = amax / levels
+        steps = q[i].double() / scale
+        assert torch.allclose(steps, steps.round(), atol=1e-3)
+        assert float((q[i] - row[0]).abs().max()) <= scale / 2 + 1e-6
+    assert torch.equal(fake_quantize(x, 32), x)
+
+
+def test_quantized_inference_context_and_restores_the_model():
+    scenario = digits_tasks(1)
+    strategy = TinySubNets(0.5, post_prune_iters=0)
+    model, res = train(strategy, scenario)
+    trainer = Trainer(model, strategy, scenario, progress=False)
+    plain = trainer.evaluate(model, 0, "test")
+    with quantized_inference(model, 16):
+        high = trainer.evaluate(model, 0, "test")
+    with quantized_inference(model, 2):
+        low = trainer.evaluate(model, 0, "test")
+        w = model.task_layers()["fc1"].values(0)
+        assert torch.unique(w).numel() <= 3  # 2-bit signed grid: -1, 0, 1 times the scale
+    assert abs(high - plain) <= 0.01
+    assert low < plain
+    assert trainer.evaluate(model, 0, "test") == plain == res.accuracy_matrix[0, 0]
+    assert "values" in model.task_layers()["fc1"].__dict__  # the strategy's hook is back
+
+
+def test_op_counts_linear_and_conv():
+    model = mlp((64,), 10, 2, width=48)
+    layers = model.task_layers()
+    layers["fc1"].set_task_mask(0, torch.rand(48, 64) < 0.25)
+    counts = op_counts(model, 0, (64,), weight_bits={"fc1": 3, "fc2": 5}, act_bits=8)
+    kept1 = float(layers["fc1"].task_mask(0).sum())
+    assert counts["macs_dense"] == 64 * 48 + 48 * 48
+    assert counts["macs_masked"] == kept1 + 48 * 48
+    assert counts["bops"] == kept1 * 3 * 8 + 48 * 48 * 5 * 8
+    assert counts["bops_float"] == (kept1 + 48 * 48) * 32 * 32
+
+    net = TaskNetwork([("conv1", TaskConv2d(1, 2, 3, 1, padding=1)), ("flat", nn.Flatten())],
+                      2 * 4 * 4, 3, 1, (1, 4, 4))
+    counts = op_counts(net, 0, (1, 4, 4))
+    assert counts["macs_dense"] == counts["macs_masked"] == 2 * 1 * 3 * 3 * 4 * 4
+    assert counts["flops_dense"] == 2 * counts["macs_dense"]

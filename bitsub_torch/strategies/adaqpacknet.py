@@ -228,6 +228,7 @@ class AdaQPacknet(QuantizedStrategy):
             {
                 "val_trained": trained,
                 "val_stored": stored,
+                "val_quantized": None if result is None else float(result.accuracy),
                 "bits": {n: int(b) for n, b in self.bits(task).items()},
                 "written": {n: int(masks[n].sum()) for n in layers},
             }

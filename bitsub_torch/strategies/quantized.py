@@ -26,7 +26,7 @@ from torch import nn
 from bitsub_torch.strategies.base import Evaluate, Strategy
 from bitsub_torch.taskvalues import FieldStore, LayerFields, install_values
 
-__all__ = ["QuantizedStrategy"]
+__all__ = ["QuantizedStrategy", "fake_quantize", "op_counts", "quantized_inference", "val_split"]
 
 
 @dataclass
@@ -332,3 +332,127 @@ class QuantizedStrategy(Strategy):
         self.store = None if state["store"] is None else FieldStore.from_state_dict(state["store"])
         self.log = {int(t): dict(v) for t, v in state["log"].items()}
         self._cur = None
+
+
+# ---------------------------------------------------------------------- activations and op counts
+
+
+def fake_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round ``x`` to a uniform ``bits``-bit grid, one max-abs scale per sample (row of dim 0).
+
+    Signed (``2**(bits-1) - 1`` levels each side) where the sample has negative values, unsigned
+    (``2**bits - 1`` levels, e.g. after a ReLU) otherwise. A scale per sample keeps predictions
+    independent of the batch. A 0-D or 1-D tensor (weights, codebooks) gets one scale.
+    """
+    bits = _check_int(bits, "bits", 2, 32)
+    if bits >= 32:
+        return x
+    flat = x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(1, -1)
+    amax = flat.abs().amax(dim=1, keepdim=True)
+    signed = (flat < 0).any(dim=1, keepdim=True)
+    levels = torch.where(signed, 2.0 ** (bits - 1) - 1, 2.0**bits - 1).to(flat.dtype)
+    scale = torch.where(amax > 0, amax / levels, torch.ones_like(amax))
+    return (torch.round(flat / scale) * scale).reshape(x.shape)
+
+
+class quantized_inference:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Context in which every task layer runs at ``<bits, bits>`` (TinySubNets' Table 7).
+
+    Inside it, each task layer's input activations are fake-quantized with :func:`fake_quantize`
+    and the weight values it reads (the K-Means centroids of quantizing strategies) are rounded to
+    a ``bits``-bit grid per layer. Heads, norms and pooling stay in float.
+
+    Examples
+    --------
+    >>> with quantized_inference(model, 8):  # doctest: +SKIP
+    ...     acc = trainer.evaluate(model, task, "test")
+    """
+
+    def __init__(self, model: nn.Module, bits: int) -> None:
+        self.model = model
+        self.bits = _check_int(bits, "bits", 2, 32)
+        self._handles: list[Any] = []
+        self._saved: list[tuple[nn.Module, Any]] = []
+
+    def __enter__(self) -> quantized_inference:
+        bits = self.bits
+
+        def pre_hook(module: nn.Module, args: tuple) -> tuple:
+            return (fake_quantize(args[0], bits), *args[1:])
+
+        for layer in self.model.task_layers().values():
+            self._handles.append(layer.register_forward_pre_hook(pre_hook))
+            original = layer.values
+            self._saved.append((layer, layer.__dict__.get("values")))
+
+            def values(task: int, f: Any = original) -> torch.Tensor:
+                v = f(task)
+                return fake_quantize(v.reshape(-1), bits).reshape(v.shape)
+
+            layer.values = values
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        for layer, values in self._saved:
+            if values is None:
+                layer.__dict__.pop("values", None)
+            else:
+                layer.values = values
+        self._handles, self._saved = [], []
+
+
+def op_counts(
+    model: nn.Module,
+    task: int,
+    input_shape: tuple[int, ...],
+    *,
+    weight_bits: dict[str, int] | None = None,
+    act_bits: int = 32,
+) -> dict[str, float]:
+    """Multiply-accumulates and bit-operations of one sample's forward for ``task`` (Table 6).
+
+    Counts the task layers only (heads and norms are a small, fixed part). ``macs_dense`` is the
+    dense network; ``macs_masked`` counts only the positions in the task's mask (the "+p",
+    pruned, variant); ``flops_dense`` / ``flops_masked`` are 2 x MACs; ``bops`` are the
+    bit-operations ``sum_layers masked MACs x weight bits x activation bits`` (32 for float),
+    and ``bops_float`` the same with 32-bit weights and activations, for the ratio.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    for name, layer in model.task_layers().items():
+        hooks.append(
+            layer.register_forward_hook(
+                lambda m, a, out, name=name: shapes.__setitem__(name, tuple(out.shape))
+            )
+        )
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((2, *input_shape), device=dev), task)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    macs_dense = macs_masked = bops = bops_float = 0.0
+    for name, layer in model.task_layers().items():
+        out = shapes[name]
+        spatial = float(np.prod(out[2:])) if len(out) > 2 else 1.0
+        n = layer.weight.numel()
+        kept = float(layer.task_mask(task).sum())
+        macs_dense += n * spatial
+        macs_masked += kept * spatial
+        wb = 32 if weight_bits is None else int(weight_bits.get(name, 32)) or 32
+        bops += kept * spatial * wb * act_bits
+        bops_float += kept * spatial * 32 * 32
+    return {
+        "macs_dense": macs_dense,
+        "macs_masked": macs_masked,
+        "flops_dense": 2 * macs_dense,
+        "flops_masked": 2 * macs_masked,
+        "bops": bops,
+        "bops_float": bops_float,
+    }

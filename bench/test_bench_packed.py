@@ -1,0 +1,191 @@
+"""PackedModel throughput: add_task, weights(), save and load, each beside a baseline in one run.
+
+Run: ``.venv/bin/python -m pytest bench/test_bench_packed.py -s --benchmark-columns=min,median``
+(``-s`` prints the ratio table). ``BITSUB_BENCH_PACKED_SIDE`` sets the layer side (default 4096:
+one 4096x4096 layer); 8 tasks at 4 bits, each writing every position (32-bit words, 3-bit
+prefixes: 4 tasks per bank, 2 banks).
+
+Baselines (same data, same run):
+- add_task: NumPy writing the same fields (prefix and code shifted into place) into the uint32
+  word arrays, ``words |= (prefix << s) | (codes << s - b)`` -- no checks, no bookkeeping;
+- weights: NumPy ``codebook[codes]`` from a uint8 code array (the decode with the fields already
+  unpacked, so the scan of the words is what we pay on top);
+- save / load: plain h5py writing / reading the same arrays (words, codebooks, encoded masks),
+  no checksums, no fsync, no seal; and, for save, the same plus ``fsync`` (what atomicity costs).
+"""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+import bitsub
+from bitsub import PackedModel, TaskLayer
+
+SIDE = int(os.environ.get("BITSUB_BENCH_PACKED_SIDE", "4096"))
+SHAPE = (SIDE, SIDE)
+N_TASKS = 8
+BITS = 4
+PREFIX = 3
+TIMES: dict[tuple[str, str], float] = {}
+SIZES: dict[str, int] = {}
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    codes = [rng.integers(0, 1 << BITS, SHAPE, dtype=np.uint8) for _ in range(N_TASKS)]
+    codebooks = [np.sort(rng.standard_normal(1 << BITS)).astype(np.float32)
+                 for _ in range(N_TASKS)]
+    mask = np.ones(SHAPE, bool)
+    return codes, codebooks, mask
+
+
+def build(data):
+    codes, codebooks, mask = data
+    pm = PackedModel(word_bits=32, prefix_bits=PREFIX)
+    pm.add_layer("fc", SHAPE)
+    for t in range(N_TASKS):
+        pm.add_task({"fc": TaskLayer(mask, mask, bits=BITS, codebook=codebooks[t],
+                                     codes=codes[t])})
+    return pm
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    return build(data)
+
+
+def numpy_add(data):
+    codes, _, _ = data
+    per_bank = ((1 << PREFIX) - 1, 32 // (PREFIX + BITS))
+    per_bank = min(per_bank)
+    banks = []
+    for t in range(N_TASKS):
+        k, j = divmod(t, per_bank)
+        if j == 0:
+            banks.append(np.zeros(SIDE * SIDE, np.uint32))
+        s = 32 - (j + 1) * (PREFIX + BITS)
+        c = codes[t].reshape(-1).astype(np.uint32)
+        banks[k] |= (np.uint32(j + 1) << np.uint32(s + BITS)) | (c << np.uint32(s))
+    return banks
+
+
+def test_same_words_as_baseline(model, data):
+    for k, words in enumerate(numpy_add(data)):
+        np.testing.assert_array_equal(model.words("fc", k), words)
+
+
+@pytest.mark.parametrize("impl", ["bitsub", "numpy"])
+def test_add_tasks(benchmark, data, impl):
+    small = tuple(a[:8, :8] for a in data[0][:1]), data[1], data[2][:8, :8]
+    if impl == "bitsub":
+        fn = build
+        pm = PackedModel()  # warm the JIT
+        pm.add_layer("fc", (8, 8))
+        pm.add_task({"fc": TaskLayer(small[2], small[2], bits=BITS, codebook=data[1][0],
+                                     codes=small[0][0])})
+    else:
+        fn = numpy_add
+    benchmark.group = f"add {N_TASKS} tasks"
+    benchmark.pedantic(fn, args=(data,), rounds=3, iterations=1)
+    TIMES[("add_task", impl)] = benchmark.stats.stats.median / N_TASKS
+
+
+@pytest.mark.parametrize("impl", ["bitsub", "numpy"])
+def test_weights(benchmark, model, data, impl):
+    t = N_TASKS - 1
+    codes, codebooks, _ = data
+    if impl == "bitsub":
+        model.weights(0, "fc")
+
+        def fn():
+            return model.weights(t, "fc")
+    else:
+        def fn():
+            return codebooks[t][codes[t]]
+    benchmark.group = "weights"
+    out = benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
+    np.testing.assert_array_equal(out, codebooks[t][codes[t]])
+    TIMES[("weights", impl)] = benchmark.stats.stats.median
+
+
+def plain_save(pm, path, fsync):
+    with h5py.File(path, "w") as f:
+        for k in range(pm.banks):
+            f[f"words_{k}"] = pm.words("fc", k)
+        for t in pm.tasks:
+            f[f"codebook_{t}"] = pm.codebook(t, "fc")
+            f[f"mask_{t}"] = np.frombuffer(pm.encoded_mask(t, "fc"), np.uint8)
+    if fsync:
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+
+def plain_load(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in f}
+
+
+@pytest.mark.parametrize("impl", ["bitsub", "h5py", "h5py+fsync"])
+def test_save(benchmark, model, tmp_path, impl):
+    path = tmp_path / "m.h5"
+    for t in model.tasks:
+        model.encoded_mask(t, "fc")  # encode masks once, outside the timing
+    if impl == "bitsub":
+        def fn():
+            model.save(path)
+    else:
+        def fn():
+            plain_save(model, path, fsync=impl.endswith("fsync"))
+    benchmark.group = "save"
+    benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
+    SIZES[impl] = path.stat().st_size
+    TIMES[("save", impl)] = benchmark.stats.stats.median
+
+
+@pytest.mark.parametrize("impl", ["bitsub", "h5py"])
+def test_load(benchmark, model, tmp_path, impl):
+    path = tmp_path / "m.h5"
+    if impl == "bitsub":
+        model.save(path)
+        fn = bitsub.load
+    else:
+        plain_save(model, path, fsync=False)
+        fn = plain_load
+    benchmark.group = "load"
+    out = benchmark.pedantic(fn, args=(path,), rounds=3, iterations=1, warmup_rounds=1)
+    if impl == "bitsub":
+        assert out == model
+    SIZES["load-" + impl] = path.stat().st_size
+    TIMES[("load", impl)] = benchmark.stats.stats.median
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ratio_table():
+    yield
+    n = SIDE * SIDE
+    print(f"\n{SIDE}x{SIDE} layer, {N_TASKS} tasks at {BITS} bits (median times)")
+    if ("add_task", "bitsub") in TIMES:
+        ours, base = TIMES[("add_task", "bitsub")], TIMES.get(("add_task", "numpy"))
+        print(f"add_task  {ours * 1e3:8.1f} ms/task  {n / ours / 1e6:7.1f} M fields/s"
+              + (f"  bitsub/numpy time {ours / base:5.2f}x" if base else ""))
+    if ("weights", "bitsub") in TIMES:
+        ours, base = TIMES[("weights", "bitsub")], TIMES.get(("weights", "numpy"))
+        print(f"weights   {ours * 1e3:8.1f} ms       {n / ours / 1e6:7.1f} M weights/s"
+              + (f"  bitsub/numpy time {ours / base:5.2f}x" if base else ""))
+    for op in ("save", "load"):
+        ours = TIMES.get((op, "bitsub"))
+        if not ours:
+            continue
+        size = SIZES.get("bitsub" if op == "save" else "load-bitsub", 0)
+        line = f"{op:<9} {ours * 1e3:8.1f} ms  {size / ours / 1e6:7.1f} MB/s"
+        for base in ("h5py", "h5py+fsync"):
+            t = TIMES.get((op, base))
+            if t:
+                line += f"  vs {base} {ours / t:5.2f}x time"
+        print(line)
