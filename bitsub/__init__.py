@@ -11,7 +11,9 @@ from bitsub.capacity import Capacity
 from bitsub.errors import FormatError
 from bitsub.kmeans import kmeans_1d, quantize
 from bitsub.maskcodec import decode_mask, encode_mask
+from bitsub.network import validate_network
 from bitsub.packed import PackedModel, TaskLayer
+from bitsub.plan import Plan, build_plan
 from bitsub.storage import load
 
 __version__ = "0.1.0"
@@ -21,8 +23,10 @@ __all__ = [
     "Capacity",
     "FormatError",
     "PackedModel",
+    "Plan",
     "TaskLayer",
     "adaptive_bitwidth",
+    "build_plan",
     "decode_mask",
     "encode_mask",
     "kmeans_1d",
@@ -30,4 +34,5 @@ __all__ = [
     "pack_bits",
     "quantize",
     "unpack_bits",
+    "validate_network",
 ]

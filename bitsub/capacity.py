@@ -17,6 +17,9 @@ Task 3 only reuses weights: ``220``. So:
   of the codebook as a "dictionary in which mapping is stored (pairs ...)";
 - masks are not counted (task 3 adds nothing, though it has its own masks).
 
+A task's mask is stored (and counted) for every layer, also the layers it does not use (an
+empty mask costs only the codec's small header).
+
 ``capacity(pm, prefix=False, masks=False, codebook_scope="task", codebook_index=True)`` reproduces
 these numbers. Other readings give the same totals (e.g. 16-bit centroids per layer plus one extra
 bit per field); the options below let a caller state theirs. The defaults follow DESIGN.md and
@@ -29,6 +32,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bitsub.maskcodec import encode_mask
 
 if TYPE_CHECKING:
     from bitsub.packed import PackedModel
@@ -124,6 +131,7 @@ def capacity(
     codebook_bits: int = 32,
     codebook_scope: str = "layer",
     codebook_index: bool = False,
+    mask_context: bool = False,
     upto: int | None = None,
 ) -> Capacity:
     """Count the bits of a packed model per component, task and layer.
@@ -143,6 +151,10 @@ def capacity(
         shared by its layers, sized by its largest codebook (the case study's reading).
     codebook_index : bool
         Count a b-bit index beside every centroid (the codebook as a dictionary of pairs).
+    mask_context : bool
+        Code each task's mask in the context of the union of all earlier tasks' masks of the
+        layer (``encode_mask(mask, context=union)``), which a decoder holding the earlier tasks
+        can invert; smaller when tasks reuse positions. False: each mask coded alone, as stored.
     upto : int, optional
         Count only tasks ``0..upto`` (the model as it was right after task ``upto``).
 
@@ -154,6 +166,7 @@ def capacity(
     prefix = _check_bool(prefix, "prefix")
     masks = _check_bool(masks, "masks")
     codebook_index = _check_bool(codebook_index, "codebook_index")
+    mask_context = _check_bool(mask_context, "mask_context")
     if isinstance(codebook_bits, bool) or not isinstance(codebook_bits, int):
         raise TypeError(f"codebook_bits must be an int, got {codebook_bits!r}")
     if codebook_bits < 0:
@@ -172,6 +185,7 @@ def capacity(
     by_layer = {name: {"shape": pm.shape(name), **dict.fromkeys(COMPONENTS, 0)}
                 for name in pm.layers}
     by_task = []
+    union = {name: np.zeros(pm.shape(name), bool) for name in pm.layers} if mask_context else {}
     for t in range(n_tasks):
         row = {"bank": pm.bank(t), **dict.fromkeys(COMPONENTS, 0), "private": 0}
         task_entries, task_index_bits = 0, 0
@@ -188,7 +202,13 @@ def capacity(
             else:
                 task_entries = max(task_entries, k)
                 task_index_bits = max(task_index_bits, index_bits)
-            m = 8 * len(pm.encoded_mask(t, name)) if masks else 0
+            m = 0
+            if masks and mask_context:
+                mask = pm.mask(t, name)
+                m = 8 * len(encode_mask(mask, context=union[name]))
+                union[name] |= mask
+            elif masks:
+                m = 8 * len(pm.encoded_mask(t, name))
             for comp, val in (("fields", f), ("codebooks", c), ("masks", m)):
                 row[comp] += val
                 by_layer[name][comp] += val
@@ -199,6 +219,7 @@ def capacity(
         by_task.append(row)
     bits = {c: sum(r[c] for r in by_task) for c in (*COMPONENTS, "private")}
     options = {"prefix": prefix, "masks": masks, "codebook_bits": codebook_bits,
-               "codebook_scope": codebook_scope, "codebook_index": codebook_index, "upto": upto}
+               "codebook_scope": codebook_scope, "codebook_index": codebook_index,
+               "mask_context": mask_context, "upto": upto}
     return Capacity(bits=bits, dense_bits=dense, by_task=by_task, by_layer=by_layer,
                     options=options)

@@ -926,6 +926,50 @@ class _Plan:
         self.__dict__.update(kw)
 
 
+@numba.njit(**NJIT)
+def _estimate_run_codes(hist, big_runs, extras, sizes):
+    """Estimated bytes of the runs code for each (extras[i], sizes[i]) (see `_choose_run_code`).
+
+    Code lengths are estimated as -log2 of the symbol frequencies; the table as those lengths'
+    delta code. Fewer symbols decode faster: the estimate adds a byte per 2048 symbols.
+    """
+    out = np.empty(extras.shape[0])
+    n_runs = big_runs.shape[0]
+    for r in range(hist.shape[0]):
+        n_runs += hist[r]
+    for i in range(extras.shape[0]):
+        extra = extras[i]
+        m = sizes[i]
+        esc = m - 1
+        counts = np.zeros(m, dtype=np.int64)
+        for r in range(hist.shape[0]):
+            if hist[r]:
+                q = r >> extra
+                counts[q % esc] += hist[r]
+                counts[esc] += hist[r] * (q // esc)
+        for j in range(big_runs.shape[0]):
+            q = big_runs[j] >> extra
+            counts[q % esc] += 1
+            counts[esc] += q // esc
+        total = 0
+        for j in range(m):
+            total += counts[j]
+        bits = 0.0
+        table = 0
+        prev = 0
+        for j in range(m):
+            length = 0
+            if counts[j] > 0:
+                info = np.log2(total / counts[j])
+                bits += counts[j] * info
+                length = min(max(int(np.rint(info)), 1), MAX_CODE_LENGTH)
+            d = length - prev
+            table += 1 if d == 0 else (2 if d == 1 else (3 if d == -1 else 8))
+            prev = length
+        out[i] = (bits + table + extra * n_runs) / 8 + total / 2048
+    return out
+
+
 def _choose_run_code(hist: np.ndarray, big_runs: np.ndarray, extra_bits=(0,)):
     """Best runs code: (size in bytes, M, lengths, counts, extra bits).
 
@@ -935,35 +979,30 @@ def _choose_run_code(hist: np.ndarray, big_runs: np.ndarray, extra_bits=(0,)):
     the code-length table, the payload bits and the M varint.
     """
     used = np.flatnonzero(hist)
-    hist = hist[: (int(used[-1]) + 1 if used.size else 0)]
+    hist = np.ascontiguousarray(hist[: (int(used[-1]) + 1 if used.size else 0)], dtype=np.int64)
+    big_runs = np.ascontiguousarray(big_runs, dtype=np.int64)
     n_runs = int(hist.sum()) + big_runs.size
-    values = np.arange(hist.size)
-    # Estimate each candidate from the entropy (lengths ~ -log2 p), then build the exact code
-    # for the two best estimates only.
-    estimates = []
+    max_run = max(int(big_runs.max(initial=0)), hist.size - 1)
+    extras = []
+    sizes = []
     for extra in sorted(set(extra_bits)):
-        q_hist = np.bincount(values >> extra, weights=hist).astype(np.int64)
-        q_big = big_runs >> extra
-        max_q = max(int(q_big.max(initial=0)), q_hist.size - 1)
+        max_q = max_run >> extra
         candidates = {min(max_q + 2, MAX_RUN_SYMBOLS)}
         m = 4
         while m <= MAX_RUN_SYMBOLS and m < max_q + 2:
             candidates.add(m)
             m *= 2
-        for m in sorted(candidates):
-            counts = _run_symbol_counts(q_hist, q_big, m)
-            total = int(counts.sum())
-            nonzero = counts > 0
-            info = np.zeros(m)
-            info[nonzero] = np.log2(total / counts[nonzero])
-            approx = np.where(nonzero, np.clip(np.rint(info), 1, MAX_CODE_LENGTH), 0)
-            est = (float(np.dot(counts, info)) + _length_table_bits(approx)) / 8
-            est += extra * n_runs / 8
-            # Fewer symbols code and decode faster: a byte of size buys 2048 fewer symbols.
-            estimates.append((est + total / 2048, m, counts, extra))
-    estimates.sort(key=lambda e: e[0])
+        extras += [extra] * len(candidates)
+        sizes += sorted(candidates)
+    estimates = _estimate_run_codes(
+        hist, big_runs, np.array(extras, dtype=np.int64), np.array(sizes, dtype=np.int64)
+    )
+    # Build the exact code for the two best estimates only.
     best = None
-    for _, m, counts, extra in estimates[:2]:
+    for i in np.argsort(estimates, kind="stable")[:2]:
+        extra, m = extras[i], sizes[i]
+        counts = _run_symbol_counts(np.bincount(np.arange(hist.size) >> extra, weights=hist)
+                                    .astype(np.int64), big_runs >> extra, m)
         size, lengths = _huffman_cost(counts)
         size += len(_varint(m)) + (extra * n_runs + 7) // 8
         score = size + int(counts.sum()) / 2048
@@ -1017,9 +1056,10 @@ def _plan_stream(bits: np.ndarray) -> _Plan:
             words, n, invert, bounds[1:], minority, MAX_RUN_SYMBOLS + 1
         )
         big_runs = runs[runs >= MAX_RUN_SYMBOLS].astype(np.int64) if rhist[-1] else runs[:0]
-        # Low bits sent as they are suit long runs: try up to log2 of the mean run.
+        # Low bits sent as they are suit long runs (mean 16 and more): try up to log2 of the
+        # mean run.
         top = int(np.log2(max((n - minority) / (minority + n_seg), 1.0)))
-        extra_bits = {0, *range(max(top - 3, 0), min(top, MAX_EXTRA_BITS) + 1)}
+        extra_bits = {0, *range(max(top - 3, 1), min(top, MAX_EXTRA_BITS) + 1)} if top >= 4 else {0}
         size, m, lengths, counts, extra = _choose_run_code(rhist[:-1], big_runs, extra_bits)
         size += 3 + 3 * n_seg
         if size < best.size:

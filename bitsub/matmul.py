@@ -36,7 +36,10 @@ from numba.extending import intrinsic
 from bitsub._config import FASTMATH, NJIT, NJIT_PARALLEL
 from bitsub.plan import SLICE, Plan
 
-__all__ = ["BATCH_MIN", "LUT_BATCH_MIN", "PARALLEL_MIN", "TILE_BYTES", "conv2d", "matmul"]
+__all__ = [
+    "BATCH_MIN", "LUT_BATCH_MIN", "PARALLEL_MIN", "SELL_TILE_DENSITY", "TILE_BYTES", "conv2d",
+    "matmul",
+]
 
 BATCH_MIN = 8
 """``"sell"``: batches of at least this many samples use the transposed (batch-inner) kernel."""
@@ -48,7 +51,11 @@ PARALLEL_MIN = 1 << 17
 """Positions visited times batch below which the serial kernels run (thread start-up costs)."""
 
 TILE_BYTES = 2 << 20
-"""Size of the scratch tile of decoded float32 rows for the ``"lut"`` large-batch path."""
+"""Size of the scratch tile of decoded float32 rows for the large-batch paths."""
+
+SELL_TILE_DENSITY = 0.15
+"""``"sell"``, batch >= BATCH_MIN: at least this task density decodes tiles for BLAS; below it
+the transposed kernel touches only the used positions."""
 
 
 def _host_has_avx512() -> bool:
@@ -347,6 +354,23 @@ _sell_batch_ser = numba.njit(**_SERIAL, fastmath=_FAST)(_sell_batch_kernel)
 
 
 @numba.njit(**NJIT)
+def _sell_decode_rows(slice_ptr, slice_len, row_len, cols, codes, codebook, s0, s1, tile
+                      ):  # pragma: no cover (njit)
+    """Write the dense rows of slices s0..s1-1 into tile (zeros where unused)."""
+    tile[:] = 0.0
+    out = row_len.shape[0]
+    for s in range(s0, s1):
+        base = slice_ptr[s]
+        r0 = (s - s0) * SLICE
+        r_hi = min(SLICE, out - s * SLICE)
+        for k in range(slice_len[s]):
+            o = base + k * SLICE
+            for r in range(r_hi):
+                if k < row_len[s * SLICE + r]:
+                    tile[r0 + r, cols[o + r]] = codebook[codes[o + r]]
+
+
+@numba.njit(**NJIT)
 def _any_nonfinite(x):  # pragma: no cover (njit)
     t = np.float32(0.0)
     for v in x.ravel():
@@ -415,6 +439,21 @@ def _padded(x2: np.ndarray, width: int) -> np.ndarray:
     return xp
 
 
+def _tiled_blas(decode, out: int, n_in: int, rows: int, x: np.ndarray) -> np.ndarray:
+    """Return x @ W.T by tiles: decode(r0, r1, tile) writes rows r0..r1-1, BLAS multiplies."""
+    tile = np.empty((rows, n_in), np.float32)
+    y = np.empty((x.shape[0], out), np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf propagate, as in the kernels
+        for r0 in range(0, out, rows):
+            r1 = min(out, r0 + rows)
+            decode(r0, r1, tile)
+            if r1 - r0 == out:
+                np.matmul(x, tile[:out].T, out=y)
+            else:
+                y[:, r0:r1] = x @ tile[: r1 - r0].T
+    return y
+
+
 def _run_lut(plan: Plan, x: np.ndarray) -> np.ndarray:
     """Return x @ W.T for a checked x of shape (in,) or (batch, in)."""
     out, n_in = plan.shape[0], plan.cols_in
@@ -425,23 +464,27 @@ def _run_lut(plan: Plan, x: np.ndarray) -> np.ndarray:
         kernel(plan.lut_codes, plan.lut_mask, plan.codebook, x, y, n_in, plan.n_chunks)
         return y
     rows = max(1, min(out, TILE_BYTES // (4 * n_in)))
-    tile = np.empty((rows, n_in), np.float32)
-    y = np.empty((n_batch, out), np.float32)
-    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf propagate, as in the kernels
-        for r0 in range(0, out, rows):
-            r1 = min(out, r0 + rows)
-            _lut_decode_rows(plan.lut_codes, plan.lut_mask, plan.codebook, n_in, plan.n_chunks,
-                             r0, r1, tile)
-            if r1 - r0 == out:
-                np.matmul(x, tile.T, out=y)
-            else:
-                y[:, r0:r1] = x @ tile[: r1 - r0].T
-    return y
+
+    def decode(r0: int, r1: int, tile: np.ndarray) -> None:
+        _lut_decode_rows(plan.lut_codes, plan.lut_mask, plan.codebook, n_in, plan.n_chunks, r0,
+                         r1, tile)
+
+    return _tiled_blas(decode, out, n_in, rows, x)
 
 
 def _run_sell(plan: Plan, x2: np.ndarray) -> np.ndarray:
-    n_batch, out = x2.shape[0], plan.shape[0]
+    n_batch, out, n_in = x2.shape[0], plan.shape[0], plan.cols_in
     work = plan.cols.size * n_batch
+    if n_batch >= BATCH_MIN and plan.nnz >= SELL_TILE_DENSITY * out * n_in:
+        # Dense enough: decode tiles of whole slices and let BLAS multiply (exact dense NaN
+        # semantics, so no fix-up).
+        rows = max(1, min(-(-out // SLICE), TILE_BYTES // (4 * n_in * SLICE))) * SLICE
+
+        def decode(r0: int, r1: int, tile: np.ndarray) -> None:
+            _sell_decode_rows(plan.slice_ptr, plan.slice_len, plan.row_len, plan.cols,
+                              plan.codes, plan.codebook, r0 // SLICE, -(-r1 // SLICE), tile)
+
+        return _tiled_blas(decode, out, n_in, rows, x2)
     if n_batch < BATCH_MIN:
         y = np.empty((n_batch, out), np.float32)
         kernel = _sell_vec_par if work >= PARALLEL_MIN else _sell_vec_ser

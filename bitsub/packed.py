@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["PackedModel", "TaskLayer"]
 
 MAX_PREFIX_BITS = 8
+_NO_CODEBOOK = np.zeros(0, np.float32)  # a layer where the task wrote no field
+_NO_CODEBOOK.flags.writeable = False
 MAX_CODE_BITS = 16
 RAW_BITS = 32
 
@@ -527,7 +529,9 @@ class PackedModel:
             raise TypeError(f"layers must be a dict str -> TaskLayer, got {type(layers).__name__}")
         prepared = []
         for name, tl in layers.items():
-            self._check_layer(name)
+            if not isinstance(name, str) or name not in self._shapes:
+                raise ValueError(f"no layer {name!r}; add it with add_layer first (layers are "
+                                 f"{list(self._shapes)})")
             if not isinstance(tl, TaskLayer):
                 raise TypeError(f"layers[{name!r}] must be a TaskLayer, got {type(tl).__name__}")
             prepared.append(self._prepare(name, tl))
@@ -766,7 +770,7 @@ class PackedModel:
         """
         t = self._check_task(task)
         self._check_layer(layer)
-        return self._tasks[t].codebooks.get(layer, np.zeros(0, np.float32))
+        return self._tasks[t].codebooks.get(layer, _NO_CODEBOOK)
 
     def mask(self, task: int, layer: str) -> np.ndarray:
         """The task's mask in ``layer``: bool, layer shape (a copy)."""
@@ -850,7 +854,7 @@ class PackedModel:
         for tid in self._banks[self._tasks[t].bank].tasks:
             if tid > t:
                 break
-            cb = self._tasks[tid].codebooks.get(layer)
+            cb = self._tasks[tid].codebooks.get(layer, _NO_CODEBOOK)
             if cb is None:
                 raw[tid] = True
                 continue

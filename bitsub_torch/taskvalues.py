@@ -418,9 +418,9 @@ class _ValuesHook:
             key = (id(store), task)
             t = self._tensors.get(key)
             if t is None or t.device != layer.weight.device:
-                t = torch.from_numpy(np.array(store.values(task, self.name))).to(
-                    layer.weight.device
-                )
+                # Built uncached on the store's side: only this tensor is kept.
+                dense = store.visible(store.bank(task), self.name, upto=task)
+                t = torch.from_numpy(dense).to(layer.weight.device)
                 self._tensors[key] = t
             return t
         return layer.weight

@@ -116,3 +116,24 @@ def test_options_and_validation():
         pm.capacity(prefix=1)
     empty = PackedModel()
     assert empty.capacity().percent == 0.0 and empty.capacity().total == 0
+
+
+def test_mask_context_counts_masks_coded_against_earlier_tasks():
+    from bitsub.maskcodec import decode_mask, encode_mask
+
+    shapes = {"fc1": (6, 5), "conv": (2, 2, 1, 3)}
+    pm, _, _ = run_random_sequence(4, 32, 3, 7, shapes)
+    cap = pm.capacity(mask_context=True)
+    expected = 0
+    for name in pm.layers:
+        union = np.zeros(pm.shape(name), bool)
+        for t in pm.tasks:
+            mask = pm.mask(t, name)
+            data = encode_mask(mask, context=union)
+            np.testing.assert_array_equal(decode_mask(data, context=union), mask)
+            expected += 8 * len(data)
+            union |= mask
+    assert cap.bits["masks"] == expected
+    plain = pm.capacity()
+    assert cap.bits["fields"] == plain.bits["fields"]
+    assert cap.bits["codebooks"] == plain.bits["codebooks"]

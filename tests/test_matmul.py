@@ -316,3 +316,78 @@ def test_plan_is_compact():
     assert isinstance(plan, Plan)
     # 2-byte column + 1-byte code per used position (plus slice padding), far below float32
     assert plan.nbytes < 0.3 * mask.size * 4
+
+
+# ----------------------------------------------------------------------- through PackedModel
+
+
+def packed_model(seed, word_bits=32):
+    """Three tasks over two banks: own fields, reused fields, several codebook sizes."""
+    from bitsub.packed import PackedModel, TaskLayer
+
+    rng = np.random.default_rng(seed)
+    pm = PackedModel(word_bits=word_bits, prefix_bits=2)
+    shapes = {"fc": (23, 37), "conv": (5, 3, 3, 2)}
+    for name, shape in shapes.items():
+        pm.add_layer(name, shape)
+
+    def layer(shape, bits, prev_mask, reuse):
+        mask = rng.random(shape) < 0.5
+        write = mask.copy()
+        if prev_mask is not None and reuse:
+            shared = prev_mask & (rng.random(shape) < 0.7)
+            mask |= shared
+            write = mask & ~shared
+        k = 1 << bits
+        return TaskLayer(mask, write, codebook=rng.standard_normal(k).astype(np.float32),
+                         codes=rng.integers(0, k, shape))
+
+    t0 = pm.add_task({n: layer(s, 2, None, False) for n, s in shapes.items()})
+    prev = {n: pm.mask(t0, n) for n in shapes}
+    t1 = pm.add_task({n: layer(s, 3, prev[n], True) for n, s in shapes.items()})
+    t2 = pm.add_task({n: layer(s, 4, None, False) for n, s in shapes.items()}, bank="new")
+    return pm, [t0, t1, t2], shapes
+
+
+@pytest.mark.parametrize("batch", [1, 5, 40])
+def test_matmul_through_packed_model(batch):
+    from bitsub.plan import model_plan
+
+    pm, tasks, shapes = packed_model(11)
+    assert pm.banks == 2
+    rng = np.random.default_rng(batch)
+    for t in tasks:
+        for name, shape in shapes.items():
+            plan = model_plan(pm, t, name)
+            w = pm.weights(t, name).reshape(shape[0], -1)
+            np.testing.assert_array_equal(plan.dense().reshape(shape[0], -1), w)
+            x = rng.standard_normal((batch, w.shape[1])).astype(np.float32)
+            assert_close(matmul(plan, x), naive_dense_matmul(w, x))
+            if len(shape) == 4:
+                xi = rng.standard_normal((2, shape[1], 6, 5)).astype(np.float32)
+                assert_close(conv2d(plan, xi, 1, 1),
+                             naive_conv2d_loops(xi, pm.weights(t, name), 1, 1))
+    # task 1 reads task 0's fields (reuse) and its own: a combined codebook of 4 + 8 centroids
+    assert model_plan(pm, tasks[1], "fc").layout == "lut"
+
+
+def test_raw_float_fields_through_packed_model():
+    from bitsub.packed import PackedModel, TaskLayer
+    from bitsub.plan import model_plan
+
+    rng = np.random.default_rng(12)
+    pm = PackedModel(word_bits=64, prefix_bits=2)
+    pm.add_layer("fc", (9, 21))
+    m0 = rng.random((9, 21)) < 0.6
+    t0 = pm.add_task({"fc": TaskLayer(m0, m0, values=rng.standard_normal((9, 21)), bits=32)})
+    m1 = m0 | (rng.random((9, 21)) < 0.3)
+    write = m1 & ~m0
+    t1 = pm.add_task({"fc": TaskLayer(m1, write, codebook=rng.standard_normal(4),
+                                      codes=rng.integers(0, 4, (9, 21)))})
+    x = rng.standard_normal((3, 21)).astype(np.float32)
+    for t in (t0, t1):
+        plan = model_plan(pm, t, "fc")
+        assert plan.layout == "sell"
+        w = pm.weights(t, "fc")
+        np.testing.assert_array_equal(plan.dense(), w)
+        assert_close(matmul(plan, x), naive_dense_matmul(w, x))

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import tempfile
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import bitsub
 from bitsub import PackedModel, TaskLayer
+from bitsub.kmeans import kmeans_1d
 from tests.naive import naive_packed_weights
 
-SETTINGS = settings(max_examples=40, deadline=None,
+SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -115,6 +119,14 @@ def random_task(rng, oracle, target, word_bits, prefix_bits, sloppy):
             vals[pick] = rng.choice(specials, int(pick.sum()))
             vals = vals.reshape(shape)
             layers[name] = TaskLayer(mask, write, values=vals, bits=32)
+        elif rng.random() < 0.15:  # quantized by bitsub (kmeans_1d over the written values)
+            vals = rng.standard_normal(n).astype(np.float32)
+            layers[name] = TaskLayer(mask, write, values=vals.reshape(shape).copy(), bits=bits)
+            w = write.reshape(-1)
+            if w.any():
+                centroids, c = kmeans_1d(vals[w], 1 << bits)
+                vals[w] = np.asarray(centroids)[np.asarray(c)]
+            vals = vals.reshape(shape)
         else:
             k = int(rng.integers(1, (1 << bits) + 1))
             codebook = np.sort(rng.standard_normal(k)).astype(np.float32)
@@ -138,7 +150,12 @@ def assert_same_bits(a, b):
     assert a.view(np.uint32).tolist() == b.view(np.uint32).tolist()
 
 
-def run_random_sequence(seed, word_bits, prefix_bits, n_tasks, shapes):
+def run_random_sequence(seed, word_bits, prefix_bits, n_tasks, shapes, reload_dir=None):
+    """Add random tasks, checking the oracle and forget-freedom after every step.
+
+    With ``reload_dir``, the model is sometimes saved and loaded back mid-sequence, and the
+    sequence goes on with the loaded model.
+    """
     rng = np.random.default_rng(seed)
     pm = PackedModel(word_bits=word_bits, prefix_bits=prefix_bits)
     for name, shape in shapes.items():
@@ -178,6 +195,12 @@ def run_random_sequence(seed, word_bits, prefix_bits, n_tasks, shapes):
         # forget-free: every earlier task bit-for-bit as it was right after it was added
         for key, w in frozen.items():
             assert_same_bits(pm.weights(*key), w)
+        if reload_dir is not None and rng.random() < 0.4:
+            path = os.path.join(reload_dir, "m.h5")
+            pm.save(path)
+            pm = bitsub.load(path)
+            for key, w in frozen.items():
+                assert_same_bits(pm.weights(*key), w)
     return pm, frozen, failures
 
 
@@ -191,9 +214,11 @@ SHAPES = st.sampled_from([
 
 @SETTINGS
 @given(seed=st.integers(0, 2**32 - 1), word_bits=st.sampled_from([32, 64]),
-       prefix_bits=st.integers(1, 4), n_tasks=st.integers(1, 12), shapes=SHAPES)
+       prefix_bits=st.integers(1, 4), n_tasks=st.integers(1, 16), shapes=SHAPES)
 def test_forget_free_and_oracle(seed, word_bits, prefix_bits, n_tasks, shapes):
-    pm, frozen, _ = run_random_sequence(seed, word_bits, prefix_bits, n_tasks, shapes)
+    with tempfile.TemporaryDirectory() as tmp:
+        pm, frozen, _ = run_random_sequence(seed, word_bits, prefix_bits, n_tasks, shapes,
+                                            reload_dir=tmp)
     for t in pm.tasks:
         for name in pm.layers:
             assert_same_bits(naive_packed_weights(pm, t, name), frozen[(t, name)])
@@ -381,8 +406,10 @@ def test_input_validation_messages():
     with pytest.raises(ValueError, match="already exists"):
         pm.add_layer("fc", (2, 2))
     m = np.ones((2, 2), bool)
-    with pytest.raises(KeyError, match="no layer"):
+    with pytest.raises(ValueError, match="no layer"):
         pm.add_task({"nope": TaskLayer(m, m)})
+    with pytest.raises(KeyError, match="no layer"):
+        pm.shape("nope")
     with pytest.raises(ValueError, match="shape"):
         pm.add_task({"fc": TaskLayer(np.ones((3, 2), bool), m)})
     with pytest.raises(ValueError, match="subset"):

@@ -327,3 +327,22 @@ def test_op_counts_linear_and_conv():
     counts = op_counts(net, 0, (1, 4, 4))
     assert counts["macs_dense"] == counts["macs_masked"] == 2 * 1 * 3 * 3 * 4 * 4
     assert counts["flops_dense"] == 2 * counts["macs_dense"]
+
+
+@pytest.mark.parametrize(
+    "name, args, lr",
+    [("tinysubnets", {"density": 0.5, "post_prune_iters": 4}, 1e-2),
+     ("adaqpacknet", {"population": 2}, 3e-3)],
+)
+def test_cli_run_is_forget_free_and_the_file_reproduces_it(tmp_path, name, args, lr):
+    from bitsub_torch.cli import evaluate_file
+    from bitsub_torch.cli import train as cli_train
+
+    report = cli_train(strategy=name, scenario="splitdigits", out=tmp_path, tasks=2, epochs=1,
+                       lr=lr, batch_size=32, strategy_args=args, threads=1, progress=False)
+    assert report["bwt"] == 0.0
+    assert report["export"]["agreement"] == [1.0, 1.0]
+    last = report["accuracy_matrix"][-1]
+    assert report["export"]["accuracy"] == last
+    assert evaluate_file(tmp_path / "model.h5", "splitdigits")["accuracy"] == last
+    assert report["capacity"]["percent"] < 100

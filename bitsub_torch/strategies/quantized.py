@@ -239,7 +239,8 @@ class QuantizedStrategy(Strategy):
         store.add_task(task, cur.bank, fields)
         self._cur = None
         for name, layer in model.task_layers().items():
-            stored = torch.from_numpy(np.array(store.values(task, name))).to(layer.weight.device)
+            stored = torch.from_numpy(store.visible(cur.bank, name, upto=task))
+            stored = stored.to(layer.weight.device)
             with torch.no_grad():
                 layer.weight.copy_(torch.where(write[name].to(stored.device), stored, layer.weight))
             layer.set_task_mask(task, masks[name].to(layer.masks.device))
