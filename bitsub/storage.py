@@ -235,6 +235,9 @@ def _check_seal(data: bytes, where: str) -> None:
         raise FormatError(f"{where}: not a bitsub file (bad magic {magic!r})")
     if zlib.crc32(data[: _HEAD.size]) != head_crc:
         raise FormatError(f"{where}: header checksum mismatch: the file is corrupted")
+    if len(data) >= USERBLOCK and any(data[need:USERBLOCK]):
+        raise FormatError(f"{where}: bytes {need}..{USERBLOCK} of the header are not zero: "
+                          "the file is corrupted")
     if version > FORMAT_VERSION:
         raise FormatError(f"{where}: format version {version} is newer than this bitsub "
                           f"supports ({FORMAT_VERSION}); upgrade bitsub")

@@ -207,12 +207,14 @@ def check_corruptions(tmp_path, n, seed):
     refused = 0
     for case in corrupt_cases(data, n, seed):
         bad.write_bytes(case)
+        changed = case != data
         try:
             back = bitsub.load(bad)
         except FormatError as exc:
             assert str(exc)
             refused += 1
             continue
+        assert not changed
         assert_same_model(pm, back, frozen)
     return refused
 
@@ -221,7 +223,7 @@ def test_1000_random_corruptions_refused_or_identical(tmp_path):
     # a few seconds: the seal (checked before HDF5 parses anything) refuses nearly every case
     refused = check_corruptions(tmp_path, 500, seed=7)
     refused += check_corruptions(tmp_path, 500, seed=8)
-    assert refused >= 990
+    assert refused >= 900  # the rest left the bytes as they were (e.g. zeros over zeros)
 
 
 def dataset_regions(path):
