@@ -210,6 +210,9 @@ def save(pm: PackedModel, path: str | os.PathLike[str]) -> None:
             fh.write(buf)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0o22)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -225,7 +228,7 @@ def save(pm: PackedModel, path: str | os.PathLike[str]) -> None:
 # ------------------------------------------------------------------------ load
 
 
-def _check_seal(data: bytes, where: str) -> None:
+def _check_seal(data: bytes, where: str, header_only: bool = False) -> None:
     need = _HEAD.size + _HEAD_CRC.size
     if len(data) < need:
         raise FormatError(f"{where}: truncated: {len(data)} bytes, not even a bitsub header")
@@ -241,6 +244,8 @@ def _check_seal(data: bytes, where: str) -> None:
     if version > FORMAT_VERSION:
         raise FormatError(f"{where}: format version {version} is newer than this bitsub "
                           f"supports ({FORMAT_VERSION}); upgrade bitsub")
+    if header_only:
+        return
     if len(data) < length:
         raise FormatError(f"{where}: truncated: {len(data)} of {length} bytes")
     if len(data) > length:
@@ -491,9 +496,12 @@ def load(path: str | os.PathLike[str]) -> PackedModel:
         If the file cannot be read at all (missing, permissions).
     """
     p = Path(os.fspath(path))
-    with open(p, "rb") as fh:
-        data = fh.read()
     where = str(p)
+    with open(p, "rb") as fh:
+        data = fh.read(USERBLOCK)
+        if len(data) == USERBLOCK:
+            _check_seal(data, where, header_only=True)  # refuse a foreign file before reading it
+            data += fh.read()
     _check_seal(data, where)
     try:
         with _open_image(data) as f:

@@ -473,3 +473,19 @@ def test_crash_while_writing_the_file_keeps_the_previous_one(tmp_path, monkeypat
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
     assert_same_model(pm, bitsub.load(path), frozen)
+
+
+def test_saved_file_mode_follows_umask_and_late_layers_round_trip(tmp_path):
+    pm = PackedModel()
+    pm.add_layer("a", (2, 2))
+    m = np.ones((2, 2), bool)
+    pm.add_task({"a": TaskLayer(m, m, codebook=[1.0, 2.0], codes=np.eye(2, dtype=int))})
+    pm.add_layer("late", (1, 3))  # task 0 has no entry for it
+    pm.add_task({"late": TaskLayer(np.ones((1, 3), bool), np.ones((1, 3), bool),
+                                   codebook=[4.0], codes=[[0, 0, 0]])})
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    umask = os.umask(0o22)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert_same_model(pm, bitsub.load(path))
