@@ -80,7 +80,7 @@ def _device_arrays(cuda: Any, plan: Plan) -> tuple:
     # Plans never change (tasks are only added), so their device copies can be kept with them.
     arrays = _device_plans.get(plan)
     if arrays is None:
-        host = ((plan.lut_codes, plan.lut_mask, plan.codebook) if plan.layout == "lut" else
+        host = ((plan.lut_codes, plan.lut_mask, plan.codebook) if plan.layout != "sell" else
                 (plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook))
         arrays = tuple(cuda.to_device(a) for a in host)
         _device_plans[plan] = arrays
@@ -94,7 +94,7 @@ def _run(plan: Plan, x2: np.ndarray) -> np.ndarray:
     if n_batch and out:
         d_y = cuda.device_array((n_batch, out), np.float32)
         blocks = (-(-out // _THREADS[0]), -(-n_batch // _THREADS[1]))
-        if plan.layout == "lut":
+        if plan.layout != "sell":
             xp = cuda.to_device(_padded(x2, plan.n_chunks * LUT_CHUNK))
             _state["lut_kernel"][blocks, _THREADS](*_device_arrays(cuda, plan), xp,
                                                    plan.n_chunks, d_y)

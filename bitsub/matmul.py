@@ -34,7 +34,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from bitsub._config import FASTMATH, NJIT, NJIT_PARALLEL
-from bitsub.plan import SLICE, Plan
+from bitsub.plan import BOTH_MAX_DENSITY, SLICE, Plan
 
 __all__ = [
     "BATCH_MIN", "LUT_BATCH_MIN", "PARALLEL_MIN", "SELL_TILE_DENSITY", "TILE_BYTES", "conv2d",
@@ -53,9 +53,9 @@ PARALLEL_MIN = 1 << 17
 TILE_BYTES = 2 << 20
 """Size of the scratch tile of decoded float32 rows for the large-batch paths."""
 
-SELL_TILE_DENSITY = 0.15
-"""``"sell"``, batch >= BATCH_MIN: at least this task density decodes tiles for BLAS; below it
-the transposed kernel touches only the used positions."""
+SELL_TILE_DENSITY = BOTH_MAX_DENSITY
+"""Batch >= BATCH_MIN: from this task density on, tiles are decoded for BLAS; below it a plan
+with ``"sell"`` arrays runs the transposed kernel, which touches only the used positions."""
 
 
 def _host_has_avx512() -> bool:
@@ -98,13 +98,18 @@ def _permvar(builder):
     return cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.permvar.sf.512")
 
 
+def _fma(builder):
+    fnty = ir.FunctionType(_V16F, [_V16F, _V16F, _V16F])
+    return cgutils.get_or_insert_function(builder.module, fnty, "llvm.fma.v16f32")
+
+
 def _chunk_weights(builder, book, codes_ptr, mask_ptr, c):
     """16 weights of chunk c: book[code] where the mask bit is set, else 0.0."""
     p8 = builder.gep(codes_ptr, [builder.mul(c, ir.Constant(_I64, 8))])
     b = builder.load(builder.bitcast(p8, _V8B.as_pointer()), align=1)
-    lo = builder.and_(b, ir.Constant(_V8B, [15] * 8))
+    # vpermps reads only the low 4 bits of each index: the low nibbles need no masking.
     hi = builder.lshr(b, ir.Constant(_V8B, [4] * 8))
-    both = builder.shuffle_vector(lo, hi, ir.Constant(_V16I, list(range(16))))
+    both = builder.shuffle_vector(b, hi, ir.Constant(_V16I, list(range(16))))
     w = builder.call(_permvar(builder), [book, builder.zext(both, _V16I)])
     bits = builder.bitcast(builder.load(builder.gep(mask_ptr, [c]), align=2),
                            ir.VectorType(ir.IntType(1), 16))
@@ -163,7 +168,7 @@ def _lut_dot_avx512(typingctx, codes, cbase, mask, mbase, book, x, xbase, n_full
             w = _chunk_weights(builder, book_vec, codes_ptr, mask_ptr, c)
             xp = builder.gep(x_ptr, [builder.mul(c, ir.Constant(_I64, 16))])
             xv = builder.load(builder.bitcast(xp, _V16F.as_pointer()), align=4)
-            builder.store(builder.fadd(builder.load(a), builder.fmul(w, xv)), a)
+            builder.store(builder.call(_fma(builder), [w, xv, builder.load(a)]), a)
 
         # _UNROLL independent accumulators hide the latency of the adds.
         groups = builder.udiv(n_full_v, ir.Constant(_I64, _UNROLL))
@@ -205,7 +210,7 @@ def _lut_dot_avx512(typingctx, codes, cbase, mask, mbase, book, x, xbase, n_full
                                       builder.gep(fbuf, [j]))
                     builder.store(builder.load(vbuf), tail_x)
             w = _chunk_weights(builder, book_vec, codes_ptr, mask_ptr, n_full_v)
-            builder.store(builder.fadd(builder.load(acc), builder.fmul(w, builder.load(tail_x))),
+            builder.store(builder.call(_fma(builder), [w, builder.load(tail_x), builder.load(acc)]),
                           acc)
         return _hsum(builder, builder.load(acc))
 
@@ -454,28 +459,27 @@ def _tiled_blas(decode, out: int, n_in: int, rows: int, x: np.ndarray) -> np.nda
     return y
 
 
-def _run_lut(plan: Plan, x: np.ndarray) -> np.ndarray:
-    """Return x @ W.T for a checked x of shape (in,) or (batch, in)."""
+def _run(plan: Plan, x: np.ndarray) -> np.ndarray:
+    """Return x @ W.T for a checked x of shape (in,) or (batch, in): pick the kernel by shape."""
     out, n_in = plan.shape[0], plan.cols_in
     n_batch = x.shape[0] if x.ndim == 2 else 1
-    if n_batch < LUT_BATCH_MIN:
+    has_lut, has_sell = plan.layout != "sell", plan.layout != "lut"
+    sparse = plan.nnz < SELL_TILE_DENSITY * out * n_in
+    if has_lut and n_batch < LUT_BATCH_MIN:
         y = np.empty((n_batch, out) if x.ndim == 2 else out, np.float32)
         kernel = _lut_vec_par if out * n_in * n_batch >= PARALLEL_MIN else _lut_vec_ser
         kernel(plan.lut_codes, plan.lut_mask, plan.codebook, x, y, n_in, plan.n_chunks)
         return y
-    rows = max(1, min(out, TILE_BYTES // (4 * n_in)))
+    x2 = x if x.ndim == 2 else x.reshape(1, -1)
+    if has_lut and not (has_sell and sparse and n_batch >= BATCH_MIN):
+        rows = max(1, min(out, TILE_BYTES // (4 * n_in)))
 
-    def decode(r0: int, r1: int, tile: np.ndarray) -> None:
-        _lut_decode_rows(plan.lut_codes, plan.lut_mask, plan.codebook, n_in, plan.n_chunks, r0,
-                         r1, tile)
+        def decode(r0: int, r1: int, tile: np.ndarray) -> None:
+            _lut_decode_rows(plan.lut_codes, plan.lut_mask, plan.codebook, n_in, plan.n_chunks,
+                             r0, r1, tile)
 
-    return _tiled_blas(decode, out, n_in, rows, x)
-
-
-def _run_sell(plan: Plan, x2: np.ndarray) -> np.ndarray:
-    n_batch, out, n_in = x2.shape[0], plan.shape[0], plan.cols_in
-    work = plan.cols.size * n_batch
-    if n_batch >= BATCH_MIN and plan.nnz >= SELL_TILE_DENSITY * out * n_in:
+        return _tiled_blas(decode, out, n_in, rows, x2)
+    if n_batch >= BATCH_MIN and not sparse:
         # Dense enough: decode tiles of whole slices and let BLAS multiply (exact dense NaN
         # semantics, so no fix-up).
         rows = max(1, min(-(-out // SLICE), TILE_BYTES // (4 * n_in * SLICE))) * SLICE
@@ -485,6 +489,7 @@ def _run_sell(plan: Plan, x2: np.ndarray) -> np.ndarray:
                               plan.codes, plan.codebook, r0 // SLICE, -(-r1 // SLICE), tile)
 
         return _tiled_blas(decode, out, n_in, rows, x2)
+    work = plan.cols.size * n_batch
     if n_batch < BATCH_MIN:
         y = np.empty((n_batch, out), np.float32)
         kernel = _sell_vec_par if work >= PARALLEL_MIN else _sell_vec_ser
@@ -497,14 +502,7 @@ def _run_sell(plan: Plan, x2: np.ndarray) -> np.ndarray:
         y = np.ascontiguousarray(yt.T)
     if _any_nonfinite(x2):
         _fix_nonfinite(plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook, x2, y)
-    return y
-
-
-def _run(plan: Plan, x2: np.ndarray) -> np.ndarray:
-    """Return x @ W.T, shape (batch, out), for a checked 2-D x."""
-    if plan.layout == "lut":
-        return _run_lut(plan, x2)
-    return _run_sell(plan, x2)
+    return y if x.ndim == 2 else y[0]
 
 
 _NP_F32 = np.dtype(np.float32)
@@ -585,14 +583,17 @@ def matmul(plan: Plan, x: np.ndarray) -> np.ndarray:
     """
     if type(plan) is not Plan:
         _check_plan(plan)
-    if (type(x) is not np.ndarray or x.dtype != _NP_F32 or x.ndim not in (1, 2)
-            or x.shape[-1] != plan.cols_in or not x.flags.c_contiguous):
-        _check_x(x, plan.cols_in)
-    if plan.layout == "lut":
-        return _run_lut(plan, x)
-    if x.ndim == 1:
-        return _run_sell(plan, x.reshape(1, -1))[0]
-    return _run_sell(plan, x)
+    n_in = plan.cols_in
+    if (type(x) is not np.ndarray or x.dtype != _NP_F32 or not 0 < x.ndim < 3
+            or x.shape[-1] != n_in or not x.flags.c_contiguous):
+        _check_x(x, n_in)
+    if x.ndim == 1 and plan.layout != "sell":  # the most common call in serving, kept short
+        out = plan.shape[0]
+        y = np.empty(out, np.float32)
+        kernel = _lut_vec_par if out * n_in >= PARALLEL_MIN else _lut_vec_ser
+        kernel(plan.lut_codes, plan.lut_mask, plan.codebook, x, y, n_in, plan.n_chunks)
+        return y
+    return _run(plan, x)
 
 
 def conv2d(plan: Plan, x: np.ndarray, stride: int = 1, padding: int = 0) -> np.ndarray:

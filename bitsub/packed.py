@@ -209,15 +209,35 @@ def _resolve_kernel_py(words, mask, prefix, prefix_bits, word_bits, bits_by_pref
     return missing
 
 
-def _decode_kernel_py(source, codes, codes_as_float, table, offsets, raw, out):
-    for i in numba.prange(source.size):
-        s = source[i]
-        if s < 0:
-            out[i] = np.float32(0.0)
-        elif raw[s]:
-            out[i] = codes_as_float[i]
-        else:
-            out[i] = table[offsets[s] + codes[i]]
+def _weights_kernel_py(words, mask, prefix, prefix_bits, word_bits, bits_by_prefix,
+                       offset_by_prefix, raw_by_prefix, table_bits, out_bits):
+    # resolve + decode in one pass (same walk as _resolve_kernel_py), without the source and
+    # codes arrays. Works on float32 bit patterns (table_bits, out_bits are uint32 views), so a
+    # raw field is its code. Returns the number of used positions with no field (0 if valid).
+    missing = 0
+    for i in numba.prange(words.size):
+        value = np.uint32(0)
+        if mask[i]:
+            used = 0
+            best = 0
+            code = np.uint64(0)
+            while used + prefix_bits <= word_bits:
+                p = np.int64(read_field(words, i, word_bits - used - prefix_bits, prefix_bits))
+                if p == 0 or p > prefix:
+                    break
+                b = bits_by_prefix[p]
+                used += prefix_bits
+                code = read_field(words, i, word_bits - used - b, b)
+                used += b
+                best = p
+            if best == 0:
+                missing += 1
+            elif raw_by_prefix[best]:
+                value = np.uint32(code)
+            else:
+                value = table_bits[offset_by_prefix[best] + np.int64(code)]
+        out_bits[i] = value
+    return missing
 
 
 def _scan_words_py(words, prefix_bits, word_bits, bits_by_prefix, n_prefixes, limit, used, counts):
@@ -288,8 +308,8 @@ def _count_orphans_py(packed_mask, words, prefix, prefix_bits, word_bits):
 PARALLEL_MIN = 1 << 16
 _resolve_serial = numba.njit(**NJIT)(_resolve_kernel_py)
 _resolve_parallel = numba.njit(**NJIT_PARALLEL)(_resolve_kernel_py)
-_decode_serial = numba.njit(**NJIT)(_decode_kernel_py)
-_decode_parallel = numba.njit(**NJIT_PARALLEL)(_decode_kernel_py)
+_weights_serial = numba.njit(**NJIT)(_weights_kernel_py)
+_weights_parallel = numba.njit(**NJIT_PARALLEL)(_weights_kernel_py)
 _scan_serial = numba.njit(**NJIT)(_scan_words_py)
 _scan_parallel = numba.njit(**NJIT_PARALLEL)(_scan_words_py)
 _orphans_serial = numba.njit(**NJIT)(_count_orphans_py)
@@ -301,9 +321,9 @@ def _resolve_kernel(words, *args):
     return fn(words, *args)
 
 
-def _decode_kernel(source, *args):
-    fn = _decode_parallel if source.size >= PARALLEL_MIN else _decode_serial
-    return fn(source, *args)
+def _weights_kernel(words, *args):
+    fn = _weights_parallel if words.size >= PARALLEL_MIN else _weights_serial
+    return fn(words, *args)
 
 
 def _scan_words(words, *args):
@@ -843,30 +863,38 @@ class PackedModel:
         return mask.reshape(shape), source.reshape(shape), codes.reshape(shape)
 
     def weights(self, task: int, layer: str) -> np.ndarray:
-        """Dense float32 weights of ``task`` in ``layer``: the reference decode."""
-        mask, source, codes = self.resolve(task, layer)
+        """Dense float32 weights of ``task`` in ``layer``: the reference decode.
+
+        The value at each position is the codebook entry (or raw float32) of the field that
+        :meth:`resolve` names there, 0 where the mask is 0; one fused pass over the words.
+        """
         t = self._check_task(task)
-        n_tasks = t + 1
-        offsets = np.zeros(n_tasks, np.int64)
-        raw = np.zeros(n_tasks, np.bool_)
+        self._check_layer(layer)
+        rec = self._tasks[t]
+        mask = self._mask_flat(t, layer)
+        bits_by_prefix, _ = self._prefix_tables(rec.bank, layer)
+        size = bits_by_prefix.size
+        offset_by_prefix = np.zeros(size, np.int64)
+        raw_by_prefix = np.zeros(size, np.bool_)
         parts = []
         pos = 0
-        for tid in self._banks[self._tasks[t].bank].tasks:
-            if tid > t:
-                break
+        for j, tid in enumerate(self._banks[rec.bank].tasks[: rec.prefix]):
             cb = self._tasks[tid].codebooks.get(layer, _NO_CODEBOOK)
             if cb is None:
-                raw[tid] = True
+                raw_by_prefix[j + 1] = True
                 continue
-            offsets[tid] = pos
+            offset_by_prefix[j + 1] = pos
             parts.append(cb)
             pos += cb.size
         table = np.concatenate(parts) if parts else np.zeros(1, np.float32)
         out = np.empty(mask.size, np.float32)
-        flat_codes = codes.reshape(-1)
-        _decode_kernel(source.reshape(-1), flat_codes, flat_codes.view(np.float32), table,
-                       offsets, raw, out)
-        return out.reshape(mask.shape)
+        missing = _weights_kernel(self._banks[rec.bank].words[layer], mask, rec.prefix,
+                                  self._prefix_bits, self._word_bits, bits_by_prefix,
+                                  offset_by_prefix, raw_by_prefix, table.view(np.uint32),
+                                  out.view(np.uint32))
+        if missing:  # cannot happen for a model built by add_task or accepted by load
+            raise RuntimeError(f"task {t}, layer {layer!r}: {missing} used positions have no field")
+        return out.reshape(self._shapes[layer])
 
     def capacity(self, **options: Any) -> Capacity:
         """Bits used per component, task and layer; see :func:`bitsub.capacity.capacity`."""
@@ -924,3 +952,5 @@ class PackedModel:
         return True
 
     __hash__ = None  # type: ignore[assignment]
+
+    # ------------------------------------------------- matmul / forward (bitsub.matmul) below

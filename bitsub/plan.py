@@ -25,7 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LUT_CHUNK", "LUT_MIN_DENSITY", "SLICE", "Plan", "build_plan", "model_plan"]
+__all__ = [
+    "BOTH_MAX_DENSITY", "LUT_CHUNK", "LUT_MIN_DENSITY", "SLICE", "Plan", "build_plan",
+    "model_plan",
+]
 
 SLICE = 16
 """Rows per slice of a ``"sell"`` plan (SIMD lanes of the CPU kernel)."""
@@ -36,6 +39,10 @@ LUT_CHUNK = 16
 LUT_MIN_DENSITY = 0.03
 """Below this task density, ``layout=None`` picks ``"sell"`` even where ``"lut"`` would fit."""
 
+BOTH_MAX_DENSITY = 0.35
+"""Below this task density, ``layout=None`` keeps ``"sell"`` arrays beside ``"lut"`` ones
+(``"both"``): the large-batch kernel that visits only used positions beats a dense product there."""
+
 
 @dataclass(frozen=True, eq=False)
 class Plan:
@@ -44,14 +51,14 @@ class Plan:
     Two layouts hold the same weights (see the module docstring): ``"sell"`` (sliced ELLPACK of
     the used positions: any codebook size, cost per used position) and ``"lut"`` (a bitmap and a
     4-bit code for every position: combined codebooks of at most 16 entries, cost per position,
-    decoded 16 weights at a time with an in-register table look-up). Arrays of the other layout
-    are empty.
+    decoded 16 weights at a time with an in-register table look-up). ``"both"`` holds both;
+    otherwise the arrays of the other layout are empty.
 
     Attributes
     ----------
     shape : tuple of int
         The layer's weight shape: (out, in) or (out, in, kh, kw).
-    layout : {"sell", "lut"}
+    layout : {"sell", "lut", "both"}
     cols_in : int
         Input size: the product of ``shape[1:]``.
     n_chunks : int
@@ -59,8 +66,8 @@ class Plan:
     row_len : ndarray of int32, (out,)
         Used positions of each row.
     codebook : ndarray of float32
-        The combined codebook. ``"sell"``: its last entry is 0.0 (the padding value);
-        ``"lut"``: 16 entries, zero-filled.
+        The combined codebook; its last entry is 0.0 (the padding value of ``"sell"``). With
+        ``"lut"`` arrays it has 17 entries: the centroids, zero-filled to 16, then that 0.0.
     slice_ptr : ndarray of int64, (n_slices + 1,)
         ``"sell"``: start of each slice in ``cols`` / ``codes``; the last item is their length.
     slice_len : ndarray of int32, (n_slices,)
@@ -112,7 +119,7 @@ class Plan:
     def dense(self) -> np.ndarray:
         """Decode to dense float32 weights of ``shape`` (for tests and debugging only)."""
         out, n_in = self.rows, self.cols_in
-        if self.layout == "lut":
+        if self.layout != "sell":
             nc = self.n_chunks
             b = self.lut_codes.reshape(out, nc, 8)
             code = np.concatenate([b & 15, b >> 4], axis=2).reshape(out, nc * LUT_CHUNK)
@@ -151,10 +158,10 @@ def build_plan(mask: np.ndarray, source: np.ndarray, codes: np.ndarray,
     codebooks : dict int -> ndarray of float32 or None
         Codebook of every task that appears in ``source`` under the mask; None for a writer of
         raw float32 fields.
-    layout : {None, "sell", "lut"}
-        None: ``"lut"`` where the combined codebook has at most 16 entries and the task density
-        is at least ``LUT_MIN_DENSITY``, else ``"sell"``. ``"lut"`` with a larger combined
-        codebook is an error.
+    layout : {None, "sell", "lut", "both"}
+        None: where the combined codebook has at most 16 entries and the task density is at
+        least ``LUT_MIN_DENSITY``, ``"lut"`` (``"both"`` below ``BOTH_MAX_DENSITY``), else
+        ``"sell"``. ``"lut"`` or ``"both"`` with a larger combined codebook is an error.
 
     Returns
     -------
@@ -218,22 +225,25 @@ def build_plan(mask: np.ndarray, source: np.ndarray, codes: np.ndarray,
     real = codebook.size - 1  # entries before the padding zero
     if layout is None:
         density = rows.size / max(1, mask.size)
-        layout = "lut" if real <= LUT_CHUNK and density >= LUT_MIN_DENSITY else "sell"
-    if layout not in ("sell", "lut"):
-        raise ValueError(f"layout must be None, 'sell' or 'lut', got {layout!r}")
-    empty = {"slice_ptr": np.zeros(1, np.int64), "slice_len": np.zeros(0, np.int32),
-             "cols": np.zeros(0, np.uint16), "codes": np.zeros(0, np.uint8),
-             "lut_codes": np.zeros(0, np.uint8), "lut_mask": np.zeros(0, np.uint16)}
-    if layout == "lut":
+        layout = "sell"
+        if real <= LUT_CHUNK and density >= LUT_MIN_DENSITY:
+            layout = "both" if density < BOTH_MAX_DENSITY else "lut"
+    if layout not in ("sell", "lut", "both"):
+        raise ValueError(f"layout must be None, 'sell', 'lut' or 'both', got {layout!r}")
+    arrays = {"slice_ptr": np.zeros(1, np.int64), "slice_len": np.zeros(0, np.int32),
+              "cols": np.zeros(0, np.uint16), "codes": np.zeros(0, np.uint8),
+              "lut_codes": np.zeros(0, np.uint8), "lut_mask": np.zeros(0, np.uint16)}
+    if layout != "sell":
         if real > LUT_CHUNK:
-            raise ValueError(f"layout 'lut' needs a combined codebook of at most {LUT_CHUNK} "
-                             f"entries, this one has {real}; use layout='sell' or None")
-        arrays = {**empty, **_lut_arrays(out, n_in, rows, cols, combined)}
-        lut_book = np.zeros(LUT_CHUNK, np.float32)
+            raise ValueError(f"layout {layout!r} needs a combined codebook of at most "
+                             f"{LUT_CHUNK} entries, this one has {real}; use layout='sell' or "
+                             f"None")
+        arrays.update(_lut_arrays(out, n_in, rows, cols, combined))
+        lut_book = np.zeros(LUT_CHUNK + 1, np.float32)
         lut_book[:real] = codebook[:real]
         codebook = lut_book
-    else:
-        arrays = {**empty, **_sell_arrays(out, n_in, rows, cols, combined, codebook.size)}
+    if layout != "lut":
+        arrays.update(_sell_arrays(out, n_in, rows, cols, combined, codebook.size))
     for a in (row_len, codebook, *arrays.values()):
         a.flags.writeable = False  # a plan is shared and cached: nobody may change it
     return Plan(shape=shape, layout=layout, cols_in=n_in, n_chunks=-(-n_in // LUT_CHUNK),

@@ -54,7 +54,8 @@ def layouts(cbs, source, mask):
     present = {int(w) for w in np.unique(source[mask])}
     if any(cbs[w] is None for w in present):
         return ["sell"]
-    return ["sell", "lut"] if sum(cbs[w].size for w in present) <= LUT_CHUNK else ["sell"]
+    small = sum(cbs[w].size for w in present) <= LUT_CHUNK
+    return ["sell", "lut", "both"] if small else ["sell"]
 
 
 @settings(max_examples=60, deadline=None)
@@ -110,12 +111,15 @@ def test_lut_plan_invariants(out, n_in, density, bits, seed):
     nc = -(-n_in // LUT_CHUNK)
     assert plan.layout == "lut" and plan.n_chunks == nc
     assert plan.lut_codes.shape == (out * nc * 8,) and plan.lut_mask.shape == (out * nc,)
-    assert plan.codebook.shape == (LUT_CHUNK,)
+    assert plan.codebook.shape == (LUT_CHUNK + 1,) and plan.codebook[-1] == 0.0
     bits_set = np.unpackbits(plan.lut_mask.view(np.uint8)).sum()
     assert bits_set == mask.sum() == plan.nnz
     assert plan.cols.size == plan.codes.size == 0
-    # 5 bits per position (4-bit code + mask bit), plus the 16-entry codebook and row lengths
-    assert plan.nbytes == out * nc * 10 + 64 + 4 * out + 8
+    # 5 bits per position (4-bit code + mask bit), plus the codebook and row lengths
+    assert plan.nbytes == out * nc * 10 + 4 * (LUT_CHUNK + 1) + 4 * out + 8
+    both = build_plan(mask, source, codes, cbs, layout="both")
+    np.testing.assert_array_equal(both.lut_codes, plan.lut_codes)
+    assert both.nnz == plan.nnz and both.cols.size == both.slice_ptr[-1]
 
 
 def test_lut_needs_a_small_codebook():
@@ -167,7 +171,7 @@ def test_lut_portable_kernels_agree(shape):
     np.testing.assert_array_equal(tile, w)
 
 
-@pytest.mark.parametrize("layout", ["sell", "lut"])
+@pytest.mark.parametrize("layout", ["sell", "lut", "both"])
 @pytest.mark.parametrize("batch", [1, 2, 8, 64, 1024])
 @pytest.mark.parametrize("density", [0.0, 0.5, 1.0])
 def test_batch_sizes_and_densities(batch, density, layout, monkeypatch):
@@ -197,7 +201,7 @@ def test_parallel_and_serial_kernels_agree(batch, monkeypatch):
     np.testing.assert_allclose(par, ser, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("layout", ["sell", "lut"])
+@pytest.mark.parametrize("layout", ["sell", "lut", "both"])
 @pytest.mark.parametrize("batch", [1, 4, 12])
 def test_nan_and_inf_propagate_as_in_dense_product(batch, layout):
     rng = np.random.default_rng(5)
@@ -312,10 +316,16 @@ def test_build_plan_rejects_bad_fields():
 def test_plan_is_compact():
     rng = np.random.default_rng(4)
     mask, source, codes, cbs = random_fields(rng, (64, 512), 0.2, 4, 1)
-    plan = build_plan(mask, source, codes, cbs)
-    assert isinstance(plan, Plan)
-    # 2-byte column + 1-byte code per used position (plus slice padding), far below float32
-    assert plan.nbytes < 0.3 * mask.size * 4
+    dense_bytes = mask.size * 4
+    sell = build_plan(mask, source, codes, cbs, layout="sell")
+    lut = build_plan(mask, source, codes, cbs, layout="lut")
+    both = build_plan(mask, source, codes, cbs)
+    assert isinstance(both, Plan) and both.layout == "both"
+    # sell: 2-byte column + 1-byte code per used position (plus slice padding)
+    assert sell.nbytes < 0.25 * dense_bytes
+    # lut: 5 bits per position
+    assert lut.nbytes < (5 / 32 + 0.01) * dense_bytes
+    assert both.nbytes < sell.nbytes + lut.nbytes
 
 
 # ----------------------------------------------------------------------- through PackedModel

@@ -44,7 +44,7 @@ class Oracle:
         b = self.banks[k]
         if b["ntasks"] >= (1 << self.prefix_bits) - 1:
             return False
-        for name, (_mask, write, bits, _) in spec.items():
+        for name, (_mask, write, bits, _, _) in spec.items():
             if write.any():
                 top = b["used"][name][write.reshape(-1)].max()
                 if top + self.prefix_bits + bits > self.word_bits:
@@ -52,7 +52,7 @@ class Oracle:
         return True
 
     def reuse_ok(self, k, spec):
-        for name, (mask, write, _, _) in spec.items():
+        for name, (mask, write, _, _, _) in spec.items():
             reuse = (mask & ~write).reshape(-1)
             if reuse.any() and (k is None or (self.banks[k]["used"][name][reuse] == 0).any()):
                 return False
@@ -61,7 +61,7 @@ class Oracle:
     def place(self, spec, bank):
         """Bank the task must land in, or None if add_task must raise."""
         nb = len(self.banks)
-        has_reuse = any((m & ~w).any() for m, w, _, _ in spec.values())
+        has_reuse = any((m & ~w).any() for m, w, _, _, _ in spec.values())
         if bank == "new" or nb == 0 and bank is None:
             return None if has_reuse else nb
         if bank is not None:
@@ -82,7 +82,7 @@ class Oracle:
             if name not in spec:
                 expected[name] = np.zeros(shape, np.float32)
                 continue
-            mask, write, bits, vals = spec[name]
+            mask, write, bits, vals, _ = spec[name]
             w = write.reshape(-1)
             if w.any():
                 b["used"][name][w] += self.prefix_bits + bits
@@ -119,6 +119,7 @@ def random_task(rng, oracle, target, word_bits, prefix_bits, sloppy):
             vals[pick] = rng.choice(specials, int(pick.sum()))
             vals = vals.reshape(shape)
             layers[name] = TaskLayer(mask, write, values=vals, bits=32)
+            centroids_stored = 0
         elif rng.random() < 0.15:  # quantized by bitsub (kmeans_1d over the written values)
             vals = rng.standard_normal(n).astype(np.float32)
             layers[name] = TaskLayer(mask, write, values=vals.reshape(shape).copy(), bits=bits)
@@ -127,6 +128,7 @@ def random_task(rng, oracle, target, word_bits, prefix_bits, sloppy):
                 centroids, c = kmeans_1d(vals[w], 1 << bits)
                 vals[w] = np.asarray(centroids)[np.asarray(c)]
             vals = vals.reshape(shape)
+            centroids_stored = 1 << bits
         else:
             k = int(rng.integers(1, (1 << bits) + 1))
             codebook = np.sort(rng.standard_normal(k)).astype(np.float32)
@@ -136,7 +138,10 @@ def random_task(rng, oracle, target, word_bits, prefix_bits, sloppy):
             if use_bits is None:
                 bits = max(1, (k - 1).bit_length())
             vals = codebook[codes]
-        spec[name] = (mask, write, bits if write.any() else 0, vals)
+            centroids_stored = k
+        written = write.any()
+        spec[name] = (mask, write, bits if written else 0, vals,
+                      centroids_stored if written else 0)
     return layers, spec
 
 
@@ -150,11 +155,13 @@ def assert_same_bits(a, b):
     assert a.view(np.uint32).tolist() == b.view(np.uint32).tolist()
 
 
-def run_random_sequence(seed, word_bits, prefix_bits, n_tasks, shapes, reload_dir=None):
+def run_random_sequence(seed, word_bits, prefix_bits, n_tasks, shapes, reload_dir=None,
+                        record=None):
     """Add random tasks, checking the oracle and forget-freedom after every step.
 
     With ``reload_dir``, the model is sometimes saved and loaded back mid-sequence, and the
-    sequence goes on with the loaded model.
+    sequence goes on with the loaded model. ``record`` (a dict) receives each added task's spec:
+    ``{layer: (mask, write, bits, values, centroids stored)}``.
     """
     rng = np.random.default_rng(seed)
     pm = PackedModel(word_bits=word_bits, prefix_bits=prefix_bits)
@@ -187,6 +194,8 @@ def run_random_sequence(seed, word_bits, prefix_bits, n_tasks, shapes, reload_di
         assert t == len(frozen) // len(shapes)
         assert pm.bank(t) == want
         expected = oracle.add(spec, want)
+        if record is not None:
+            record[t] = spec
         assert pm.prefix(t) == oracle.banks[want]["ntasks"]
         for name in shapes:
             w = pm.weights(t, name)

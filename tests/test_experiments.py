@@ -1,0 +1,93 @@
+"""The results-table runner (bitsub_torch.experiments) on a tiny scenario."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import bitsub
+from bitsub_torch import experiments
+
+FORGET_FREE = ("WSN", "TinySubNets", "Independent")
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    out = tmp_path_factory.mktemp("table")
+    lines: list[str] = []
+    result = experiments.run(["splitdigits"], ["Finetune", *FORGET_FREE], out=out, tasks=2,
+                             epochs=1, seed=0, log=lines.append)
+    return out, result, lines
+
+
+def test_table_files(table):
+    out, result, lines = table
+    stored = json.loads((out / "table.json").read_text())
+    assert stored["rows"] == result["rows"]
+    assert [r["method"] for r in stored["rows"]] == ["Finetune", *FORGET_FREE]
+    assert len(lines) == 4
+    md = (out / "table.md").read_text()
+    assert "## splitdigits (2 tasks)" in md
+    for method in ("Finetune", *FORGET_FREE):
+        assert f"| {method} |" in md
+    assert "97.14" in md  # the paper's TinySubNets p-MNIST figure beside ours
+    for r in stored["rows"]:
+        assert r["tasks"] == 2 and r["seed"] == 0 and r["epochs"] == 1
+        assert (out / "splitdigits" / r["strategy"] / "model.h5").is_file()
+        assert 0.0 <= r["acc"] <= 1.0 and 0.0 <= r["val_acc_file"] <= 1.0
+        assert r["capacity"]["percent"] > 0
+
+
+def test_forget_free_bwt_is_exactly_zero(table):
+    _, result, _ = table
+    rows = {r["method"]: r for r in result["rows"]}
+    for method in FORGET_FREE:
+        assert rows[method]["bwt"] == 0.0, method
+        assert rows[method]["bwt_file"] == 0.0, method
+        assert rows[method]["acc_file"] == pytest.approx(rows[method]["acc"], abs=1e-12)
+
+
+def test_capacity_components_add_up(table):
+    out, result, _ = table
+    for r in result["rows"]:
+        c = r["capacity"]
+        assert c["percent"] == pytest.approx(c["fields"] + c["codebooks"] + c["masks"])
+        pm = bitsub.load(out / "splitdigits" / r["strategy"] / "model.h5")
+        assert c["stored_percent"] == pytest.approx(pm.capacity().percent)
+        # masks coded alone are what the file stores
+        assert experiments.mask_bits(pm, None) == pm.capacity().bits["masks"]
+        positions = c["dense_bits"] // 32
+        assert r["mask_saving"] == pytest.approx(1 - c["bits"]["masks"] / (2 * positions))
+    rows = {r["method"]: r for r in result["rows"]}
+    # two independent float32 models: two banks, every position written twice at 32 bits
+    ind = rows["Independent"]
+    assert ind["banks"] == 2
+    assert ind["capacity"]["paper_style"] == pytest.approx(200.0)
+    assert all(b == [32] for b in ind["bits"])
+    tsn = rows["TinySubNets"]
+    assert all(1 <= b <= 8 for task in tsn["bits"] for b in task)
+
+
+def test_independent_keeps_each_task(table):
+    out, _, _ = table
+    pm = bitsub.load(out / "splitdigits" / "independent" / "model.h5")
+    w0, w1 = pm.weights(0, "fc1"), pm.weights(1, "fc1")
+    assert w0.shape == w1.shape and not np.array_equal(w0, w1)
+
+
+def test_rerun_resumes(table, tmp_path):
+    out, result, _ = table
+    again = experiments.run(["splitdigits"], ["WSN"], out=out, tasks=2, epochs=1, seed=0,
+                            log=lambda line: None)
+    first = {r["method"]: r for r in result["rows"]}["WSN"]
+    assert again["rows"][0]["accuracy_matrix"] == first["accuracy_matrix"]
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown methods"):
+        experiments.run(["splitdigits"], ["NoSuch"], out=tmp_path)
+    with pytest.raises(ValueError, match="context"):
+        experiments.mask_bits(None, "sideways")
+    assert experiments.main(["--strategy-args", "[1]", "--out", str(tmp_path)]) == 2
