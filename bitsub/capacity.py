@@ -24,7 +24,10 @@ empty mask costs only the codec's small header).
 these numbers. Other readings give the same totals (e.g. 16-bit centroids per layer plus one extra
 bit per field); the options below let a caller state theirs. The defaults follow DESIGN.md and
 count what a bitsub file stores: prefix + code per field, one float32 codebook per (task, layer)
-as stored (``len(codebook)`` centroids), and the Huffman-coded masks.
+as stored (``len(codebook)`` centroids), and the Huffman-coded masks exactly as stored (each
+task's mask coded alone or in the context of its bank's earlier masks, whichever is smaller; see
+:meth:`bitsub.PackedModel.encoded_mask`). Beside them, a :class:`Capacity` reports the masks
+coded alone (``mask_alone_bits``) and at 1 bit per position per task (``mask_raw_bits``).
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ class Capacity:
         ``codebook_scope="task"`` codebooks belong to no layer and are 0 here.
     options : dict
         The accounting options used.
+    mask_alone_bits : int
+        The same tasks' masks each coded alone (8 x bytes), for comparison with ``"masks"``.
+    mask_raw_bits : int
+        Masks at 1 bit per weight position per task (tasks x positions).
     """
 
     bits: dict[str, int]
@@ -69,6 +76,15 @@ class Capacity:
     by_task: list[dict[str, Any]] = field(default_factory=list)
     by_layer: dict[str, dict[str, Any]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    mask_alone_bits: int = 0
+    mask_raw_bits: int = 0
+
+    @property
+    def mask_saving(self) -> float:
+        """Percent saved by the counted masks against 1 bit per weight per task."""
+        if not self.mask_raw_bits:
+            return 0.0
+        return 100.0 * (1.0 - self.bits["masks"] / self.mask_raw_bits)
 
     @property
     def total(self) -> int:
@@ -102,6 +118,10 @@ class Capacity:
         lines.append(f"{'total':<22}{self.total:>14}  {self._pct(self.total)}")
         lines.append(f"{'private (separate)':<22}{self.bits['private']:>14}  "
                      f"{self._pct(self.bits['private'])}")
+        for label, value in (("masks coded alone", self.mask_alone_bits),
+                             ("masks at 1 bit/weight", self.mask_raw_bits)):
+            lines.append(f"{label:<22}{value:>14}  {self._pct(value)}")
+        lines.append(f"mask saving vs 1 bit per weight per task: {self.mask_saving:.1f}%")
         lines += ["", f"{'task':>5}{'bank':>6}" + "".join(f"{c:>12}" for c in COMPONENTS)
                   + f"{'private':>12}{'cumul. %':>11}"]
         running = 0
@@ -131,7 +151,7 @@ def capacity(
     codebook_bits: int = 32,
     codebook_scope: str = "layer",
     codebook_index: bool = False,
-    mask_context: bool = False,
+    mask_coding: str = "stored",
     upto: int | None = None,
 ) -> Capacity:
     """Count the bits of a packed model per component, task and layer.
@@ -151,10 +171,11 @@ def capacity(
         shared by its layers, sized by its largest codebook (the case study's reading).
     codebook_index : bool
         Count a b-bit index beside every centroid (the codebook as a dictionary of pairs).
-    mask_context : bool
-        Code each task's mask in the context of the union of all earlier tasks' masks of the
-        layer (``encode_mask(mask, context=union)``), which a decoder holding the earlier tasks
-        can invert; smaller when tasks reuse positions. False: each mask coded alone, as stored.
+    mask_coding : {"stored", "alone", "union"}
+        Which mask sizes ``"masks"`` counts: ``"stored"``, the bytes the file stores
+        (:meth:`~bitsub.PackedModel.encoded_mask`); ``"alone"``, each mask coded alone;
+        ``"union"``, each mask coded in the context of the union of all earlier tasks' masks
+        of the layer, whatever their bank (a comparison figure; not what is stored).
     upto : int, optional
         Count only tasks ``0..upto`` (the model as it was right after task ``upto``).
 
@@ -166,7 +187,8 @@ def capacity(
     prefix = _check_bool(prefix, "prefix")
     masks = _check_bool(masks, "masks")
     codebook_index = _check_bool(codebook_index, "codebook_index")
-    mask_context = _check_bool(mask_context, "mask_context")
+    if mask_coding not in ("stored", "alone", "union"):
+        raise ValueError(f"mask_coding must be 'stored', 'alone' or 'union', got {mask_coding!r}")
     if isinstance(codebook_bits, bool) or not isinstance(codebook_bits, int):
         raise TypeError(f"codebook_bits must be an int, got {codebook_bits!r}")
     if codebook_bits < 0:
@@ -185,7 +207,9 @@ def capacity(
     by_layer = {name: {"shape": pm.shape(name), **dict.fromkeys(COMPONENTS, 0)}
                 for name in pm.layers}
     by_task = []
-    union = {name: np.zeros(pm.shape(name), bool) for name in pm.layers} if mask_context else {}
+    union = ({name: np.zeros(pm.shape(name), bool) for name in pm.layers}
+             if masks and mask_coding == "union" else {})
+    alone_bits = raw_bits = 0
     for t in range(n_tasks):
         row = {"bank": pm.bank(t), **dict.fromkeys(COMPONENTS, 0), "private": 0}
         task_entries, task_index_bits = 0, 0
@@ -203,12 +227,18 @@ def capacity(
                 task_entries = max(task_entries, k)
                 task_index_bits = max(task_index_bits, index_bits)
             m = 0
-            if masks and mask_context:
-                mask = pm.mask(t, name)
-                m = 8 * len(encode_mask(mask, context=union[name]))
-                union[name] |= mask
-            elif masks:
-                m = 8 * len(pm.encoded_mask(t, name))
+            if masks:
+                alone = 8 * pm._alone_size(t, name)
+                alone_bits += alone
+                raw_bits += math.prod(pm.shape(name))
+                if mask_coding == "union":
+                    mask = pm.mask(t, name)
+                    m = 8 * len(encode_mask(mask, context=union[name]))
+                    union[name] |= mask
+                elif mask_coding == "alone":
+                    m = alone
+                else:
+                    m = 8 * len(pm.encoded_mask(t, name))
             for comp, val in (("fields", f), ("codebooks", c), ("masks", m)):
                 row[comp] += val
                 by_layer[name][comp] += val
@@ -220,6 +250,6 @@ def capacity(
     bits = {c: sum(r[c] for r in by_task) for c in (*COMPONENTS, "private")}
     options = {"prefix": prefix, "masks": masks, "codebook_bits": codebook_bits,
                "codebook_scope": codebook_scope, "codebook_index": codebook_index,
-               "mask_context": mask_context, "upto": upto}
+               "mask_coding": mask_coding, "upto": upto}
     return Capacity(bits=bits, dense_bits=dense, by_task=by_task, by_layer=by_layer,
-                    options=options)
+                    options=options, mask_alone_bits=alone_bits, mask_raw_bits=raw_bits)

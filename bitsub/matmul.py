@@ -3,17 +3,19 @@
 Kernels, chosen by the plan's layout and the batch size (thresholds from
 ``bench/test_bench_matmul.py``):
 
-- ``"lut"`` plans (at most 16 combined centroids: a bitmap and a 4-bit code per position).
-  Small batches: the fused decode-in-the-loop kernel. Each chunk of 16 weights is decoded in
-  registers (the 16 codes index the codebook held in one 512-bit register, ``vpermps``; the
-  bitmap zeroes unused lanes) and multiplied with 16 inputs; rows run in parallel. Large batches:
-  cache-sized tiles of rows are decoded the same way into a scratch tile (single-threaded) and
-  multiplied by BLAS, which owns the threads. No Numba parallel region runs between BLAS calls:
-  on 2 cores the two thread pools fight and stall.
-- ``"sell"`` plans (any codebook, sliced ELLPACK of the used positions). Small batches: slices of
-  16 rows run in SIMD lanes, each step gathering one input and one centroid per row. Large
-  batches: the input is transposed once and each used position adds ``w * x[:, col]`` to its
-  row, a dense contiguous multiply-add over the batch.
+- small batches on ``"lut"`` arrays: the fused decode-in-the-loop kernel. Each chunk of 16
+  weights is decoded in registers (the 16 codes index the codebook held in one 512-bit
+  register, ``vpermps``; the mask bits zero unused lanes) and multiplied with 16 inputs.
+- small batches on ``"sell"`` arrays: slices of 16 rows in SIMD lanes, each step gathering one
+  input and one centroid per row.
+- large batches: cache-sized tiles of rows are decoded into a scratch tile (single-threaded)
+  and multiplied by BLAS, which then owns the threads. Below ``SELL_TILE_DENSITY``, a plan with
+  ``"sell"`` arrays instead runs a batch-inner kernel over the used positions only (x
+  transposed once; each position adds ``w * x[:, col]`` to its row).
+
+Threads: large calls are split over plain Python threads running the ``nogil`` kernels. They
+sleep when idle, unlike Numba's OpenMP pool, which spins between parallel regions and, on 2
+cores, stalls badly against BLAS's and torch's pools when the calls alternate.
 
 The in-register look-up needs AVX-512 (checked once on the host); elsewhere a portable Numba
 kernel decodes the same layout.
@@ -26,19 +28,21 @@ recomputed exactly (a rare, slower path).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import prange, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from bitsub._config import FASTMATH, NJIT, NJIT_PARALLEL
+from bitsub._config import FASTMATH, NJIT
 from bitsub.plan import BOTH_MAX_DENSITY, SLICE, Plan
 
 __all__ = [
-    "BATCH_MIN", "LUT_BATCH_MIN", "PARALLEL_MIN", "SELL_TILE_DENSITY", "TILE_BYTES", "conv2d",
-    "matmul",
+    "BATCH_CHUNK", "BATCH_MIN", "LUT_BATCH_MIN", "PARALLEL_MIN", "SELL_TILE_DENSITY",
+    "TILE_BYTES", "conv2d", "matmul",
 ]
 
 BATCH_MIN = 8
@@ -47,11 +51,15 @@ BATCH_MIN = 8
 LUT_BATCH_MIN = 4
 """``"lut"``: batches of at least this many samples use decoded tiles and BLAS."""
 
-PARALLEL_MIN = 1 << 17
-"""Positions visited times batch below which the serial kernels run (thread start-up costs)."""
+PARALLEL_MIN = 1 << 21
+"""Positions visited times batch from which a kernel is split over threads (a hand-off costs
+about 10 us)."""
 
 TILE_BYTES = 2 << 20
 """Size of the scratch tile of decoded float32 rows for the large-batch paths."""
+
+BATCH_CHUNK = 64
+"""Samples per pass of the batch-inner ``"sell"`` kernel."""
 
 SELL_TILE_DENSITY = BOTH_MAX_DENSITY
 """Batch >= BATCH_MIN: from this task density on, tiles are decoded for BLAS; below it a plan
@@ -72,9 +80,6 @@ def _host_has_avx512() -> bool:
 AVX512 = _host_has_avx512()
 """Whether the ``"lut"`` kernels use the AVX-512 in-register look-up (else portable Numba)."""
 
-# Numba's on-disk cache keys a function by its name and line, not by its options: the serial twin
-# of a cached parallel kernel is compiled without the cache so the two never share an entry.
-_SERIAL = {**NJIT, "cache": False}
 _FAST = set(FASTMATH)
 
 
@@ -286,22 +291,34 @@ _lut_dot = _lut_dot_avx512 if AVX512 else _lut_dot_portable
 _lut_decode = _lut_decode_avx512 if AVX512 else _lut_decode_portable
 
 
-def _lut_vec_kernel(codes, mask, book, x, y, n_in, n_chunks):  # pragma: no cover (njit)
+@numba.njit(**NJIT)
+def _lut_vec(codes, mask, book, x, y, n_in, n_chunks, r0, r1):  # pragma: no cover (njit)
+    """Rows r0..r1-1 of y = x @ W.T, x of shape (in,) or (batch, in)."""
     xf = x.ravel()
     yf = y.ravel()
     n_batch = xf.size // n_in
     out = yf.size // max(1, n_batch)
     n_full = n_in // 16
     tail = n_in - 16 * n_full
-    for i in prange(out):
+    for i in range(r0, r1):
         cb = i * n_chunks * 8
         mb = i * n_chunks
         for b in range(n_batch):
             yf[b * out + i] = _lut_dot(codes, cb, mask, mb, book, xf, b * n_in, n_full, tail)
 
 
-_lut_vec_par = numba.njit(**NJIT_PARALLEL)(_lut_vec_kernel)
-_lut_vec_ser = numba.njit(**_SERIAL)(_lut_vec_kernel)
+@numba.njit(**NJIT)
+def _lut_matvec(codes, mask, book, x):  # pragma: no cover (njit)
+    """Return W @ x for one sample (few arguments, y allocated here: small calls are fast)."""
+    n_in = x.size
+    n_chunks = -(-n_in // 16)
+    out = mask.size // n_chunks
+    y = np.empty(out, np.float32)
+    n_full = n_in // 16
+    tail = n_in - 16 * n_full
+    for i in range(out):
+        y[i] = _lut_dot(codes, i * n_chunks * 8, mask, i * n_chunks, book, x, 0, n_full, tail)
+    return y
 
 
 @numba.njit(**NJIT)
@@ -317,10 +334,12 @@ def _lut_decode_rows(codes, mask, book, n_in, n_chunks, r0, r1, tile):  # pragma
 # --------------------------------------------------------------------------- "sell"
 
 
-def _sell_vec_kernel(slice_ptr, slice_len, cols, codes, codebook, x, y):  # pragma: no cover
+@numba.njit(**NJIT, fastmath=_FAST)
+def _sell_vec(slice_ptr, slice_len, cols, codes, codebook, x, y, s0, s1):  # pragma: no cover
+    """Slices s0..s1-1 of y = x @ W.T (x and y 2-D); the rows of a slice run in SIMD lanes."""
     n_batch, out = y.shape
-    for s in prange(slice_len.shape[0]):
-        acc = np.empty(SLICE, np.float32)
+    acc = np.empty(SLICE, np.float32)
+    for s in range(s0, s1):
         base = slice_ptr[s]
         length = slice_len[s]
         r_hi = min(SLICE, out - s * SLICE)
@@ -336,26 +355,22 @@ def _sell_vec_kernel(slice_ptr, slice_len, cols, codes, codebook, x, y):  # prag
                 y[b, s * SLICE + r] = acc[r]
 
 
-def _sell_batch_kernel(slice_ptr, row_len, cols, codes, codebook, xt, yt):  # pragma: no cover
-    out, n_batch = yt.shape
-    for i in prange(out):
+@numba.njit(**NJIT, fastmath=_FAST)
+def _sell_batch(slice_ptr, row_len, cols, codes, codebook, xt, yt, r0, r1):  # pragma: no cover
+    """Rows r0..r1-1 of yt = W @ xt: each used position adds w * xt[col] to its row."""
+    n_batch = yt.shape[1]
+    # Plain 2-D indexing: a row view per used position would cost a reference-count update.
+    for i in range(r0, r1):
         s = i // SLICE
         base = slice_ptr[s] + (i - s * SLICE)
-        acc = yt[i]
         for b in range(n_batch):
-            acc[b] = 0.0
+            yt[i, b] = 0.0
         for k in range(row_len[i]):
             o = base + k * SLICE
             w = codebook[codes[o]]
-            xr = xt[cols[o]]
+            j = cols[o]
             for b in range(n_batch):
-                acc[b] += w * xr[b]
-
-
-_sell_vec_par = numba.njit(**NJIT_PARALLEL, fastmath=_FAST)(_sell_vec_kernel)
-_sell_vec_ser = numba.njit(**_SERIAL, fastmath=_FAST)(_sell_vec_kernel)
-_sell_batch_par = numba.njit(**NJIT_PARALLEL, fastmath=_FAST)(_sell_batch_kernel)
-_sell_batch_ser = numba.njit(**_SERIAL, fastmath=_FAST)(_sell_batch_kernel)
+                yt[i, b] += w * xt[j, b]
 
 
 @numba.njit(**NJIT)
@@ -435,6 +450,30 @@ def _im2col(x, kh, kw, stride, padding, oh, ow, cols):  # pragma: no cover (njit
 
 # --------------------------------------------------------------------------- drivers
 
+_pool: list[ThreadPoolExecutor] = []
+
+
+def _split(kernel, args: tuple, n_items: int, work: int) -> None:
+    """Run kernel(*args, a, b) over [0, n_items) in parts, one per thread when work is large.
+
+    The parts run on plain Python threads (the kernels release the GIL), which sleep when idle:
+    Numba's OpenMP pool spins between parallel regions and, on 2 cores, stalls against BLAS's
+    and torch's pools when the calls alternate.
+    """
+    n_threads = min(numba.config.NUMBA_NUM_THREADS, n_items)
+    if work < PARALLEL_MIN or n_threads < 2:
+        kernel(*args, 0, n_items)
+        return
+    if not _pool:
+        _pool.append(ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                        thread_name_prefix="bitsub"))
+    step = -(-n_items // n_threads)
+    futures = [_pool[0].submit(kernel, *args, a, min(n_items, a + step))
+               for a in range(step, n_items, step)]
+    kernel(*args, 0, step)
+    for f in futures:
+        f.result()
+
 
 def _padded(x2: np.ndarray, width: int) -> np.ndarray:
     if x2.shape[1] == width:
@@ -467,8 +506,8 @@ def _run(plan: Plan, x: np.ndarray) -> np.ndarray:
     sparse = plan.nnz < SELL_TILE_DENSITY * out * n_in
     if has_lut and n_batch < LUT_BATCH_MIN:
         y = np.empty((n_batch, out) if x.ndim == 2 else out, np.float32)
-        kernel = _lut_vec_par if out * n_in * n_batch >= PARALLEL_MIN else _lut_vec_ser
-        kernel(plan.lut_codes, plan.lut_mask, plan.codebook, x, y, n_in, plan.n_chunks)
+        args = (plan.lut_codes, plan.lut_mask, plan.codebook, x, y, n_in, plan.n_chunks)
+        _split(_lut_vec, args, out, out * n_in * n_batch)
         return y
     x2 = x if x.ndim == 2 else x.reshape(1, -1)
     if has_lut and not (has_sell and sparse and n_batch >= BATCH_MIN):
@@ -492,14 +531,17 @@ def _run(plan: Plan, x: np.ndarray) -> np.ndarray:
     work = plan.cols.size * n_batch
     if n_batch < BATCH_MIN:
         y = np.empty((n_batch, out), np.float32)
-        kernel = _sell_vec_par if work >= PARALLEL_MIN else _sell_vec_ser
-        kernel(plan.slice_ptr, plan.slice_len, plan.cols, plan.codes, plan.codebook, x2, y)
+        args = (plan.slice_ptr, plan.slice_len, plan.cols, plan.codes, plan.codebook, x2, y)
+        _split(_sell_vec, args, plan.slice_len.size, work)
     else:
-        xt = np.ascontiguousarray(x2.T)
-        yt = np.empty((out, n_batch), np.float32)
-        kernel = _sell_batch_par if work >= PARALLEL_MIN else _sell_batch_ser
-        kernel(plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook, xt, yt)
-        y = np.ascontiguousarray(yt.T)
+        y = np.empty((n_batch, out), np.float32)
+        for b0 in range(0, n_batch, BATCH_CHUNK):  # a chunk of x.T stays in cache
+            b1 = min(n_batch, b0 + BATCH_CHUNK)
+            xt = np.ascontiguousarray(x2[b0:b1].T)
+            yt = np.empty((out, b1 - b0), np.float32)
+            args = (plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook, xt, yt)
+            _split(_sell_batch, args, out, plan.cols.size * (b1 - b0))
+            y[b0:b1] = yt.T
     if _any_nonfinite(x2):
         _fix_nonfinite(plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook, x2, y)
     return y if x.ndim == 2 else y[0]
@@ -588,10 +630,13 @@ def matmul(plan: Plan, x: np.ndarray) -> np.ndarray:
             or x.shape[-1] != n_in or not x.flags.c_contiguous):
         _check_x(x, n_in)
     if x.ndim == 1 and plan.layout != "sell":  # the most common call in serving, kept short
+        if plan.positions < PARALLEL_MIN:
+            a = plan.lut_args
+            return _lut_matvec(a[0], a[1], a[2], x)
         out = plan.shape[0]
         y = np.empty(out, np.float32)
-        kernel = _lut_vec_par if out * n_in >= PARALLEL_MIN else _lut_vec_ser
-        kernel(plan.lut_codes, plan.lut_mask, plan.codebook, x, y, n_in, plan.n_chunks)
+        args = (plan.lut_codes, plan.lut_mask, plan.codebook, x, y, n_in, plan.n_chunks)
+        _split(_lut_vec, args, out, out * n_in)
         return y
     return _run(plan, x)
 

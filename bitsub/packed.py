@@ -20,7 +20,7 @@ import math
 import operator
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numba
@@ -34,13 +34,17 @@ from bitsub.maskcodec import encode_mask
 if TYPE_CHECKING:
     from bitsub.capacity import Capacity
 
-__all__ = ["PackedModel", "TaskLayer"]
+__all__ = ["MASK_REFERENCES", "PackedModel", "TaskLayer"]
 
 MAX_PREFIX_BITS = 8
 _NO_CODEBOOK = np.zeros(0, np.float32)  # a layer where the task wrote no field
 _NO_CODEBOOK.flags.writeable = False
 MAX_CODE_BITS = 16
 RAW_BITS = 32
+# What a task's stored mask of a layer is coded against (maskcodec context), by code:
+# 0 nothing, 1 the mask of the previous task of the same bank, 2 the union of the masks of all
+# earlier tasks of the same bank. The decoder holds both once it decoded the earlier tasks.
+MASK_REFERENCES = ("alone", "previous", "union")
 
 
 @dataclass(eq=False)
@@ -98,7 +102,9 @@ class _Task:
     codebooks: dict[str, np.ndarray | None]  # layer -> float32 centroids, None for raw fields
     masks: dict[str, np.ndarray]  # layer -> np.packbits of the flattened mask
     private: dict[str, np.ndarray]
-    encoded_masks: dict[str, bytes]  # cache, filled on demand
+    encoded_masks: dict[str, bytes]  # stored mask bytes: filled on demand, or by load
+    mask_refs: dict[str, int] = field(default_factory=dict)  # index into MASK_REFERENCES
+    alone_sizes: dict[str, int] = field(default_factory=dict)  # bytes of the mask coded alone
 
 
 @dataclass
@@ -240,67 +246,161 @@ def _weights_kernel_py(words, mask, prefix, prefix_bits, word_bits, bits_by_pref
     return missing
 
 
-def _scan_words_py(words, prefix_bits, word_bits, bits_by_prefix, n_prefixes, limit, used, counts):
-    # Structural check of a word array (for loaded files): every field has a known prefix, fits
-    # the word, prefixes increase, codes are below limit[prefix] (the codebook size) and the bits
-    # after the last field are zero. Fills used (bits occupied per word) and counts (fields per
-    # prefix). Returns the index of a bad word, or -1. Chunks run in parallel.
+_HASH_K1 = np.uint64(0x9E3779B97F4A7C15)
+_HASH_K2 = np.uint64(0xBF58476D1CE4E5B9)
+
+
+@numba.njit(**NJIT)
+def _word_mix(word, i):
+    # A bijection of the word for a fixed position i: changing any one word always changes the
+    # sum of the mixes (see words_hash).
+    m = np.uint64(word) + (np.uint64(i) + np.uint64(1)) * _HASH_K1
+    m ^= m >> np.uint64(31)
+    m *= _HASH_K2
+    m ^= m >> np.uint64(29)
+    return m
+
+
+def _words_hash_py(words):
     n = words.size
     n_chunks = min(256, n // 16384 + 1)
-    chunk_counts = np.zeros((n_chunks, counts.size), np.int64)
-    chunk_bad = np.full(n_chunks, -1, np.int64)
+    part = np.zeros(n_chunks, np.uint64)
     for c in numba.prange(n_chunks):
+        h = np.uint64(0)
         for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
-            pos = 0
-            last = 0
-            bad = False
-            while pos + prefix_bits <= word_bits:
-                p = np.int64(read_field(words, i, word_bits - pos - prefix_bits, prefix_bits))
-                if p == 0:
-                    break
-                if p > n_prefixes or p <= last:
-                    bad = True
-                    break
-                b = bits_by_prefix[p]
-                if b == 0 or pos + prefix_bits + b > word_bits:
-                    bad = True
-                    break
-                if read_field(words, i, word_bits - pos - prefix_bits - b, b) >= limit[p]:
-                    bad = True
-                    break
-                chunk_counts[c, p] += 1
-                pos += prefix_bits + b
-                last = p
-            rest = word_bits - pos
-            if bad or (rest > 0 and read_field(words, i, 0, rest) != 0):
+            h += _word_mix(words[i], i)
+        part[c] = h
+    h = np.uint64(0)
+    for c in range(n_chunks):
+        h += part[c]
+    return h
+
+
+def _check_bank_py(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit, masks,
+                   used, counts, orphans):
+    # One pass over a bank's word array of a loaded file: the structure of every word (each
+    # field has a known prefix, prefixes increase, fields fit, codes < limit[prefix] = codebook
+    # size, bits after the last field are zero), used[i] (bits occupied), counts[p] (fields per
+    # prefix), orphans[p] (positions whose first user in the bank, of prefix p, has no field of
+    # a prefix <= p: masks[p - 1] is that task's packed mask), and the words' hash.
+    # Returns (index of the first malformed word or -1, hash). Words mostly repeat the layout
+    # (prefixes and widths) of the word before: a word matching the last layout is checked with
+    # one masked compare, without walking its fields.
+    n = words.size
+    n_chunks = min(256, n // 16384 + 1)
+    size = counts.size
+    chunk_counts = np.zeros((n_chunks, size), np.int64)
+    chunk_orphans = np.zeros((n_chunks, size), np.int64)
+    chunk_bad = np.full(n_chunks, -1, np.int64)
+    chunk_hash = np.zeros(n_chunks, np.uint64)
+    top = np.uint64(64 - word_bits)
+    p_shift = np.uint64(64 - prefix_bits)
+    p_mask = np.uint64((1 << prefix_bits) - 1)
+    n_masks = masks.shape[0]
+    max_fields = word_bits // (prefix_bits + 1)
+    # codes need checking only where a codebook has fewer than 2**b entries
+    code_check = np.zeros(size, np.bool_)
+    for p in range(1, size):
+        b = bits_by_prefix[p]
+        code_check[p] = 0 < b < 64 and limit[p] < (np.uint64(1) << np.uint64(b))
+    for c in numba.prange(n_chunks):
+        lay_p = np.zeros(max_fields, np.int64)  # the last layout: prefixes, code shifts, widths
+        lay_s = np.zeros(max_fields, np.uint64)
+        lay_b = np.zeros(max_fields, np.uint64)
+        lay_n = 0
+        lay_mask = np.uint64(0)  # bits of the layout's prefixes and of its empty tail
+        lay_val = np.uint64(1)  # no word matches before a first walk
+        lay_pos = 0
+        lay_first = 0
+        lay_codes = False
+        run = 0  # words matched by the current layout (their fields not counted yet)
+        h = np.uint64(0)
+        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            w = words[i]
+            h += _word_mix(w, i)
+            x = np.uint64(w) << top
+            ok = True
+            if (x & lay_mask) == lay_val:
+                if lay_codes:
+                    for k in range(lay_n):
+                        p = lay_p[k]
+                        if code_check[p] and ((x >> lay_s[k]) & ((np.uint64(1) << lay_b[k])
+                                                               - np.uint64(1))) >= limit[p]:
+                            ok = False
+                run += 1
+                pos = lay_pos
+                first = lay_first
+            else:
+                for k in range(lay_n):
+                    chunk_counts[c, lay_p[k]] += run
+                run = 0
+                pos = 0
+                last = 0
+                first = 0
+                lay_n = 0
+                lay_mask = np.uint64(0)
+                lay_val = np.uint64(0)
+                lay_codes = False
+                y = x
+                while y != np.uint64(0):
+                    p = np.int64(y >> p_shift)
+                    if pos + prefix_bits > word_bits or p <= last or p > n_prefixes:
+                        ok = False
+                        break
+                    b = bits_by_prefix[p]
+                    if b == 0 or pos + prefix_bits + b > word_bits:
+                        ok = False
+                        break
+                    shift = np.uint64(64 - pos - prefix_bits - b)
+                    if ((x >> shift) & ((np.uint64(1) << np.uint64(b)) - np.uint64(1))
+                            >= limit[p]):
+                        ok = False
+                        break
+                    chunk_counts[c, p] += 1
+                    lay_p[lay_n] = p
+                    lay_s[lay_n] = shift
+                    lay_b[lay_n] = np.uint64(b)
+                    lay_n += 1
+                    lay_codes = lay_codes or code_check[p]
+                    lay_mask |= p_mask << (shift + np.uint64(b))
+                    lay_val |= np.uint64(p) << (shift + np.uint64(b))
+                    if first == 0:
+                        first = p
+                    last = p
+                    pos += prefix_bits + b
+                    y = y << np.uint64(prefix_bits + b)
+                if pos == 0:
+                    lay_mask = ~np.uint64(0)
+                else:
+                    lay_mask |= (np.uint64(1) << np.uint64(64 - pos)) - np.uint64(1)
+                lay_pos = pos
+                lay_first = first
+            if not ok:
                 chunk_bad[c] = i
+                lay_n = 0
                 break
             used[i] = pos
+            if first != 1:  # prefix 1 is every task's own or earlier: nothing to check
+                byte = i >> 3
+                bit = 7 - (i & 7)
+                for j in range(n_masks):
+                    if (masks[j, byte] >> bit) & 1:
+                        if first == 0 or first > j + 1:
+                            chunk_orphans[c, j + 1] += 1
+                        break
+        for k in range(lay_n):
+            chunk_counts[c, lay_p[k]] += run
+        chunk_hash[c] = h
     for c in range(n_chunks):
         if chunk_bad[c] >= 0:
-            return chunk_bad[c]
+            return chunk_bad[c], np.uint64(0)
+    h = np.uint64(0)
     for c in range(n_chunks):
-        for p in range(counts.size):
+        h += chunk_hash[c]
+        for p in range(size):
             counts[p] += chunk_counts[c, p]
-    return -1
-
-
-def _count_orphans_py(packed_mask, words, prefix, prefix_bits, word_bits):
-    # Positions in the mask whose word has no field of a task <= prefix: the first field of a
-    # word sits at the MSB, and prefixes increase along the word.
-    n = words.size
-    orphans = 0
-    for j in numba.prange(packed_mask.size):
-        byte = packed_mask[j]
-        if byte == 0:
-            continue
-        for k in range(8):
-            i = j * 8 + k
-            if i < n and (byte >> (7 - k)) & 1:
-                first = np.int64(read_field(words, i, word_bits - prefix_bits, prefix_bits))
-                if first == 0 or first > prefix:
-                    orphans += 1
-    return orphans
+            orphans[p] += chunk_orphans[c, p]
+    return -1, h
 
 
 # Each scan has a serial and a parallel build: waking a thread pool costs more than a small
@@ -310,10 +410,10 @@ _resolve_serial = numba.njit(**NJIT)(_resolve_kernel_py)
 _resolve_parallel = numba.njit(**NJIT_PARALLEL)(_resolve_kernel_py)
 _weights_serial = numba.njit(**NJIT)(_weights_kernel_py)
 _weights_parallel = numba.njit(**NJIT_PARALLEL)(_weights_kernel_py)
-_scan_serial = numba.njit(**NJIT)(_scan_words_py)
-_scan_parallel = numba.njit(**NJIT_PARALLEL)(_scan_words_py)
-_orphans_serial = numba.njit(**NJIT)(_count_orphans_py)
-_orphans_parallel = numba.njit(**NJIT_PARALLEL)(_count_orphans_py)
+_check_serial = numba.njit(**NJIT)(_check_bank_py)
+_check_parallel = numba.njit(**NJIT_PARALLEL)(_check_bank_py)
+_hash_serial = numba.njit(**NJIT)(_words_hash_py)
+_hash_parallel = numba.njit(**NJIT_PARALLEL)(_words_hash_py)
 
 
 def _resolve_kernel(words, *args):
@@ -326,14 +426,21 @@ def _weights_kernel(words, *args):
     return fn(words, *args)
 
 
-def _scan_words(words, *args):
-    fn = _scan_parallel if words.size >= PARALLEL_MIN else _scan_serial
+def _check_bank(words, *args):
+    fn = _check_parallel if words.size >= PARALLEL_MIN else _check_serial
     return fn(words, *args)
 
 
-def _count_orphans(packed_mask, words, *args):
-    fn = _orphans_parallel if words.size >= PARALLEL_MIN else _orphans_serial
-    return fn(packed_mask, words, *args)
+def words_hash(words: np.ndarray) -> int:
+    """The 64-bit hash a bitsub file stores for a word array (uint32 or uint64, 1-D).
+
+    ``sum(mix(word_i, i) for i) mod 2**64`` with ``mix(w, i) = g(w + (i + 1) * K1)``, where
+    ``g(m) = f29(f31(m) * K2)``, ``fk(m) = m ^ (m >> k)``, all modulo 2**64,
+    ``K1 = 0x9E3779B97F4A7C15``, ``K2 = 0xBF58476D1CE4E5B9``. Changing any single word always
+    changes it (``mix`` is a bijection of the word); it is computed in the load's one pass.
+    """
+    fn = _hash_parallel if words.size >= PARALLEL_MIN else _hash_serial
+    return int(fn(words))
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -572,6 +679,8 @@ class PackedModel:
                      private=priv, encoded_masks={})
         for pl in prepared:
             if pl.n_write:
+                if not b.words[pl.name].flags.writeable:  # a view of a loaded file's bytes
+                    b.words[pl.name] = b.words[pl.name].copy()
                 _write_fields(b.words[pl.name], b.used[pl.name], pl.write, pl.codes, pl.compact,
                               prefix, self._prefix_bits, pl.bits, self._word_bits)
             task.bits[pl.name] = pl.bits
@@ -805,14 +914,86 @@ class PackedModel:
             return np.zeros(n, bool)
         return np.unpackbits(packed, count=n).view(bool)
 
-    def encoded_mask(self, task: int, layer: str) -> bytes:
-        """The task's mask in ``layer``, Huffman-coded by :func:`bitsub.maskcodec.encode_mask`."""
+    def encoded_mask(self, task: int, layer: str, alone: bool = False) -> bytes:
+        """The task's mask in ``layer`` as stored: Huffman-coded by :func:`encode_mask`.
+
+        The stored coding is the smallest of: the mask alone, in the context of the previous
+        task's mask of the same bank, in the context of the union of the bank's earlier masks
+        (:meth:`mask_reference` says which; :meth:`mask_context` gives the context to pass to
+        :func:`bitsub.maskcodec.decode_mask`). ``alone=True``: the mask coded alone, whatever
+        is stored (for comparison).
+        """
         t = self._check_task(task)
         self._check_layer(layer)
-        cache = self._tasks[t].encoded_masks
-        if layer not in cache:
-            cache[layer] = bytes(encode_mask(self.mask(t, layer)))
-        return cache[layer]
+        if not isinstance(alone, bool):
+            raise TypeError(f"alone must be True or False, got {alone!r}")
+        rec = self._tasks[t]
+        if layer not in rec.encoded_masks or (alone and layer not in rec.alone_sizes):
+            self._code_mask(t, layer)
+        if alone:
+            if rec.mask_refs[layer] == 0:
+                return rec.encoded_masks[layer]
+            return bytes(encode_mask(self.mask(t, layer)))
+        return rec.encoded_masks[layer]
+
+    def mask_reference(self, task: int, layer: str) -> int:
+        """What the stored mask is coded against: an index into ``MASK_REFERENCES``.
+
+        0 ``"alone"``, 1 ``"previous"`` (the previous task of the same bank), 2 ``"union"`` (of
+        the masks of all earlier tasks of the same bank).
+        """
+        t = self._check_task(task)
+        self._check_layer(layer)
+        if layer not in self._tasks[t].mask_refs:
+            self._code_mask(t, layer)
+        return self._tasks[t].mask_refs[layer]
+
+    def mask_context(self, task: int, layer: str) -> np.ndarray | None:
+        """The context the stored mask was coded with (bool, layer shape), None if alone."""
+        ref = self.mask_reference(task, layer)
+        ctx = self._reference_mask(int(task), layer, ref)
+        return None if ctx is None else ctx.reshape(self._shapes[layer])
+
+    def _alone_size(self, t: int, layer: str) -> int:
+        # Bytes of the mask coded alone (cached; capacity compares it with the stored size).
+        if layer not in self._tasks[t].alone_sizes:
+            self._code_mask(t, layer)
+        return self._tasks[t].alone_sizes[layer]
+
+    def _reference_mask(self, t: int, layer: str, ref: int) -> np.ndarray | None:
+        # The flat bool context of reference `ref` for task t (None for "alone"); the caller
+        # made sure that t has an earlier task in its bank when ref != 0.
+        if ref == 0:
+            return None
+        rec = self._tasks[t]
+        earlier = self._banks[rec.bank].tasks[: rec.prefix - 1]
+        if ref == 1 or len(earlier) == 1:
+            return self._mask_flat(earlier[-1], layer)
+        n = math.prod(self._shapes[layer])
+        packed = [m for u in earlier if (m := self._tasks[u].masks.get(layer)) is not None]
+        if not packed:
+            return np.zeros(n, bool)
+        return np.unpackbits(np.bitwise_or.reduce(packed), count=n).view(bool)
+
+    def _code_mask(self, t: int, layer: str) -> None:
+        # Choose and cache the stored coding of one mask: the smallest encoding among the
+        # references the decoder will hold (ties go to the simpler reference).
+        rec = self._tasks[t]
+        mask = self.mask(t, layer)
+        alone = bytes(encode_mask(mask))
+        rec.alone_sizes[layer] = len(alone)
+        if layer in rec.encoded_masks:  # loaded from a file: keep what it stores
+            return
+        best, best_ref = alone, 0
+        if mask.any() and not mask.all():  # constant masks cost only a header alone
+            refs = (1,) if rec.prefix == 2 else (1, 2) if rec.prefix > 2 else ()
+            for ref in refs:
+                ctx = self._reference_mask(t, layer, ref).reshape(mask.shape)
+                enc = bytes(encode_mask(mask, context=ctx))
+                if len(enc) < len(best):
+                    best, best_ref = enc, ref
+        rec.encoded_masks[layer] = best
+        rec.mask_refs[layer] = best_ref
 
     def private(self, task: int) -> dict[str, np.ndarray]:
         """The task's private parameters (read-only float32 arrays)."""

@@ -5,11 +5,17 @@ task that wrote the field read at each position (its *source*) and that field's 
 dense float32 copy of the weights: only column indices, small integer codes into one *combined
 codebook* (the concatenation of the writers' codebooks) and row bookkeeping.
 
-Layout: sliced ELLPACK with slices of ``SLICE`` consecutive rows (SELL-C). Within a slice the
-entries are stored column-major: entry ``l`` of row ``s * SLICE + r`` is at
-``slice_ptr[s] + l * SLICE + r``, for ``l < slice_len[s]`` (the longest row of the slice). Shorter
-rows are padded with column 0 and the code of the combined codebook's last entry, which is 0.0.
-This lets a CPU kernel run ``SLICE`` rows in SIMD lanes and a GPU warp read coalesced entries.
+Two layouts (a plan may hold both):
+
+- ``"sell"``: sliced ELLPACK with slices of ``SLICE`` consecutive rows (SELL-C). Within a slice
+  the entries are stored column-major: entry ``l`` of row ``s * SLICE + r`` is at
+  ``slice_ptr[s] + l * SLICE + r``, for ``l < slice_len[s]`` (the longest row of the slice).
+  Shorter rows are padded with column 0 and the code of the combined codebook's last entry,
+  which is 0.0. A CPU kernel runs ``SLICE`` rows in SIMD lanes; a GPU warp reads coalesced
+  entries. Any codebook size; about 3 bytes per used position.
+- ``"lut"``: for combined codebooks of at most 16 centroids, one mask bit and one 4-bit code per
+  position, in chunks of 16 columns (5 bits a position whatever the density). A CPU kernel
+  decodes a chunk with one in-register table look-up of the codebook.
 
 Raw float32 fields (a writer without a codebook) have no codes: the distinct float32 values they
 contribute to this (task, layer) are appended to the combined codebook and their positions get
@@ -21,13 +27,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 __all__ = [
-    "BOTH_MAX_DENSITY", "LUT_CHUNK", "LUT_MIN_DENSITY", "SLICE", "Plan", "build_plan",
-    "model_plan",
+    "BOTH_MAX_DENSITY", "BOTH_MIN_POSITIONS", "LUT_CHUNK", "LUT_MIN_DENSITY", "SLICE", "Plan",
+    "build_plan", "model_plan",
 ]
 
 SLICE = 16
@@ -39,9 +45,13 @@ LUT_CHUNK = 16
 LUT_MIN_DENSITY = 0.03
 """Below this task density, ``layout=None`` picks ``"sell"`` even where ``"lut"`` would fit."""
 
-BOTH_MAX_DENSITY = 0.35
+BOTH_MAX_DENSITY = 0.15
 """Below this task density, ``layout=None`` keeps ``"sell"`` arrays beside ``"lut"`` ones
-(``"both"``): the large-batch kernel that visits only used positions beats a dense product there."""
+(``"both"``) in layers of at least ``BOTH_MIN_POSITIONS``: there the large-batch kernel that
+visits only used positions beats a dense product."""
+
+BOTH_MIN_POSITIONS = 1 << 20
+"""Smaller layers never get ``"both"``: BLAS on decoded tiles wins for them at any density."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,6 +91,10 @@ class Plan:
         in its low nibble and of column 8 + p in its high nibble.
     lut_mask : ndarray of uint16, (out * n_chunks,)
         ``"lut"``: per row and chunk, bit l set where column 16 * chunk + l is used.
+    positions : int
+        ``out * cols_in``.
+    lut_args : tuple
+        ``(lut_codes, lut_mask, codebook)``, the arguments of the ``"lut"`` kernels.
     """
 
     shape: tuple[int, ...]
@@ -95,6 +109,13 @@ class Plan:
     codes: np.ndarray
     lut_codes: np.ndarray
     lut_mask: np.ndarray
+    positions: int = field(init=False)
+    lut_args: tuple = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Precomputed for the hot path of small matmuls (attribute look-ups cost there).
+        object.__setattr__(self, "positions", self.shape[0] * self.cols_in)
+        object.__setattr__(self, "lut_args", (self.lut_codes, self.lut_mask, self.codebook))
 
     @property
     def rows(self) -> int:
@@ -160,7 +181,8 @@ def build_plan(mask: np.ndarray, source: np.ndarray, codes: np.ndarray,
         raw float32 fields.
     layout : {None, "sell", "lut", "both"}
         None: where the combined codebook has at most 16 entries and the task density is at
-        least ``LUT_MIN_DENSITY``, ``"lut"`` (``"both"`` below ``BOTH_MAX_DENSITY``), else
+        least ``LUT_MIN_DENSITY``, ``"lut"`` (``"both"`` below ``BOTH_MAX_DENSITY`` in layers of
+        at least ``BOTH_MIN_POSITIONS``), else
         ``"sell"``. ``"lut"`` or ``"both"`` with a larger combined codebook is an error.
 
     Returns
@@ -227,7 +249,8 @@ def build_plan(mask: np.ndarray, source: np.ndarray, codes: np.ndarray,
         density = rows.size / max(1, mask.size)
         layout = "sell"
         if real <= LUT_CHUNK and density >= LUT_MIN_DENSITY:
-            layout = "both" if density < BOTH_MAX_DENSITY else "lut"
+            big = mask.size >= BOTH_MIN_POSITIONS
+            layout = "both" if density < BOTH_MAX_DENSITY and big else "lut"
     if layout not in ("sell", "lut", "both"):
         raise ValueError(f"layout must be None, 'sell', 'lut' or 'both', got {layout!r}")
     arrays = {"slice_ptr": np.zeros(1, np.int64), "slice_len": np.zeros(0, np.int32),

@@ -1,18 +1,25 @@
 r"""One HDF5 file per packed model: atomic save, verified load.
 
-File layout (format version 1)
+File layout (format version 2)
 ------------------------------
-The first 512 bytes are an HDF5 user block holding a seal::
+The file starts with an HDF5 user block (U = 512 bytes, or the next power of two that holds
+the seal) holding a seal (integers little-endian)::
 
-    magic      b"BITSUB\x00\x01"     8 bytes
-    version    uint32 little-endian  format version (1)
-    length     uint64                total file length in bytes
-    crc32      uint32                zlib.crc32 of bytes [512, length)
-    head_crc   uint32                zlib.crc32 of the 24 bytes above
-    (zeros up to byte 512)
+    magic      b"BITSUB\x00\x01"  8 bytes
+    version    uint32             format version (2; no other version loads)
+    length     uint64             total file length in bytes
+    crc32      uint32             zlib.crc32 of bytes [U, length) outside the regions, in order
+    userblock  uint32             U
+    n_regions  uint32             R
+    regions    R x (uint64 offset, uint64 size): the raw bytes of the word datasets, sorted
+    head_crc   uint32             zlib.crc32 of all the bytes above
+    (zeros up to byte U)
 
 :func:`load` reads the whole file, checks the seal, and only then lets HDF5 parse the bytes
 (from memory), so a truncated or corrupted file is refused before the HDF5 library sees it.
+The regions hold nothing HDF5 parses: the word arrays, each checked by its own ``hash`` (see
+below) in the one pass that also checks the words' structure, instead of a second crc pass;
+load checks that the regions are exactly the word datasets' bytes.
 Inside the HDF5 file (readable with plain h5py, no bitsub needed):
 
 - ``/`` attributes: ``word_bits``, ``prefix_bits``, ``n_layers``, ``n_tasks``, ``n_banks``,
@@ -25,11 +32,16 @@ Inside the HDF5 file (readable with plain h5py, no bitsub needed):
   layer; 0 = no field, 32 = raw float32 fields, else code bit-width), ``fields`` (int64, number
   of fields the task wrote per layer), ``codebooks/<i>`` (float32 centroids, for layers with
   1..16-bit codes), ``masks/<i>`` (uint8, the mask Huffman-coded by
-  :func:`bitsub.maskcodec.encode_mask`), ``private/<j>`` (float32, attribute ``name``).
+  :func:`bitsub.maskcodec.encode_mask`, alone or with a context), ``mask_refs`` (uint8, one
+  per layer: the context of ``masks/<i>``: 0 none, 1 the decoded mask of the previous task of
+  the same bank, 2 the union of the masks of all earlier tasks of the same bank; so masks are
+  decoded in task order), ``private/<j>`` (float32, attribute ``name``).
 
 Every group and dataset has the attributes ``encoding-type``, ``encoding-version`` and ``crc32``:
 zlib.crc32 over the object's other attributes (canonical JSON) and, for a dataset, its raw
-little-endian bytes. Load checks every one of them.
+little-endian bytes -- except the word datasets, whose ``crc32`` covers their attributes and
+whose attribute ``hash`` (uint64, :func:`bitsub.packed.words_hash` of the words as uint32 or
+uint64 values) covers their data. Load checks every one of them.
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,26 +61,30 @@ import h5py
 import numpy as np
 
 from bitsub.errors import FormatError
-from bitsub.maskcodec import decode_mask
+from bitsub.maskcodec import SCHEME_NAMES, decode_mask
+from bitsub.maskcodec import _parse as _parse_mask  # shape and schemes, nothing decoded
 from bitsub.packed import (
+    MASK_REFERENCES,
     MAX_CODE_BITS,
     MAX_PREFIX_BITS,
     RAW_BITS,
     PackedModel,
     _Bank,
-    _count_orphans,
-    _scan_words,
+    _check_bank,
     _Task,
     check_network,
+    words_hash,
 )
 
 __all__ = ["FORMAT_VERSION", "load", "save"]
 
-FORMAT_VERSION = 1
-USERBLOCK = 512
+FORMAT_VERSION = 2
+USERBLOCK = 512  # the smallest user block; larger when the seal lists many regions
 MAGIC = b"BITSUB\x00\x01"
-_HEAD = struct.Struct("<8sIQI")  # magic, version, length, crc32 of the body
+_HEAD = struct.Struct("<8sIQIII")  # magic, version, length, body crc32, userblock, n_regions
+_REGION = struct.Struct("<QQ")  # offset, size
 _HEAD_CRC = struct.Struct("<I")
+MAX_REGIONS = 1 << 20
 
 ROOT_TYPE = "bitsub.packed-model"
 
@@ -88,10 +105,14 @@ def _canon(value: Any) -> Any:
     return value
 
 
-def _object_crc(obj: h5py.HLObject, data: Any = b"") -> int:
-    attrs = {k: _canon(obj.attrs[k]) for k in sorted(obj.attrs) if k != "crc32"}
-    text = json.dumps(attrs, sort_keys=True).encode()
+def _attrs_crc(attrs: Mapping[str, Any], data: Any = b"") -> int:
+    canon = {k: _canon(attrs[k]) for k in sorted(attrs) if k != "crc32"}
+    text = json.dumps(canon, sort_keys=True).encode()
     return zlib.crc32(data, zlib.crc32(text))
+
+
+def _object_crc(obj: h5py.HLObject, data: Any = b"") -> int:
+    return _attrs_crc(dict(obj.attrs.items()), data)
 
 
 def _seal(obj: h5py.HLObject, kind: str, data: Any = b"", **attrs: Any) -> None:
@@ -117,23 +138,37 @@ def _group(parent: h5py.Group, key: str, kind: str, **attrs: Any) -> h5py.Group:
 # ------------------------------------------------------------------------ save
 
 
-def _write_h5(pm: PackedModel, target: Any) -> None:
+def _userblock(n_regions: int) -> int:
+    need = _HEAD.size + n_regions * _REGION.size + _HEAD_CRC.size
+    return max(USERBLOCK, 1 << (need - 1).bit_length())
+
+
+def _words_dataset(g: h5py.Group, key: str, w: np.ndarray, word_bits: int) -> h5py.Dataset:
+    if word_bits == 32:
+        arr, kind = w.astype("<u4", copy=False), "bitsub.words-u32"
+    else:
+        arr, kind = np.empty((w.size, 2), "<u4"), "bitsub.words-u64-as-u32-pairs"
+        arr[:, 0] = w >> np.uint64(32)
+        arr[:, 1] = w & np.uint64(0xFFFFFFFF)
+    ds = g.create_dataset(key, data=np.ascontiguousarray(arr))
+    _seal(ds, kind, hash=np.uint64(words_hash(w)))
+    return ds
+
+
+def _write_h5(pm: PackedModel, target: Any) -> list[tuple[int, int]]:
+    """Write the HDF5 image; return the (offset, size) of every word dataset's bytes."""
     from bitsub import __version__
 
     names = pm.layers
-    with h5py.File(target, "w", userblock_size=USERBLOCK) as f:
+    words = []
+    # big datasets 64-byte aligned in the file: the loaded word arrays are views of the image
+    with h5py.File(target, "w", userblock_size=_userblock(len(names) * pm.banks),
+                   alignment_threshold=1 << 16, alignment_interval=64) as f:
         layers = _group(f, "layers", "bitsub.layers")
         for i, name in enumerate(names):
             g = layers.create_group(str(i))
             for k in range(pm.banks):
-                w = pm.words(name, k)
-                if pm.word_bits == 32:
-                    _dataset(g, f"bank_{k}", w.astype("<u4", copy=False), "bitsub.words-u32")
-                else:
-                    pairs = np.empty((w.size, 2), "<u4")
-                    pairs[:, 0] = w >> np.uint64(32)
-                    pairs[:, 1] = w & np.uint64(0xFFFFFFFF)
-                    _dataset(g, f"bank_{k}", pairs, "bitsub.words-u64-as-u32-pairs")
+                words.append(_words_dataset(g, f"bank_{k}", pm.words(name, k), pm.word_bits))
             _seal(g, "bitsub.layer", name=name, shape=np.array(pm.shape(name), np.int64))
         tasks = _group(f, "tasks", "bitsub.tasks")
         for t in pm.tasks:
@@ -142,6 +177,8 @@ def _write_h5(pm: PackedModel, target: Any) -> None:
             _dataset(g, "bits", bits, "bitsub.bit-widths")
             _dataset(g, "fields", np.array([pm.fields(t, n) for n in names], "<i8"),
                      "bitsub.field-counts")
+            _dataset(g, "mask_refs", np.array([pm.mask_reference(t, n) for n in names], "|u1"),
+                     "bitsub.mask-references")
             cbs = g.create_group("codebooks")
             masks = g.create_group("masks")
             for i, name in enumerate(names):
@@ -159,11 +196,37 @@ def _write_h5(pm: PackedModel, target: Any) -> None:
         _seal(f, ROOT_TYPE, word_bits=pm.word_bits, prefix_bits=pm.prefix_bits,
               n_layers=len(names), n_tasks=len(pm.tasks), n_banks=pm.banks,
               network=json.dumps(pm.network), bitsub_version=__version__)
+        f.flush()
+        regions = [(ds.id.get_offset(), ds.id.get_storage_size()) for ds in words]
+    if any(off is None for off, _ in regions):  # cannot happen: contiguous, written datasets
+        raise RuntimeError("HDF5 did not store a word dataset contiguously")
+    return sorted(regions)
 
 
-def _head(body_crc: int, length: int) -> bytes:
-    head = _HEAD.pack(MAGIC, FORMAT_VERSION, length, body_crc)
-    return head + _HEAD_CRC.pack(zlib.crc32(head))
+def _gaps(length: int, userblock: int, regions: list[tuple[int, int]]):
+    """The byte ranges [start, end) of [userblock, length) outside the regions, in order."""
+    pos = userblock
+    for off, size in regions:
+        yield pos, off
+        pos = off + size
+    yield pos, length
+
+
+def _body_crc(buf: Any, userblock: int, regions: list[tuple[int, int]]) -> int:
+    crc = 0
+    for start, end in _gaps(len(buf), userblock, regions):
+        crc = zlib.crc32(buf[start:end], crc)
+    return crc
+
+
+def _seal_image(buf: Any, regions: list[tuple[int, int]]) -> None:
+    """Write the seal into the user block of a complete file image (a writable buffer)."""
+    userblock = _userblock(len(regions))
+    head = _HEAD.pack(MAGIC, FORMAT_VERSION, len(buf), _body_crc(buf, userblock, regions),
+                      userblock, len(regions))
+    head += b"".join(_REGION.pack(off, size) for off, size in regions)
+    head += _HEAD_CRC.pack(zlib.crc32(head))
+    buf[:userblock] = head + bytes(userblock - len(head))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -201,9 +264,9 @@ def save(pm: PackedModel, path: str | os.PathLike[str]) -> None:
     directory = target.parent if str(target.parent) else Path(".")
     # Build the whole file in memory, seal it, then write it out in one go.
     image = io.BytesIO()
-    _write_h5(pm, image)
+    regions = _write_h5(pm, image)
     buf = image.getbuffer()
-    buf[: _HEAD.size + _HEAD_CRC.size] = _head(zlib.crc32(buf[USERBLOCK:]), len(buf))
+    _seal_image(buf, regions)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -228,44 +291,127 @@ def save(pm: PackedModel, path: str | os.PathLike[str]) -> None:
 # ------------------------------------------------------------------------ load
 
 
-def _check_seal(data: bytes, where: str, header_only: bool = False) -> None:
-    need = _HEAD.size + _HEAD_CRC.size
-    if len(data) < need:
+def _check_head(data: bytes, where: str) -> tuple[int, int]:
+    """Check the fixed part of the seal (magic, version); return (length, userblock)."""
+    if len(data) < _HEAD.size:
         raise FormatError(f"{where}: truncated: {len(data)} bytes, not even a bitsub header")
-    magic, version, length, body_crc = _HEAD.unpack_from(data)
-    (head_crc,) = _HEAD_CRC.unpack_from(data, _HEAD.size)
+    magic, version, length, _, userblock, n_regions = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise FormatError(f"{where}: not a bitsub file (bad magic {magic!r})")
-    if zlib.crc32(data[: _HEAD.size]) != head_crc:
-        raise FormatError(f"{where}: header checksum mismatch: the file is corrupted")
-    if len(data) >= USERBLOCK and any(data[need:USERBLOCK]):
-        raise FormatError(f"{where}: bytes {need}..{USERBLOCK} of the header are not zero: "
-                          "the file is corrupted")
     if version > FORMAT_VERSION:
         raise FormatError(f"{where}: format version {version} is newer than this bitsub "
                           f"supports ({FORMAT_VERSION}); upgrade bitsub")
-    if header_only:
-        return
+    if version != FORMAT_VERSION:
+        raise FormatError(f"{where}: format version {version} is not supported (this bitsub "
+                          f"reads version {FORMAT_VERSION})")
+    if n_regions > MAX_REGIONS or userblock != _userblock(n_regions):
+        raise FormatError(f"{where}: header declares {n_regions} regions in a {userblock}-byte "
+                          "user block: the file is corrupted")
+    return length, userblock
+
+
+def _check_seal(data: bytes, where: str) -> list[tuple[int, int]]:
+    """Check the seal of a whole file image; return the regions (checked by their hashes)."""
+    length, userblock = _check_head(data, where)
+    n_regions = _HEAD.unpack_from(data)[5]
+    end = _HEAD.size + n_regions * _REGION.size
+    if len(data) < end + _HEAD_CRC.size:
+        raise FormatError(f"{where}: truncated: {len(data)} bytes, the header needs "
+                          f"{end + _HEAD_CRC.size}")
+    (head_crc,) = _HEAD_CRC.unpack_from(data, end)
+    if zlib.crc32(memoryview(data)[:end]) != head_crc:
+        raise FormatError(f"{where}: header checksum mismatch: the file is corrupted")
+    if any(memoryview(data)[end + _HEAD_CRC.size : userblock]):
+        raise FormatError(f"{where}: bytes {end + _HEAD_CRC.size}..{userblock} of the header "
+                          "are not zero: the file is corrupted")
     if len(data) < length:
         raise FormatError(f"{where}: truncated: {len(data)} of {length} bytes")
     if len(data) > length:
         raise FormatError(f"{where}: {len(data) - length} unexpected bytes after the end")
-    if zlib.crc32(memoryview(data)[USERBLOCK:]) != body_crc:
-        raise FormatError(f"{where}: checksum mismatch over bytes {USERBLOCK}..{length}: "
+    regions = [_REGION.unpack_from(data, _HEAD.size + j * _REGION.size)
+               for j in range(n_regions)]
+    pos = userblock
+    for off, size in regions:
+        if off < pos or off + size > length:
+            raise FormatError(f"{where}: header region ({off}, {size}) overlaps another or "
+                              "lies outside the file: the file is corrupted")
+        pos = off + size
+    if _body_crc(memoryview(data), userblock, regions) != _HEAD.unpack_from(data)[3]:
+        raise FormatError(f"{where}: checksum mismatch over bytes {userblock}..{length}: "
                           "the file is corrupted")
+    return regions
 
 
-def _open_image(data: bytes) -> h5py.File:
+class _Image(io.RawIOBase):
+    """A read-only file over a buffer in memory, for h5py's file-object driver (no copy)."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        super().__init__()
+        self._data = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = (0, self._pos, len(self._data))[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        out = memoryview(b).cast("B")
+        k = max(0, min(len(out), len(self._data) - self._pos))
+        out[:k] = self._data[self._pos : self._pos + k]
+        self._pos += k
+        return k
+
+
+def _open_image(data: np.ndarray) -> h5py.File:
     # HDF5 parses the bytes already verified against the seal, never the file on disk (which
-    # could change in between). io.BytesIO shares the bytes without copying them.
-    return h5py.File(io.BytesIO(data), "r")
+    # could change in between), and reads them from memory without a copy.
+    return h5py.File(_Image(data), "r")
+
+
+def _read_image(path: Path, where: str) -> np.ndarray:
+    # One read into a NumPy buffer (as fast as h5py's own reads; reading into a bytes object
+    # costs twice that in page faults). The word arrays of the loaded model are views of it.
+    with open(path, "rb", buffering=0) as fh:
+        head = fh.read(_HEAD.size)
+        if len(head) == _HEAD.size:
+            _check_head(head, where)  # refuse a foreign file before reading it
+        size = os.fstat(fh.fileno()).st_size
+        data = np.empty(size, np.uint8)
+        fh.seek(0)
+        got = fh.readinto(data)
+        while got < size:  # readinto may return short counts
+            more = fh.readinto(memoryview(data)[got:])
+            if not more:
+                break
+            got += more
+        extra = fh.read(1)
+    if extra:
+        raise FormatError(f"{where}: the file grew while it was read")
+    if got < size:
+        raise FormatError(f"{where}: the file shrank while it was read")
+    return data
 
 
 class _Reader:
     """Checked access to the objects of one file; every error names the object."""
 
-    def __init__(self, f: h5py.File) -> None:
+    def __init__(self, f: h5py.File, data: np.ndarray,
+                 regions: list[tuple[int, int]]) -> None:
         self.f = f
+        self.data = data  # the file image HDF5 parses (word arrays are views of it)
+        self.regions = dict(regions)  # offset -> size, from the seal
+        self.claimed: set[int] = set()
+        self.attrs: dict[str, dict[str, Any]] = {}  # path -> attributes, each read once
 
     def obj(self, path: str, kind: str, *, dataset: bool) -> Any:
         try:
@@ -274,20 +420,25 @@ class _Reader:
             raise FormatError(f"{path}: missing") from None
         if dataset != isinstance(o, h5py.Dataset):
             raise FormatError(f"{path}: expected a {'dataset' if dataset else 'group'}")
-        got = o.attrs.get("encoding-type")
+        attrs = self.attrs[path] = dict(o.attrs.items())
+        got = attrs.get("encoding-type")
         if got != kind:
             raise FormatError(f"{path}: encoding-type is {got!r}, expected {kind!r}")
-        ver = o.attrs.get("encoding-version")
+        ver = attrs.get("encoding-version")
         if not isinstance(ver, (int, np.integer)):
             raise FormatError(f"{path}: encoding-version missing or not an integer")
         if ver > FORMAT_VERSION:
             raise FormatError(f"{path}: encoding-version {ver} is newer than this bitsub "
                               f"supports ({FORMAT_VERSION}); upgrade bitsub")
+        if ver != FORMAT_VERSION:
+            raise FormatError(f"{path}: encoding-version {ver} is not supported (this bitsub "
+                              f"reads version {FORMAT_VERSION})")
         return o
 
     def _verify(self, o: Any, path: str, data: Any = b"") -> None:
-        stored = o.attrs.get("crc32")
-        if not isinstance(stored, (int, np.integer)) or int(stored) != _object_crc(o, data):
+        attrs = self.attrs[path]
+        stored = attrs.get("crc32")
+        if not isinstance(stored, (int, np.integer)) or int(stored) != _attrs_crc(attrs, data):
             raise FormatError(f"{path}: checksum mismatch: the file is corrupted")
 
     def group(self, path: str, kind: str) -> h5py.Group:
@@ -309,8 +460,40 @@ class _Reader:
         return arr, ds
 
 
-def _attr_int(o: Any, key: str, path: str, low: int, high: int) -> int:
-    v = o.attrs.get(key)
+    def words(self, path: str, word_bits: int, n: int) -> tuple[np.ndarray, int]:
+        """A word array (a view of the file image when aligned) and its stored hash."""
+        if word_bits == 32:
+            kind, shape = "bitsub.words-u32", (n,)
+        else:
+            kind, shape = "bitsub.words-u64-as-u32-pairs", (n, 2)
+        ds = self.obj(path, kind, dataset=True)
+        if ds.dtype != np.dtype("<u4") or ds.shape != shape:
+            raise FormatError(f"{path}: {ds.dtype} {ds.shape}, expected <u4 {shape}")
+        self._verify(ds, path)  # the attributes; the data is covered by the hash
+        expected = self.attrs[path].get("hash")
+        if not isinstance(expected, np.uint64):
+            raise FormatError(f"{path}: attribute 'hash' missing or not a uint64")
+        plist = ds.id.get_create_plist()
+        off, size = ds.id.get_offset(), ds.id.get_storage_size()
+        if (plist.get_layout() != h5py.h5d.CONTIGUOUS or plist.get_nfilters()
+                or off is None or size != 4 * math.prod(shape)
+                or self.regions.get(off) != size or off in self.claimed):
+            raise FormatError(f"{path}: its bytes are not a region listed in the file's seal")
+        self.claimed.add(off)
+        raw = self.data[off : off + size].view("<u4")
+        if not raw.flags.aligned:
+            raw = raw.copy()
+        if word_bits == 32:
+            w = raw.astype(np.uint32, copy=False)
+            w.flags.writeable = False  # a view of the file image; add_task copies on write
+            return w, int(expected)
+        pairs = raw.reshape(shape)
+        w = (pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64)
+        return w, int(expected)
+
+
+def _attr_int(attrs: Mapping[str, Any], key: str, path: str, low: int, high: int) -> int:
+    v = attrs.get(key)
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
         raise FormatError(f"{path}: attribute {key!r} missing or not an integer")
     if not low <= int(v) <= high:
@@ -318,8 +501,8 @@ def _attr_int(o: Any, key: str, path: str, low: int, high: int) -> int:
     return int(v)
 
 
-def _attr_str(o: Any, key: str, path: str) -> str:
-    v = o.attrs.get(key)
+def _attr_str(attrs: Mapping[str, Any], key: str, path: str) -> str:
+    v = attrs.get(key)
     if isinstance(v, bytes):
         try:
             v = v.decode()
@@ -330,9 +513,42 @@ def _attr_str(o: Any, key: str, path: str) -> str:
     return v
 
 
-def _build(f: h5py.File) -> PackedModel:
-    r = _Reader(f)
-    root = r.group("/", ROOT_TYPE)
+def _packed_mask(enc: bytes, context: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    # np.packbits of the decoded flat mask; a constant mask (a task using all or none of a
+    # layer) is packed straight from its parsed header, without a bool array in between.
+    if context is None:
+        got, _, streams, _ = _parse_mask(enc, None)
+        scheme = SCHEME_NAMES[streams[0][0]]
+        if got == shape and scheme in ("zeros", "ones"):
+            n = math.prod(shape)
+            packed = np.full((n + 7) // 8, 0xFF if scheme == "ones" else 0, np.uint8)
+            if n & 7 and scheme == "ones":
+                packed[-1] = (0xFF << (8 - (n & 7))) & 0xFF
+            return packed
+    mask = decode_mask(enc, context=context)
+    if mask.shape != shape or mask.dtype != np.bool_:
+        raise FormatError(f"mask of shape {mask.shape}, expected {shape}")
+    return np.packbits(mask.reshape(-1))
+
+
+def _reference_context(tasks: list[_Task], earlier: list[int], name: str, ref: int,
+                       shape: tuple[int, ...]) -> np.ndarray | None:
+    # The context a stored mask was coded against (PackedModel._reference_mask), from the
+    # masks of the earlier tasks of the bank, already decoded.
+    if ref == 0:
+        return None
+    n = math.prod(shape)
+    if ref == 1:
+        packed = tasks[earlier[-1]].masks[name]
+    else:
+        packed = np.bitwise_or.reduce([tasks[u].masks[name] for u in earlier])
+    return np.unpackbits(packed, count=n).view(bool).reshape(shape)
+
+
+def _build(f: h5py.File, data: np.ndarray, regions: list[tuple[int, int]]) -> PackedModel:
+    r = _Reader(f, data, regions)
+    r.group("/", ROOT_TYPE)
+    root = r.attrs["/"]
     word_bits = _attr_int(root, "word_bits", "/", 32, 64)
     if word_bits not in (32, 64):
         raise FormatError(f"/: word_bits = {word_bits}, expected 32 or 64")
@@ -349,15 +565,14 @@ def _build(f: h5py.File) -> PackedModel:
 
     pm = PackedModel(word_bits=word_bits, prefix_bits=prefix_bits)
     pm._network = network
-    dtype = pm._dtype
     r.group("/layers", "bitsub.layers")
     names = []
-    layer_words: list[list[np.ndarray]] = []
+    layer_words: list[list[Any]] = []  # (words, stored hash), then words
     for i in range(n_layers):
         path = f"/layers/{i}"
-        g = r.group(path, "bitsub.layer")
-        name = _attr_str(g, "name", path)
-        shape_attr = g.attrs.get("shape")
+        r.group(path, "bitsub.layer")
+        name = _attr_str(r.attrs[path], "name", path)
+        shape_attr = r.attrs[path].get("shape")
         if not (isinstance(shape_attr, np.ndarray) and shape_attr.dtype.kind in "iu"):
             raise FormatError(f"{path}: attribute 'shape' missing or not integers")
         try:
@@ -365,33 +580,38 @@ def _build(f: h5py.File) -> PackedModel:
         except (ValueError, TypeError) as exc:
             raise FormatError(f"{path}: bad layer: {exc}") from None
         n = math.prod(pm.shape(name))
-        banks = []
-        for k in range(n_banks):
-            wpath = f"{path}/bank_{k}"
-            if word_bits == 32:
-                w, _ = r.array(wpath, "bitsub.words-u32", "<u4", shape=(n,))
-                banks.append(w.astype(dtype, copy=False))
-            else:
-                pairs, _ = r.array(wpath, "bitsub.words-u64-as-u32-pairs", "<u4", shape=(n, 2))
-                banks.append((pairs[:, 0].astype(np.uint64) << np.uint64(32))
-                             | pairs[:, 1].astype(np.uint64))
+        banks = [r.words(f"{path}/bank_{k}", word_bits, n) for k in range(n_banks)]
         names.append(name)
         layer_words.append(banks)
+    if len(r.claimed) != len(r.regions):
+        raise FormatError(f"/: the seal lists {len(r.regions)} regions, the file has "
+                          f"{len(r.claimed)} word arrays")
 
     r.group("/tasks", "bitsub.tasks")
     tasks: list[_Task] = []
     members: list[list[int]] = [[] for _ in range(n_banks)]
     for t in range(n_tasks):
         path = f"/tasks/{t}"
-        g = r.group(path, "bitsub.task")
-        bank = _attr_int(g, "bank", path, 0, n_banks - 1)
-        prefix = _attr_int(g, "prefix", path, 1, (1 << prefix_bits) - 1)
+        r.group(path, "bitsub.task")
+        bank = _attr_int(r.attrs[path], "bank", path, 0, n_banks - 1)
+        prefix = _attr_int(r.attrs[path], "prefix", path, 1, (1 << prefix_bits) - 1)
         if prefix != len(members[bank]) + 1:
             raise FormatError(f"{path}: prefix {prefix} in bank {bank}, expected "
                               f"{len(members[bank]) + 1} (tasks take prefixes in order)")
         members[bank].append(t)
         bits, _ = r.array(f"{path}/bits", "bitsub.bit-widths", "<i4", shape=(n_layers,))
         counts, _ = r.array(f"{path}/fields", "bitsub.field-counts", "<i8", shape=(n_layers,))
+        refs, _ = r.array(f"{path}/mask_refs", "bitsub.mask-references", "|u1",
+                          shape=(n_layers,))
+        earlier = members[bank][:-1]
+        for i in range(n_layers):
+            if refs[i] >= len(MASK_REFERENCES):
+                raise FormatError(f"{path}/mask_refs: layer {i}: unknown mask reference "
+                                  f"{int(refs[i])} (0..{len(MASK_REFERENCES) - 1})")
+            if refs[i] and not earlier:
+                raise FormatError(f"{path}/mask_refs: layer {i}: the mask is coded against "
+                                  f"{MASK_REFERENCES[refs[i]]!r} masks, but task {t} is the "
+                                  f"first task of bank {bank}")
         r.group(f"{path}/codebooks", "bitsub.codebooks")
         r.group(f"{path}/masks", "bitsub.masks")
         priv_group = r.group(f"{path}/private", "bitsub.private")
@@ -420,21 +640,19 @@ def _build(f: h5py.File) -> PackedModel:
             else:
                 task.codebooks[name] = np.zeros(0, np.float32)
             enc, _ = r.array(f"{path}/masks/{i}", "bitsub.mask-huffman", "|u1", ndim=1)
+            context = _reference_context(tasks, earlier, name, int(refs[i]), shape)
             try:
-                mask = decode_mask(enc.tobytes())
+                task.masks[name] = _packed_mask(enc.tobytes(), context, shape)
             except (ValueError, TypeError) as exc:  # FormatError is a ValueError
                 raise FormatError(f"{path}/masks/{i}: bad mask encoding: {exc}") from None
-            if mask.shape != shape or mask.dtype != np.bool_:
-                raise FormatError(f"{path}/masks/{i}: mask of shape {mask.shape}, expected "
-                                  f"{shape}")
             task.bits[name] = b
             task.fields[name] = int(counts[i])
-            task.masks[name] = np.packbits(mask.reshape(-1))
             task.encoded_masks[name] = enc.tobytes()
+            task.mask_refs[name] = int(refs[i])
         for j in range(len(priv_group)):
             ppath = f"{path}/private/{j}"
-            arr, ds = r.array(ppath, "bitsub.private-float32", "<f4")
-            key = _attr_str(ds, "name", ppath)
+            arr, _ = r.array(ppath, "bitsub.private-float32", "<f4")
+            key = _attr_str(r.attrs[ppath], "name", ppath)
             if not key or key in task.private:
                 raise FormatError(f"{ppath}: empty or repeated private name {key!r}")
             arr = arr.astype(np.float32, copy=False)
@@ -442,38 +660,45 @@ def _build(f: h5py.File) -> PackedModel:
             task.private[key] = arr
         tasks.append(task)
 
-    # Words: well-formed fields of known tasks, codes inside codebooks, and every used position
-    # of every task has a field of a task <= it (the read rule is total).
+    for k in range(n_banks):
+        if not members[k]:
+            raise FormatError(f"/: bank {k} holds no task")
+    # Words: well-formed fields of known tasks, codes inside codebooks, field counts as
+    # recorded, every used position of every task has a field of a task <= it (the read rule is
+    # total), and the hash: one pass per word array (_check_bank).
     size = 1 << prefix_bits
     layer_used: list[list[np.ndarray]] = [[] for _ in names]
     for i, name in enumerate(names):
         n = math.prod(pm.shape(name))
         for k in range(n_banks):
-            words = layer_words[i][k]
+            words, expected = layer_words[i][k]
             bits_by_prefix = np.zeros(size, np.int64)
             limit = np.zeros(size, np.uint64)
             for j, t in enumerate(members[k]):
                 bits_by_prefix[j + 1] = tasks[t].bits[name]
                 cb = tasks[t].codebooks[name]
                 limit[j + 1] = np.uint64(1 << 32) if cb is None else cb.size
+            masks = np.stack([tasks[t].masks[name] for t in members[k]])
             used = np.zeros(n, np.uint8)
             counts = np.zeros(size, np.int64)
-            bad = _scan_words(words, prefix_bits, word_bits, bits_by_prefix, len(members[k]),
-                              limit, used, counts)
+            orphans = np.zeros(size, np.int64)
+            bad, h = _check_bank(words, word_bits, prefix_bits, len(members[k]), bits_by_prefix,
+                                 limit, masks, used, counts, orphans)
             where = f"/layers/{i}/bank_{k}"
+            if (words_hash(words) if bad >= 0 else int(h)) != expected:
+                raise FormatError(f"{where}: checksum mismatch: the file is corrupted")
             if bad >= 0:
                 raise FormatError(f"{where}: word {bad} holds malformed fields")
             for j, t in enumerate(members[k]):
                 if counts[j + 1] != tasks[t].fields[name]:
                     raise FormatError(f"{where}: task {t} has {int(counts[j + 1])} fields, "
                                       f"/tasks/{t}/fields says {tasks[t].fields[name]}")
-                orphans = _count_orphans(tasks[t].masks[name], words, j + 1, prefix_bits,
-                                         word_bits)
-                if orphans:
-                    raise FormatError(f"/tasks/{t}/masks/{i}: task {t} uses {orphans} "
-                                      f"positions of layer {name!r} that no task <= {t} of "
-                                      f"bank {k} wrote")
+                if orphans[j + 1]:
+                    raise FormatError(f"/tasks/{t}/masks/{i}: task {t} uses "
+                                      f"{int(orphans[j + 1])} positions of layer {name!r} that "
+                                      f"no task <= {t} of bank {k} wrote")
             layer_used[i].append(used)
+            layer_words[i][k] = words
     for k in range(n_banks):
         pm._banks.append(_Bank(
             words={name: layer_words[i][k] for i, name in enumerate(names)},
@@ -497,15 +722,11 @@ def load(path: str | os.PathLike[str]) -> PackedModel:
     """
     p = Path(os.fspath(path))
     where = str(p)
-    with open(p, "rb") as fh:
-        data = fh.read(USERBLOCK)
-        if len(data) == USERBLOCK:
-            _check_seal(data, where, header_only=True)  # refuse a foreign file before reading it
-            data += fh.read()
-    _check_seal(data, where)
+    data = _read_image(p, where)
+    regions = _check_seal(data, where)
     try:
         with _open_image(data) as f:
-            return _build(f)
+            return _build(f, data, regions)
     except FormatError as exc:
         raise FormatError(f"{where}: {exc}") from None
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError,

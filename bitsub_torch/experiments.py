@@ -2,7 +2,7 @@
 
 Run it as::
 
-    python -m bitsub_torch.experiments --out results/table
+    python -m bitsub_torch.experiments --out runs/table
 
 (``--scenarios``, ``--strategies``, ``--seed``, ``--epochs``, ``--data-dir`` choose what runs).
 For each scenario (``pmnist5k`` and ``pfmnist`` with 10 tasks, ``splitfmnist`` with 5 x 2 classes)
@@ -21,13 +21,14 @@ What the table reports, per run:
   file (the only figure the defaults were chosen on).
 - Capacity, in % of the dense float32 model (32 bits x weight positions, one copy), from the
   file: ``fields`` (prefix + code bits of every field), ``codebooks`` (float32 centroids) and
-  ``masks``, Huffman-coded by ``bitsub.encode_mask`` in the context of the mask of the previous
-  task of the same bank (a decoder that reads the tasks in order holds it; the first task of a
-  bank is coded alone). ``capacity`` is their sum. Beside it: ``stored`` = the same with the
-  masks as the file stores them today (each coded alone, ``pm.capacity()``), the masks coded in
-  the context of the union of the bank's earlier masks, and the **paper-style** figure: code
-  bits of all fields without prefixes, codebooks or masks over 32 x positions, which for methods
-  with one field per position and bank is the paper's union density x bit-width / 32.
+  ``masks``, Huffman-coded by ``bitsub.encode_mask``, each mask in the smallest of three codings
+  a decoder reading the tasks in order can invert: alone, in the context of the previous task's
+  mask of the same bank, or of the union of the bank's earlier masks (see `mask_bits`; the
+  packed file is moving to the same rule). ``capacity`` is their sum. Beside it: the masks
+  coded alone, ``stored`` = the capacity as ``pm.capacity()`` counts the file today, and the
+  **paper-style** figure: code bits of all fields without prefixes, codebooks or masks over
+  32 x positions, which for methods with one field per position and bank is the paper's union
+  density x bit-width / 32.
 - ``mask saving``: 1 - (mask bits / (tasks x positions)), the saving against one plain bit per
   weight and task.
 - Bit-widths of the fields (per task, the range over layers), banks, training time (the
@@ -198,39 +199,44 @@ def _register() -> None:
 # ------------------------------------------------------------------------------------ accounting
 
 
-def mask_bits(pm: Any, context: str | None = "previous") -> int:
-    """Huffman-coded size in bits of every task's masks in a packed model.
+def mask_bits(pm: Any) -> dict[str, int]:
+    """Huffman-coded size in bits of every task's masks in a packed model, per coding.
+
+    Every mask is coded with ``bitsub.encode_mask`` alone (``"alone"``), in the context of the
+    mask of the previous task of the same bank and layer (``"previous"``), and in the context
+    of the union of the bank's earlier masks (``"union"``); ``"best"`` takes the smallest of the
+    three per mask (a decoder that reads the tasks in order holds every context; which one was
+    used costs 2 bits, not counted). The first task of a bank is coded alone in every case.
 
     Parameters
     ----------
     pm : bitsub.PackedModel
         The model.
-    context : {"previous", "union", None}
-        Code each mask in the context of the previous task's mask of the same bank and layer,
-        of the union of the bank's earlier masks, or alone (what ``pm.encoded_mask`` stores).
-        The first task of a bank is coded alone in every case.
 
     Returns
     -------
-    int
-        Bits (8 x encoded bytes), all tasks and layers.
+    dict
+        Bits (8 x encoded bytes) over all tasks and layers for ``"alone"``, ``"previous"``,
+        ``"union"`` and ``"best"``.
     """
     from bitsub.maskcodec import encode_mask
 
-    if context not in ("previous", "union", None):
-        raise ValueError(f"context must be 'previous', 'union' or None, got {context!r}")
-    total = 0
+    total = dict.fromkeys(("alone", "previous", "union", "best"), 0)
     for t in pm.tasks:
         earlier = [u for u in pm.bank_tasks(pm.bank(t)) if u < t]
         for name in pm.layers:
-            if context is None or not earlier:
-                total += 8 * len(pm.encoded_mask(t, name))
-                continue
-            if context == "previous":
-                ctx = pm.mask(earlier[-1], name)
-            else:
-                ctx = np.logical_or.reduce([pm.mask(u, name) for u in earlier])
-            total += 8 * len(encode_mask(pm.mask(t, name), context=ctx))
+            mask = pm.mask(t, name)
+            alone = 8 * len(encode_mask(mask))
+            sizes = {"alone": alone, "previous": alone, "union": alone}
+            if earlier:
+                prev = pm.mask(earlier[-1], name)
+                sizes["previous"] = 8 * len(encode_mask(mask, context=prev))
+                union = np.logical_or.reduce([pm.mask(u, name) for u in earlier])
+                sizes["union"] = (sizes["previous"] if len(earlier) == 1
+                                  else 8 * len(encode_mask(mask, context=union)))
+            for key, value in sizes.items():
+                total[key] += value
+            total["best"] += min(sizes.values())
     return total
 
 
@@ -240,8 +246,7 @@ def summarize(pm: Any, report: dict[str, Any], val_acc: list[float] | None = Non
     dense = cap.dense_bits
     positions = dense // 32
     n_tasks = len(pm.tasks)
-    masks_prev = mask_bits(pm, "previous")
-    masks_union = mask_bits(pm, "union")
+    masks = mask_bits(pm)
     code_bits = sum(pm.fields(t, n) * pm.bits(t, n) for t in pm.tasks for n in pm.layers)
     fields = cap.bits["fields"]
     codebooks = cap.bits["codebooks"]
@@ -268,21 +273,24 @@ def summarize(pm: Any, report: dict[str, Any], val_acc: list[float] | None = Non
         "accuracy_matrix": report["accuracy_matrix"],
         "file_accuracy": file_acc.tolist(),
         "capacity": {
-            "percent": pct(fields + codebooks + masks_prev),
+            "percent": pct(fields + codebooks + masks["best"]),
             "fields": pct(fields),
             "codebooks": pct(codebooks),
-            "masks": pct(masks_prev),
-            "masks_union": pct(masks_union),
+            "masks": pct(masks["best"]),
+            "masks_alone": pct(masks["alone"]),
+            "masks_previous": pct(masks["previous"]),
+            "masks_union": pct(masks["union"]),
             "masks_stored": pct(cap.bits["masks"]),
             "stored_percent": cap.percent,
             "paper_style": pct(code_bits),
             "private": cap.private_percent,
             "dense_bits": dense,
-            "bits": {"fields": fields, "codebooks": codebooks, "masks": masks_prev,
-                     "masks_union": masks_union, "masks_stored": cap.bits["masks"],
-                     "private": cap.bits["private"]},
+            "bits": {"fields": fields, "codebooks": codebooks, "masks": masks["best"],
+                     **{f"masks_{k}": v for k, v in masks.items() if k != "best"},
+                     "masks_stored": cap.bits["masks"], "private": cap.bits["private"]},
         },
-        "mask_saving": 1.0 - masks_prev / (n_tasks * positions),
+        "mask_saving": 1.0 - masks["best"] / (n_tasks * positions),
+        "mask_saving_alone": 1.0 - masks["alone"] / (n_tasks * positions),
         "mask_saving_stored": 1.0 - cap.bits["masks"] / (n_tasks * positions),
         "bits": bits,
         "banks": int(pm.banks),
@@ -429,6 +437,31 @@ def _bits_text(bits: list[list[int]]) -> str:
     return per_task
 
 
+def _bar_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Issue 6's bars, measured on one scenario's rows (those that are present)."""
+    by = {r["method"]: r for r in rows}
+    out = []
+    free = [m for m in ("PackNet", "WSN", "Ada-QPacknet", "TinySubNets", "Independent") if m in by]
+    if free:
+        exact = all(by[m]["bwt"] == 0.0 and by[m]["bwt_file"] == 0.0 for m in free)
+        out.append(f"- BWT exactly 0.0 (matrix and file) for {', '.join(free)}: "
+                   f"{'yes' if exact else 'NO'}")
+    for method, ref, cap_bar in (("TinySubNets", "WSN", 23.0), ("Ada-QPacknet", "PackNet", None)):
+        if method not in by or ref not in by:
+            continue
+        m, r = by[method], by[ref]
+        gap = 100 * (m["acc"] - r["acc"])
+        limit = cap_bar if cap_bar is not None else r["capacity"]["percent"]
+        cap_ok = m["capacity"]["percent"] <= limit if cap_bar else m["capacity"]["percent"] < limit
+        out.append(
+            f"- {method}: capacity {m['capacity']['percent']:.2f}% "
+            f"({'<=' if cap_bar else '<'} {limit:.2f}%: {'yes' if cap_ok else 'NO'}), "
+            f"ACC {100 * m['acc']:.2f} vs {ref} {100 * r['acc']:.2f}: {gap:+.2f} points "
+            f"(>= -1: {'yes' if gap >= -1.0 else 'NO'})"
+        )
+    return out
+
+
 def format_table(table: dict[str, Any]) -> str:
     """The markdown table of ``table.json``: one section per scenario, papers' figures beside."""
     rows = table["rows"]
@@ -440,16 +473,18 @@ def format_table(table: dict[str, Any]) -> str:
         f"Adam lr {cfg['lr']}, {cfg['threads']} torch thread(s); MLP 784-100-100 without bias, "
         "one head per task. ACC / BWT from the re-tested accuracy matrix; *file* columns from "
         "model.h5 through bitsub's NumPy forward. Capacity in % of the dense float32 model "
-        "(fields + codebooks + masks; masks Huffman-coded in the context of the previous task's "
-        "mask of the bank); *stored*: with the masks as the file codes them today (alone); "
+        "(fields + codebooks + masks; each mask Huffman-coded alone or in the context of the "
+        "previous task's mask or of the union of the earlier masks of its bank, whichever is "
+        "smallest); *masks alone*: every mask coded alone; *stored*: the capacity as "
+        "`pm.capacity()` counts the file; "
         "*paper-style*: code bits of the fields only (= union density x bit-width / 32 for one "
         "field per position). Mask saving vs 1 bit per weight and task. Bits: per task, the range "
         "over layers.",
         "",
     ]
     head = ("| method | args | ACC % | BWT % | ACC file % | BWT file % | val ACC % | capacity % "
-            "| fields | codebooks | masks | stored % | paper-style % | mask saving | bits "
-            "| banks | train s |")
+            "| fields | codebooks | masks | masks alone | stored % | paper-style % | mask saving "
+            "| bits | banks | train s |")
     sep = "|" + "---|" * (head.count("|") - 1)
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         n = cfg["scenarios"].get(scenario)
@@ -462,11 +497,12 @@ def format_table(table: dict[str, Any]) -> str:
                 f"| {100 * r['acc_file']:.2f} | {100 * r['bwt_file']:+.2f} "
                 f"| {100 * (r['val_acc_file'] or 0):.2f} | **{c['percent']:.2f}** "
                 f"| {c['fields']:.2f} | {c['codebooks']:.3f} | {c['masks']:.2f} "
+                f"| {c['masks_alone']:.2f} "
                 f"| {c['stored_percent']:.2f} | {c['paper_style']:.2f} "
                 f"| {100 * r['mask_saving']:.1f}% | {_bits_text(r['bits'])} | {r['banks']} "
                 f"| {r['train_s']:.0f} |"
             )
-        lines.append("")
+        lines += ["", *_bar_lines([r for r in rows if r["scenario"] == scenario]), ""]
     paper = table.get("paper_pmnist", PAPER_PMNIST)
     lines += ["## The papers' own p-MNIST figures (full MNIST, for reference)", "",
               "| method | ACC % | capacity % | source |", "|---|---|---|---|"]
@@ -495,7 +531,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"epochs per task (default {TRAIN['epochs']})")
     p.add_argument("--tasks", type=int, default=None,
                    help="tasks per scenario (default: 10 for the permuted ones, 5 for split)")
-    p.add_argument("--out", type=Path, default=Path("results/table"))
+    p.add_argument("--out", type=Path, default=Path("runs/table"))
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--strategy-args", default="{}",
                    help='JSON: per strategy name, arguments replacing the defaults, e.g. '

@@ -58,14 +58,26 @@ def test_case_study_152_220_220():
     assert pm.banks == 1
 
 
-def independent_count(pm, specs):
-    """Bits per component from the generated task specs (not from the model), plus masks."""
+def stored_mask_bits(pm, t, name):
+    """The stored rule, recomputed: the smallest of the mask coded alone, against the previous
+    task of the bank, against the union of the bank's earlier tasks (ties to the first)."""
     from bitsub.maskcodec import encode_mask
 
+    mask = pm.mask(t, name)
+    earlier = [pm.mask(u, name) for u in pm.bank_tasks(pm.bank(t)) if u < t]
+    sizes = [len(encode_mask(mask))]
+    if earlier:
+        sizes.append(len(encode_mask(mask, context=earlier[-1])))
+        sizes.append(len(encode_mask(mask, context=np.logical_or.reduce(earlier))))
+    return 8 * min(sizes)
+
+
+def independent_count(pm, specs):
+    """Bits per component from the generated task specs (not from the model), plus masks."""
     fields = codebooks = masks = private = 0
     for t in pm.tasks:
         for name in pm.layers:
-            masks += 8 * len(encode_mask(pm.mask(t, name)))
+            masks += stored_mask_bits(pm, t, name)
             if name in specs[t]:
                 mask, write, bits, _, centroids = specs[t][name]
                 np.testing.assert_array_equal(pm.mask(t, name), mask)
@@ -117,12 +129,12 @@ def test_options_and_validation():
     assert empty.capacity().percent == 0.0 and empty.capacity().total == 0
 
 
-def test_mask_context_counts_masks_coded_against_earlier_tasks():
+def test_mask_coding_union_counts_masks_coded_against_all_earlier_tasks():
     from bitsub.maskcodec import decode_mask, encode_mask
 
     shapes = {"fc1": (6, 5), "conv": (2, 2, 1, 3)}
     pm, _, _ = run_random_sequence(4, 32, 3, 7, shapes)
-    cap = pm.capacity(mask_context=True)
+    cap = pm.capacity(mask_coding="union")
     expected = 0
     for name in pm.layers:
         union = np.zeros(pm.shape(name), bool)
@@ -136,3 +148,26 @@ def test_mask_context_counts_masks_coded_against_earlier_tasks():
     plain = pm.capacity()
     assert cap.bits["fields"] == plain.bits["fields"]
     assert cap.bits["codebooks"] == plain.bits["codebooks"]
+    with pytest.raises(ValueError, match="mask_coding"):
+        pm.capacity(mask_coding="previous")
+
+
+def test_capacity_masks_are_the_stored_bytes_and_alone_is_reported():
+    from tests.test_packed import reuse_model
+
+    pm = reuse_model()
+    stored = sum(8 * len(pm.encoded_mask(t, n)) for t in pm.tasks for n in pm.layers)
+    alone = sum(8 * len(pm.encoded_mask(t, n, alone=True)) for t in pm.tasks for n in pm.layers)
+    raw = len(pm.tasks) * sum(math.prod(pm.shape(n)) for n in pm.layers)
+    cap = pm.capacity()
+    assert cap.bits["masks"] == stored < alone
+    assert cap.mask_alone_bits == alone and cap.mask_raw_bits == raw
+    assert cap.mask_saving == pytest.approx(100 * (1 - stored / raw))
+    coded_alone = pm.capacity(mask_coding="alone")
+    assert coded_alone.bits["masks"] == alone == coded_alone.mask_alone_bits
+    assert "mask saving vs 1 bit per weight per task" in str(cap)
+    for t in pm.tasks:  # the count up to a task is the stored bytes of tasks 0..t
+        upto = pm.capacity(upto=t)
+        assert upto.bits["masks"] == sum(8 * len(pm.encoded_mask(u, n))
+                                         for u in range(t + 1) for n in pm.layers)
+    assert pm.capacity(masks=False).mask_raw_bits == 0

@@ -173,7 +173,7 @@ def test_lut_portable_kernels_agree(shape):
 
 @pytest.mark.parametrize("layout", ["sell", "lut", "both"])
 @pytest.mark.parametrize("batch", [1, 2, 8, 64, 1024])
-@pytest.mark.parametrize("density", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.2, 0.5, 1.0])
 def test_batch_sizes_and_densities(batch, density, layout, monkeypatch):
     rng = np.random.default_rng(batch)
     mask, source, codes, cbs = random_fields(rng, (19, 45), density, 3, 2)
@@ -201,11 +201,12 @@ def test_parallel_and_serial_kernels_agree(batch, monkeypatch):
     np.testing.assert_allclose(par, ser, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("density", [0.1, 0.5])
 @pytest.mark.parametrize("layout", ["sell", "lut", "both"])
-@pytest.mark.parametrize("batch", [1, 4, 12])
-def test_nan_and_inf_propagate_as_in_dense_product(batch, layout):
+@pytest.mark.parametrize("batch", [1, 4, 12, 70])
+def test_nan_and_inf_propagate_as_in_dense_product(batch, layout, density):
     rng = np.random.default_rng(5)
-    mask, source, codes, cbs = random_fields(rng, (21, 17), 0.5, 2, 1)
+    mask, source, codes, cbs = random_fields(rng, (21, 17), density, 2, 1)
     cbs[0][0] = 0.0  # a used position whose value is exactly 0
     plan = build_plan(mask, source, codes, cbs, layout=layout)
     w = naive_resolved_weights(mask, source, codes, cbs)
@@ -319,7 +320,8 @@ def test_plan_is_compact():
     dense_bytes = mask.size * 4
     sell = build_plan(mask, source, codes, cbs, layout="sell")
     lut = build_plan(mask, source, codes, cbs, layout="lut")
-    both = build_plan(mask, source, codes, cbs)
+    assert build_plan(mask, source, codes, cbs).layout == "lut"  # small layer
+    both = build_plan(mask, source, codes, cbs, layout="both")
     assert isinstance(both, Plan) and both.layout == "both"
     # sell: 2-byte column + 1-byte code per used position (plus slice padding)
     assert sell.nbytes < 0.25 * dense_bytes
@@ -401,3 +403,33 @@ def test_raw_float_fields_through_packed_model():
         w = pm.weights(t, "fc")
         np.testing.assert_array_equal(plan.dense(), w)
         assert_close(matmul(plan, x), naive_dense_matmul(w, x))
+
+
+def test_portable_kernels_on_a_host_without_avx512():
+    """NUMBA_CPU_NAME=generic turns the AVX-512 look-up off: the portable kernels run."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np
+from bitsub import matmul as mm
+from bitsub.plan import build_plan
+assert not mm.AVX512
+rng = np.random.default_rng(0)
+mask = rng.random((9, 37)) < 0.5
+source = np.where(mask, 0, -1).astype(np.int32)
+codes = rng.integers(0, 16, mask.shape).astype(np.uint32)
+cb = {0: rng.standard_normal(16).astype(np.float32)}
+plan = build_plan(mask, source, codes, cb, layout="lut")
+w = np.where(mask, cb[0][codes], 0).astype(np.float64)
+for x in (rng.standard_normal(37), rng.standard_normal((2, 37)), rng.standard_normal((9, 37))):
+    x = x.astype(np.float32)
+    np.testing.assert_allclose(mm.matmul(plan, x), x @ w.T, rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+    env = {**os.environ, "NUMBA_CPU_NAME": "generic"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import bitsub
 import bitsub.storage as storage
 from bitsub import FormatError, PackedModel, TaskLayer
-from tests.test_packed import assert_same_bits, run_random_sequence
+from tests.test_packed import assert_same_bits, reuse_model, run_random_sequence
 
 NETWORK = [{"op": "linear", "layer": "fc1", "bias": None}, {"op": "relu"},
            {"op": "head", "weight": "head.weight", "bias": None}]
@@ -27,13 +27,28 @@ def small_model(word_bits=32, seed=3):
     return pm, frozen
 
 
+def word_regions(path):
+    """(offset, size) of the bytes of every word dataset, as the seal lists them."""
+    regions = []
+
+    def visit(name, obj):
+        if str(obj.attrs.get("encoding-type", "")).startswith("bitsub.words"):
+            regions.append((obj.id.get_offset(), obj.id.get_storage_size()))
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except OSError:  # not HDF5 at all: no regions
+        pass
+    return sorted(regions)
+
+
 def reseal(path):
     """Recompute the file-level seal, so that only the inner (per-object) checks can object."""
+    regions = word_regions(path)
     with open(path, "rb") as fh:
         data = bytearray(fh.read())
-    data[: storage.USERBLOCK] = bytes(storage.USERBLOCK)
-    head = storage._head(zlib.crc32(bytes(data[storage.USERBLOCK:])), len(data))
-    data[: len(head)] = head
+    storage._seal_image(data, regions)
     with open(path, "wb") as fh:
         fh.write(data)
 
@@ -92,8 +107,11 @@ def test_layout_is_readable_with_plain_h5py(tmp_path):
             g = f[f"tasks/{t}"]
             assert g.attrs["bank"] == pm.bank(t) and g.attrs["prefix"] == pm.prefix(t)
             assert g["bits"][()].tolist() == [pm.bits(t, n) for n in pm.layers]
+            refs = g["mask_refs"][()]
+            assert refs.tolist() == [pm.mask_reference(t, n) for n in pm.layers]
             for i, name in enumerate(pm.layers):
-                mask = bitsub.maskcodec.decode_mask(g[f"masks/{i}"][()].tobytes())
+                mask = bitsub.maskcodec.decode_mask(g[f"masks/{i}"][()].tobytes(),
+                                                    context=pm.mask_context(t, name))
                 np.testing.assert_array_equal(mask, pm.mask(t, name))
 
         def visit(path, obj):
@@ -102,6 +120,44 @@ def test_layout_is_readable_with_plain_h5py(tmp_path):
 
         f.visititems(visit)
     assert path.read_bytes()[:8] == storage.MAGIC
+
+
+def test_mask_references_round_trip(tmp_path):
+    pm = reuse_model()
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    back = bitsub.load(path)
+    assert_same_model(pm, back)
+    refs = [[pm.mask_reference(t, n) for n in pm.layers] for t in pm.tasks]
+    assert {r for row in refs for r in row} == {0, 1, 2}
+    assert [[back.mask_reference(t, n) for n in pm.layers] for t in pm.tasks] == refs
+    for t in pm.tasks:
+        for n in pm.layers:
+            assert back.encoded_mask(t, n) == pm.encoded_mask(t, n)
+            assert back.encoded_mask(t, n, alone=True) == pm.encoded_mask(t, n, alone=True)
+    assert back.capacity() == pm.capacity()
+    # the loaded model codes the masks of new tasks the same way
+    m = pm.mask(1, "fc")
+    tl = {"fc": TaskLayer(m, np.zeros_like(m))}
+    assert pm.add_task(tl) == back.add_task(tl) == 4
+    assert back.mask_reference(4, "fc") == pm.mask_reference(4, "fc") != 0
+    assert back.encoded_mask(4, "fc") == pm.encoded_mask(4, "fc")
+
+
+@pytest.mark.parametrize("task, refs, match", [
+    (0, [1, 0], "task 0 is the first task of bank 0"),
+    (1, [3, 0], "unknown mask reference 3"),
+    (1, [0, 0], "encoded with a context"),
+    (2, [1, 0], "context differs"),
+    (3, [2, 0], "encoded without a context"),
+])
+def test_inconsistent_mask_references_are_refused(tmp_path, task, refs, match):
+    pm = reuse_model()
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    rewrite(path, f"tasks/{task}/mask_refs", np.array(refs, "|u1"))
+    with pytest.raises(FormatError, match=match):
+        bitsub.load(path)
 
 
 def test_values_path_quantizes_and_round_trips(tmp_path):
@@ -291,25 +347,29 @@ def test_attribute_change_is_caught(tmp_path):
         bitsub.load(path)
 
 
-def test_newer_versions_are_refused(tmp_path):
+@pytest.mark.parametrize("delta, match", [(1, "is newer"), (-1, "is not supported")])
+def test_other_versions_are_refused(tmp_path, delta, match):
     pm, _ = small_model()
     path = tmp_path / "m.h5"
     pm.save(path)
+    version = storage.FORMAT_VERSION + delta
     data = bytearray(path.read_bytes())
-    magic, _, length, crc = storage._HEAD.unpack_from(data)
-    head = storage._HEAD.pack(magic, storage.FORMAT_VERSION + 1, length, crc)
-    data[: len(head) + 4] = head + storage._HEAD_CRC.pack(zlib.crc32(head))
+    fields = list(storage._HEAD.unpack_from(data))
+    fields[1] = version
+    end = storage._HEAD.size + fields[5] * storage._REGION.size
+    head = storage._HEAD.pack(*fields) + bytes(data[storage._HEAD.size : end])
+    data[: end + 4] = head + storage._HEAD_CRC.pack(zlib.crc32(head))
     path.write_bytes(data)
-    with pytest.raises(FormatError, match="newer"):
+    with pytest.raises(FormatError, match=f"format version {version} {match}"):
         bitsub.load(path)
 
     pm.save(path)
     with h5py.File(path, "r+") as f:
         g = f["tasks/0"]
-        g.attrs["encoding-version"] = storage.FORMAT_VERSION + 1
+        g.attrs["encoding-version"] = version
         g.attrs["crc32"] = np.uint32(storage._object_crc(g))
     reseal(path)
-    with pytest.raises(FormatError, match=r"/tasks/0: encoding-version 2 is newer"):
+    with pytest.raises(FormatError, match=f"/tasks/0: encoding-version {version} {match}"):
         bitsub.load(path)
 
 
@@ -357,15 +417,18 @@ def test_save_validation(tmp_path):
 
 
 def rewrite(path, dspath, arr):
-    """Replace a dataset (keeping its attributes) with a valid checksum, and reseal the file."""
+    """Replace a dataset (keeping its attributes) with valid checksums, and reseal the file."""
     arr = np.ascontiguousarray(arr)
     with h5py.File(path, "r+") as f:
         attrs = {k: v for k, v in f[dspath].attrs.items() if k != "crc32"}
         del f[dspath]
         ds = f.create_dataset(dspath, data=arr)
+        words = str(attrs["encoding-type"]).startswith("bitsub.words")
+        if words:
+            attrs["hash"] = np.uint64(bitsub.packed.words_hash(arr))
         for k, v in attrs.items():
             ds.attrs[k] = v
-        ds.attrs["crc32"] = np.uint32(storage._object_crc(ds, arr.reshape(-1)))
+        ds.attrs["crc32"] = np.uint32(storage._object_crc(ds, b"" if words else arr.reshape(-1)))
     reseal(path)
 
 
