@@ -31,8 +31,7 @@ DENSITIES = [0.1, 0.2, 0.5, 1.0]
 RESULTS: dict[tuple, tuple[float, float]] = {}  # (case, impl) -> (median, min) seconds
 BYTES: dict[tuple, int] = {}
 
-torch.set_num_threads(THREADS)
-numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
+torch.set_num_threads(THREADS)  # numpy's BLAS and bitsub use both cores by default
 
 
 def make_layer(out, n_in, density, seed, bits=4):

@@ -3,7 +3,7 @@
 Same signatures as :func:`bitsub.matmul.matmul` and :func:`bitsub.matmul.conv2d`. One thread per
 (output row, sample); the threads of a warp take consecutive rows, so with the ``"sell"`` layout
 (``SLICE`` rows stored column-major) their loads of columns and codes are coalesced. A ``"lut"``
-plan is decoded per position (bitmap bit, 4-bit code) in the same loop.
+plan is decoded per position (mask bit, 4-bit code) in the same loop.
 
 ``numba.cuda`` is imported on first use only, so ``import bitsub`` never touches CUDA. Without a
 GPU (and without ``NUMBA_ENABLE_CUDASIM=1``, Numba's simulator) a call raises RuntimeError.
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from bitsub.matmul import _check_plan, _check_x, _conv_geometry, _fix_nonfinite, _padded, _patches
-from bitsub.plan import LUT_CHUNK, SLICE, Plan
+from bitsub.matmul import _check_plan, _check_x, _conv_geometry, _fix_nonfinite, _patches
+from bitsub.plan import SLICE, Plan
 
 __all__ = ["gpu_conv2d", "gpu_matmul"]
 
@@ -58,17 +58,18 @@ def _cuda() -> Any:
                 y[b, i] = acc
 
         @cuda.jit
-        def lut_kernel(codes, mask, book, x, n_chunks, y):  # pragma: no cover
+        def lut_kernel(codes, mask, book, x, y):  # pragma: no cover
             i, b = cuda.grid(2)
+            n_in = x.shape[1]
             if i < y.shape[1] and b < y.shape[0]:
+                s = i // 16
+                r = i - 16 * s
                 acc = float32(0.0)
-                for c in range(n_chunks):
-                    m = mask[i * n_chunks + c]
-                    for p in range(16):
-                        byte = codes[(i * n_chunks + c) * 8 + (p & 7)]
-                        code = (int32(byte) >> (4 * (p >> 3))) & 15
-                        w = book[code] if (m >> p) & 1 else float32(0.0)
-                        acc += w * x[b, c * 16 + p]  # every position, as a dense product
+                for j in range(n_in):
+                    byte = codes[(s * n_in + j) * 8 + (r & 7)]
+                    code = (int32(byte) >> (4 * (r >> 3))) & 15
+                    w = book[code] if (mask[s * n_in + j] >> r) & 1 else float32(0.0)
+                    acc += w * x[b, j]  # every position, as a dense product
                 y[b, i] = acc
 
         _state["kernel"] = kernel
@@ -95,9 +96,8 @@ def _run(plan: Plan, x2: np.ndarray) -> np.ndarray:
         d_y = cuda.device_array((n_batch, out), np.float32)
         blocks = (-(-out // _THREADS[0]), -(-n_batch // _THREADS[1]))
         if plan.layout != "sell":
-            xp = cuda.to_device(_padded(x2, plan.n_chunks * LUT_CHUNK))
-            _state["lut_kernel"][blocks, _THREADS](*_device_arrays(cuda, plan), xp,
-                                                   plan.n_chunks, d_y)
+            _state["lut_kernel"][blocks, _THREADS](*_device_arrays(cuda, plan),
+                                                   cuda.to_device(x2), d_y)
         else:
             _state["kernel"][blocks, _THREADS](*_device_arrays(cuda, plan), cuda.to_device(x2),
                                                d_y)

@@ -3,13 +3,15 @@
 Kernels, chosen by the plan's layout and the batch size (thresholds from
 ``bench/test_bench_matmul.py``):
 
-- small batches on ``"lut"`` arrays: the fused decode-in-the-loop kernel. Each chunk of 16
-  weights is decoded in registers (the 16 codes index the codebook held in one 512-bit
-  register, ``vpermps``; the mask bits zero unused lanes) and multiplied with 16 inputs.
+- small batches on ``"lut"`` arrays: the fused decode-in-the-loop kernel. For a slice of 16
+  rows, each column's 16 weights are decoded in registers (the 16 codes index the codebook
+  held in one 512-bit register, ``vpermps``; the mask bits zero unused lanes) and multiplied by
+  that column's input into 16 row sums held in one vector: no horizontal sums, no tails.
 - small batches on ``"sell"`` arrays: slices of 16 rows in SIMD lanes, each step gathering one
   input and one centroid per row.
-- large batches: cache-sized tiles of rows are decoded into a scratch tile (single-threaded)
-  and multiplied by BLAS, which then owns the threads. Below ``SELL_TILE_DENSITY``, a plan with
+- large batches: cache-sized tiles of rows (of W.T for ``"lut"``) are decoded into a scratch
+  tile (single-threaded, the same in-register look-up) and multiplied by BLAS, which then owns
+  the threads. Below ``SELL_TILE_DENSITY``, a plan with
   ``"sell"`` arrays instead runs a batch-inner kernel over the used positions only (x
   transposed once; each position adds ``w * x[:, col]`` to its row).
 
@@ -121,128 +123,84 @@ def _chunk_weights(builder, book, codes_ptr, mask_ptr, c):
     return builder.select(bits, w, ir.Constant(_V16F, [0.0] * 16))
 
 
-def _hsum(builder, v):
-    n = 16
-    while n > 1:
-        h = n // 2
-        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h))))
-        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h, n))))
-        v = builder.fadd(lo, hi)
-        n = h
-    return builder.extract_element(v, ir.Constant(_I32, 0))
-
-
 def _lut_pointers(context, builder, sig, args):
-    codes, cbase, mask, mbase, book, arr, abase = args[:7]
+    codes, cbase, mask, mbase, book = args[:5]
     codes_ptr = builder.gep(_data(context, builder, sig.args[0], codes), [cbase])
     mask_ptr = builder.gep(_data(context, builder, sig.args[2], mask), [mbase])
     book_ptr = _data(context, builder, sig.args[4], book)
-    arr_ptr = builder.gep(_data(context, builder, sig.args[5], arr), [abase])
     book_vec = builder.load(builder.bitcast(book_ptr, _V16F.as_pointer()), align=4)
-    return codes_ptr, mask_ptr, book_vec, arr_ptr
+    return codes_ptr, mask_ptr, book_vec
 
 
-def _splat(builder, scalar):
-    """<16 x i32> with every lane = scalar (an i32)."""
-    v = builder.insert_element(ir.Constant(_V16I, ir.Undefined), scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, v, ir.Constant(_V16I, [0] * 16))
-
-
-def _lane_buffer(builder):
-    """A zeroed 16-float stack buffer, as a float pointer and a vector pointer."""
-    buf = cgutils.alloca_once(builder, _V16F)
-    builder.store(ir.Constant(_V16F, [0.0] * 16), buf)
-    return builder.bitcast(buf, _F32.as_pointer()), buf
+def _vector_at(builder, ptr, index):
+    return builder.bitcast(builder.gep(ptr, [index]), _V16F.as_pointer())
 
 
 @intrinsic
-def _lut_dot_avx512(typingctx, codes, cbase, mask, mbase, book, x, xbase, n_full, tail):
-    """Dot product of one "lut" row with x[xbase : xbase + 16 * n_full + tail]."""
-    sig = types.float32(codes, cbase, mask, mbase, book, x, xbase, n_full, tail)
+def _lut_slice_avx512(typingctx, codes, cbase, mask, mbase, book, x, xbase, n_in, y, ybase,
+                      rows):
+    """y[ybase : ybase + rows] = the slice's 16 rows times x[xbase : xbase + n_in]."""
+    sig = types.void(codes, cbase, mask, mbase, book, x, xbase, n_in, y, ybase, rows)
 
     def codegen(context, builder, signature, args):
-        codes_ptr, mask_ptr, book_vec, x_ptr = _lut_pointers(context, builder, signature, args)
-        n_full_v, tail_v = args[7], args[8]
+        codes_ptr, mask_ptr, book_vec = _lut_pointers(context, builder, signature, args)
+        x_ptr = builder.gep(_data(context, builder, signature.args[5], args[5]), [args[6]])
+        y_ptr = builder.gep(_data(context, builder, signature.args[8], args[8]), [args[9]])
+        n_in_v, rows_v = args[7], args[10]
         zero = ir.Constant(_V16F, [0.0] * 16)
         accs = [cgutils.alloca_once(builder, _V16F) for _ in range(_UNROLL)]
         for a in accs:
             builder.store(zero, a)
         acc = accs[0]
 
-        def step(c, a):
-            w = _chunk_weights(builder, book_vec, codes_ptr, mask_ptr, c)
-            xp = builder.gep(x_ptr, [builder.mul(c, ir.Constant(_I64, 16))])
-            xv = builder.load(builder.bitcast(xp, _V16F.as_pointer()), align=4)
+        def step(j, a):  # the 16 rows' weights at column j, times x[j]
+            w = _chunk_weights(builder, book_vec, codes_ptr, mask_ptr, j)
+            xj = builder.load(builder.gep(x_ptr, [j]))
+            xv = builder.insert_element(ir.Constant(_V16F, ir.Undefined), xj,
+                                        ir.Constant(_I32, 0))
+            xv = builder.shuffle_vector(xv, xv, ir.Constant(_V16I, [0] * 16))
             builder.store(builder.call(_fma(builder), [w, xv, builder.load(a)]), a)
 
-        # _UNROLL independent accumulators hide the latency of the adds.
-        groups = builder.udiv(n_full_v, ir.Constant(_I64, _UNROLL))
+        # _UNROLL independent accumulators hide the latency of the multiply-adds.
+        groups = builder.udiv(n_in_v, ir.Constant(_I64, _UNROLL))
         with cgutils.for_range(builder, groups) as loop:
-            c0 = builder.mul(loop.index, ir.Constant(_I64, _UNROLL))
+            j0 = builder.mul(loop.index, ir.Constant(_I64, _UNROLL))
             for u, a in enumerate(accs):
-                step(builder.add(c0, ir.Constant(_I64, u)), a)
+                step(builder.add(j0, ir.Constant(_I64, u)), a)
         done = builder.mul(groups, ir.Constant(_I64, _UNROLL))
-        with cgutils.for_range(builder, builder.sub(n_full_v, done)) as loop:
+        with cgutils.for_range(builder, builder.sub(n_in_v, done)) as loop:
             step(builder.add(done, loop.index), acc)
+        total = builder.load(acc)
         for a in accs[1:]:
-            builder.store(builder.fadd(builder.load(acc), builder.load(a)), acc)
-        # The partial last chunk, never reading past x: with a full chunk before it, load the
-        # row's last 16 inputs and rotate the tail down to lanes 0..tail-1 (in registers);
-        # otherwise copy the few inputs to a zeroed buffer.
-        has_tail = builder.icmp_signed(">", tail_v, ir.Constant(_I64, 0))
-        with builder.if_then(has_tail):
-            tail_x = cgutils.alloca_once(builder, _V16F)
-            has_full = builder.icmp_signed(">", n_full_v, ir.Constant(_I64, 0))
-            with builder.if_else(has_full) as (then, otherwise):
-                with then:
-                    start = builder.sub(builder.add(builder.mul(n_full_v, ir.Constant(_I64, 16)),
-                                                    tail_v), ir.Constant(_I64, 16))
-                    last = builder.load(builder.bitcast(builder.gep(x_ptr, [start]),
-                                                        _V16F.as_pointer()), align=4)
-                    t32 = builder.trunc(tail_v, _I32)
-                    iota = ir.Constant(_V16I, list(range(16)))
-                    shift = _splat(builder, builder.sub(ir.Constant(_I32, 16), t32))
-                    idx = builder.and_(builder.add(iota, shift), ir.Constant(_V16I, [15] * 16))
-                    rotated = builder.call(_permvar(builder), [last, idx])
-                    lanes = builder.icmp_unsigned("<", iota, _splat(builder, t32))
-                    builder.store(builder.select(lanes, rotated, ir.Constant(_V16F, [0.0] * 16)),
-                                  tail_x)
-                with otherwise:
-                    fbuf, vbuf = _lane_buffer(builder)
-                    with cgutils.for_range(builder, tail_v) as loop:
-                        j = loop.index
-                        builder.store(builder.load(builder.gep(x_ptr, [j])),
-                                      builder.gep(fbuf, [j]))
-                    builder.store(builder.load(vbuf), tail_x)
-            w = _chunk_weights(builder, book_vec, codes_ptr, mask_ptr, n_full_v)
-            builder.store(builder.call(_fma(builder), [w, builder.load(tail_x), builder.load(acc)]),
-                          acc)
-        return _hsum(builder, builder.load(acc))
+            total = builder.fadd(total, builder.load(a))
+        full = builder.icmp_signed("==", rows_v, ir.Constant(_I64, 16))
+        with builder.if_else(full) as (then, otherwise):
+            with then:
+                builder.store(total, builder.bitcast(y_ptr, _V16F.as_pointer()), align=4)
+            with otherwise:  # the last, partial slice: never write past its rows
+                buf = cgutils.alloca_once(builder, _V16F)
+                builder.store(total, buf)
+                fbuf = builder.bitcast(buf, _F32.as_pointer())
+                with cgutils.for_range(builder, rows_v) as loop:
+                    r = loop.index
+                    builder.store(builder.load(builder.gep(fbuf, [r])), builder.gep(y_ptr, [r]))
+        return context.get_dummy_value()
 
     return sig, codegen
 
 
 @intrinsic
-def _lut_decode_avx512(typingctx, codes, cbase, mask, mbase, book, out, obase, n_full, tail):
-    """Write one "lut" row's 16 * n_full + tail weights to out[obase:]."""
-    sig = types.void(codes, cbase, mask, mbase, book, out, obase, n_full, tail)
+def _lut_decode_avx512(typingctx, codes, cbase, mask, mbase, book, out, obase, n_in, stride):
+    """out[obase + j * stride : ... + 16] = the slice's 16 weights at column j, for every j."""
+    sig = types.void(codes, cbase, mask, mbase, book, out, obase, n_in, stride)
 
     def codegen(context, builder, signature, args):
-        codes_ptr, mask_ptr, book_vec, out_ptr = _lut_pointers(context, builder, signature, args)
-        n_full_v, tail_v = args[7], args[8]
-        with cgutils.for_range(builder, n_full_v) as loop:
-            c = loop.index
-            w = _chunk_weights(builder, book_vec, codes_ptr, mask_ptr, c)
-            op = builder.gep(out_ptr, [builder.mul(c, ir.Constant(_I64, 16))])
-            builder.store(w, builder.bitcast(op, _V16F.as_pointer()), align=4)
-        has_tail = builder.icmp_signed(">", tail_v, ir.Constant(_I64, 0))
-        with builder.if_then(has_tail):
-            fbuf, vbuf = _lane_buffer(builder)
-            builder.store(_chunk_weights(builder, book_vec, codes_ptr, mask_ptr, n_full_v), vbuf)
-            out_tail = builder.gep(out_ptr, [builder.mul(n_full_v, ir.Constant(_I64, 16))])
-            with cgutils.for_range(builder, tail_v) as loop:
-                j = loop.index
-                builder.store(builder.load(builder.gep(fbuf, [j])), builder.gep(out_tail, [j]))
+        codes_ptr, mask_ptr, book_vec = _lut_pointers(context, builder, signature, args)
+        out_ptr = builder.gep(_data(context, builder, signature.args[5], args[5]), [args[6]])
+        with cgutils.for_range(builder, args[7]) as loop:
+            j = loop.index
+            w = _chunk_weights(builder, book_vec, codes_ptr, mask_ptr, j)
+            builder.store(w, _vector_at(builder, out_ptr, builder.mul(j, args[8])), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -252,83 +210,65 @@ def _lut_decode_avx512(typingctx, codes, cbase, mask, mbase, book, out, obase, n
 
 
 @numba.njit(**NJIT)
-def _lut_dot_cols(codes, cbase, mask, mbase, book, x, xbase, c0, n_cols):  # pragma: no cover
-    """Dot product over n_cols columns of one "lut" row from chunk c0 on, one at a time."""
-    acc = np.float32(0.0)
-    for j in range(n_cols):
-        c = c0 + (j >> 4)
-        p = j & 15
-        byte = codes[cbase + 8 * c + (p & 7)]
-        code = (np.int64(byte) >> (4 * (p >> 3))) & 15
-        w = book[code] if (mask[mbase + c] >> p) & 1 else np.float32(0.0)
-        acc += w * x[xbase + 16 * (c - c0) + p]
-    return acc
+def _lut_slice_portable(codes, cbase, mask, mbase, book, x, xbase, n_in, y, ybase, rows
+                        ):  # pragma: no cover (njit)
+    for r in range(rows):
+        shift = 4 * (r >> 3)
+        acc = np.float32(0.0)
+        for j in range(n_in):
+            code = (np.int64(codes[cbase + 8 * j + (r & 7)]) >> shift) & 15
+            w = book[code] if (mask[mbase + j] >> r) & 1 else np.float32(0.0)
+            acc += w * x[xbase + j]
+        y[ybase + r] = acc
 
 
 @numba.njit(**NJIT)
-def _lut_decode_cols(codes, cbase, mask, mbase, book, out, obase, c0, n_cols):  # pragma: no cover
-    """Write n_cols weights of one "lut" row, from chunk c0 on, to out[obase:]."""
-    for j in range(n_cols):
-        c = c0 + (j >> 4)
-        p = j & 15
-        byte = codes[cbase + 8 * c + (p & 7)]
-        code = (np.int64(byte) >> (4 * (p >> 3))) & 15
-        out[obase + j] = book[code] if (mask[mbase + c] >> p) & 1 else np.float32(0.0)
+def _lut_decode_portable(codes, cbase, mask, mbase, book, out, obase, n_in, stride
+                         ):  # pragma: no cover (njit)
+    for j in range(n_in):
+        m = mask[mbase + j]
+        for r in range(16):
+            code = (np.int64(codes[cbase + 8 * j + (r & 7)]) >> (4 * (r >> 3))) & 15
+            out[obase + j * stride + r] = book[code] if (m >> r) & 1 else np.float32(0.0)
 
 
-@numba.njit(**NJIT)
-def _lut_dot_portable(codes, cbase, mask, mbase, book, x, xbase, n_full, tail):  # pragma: no cover
-    return _lut_dot_cols(codes, cbase, mask, mbase, book, x, xbase, 0, 16 * n_full + tail)
-
-
-@numba.njit(**NJIT)
-def _lut_decode_portable(codes, cbase, mask, mbase, book, out, obase, n_full, tail
-                         ):  # pragma: no cover
-    _lut_decode_cols(codes, cbase, mask, mbase, book, out, obase, 0, 16 * n_full + tail)
-
-
-_lut_dot = _lut_dot_avx512 if AVX512 else _lut_dot_portable
+_lut_slice = _lut_slice_avx512 if AVX512 else _lut_slice_portable
 _lut_decode = _lut_decode_avx512 if AVX512 else _lut_decode_portable
 
 
 @numba.njit(**NJIT)
-def _lut_vec(codes, mask, book, x, y, n_in, n_chunks, r0, r1):  # pragma: no cover (njit)
-    """Rows r0..r1-1 of y = x @ W.T, x of shape (in,) or (batch, in)."""
+def _lut_vec(codes, mask, book, x, y, n_in, s0, s1):  # pragma: no cover (njit)
+    """Slices s0..s1-1 of y = x @ W.T, x of shape (in,) or (batch, in)."""
     xf = x.ravel()
     yf = y.ravel()
     n_batch = xf.size // n_in
     out = yf.size // max(1, n_batch)
-    n_full = n_in // 16
-    tail = n_in - 16 * n_full
-    for i in range(r0, r1):
-        cb = i * n_chunks * 8
-        mb = i * n_chunks
+    for s in range(s0, s1):
+        rows = min(16, out - 16 * s)
         for b in range(n_batch):
-            yf[b * out + i] = _lut_dot(codes, cb, mask, mb, book, xf, b * n_in, n_full, tail)
+            _lut_slice(codes, s * n_in * 8, mask, s * n_in, book, xf, b * n_in, n_in, yf,
+                       b * out + 16 * s, rows)
 
 
 @numba.njit(**NJIT)
-def _lut_matvec(codes, mask, book, x):  # pragma: no cover (njit)
+def _lut_matvec(codes, mask, book, x, out):  # pragma: no cover (njit)
     """Return W @ x for one sample (few arguments, y allocated here: small calls are fast)."""
     n_in = x.size
-    n_chunks = -(-n_in // 16)
-    out = mask.size // n_chunks
     y = np.empty(out, np.float32)
-    n_full = n_in // 16
-    tail = n_in - 16 * n_full
-    for i in range(out):
-        y[i] = _lut_dot(codes, i * n_chunks * 8, mask, i * n_chunks, book, x, 0, n_full, tail)
+    for s in range(-(-out // 16)):
+        _lut_slice(codes, s * n_in * 8, mask, s * n_in, book, x, 0, n_in, y, 16 * s,
+                   min(16, out - 16 * s))
     return y
 
 
 @numba.njit(**NJIT)
-def _lut_decode_rows(codes, mask, book, n_in, n_chunks, r0, r1, tile):  # pragma: no cover
-    flat = tile.ravel()
-    n_full = n_in // 16
-    tail = n_in - 16 * n_full
-    for i in range(r0, r1):
-        _lut_decode(codes, i * n_chunks * 8, mask, i * n_chunks, book, flat, (i - r0) * n_in,
-                    n_full, tail)
+def _lut_decode_rows(codes, mask, book, n_in, s0, s1, tile_t):  # pragma: no cover (njit)
+    """Write W.T of slices s0..s1-1 to tile_t[:, : 16 * (s1 - s0)] (tile_t of shape (in, k))."""
+    flat = tile_t.ravel()
+    stride = tile_t.shape[1]
+    for s in range(s0, s1):
+        _lut_decode(codes, s * n_in * 8, mask, s * n_in, book, flat, 16 * (s - s0), n_in,
+                    stride)
 
 
 # --------------------------------------------------------------------------- "sell"
@@ -475,14 +415,6 @@ def _split(kernel, args: tuple, n_items: int, work: int) -> None:
         f.result()
 
 
-def _padded(x2: np.ndarray, width: int) -> np.ndarray:
-    if x2.shape[1] == width:
-        return x2
-    xp = np.zeros((x2.shape[0], width), np.float32)
-    xp[:, :x2.shape[1]] = x2
-    return xp
-
-
 def _tiled_blas(decode, out: int, n_in: int, rows: int, x: np.ndarray) -> np.ndarray:
     """Return x @ W.T by tiles: decode(r0, r1, tile) writes rows r0..r1-1, BLAS multiplies."""
     tile = np.empty((rows, n_in), np.float32)
@@ -504,20 +436,29 @@ def _run(plan: Plan, x: np.ndarray) -> np.ndarray:
     n_batch = x.shape[0] if x.ndim == 2 else 1
     has_lut, has_sell = plan.layout != "sell", plan.layout != "lut"
     sparse = plan.nnz < SELL_TILE_DENSITY * out * n_in
+    n_slices = -(-out // 16)
     if has_lut and n_batch < LUT_BATCH_MIN:
         y = np.empty((n_batch, out) if x.ndim == 2 else out, np.float32)
-        args = (plan.lut_codes, plan.lut_mask, plan.codebook, x, y, n_in, plan.n_chunks)
-        _split(_lut_vec, args, out, out * n_in * n_batch)
+        args = (plan.lut_codes, plan.lut_mask, plan.codebook, x, y, n_in)
+        _split(_lut_vec, args, n_slices, out * n_in * n_batch)
         return y
     x2 = x if x.ndim == 2 else x.reshape(1, -1)
     if has_lut and not (has_sell and sparse and n_batch >= BATCH_MIN):
-        rows = max(1, min(out, TILE_BYTES // (4 * n_in)))
-
-        def decode(r0: int, r1: int, tile: np.ndarray) -> None:
-            _lut_decode_rows(plan.lut_codes, plan.lut_mask, plan.codebook, n_in, plan.n_chunks,
-                             r0, r1, tile)
-
-        return _tiled_blas(decode, out, n_in, rows, x2)
+        # Tiles of W.T (in, 16 * k): whole slices, about TILE_BYTES.
+        k = max(1, min(n_slices, TILE_BYTES // (64 * n_in)))
+        tile_t = np.empty((n_in, 16 * k), np.float32)
+        y = np.empty((n_batch, out), np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf propagate, as in kernels
+            for s0 in range(0, n_slices, k):
+                s1 = min(n_slices, s0 + k)
+                r0, r1 = 16 * s0, min(out, 16 * s1)
+                _lut_decode_rows(plan.lut_codes, plan.lut_mask, plan.codebook, n_in, s0, s1,
+                                 tile_t)
+                if r1 - r0 == out:
+                    np.matmul(x2, tile_t[:, :out], out=y)
+                else:
+                    y[:, r0:r1] = x2 @ tile_t[:, : r1 - r0]
+        return y
     if n_batch >= BATCH_MIN and not sparse:
         # Dense enough: decode tiles of whole slices and let BLAS multiply (exact dense NaN
         # semantics, so no fix-up).
@@ -632,12 +573,7 @@ def matmul(plan: Plan, x: np.ndarray) -> np.ndarray:
     if x.ndim == 1 and plan.layout != "sell":  # the most common call in serving, kept short
         if plan.positions < PARALLEL_MIN:
             a = plan.lut_args
-            return _lut_matvec(a[0], a[1], a[2], x)
-        out = plan.shape[0]
-        y = np.empty(out, np.float32)
-        args = (plan.lut_codes, plan.lut_mask, plan.codebook, x, y, n_in, plan.n_chunks)
-        _split(_lut_vec, args, out, out * n_in)
-        return y
+            return _lut_matvec(a[0], a[1], a[2], x, plan.shape[0])
     return _run(plan, x)
 
 

@@ -10,6 +10,12 @@ codebook, is the raw float32 bit pattern).
 The read rule: task t's weight at position i is 0 where t's mask is 0; otherwise it is the value of
 the field of word i of t's bank written by the latest task <= t that wrote there. Fields are never
 rewritten, so adding tasks never changes an earlier task's weights.
+
+Masks are stored Huffman-coded (:mod:`bitsub.maskcodec`), each in the context a decoder holding
+the earlier tasks already has: none, the previous task's mask of the same bank, or the union of
+the bank's earlier masks, whichever codes smallest (:meth:`PackedModel.encoded_mask`,
+:meth:`PackedModel.mask_reference`). Tasks largely reuse their predecessors' positions, so this
+is much smaller than coding each mask alone.
 """
 
 from __future__ import annotations
@@ -314,8 +320,23 @@ def _check_bank_py(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, li
         lay_first = 0
         lay_codes = False
         run = 0  # words matched by the current layout (their fields not counted yet)
+        simple = False  # the layout starts with prefix 1 and needs no code check
         h = np.uint64(0)
-        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+        i = c * n // n_chunks
+        end = (c + 1) * n // n_chunks
+        while i < end:
+            if simple:  # the common case, in a tight loop: nothing to check but the layout
+                start = i
+                while i < end:
+                    w = words[i]
+                    if ((np.uint64(w) << top) & lay_mask) != lay_val:
+                        break
+                    h += _word_mix(w, i)
+                    i += 1
+                used[start:i] = lay_pos
+                run += i - start
+                if i == end:
+                    break
             w = words[i]
             h += _word_mix(w, i)
             x = np.uint64(w) << top
@@ -375,6 +396,7 @@ def _check_bank_py(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, li
                     lay_mask |= (np.uint64(1) << np.uint64(64 - pos)) - np.uint64(1)
                 lay_pos = pos
                 lay_first = first
+                simple = ok and first == 1 and not lay_codes
             if not ok:
                 chunk_bad[c] = i
                 lay_n = 0
@@ -388,6 +410,7 @@ def _check_bank_py(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, li
                         if first == 0 or first > j + 1:
                             chunk_orphans[c, j + 1] += 1
                         break
+            i += 1
         for k in range(lay_n):
             chunk_counts[c, lay_p[k]] += run
         chunk_hash[c] = h
@@ -439,6 +462,17 @@ def words_hash(words: np.ndarray) -> int:
     ``K1 = 0x9E3779B97F4A7C15``, ``K2 = 0xBF58476D1CE4E5B9``. Changing any single word always
     changes it (``mix`` is a bijection of the word); it is computed in the load's one pass.
     """
+    words = np.ascontiguousarray(words)
+    if words.dtype not in (np.uint32, np.uint64) or words.ndim != 1:
+        raise TypeError(f"words must be a 1-D uint32 or uint64 array, got {words.dtype} "
+                        f"{words.shape}")
+    if not words.flags.writeable:
+        # numba (with cache=True) dispatches read-only arrays ~1000x slower; only read here
+        try:
+            words = words.view()
+            words.flags.writeable = True
+        except ValueError:
+            words = words.copy()
     fn = _hash_parallel if words.size >= PARALLEL_MIN else _hash_serial
     return int(fn(words))
 
@@ -679,8 +713,6 @@ class PackedModel:
                      private=priv, encoded_masks={})
         for pl in prepared:
             if pl.n_write:
-                if not b.words[pl.name].flags.writeable:  # a view of a loaded file's bytes
-                    b.words[pl.name] = b.words[pl.name].copy()
                 _write_fields(b.words[pl.name], b.used[pl.name], pl.write, pl.codes, pl.compact,
                               prefix, self._prefix_bits, pl.bits, self._word_bits)
             task.bits[pl.name] = pl.bits
@@ -979,6 +1011,9 @@ class PackedModel:
         # Choose and cache the stored coding of one mask: the smallest encoding among the
         # references the decoder will hold (ties go to the simpler reference).
         rec = self._tasks[t]
+        if layer in rec.encoded_masks and rec.mask_refs[layer] == 0:  # loaded, coded alone
+            rec.alone_sizes[layer] = len(rec.encoded_masks[layer])
+            return
         mask = self.mask(t, layer)
         alone = bytes(encode_mask(mask))
         rec.alone_sizes[layer] = len(alone)

@@ -14,8 +14,10 @@ Two layouts (a plan may hold both):
   which is 0.0. A CPU kernel runs ``SLICE`` rows in SIMD lanes; a GPU warp reads coalesced
   entries. Any codebook size; about 3 bytes per used position.
 - ``"lut"``: for combined codebooks of at most 16 centroids, one mask bit and one 4-bit code per
-  position, in chunks of 16 columns (5 bits a position whatever the density). A CPU kernel
-  decodes a chunk with one in-register table look-up of the codebook.
+  position (5 bits a position whatever the density), in slices of 16 rows: for every column,
+  the 16 rows' codes (8 bytes) and mask bits (16 bits) sit together. A CPU kernel decodes the
+  16 weights of a slice's column with one in-register table look-up of the codebook and adds
+  them, times the input, to 16 row sums held in one vector.
 
 Raw float32 fields (a writer without a codebook) have no codes: the distinct float32 values they
 contribute to this (task, layer) are appended to the combined codebook and their positions get
@@ -40,7 +42,7 @@ SLICE = 16
 """Rows per slice of a ``"sell"`` plan (SIMD lanes of the CPU kernel)."""
 
 LUT_CHUNK = 16
-"""Columns per chunk of a ``"lut"`` plan (one 512-bit vector of float32)."""
+"""Rows per slice of a ``"lut"`` plan (one 512-bit vector of float32), and its most centroids."""
 
 LUT_MIN_DENSITY = 0.03
 """Below this task density, ``layout=None`` picks ``"sell"`` even where ``"lut"`` would fit."""
@@ -71,8 +73,6 @@ class Plan:
     layout : {"sell", "lut", "both"}
     cols_in : int
         Input size: the product of ``shape[1:]``.
-    n_chunks : int
-        Chunks of 16 columns per row, the last one possibly partial (``"lut"``).
     row_len : ndarray of int32, (out,)
         Used positions of each row.
     codebook : ndarray of float32
@@ -86,11 +86,11 @@ class Plan:
         ``"sell"``: column (in the layer flattened to (out, in*kh*kw)) of each entry.
     codes : ndarray of uint8, uint16 or uint32
         ``"sell"``: index of each entry's value in ``codebook``.
-    lut_codes : ndarray of uint8, (out * n_chunks * 8,)
-        ``"lut"``: per row and chunk of 16 columns, 8 bytes; byte p holds the code of column p
-        in its low nibble and of column 8 + p in its high nibble.
-    lut_mask : ndarray of uint16, (out * n_chunks,)
-        ``"lut"``: per row and chunk, bit l set where column 16 * chunk + l is used.
+    lut_codes : ndarray of uint8, (n_lut_slices * in * 8,)
+        ``"lut"``: per slice of 16 rows and column, 8 bytes; byte p holds the code of row p in
+        its low nibble and of row 8 + p in its high nibble (rows of the slice).
+    lut_mask : ndarray of uint16, (n_lut_slices * in,)
+        ``"lut"``: per slice and column, bit r set where row r of the slice uses the column.
     positions : int
         ``out * cols_in``.
     lut_args : tuple
@@ -100,7 +100,6 @@ class Plan:
     shape: tuple[int, ...]
     layout: str
     cols_in: int
-    n_chunks: int
     row_len: np.ndarray
     codebook: np.ndarray
     slice_ptr: np.ndarray
@@ -141,12 +140,13 @@ class Plan:
         """Decode to dense float32 weights of ``shape`` (for tests and debugging only)."""
         out, n_in = self.rows, self.cols_in
         if self.layout != "sell":
-            nc = self.n_chunks
-            b = self.lut_codes.reshape(out, nc, 8)
-            code = np.concatenate([b & 15, b >> 4], axis=2).reshape(out, nc * LUT_CHUNK)
-            bits = np.unpackbits(self.lut_mask.reshape(out, nc).view(np.uint8).reshape(out, -1),
-                                 axis=1, bitorder="little").astype(bool)
-            w = np.where(bits, self.codebook[code], np.float32(0.0))[:, :n_in]
+            ns = -(-out // LUT_CHUNK)
+            b = self.lut_codes.reshape(ns, n_in, 8)
+            code = np.concatenate([b & 15, b >> 4], axis=2)  # (slice, column, row in slice)
+            bits = np.unpackbits(self.lut_mask.view(np.uint8).reshape(ns, n_in, 2), axis=2,
+                                 bitorder="little").astype(bool)
+            w = np.where(bits, self.codebook[code], np.float32(0.0))
+            w = w.transpose(0, 2, 1).reshape(ns * LUT_CHUNK, n_in)[:out]
             return np.ascontiguousarray(w, dtype=np.float32).reshape(self.shape)
         w = np.zeros((out, n_in), np.float32)
         for i in range(out):
@@ -269,8 +269,8 @@ def build_plan(mask: np.ndarray, source: np.ndarray, codes: np.ndarray,
         arrays.update(_sell_arrays(out, n_in, rows, cols, combined, codebook.size))
     for a in (row_len, codebook, *arrays.values()):
         a.flags.writeable = False  # a plan is shared and cached: nobody may change it
-    return Plan(shape=shape, layout=layout, cols_in=n_in, n_chunks=-(-n_in // LUT_CHUNK),
-                row_len=row_len, codebook=codebook, **arrays)
+    return Plan(shape=shape, layout=layout, cols_in=n_in, row_len=row_len, codebook=codebook,
+                **arrays)
 
 
 def _sell_arrays(out: int, n_in: int, rows: np.ndarray, cols: np.ndarray, combined: np.ndarray,
@@ -296,14 +296,15 @@ def _sell_arrays(out: int, n_in: int, rows: np.ndarray, cols: np.ndarray, combin
 
 def _lut_arrays(out: int, n_in: int, rows: np.ndarray, cols: np.ndarray, combined: np.ndarray
                 ) -> dict[str, np.ndarray]:
-    nc = -(-n_in // LUT_CHUNK)
-    code = np.zeros((out, nc * LUT_CHUNK), np.uint8)
+    ns = -(-out // LUT_CHUNK)
+    code = np.zeros((ns * LUT_CHUNK, n_in), np.uint8)
     code[rows, cols] = combined
-    used = np.zeros((out, nc * LUT_CHUNK), bool)
+    used = np.zeros((ns * LUT_CHUNK, n_in), bool)
     used[rows, cols] = True
-    c = code.reshape(out, nc, LUT_CHUNK)
+    c = code.reshape(ns, LUT_CHUNK, n_in).transpose(0, 2, 1)  # (slice, column, row in slice)
     packed = np.ascontiguousarray(c[:, :, :8] | (c[:, :, 8:] << 4)).reshape(-1)
-    bits = np.packbits(used.reshape(out, nc, LUT_CHUNK), axis=2, bitorder="little")
+    bits = np.packbits(used.reshape(ns, LUT_CHUNK, n_in).transpose(0, 2, 1), axis=2,
+                       bitorder="little")
     lut_mask = np.ascontiguousarray(bits).view("<u2").astype(np.uint16).reshape(-1)
     return {"lut_codes": packed, "lut_mask": lut_mask}
 

@@ -42,6 +42,11 @@ zlib.crc32 over the object's other attributes (canonical JSON) and, for a datase
 little-endian bytes -- except the word datasets, whose ``crc32`` covers their attributes and
 whose attribute ``hash`` (uint64, :func:`bitsub.packed.words_hash` of the words as uint32 or
 uint64 values) covers their data. Load checks every one of them.
+
+Load reads the file once into memory; datasets over 64 KiB are 64-byte aligned in the file, so
+the loaded model's 32-bit word arrays are views of that image, not copies. What load pays on
+top of reading the bytes: one pass over the words (structure, field counts, orphans and hash,
+:func:`bitsub.packed._check_bank_py`) and HDF5's per-object overhead.
 """
 
 from __future__ import annotations
@@ -168,7 +173,8 @@ def _write_h5(pm: PackedModel, target: Any) -> list[tuple[int, int]]:
         for i, name in enumerate(names):
             g = layers.create_group(str(i))
             for k in range(pm.banks):
-                words.append(_words_dataset(g, f"bank_{k}", pm.words(name, k), pm.word_bits))
+                words.append(_words_dataset(g, f"bank_{k}", pm._banks[k].words[name],
+                                            pm.word_bits))
             _seal(g, "bitsub.layer", name=name, shape=np.array(pm.shape(name), np.int64))
         tasks = _group(f, "tasks", "bitsub.tasks")
         for t in pm.tasks:
@@ -484,9 +490,9 @@ class _Reader:
         if not raw.flags.aligned:
             raw = raw.copy()
         if word_bits == 32:
-            w = raw.astype(np.uint32, copy=False)
-            w.flags.writeable = False  # a view of the file image; add_task copies on write
-            return w, int(expected)
+            # a view of the image, which only this model holds (writable: numba dispatches
+            # read-only arrays far more slowly, and add_task writes in place)
+            return raw.astype(np.uint32, copy=False), int(expected)
         pairs = raw.reshape(shape)
         w = (pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64)
         return w, int(expected)

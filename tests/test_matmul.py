@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitsub import matmul as mm
-from bitsub.matmul import _lut_decode_portable, _lut_dot_portable, conv2d, matmul
+from bitsub.matmul import _lut_decode_portable, _lut_slice_portable, conv2d, matmul
 from bitsub.plan import LUT_CHUNK, SLICE, Plan, build_plan
 from tests.naive import naive_conv2d_loops, naive_dense_matmul, naive_resolved_weights
 
@@ -108,15 +108,15 @@ def test_lut_plan_invariants(out, n_in, density, bits, seed):
     rng = np.random.default_rng(seed)
     mask, source, codes, cbs = random_fields(rng, (out, n_in), density, bits, 1)
     plan = build_plan(mask, source, codes, cbs, layout="lut")
-    nc = -(-n_in // LUT_CHUNK)
-    assert plan.layout == "lut" and plan.n_chunks == nc
-    assert plan.lut_codes.shape == (out * nc * 8,) and plan.lut_mask.shape == (out * nc,)
+    ns = -(-out // LUT_CHUNK)
+    assert plan.layout == "lut"
+    assert plan.lut_codes.shape == (ns * n_in * 8,) and plan.lut_mask.shape == (ns * n_in,)
     assert plan.codebook.shape == (LUT_CHUNK + 1,) and plan.codebook[-1] == 0.0
     bits_set = np.unpackbits(plan.lut_mask.view(np.uint8)).sum()
     assert bits_set == mask.sum() == plan.nnz
     assert plan.cols.size == plan.codes.size == 0
     # 5 bits per position (4-bit code + mask bit), plus the codebook and row lengths
-    assert plan.nbytes == out * nc * 10 + 4 * (LUT_CHUNK + 1) + 4 * out + 8
+    assert plan.nbytes == ns * n_in * 10 + 4 * (LUT_CHUNK + 1) + 4 * out + 8
     both = build_plan(mask, source, codes, cbs, layout="both")
     np.testing.assert_array_equal(both.lut_codes, plan.lut_codes)
     assert both.nnz == plan.nnz and both.cols.size == both.slice_ptr[-1]
@@ -135,40 +135,43 @@ def test_lut_needs_a_small_codebook():
 
 
 @numba.njit
-def _portable_matvec(plan_codes, plan_mask, book, x, nc, out):
+def _portable_matvec(plan_codes, plan_mask, book, x, out):
+    n_in = x.size
     y = np.empty(out, np.float32)
-    for i in range(out):
-        y[i] = _lut_dot_portable(plan_codes, i * nc * 8, plan_mask, i * nc, book, x, 0, nc, 0)
+    for s in range(-(-out // 16)):
+        _lut_slice_portable(plan_codes, s * n_in * 8, plan_mask, s * n_in, book, x, 0, n_in, y,
+                            16 * s, min(16, out - 16 * s))
     return y
 
 
 @numba.njit
-def _portable_decode(plan_codes, plan_mask, book, nc, out):
-    w = np.empty(out * nc * 16, np.float32)
-    for i in range(out):
-        _lut_decode_portable(plan_codes, i * nc * 8, plan_mask, i * nc, book, w, i * nc * 16,
-                             nc, 0)
-    return w.reshape(out, nc * 16)
+def _portable_decode(plan_codes, plan_mask, book, n_in, out):
+    ns = -(-out // 16)
+    w_t = np.empty(n_in * 16 * ns, np.float32)
+    for s in range(ns):
+        _lut_decode_portable(plan_codes, s * n_in * 8, plan_mask, s * n_in, book, w_t, 16 * s,
+                             n_in, 16 * ns)
+    return w_t.reshape(n_in, 16 * ns)
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (5, 16), (9, 33), (20, 100)])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 16), (9, 33), (20, 100), (32, 3)])
 def test_lut_portable_kernels_agree(shape):
-    rng = np.random.default_rng(shape[1])
+    out, n_in = shape
+    rng = np.random.default_rng(n_in)
     mask, source, codes, cbs = random_fields(rng, shape, 0.5, 4, 1)
     plan = build_plan(mask, source, codes, cbs, layout="lut")
     w = naive_resolved_weights(mask, source, codes, cbs)
-    nc = plan.n_chunks
-    x = np.zeros(nc * 16, np.float32)
-    x[: shape[1]] = rng.standard_normal(shape[1])
-    y = _portable_matvec(plan.lut_codes, plan.lut_mask, plan.codebook, x, nc, shape[0])
-    assert_close(y, naive_dense_matmul(w, x[: shape[1]]))
-    dec = _portable_decode(plan.lut_codes, plan.lut_mask, plan.codebook, nc, shape[0])
-    np.testing.assert_array_equal(dec[:, : shape[1]], w)
+    x = rng.standard_normal(n_in).astype(np.float32)
+    y = _portable_matvec(plan.lut_codes, plan.lut_mask, plan.codebook, x, out)
+    assert_close(y, naive_dense_matmul(w, x))
+    dec = _portable_decode(plan.lut_codes, plan.lut_mask, plan.codebook, n_in, out)
+    np.testing.assert_array_equal(dec[:, :out], w.T)
+    assert not dec[:, out:].any()  # rows that pad the last slice are 0
     # the kernel in use (AVX-512 where the host has it) decodes identically
-    tile = np.empty(shape, np.float32)
-    mm._lut_decode_rows(plan.lut_codes, plan.lut_mask, plan.codebook, shape[1], nc, 0, shape[0],
-                        tile)
-    np.testing.assert_array_equal(tile, w)
+    tile_t = np.full(dec.shape, np.nan, np.float32)
+    mm._lut_decode_rows(plan.lut_codes, plan.lut_mask, plan.codebook, n_in, 0, -(-out // 16),
+                        tile_t)
+    np.testing.assert_array_equal(tile_t, dec)
 
 
 @pytest.mark.parametrize("layout", ["sell", "lut", "both"])

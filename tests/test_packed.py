@@ -516,3 +516,108 @@ def test_a_mask_reusing_its_predecessor_is_much_smaller():
     # bit per position alone; the union of task 2 (1% new) costs far less still
     assert stored < 0.6 * alone
     assert len(pm.encoded_mask(2, "fc")) < 0.25 * len(pm.encoded_mask(2, "fc", alone=True))
+
+
+# ------------------------------------------------------------------------ load-time word check
+
+
+def check_bank(words, word_bits, prefix_bits, bits_of_prefix, limit, masks):
+    from bitsub.packed import _check_bank
+
+    size = 1 << prefix_bits
+    bits = np.zeros(size, np.int64)
+    lim = np.zeros(size, np.uint64)
+    bits[: len(bits_of_prefix)] = bits_of_prefix
+    lim[: len(limit)] = limit
+    n = words.size
+    packed = np.stack([np.packbits(m) for m in masks]) if masks else np.zeros((0, (n + 7) // 8),
+                                                                             np.uint8)
+    used = np.zeros(n, np.uint8)
+    counts = np.zeros(size, np.int64)
+    orphans = np.zeros(size, np.int64)
+    bad, h = _check_bank(words, word_bits, prefix_bits, len(bits_of_prefix) - 1, bits, lim,
+                         packed, used, counts, orphans)
+    return int(bad), used, counts, orphans, int(h)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), word_bits=st.sampled_from([32, 64]), prefix_bits=st.integers(1, 4),
+       n=st.integers(0, 70), n_prefixes=st.integers(0, 5))
+def test_check_bank_matches_naive(data, word_bits, prefix_bits, n, n_prefixes):
+    """Random words built from fields (mostly valid, repeated layouts, some damage)."""
+    from tests.naive import naive_check_bank, naive_words_hash
+
+    n_prefixes = min(n_prefixes, (1 << prefix_bits) - 1)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    bits_of_prefix = [0] + [int(rng.integers(0 if rng.random() < 0.1 else 1, 9))
+                            for _ in range(n_prefixes)]
+    limit = [0] + [int(rng.integers(1, (1 << b) + 1)) if b else 0 for b in bits_of_prefix[1:]]
+    layouts = []
+    for _ in range(3):
+        fields, pos = [], 0
+        for p in range(1, n_prefixes + 1):
+            b = bits_of_prefix[p]
+            if b and rng.random() < 0.6 and pos + prefix_bits + b <= word_bits:
+                fields.append((p, b))
+                pos += prefix_bits + b
+        layouts.append(fields)
+    words = np.zeros(n, np.uint64 if word_bits == 64 else np.uint32)
+    for i in range(n):
+        w, pos = 0, 0
+        for p, b in layouts[int(rng.integers(0, 3)) if rng.random() < 0.3 else 0]:
+            code = int(rng.integers(0, max(limit[p], 1)))
+            w |= ((p << b) | code) << (word_bits - pos - prefix_bits - b)
+            pos += prefix_bits + b
+        if rng.random() < 0.03:  # damage: a random bit flipped
+            w ^= 1 << int(rng.integers(0, word_bits))
+        words[i] = w
+    masks = [rng.random(n) < rng.choice([0.0, 0.5, 1.0]) for _ in range(n_prefixes)]
+    bad, used, counts, orphans, h = check_bank(words, word_bits, prefix_bits, bits_of_prefix,
+                                               limit, masks)
+    nbad, nused, ncounts, norphans = naive_check_bank(words, word_bits, prefix_bits,
+                                                      bits_of_prefix, limit, masks)
+    assert bad == nbad
+    if bad < 0:
+        assert used.tolist() == nused
+        assert counts[: n_prefixes + 1].tolist() == ncounts and not counts[n_prefixes + 1 :].any()
+        assert orphans[: n_prefixes + 1].tolist() == norphans
+        assert h == naive_words_hash(words) == bitsub.packed.words_hash(words)
+
+
+def test_check_bank_large_and_parallel_builds_agree():
+    from bitsub.packed import PARALLEL_MIN, _check_parallel, _check_serial
+
+    pm = reuse_model(side=(PARALLEL_MIN // 256 + 3, 256), seed=2)
+    words = np.array(pm.words("fc", 0))
+    masks = [pm.mask(t, "fc").reshape(-1) for t in pm.bank_tasks(0)]
+    bits = [0] + [pm.bits(t, "fc") for t in pm.bank_tasks(0)]
+    limit = [0] + [pm.codebook(t, "fc").size for t in pm.bank_tasks(0)]
+    bad, used, counts, orphans, h = check_bank(words, 32, 3, bits, limit, masks)
+    assert bad == -1 and not orphans.any() and h == bitsub.packed.words_hash(words)
+    assert counts[1:5].tolist() == [pm.fields(t, "fc") for t in pm.bank_tasks(0)]
+    assert words.size >= PARALLEL_MIN
+    for fn in (_check_serial, _check_parallel):
+        size = 8
+        out = (np.zeros(words.size, np.uint8), np.zeros(size, np.int64), np.zeros(size, np.int64))
+        b = np.zeros(size, np.int64)
+        b[:5] = bits
+        lim = np.zeros(size, np.uint64)
+        lim[:5] = limit
+        r = fn(words, 32, 3, 4, b, lim, np.stack([np.packbits(m) for m in masks]), *out)
+        assert (int(r[0]), int(r[1])) == (bad, h)
+        np.testing.assert_array_equal(out[0], used)
+        np.testing.assert_array_equal(out[1], counts)
+    words[words.size // 2] |= np.uint32(1)  # trailing bits after the last field
+    assert check_bank(words, 32, 3, bits, limit, masks)[0] == words.size // 2
+
+
+def test_words_hash_inputs():
+    from tests.naive import naive_words_hash
+
+    w = np.arange(7, dtype=np.uint64) << np.uint64(40)
+    ro = w.view()
+    ro.flags.writeable = False
+    assert bitsub.packed.words_hash(ro) == bitsub.packed.words_hash(w) == naive_words_hash(w)
+    assert bitsub.packed.words_hash(np.zeros(0, np.uint32)) == 0
+    with pytest.raises(TypeError, match="uint32 or uint64"):
+        bitsub.packed.words_hash(np.zeros(3, np.int32))

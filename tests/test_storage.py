@@ -552,3 +552,84 @@ def test_saved_file_mode_follows_umask_and_late_layers_round_trip(tmp_path):
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     assert_same_model(pm, bitsub.load(path))
+
+
+def test_constant_masks_and_odd_sizes_round_trip(tmp_path):
+    pm = PackedModel(word_bits=32, prefix_bits=2)
+    for name, shape in (("a", (3, 5)), ("b", (2, 4)), ("c", (1, 1))):
+        pm.add_layer(name, shape)
+    ones = {n: np.ones(pm.shape(n), bool) for n in pm.layers}
+    pm.add_task({n: TaskLayer(m, m, codebook=[1.0, 2.0], codes=np.ones(m.shape, int))
+                 for n, m in ones.items()})
+    pm.add_task({"a": TaskLayer(ones["a"], np.zeros((3, 5), bool))})  # b, c: empty masks
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    assert_same_model(pm, bitsub.load(path))
+
+
+def test_word_arrays_are_checked_by_their_hash_not_the_seal(tmp_path):
+    pm = reuse_model()
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    data = path.read_bytes()
+    regions = word_regions(path)
+    assert storage._HEAD.unpack_from(data)[5] == len(regions) == 2
+    assert [storage._REGION.unpack_from(data, storage._HEAD.size + 16 * j)
+            for j in range(2)] == regions
+    off, size = next(r for r in regions if r[1] == 4 * 48 * 64)  # layers/0/bank_0
+    bad = bytearray(data)
+    bad[off + size // 2] ^= 0x10  # the seal does not cover these bytes: the hash does
+    path.write_bytes(bad)
+    with pytest.raises(FormatError, match=r"/layers/0/bank_0: checksum mismatch"):
+        bitsub.load(path)
+    # a seal whose region is not the word dataset's bytes is refused before they are used
+    head = bytearray(data)
+    storage._seal_image(head, sorted([(off + 4, size - 4)]
+                                     + [r for r in regions if r[0] != off]))
+    path.write_bytes(head)
+    with pytest.raises(FormatError, match="not a region listed in the file's seal"):
+        bitsub.load(path)
+    storage._seal_image(head, [r for r in regions if r[0] != off])
+    path.write_bytes(head)
+    with pytest.raises(FormatError, match="not a region listed"):
+        bitsub.load(path)
+    storage._seal_image(head, sorted(regions + [(off + size + 8192, 8)]))
+    path.write_bytes(head)
+    with pytest.raises(FormatError, match="outside the file|regions, the file has"):
+        bitsub.load(path)
+
+
+def test_many_word_arrays_grow_the_user_block(tmp_path):
+    pm = PackedModel(word_bits=64, prefix_bits=1)
+    for i in range(40):
+        pm.add_layer(f"l{i}", (1, 2))
+    m = np.ones((1, 2), bool)
+    tl = {f"l{i}": TaskLayer(m, m, codebook=[float(i)], codes=[[0, 0]]) for i in range(40)}
+    pm.add_task(tl)
+    pm.add_task(tl)  # a second bank: 80 word arrays
+    assert pm.banks == 2
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    data = path.read_bytes()
+    assert storage._HEAD.unpack_from(data)[4:] == (2048, 80)
+    with h5py.File(path, "r") as f:
+        assert f.userblock_size == 2048
+    assert_same_model(pm, bitsub.load(path))
+    assert check_corruptions_of(tmp_path, pm, 60, seed=3) >= 50
+
+
+def check_corruptions_of(tmp_path, pm, n, seed):
+    path = tmp_path / "c.h5"
+    pm.save(path)
+    data = path.read_bytes()
+    refused = 0
+    for case in corrupt_cases(data, n, seed):
+        path.write_bytes(case)
+        try:
+            back = bitsub.load(path)
+        except FormatError:
+            refused += 1
+            continue
+        assert case == data
+        assert_same_model(pm, back)
+    return refused
