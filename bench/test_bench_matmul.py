@@ -2,7 +2,9 @@
 
 Run: ``.venv/bin/python -m pytest bench/test_bench_matmul.py -s --benchmark-columns=min,median``
 (``-s`` shows the ratio table printed at the end). ``BITSUB_BENCH_N`` shrinks the square layer
-(default 4096) for a quick run. Every case is seeded; the JIT is warmed before timing.
+(default 4096) for a quick run; ``BITSUB_BENCH_THREADS=1`` (with ``OPENBLAS_NUM_THREADS=1
+NUMBA_NUM_THREADS=1``) compares one core against one core. Every case is seeded; the JIT is
+warmed before timing.
 
 Cases (issue 4): batch 1, N x N, 4-bit codes, task density 10/20/50/100% against numpy dense
 float32 (pre-decoded weights), torch dense, scipy.sparse CSR and torch sparse_csr; a STREAM-like
@@ -26,7 +28,8 @@ from bitsub.plan import build_plan
 torch = pytest.importorskip("torch")
 
 N = int(os.environ.get("BITSUB_BENCH_N", "4096"))
-THREADS = 2
+THREADS = int(os.environ.get("BITSUB_BENCH_THREADS", "2"))  # also set OPENBLAS_NUM_THREADS,
+# NUMBA_NUM_THREADS (bitsub's split) to the same number for a one-thread run
 DENSITIES = [0.1, 0.2, 0.5, 1.0]
 RESULTS: dict[tuple, tuple[float, float]] = {}  # (case, impl) -> (median, min) seconds
 BYTES: dict[tuple, int] = {}
@@ -103,21 +106,21 @@ def test_batch1(benchmark, density, impl):
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
-def _sum_range(a, lo, hi):
+def _sum(a):
     s = np.float32(0.0)
-    for i in range(lo, hi):
+    for i in range(a.size):  # a loop from 0 (a range from lo does not vectorize)
         s += a[i]
     return s
 
 
 def test_stream_read(benchmark):
     a = np.ones(64 * 2**20 // 4, np.float32)
-    half = a.size // 2
-    pool = ThreadPoolExecutor(THREADS - 1)
+    step = -(-a.size // THREADS)
+    pool = ThreadPoolExecutor(max(1, THREADS - 1))
 
-    def read():  # two threads, each summing half (the kernel releases the GIL)
-        f = pool.submit(_sum_range, a, half, a.size)
-        return _sum_range(a, 0, half) + f.result()
+    def read():  # THREADS threads, each summing its part (the kernel releases the GIL)
+        parts = [pool.submit(_sum, a[lo: lo + step]) for lo in range(step, a.size, step)]
+        return _sum(a[:step]) + sum(f.result() for f in parts)
 
     _run(benchmark, "stream-read-64MiB", "numba-sum", read)
     BYTES["stream-read-64MiB"] = a.nbytes

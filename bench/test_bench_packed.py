@@ -12,6 +12,11 @@ Baselines (same data, same run):
   unpacked, so the scan of the words is what we pay on top);
 - save / load: plain h5py writing / reading the same arrays (words, codebooks, encoded masks),
   no checksums, no fsync, no seal; and, for save, the same plus ``fsync`` (what atomicity costs).
+
+bitsub's load validates every word in one pass; words that repeat the layout of the word before
+(here: every task writes every position) take its fast path. ``load-mixed`` is the other end:
+each task writes a random half of the positions and reuses a random half of its bank's earlier
+ones, so layouts change from word to word and masks are coded in context.
 """
 
 from __future__ import annotations
@@ -165,6 +170,44 @@ def test_load(benchmark, model, tmp_path, impl):
     TIMES[("load", impl)] = benchmark.stats.stats.median
 
 
+@pytest.fixture(scope="module")
+def mixed_model():
+    rng = np.random.default_rng(1)
+    pm = PackedModel(word_bits=32, prefix_bits=PREFIX)
+    pm.add_layer("fc", SHAPE)
+    written = np.zeros(SHAPE, bool)
+    per_bank = min((1 << PREFIX) - 1, 32 // (PREFIX + BITS))
+    for t in range(N_TASKS):
+        new_bank = t % per_bank == 0
+        if new_bank:
+            written[:] = False
+        write = rng.random(SHAPE) < 0.5
+        mask = write | (written & (rng.random(SHAPE) < 0.5))
+        cb = np.sort(rng.standard_normal(1 << BITS)).astype(np.float32)
+        codes = rng.integers(0, 1 << BITS, SHAPE, dtype=np.uint8)
+        pm.add_task({"fc": TaskLayer(mask, write, bits=BITS, codebook=cb, codes=codes)},
+                    bank="new" if new_bank and t else None)
+        written |= write
+    return pm
+
+
+@pytest.mark.parametrize("impl", ["bitsub", "h5py"])
+def test_load_mixed(benchmark, mixed_model, tmp_path, impl):
+    path = tmp_path / "m.h5"
+    if impl == "bitsub":
+        mixed_model.save(path)
+        fn = bitsub.load
+    else:
+        plain_save(mixed_model, path, fsync=False)
+        fn = plain_load
+    benchmark.group = "load-mixed"
+    out = benchmark.pedantic(fn, args=(path,), rounds=3, iterations=1, warmup_rounds=1)
+    if impl == "bitsub":
+        assert out == mixed_model
+    SIZES["load-mixed-" + impl] = path.stat().st_size
+    TIMES[("load-mixed", impl)] = benchmark.stats.stats.median
+
+
 @pytest.fixture(scope="module", autouse=True)
 def ratio_table():
     yield
@@ -178,11 +221,11 @@ def ratio_table():
         ours, base = TIMES[("weights", "bitsub")], TIMES.get(("weights", "numpy"))
         print(f"weights   {ours * 1e3:8.1f} ms       {n / ours / 1e6:7.1f} M weights/s"
               + (f"  bitsub/numpy time {ours / base:5.2f}x" if base else ""))
-    for op in ("save", "load"):
+    for op in ("save", "load", "load-mixed"):
         ours = TIMES.get((op, "bitsub"))
         if not ours:
             continue
-        size = SIZES.get("bitsub" if op == "save" else "load-bitsub", 0)
+        size = SIZES.get("bitsub" if op == "save" else f"{op}-bitsub", 0)
         line = f"{op:<9} {ours * 1e3:8.1f} ms  {size / ours / 1e6:7.1f} MB/s"
         for base in ("h5py", "h5py+fsync"):
             t = TIMES.get((op, base))

@@ -66,9 +66,10 @@ class Capacity:
     options : dict
         The accounting options used.
     mask_alone_bits : int
-        The same tasks' masks each coded alone (8 x bytes), for comparison with ``"masks"``.
+        The same tasks' masks each coded alone (8 x bytes), for comparison with ``"masks"``
+        (0 with ``masks=False``).
     mask_raw_bits : int
-        Masks at 1 bit per weight position per task (tasks x positions).
+        Masks at 1 bit per weight position per task (tasks x positions; 0 with ``masks=False``).
     """
 
     bits: dict[str, int]

@@ -280,7 +280,8 @@ def _sell_vec(slice_ptr, slice_len, cols, codes, codebook, x, y, s0, s1):  # pra
     n_batch, out = y.shape
     acc = np.empty(SLICE, np.float32)
     for s in range(s0, s1):
-        base = slice_ptr[s]
+        # Unsigned offsets: Numba then needs no negative-index fix-up, and the lanes vectorize.
+        base = np.uint64(slice_ptr[s])
         length = slice_len[s]
         r_hi = min(SLICE, out - s * SLICE)
         for b in range(n_batch):
@@ -288,9 +289,10 @@ def _sell_vec(slice_ptr, slice_len, cols, codes, codebook, x, y, s0, s1):  # pra
             for r in range(SLICE):
                 acc[r] = 0.0
             for k in range(length):
-                o = base + k * SLICE
+                o = base + np.uint64(k * SLICE)
                 for r in range(SLICE):
-                    acc[r] += codebook[codes[o + r]] * xb[cols[o + r]]
+                    q = o + np.uint64(r)
+                    acc[r] += codebook[codes[q]] * xb[cols[q]]
             for r in range(r_hi):
                 y[b, s * SLICE + r] = acc[r]
 

@@ -267,15 +267,23 @@ def _word_mix(word, i):
     return m
 
 
+@numba.njit(**NJIT)
+def _sum_mix(words, start):
+    # sum of _word_mix over words (positions start, start + 1, ...); a loop over a whole array
+    # that the compiler vectorizes (written inline over a range of a larger array, it does not)
+    h = np.uint64(0)
+    for k in range(words.size):
+        h += _word_mix(words[k], start + k)
+    return h
+
+
 def _words_hash_py(words):
     n = words.size
     n_chunks = min(256, n // 16384 + 1)
     part = np.zeros(n_chunks, np.uint64)
     for c in numba.prange(n_chunks):
-        h = np.uint64(0)
-        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
-            h += _word_mix(words[i], i)
-        part[c] = h
+        lo = c * n // n_chunks
+        part[c] = _sum_mix(words[lo : (c + 1) * n // n_chunks], lo)
     h = np.uint64(0)
     for c in range(n_chunks):
         h += part[c]
@@ -321,9 +329,9 @@ def _check_bank_py(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, li
         lay_codes = False
         run = 0  # words matched by the current layout (their fields not counted yet)
         simple = False  # the layout starts with prefix 1 and needs no code check
-        h = np.uint64(0)
         i = c * n // n_chunks
         end = (c + 1) * n // n_chunks
+        chunk_hash[c] = _sum_mix(words[i:end], i)
         while i < end:
             if simple:  # the common case, in a tight loop: nothing to check but the layout
                 start = i
@@ -331,14 +339,12 @@ def _check_bank_py(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, li
                     w = words[i]
                     if ((np.uint64(w) << top) & lay_mask) != lay_val:
                         break
-                    h += _word_mix(w, i)
                     i += 1
                 used[start:i] = lay_pos
                 run += i - start
                 if i == end:
                     break
             w = words[i]
-            h += _word_mix(w, i)
             x = np.uint64(w) << top
             ok = True
             if (x & lay_mask) == lay_val:
@@ -413,7 +419,6 @@ def _check_bank_py(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, li
             i += 1
         for k in range(lay_n):
             chunk_counts[c, lay_p[k]] += run
-        chunk_hash[c] = h
     for c in range(n_chunks):
         if chunk_bad[c] >= 0:
             return chunk_bad[c], np.uint64(0)
@@ -447,6 +452,29 @@ def _resolve_kernel(words, *args):
 def _weights_kernel(words, *args):
     fn = _weights_parallel if words.size >= PARALLEL_MIN else _weights_serial
     return fn(words, *args)
+
+
+@numba.njit(**NJIT)
+def _merge_context_streams(ctx, s0, s1, out):
+    # A mask coded in a context (maskcodec): positions where ctx is 0 take the bits of s0 in
+    # order, the others those of s1. Writes np.packbits of the mask into out. The caller pads s0
+    # and s1 with one element beyond their counts (len(s0) = count(~ctx) + 1, len(s1) =
+    # count(ctx) + 1), so that both loads below stay in bounds and the choice is branch-free.
+    n = ctx.size
+    j0 = 0
+    j1 = 0
+    for byte in range(out.size):
+        v = np.uint8(0)
+        for k in range(8):
+            i = byte * 8 + k
+            bit = np.uint8(0)
+            if i < n:
+                c = ctx[i]
+                bit = np.uint8(s1[j1]) if c else np.uint8(s0[j0])
+                j1 += np.int64(c)
+                j0 += 1 - np.int64(c)
+            v = (v << np.uint8(1)) | bit
+        out[byte] = v
 
 
 def _check_bank(words, *args):

@@ -47,7 +47,7 @@ LUT_CHUNK = 16
 LUT_MIN_DENSITY = 0.03
 """Below this task density, ``layout=None`` picks ``"sell"`` even where ``"lut"`` would fit."""
 
-BOTH_MAX_DENSITY = 0.15
+BOTH_MAX_DENSITY = 0.25
 """Below this task density, ``layout=None`` keeps ``"sell"`` arrays beside ``"lut"`` ones
 (``"both"``) in layers of at least ``BOTH_MIN_POSITIONS``: there the large-batch kernel that
 visits only used positions beats a dense product."""

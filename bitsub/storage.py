@@ -66,7 +66,11 @@ import h5py
 import numpy as np
 
 from bitsub.errors import FormatError
-from bitsub.maskcodec import SCHEME_NAMES, decode_mask
+from bitsub.maskcodec import (
+    SCHEME_NAMES,
+    _decode_stream,  # one stream of a parsed encoding
+    decode_mask,
+)
 from bitsub.maskcodec import _parse as _parse_mask  # shape and schemes, nothing decoded
 from bitsub.packed import (
     MASK_REFERENCES,
@@ -76,6 +80,7 @@ from bitsub.packed import (
     PackedModel,
     _Bank,
     _check_bank,
+    _merge_context_streams,
     _Task,
     check_network,
     words_hash,
@@ -531,7 +536,19 @@ def _packed_mask(enc: bytes, context: np.ndarray | None, shape: tuple[int, ...])
             if n & 7 and scheme == "ones":
                 packed[-1] = (0xFF << (8 - (n & 7))) & 0xFF
             return packed
-    mask = decode_mask(enc, context=context)
+    else:
+        # the two streams (context 0, context 1 positions) merged straight into packed bits:
+        # decode_mask's boolean scatter costs ~5x more on large masks
+        got, sizes, streams, ctx = _parse_mask(enc, context)
+        if got != shape:
+            raise FormatError(f"mask of shape {got}, expected {shape}")
+        bits = [_decode_stream(p, size) for p, size in zip(streams, sizes)]
+        if [b.size for b in bits] != sizes:  # cannot happen: the decoder checks it
+            raise FormatError("mask streams do not match the context")
+        out = np.empty((ctx.size + 7) // 8, np.uint8)
+        _merge_context_streams(ctx, *(np.append(b, False) for b in bits), out)
+        return out
+    mask = decode_mask(enc)
     if mask.shape != shape or mask.dtype != np.bool_:
         raise FormatError(f"mask of shape {mask.shape}, expected {shape}")
     return np.packbits(mask.reshape(-1))
@@ -685,7 +702,7 @@ def _build(f: h5py.File, data: np.ndarray, regions: list[tuple[int, int]]) -> Pa
                 cb = tasks[t].codebooks[name]
                 limit[j + 1] = np.uint64(1 << 32) if cb is None else cb.size
             masks = np.stack([tasks[t].masks[name] for t in members[k]])
-            used = np.zeros(n, np.uint8)
+            used = np.empty(n, np.uint8)  # every entry written when the check passes
             counts = np.zeros(size, np.int64)
             orphans = np.zeros(size, np.int64)
             bad, h = _check_bank(words, word_bits, prefix_bits, len(members[k]), bits_by_prefix,

@@ -371,10 +371,17 @@ def run(
     if log is None:
         def log(line: str) -> None:
             print(line, file=sys.stderr, flush=True)
-    names = {**{m: s for m, s in METHODS.items()}, **{s: s for s in METHODS.values()}}
+    from bitsub_torch.scenarios import SCENARIOS as KNOWN
+
+    names = {**METHODS, **{s: s for s in METHODS.values()}}
     unknown = [m for m in methods if m not in names]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    unknown = [s for s in scenarios if s not in KNOWN]
+    if unknown:
+        raise ValueError(f"unknown scenarios {unknown}; choose from {sorted(KNOWN)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     display = {s: m for m, s in METHODS.items()}
     settings = {
         "epochs": TRAIN["epochs"] if epochs is None else int(epochs),
@@ -387,7 +394,8 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     config = {"seed": seed, **settings, "threads": threads,
-              "data_dir": None if data_dir is None else str(data_dir), "scenarios": {}}
+              "data_dir": None if data_dir is None else str(data_dir), "scenarios": {},
+              "wall_s": 0.0}
     for scenario in scenarios:
         if isinstance(tasks, int):
             n_tasks = tasks
@@ -413,6 +421,7 @@ def run(
                    "seed": seed, **settings, **summarize(pm, report, val),
                    "wall_s": wall, "dir": str(run_dir)}
             rows.append(row)
+            config["wall_s"] += wall
             log(f"{scenario:<12} {row['method']:<13} ACC {100 * row['acc']:6.2f}  "
                 f"BWT {100 * row['bwt']:+6.2f}  file BWT {100 * row['bwt_file']:+6.2f}  "
                 f"val {100 * (row['val_acc_file'] or 0):6.2f}  "
@@ -485,7 +494,7 @@ def format_table(table: dict[str, Any]) -> str:
         "`pm.capacity()` counts the file; "
         "*paper-style*: code bits of the fields only (= union density x bit-width / 32 for one "
         "field per position). Mask saving vs 1 bit per weight and task. Bits: per task, the range "
-        "over layers.",
+        f"over layers. Wall time of the runs: {cfg.get('wall_s', 0.0):.0f} s.",
         "",
     ]
     head = ("| method | args | ACC % | BWT % | ACC file % | BWT file % | val ACC % | capacity % "

@@ -108,4 +108,6 @@ def test_rerun_resumes(table):
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown methods"):
         experiments.run(["splitdigits"], ["NoSuch"], out=tmp_path)
+    with pytest.raises(ValueError, match="unknown scenarios"):
+        experiments.run(["nowhere"], ["WSN"], out=tmp_path)
     assert experiments.main(["--strategy-args", "[1]", "--out", str(tmp_path)]) == 2

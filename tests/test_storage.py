@@ -633,3 +633,20 @@ def check_corruptions_of(tmp_path, pm, n, seed):
         assert case == data
         assert_same_model(pm, back)
     return refused
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300),
+       density=st.sampled_from([0.0, 0.1, 0.5, 1.0]), ctx_density=st.sampled_from([0.0, 0.5, 1.0]))
+def test_packed_mask_decode_matches_decode_mask(seed, n, density, ctx_density):
+    rng = np.random.default_rng(seed)
+    shape = (1, n) if n % 2 else (n // 2 or 1, 2 if n else 0)
+    mask = rng.random(shape) < density
+    ctx = rng.random(shape) < ctx_density
+    for context in (None, ctx):
+        enc = bitsub.encode_mask(mask, context=context)
+        want = np.packbits(bitsub.decode_mask(enc, context=context).reshape(-1))
+        np.testing.assert_array_equal(storage._packed_mask(enc, context, shape), want)
+        np.testing.assert_array_equal(want, np.packbits(mask.reshape(-1)))
+    with pytest.raises(FormatError):
+        storage._packed_mask(bitsub.encode_mask(mask, context=ctx), ~ctx if n else None, shape)
