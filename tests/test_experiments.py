@@ -46,6 +46,7 @@ def test_table_files(table):
     for method in ("Finetune", *FORGET_FREE):
         assert f"| {method} |" in md
     assert "97.14" in md  # the paper's TinySubNets p-MNIST figure beside ours
+    assert "- BWT exactly 0.0 (matrix and file) for WSN, TinySubNets, Independent: yes" in md
     for r in stored["rows"]:
         assert r["tasks"] == 2 and r["seed"] == 0 and r["epochs"] == 1
         assert (out / "splitdigits" / r["strategy"] / "model.h5").is_file()
