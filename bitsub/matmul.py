@@ -449,17 +449,17 @@ def _run(plan: Plan, x: np.ndarray) -> np.ndarray:
         # Tiles of W.T (in, 16 * k): whole slices, about TILE_BYTES.
         k = max(1, min(n_slices, TILE_BYTES // (64 * n_in)))
         tile_t = np.empty((n_in, 16 * k), np.float32)
+        codes, mask, book = plan.lut_args
+        if k == n_slices:  # one tile holds all of W.T
+            _lut_decode_rows(codes, mask, book, n_in, 0, n_slices, tile_t)
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf propagate silently
+                return x2 @ tile_t[:, :out]
         y = np.empty((n_batch, out), np.float32)
-        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf propagate, as in kernels
+        with np.errstate(invalid="ignore", over="ignore"):
             for s0 in range(0, n_slices, k):
                 s1 = min(n_slices, s0 + k)
-                r0, r1 = 16 * s0, min(out, 16 * s1)
-                _lut_decode_rows(plan.lut_codes, plan.lut_mask, plan.codebook, n_in, s0, s1,
-                                 tile_t)
-                if r1 - r0 == out:
-                    np.matmul(x2, tile_t[:, :out], out=y)
-                else:
-                    y[:, r0:r1] = x2 @ tile_t[:, : r1 - r0]
+                _lut_decode_rows(codes, mask, book, n_in, s0, s1, tile_t)
+                y[:, 16 * s0: min(out, 16 * s1)] = x2 @ tile_t[:, : min(out, 16 * s1) - 16 * s0]
         return y
     if n_batch >= BATCH_MIN and not sparse:
         # Dense enough: decode tiles of whole slices and let BLAS multiply (exact dense NaN
