@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean venv
+.PHONY: demo test bench table lint clean venv
 
 venv: $(STAMP)
 
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,rounds
+
+# The README's results table (issue 6): about 5 minutes on 2 cores; needs Fashion-MNIST in
+# /usr/share/datasets/fashion-mnist (Debian: apt-get install dataset-fashion-mnist) or DATA_DIR.
+table: $(STAMP)
+	$(PY) -m bitsub_torch.experiments --out runs/table $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -93,6 +93,8 @@ class Plan:
         ``"lut"``: per slice and column, bit r set where row r of the slice uses the column.
     positions : int
         ``out * cols_in``.
+    nnz : int
+        Number of used positions.
     lut_args : tuple
         ``(lut_codes, lut_mask, codebook)``, the arguments of the ``"lut"`` kernels.
     """
@@ -109,22 +111,19 @@ class Plan:
     lut_codes: np.ndarray
     lut_mask: np.ndarray
     positions: int = field(init=False)
+    nnz: int = field(init=False)
     lut_args: tuple = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Precomputed for the hot path of small matmuls (attribute look-ups cost there).
+        # Precomputed for the hot path of small matmuls (every look-up costs there).
         object.__setattr__(self, "positions", self.shape[0] * self.cols_in)
+        object.__setattr__(self, "nnz", int(self.row_len.sum()))
         object.__setattr__(self, "lut_args", (self.lut_codes, self.lut_mask, self.codebook))
 
     @property
     def rows(self) -> int:
         """Output size: ``shape[0]``."""
         return self.shape[0]
-
-    @property
-    def nnz(self) -> int:
-        """Number of used positions."""
-        return int(self.row_len.sum())
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         """All arrays of the plan."""
