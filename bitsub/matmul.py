@@ -11,9 +11,9 @@ Kernels, chosen by the plan's layout and the batch size (thresholds from
   input and one centroid per row.
 - large batches: cache-sized tiles of rows (of W.T for ``"lut"``) are decoded into a scratch
   tile (single-threaded, the same in-register look-up) and multiplied by BLAS, which then owns
-  the threads. Below ``SELL_TILE_DENSITY``, a plan with
-  ``"sell"`` arrays instead runs a batch-inner kernel over the used positions only (x
-  transposed once; each position adds ``w * x[:, col]`` to its row).
+  the threads. Below ``SELL_TILE_DENSITY``, a plan with ``"sell"`` arrays instead runs a
+  batch-inner kernel over the used positions only: x is transposed in chunks of 64 samples and
+  each position adds ``w * x[:, col]`` to its row, the 16 rows of a slice stepping together.
 
 Threads: large calls are split over plain Python threads running the ``nogil`` kernels. They
 sleep when idle, unlike Numba's OpenMP pool, which spins between parallel regions and, on 2
@@ -43,7 +43,7 @@ from bitsub._config import FASTMATH, NJIT
 from bitsub.plan import BOTH_MAX_DENSITY, SLICE, Plan
 
 __all__ = [
-    "BATCH_CHUNK", "BATCH_MIN", "LUT_BATCH_MIN", "PARALLEL_MIN", "SELL_TILE_DENSITY",
+    "BATCH_MIN", "LUT_BATCH_MIN", "PARALLEL_MIN", "SELL_TILE_DENSITY",
     "TILE_BYTES", "conv2d", "matmul",
 ]
 
@@ -60,8 +60,7 @@ about 10 us)."""
 TILE_BYTES = 2 << 20
 """Size of the scratch tile of decoded float32 rows for the large-batch paths."""
 
-BATCH_CHUNK = 64
-"""Samples per pass of the batch-inner ``"sell"`` kernel."""
+_BATCH_CHUNK = 64  # samples per pass of the batch-inner "sell" kernel: a compile-time constant
 
 SELL_TILE_DENSITY = BOTH_MAX_DENSITY
 """Batch >= BATCH_MIN: from this task density on, tiles are decoded for BLAS; below it a plan
@@ -298,21 +297,29 @@ def _sell_vec(slice_ptr, slice_len, cols, codes, codebook, x, y, s0, s1):  # pra
 
 
 @numba.njit(**NJIT, fastmath=_FAST)
-def _sell_batch(slice_ptr, row_len, cols, codes, codebook, xt, yt, r0, r1):  # pragma: no cover
-    """Rows r0..r1-1 of yt = W @ xt: each used position adds w * xt[col] to its row."""
-    n_batch = yt.shape[1]
-    # Plain 2-D indexing: a row view per used position would cost a reference-count update.
-    for i in range(r0, r1):
-        s = i // SLICE
-        base = slice_ptr[s] + (i - s * SLICE)
-        for b in range(n_batch):
-            yt[i, b] = 0.0
-        for k in range(row_len[i]):
-            o = base + k * SLICE
-            w = codebook[codes[o]]
-            j = cols[o]
-            for b in range(n_batch):
-                yt[i, b] += w * xt[j, b]
+def _sell_batch(slice_ptr, slice_len, cols, codes, codebook, xt, yt, s0, s1):  # pragma: no cover
+    """Slices s0..s1-1 of yt = W @ xt for _BATCH_CHUNK samples: xt (in, _BATCH_CHUNK).
+
+    Each used position adds w * xt[col] to its row. The 16 rows of a slice step together, so
+    their sums are 16 independent chains; the sample loop has a constant length, so it compiles
+    to whole vectors.
+    """
+    out = yt.shape[0]
+    acc = np.empty((SLICE, _BATCH_CHUNK), np.float32)
+    for s in range(s0, s1):
+        base = np.uint64(slice_ptr[s])
+        acc[:] = 0.0
+        for k in range(slice_len[s]):
+            o = base + np.uint64(k * SLICE)
+            for r in range(SLICE):
+                q = o + np.uint64(r)
+                w = codebook[codes[q]]
+                j = cols[q]
+                for b in range(_BATCH_CHUNK):
+                    acc[r, b] += w * xt[j, b]
+        for r in range(min(SLICE, out - s * SLICE)):
+            for b in range(_BATCH_CHUNK):
+                yt[s * SLICE + r, b] = acc[r, b]
 
 
 @numba.njit(**NJIT)
@@ -478,13 +485,15 @@ def _run(plan: Plan, x: np.ndarray) -> np.ndarray:
         _split(_sell_vec, args, plan.slice_len.size, work)
     else:
         y = np.empty((n_batch, out), np.float32)
-        for b0 in range(0, n_batch, BATCH_CHUNK):  # a chunk of x.T stays in cache
-            b1 = min(n_batch, b0 + BATCH_CHUNK)
-            xt = np.ascontiguousarray(x2[b0:b1].T)
-            yt = np.empty((out, b1 - b0), np.float32)
-            args = (plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook, xt, yt)
-            _split(_sell_batch, args, out, plan.cols.size * (b1 - b0))
-            y[b0:b1] = yt.T
+        xt = np.zeros((n_in, _BATCH_CHUNK), np.float32)
+        yt = np.empty((out, _BATCH_CHUNK), np.float32)
+        args = (plan.slice_ptr, plan.slice_len, plan.cols, plan.codes, plan.codebook, xt, yt)
+        for b0 in range(0, n_batch, _BATCH_CHUNK):  # a chunk of x.T, zero-padded, stays in cache
+            b1 = min(n_batch, b0 + _BATCH_CHUNK)
+            xt[:, : b1 - b0] = x2[b0:b1].T
+            xt[:, b1 - b0:] = 0.0
+            _split(_sell_batch, args, plan.slice_len.size, plan.cols.size * _BATCH_CHUNK)
+            y[b0:b1] = yt[:, : b1 - b0].T
     if _any_nonfinite(x2):
         _fix_nonfinite(plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook, x2, y)
     return y if x.ndim == 2 else y[0]

@@ -1198,3 +1198,65 @@ class PackedModel:
     __hash__ = None  # type: ignore[assignment]
 
     # ------------------------------------------------- matmul / forward (bitsub.matmul) below
+    # (issue 4) A task's plan for a layer is built once and cached. Tasks are only ever added
+    # and an earlier task's fields, masks and codebooks never change, so a cached plan stays
+    # valid for the life of the model (a new layer or a new task only adds cache entries).
+
+    def plan(self, task: int, layer: str) -> Any:
+        """The task's matmul plan for ``layer`` (a :class:`bitsub.plan.Plan`; built once)."""
+        from bitsub.plan import model_plan
+
+        t = self._check_task(task)
+        self._check_layer(layer)
+        cache = self.__dict__.setdefault("_plans", {})
+        plan = cache.get((t, layer))
+        if plan is None:
+            plan = cache[(t, layer)] = model_plan(self, t, layer)
+        return plan
+
+    def plan_bytes(self, task: int) -> int:
+        """Bytes held by the task's plans, all layers (building those not yet cached)."""
+        return sum(self.plan(task, name).nbytes for name in self._shapes)
+
+    def matmul(self, task: int, layer: str, x: np.ndarray, *, device: str = "cpu"
+               ) -> np.ndarray:
+        """``x @ weights(task, layer).T`` from the packed data; see :func:`bitsub.matmul.matmul`.
+
+        Parameters
+        ----------
+        task : int
+        layer : str
+            A layer of shape (out, in), or a conv layer used as (out, in*kh*kw).
+        x : ndarray of float32, (in,) or (batch, in), C-contiguous
+        device : {"cpu", "cuda"}
+            "cuda" runs the numba.cuda twin (RuntimeError without a GPU or the simulator).
+        """
+        plan = self.plan(task, layer)
+        if device == "cpu":
+            from bitsub.matmul import matmul
+        elif device == "cuda":
+            from bitsub.gpu_matmul import gpu_matmul as matmul
+        else:
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        return matmul(plan, x)
+
+    def conv2d(self, task: int, layer: str, x: np.ndarray, stride: int = 1, padding: int = 0,
+               *, device: str = "cpu") -> np.ndarray:
+        """NCHW convolution with the task's packed 4-D layer; see :func:`bitsub.matmul.conv2d`."""
+        plan = self.plan(task, layer)
+        if device == "cpu":
+            from bitsub.matmul import conv2d
+        elif device == "cuda":
+            from bitsub.gpu_matmul import gpu_conv2d as conv2d
+        else:
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        return conv2d(plan, x, stride, padding)
+
+    def forward(self, task: int, x: np.ndarray, *, device: str = "cpu") -> np.ndarray:
+        """Run the recorded network (:meth:`set_network`) for ``task`` on a batch, NumPy only.
+
+        See :func:`bitsub.network.forward` for the op vocabulary.
+        """
+        from bitsub.network import forward
+
+        return forward(self, self._check_task(task), x, device=device)

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 import bitsub
-from bitsub.network import forward as network_forward
 from bitsub.plan import Plan, build_plan
 
 __all__ = ["export", "layer_plan", "packed_accuracy", "packed_predictions"]
@@ -195,7 +194,7 @@ def layer_plan(pm: bitsub.PackedModel, task: int, layer: str, *, transposed: boo
     (out, in*kh*kw) flattening): ``matmul(plan_t, g)`` is ``g @ W_t``, the input gradient of a
     packed layer, computed from the packed fields like the forward pass.
     """
-    if not transposed and hasattr(pm, "plan"):
+    if not transposed:
         return pm.plan(task, layer)
     mask, source, codes = pm.resolve(task, layer)
     codebooks = {int(s): pm.codebook(int(s), layer) for s in np.unique(source[mask])}
@@ -207,32 +206,12 @@ def layer_plan(pm: bitsub.PackedModel, task: int, layer: str, *, transposed: boo
     return build_plan(mask, source, codes, codebooks)
 
 
-class _Planned:
-    """A packed model with cached plans, for :func:`bitsub.network.forward` (its duck type)."""
-
-    def __init__(self, pm: bitsub.PackedModel) -> None:
-        self.pm = pm
-        self.network = pm.network
-        self._plans: dict[tuple[int, str], Plan] = {}
-
-    def plan(self, task: int, layer: str) -> Plan:
-        if (task, layer) not in self._plans:
-            self._plans[(task, layer)] = layer_plan(self.pm, task, layer)
-        return self._plans[(task, layer)]
-
-    def private(self, task: int) -> dict[str, np.ndarray]:
-        return self.pm.private(task)
-
-    def shape(self, layer: str) -> tuple[int, ...]:
-        return self.pm.shape(layer)
-
-
 def packed_predictions(
     pm: bitsub.PackedModel, task: int, x: np.ndarray, *, batch_size: int = 1024
 ) -> np.ndarray:
     """Predicted labels of task ``task`` for inputs ``x`` from bitsub's NumPy forward (no torch).
 
-    Runs :func:`bitsub.network.forward` (what ``pm.forward`` runs) over the recorded network.
+    Runs ``pm.forward`` (:func:`bitsub.network.forward`) over the recorded network.
 
     Parameters
     ----------
@@ -253,10 +232,9 @@ def packed_predictions(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    model = pm if hasattr(pm, "plan") else _Planned(pm)
     out = [np.zeros(0, np.int64)]
     for i in range(0, len(x), batch_size):
-        logits = network_forward(model, task, np.ascontiguousarray(x[i : i + batch_size]))
+        logits = pm.forward(task, np.ascontiguousarray(x[i : i + batch_size]))
         out.append(np.asarray(logits).argmax(axis=1).astype(np.int64))
     return np.concatenate(out)
 

@@ -158,16 +158,6 @@ def test_export_strategy_codebooks_and_errors():
 # ------------------------------------------------------------------ from the file (pm.forward)
 
 
-def file_logits(pm, task, x):
-    """bitsub's NumPy forward: pm.forward where wired, else bitsub.network.forward directly."""
-    if hasattr(pm, "forward"):
-        return pm.forward(task, x)
-    from bitsub.network import forward
-    from bitsub_torch.export import _Planned
-
-    return forward(_Planned(pm), task, x)
-
-
 def test_lossless_forward_matches_torch(tmp_path):
     net = masked_model(mlp((20,), 3, 3, width=12), 3)
     pm = export(net, WSN(0.5))
@@ -175,7 +165,7 @@ def test_lossless_forward_matches_torch(tmp_path):
     pm = bitsub.load(tmp_path / "m.h5")
     x = np.random.default_rng(0).standard_normal((50, 20)).astype(np.float32)
     for t in range(3):
-        np.testing.assert_allclose(file_logits(pm, t, x), torch_logits(net, t, x), rtol=1e-5,
+        np.testing.assert_allclose(pm.forward(t, x), torch_logits(net, t, x), rtol=1e-5,
                                    atol=1e-5)
         np.testing.assert_array_equal(packed_predictions(pm, t, x, batch_size=7),
                                       torch_logits(net, t, x).argmax(1))
@@ -192,7 +182,7 @@ def test_conv_network_forward_matches_torch():
     pm = export(net, WSN(0.5))
     x = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
     for t in range(2):
-        np.testing.assert_allclose(file_logits(pm, t, x), torch_logits(net, t, x), rtol=1e-4,
+        np.testing.assert_allclose(pm.forward(t, x), torch_logits(net, t, x), rtol=1e-4,
                                    atol=1e-4)
 
 

@@ -436,3 +436,41 @@ print("ok")
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# ----------------------------------------------------------------------- PackedModel methods
+
+
+def test_packed_model_methods_match_reference():
+    pm, tasks, shapes = packed_model(21)
+    rng = np.random.default_rng(21)
+    for t in tasks:
+        w = pm.weights(t, "fc")
+        x = rng.standard_normal((3, 37)).astype(np.float32)
+        assert_close(pm.matmul(t, "fc", x), naive_dense_matmul(w, x))
+        assert_close(pm.matmul(t, "fc", x[0], device="cuda"), naive_dense_matmul(w, x[0]))
+        xi = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+        ref = naive_conv2d_loops(xi, pm.weights(t, "conv"), 2, 1)
+        assert_close(pm.conv2d(t, "conv", xi, stride=2, padding=1), ref)
+        assert_close(pm.conv2d(t, "conv", xi, 2, 1, device="cuda"), ref)
+        assert pm.plan(t, "fc") is pm.plan(t, "fc")  # cached
+        assert pm.plan_bytes(t) == pm.plan(t, "fc").nbytes + pm.plan(t, "conv").nbytes
+    with pytest.raises(IndexError):
+        pm.matmul(7, "fc", np.ones(37, np.float32))
+    with pytest.raises(KeyError):
+        pm.matmul(0, "nope", np.ones(37, np.float32))
+    with pytest.raises(ValueError, match="device"):
+        pm.matmul(0, "fc", np.ones(37, np.float32), device="tpu")
+
+
+def test_cached_plans_stay_valid_when_tasks_are_added():
+    from bitsub.packed import TaskLayer
+
+    pm, tasks, shapes = packed_model(22)
+    x = np.random.default_rng(0).standard_normal((2, 37)).astype(np.float32)
+    before = {t: pm.matmul(t, "fc", x) for t in tasks}
+    m = np.random.default_rng(1).random(shapes["fc"]) < 0.3
+    pm.add_task({"fc": TaskLayer(m, m, codebook=[0.5, -0.5], codes=np.ones(shapes["fc"], int))})
+    for t in tasks:  # earlier tasks' outputs are unchanged, cached plan or fresh one
+        np.testing.assert_array_equal(pm.matmul(t, "fc", x), before[t])
+        np.testing.assert_array_equal(pm.plan(t, "fc").dense(), pm.weights(t, "fc"))

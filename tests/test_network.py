@@ -139,3 +139,31 @@ def test_forward_rejects_bad_input():
     model.network = []
     with pytest.raises(ValueError, match="no network"):
         forward(model, 0, np.ones((1, 4), np.float32))
+
+
+def test_forward_through_packed_model():
+    from bitsub.packed import PackedModel, TaskLayer
+
+    rng = np.random.default_rng(6)
+    pm = PackedModel(word_bits=32, prefix_bits=2)
+    pm.add_layer("c1", (4, 2, 3, 3))
+    pm.add_layer("fc", (7, 16))
+    private = {"head.w": rng.standard_normal((3, 7)).astype(np.float32),
+               "head.b": rng.standard_normal(3).astype(np.float32),
+               "c1.b": rng.standard_normal(4).astype(np.float32)}
+
+    def layer(shape):
+        m = rng.random(shape) < 0.6
+        return TaskLayer(m, m, codebook=rng.standard_normal(4), codes=rng.integers(0, 4, shape))
+
+    t = pm.add_task({"c1": layer((4, 2, 3, 3)), "fc": layer((7, 16))}, private=private)
+    steps = [{"op": "conv2d", "layer": "c1", "stride": 1, "padding": 0, "bias": "c1.b"},
+             {"op": "relu"}, {"op": "maxpool2d", "kernel": 2, "stride": 2}, {"op": "flatten"},
+             {"op": "linear", "layer": "fc", "bias": None}, {"op": "relu"},
+             {"op": "head", "weight": "head.w", "bias": "head.b"}]
+    pm.set_network(steps)
+    x = rng.standard_normal((5, 2, 6, 6)).astype(np.float32)
+    weights = {name: pm.weights(t, name) for name in ("c1", "fc")}
+    ref = naive_run_steps(steps, weights, pm.private(t), x)
+    np.testing.assert_allclose(pm.forward(t, x), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(pm.forward(t, x, device="cuda"), ref, rtol=1e-4, atol=1e-4)

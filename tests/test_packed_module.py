@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import bitsub
+from bitsub.matmul import matmul as packed_matmul
 from bitsub_torch.export import export
 from bitsub_torch.models import alexnet, mlp
 from bitsub_torch.packed_module import PackedModule, _col2im
@@ -145,10 +146,14 @@ def test_plan_cache_and_transposed_plan():
     pmod = PackedModule(pm)
     p = pmod.plan(1, "w")
     assert pmod.plan(1, "w") is p
+    assert p is pm.plan(1, "w")  # the forward plan is the packed model's own
     pt = pmod.plan(1, "w", transposed=True)
-    assert pt.shape == (7, 5)
+    assert pt.shape == (7, 5) and pmod.plan(1, "w", transposed=True) is pt
+    np.testing.assert_array_equal(
+        packed_matmul(pt, np.eye(5, dtype=np.float32)), pm.weights(1, "w")  # I @ W = W
+    )
     pmod.clear_cache()
-    assert pmod.plan(1, "w") is not p
+    assert pmod.plan(1, "w", transposed=True) is not pt
 
 
 def test_errors():
