@@ -57,8 +57,9 @@ PARALLEL_MIN = 1 << 21
 """Positions visited times batch from which a kernel is split over threads (a hand-off costs
 about 10 us)."""
 
-TILE_BYTES = 2 << 20
-"""Size of the scratch tile of decoded float32 rows for the large-batch paths."""
+TILE_BYTES = 8 << 20
+"""Size of the scratch tile of decoded float32 rows for the large-batch paths (L3-sized: fewer
+BLAS calls, each of which can stall when another process holds a core)."""
 
 _BATCH_CHUNK = 64  # samples per pass of the batch-inner "sell" kernel: a compile-time constant
 
