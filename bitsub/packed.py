@@ -26,6 +26,7 @@ import math
 import operator
 import os
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -290,6 +291,144 @@ def _words_hash_py(words):
     return h
 
 
+_BLOCK = 64  # words tested at once on the fast path
+
+
+@numba.njit(**NJIT)
+def _block_matches(block, top, lay_mask, lay_val):
+    # do all words of the block have the layout (lay_mask, lay_val)? One vectorized pass, no
+    # early exit (a loop over a whole small array, which the compiler vectorizes)
+    acc = np.uint64(0)
+    for k in range(block.size):
+        acc |= ((np.uint64(block[k]) << top) & lay_mask) ^ lay_val
+    return acc == np.uint64(0)
+
+
+@numba.njit(**NJIT)
+def _check_part(words, lo, end, word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit,
+                code_check, masks, used, counts, orphans):
+    # The check of _check_bank_py over words[lo:end]: adds to counts and orphans, writes
+    # used[lo:end]; returns (index of the first malformed word or -1, hash of the part).
+    top = np.uint64(64 - word_bits)
+    p_shift = np.uint64(64 - prefix_bits)
+    p_mask = np.uint64((1 << prefix_bits) - 1)
+    n_masks = masks.shape[0]
+    max_fields = word_bits // (prefix_bits + 1)
+    lay_p = np.zeros(max_fields, np.int64)  # the last layout: prefixes, code shifts, widths
+    lay_s = np.zeros(max_fields, np.uint64)
+    lay_b = np.zeros(max_fields, np.uint64)
+    lay_n = 0
+    lay_mask = np.uint64(0)  # bits of the layout's prefixes and of its empty tail
+    lay_val = np.uint64(1)  # no word matches before a first walk
+    lay_pos = 0
+    lay_first = 0
+    lay_codes = False
+    run = 0  # words matched by the current layout (their fields not counted yet)
+    simple = False  # the layout starts with prefix 1 and needs no code check
+    i = lo
+    h = _sum_mix(words[lo:end], lo)
+    while i < end:
+        if simple:  # the common case, in a tight loop: nothing to check but the layout
+            start = i
+            while i + _BLOCK <= end and _block_matches(words[i : i + _BLOCK], top, lay_mask,
+                                                       lay_val):
+                i += _BLOCK
+            while i < end:
+                w = words[i]
+                if ((np.uint64(w) << top) & lay_mask) != lay_val:
+                    break
+                i += 1
+            used[start:i] = lay_pos
+            run += i - start
+            if i == end:
+                break
+        w = words[i]
+        x = np.uint64(w) << top
+        ok = True
+        if (x & lay_mask) == lay_val:
+            if lay_codes:
+                for k in range(lay_n):
+                    p = lay_p[k]
+                    if code_check[p] and ((x >> lay_s[k]) & ((np.uint64(1) << lay_b[k])
+                                                           - np.uint64(1))) >= limit[p]:
+                        ok = False
+            run += 1
+            pos = lay_pos
+            first = lay_first
+        else:
+            for k in range(lay_n):
+                counts[lay_p[k]] += run
+            run = 0
+            pos = 0
+            last = 0
+            first = 0
+            lay_n = 0
+            lay_mask = np.uint64(0)
+            lay_val = np.uint64(0)
+            lay_codes = False
+            y = x
+            while y != np.uint64(0):
+                p = np.int64(y >> p_shift)
+                if pos + prefix_bits > word_bits or p <= last or p > n_prefixes:
+                    ok = False
+                    break
+                b = bits_by_prefix[p]
+                if b == 0 or pos + prefix_bits + b > word_bits:
+                    ok = False
+                    break
+                shift = np.uint64(64 - pos - prefix_bits - b)
+                if ((x >> shift) & ((np.uint64(1) << np.uint64(b)) - np.uint64(1))
+                        >= limit[p]):
+                    ok = False
+                    break
+                counts[p] += 1
+                lay_p[lay_n] = p
+                lay_s[lay_n] = shift
+                lay_b[lay_n] = np.uint64(b)
+                lay_n += 1
+                lay_codes = lay_codes or code_check[p]
+                lay_mask |= p_mask << (shift + np.uint64(b))
+                lay_val |= np.uint64(p) << (shift + np.uint64(b))
+                if first == 0:
+                    first = p
+                last = p
+                pos += prefix_bits + b
+                y = y << np.uint64(prefix_bits + b)
+            if pos == 0:
+                lay_mask = ~np.uint64(0)
+            else:
+                lay_mask |= (np.uint64(1) << np.uint64(64 - pos)) - np.uint64(1)
+            lay_pos = pos
+            lay_first = first
+            simple = ok and first == 1 and not lay_codes
+        if not ok:
+            return i, h
+        used[i] = pos
+        if first != 1:  # prefix 1 is every task's own or earlier: nothing to check
+            byte = i >> 3
+            bit = 7 - (i & 7)
+            for j in range(n_masks):
+                if (masks[j, byte] >> bit) & 1:
+                    if first == 0 or first > j + 1:
+                        orphans[j + 1] += 1
+                    break
+        i += 1
+    for k in range(lay_n):
+        counts[lay_p[k]] += run
+    return -1, h
+
+
+@numba.njit(**NJIT)
+def _code_checks(bits_by_prefix, limit):
+    # codes need checking only where a codebook has fewer than 2**b entries
+    size = bits_by_prefix.size
+    code_check = np.zeros(size, np.bool_)
+    for p in range(1, size):
+        b = bits_by_prefix[p]
+        code_check[p] = 0 < b < 64 and limit[p] < (np.uint64(1) << np.uint64(b))
+    return code_check
+
+
 def _check_bank_py(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit, masks,
                    used, counts, orphans):
     # One pass over a bank's word array of a loaded file: the structure of every word (each
@@ -299,7 +438,7 @@ def _check_bank_py(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, li
     # a prefix <= p: masks[p - 1] is that task's packed mask), and the words' hash.
     # Returns (index of the first malformed word or -1, hash). Words mostly repeat the layout
     # (prefixes and widths) of the word before: a word matching the last layout is checked with
-    # one masked compare, without walking its fields.
+    # one masked compare, without walking its fields (64 words at a time, vectorized).
     n = words.size
     n_chunks = min(256, n // 16384 + 1)
     size = counts.size
@@ -307,118 +446,13 @@ def _check_bank_py(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, li
     chunk_orphans = np.zeros((n_chunks, size), np.int64)
     chunk_bad = np.full(n_chunks, -1, np.int64)
     chunk_hash = np.zeros(n_chunks, np.uint64)
-    top = np.uint64(64 - word_bits)
-    p_shift = np.uint64(64 - prefix_bits)
-    p_mask = np.uint64((1 << prefix_bits) - 1)
-    n_masks = masks.shape[0]
-    max_fields = word_bits // (prefix_bits + 1)
-    # codes need checking only where a codebook has fewer than 2**b entries
-    code_check = np.zeros(size, np.bool_)
-    for p in range(1, size):
-        b = bits_by_prefix[p]
-        code_check[p] = 0 < b < 64 and limit[p] < (np.uint64(1) << np.uint64(b))
+    code_check = _code_checks(bits_by_prefix, limit)
     for c in numba.prange(n_chunks):
-        lay_p = np.zeros(max_fields, np.int64)  # the last layout: prefixes, code shifts, widths
-        lay_s = np.zeros(max_fields, np.uint64)
-        lay_b = np.zeros(max_fields, np.uint64)
-        lay_n = 0
-        lay_mask = np.uint64(0)  # bits of the layout's prefixes and of its empty tail
-        lay_val = np.uint64(1)  # no word matches before a first walk
-        lay_pos = 0
-        lay_first = 0
-        lay_codes = False
-        run = 0  # words matched by the current layout (their fields not counted yet)
-        simple = False  # the layout starts with prefix 1 and needs no code check
-        i = c * n // n_chunks
-        end = (c + 1) * n // n_chunks
-        chunk_hash[c] = _sum_mix(words[i:end], i)
-        while i < end:
-            if simple:  # the common case, in a tight loop: nothing to check but the layout
-                start = i
-                while i < end:
-                    w = words[i]
-                    if ((np.uint64(w) << top) & lay_mask) != lay_val:
-                        break
-                    i += 1
-                used[start:i] = lay_pos
-                run += i - start
-                if i == end:
-                    break
-            w = words[i]
-            x = np.uint64(w) << top
-            ok = True
-            if (x & lay_mask) == lay_val:
-                if lay_codes:
-                    for k in range(lay_n):
-                        p = lay_p[k]
-                        if code_check[p] and ((x >> lay_s[k]) & ((np.uint64(1) << lay_b[k])
-                                                               - np.uint64(1))) >= limit[p]:
-                            ok = False
-                run += 1
-                pos = lay_pos
-                first = lay_first
-            else:
-                for k in range(lay_n):
-                    chunk_counts[c, lay_p[k]] += run
-                run = 0
-                pos = 0
-                last = 0
-                first = 0
-                lay_n = 0
-                lay_mask = np.uint64(0)
-                lay_val = np.uint64(0)
-                lay_codes = False
-                y = x
-                while y != np.uint64(0):
-                    p = np.int64(y >> p_shift)
-                    if pos + prefix_bits > word_bits or p <= last or p > n_prefixes:
-                        ok = False
-                        break
-                    b = bits_by_prefix[p]
-                    if b == 0 or pos + prefix_bits + b > word_bits:
-                        ok = False
-                        break
-                    shift = np.uint64(64 - pos - prefix_bits - b)
-                    if ((x >> shift) & ((np.uint64(1) << np.uint64(b)) - np.uint64(1))
-                            >= limit[p]):
-                        ok = False
-                        break
-                    chunk_counts[c, p] += 1
-                    lay_p[lay_n] = p
-                    lay_s[lay_n] = shift
-                    lay_b[lay_n] = np.uint64(b)
-                    lay_n += 1
-                    lay_codes = lay_codes or code_check[p]
-                    lay_mask |= p_mask << (shift + np.uint64(b))
-                    lay_val |= np.uint64(p) << (shift + np.uint64(b))
-                    if first == 0:
-                        first = p
-                    last = p
-                    pos += prefix_bits + b
-                    y = y << np.uint64(prefix_bits + b)
-                if pos == 0:
-                    lay_mask = ~np.uint64(0)
-                else:
-                    lay_mask |= (np.uint64(1) << np.uint64(64 - pos)) - np.uint64(1)
-                lay_pos = pos
-                lay_first = first
-                simple = ok and first == 1 and not lay_codes
-            if not ok:
-                chunk_bad[c] = i
-                lay_n = 0
-                break
-            used[i] = pos
-            if first != 1:  # prefix 1 is every task's own or earlier: nothing to check
-                byte = i >> 3
-                bit = 7 - (i & 7)
-                for j in range(n_masks):
-                    if (masks[j, byte] >> bit) & 1:
-                        if first == 0 or first > j + 1:
-                            chunk_orphans[c, j + 1] += 1
-                        break
-            i += 1
-        for k in range(lay_n):
-            chunk_counts[c, lay_p[k]] += run
+        bad, h = _check_part(words, c * n // n_chunks, (c + 1) * n // n_chunks, word_bits,
+                             prefix_bits, n_prefixes, bits_by_prefix, limit, code_check, masks,
+                             used, chunk_counts[c], chunk_orphans[c])
+        chunk_bad[c] = bad
+        chunk_hash[c] = h
     for c in range(n_chunks):
         if chunk_bad[c] >= 0:
             return chunk_bad[c], np.uint64(0)
@@ -477,9 +511,42 @@ def _merge_context_streams(ctx, s0, s1, out):
         out[byte] = v
 
 
-def _check_bank(words, *args):
-    fn = _check_parallel if words.size >= PARALLEL_MIN else _check_serial
-    return fn(words, *args)
+_pool: list[ThreadPoolExecutor] = []
+
+
+def _check_bank(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit, masks, used,
+                counts, orphans):
+    """_check_bank_py, split over plain Python threads running the nogil part kernel.
+
+    Numba's OpenMP pool spins between parallel regions and, on few cores, stalls against BLAS's
+    and torch's pools; plain threads sleep when idle (as in :mod:`bitsub.matmul`). The parts'
+    counts add up and their hashes sum (the hash is a sum over words), so the result is that of
+    one pass.
+    """
+    n = words.size
+    n_threads = numba.config.NUMBA_NUM_THREADS if n >= PARALLEL_MIN else 1
+    code_check = _code_checks(bits_by_prefix, limit)
+    args = (word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit, code_check, masks, used)
+    if n_threads < 2:
+        return _check_part(words, 0, n, *args, counts, orphans)
+    if not _pool:
+        _pool.append(ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                        thread_name_prefix="bitsub-check"))
+    bounds = [j * n // n_threads for j in range(n_threads + 1)]
+    parts = [(np.zeros_like(counts), np.zeros_like(orphans)) for _ in range(n_threads)]
+    futures = [_pool[0].submit(_check_part, words, bounds[j], bounds[j + 1], *args, *parts[j])
+               for j in range(1, n_threads)]
+    results = [_check_part(words, bounds[0], bounds[1], *args, *parts[0])]
+    results += [f.result() for f in futures]
+    h = 0
+    for bad, part_hash in results:
+        if bad >= 0:
+            return bad, np.uint64(0)
+        h = (h + int(part_hash)) & 0xFFFFFFFFFFFFFFFF
+    for part_counts, part_orphans in parts:
+        counts += part_counts
+        orphans += part_orphans
+    return -1, np.uint64(h)
 
 
 def words_hash(words: np.ndarray) -> int:

@@ -8,6 +8,11 @@ other with strategy S, then writes
   (``percent`` and ``bits`` per component of the packed file), ``export`` (the accuracy of every
   task measured from the file with bitsub's NumPy forward, and the fraction of test samples on
   which the file and the torch model predict the same label), ``config`` and ``timings``;
+  ``activation_quantization`` (per-task test accuracy with every task layer's input quantized to
+  b bits on a per-tensor range calibrated on the validation split, weights as stored: Table 7 of
+  TinySubNets; ``--activation-bits``, default 4 8 16 for the quantizing strategies and none
+  otherwise) and ``ops`` (per task: MACs, FLOPs and bit-operations of the dense model and of the
+  task's sub-network at <b_w, b_a>; see ``bitsub_torch.strategies.quantized.ops_report``);
 - ``DIR/model.h5``: the packed model (lossless raw float32 fields, or ``--export-bits b`` codes);
 - ``DIR/accuracy_matrix.png``: a heat map of R.
 
@@ -165,6 +170,11 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: for the small MLPs of these scenarios, 2 "
                         "threads measured about 10x slower on a shared 2-core machine)")
+    p.add_argument("--activation-bits", type=int, nargs="*", default=None, metavar="B",
+                   help="after training, re-test every task with layer inputs quantized to each "
+                   "B bits (2..16; range calibrated on the val split); default 4 8 16 for "
+                   "quantizing strategies (tinysubnets, adaqpacknet), none otherwise; give the "
+                   "flag alone for none")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -188,11 +198,14 @@ def train(
     val_fraction: float = 0.1,
     threads: int = 1,
     progress: bool = True,
+    activation_bits: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Train, export and write the run's files to ``out`` (resuming from its checkpoints).
 
-    The keyword arguments are those of ``bitsub-train``. Returns the dict written to
-    ``out/results.json``.
+    The keyword arguments are those of ``bitsub-train``. ``activation_bits`` None means
+    ``ACTIVATION_BITS`` (4, 8, 16) for a strategy that quantizes and none otherwise; it is a
+    post-training evaluation, so it is not part of the resumable ``config.json``. Returns the
+    dict written to ``out/results.json``.
     """
     import torch
 
@@ -200,8 +213,18 @@ def train(
     from bitsub_torch.export import export, packed_predictions
     from bitsub_torch.scenarios import get_scenario
     from bitsub_torch.strategies import get_strategy
+    from bitsub_torch.strategies.quantized import ACTIVATION_BITS, activation_accuracy, ops_report
     from bitsub_torch.trainer import Trainer
 
+    if activation_bits is not None:
+        if isinstance(activation_bits, (str, bytes)) or not all(
+            isinstance(b, (int, np.integer)) and not isinstance(b, bool) and 2 <= b <= 16
+            for b in activation_bits
+        ):
+            raise ValueError(
+                f"activation_bits must be bit-widths in 2..16, got {activation_bits!r}"
+            )
+        activation_bits = tuple(int(b) for b in activation_bits)
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads!r}")
     torch.set_num_threads(threads)
@@ -256,10 +279,19 @@ def train(
         agreement.append(float(np.mean(pred_file == pred_torch)))
     file_time = time.perf_counter() - t0
     cap = pm.capacity()
+    # Table 7 (activation quantization, calibrated on val, tested on test) and Table 6 (ops).
+    t0 = time.perf_counter()
+    if activation_bits is None:
+        activation_bits = ACTIVATION_BITS if getattr(strat, "quantizes", False) else ()
+    act = (activation_accuracy(net, sc.tasks, trainer.evaluate, activation_bits)
+           if activation_bits else None)
+    ops = ops_report(net, pm, tuple(sc.input_shape))
+    act_time = time.perf_counter() - t0
 
     res = results.to_dict()
     timings = dict(res.get("timings", {}))
-    timings.update({"export": export_time, "file_eval": file_time})
+    timings.update({"export": export_time, "file_eval": file_time,
+                    "activation_quantization_and_ops": act_time})
     report = {
         "accuracy_matrix": res["accuracy_matrix"],
         "acc": res["acc"],
@@ -275,7 +307,10 @@ def train(
             "acc": float(np.mean(file_acc)),
             "agreement": agreement,
         },
-        "config": {**config, "trainer": res.get("config", {})},
+        "activation_quantization": act,
+        "ops": ops,
+        "config": {**config, "activation_bits": list(activation_bits),
+                   "trainer": res.get("config", {})},
         "timings": timings,
     }
     report = _json_safe(report)
@@ -315,9 +350,35 @@ def format_report(report: dict[str, Any], capacity_table: str | None = None) -> 
         lines.append(f"  {comp:<10}{v:>12} bits  {100 * v / dense:8.3f}%")
     lines.append(f"  {'private':<10}{bits.get('private', 0):>12} bits  "
                  f"{100 * bits.get('private', 0) / dense:8.3f}%  (heads, norms; separate)")
+    lines += _act_ops_lines(report)
     if capacity_table:
         lines += ["", capacity_table]
     return "\n".join(lines)
+
+
+def _act_ops_lines(report: dict[str, Any]) -> list[str]:
+    # Short summary of Table 7 (activation bits) and Table 6 (ops), means over the tasks.
+    lines: list[str] = []
+    act = report.get("activation_quantization")
+    if act:
+        mean = act["mean"]
+        parts = [f"<b_w,{b}> {100 * mean[str(b)]:.2f}%" for b in act["bits"]]
+        lines += ["", f"activations quantized (ACC, calibrated on val): float "
+                  f"{100 * mean['float']:.2f}%   " + "   ".join(parts)]
+    ops = report.get("ops")
+    if ops and ops.get("tasks"):
+        tasks = ops["tasks"]
+
+        def avg(key: str) -> float:
+            return float(np.mean([t[key] for t in tasks]))
+
+        dense, sub, wb = avg("macs_dense"), avg("macs"), avg("mean_weight_bits")
+        b8 = float(np.mean([t["bops"].get("8", np.nan) for t in tasks]))
+        ratio = avg("bops_float") / b8 if b8 else float("nan")
+        lines += ["", f"ops per sample (mean over tasks): dense {dense:,.0f} MACs, sub-network "
+                  f"{sub:,.0f} MACs ({100 * sub / max(dense, 1):.1f}%), mean b_w {wb:.2f} bits; "
+                  f"bit-ops <32,32> / <b_w,8> = {ratio:.1f}x (paper: float ~9-10x <8b,8b>)"]
+    return lines
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
@@ -333,7 +394,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             export_bits=args.export_bits, batch_size=args.batch_size, lr=args.lr,
             optimizer=args.optimizer, model=args.model, width=args.width,
             strategy_args=strategy_args, val_fraction=args.val_fraction, threads=args.threads,
-            progress=not args.no_progress,
+            progress=not args.no_progress, activation_bits=args.activation_bits,
         )
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"bitsub-train: error: {exc}", file=sys.stderr)
