@@ -716,8 +716,16 @@ class PackedModel:
         return copy.deepcopy(self._network)
 
     def set_network(self, steps: list[dict[str, Any]]) -> None:
-        """Record the network as a JSON-serialisable list of op dicts (each with an ``"op"``)."""
-        self._network = check_network(steps)
+        """Record the network as a JSON-serialisable list of op dicts (each with an ``"op"``).
+
+        The ops are checked against :data:`bitsub.network.OPS` and this model's layer shapes
+        now, so a bad network is refused when it is recorded rather than at ``forward``.
+        """
+        from bitsub.network import validate_network
+
+        checked = check_network(steps)
+        validate_network(checked, dict(self._shapes))
+        self._network = checked
 
     def shape(self, layer: str) -> tuple[int, ...]:
         """Weight shape of ``layer``."""

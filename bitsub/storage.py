@@ -88,15 +88,20 @@ from bitsub.packed import (
 
 __all__ = ["FORMAT_VERSION", "load", "save"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 USERBLOCK = 512  # the smallest user block; larger when the seal lists many regions
 MAGIC = b"BITSUB\x00\x01"
-_HEAD = struct.Struct("<8sIQIII")  # magic, version, length, body crc32, userblock, n_regions
+# magic, version, length, body crc32, userblock, n_regions, index offset, index size
+_HEAD = struct.Struct("<8sIQIIIQQ")
 _REGION = struct.Struct("<QQ")  # offset, size
 _HEAD_CRC = struct.Struct("<I")
 MAX_REGIONS = 1 << 20
 
 ROOT_TYPE = "bitsub.packed-model"
+INDEX = "index"  # the root dataset listing every other object (see the module docstring)
+INDEX_TYPE = "bitsub.index"
+# dtypes of the datasets load reads (any other listed in the index is refused)
+_DATASET_DTYPES = frozenset({"<u4", "<i4", "<i8", "|u1", "<f4"})
 
 
 # ------------------------------------------------------------------------ checksums
@@ -165,8 +170,67 @@ def _words_dataset(g: h5py.Group, key: str, w: np.ndarray, word_bits: int) -> h5
     return ds
 
 
-def _write_h5(pm: PackedModel, target: Any) -> list[tuple[int, int]]:
-    """Write the HDF5 image; return the (offset, size) of every word dataset's bytes."""
+def _attr_json(value: Any, where: str) -> Any:
+    # an attribute as h5py reads it, in a JSON form _attr_value turns back into the same value
+    if isinstance(value, str):
+        return {"s": value}
+    if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "biuf":
+        arr = np.asarray(value)
+        return {"dtype": arr.dtype.str, "shape": list(arr.shape), "v": arr.tolist(),
+                "array": isinstance(value, np.ndarray)}
+    raise TypeError(f"{where}: cannot list attribute of type {type(value).__name__}")
+
+
+def _attr_value(doc: Any) -> Any:
+    if not isinstance(doc, dict):
+        raise FormatError(f"attribute entry is {type(doc).__name__}, expected an object")
+    if set(doc) == {"s"} and isinstance(doc["s"], str):
+        return doc["s"]
+    dtype = np.dtype(doc["dtype"])
+    if dtype.kind not in "biuf" or dtype.itemsize > 8:
+        raise FormatError(f"attribute of dtype {dtype}: not a number type")
+    arr = np.array(doc["v"], dtype).reshape(tuple(int(d) for d in doc["shape"]))
+    return arr if doc["array"] is True else arr[()]
+
+
+def _write_index(f: h5py.File) -> h5py.Dataset:
+    """Write the root dataset ``index``: every other object's attributes and data location.
+
+    Load reads the model's metadata from it, instead of opening each HDF5 object (whose
+    per-object cost is most of what HDF5 adds to the read of a file). It is what the objects
+    hold, read back from the file through h5py.
+    """
+    objects: dict[str, Any] = {}
+
+    def add(name: str, obj: Any) -> None:
+        path = "/" + name if name else "/"
+        if path == "/" + INDEX:
+            return
+        entry: dict[str, Any] = {
+            "attrs": {k: _attr_json(v, path) for k, v in obj.attrs.items()}}
+        if isinstance(obj, h5py.Dataset):
+            plist = obj.id.get_create_plist()
+            if plist.get_layout() != h5py.h5d.CONTIGUOUS or plist.get_nfilters():
+                raise RuntimeError(f"{path}: not stored contiguously")  # cannot happen
+            entry.update(dtype=obj.dtype.str, shape=list(obj.shape or ()),
+                         offset=obj.id.get_offset(), size=obj.id.get_storage_size())
+        else:
+            entry["children"] = len(obj)
+        objects[path] = entry
+
+    add("", f)
+    f.visititems(add)
+    data = np.frombuffer(json.dumps({"objects": objects}).encode(), np.uint8)
+    if INDEX in f:
+        del f[INDEX]
+    ds = f.create_dataset(INDEX, data=data)
+    _seal(ds, INDEX_TYPE, data)
+    return ds
+
+
+def _write_h5(pm: PackedModel, target: Any) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Write the HDF5 image; return the (offset, size) of every word dataset's bytes and of
+    the index."""
     from bitsub import __version__
 
     names = pm.layers
@@ -208,10 +272,13 @@ def _write_h5(pm: PackedModel, target: Any) -> list[tuple[int, int]]:
               n_layers=len(names), n_tasks=len(pm.tasks), n_banks=pm.banks,
               network=json.dumps(pm.network), bitsub_version=__version__)
         f.flush()
+        index = _write_index(f)
+        f.flush()
         regions = [(ds.id.get_offset(), ds.id.get_storage_size()) for ds in words]
-    if any(off is None for off, _ in regions):  # cannot happen: contiguous, written datasets
+        index_region = (index.id.get_offset(), index.id.get_storage_size())
+    if any(off is None for off, _ in regions + [index_region]):  # cannot happen
         raise RuntimeError("HDF5 did not store a word dataset contiguously")
-    return sorted(regions)
+    return sorted(regions), index_region
 
 
 def _gaps(length: int, userblock: int, regions: list[tuple[int, int]]):
@@ -230,11 +297,11 @@ def _body_crc(buf: Any, userblock: int, regions: list[tuple[int, int]]) -> int:
     return crc
 
 
-def _seal_image(buf: Any, regions: list[tuple[int, int]]) -> None:
+def _seal_image(buf: Any, regions: list[tuple[int, int]], index: tuple[int, int]) -> None:
     """Write the seal into the user block of a complete file image (a writable buffer)."""
     userblock = _userblock(len(regions))
     head = _HEAD.pack(MAGIC, FORMAT_VERSION, len(buf), _body_crc(buf, userblock, regions),
-                      userblock, len(regions))
+                      userblock, len(regions), *index)
     head += b"".join(_REGION.pack(off, size) for off, size in regions)
     head += _HEAD_CRC.pack(zlib.crc32(head))
     buf[:userblock] = head + bytes(userblock - len(head))
@@ -275,9 +342,9 @@ def save(pm: PackedModel, path: str | os.PathLike[str]) -> None:
     directory = target.parent if str(target.parent) else Path(".")
     # Build the whole file in memory, seal it, then write it out in one go.
     image = io.BytesIO()
-    regions = _write_h5(pm, image)
+    regions, index = _write_h5(pm, image)
     buf = image.getbuffer()
-    _seal_image(buf, regions)
+    _seal_image(buf, regions, index)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:

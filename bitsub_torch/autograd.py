@@ -10,10 +10,13 @@ backward (the straight-through estimator used for quantization-aware training).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 
-__all__ = ["quantize_ste", "topk_count", "topk_mask", "topk_mask_bool"]
+from bitsub._config import NJIT
+
+__all__ = ["quantize_ste", "topk_count", "topk_mask", "topk_mask_bool", "topk_masked_weight"]
 
 
 def topk_count(numel: int, density: float) -> int:
@@ -71,6 +74,128 @@ class _TopKMask(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
         return grad, None
+
+
+@numba.njit(**NJIT)
+def _mask_pass(s, w, t, k, m, out):  # pragma: no cover - compiled
+    # m = (|s| > t) as 0/1 of s's dtype, out = w * m; then the first k - count ties |s| == t.
+    c = 0
+    for i in range(s.size):
+        keep = abs(s[i]) > t
+        c += keep
+        m[i] = keep
+        out[i] = w[i] * m[i]
+    need = k - c
+    start = 0
+    block = 256
+    while need > 0 and start < s.size:
+        stop = min(start + block, s.size)
+        hits = 0
+        for i in range(start, stop):  # vectorised look for a tie in the block
+            hits += abs(s[i]) == t
+        if hits > 0:
+            for i in range(start, stop):
+                if need > 0 and abs(s[i]) == t:
+                    m[i] = 1
+                    out[i] = w[i] * m[i]
+                    need -= 1
+        start = stop
+
+
+@numba.njit(**NJIT)
+def _mask_grads(g, w, m, gw, gs):  # pragma: no cover - compiled
+    # The two products of the backward of w * m in one pass: dL/dw = g * m, dL/dscores = g * w.
+    for i in range(g.size):
+        gw[i] = g[i] * m[i]
+        gs[i] = g[i] * w[i]
+
+
+def _fast_ok(weight: torch.Tensor, scores: torch.Tensor) -> bool:
+    return (
+        weight.device.type == "cpu"
+        and scores.device.type == "cpu"
+        and weight.dtype == scores.dtype
+        and weight.dtype in (torch.float32, torch.float64)
+        and weight.shape == scores.shape
+        and weight.is_contiguous()
+        and scores.is_contiguous()
+        and weight.layout == torch.strided
+        and scores.layout == torch.strided
+    )
+
+
+class _TopKMaskedWeight(torch.autograd.Function):
+    """``weight * topk_mask(scores)`` in one pass; the backward is the product rule of ``*``."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int):  # noqa: D102
+        w = weight.detach()
+        s = scores.detach()
+        mask = torch.empty_like(s)
+        out = torch.empty_like(w)
+        a = s.numpy().reshape(-1)
+        n = a.size
+        if k >= n:  # keep every position (NaN scores included, as `topk_mask`)
+            mask.fill_(1)
+            torch.mul(w, mask, out=out)
+        else:  # threshold at the k-th largest |score| (NumPy introselect, in place)
+            buf = np.abs(a)
+            buf.partition(n - k)
+            m = mask.numpy().reshape(-1)
+            _mask_pass(a, w.numpy().reshape(-1), buf[n - k], k, m, out.numpy().reshape(-1))
+        ctx.save_for_backward(weight)
+        ctx.mask = mask
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        (weight,) = ctx.saved_tensors
+        mask = ctx.mask
+        need_w, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_w and need_s) or grad.dtype != mask.dtype or grad.device.type != "cpu":
+            return (grad * mask if need_w else None), (grad * weight if need_s else None), None
+        g = grad.contiguous()
+        gw = torch.empty_like(g)
+        gs = torch.empty_like(g)
+        _mask_grads(g.numpy().reshape(-1), weight.detach().numpy().reshape(-1),
+                    mask.numpy().reshape(-1), gw.numpy().reshape(-1), gs.numpy().reshape(-1))
+        return gw, gs, None
+
+
+def topk_masked_weight(
+    weight: torch.Tensor, scores: torch.Tensor, density: float
+) -> torch.Tensor:
+    """``weight * topk_mask(scores, density)``, computed in one pass on CPU.
+
+    The same values and gradients as the composition (``dL/dweight = g * mask``,
+    ``dL/dscores = g * weight``, straight-through), without the intermediate tensors.
+
+    Parameters
+    ----------
+    weight : torch.Tensor
+        Float weights.
+    scores : torch.Tensor
+        Float scores of the same shape.
+    density : float
+        Fraction of positions to keep, in (0, 1].
+
+    Returns
+    -------
+    torch.Tensor
+        The masked weight, of the shape of ``weight``.
+    """
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        raise TypeError("weight must be a floating-point torch.Tensor")
+    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
+        raise TypeError("scores must be a floating-point torch.Tensor")
+    if tuple(weight.shape) != tuple(scores.shape):
+        raise ValueError(
+            f"weight {tuple(weight.shape)} and scores {tuple(scores.shape)} must have one shape"
+        )
+    k = topk_count(scores.numel(), density)
+    if not _fast_ok(weight, scores):
+        return weight * _TopKMask.apply(scores, k)
+    return _TopKMaskedWeight.apply(weight, scores, k)
 
 
 def topk_mask_bool(scores: torch.Tensor, density: float) -> torch.Tensor:

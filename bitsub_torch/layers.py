@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitsub_torch.autograd import topk_mask, topk_mask_bool
+from bitsub_torch.autograd import topk_mask_bool, topk_masked_weight
 
 __all__ = ["TaskBatchNorm", "TaskConv2d", "TaskLayerMixin", "TaskLinear"]
 
@@ -174,7 +174,7 @@ class TaskLayerMixin:
         """``values(task)`` times the task's mask (its score mask while it trains on scores)."""
         values = self.values(task)
         if self._score_task == task:
-            return values * topk_mask(self.scores, self._density)
+            return topk_masked_weight(values, self.scores, self._density)
         if bool(self.mask_set[task]):
             return values * self._float_mask(task, values)
         return values

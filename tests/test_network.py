@@ -167,3 +167,16 @@ def test_forward_through_packed_model():
     ref = naive_run_steps(steps, weights, pm.private(t), x)
     np.testing.assert_allclose(pm.forward(t, x), ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(pm.forward(t, x, device="cuda"), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_set_network_refuses_bad_steps_when_recorded():
+    import bitsub
+
+    pm = bitsub.PackedModel()
+    pm.add_layer("fc1", (3, 4))
+    with pytest.raises(ValueError, match="fc9|layer"):
+        pm.set_network([{"op": "linear", "layer": "fc9", "bias": None}])
+    with pytest.raises(ValueError):
+        pm.set_network([{"op": "no-such-op"}])
+    pm.set_network([{"op": "linear", "layer": "fc1", "bias": None}, {"op": "relu"}])
+    assert pm.network[0]["layer"] == "fc1"
