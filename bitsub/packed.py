@@ -330,14 +330,16 @@ def _check_part(words, lo, end, word_bits, prefix_bits, n_prefixes, bits_by_pref
     while i < end:
         if simple:  # the common case, in a tight loop: nothing to check but the layout
             start = i
-            while i + _BLOCK <= end and _block_matches(words[i : i + _BLOCK], top, lay_mask,
-                                                       lay_val):
-                i += _BLOCK
-            while i < end:
-                w = words[i]
-                if ((np.uint64(w) << top) & lay_mask) != lay_val:
-                    break
+            # word by word first: where layouts change often, a block test would mostly fail
+            stop = min(end, i + _BLOCK // 4)
+            while i < stop and ((np.uint64(words[i]) << top) & lay_mask) == lay_val:
                 i += 1
+            if i == stop:
+                while i + _BLOCK <= end and _block_matches(words[i : i + _BLOCK], top,
+                                                           lay_mask, lay_val):
+                    i += _BLOCK
+                while i < end and ((np.uint64(words[i]) << top) & lay_mask) == lay_val:
+                    i += 1
             used[start:i] = lay_pos
             run += i - start
             if i == end:
@@ -515,8 +517,8 @@ _pool: list[ThreadPoolExecutor] = []
 
 
 def _check_bank(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit, masks, used,
-                counts, orphans):
-    """_check_bank_py, split over plain Python threads running the nogil part kernel.
+                counts, orphans, start=0):
+    """_check_bank_py of words[start:] (positions from 0), split over Python threads.
 
     Numba's OpenMP pool spins between parallel regions and, on few cores, stalls against BLAS's
     and torch's pools; plain threads sleep when idle (as in :mod:`bitsub.matmul`). The parts'
@@ -524,15 +526,15 @@ def _check_bank(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit
     one pass.
     """
     n = words.size
-    n_threads = numba.config.NUMBA_NUM_THREADS if n >= PARALLEL_MIN else 1
+    n_threads = numba.config.NUMBA_NUM_THREADS if n - start >= PARALLEL_MIN else 1
     code_check = _code_checks(bits_by_prefix, limit)
     args = (word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit, code_check, masks, used)
     if n_threads < 2:
-        return _check_part(words, 0, n, *args, counts, orphans)
+        return _check_part(words, start, n, *args, counts, orphans)
     if not _pool:
         _pool.append(ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
                                         thread_name_prefix="bitsub-check"))
-    bounds = [j * n // n_threads for j in range(n_threads + 1)]
+    bounds = [start + j * (n - start) // n_threads for j in range(n_threads + 1)]
     parts = [(np.zeros_like(counts), np.zeros_like(orphans)) for _ in range(n_threads)]
     futures = [_pool[0].submit(_check_part, words, bounds[j], bounds[j + 1], *args, *parts[j])
                for j in range(1, n_threads)]

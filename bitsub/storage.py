@@ -1,25 +1,27 @@
 r"""One HDF5 file per packed model: atomic save, verified load.
 
-File layout (format version 2)
+File layout (format version 3)
 ------------------------------
 The file starts with an HDF5 user block (U = 512 bytes, or the next power of two that holds
 the seal) holding a seal (integers little-endian)::
 
     magic      b"BITSUB\x00\x01"  8 bytes
-    version    uint32             format version (2; no other version loads)
+    version    uint32             format version (3; no other version loads)
     length     uint64             total file length in bytes
     crc32      uint32             zlib.crc32 of bytes [U, length) outside the regions, in order
     userblock  uint32             U
     n_regions  uint32             R
+    index      uint64, uint64     offset and size of the bytes of the dataset ``/index``
     regions    R x (uint64 offset, uint64 size): the raw bytes of the word datasets, sorted
     head_crc   uint32             zlib.crc32 of all the bytes above
     (zeros up to byte U)
 
-:func:`load` reads the whole file, checks the seal, and only then lets HDF5 parse the bytes
-(from memory), so a truncated or corrupted file is refused before the HDF5 library sees it.
-The regions hold nothing HDF5 parses: the word arrays, each checked by its own ``hash`` (see
-below) in the one pass that also checks the words' structure, instead of a second crc pass;
-load checks that the regions are exactly the word datasets' bytes.
+:func:`load` reads the whole file, checks the seal, and then reads the model through the
+index (below), never through the HDF5 library: a truncated or corrupted file is refused before
+anything in it is interpreted, and load pays no HDF5 per-object overhead.
+The regions hold the word arrays, each checked by its own ``hash`` (see below) in the one pass
+that also checks the words' structure, instead of a second crc pass; load checks that the
+regions are exactly the word datasets' bytes.
 Inside the HDF5 file (readable with plain h5py, no bitsub needed):
 
 - ``/`` attributes: ``word_bits``, ``prefix_bits``, ``n_layers``, ``n_tasks``, ``n_banks``,
@@ -36,17 +38,24 @@ Inside the HDF5 file (readable with plain h5py, no bitsub needed):
   per layer: the context of ``masks/<i>``: 0 none, 1 the decoded mask of the previous task of
   the same bank, 2 the union of the masks of all earlier tasks of the same bank; so masks are
   decoded in task order), ``private/<j>`` (float32, attribute ``name``).
+- ``/index`` (uint8): UTF-8 JSON ``{"format": 3, "objects": {path: entry}}`` with an entry for
+  every other group and dataset (paths ``/``, ``/layers/0``, ...): ``attrs`` (each attribute:
+  ``{"s": text}`` or ``{"dtype", "shape", "v", "array"}``), and for a group ``children`` (its
+  number of members), for a dataset ``dtype``, ``shape``, ``offset`` and ``size`` (of its
+  contiguous bytes in the file). Save builds it from the objects as h5py reads them back; load
+  reads the attributes and the datasets' bytes through it, with every check below.
 
 Every group and dataset has the attributes ``encoding-type``, ``encoding-version`` and ``crc32``:
 zlib.crc32 over the object's other attributes (canonical JSON) and, for a dataset, its raw
 little-endian bytes -- except the word datasets, whose ``crc32`` covers their attributes and
 whose attribute ``hash`` (uint64, :func:`bitsub.packed.words_hash` of the words as uint32 or
-uint64 values) covers their data. Load checks every one of them.
+uint64 values) covers their data. Load checks every one of them (the index's own bytes are
+covered by the seal).
 
 Load reads the file once into memory; datasets over 64 KiB are 64-byte aligned in the file, so
 the loaded model's 32-bit word arrays are views of that image, not copies. What load pays on
 top of reading the bytes: one pass over the words (structure, field counts, orphans and hash,
-:func:`bitsub.packed._check_bank_py`) and HDF5's per-object overhead.
+:func:`bitsub.packed._check_bank`, split over threads), the mask decodes, and the index's JSON.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ import math
 import os
 import struct
 import tempfile
+import threading
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -220,7 +230,8 @@ def _write_index(f: h5py.File) -> h5py.Dataset:
 
     add("", f)
     f.visititems(add)
-    data = np.frombuffer(json.dumps({"objects": objects}).encode(), np.uint8)
+    text = json.dumps({"format": FORMAT_VERSION, "objects": objects})
+    data = np.frombuffer(text.encode(), np.uint8)
     if INDEX in f:
         del f[INDEX]
     ds = f.create_dataset(INDEX, data=data)
@@ -229,8 +240,7 @@ def _write_index(f: h5py.File) -> h5py.Dataset:
 
 
 def _write_h5(pm: PackedModel, target: Any) -> tuple[list[tuple[int, int]], tuple[int, int]]:
-    """Write the HDF5 image; return the (offset, size) of every word dataset's bytes and of
-    the index."""
+    """Write the HDF5 image; return the (offset, size) of the word datasets and the index."""
     from bitsub import __version__
 
     names = pm.layers
@@ -373,7 +383,7 @@ def _check_head(data: bytes, where: str) -> tuple[int, int]:
     """Check the fixed part of the seal (magic, version); return (length, userblock)."""
     if len(data) < _HEAD.size:
         raise FormatError(f"{where}: truncated: {len(data)} bytes, not even a bitsub header")
-    magic, version, length, _, userblock, n_regions = _HEAD.unpack_from(data)
+    magic, version, length, _, userblock, n_regions, _, _ = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise FormatError(f"{where}: not a bitsub file (bad magic {magic!r})")
     if version > FORMAT_VERSION:
@@ -388,8 +398,13 @@ def _check_head(data: bytes, where: str) -> tuple[int, int]:
     return length, userblock
 
 
-def _check_seal(data: bytes, where: str) -> list[tuple[int, int]]:
-    """Check the seal of a whole file image; return the regions (checked by their hashes)."""
+def _check_seal(data: Any, where: str, fill: Any = None
+                ) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Check the seal of a file image; return the regions and the index's (offset, size).
+
+    ``fill(start, end)``, if given, reads the bytes [start, end) outside the regions into the
+    image once the header (the image's first user-block bytes) is checked.
+    """
     length, userblock = _check_head(data, where)
     n_regions = _HEAD.unpack_from(data)[5]
     end = _HEAD.size + n_regions * _REGION.size
@@ -399,13 +414,13 @@ def _check_seal(data: bytes, where: str) -> list[tuple[int, int]]:
     (head_crc,) = _HEAD_CRC.unpack_from(data, end)
     if zlib.crc32(memoryview(data)[:end]) != head_crc:
         raise FormatError(f"{where}: header checksum mismatch: the file is corrupted")
-    if any(memoryview(data)[end + _HEAD_CRC.size : userblock]):
-        raise FormatError(f"{where}: bytes {end + _HEAD_CRC.size}..{userblock} of the header "
-                          "are not zero: the file is corrupted")
     if len(data) < length:
         raise FormatError(f"{where}: truncated: {len(data)} of {length} bytes")
     if len(data) > length:
         raise FormatError(f"{where}: {len(data) - length} unexpected bytes after the end")
+    if any(memoryview(data)[end + _HEAD_CRC.size : userblock]):
+        raise FormatError(f"{where}: bytes {end + _HEAD_CRC.size}..{userblock} of the header "
+                          "are not zero: the file is corrupted")
     regions = [_REGION.unpack_from(data, _HEAD.size + j * _REGION.size)
                for j in range(n_regions)]
     pos = userblock
@@ -414,96 +429,156 @@ def _check_seal(data: bytes, where: str) -> list[tuple[int, int]]:
             raise FormatError(f"{where}: header region ({off}, {size}) overlaps another or "
                               "lies outside the file: the file is corrupted")
         pos = off + size
+    if fill is not None:
+        for start, stop in _gaps(length, userblock, regions):
+            fill(start, stop)
     if _body_crc(memoryview(data), userblock, regions) != _HEAD.unpack_from(data)[3]:
         raise FormatError(f"{where}: checksum mismatch over bytes {userblock}..{length}: "
                           "the file is corrupted")
-    return regions
+    index = _HEAD.unpack_from(data)[6:8]
+    if not (userblock <= index[0] and index[1] > 0 and index[0] + index[1] <= length) or any(
+            index[0] < off + size and off < index[0] + index[1] for off, size in regions):
+        raise FormatError(f"{where}: header index ({index[0]}, {index[1]}) lies outside the "
+                          "file or over a word array: the file is corrupted")
+    return regions, index
 
 
-class _Image(io.RawIOBase):
-    """A read-only file over a buffer in memory, for h5py's file-object driver (no copy)."""
-
-    def __init__(self, data: np.ndarray) -> None:
-        super().__init__()
-        self._data = memoryview(data).cast("B")
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        base = (0, self._pos, len(self._data))[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def readinto(self, b: Any) -> int:
-        out = memoryview(b).cast("B")
-        k = max(0, min(len(out), len(self._data) - self._pos))
-        out[:k] = self._data[self._pos : self._pos + k]
-        self._pos += k
-        return k
+def _read_into(fh: Any, view: memoryview, pos: int) -> int:
+    """Read bytes at file offset pos into view until it is full or the file ends."""
+    fh.seek(pos)
+    got = 0
+    while got < len(view):  # readinto may return short counts
+        more = fh.readinto(view[got:])
+        if not more:
+            break
+        got += more
+    return got
 
 
-def _open_image(data: np.ndarray) -> h5py.File:
-    # HDF5 parses the bytes already verified against the seal, never the file on disk (which
-    # could change in between), and reads them from memory without a copy.
-    return h5py.File(_Image(data), "r")
+def _read_image(fh: Any, where: str) -> tuple[np.ndarray, list[tuple[int, int]],
+                                              tuple[int, int]]:
+    """Read and check the seal and every byte outside the word arrays' regions.
+
+    One NumPy buffer holds the file (reading into a bytes object costs twice that in page
+    faults); the word arrays of the loaded model are views of it. The regions are read by
+    :class:`_WordReader`.
+    """
+    head = fh.read(_HEAD.size)
+    userblock = _HEAD.size
+    if len(head) == _HEAD.size:
+        userblock = _check_head(head, where)[1]  # refuse a foreign file before reading it
+    size = os.fstat(fh.fileno()).st_size
+    data = np.empty(size, np.uint8)
+    view = memoryview(data)
+    _read_into(fh, view[:userblock], 0)
+
+    def fill(start: int, end: int) -> None:
+        if _read_into(fh, view[start:end], start) < end - start:
+            raise FormatError(f"{where}: the file shrank while it was read")
+
+    regions, index = _check_seal(data, where, fill)
+    return data, regions, index
 
 
-def _read_image(path: Path, where: str) -> np.ndarray:
-    # One read into a NumPy buffer (as fast as h5py's own reads; reading into a bytes object
-    # costs twice that in page faults). The word arrays of the loaded model are views of it.
-    with open(path, "rb", buffering=0) as fh:
-        head = fh.read(_HEAD.size)
-        if len(head) == _HEAD.size:
-            _check_head(head, where)  # refuse a foreign file before reading it
-        size = os.fstat(fh.fileno()).st_size
-        data = np.empty(size, np.uint8)
-        fh.seek(0)
-        got = fh.readinto(data)
-        while got < size:  # readinto may return short counts
-            more = fh.readinto(memoryview(data)[got:])
-            if not more:
-                break
-            got += more
-        extra = fh.read(1)
-    if extra:
-        raise FormatError(f"{where}: the file grew while it was read")
-    if got < size:
-        raise FormatError(f"{where}: the file shrank while it was read")
-    return data
+_PIECE = 1 << 22  # bytes of word arrays read, then checked, at a time
+
+
+class _WordReader:
+    """Reads the word arrays' regions of an open file into its image, on a thread, in order.
+
+    Load checks the words read so far while the next piece is read (the word check costs about
+    what reading does), instead of reading the whole file before checking anything.
+    """
+
+    def __init__(self, fh: Any, data: np.ndarray, regions: list[tuple[int, int]]) -> None:
+        self.fh, self.data, self.regions = fh, data, regions
+        self.read_to = 0  # every region byte before this offset is read
+        self.finished = False
+        self.stopped = False
+        self.error = ""
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="bitsub-load", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        view = memoryview(self.data)
+        try:
+            for off, size in self.regions:
+                pos, end = off, off + size
+                while pos < end and not self.stopped:
+                    k = min(end, pos + _PIECE) - pos
+                    if _read_into(self.fh, view[pos : pos + k], pos) < k:
+                        self.error = "the file shrank while it was read"
+                        return
+                    pos += k
+                    with self.cond:
+                        self.read_to = pos
+                        self.cond.notify_all()
+            if not self.stopped and _read_into(self.fh, memoryview(bytearray(1)),
+                                               len(self.data)):
+                self.error = "the file grew while it was read"
+        except OSError as exc:
+            self.error = f"read error: {exc}"
+        finally:
+            with self.cond:
+                self.finished = True
+                self.cond.notify_all()
+
+    def wait(self, end: int) -> bool:
+        """Wait until the region bytes before offset end are read; False if they never will."""
+        with self.cond:
+            while self.read_to < end and not self.finished:
+                self.cond.wait()
+            if self.read_to < end:
+                raise FormatError(self.error or "the file could not be read")
+            return self.finished
+
+    def finish(self) -> None:
+        """Wait for the end of the read; raise FormatError if the file changed meanwhile."""
+        self.thread.join()
+        if self.error:
+            raise FormatError(self.error)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.thread.join()
 
 
 class _Reader:
-    """Checked access to the objects of one file; every error names the object."""
+    """Checked access to the objects of one file, through its index; errors name the object."""
 
-    def __init__(self, f: h5py.File, data: np.ndarray,
-                 regions: list[tuple[int, int]]) -> None:
-        self.f = f
-        self.data = data  # the file image HDF5 parses (word arrays are views of it)
+    def __init__(self, data: np.ndarray, regions: list[tuple[int, int]],
+                 index: tuple[int, int]) -> None:
+        self.data = data  # the file image (word arrays are views of it)
         self.regions = dict(regions)  # offset -> size, from the seal
         self.claimed: set[int] = set()
-        self.attrs: dict[str, dict[str, Any]] = {}  # path -> attributes, each read once
-
-    def obj(self, path: str, kind: str, *, dataset: bool) -> Any:
+        self.attrs: dict[str, dict[str, Any]] = {}  # path -> attributes, each decoded once
+        raw = self.data[index[0] : index[0] + index[1]]
         try:
-            o = self.f[path]
-        except KeyError:
-            raise FormatError(f"{path}: missing") from None
-        if dataset != isinstance(o, h5py.Dataset):
+            doc = json.loads(raw.tobytes())
+        except (ValueError, RecursionError) as exc:
+            raise FormatError(f"/{INDEX}: not JSON: {exc}") from None
+        objects = doc.get("objects") if isinstance(doc, dict) else None
+        if not isinstance(objects, dict) or doc.get("format") != FORMAT_VERSION:
+            raise FormatError(f"/{INDEX}: not a format {FORMAT_VERSION} table of objects")
+        self.objects: dict[str, Any] = objects
+
+    def obj(self, path: str, kind: str, *, dataset: bool) -> dict[str, Any]:
+        entry = self.objects.get(path)
+        if not isinstance(entry, dict) or not isinstance(entry.get("attrs"), dict):
+            raise FormatError(f"{path}: missing")
+        if dataset != ("dtype" in entry):
             raise FormatError(f"{path}: expected a {'dataset' if dataset else 'group'}")
-        attrs = self.attrs[path] = dict(o.attrs.items())
+        try:
+            attrs = {str(k): _attr_value(v) for k, v in entry["attrs"].items()}
+        except (KeyError, ValueError, TypeError, OverflowError) as exc:
+            raise FormatError(f"{path}: bad attribute in the index: {exc}") from None
+        self.attrs[path] = attrs
         got = attrs.get("encoding-type")
         if got != kind:
             raise FormatError(f"{path}: encoding-type is {got!r}, expected {kind!r}")
         ver = attrs.get("encoding-version")
-        if not isinstance(ver, (int, np.integer)):
+        if isinstance(ver, (bool, np.bool_)) or not isinstance(ver, (int, np.integer)):
             raise FormatError(f"{path}: encoding-version missing or not an integer")
         if ver > FORMAT_VERSION:
             raise FormatError(f"{path}: encoding-version {ver} is newer than this bitsub "
@@ -511,63 +586,86 @@ class _Reader:
         if ver != FORMAT_VERSION:
             raise FormatError(f"{path}: encoding-version {ver} is not supported (this bitsub "
                               f"reads version {FORMAT_VERSION})")
-        return o
+        return entry
 
-    def _verify(self, o: Any, path: str, data: Any = b"") -> None:
+    def _verify(self, path: str, data: Any = b"") -> None:
         attrs = self.attrs[path]
         stored = attrs.get("crc32")
         if not isinstance(stored, (int, np.integer)) or int(stored) != _attrs_crc(attrs, data):
             raise FormatError(f"{path}: checksum mismatch: the file is corrupted")
 
-    def group(self, path: str, kind: str) -> h5py.Group:
-        g = self.obj(path, kind, dataset=False)
-        self._verify(g, path)
-        return g
+    def group(self, path: str, kind: str) -> int:
+        """Check a group; return its number of members."""
+        entry = self.obj(path, kind, dataset=False)
+        self._verify(path)
+        n = entry.get("children")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise FormatError(f"{path}: bad member count in the index")
+        return n
+
+    def _located(self, path: str, entry: dict[str, Any], dtype: str) -> tuple[tuple, int, int]:
+        # (shape, offset, size) of a dataset's bytes, checked against the file image
+        if entry.get("dtype") != np.dtype(dtype).str:
+            raise FormatError(f"{path}: dtype {entry.get('dtype')}, expected {np.dtype(dtype)}")
+        shape, off, size = entry.get("shape"), entry.get("offset"), entry.get("size")
+        if not (isinstance(shape, list) and len(shape) <= 8
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                        for d in shape)):
+            raise FormatError(f"{path}: bad shape in the index")
+        nbytes = np.dtype(dtype).itemsize * math.prod(shape)
+        if off is None and size == 0 == nbytes:
+            return tuple(shape), 0, 0  # HDF5 allocates no storage for an empty dataset
+        if (isinstance(off, bool) or not isinstance(off, int) or size != nbytes
+                or not 0 <= off <= self.data.size - nbytes):
+            raise FormatError(f"{path}: its bytes ({off}, {size}) are not {nbytes} bytes "
+                              "inside the file")
+        return tuple(shape), off, size
 
     def array(self, path: str, kind: str, dtype: str, shape: tuple[int, ...] | None = None,
-              ndim: int | None = None) -> tuple[np.ndarray, h5py.Dataset]:
-        ds = self.obj(path, kind, dataset=True)
-        if ds.dtype != np.dtype(dtype):
-            raise FormatError(f"{path}: dtype {ds.dtype}, expected {np.dtype(dtype)}")
-        if shape is not None and ds.shape != shape:
-            raise FormatError(f"{path}: shape {ds.shape}, expected {shape}")
-        if ndim is not None and len(ds.shape or ()) != ndim:
-            raise FormatError(f"{path}: {len(ds.shape or ())} dimensions, expected {ndim}")
-        arr = np.ascontiguousarray(ds[()]).astype(dtype, copy=False)
-        self._verify(ds, path, arr.reshape(-1))
-        return arr, ds
+              ndim: int | None = None) -> np.ndarray:
+        entry = self.obj(path, kind, dataset=True)
+        got, off, size = self._located(path, entry, dtype)
+        if shape is not None and got != shape:
+            raise FormatError(f"{path}: shape {got}, expected {shape}")
+        if ndim is not None and len(got) != ndim:
+            raise FormatError(f"{path}: {len(got)} dimensions, expected {ndim}")
+        arr = self.data[off : off + size].view(dtype).reshape(got).copy()
+        self._verify(path, arr.reshape(-1))
+        return arr
 
+    def words(self, path: str, word_bits: int, n: int,
+              reader: _WordReader) -> tuple[np.ndarray, int, int]:
+        """A word array (a view of the file image when aligned), its stored hash and offset.
 
-    def words(self, path: str, word_bits: int, n: int) -> tuple[np.ndarray, int]:
-        """A word array (a view of the file image when aligned) and its stored hash."""
+        A view's words may not be read yet: ``reader.wait`` for them before use.
+        """
         if word_bits == 32:
             kind, shape = "bitsub.words-u32", (n,)
         else:
             kind, shape = "bitsub.words-u64-as-u32-pairs", (n, 2)
-        ds = self.obj(path, kind, dataset=True)
-        if ds.dtype != np.dtype("<u4") or ds.shape != shape:
-            raise FormatError(f"{path}: {ds.dtype} {ds.shape}, expected <u4 {shape}")
-        self._verify(ds, path)  # the attributes; the data is covered by the hash
+        entry = self.obj(path, kind, dataset=True)
+        got, off, size = self._located(path, entry, "<u4")
+        if got != shape:
+            raise FormatError(f"{path}: <u4 {got}, expected <u4 {shape}")
+        self._verify(path)  # the attributes; the data is covered by the hash
         expected = self.attrs[path].get("hash")
         if not isinstance(expected, np.uint64):
             raise FormatError(f"{path}: attribute 'hash' missing or not a uint64")
-        plist = ds.id.get_create_plist()
-        off, size = ds.id.get_offset(), ds.id.get_storage_size()
-        if (plist.get_layout() != h5py.h5d.CONTIGUOUS or plist.get_nfilters()
-                or off is None or size != 4 * math.prod(shape)
-                or self.regions.get(off) != size or off in self.claimed):
+        if self.regions.get(off) != size or off in self.claimed:
             raise FormatError(f"{path}: its bytes are not a region listed in the file's seal")
         self.claimed.add(off)
         raw = self.data[off : off + size].view("<u4")
+        if not raw.flags.aligned or word_bits == 64:
+            reader.wait(off + size)  # copied now
         if not raw.flags.aligned:
             raw = raw.copy()
         if word_bits == 32:
             # a view of the image, which only this model holds (writable: numba dispatches
             # read-only arrays far more slowly, and add_task writes in place)
-            return raw.astype(np.uint32, copy=False), int(expected)
+            return raw.astype(np.uint32, copy=False), int(expected), off
         pairs = raw.reshape(shape)
         w = (pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64)
-        return w, int(expected)
+        return w, int(expected), off
 
 
 def _attr_int(attrs: Mapping[str, Any], key: str, path: str, low: int, high: int) -> int:
@@ -635,8 +733,34 @@ def _reference_context(tasks: list[_Task], earlier: list[int], name: str, ref: i
     return np.unpackbits(packed, count=n).view(bool).reshape(shape)
 
 
-def _build(f: h5py.File, data: np.ndarray, regions: list[tuple[int, int]]) -> PackedModel:
-    r = _Reader(f, data, regions)
+def _check_words(reader: _WordReader, off: int, words: np.ndarray,
+                 *args: Any) -> tuple[int, int]:
+    """_check_bank of a word array at file offset off, piece by piece as the reader reads them.
+
+    Once the rest of the array is read, the rest is checked in one call (over threads).
+    """
+    n = words.size
+    step = _PIECE // words.itemsize
+    lo = 0
+    h = 0
+    while lo < n:
+        if reader.read_to >= off + n * words.itemsize:  # the rest is read: all threads
+            bad, part = _check_bank(words, *args, start=lo)
+            lo = n
+        else:
+            hi = min(n, lo + step)
+            reader.wait(off + hi * words.itemsize)
+            bad, part = _check_bank(words[:hi], *args, start=lo)
+            lo = hi
+        if bad >= 0:
+            return bad, 0
+        h = (h + int(part)) & 0xFFFFFFFFFFFFFFFF
+    return -1, h
+
+
+def _build(data: np.ndarray, regions: list[tuple[int, int]], index: tuple[int, int],
+           reader: _WordReader) -> PackedModel:
+    r = _Reader(data, regions, index)
     r.group("/", ROOT_TYPE)
     root = r.attrs["/"]
     word_bits = _attr_int(root, "word_bits", "/", 32, 64)
@@ -670,7 +794,7 @@ def _build(f: h5py.File, data: np.ndarray, regions: list[tuple[int, int]]) -> Pa
         except (ValueError, TypeError) as exc:
             raise FormatError(f"{path}: bad layer: {exc}") from None
         n = math.prod(pm.shape(name))
-        banks = [r.words(f"{path}/bank_{k}", word_bits, n) for k in range(n_banks)]
+        banks = [r.words(f"{path}/bank_{k}", word_bits, n, reader) for k in range(n_banks)]
         names.append(name)
         layer_words.append(banks)
     if len(r.claimed) != len(r.regions):
@@ -689,10 +813,9 @@ def _build(f: h5py.File, data: np.ndarray, regions: list[tuple[int, int]]) -> Pa
             raise FormatError(f"{path}: prefix {prefix} in bank {bank}, expected "
                               f"{len(members[bank]) + 1} (tasks take prefixes in order)")
         members[bank].append(t)
-        bits, _ = r.array(f"{path}/bits", "bitsub.bit-widths", "<i4", shape=(n_layers,))
-        counts, _ = r.array(f"{path}/fields", "bitsub.field-counts", "<i8", shape=(n_layers,))
-        refs, _ = r.array(f"{path}/mask_refs", "bitsub.mask-references", "|u1",
-                          shape=(n_layers,))
+        bits = r.array(f"{path}/bits", "bitsub.bit-widths", "<i4", shape=(n_layers,))
+        counts = r.array(f"{path}/fields", "bitsub.field-counts", "<i8", shape=(n_layers,))
+        refs = r.array(f"{path}/mask_refs", "bitsub.mask-references", "|u1", shape=(n_layers,))
         earlier = members[bank][:-1]
         for i in range(n_layers):
             if refs[i] >= len(MASK_REFERENCES):
@@ -704,7 +827,7 @@ def _build(f: h5py.File, data: np.ndarray, regions: list[tuple[int, int]]) -> Pa
                                   f"first task of bank {bank}")
         r.group(f"{path}/codebooks", "bitsub.codebooks")
         r.group(f"{path}/masks", "bitsub.masks")
-        priv_group = r.group(f"{path}/private", "bitsub.private")
+        n_private = r.group(f"{path}/private", "bitsub.private")
         task = _Task(bank=bank, prefix=prefix, bits={}, fields={}, codebooks={}, masks={},
                      private={}, encoded_masks={})
         for i, name in enumerate(names):
@@ -719,7 +842,7 @@ def _build(f: h5py.File, data: np.ndarray, regions: list[tuple[int, int]]) -> Pa
                 raise FormatError(f"{path}/fields: layer {i}: {int(counts[i])} fields with "
                                   f"bit-width {b}")
             if 1 <= b <= MAX_CODE_BITS:
-                cb, _ = r.array(f"{path}/codebooks/{i}", "bitsub.codebook", "<f4", ndim=1)
+                cb = r.array(f"{path}/codebooks/{i}", "bitsub.codebook", "<f4", ndim=1)
                 if not 1 <= cb.size <= 1 << b:
                     raise FormatError(f"{path}/codebooks/{i}: {cb.size} centroids for "
                                       f"{b}-bit codes")
@@ -729,7 +852,7 @@ def _build(f: h5py.File, data: np.ndarray, regions: list[tuple[int, int]]) -> Pa
                 task.codebooks[name] = None
             else:
                 task.codebooks[name] = np.zeros(0, np.float32)
-            enc, _ = r.array(f"{path}/masks/{i}", "bitsub.mask-huffman", "|u1", ndim=1)
+            enc = r.array(f"{path}/masks/{i}", "bitsub.mask-huffman", "|u1", ndim=1)
             context = _reference_context(tasks, earlier, name, int(refs[i]), shape)
             try:
                 task.masks[name] = _packed_mask(enc.tobytes(), context, shape)
@@ -739,9 +862,9 @@ def _build(f: h5py.File, data: np.ndarray, regions: list[tuple[int, int]]) -> Pa
             task.fields[name] = int(counts[i])
             task.encoded_masks[name] = enc.tobytes()
             task.mask_refs[name] = int(refs[i])
-        for j in range(len(priv_group)):
+        for j in range(n_private):
             ppath = f"{path}/private/{j}"
-            arr, _ = r.array(ppath, "bitsub.private-float32", "<f4")
+            arr = r.array(ppath, "bitsub.private-float32", "<f4")
             key = _attr_str(r.attrs[ppath], "name", ppath)
             if not key or key in task.private:
                 raise FormatError(f"{ppath}: empty or repeated private name {key!r}")
@@ -761,7 +884,7 @@ def _build(f: h5py.File, data: np.ndarray, regions: list[tuple[int, int]]) -> Pa
     for i, name in enumerate(names):
         n = math.prod(pm.shape(name))
         for k in range(n_banks):
-            words, expected = layer_words[i][k]
+            words, expected, off = layer_words[i][k]
             bits_by_prefix = np.zeros(size, np.int64)
             limit = np.zeros(size, np.uint64)
             for j, t in enumerate(members[k]):
@@ -772,10 +895,13 @@ def _build(f: h5py.File, data: np.ndarray, regions: list[tuple[int, int]]) -> Pa
             used = np.empty(n, np.uint8)  # every entry written when the check passes
             counts = np.zeros(size, np.int64)
             orphans = np.zeros(size, np.int64)
-            bad, h = _check_bank(words, word_bits, prefix_bits, len(members[k]), bits_by_prefix,
-                                 limit, masks, used, counts, orphans)
+            bad, h = _check_words(reader, off, words, word_bits, prefix_bits, len(members[k]),
+                                  bits_by_prefix, limit, masks, used, counts, orphans)
             where = f"/layers/{i}/bank_{k}"
-            if (words_hash(words) if bad >= 0 else int(h)) != expected:
+            if bad >= 0:  # damage, or a malformed word: which one, the hash of it all says
+                reader.wait(off + words.size * words.itemsize)
+                h = words_hash(words)
+            if h != expected:
                 raise FormatError(f"{where}: checksum mismatch: the file is corrupted")
             if bad >= 0:
                 raise FormatError(f"{where}: word {bad} holds malformed fields")
@@ -812,14 +938,18 @@ def load(path: str | os.PathLike[str]) -> PackedModel:
     """
     p = Path(os.fspath(path))
     where = str(p)
-    data = _read_image(p, where)
-    regions = _check_seal(data, where)
-    try:
-        with _open_image(data) as f:
-            return _build(f, data, regions)
-    except FormatError as exc:
-        raise FormatError(f"{where}: {exc}") from None
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError,
-            AttributeError, UnicodeDecodeError, OverflowError, struct.error) as exc:
-        raise FormatError(f"{where}: unreadable HDF5 content ({type(exc).__name__}: {exc})") \
-            from None
+    with open(p, "rb", buffering=0) as fh:
+        data, regions, index = _read_image(fh, where)
+        reader = _WordReader(fh, data, regions)
+        try:
+            pm = _build(data, regions, index, reader)
+            reader.finish()
+        except FormatError as exc:
+            raise FormatError(f"{where}: {exc}") from None
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError,
+                UnicodeDecodeError, OverflowError, RecursionError, struct.error) as exc:
+            raise FormatError(f"{where}: unreadable content ({type(exc).__name__}: {exc})") \
+                from None
+        finally:
+            reader.stop()
+    return pm

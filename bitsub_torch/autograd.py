@@ -77,29 +77,153 @@ class _TopKMask(torch.autograd.Function):
 
 
 @numba.njit(**NJIT)
-def _mask_pass(s, w, t, k, m, out):  # pragma: no cover - compiled
-    # m = (|s| > t) as 0/1 of s's dtype, out = w * m; then the first k - count ties |s| == t.
+def _count_above(s, t):  # pragma: no cover - compiled
+    # Number of |s| > t (t of s's dtype; vectorised).
     c = 0
     for i in range(s.size):
-        keep = abs(s[i]) > t
+        c += abs(s[i]) > t
+    return c
+
+
+@numba.njit(**NJIT)
+def _count_above_nan(s, t):  # pragma: no cover - compiled
+    # Number of |s| > t, and of NaN entries.
+    c = 0
+    nan = 0
+    for i in range(s.size):
+        v = abs(s[i])
+        c += v > t
+        nan += v != v
+    return c, nan
+
+
+@numba.njit(**NJIT)
+def _gather_between(s, lo, hi, out):  # pragma: no cover - compiled
+    # Copy the |s| in (lo, hi] into out (room for all of them plus one): a vectorised count per
+    # block of 256 skips the blocks without one; stores are branch-free (out[nb] is scratch).
+    nb = 0
+    nblk = s.size // 256
+    for b in range(nblk):
+        base = b * 256
+        h = 0
+        for j in range(256):
+            v = abs(s[base + j])
+            h += (v > lo) & (v <= hi)
+        if h:
+            for j in range(256):
+                v = abs(s[base + j])
+                out[nb] = v
+                nb += (v > lo) & (v <= hi)
+    for i in range(nblk * 256, s.size):
+        v = abs(s[i])
+        out[nb] = v
+        nb += (v > lo) & (v <= hi)
+    return nb
+
+
+@numba.njit(**NJIT)
+def _kth_largest_abs(s, k, guess, dens, gap):  # pragma: no cover - compiled
+    # The k-th largest |s| (1 <= k <= s.size), exact, from counting passes around `guess` (the
+    # last step's threshold) that narrow a bracket (lo, hi] until it holds <= gap values, which
+    # are then gathered and sorted. Returns (value, density estimate, passes); the value is NaN
+    # when s holds a NaN (the caller then takes NumPy's partition, whose NaN order it keeps).
+    n = s.size
+    tb = np.empty(1, s.dtype)  # rounds a probe to s's dtype, so counts and bounds agree
+    tb[0] = np.finfo(s.dtype).max
+    fmax = float(tb[0])
+    lo, c_lo = -1.0, n  # count(|s| > -1) = n >= k
+    hi, c_hi = np.inf, 0  # count(|s| > inf) = 0 < k
+    tb[0] = min(max(guess, 0.0), fmax)
+    t = float(tb[0])
+    c, nan = _count_above_nan(s, tb[0])
+    if nan:
+        return np.nan, 0.0, 1
+    passes = 1
+    step = 0.0
+    third = max(gap // 3, 1)
+    interpolated = False
+    dens_out = 0.0
+    while True:
+        old_gap = c_lo - c_hi
+        if c >= k:
+            lo, c_lo = t, c
+        else:
+            hi, c_hi = t, c
+        if c_lo - c_hi <= gap or passes >= 64:
+            break
+        if hi == np.inf:  # only lower bounds so far: step up from lo, aiming past k
+            step = 2.0 * step if step > 0 else (c - k + third) / dens if dens > 0 else 0.0
+            step = max(step, abs(lo) * 1e-3, 1e-30)
+            tb[0] = min(lo + step, fmax)
+            if float(tb[0]) <= lo:
+                if lo >= fmax:
+                    break  # the k-th largest is inf: gather (fmax, inf]
+                step *= 1e6
+                continue
+        elif lo == -1.0:  # only upper bounds so far: step down from hi, aiming past k
+            step = 2.0 * step if step > 0 else (k - c + third) / dens if dens > 0 else 0.0
+            step = max(step, hi * 1e-3, 1e-30)
+            tb[0] = max(hi - step, 0.0)
+            if float(tb[0]) >= hi:
+                if hi <= 0.0:
+                    break  # the k-th largest is 0: gather (-1, 0]
+                step *= 1e6
+                continue
+        else:
+            local = (c_lo - c_hi) / (hi - lo)
+            if dens_out == 0.0:
+                dens_out = local
+            if interpolated and (c_lo - c_hi) * 2 > old_gap:
+                tb[0] = lo + (hi - lo) * 0.5  # the last guess did not halve the bracket
+                interpolated = False
+            else:  # secant, aimed a little past k on the side whose bound is looser
+                target = k + third if c_lo - k >= k - c_hi else k - third
+                target = min(max(target, c_hi + 1), c_lo - 1)
+                tb[0] = lo + (c_lo - target) / local
+                interpolated = True
+            if not lo < float(tb[0]) < hi:
+                tb[0] = lo + (hi - lo) * 0.5
+                if not lo < float(tb[0]) < hi:
+                    break  # no value of the dtype between lo and hi
+        t = float(tb[0])
+        c = _count_above(s, tb[0])
+        passes += 1
+    out = np.empty(c_lo - c_hi + 1, s.dtype)
+    tb[0] = lo
+    lo_t = tb[0]
+    tb[0] = hi
+    nb = _gather_between(s, lo_t, tb[0], out)
+    vals = np.sort(out[:nb])
+    # the k-th largest overall is the (k - c_hi)-th largest within (lo, hi]
+    return float(vals[nb - (k - c_hi)]), dens_out, passes
+
+
+@numba.njit(**NJIT)
+def _mask_pass(s, w, t, m, out):  # pragma: no cover - compiled
+    # m = (|s| > t) as 0/1 of s's dtype and out = w * m, in one vectorised pass. Returns the
+    # count kept and the first index where |s| == t (s.size if none).
+    c = 0
+    first = s.size
+    for i in range(s.size):
+        v = abs(s[i])
+        keep = v > t
         c += keep
+        first = min(first, i if v == t else s.size)
         m[i] = keep
         out[i] = w[i] * m[i]
-    need = k - c
-    start = 0
-    block = 256
-    while need > 0 and start < s.size:
-        stop = min(start + block, s.size)
-        hits = 0
-        for i in range(start, stop):  # vectorised look for a tie in the block
-            hits += abs(s[i]) == t
-        if hits > 0:
-            for i in range(start, stop):
-                if need > 0 and abs(s[i]) == t:
-                    m[i] = 1
-                    out[i] = w[i] * m[i]
-                    need -= 1
-        start = stop
+    return c, first
+
+
+@numba.njit(**NJIT)
+def _keep_ties(s, w, t, need, first, m, out):  # pragma: no cover - compiled
+    # Keep the first `need` positions (from `first` on) where |s| == t: ties go to the lower index.
+    for i in range(first, s.size):
+        if need == 0:
+            break
+        if abs(s[i]) == t:
+            m[i] = 1
+            out[i] = w[i] * m[i]
+            need -= 1
 
 
 @numba.njit(**NJIT)
@@ -128,7 +252,7 @@ class _TopKMaskedWeight(torch.autograd.Function):
     """``weight * topk_mask(scores)`` in one pass; the backward is the product rule of ``*``."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int):  # noqa: D102
+    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: list):  # noqa: D102
         w = weight.detach()
         s = scores.detach()
         mask = torch.empty_like(s)
@@ -138,11 +262,24 @@ class _TopKMaskedWeight(torch.autograd.Function):
         if k >= n:  # keep every position (NaN scores included, as `topk_mask`)
             mask.fill_(1)
             torch.mul(w, mask, out=out)
-        else:  # threshold at the k-th largest |score| (NumPy introselect, in place)
-            buf = np.abs(a)
-            buf.partition(n - k)
-            m = mask.numpy().reshape(-1)
-            _mask_pass(a, w.numpy().reshape(-1), buf[n - k], k, m, out.numpy().reshape(-1))
+        else:  # threshold at the k-th largest |score|
+            t = np.nan
+            last, dens, drift = state
+            if last == last:  # start from the last threshold plus its drift (exact, faster)
+                t, local, _ = _kth_largest_abs(a, k, last + drift, dens, 32)
+                if local > 0.0:
+                    state[1] = local if dens <= 0.0 else 0.5 * (dens + local)
+            if t != t:  # first step, or NaN scores: NumPy's introselect (NaN sorts last)
+                buf = np.abs(a)
+                buf.partition(n - k)
+                t = float(buf[n - k])
+            state[2] = t - last if last == last and t == t and abs(t) < 1e300 else 0.0
+            state[0] = t
+            t = a.dtype.type(t)
+            wa, m, o = w.numpy().reshape(-1), mask.numpy().reshape(-1), out.numpy().reshape(-1)
+            count, first = _mask_pass(a, wa, t, m, o)
+            if count < k:
+                _keep_ties(a, wa, t, k - count, first, m, o)
         ctx.save_for_backward(weight)
         ctx.mask = mask
         return out
@@ -153,22 +290,31 @@ class _TopKMaskedWeight(torch.autograd.Function):
         mask = ctx.mask
         need_w, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_w and need_s) or grad.dtype != mask.dtype or grad.device.type != "cpu":
-            return (grad * mask if need_w else None), (grad * weight if need_s else None), None
+            gw = grad * mask if need_w else None
+            return gw, (grad * weight if need_s else None), None, None
         g = grad.contiguous()
         gw = torch.empty_like(g)
         gs = torch.empty_like(g)
-        _mask_grads(g.numpy().reshape(-1), weight.detach().numpy().reshape(-1),
-                    mask.numpy().reshape(-1), gw.numpy().reshape(-1), gs.numpy().reshape(-1))
-        return gw, gs, None
+        _mask_grads(
+            g.numpy().reshape(-1),
+            weight.detach().numpy().reshape(-1),
+            mask.numpy().reshape(-1),
+            gw.numpy().reshape(-1),
+            gs.numpy().reshape(-1),
+        )
+        return gw, gs, None, None
 
 
 def topk_masked_weight(
-    weight: torch.Tensor, scores: torch.Tensor, density: float
+    weight: torch.Tensor, scores: torch.Tensor, density: float, state: list | None = None
 ) -> torch.Tensor:
     """``weight * topk_mask(scores, density)``, computed in one pass on CPU.
 
-    The same values and gradients as the composition (``dL/dweight = g * mask``,
-    ``dL/dscores = g * weight``, straight-through), without the intermediate tensors.
+    The same bits as the composition, for the values and for the gradients
+    (``dL/dweight = g * mask``, ``dL/dscores = g * weight``, straight-through), without the
+    intermediate tensors. On CPU float32/float64 the k-th largest ``|score|`` is found exactly by
+    counting passes that start from the last call's threshold (kept in ``state``) and a sort of
+    the few values left in the final bracket; other devices and dtypes take the composition.
 
     Parameters
     ----------
@@ -178,6 +324,10 @@ def topk_masked_weight(
         Float scores of the same shape.
     density : float
         Fraction of positions to keep, in (0, 1].
+    state : list, optional
+        ``[threshold, density, drift]`` that the caller keeps between calls on the same scores
+        (start with ``[nan, 0.0, 0.0]``); updated in place. Only a starting point: a stale or wrong
+        state costs time, never exactness. Without it each call selects from scratch.
 
     Returns
     -------
@@ -195,7 +345,11 @@ def topk_masked_weight(
     k = topk_count(scores.numel(), density)
     if not _fast_ok(weight, scores):
         return weight * _TopKMask.apply(scores, k)
-    return _TopKMaskedWeight.apply(weight, scores, k)
+    if state is None:
+        state = [np.nan, 0.0, 0.0]
+    elif not isinstance(state, list) or len(state) != 3:
+        raise TypeError("state must be a list [threshold, density, drift] kept between calls")
+    return _TopKMaskedWeight.apply(weight, scores, k, state)
 
 
 def topk_mask_bool(scores: torch.Tensor, density: float) -> torch.Tensor:

@@ -82,6 +82,7 @@ class TaskLayerMixin:
             self.biases = None
         self._score_task: int | None = None
         self._density: float | None = None
+        self._topk_state: list = [float("nan"), 0.0, 0.0]
         self._frozen: dict[str, torch.Tensor] | None = None
         # float copies of the bool masks (float multiplies are ~5x faster than bool ones),
         # rebuilt whenever the `masks` buffer changes (its _version counts in-place writes)
@@ -142,6 +143,11 @@ class TaskLayerMixin:
         topk_mask_bool(self.scores, density)  # validates density
         self._score_task = task
         self._density = float(density)
+        self._topk_state = [
+            float("nan"),
+            0.0,
+            0.0,
+        ]  # last threshold: where the next selection starts
 
     def stop_scores(self) -> None:
         """Leave score mode; tasks read their stored masks again."""
@@ -174,7 +180,7 @@ class TaskLayerMixin:
         """``values(task)`` times the task's mask (its score mask while it trains on scores)."""
         values = self.values(task)
         if self._score_task == task:
-            return topk_masked_weight(values, self.scores, self._density)
+            return topk_masked_weight(values, self.scores, self._density, self._topk_state)
         if bool(self.mask_set[task]):
             return values * self._float_mask(task, values)
         return values
@@ -304,9 +310,7 @@ class TaskConv2d(TaskLayerMixin, nn.Module):
         self.stride = _check_count(stride, "stride")
         self.padding = _check_count(padding, "padding", minimum=0)
         _check_count(num_tasks, "num_tasks")
-        self.weight = nn.Parameter(
-            torch.empty(out_channels, in_channels, kernel_size, kernel_size)
-        )
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self._init_task_state(num_tasks, bias, out_channels)
 
     def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Activation quantization (TinySubNets Table 7) and op / bit-operation counts (Table 6)."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from bitsub_torch.cli import train as cli_train
 from bitsub_torch.layers import TaskConv2d, TaskLinear
 from bitsub_torch.models import TaskNetwork, mlp
 from bitsub_torch.strategies.quantized import (
+    activation_accuracy,
     calibrate_activations,
     fake_quantize_range,
     op_counts,
@@ -109,6 +111,40 @@ def test_quantized_activations_quantizes_inputs_and_restores():
     assert torch.equal(after, plain)  # hooks removed
     with pytest.raises(ValueError, match="calibrate_activations"):
         quantized_activations(model, 8, {"fc1": (0.0, 1.0)})
+
+
+def test_activation_accuracy_calibrates_on_val_never_test():
+    model = _tiny_mlp().eval()
+    rng = np.random.default_rng(3)
+
+    def split(n, scale=1.0):
+        return (scale * rng.normal(size=(n, 12))).astype(np.float32), rng.integers(0, 3, n)
+
+    tasks = []
+    for t, n_val in enumerate((10, 0)):  # task 1 has no val split: calibrate on train
+        (xtr, ytr), (xva, yva), (xte, yte) = split(20), split(n_val), split(15, 50.0 + t)
+        tasks.append(SimpleNamespace(x_train=xtr, y_train=ytr, x_val=xva, y_val=yva,
+                                     x_test=xte, y_test=yte))
+    seen = []
+
+    def evaluate(m, task, which):
+        seen.append(which)
+        data = tasks[task]
+        with torch.no_grad():
+            pred = m(torch.from_numpy(data.x_test), task).argmax(1).numpy()
+        return float(np.mean(pred == data.y_test))
+
+    out = activation_accuracy(model, tasks, evaluate, bits=(2, 16))
+    assert set(seen) == {"test"} and out["calibration"] == ["val", "train"]
+    assert out["bits"] == [2, 16] and set(out["mean"]) == {"float", "2", "16"}
+    for t, data in enumerate(tasks):  # the test inputs (50x wider) are clamped to the val range
+        cal = data.x_val if len(data.x_val) else data.x_train
+        ranges = calibrate_activations(model, t, cal)
+        with torch.no_grad(), quantized_activations(model, 2, ranges):
+            pred = model(torch.from_numpy(data.x_test), t).argmax(1).numpy()
+        assert out["2"][t] == float(np.mean(pred == data.y_test))
+    with pytest.raises(ValueError, match="activation bits"):
+        activation_accuracy(model, tasks, evaluate, bits=(1,))
 
 
 # ------------------------------------------------------------------ op counts on a hand-built model

@@ -8,7 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from naive import naive_conv2d, naive_quantize, naive_run_steps, naive_topk_mask
 
-from bitsub_torch.autograd import quantize_ste, topk_count, topk_mask, topk_mask_bool
+from bitsub_torch.autograd import (
+    quantize_ste,
+    topk_count,
+    topk_mask,
+    topk_mask_bool,
+    topk_masked_weight,
+)
 from bitsub_torch.layers import TaskBatchNorm, TaskConv2d, TaskLinear
 from bitsub_torch.models import alexnet, mlp, resnet18, tinynet
 from bitsub_torch.strategies import WSN
@@ -87,6 +93,62 @@ def test_topk_rejects_bad_types():
         topk_mask(np.ones(3), 0.5)
     with pytest.raises(TypeError):
         topk_mask(torch.ones(3), "0.5")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    values=st.lists(
+        st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, 0.5, -3.0, float("nan"), float("inf")]),
+        min_size=1,
+        max_size=40,
+    ),
+    density=densities,
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
+def test_topk_masked_weight_is_the_composition_bit_for_bit(values, density, dtype, seed):
+    """The fused CPU path gives the bits of ``weight * topk_mask(scores)`` and of its gradients
+    (ties, signed zeros, NaN and inf scores or weights, density 1, the non-fused dtypes)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(values)
+    scores = torch.tensor(values, dtype=dtype)
+    weight = torch.randn(n, generator=gen).to(dtype)
+    weight[torch.rand(n, generator=gen) < 0.2] = -0.0
+    grad = torch.randn(n, generator=gen).to(dtype)
+    w1, s1 = weight.clone().requires_grad_(True), scores.clone().requires_grad_(True)
+    w2, s2 = weight.clone().requires_grad_(True), scores.clone().requires_grad_(True)
+    got = topk_masked_weight(w1, s1, density)
+    want = w2 * topk_mask(s2, density)
+    itype = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}
+    bits = itype[dtype]
+    assert torch.equal(got.detach().view(bits), want.detach().view(bits))
+    got.backward(grad)
+    want.backward(grad)
+    assert torch.equal(w1.grad.view(bits), w2.grad.view(bits))
+    assert torch.equal(s1.grad.view(bits), s2.grad.view(bits))
+
+
+@pytest.mark.parametrize("shape", [(100, 784), (7, 3, 3, 3), (1,), (0, 4)])
+@pytest.mark.parametrize("density", [0.5, 0.1, 1.0])
+def test_topk_masked_weight_matches_naive_on_layer_shapes(shape, density):
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(shape, generator=gen)
+    scores = torch.randn(shape, generator=gen, dtype=torch.float64)
+    got = topk_masked_weight(weight.double(), scores, density)
+    k = topk_count(scores.numel(), density)
+    mask = naive_topk_mask(scores.numpy(), k)
+    np.testing.assert_array_equal(got.numpy(), weight.double().numpy() * mask)
+
+
+def test_topk_masked_weight_validates():
+    with pytest.raises(TypeError, match="weight"):
+        topk_masked_weight(np.ones(3), torch.ones(3), 0.5)
+    with pytest.raises(TypeError, match="scores"):
+        topk_masked_weight(torch.ones(3), torch.ones(3, dtype=torch.int32), 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        topk_masked_weight(torch.ones(3), torch.ones(4), 0.5)
+    with pytest.raises(ValueError, match="density"):
+        topk_masked_weight(torch.ones(3), torch.ones(3), 0.0)
 
 
 # ------------------------------------------------------------------ quantization
@@ -359,8 +421,12 @@ def test_network_steps_reproduce_forward(build, shape):
     model.eval()
     steps = model.network_steps(1)
     private = model.private_params(1)
-    named = {k for s in steps for key, k in s.items() if key in
-             ("bias", "mean", "var", "weight") and isinstance(k, str)}
+    named = {
+        k
+        for s in steps
+        for key, k in s.items()
+        if key in ("bias", "mean", "var", "weight") and isinstance(k, str)
+    }
     assert named == set(private)
     assert all(v.dtype == np.float32 for v in private.values())
     layers = strategy.task_layers(model, 1)

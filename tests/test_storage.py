@@ -43,12 +43,23 @@ def word_regions(path):
     return sorted(regions)
 
 
+def index_region(path):
+    """(offset, size) of the bytes of the index dataset."""
+    with h5py.File(path, "r") as f:
+        ds = f[storage.INDEX]
+        return ds.id.get_offset(), ds.id.get_storage_size()
+
+
 def reseal(path):
-    """Recompute the file-level seal, so that only the inner (per-object) checks can object."""
+    """Rewrite the index from the objects as h5py sees them and recompute the file-level seal,
+    so that only the inner (per-object) checks can object."""
+    with h5py.File(path, "r+") as f:
+        storage._write_index(f)
     regions = word_regions(path)
+    index = index_region(path)
     with open(path, "rb") as fh:
         data = bytearray(fh.read())
-    storage._seal_image(data, regions)
+    storage._seal_image(data, regions, index)
     with open(path, "wb") as fh:
         fh.write(data)
 
@@ -287,7 +298,9 @@ def dataset_regions(path):
     regions = []
 
     def visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and obj.id.get_offset() is not None:
+        # (the index is rewritten by reseal: its bytes are covered by the seal alone)
+        if (isinstance(obj, h5py.Dataset) and obj.id.get_offset() is not None
+                and name != storage.INDEX):
             size = obj.id.get_storage_size()
             if size:
                 regions.append(("/" + name, obj.id.get_offset(), size))
@@ -396,11 +409,22 @@ def test_truncated_garbage_and_empty_files(tmp_path):
         f["x"] = np.arange(3)
     with pytest.raises(FormatError):
         bitsub.load(bad)
-    # our magic and a valid seal over bytes that are not HDF5
-    junk = bytearray(storage.USERBLOCK) + os.urandom(2048)
+    # our magic and a valid seal over bytes that are not HDF5, with an index in or out of them
+    junk = bytearray(storage.USERBLOCK) + bytearray(b"\xff" * 2048)
+    storage._seal_image(junk, [], (storage.USERBLOCK + 8, 100))
     bad.write_bytes(junk)
-    reseal(bad)
-    with pytest.raises(FormatError, match="unreadable HDF5"):
+    with pytest.raises(FormatError, match="index: not JSON"):
+        bitsub.load(bad)
+    for index in [(storage.USERBLOCK + 2000, 100), (0, 10), (storage.USERBLOCK, 0)]:
+        storage._seal_image(junk, [], index)
+        bad.write_bytes(junk)
+        with pytest.raises(FormatError, match="header index"):
+            bitsub.load(bad)
+    table = f'{{"format": {storage.FORMAT_VERSION}, "objects": {{"/": 1}}}}'.encode()
+    junk[storage.USERBLOCK : storage.USERBLOCK + 40] = table.ljust(40)
+    storage._seal_image(junk, [], (storage.USERBLOCK, 40))
+    bad.write_bytes(junk)
+    with pytest.raises(FormatError, match="/: missing"):
         bitsub.load(bad)
     with pytest.raises(FileNotFoundError):
         bitsub.load(tmp_path / "missing.h5")
@@ -577,6 +601,7 @@ def test_word_arrays_are_checked_by_their_hash_not_the_seal(tmp_path):
     assert [storage._REGION.unpack_from(data, storage._HEAD.size + 16 * j)
             for j in range(2)] == regions
     off, size = next(r for r in regions if r[1] == 4 * 48 * 64)  # layers/0/bank_0
+    index = index_region(path)
     bad = bytearray(data)
     bad[off + size // 2] ^= 0x10  # the seal does not cover these bytes: the hash does
     path.write_bytes(bad)
@@ -585,15 +610,15 @@ def test_word_arrays_are_checked_by_their_hash_not_the_seal(tmp_path):
     # a seal whose region is not the word dataset's bytes is refused before they are used
     head = bytearray(data)
     storage._seal_image(head, sorted([(off + 4, size - 4)]
-                                     + [r for r in regions if r[0] != off]))
+                                     + [r for r in regions if r[0] != off]), index)
     path.write_bytes(head)
     with pytest.raises(FormatError, match="not a region listed in the file's seal"):
         bitsub.load(path)
-    storage._seal_image(head, [r for r in regions if r[0] != off])
+    storage._seal_image(head, [r for r in regions if r[0] != off], index)
     path.write_bytes(head)
     with pytest.raises(FormatError, match="not a region listed"):
         bitsub.load(path)
-    storage._seal_image(head, sorted(regions + [(off + size + 8192, 8)]))
+    storage._seal_image(head, sorted(regions + [(off + size + 8192, 8)]), index)
     path.write_bytes(head)
     with pytest.raises(FormatError, match="outside the file|regions, the file has"):
         bitsub.load(path)
@@ -611,7 +636,7 @@ def test_many_word_arrays_grow_the_user_block(tmp_path):
     path = tmp_path / "m.h5"
     pm.save(path)
     data = path.read_bytes()
-    assert storage._HEAD.unpack_from(data)[4:] == (2048, 80)
+    assert storage._HEAD.unpack_from(data)[4:6] == (2048, 80)
     with h5py.File(path, "r") as f:
         assert f.userblock_size == 2048
     assert_same_model(pm, bitsub.load(path))
@@ -650,3 +675,67 @@ def test_packed_mask_decode_matches_decode_mask(seed, n, density, ctx_density):
         np.testing.assert_array_equal(want, np.packbits(mask.reshape(-1)))
     with pytest.raises(FormatError):
         storage._packed_mask(bitsub.encode_mask(mask, context=ctx), ~ctx if n else None, shape)
+
+
+def test_words_are_checked_piece_by_piece_as_read(tmp_path, monkeypatch):
+    # load checks each piece of a word array once the reader thread has read it; with small
+    # pieces a word array spans many, and damage or a malformed word in a late one is found
+    monkeypatch.setattr(storage, "_PIECE", 1024)
+    pm = reuse_model()
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    assert_same_model(pm, bitsub.load(path))
+    off, size = next(r for r in word_regions(path) if r[1] == 4 * 48 * 64)  # layers/0/bank_0
+    assert size > 8 * storage._PIECE
+    data = path.read_bytes()
+    for at in (off + 5, off + size // 2, off + size - 3):
+        bad = bytearray(data)
+        bad[at] ^= 0x10
+        path.write_bytes(bad)
+        with pytest.raises(FormatError, match=r"/layers/0/bank_0: checksum mismatch"):
+            bitsub.load(path)
+    path.write_bytes(data)
+    words = pm.words("fc", 0).copy()
+    words[-3] |= np.uint32(1)  # 4 fields of 3 + 2 bits never reach bit 0
+    rewrite(path, "layers/0/bank_0", words)
+    with pytest.raises(FormatError, match=f"word {words.size - 3} holds malformed fields"):
+        bitsub.load(path)
+    assert check_corruptions_of(tmp_path, pm, 60, seed=4) >= 50
+
+
+def test_check_bank_from_a_start_adds_up_to_one_pass():
+    # _check_words checks a word array in pieces (start, end): the counts add up and the
+    # hashes sum to those of one pass, on the threaded path too
+    from bitsub.packed import PARALLEL_MIN, _check_bank, _check_serial
+
+    pm = reuse_model(side=(2 * PARALLEL_MIN // 256 + 3, 256), seed=3)
+    words = np.array(pm.words("fc", 0))
+    n = words.size
+    size = 8
+    bits = np.zeros(size, np.int64)
+    limit = np.zeros(size, np.uint64)
+    for j, t in enumerate(pm.bank_tasks(0)):
+        bits[j + 1] = pm.bits(t, "fc")
+        limit[j + 1] = pm.codebook(t, "fc").size
+    masks = np.stack([np.packbits(pm.mask(t, "fc").reshape(-1)) for t in pm.bank_tasks(0)])
+
+    def run(fn, *extra, end=n):
+        out = (np.zeros(n, np.uint8), np.zeros(size, np.int64), np.zeros(size, np.int64))
+        r = fn(words[:end], 32, 3, 4, bits, limit, masks, *out, *extra)
+        return int(r[0]), int(r[1]), out
+
+    bad, h, (used, counts, orphans) = run(_check_serial)
+    assert bad == -1 and h == bitsub.packed.words_hash(words)
+    cuts = [0, 1000, PARALLEL_MIN + 77, n]
+    total, got_counts, got_used = 0, np.zeros(size, np.int64), np.zeros(n, np.uint8)
+    for lo, hi in zip(cuts, cuts[1:]):
+        b, part, (u, c, o) = run(_check_bank, lo, end=hi)
+        assert b == -1 and not o.any()
+        total = (total + part) % 2**64
+        got_counts += c
+        got_used[lo:hi] = u[lo:hi]
+    assert total == h
+    np.testing.assert_array_equal(got_counts, counts)
+    np.testing.assert_array_equal(got_used, used)
+    words[n - 5] |= np.uint32(1)
+    assert run(_check_bank, PARALLEL_MIN)[0] == n - 5
