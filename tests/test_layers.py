@@ -140,6 +140,51 @@ def test_topk_masked_weight_matches_naive_on_layer_shapes(shape, density):
     np.testing.assert_array_equal(got.numpy(), weight.double().numpy() * mask)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 600),
+    density=densities,
+    scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e30]),
+    guess=st.sampled_from([float("nan"), 0.0, -1.0, 1e-40, 0.5, 1e38, float("inf")]),
+    dens=st.sampled_from([0.0, 1.0, 1e12]),
+    drift=st.sampled_from([0.0, -1.0, 1e-3]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_topk_masked_weight_exact_from_any_state(
+    n, density, scale, guess, dens, drift, dtype, seed
+):
+    """The selection that starts from the kept state is exact whatever the state says."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = (torch.randn(n, generator=gen, dtype=torch.float64) * scale).to(dtype)
+    scores[torch.rand(n, generator=gen) < 0.1] = 0.0  # ties at zero
+    weight = torch.randn(n, generator=gen, dtype=dtype)
+    k = topk_count(n, density)
+    state = [guess, dens, drift]
+    got = topk_masked_weight(weight, scores, density, state)
+    want = weight.numpy() * naive_topk_mask(scores.numpy(), k)
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert len(state) == 3
+
+
+def test_score_mode_mask_is_the_topk_at_every_step():
+    """Training in score mode: every step's forward uses exactly the top-k of the current scores
+    (the layer keeps the last threshold as the next selection's start)."""
+    torch.manual_seed(0)
+    layer = TaskLinear(50, 20, 2)
+    layer.start_scores(1, 0.3)
+    opt = torch.optim.Adam([layer.weight, layer.scores], lr=0.05)
+    x = torch.randn(8, 50)
+    k = topk_count(1000, 0.3)
+    for _ in range(15):
+        want = x @ (layer.weight.detach() * naive_topk_mask(layer.scores.detach().numpy(), k)).T
+        opt.zero_grad()
+        y = layer(x, 1)
+        torch.testing.assert_close(y.detach(), want.float(), rtol=1e-5, atol=1e-6)
+        y.pow(2).mean().backward()
+        opt.step()
+
+
 def test_topk_masked_weight_validates():
     with pytest.raises(TypeError, match="weight"):
         topk_masked_weight(np.ones(3), torch.ones(3), 0.5)
@@ -149,6 +194,8 @@ def test_topk_masked_weight_validates():
         topk_masked_weight(torch.ones(3), torch.ones(4), 0.5)
     with pytest.raises(ValueError, match="density"):
         topk_masked_weight(torch.ones(3), torch.ones(3), 0.0)
+    with pytest.raises(TypeError, match="state"):
+        topk_masked_weight(torch.ones(3), torch.ones(3), 0.5, [0.0, 1.0])
 
 
 # ------------------------------------------------------------------ quantization
