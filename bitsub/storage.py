@@ -53,9 +53,12 @@ uint64 values) covers their data. Load checks every one of them (the index's own
 covered by the seal).
 
 Load reads the file once into memory; datasets over 64 KiB are 64-byte aligned in the file, so
-the loaded model's 32-bit word arrays are views of that image, not copies. What load pays on
-top of reading the bytes: one pass over the words (structure, field counts, orphans and hash,
-:func:`bitsub.packed._check_bank`, split over threads), the mask decodes, and the index's JSON.
+the loaded model's 32-bit word arrays are views of that image, not copies. It reads the seal and
+every byte outside the regions first and checks them; a thread then reads the regions in 4 MiB
+pieces while load decodes the masks and checks each piece of words already read. What load pays
+on top of reading the bytes: one pass over the words (structure, field counts, orphans and
+hash, :func:`bitsub.packed._check_part`), overlapped with the read where a second core is free,
+the mask decodes, and the index's JSON.
 """
 
 from __future__ import annotations
@@ -90,6 +93,8 @@ from bitsub.packed import (
     PackedModel,
     _Bank,
     _check_bank,
+    _check_part,
+    _code_checks,
     _merge_context_streams,
     _Task,
     check_network,
@@ -524,14 +529,13 @@ class _WordReader:
                 self.finished = True
                 self.cond.notify_all()
 
-    def wait(self, end: int) -> bool:
-        """Wait until the region bytes before offset end are read; False if they never will."""
+    def wait(self, end: int) -> None:
+        """Wait until the region bytes before offset end are read (FormatError if never)."""
         with self.cond:
             while self.read_to < end and not self.finished:
                 self.cond.wait()
             if self.read_to < end:
                 raise FormatError(self.error or "the file could not be read")
-            return self.finished
 
     def finish(self) -> None:
         """Wait for the end of the read; raise FormatError if the file changed meanwhile."""
@@ -733,24 +737,29 @@ def _reference_context(tasks: list[_Task], earlier: list[int], name: str, ref: i
     return np.unpackbits(packed, count=n).view(bool).reshape(shape)
 
 
-def _check_words(reader: _WordReader, off: int, words: np.ndarray,
-                 *args: Any) -> tuple[int, int]:
+def _check_words(reader: _WordReader, off: int, words: np.ndarray, word_bits: int,
+                 prefix_bits: int, n_prefixes: int, bits_by_prefix: np.ndarray,
+                 limit: np.ndarray, *out: np.ndarray) -> tuple[int, int]:
     """_check_bank of a word array at file offset off, piece by piece as the reader reads them.
 
-    Once the rest of the array is read, the rest is checked in one call (over threads).
+    Pieces are checked on this thread while the reader thread reads the next (two busy
+    threads); once the whole array is read, the rest is checked over threads in one call.
     """
     n = words.size
     step = _PIECE // words.itemsize
+    code_check = _code_checks(bits_by_prefix, limit)
     lo = 0
     h = 0
     while lo < n:
-        if reader.read_to >= off + n * words.itemsize:  # the rest is read: all threads
-            bad, part = _check_bank(words, *args, start=lo)
+        if reader.read_to >= off + n * words.itemsize:
+            bad, part = _check_bank(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix,
+                                    limit, *out, start=lo)
             lo = n
         else:
             hi = min(n, lo + step)
             reader.wait(off + hi * words.itemsize)
-            bad, part = _check_bank(words[:hi], *args, start=lo)
+            bad, part = _check_part(words, lo, hi, word_bits, prefix_bits, n_prefixes,
+                                    bits_by_prefix, limit, code_check, *out)
             lo = hi
         if bad >= 0:
             return bad, 0

@@ -122,86 +122,181 @@ def _gather_between(s, lo, hi, out):  # pragma: no cover - compiled
 
 
 @numba.njit(**NJIT)
-def _kth_largest_abs(s, k, guess, dens, gap):  # pragma: no cover - compiled
-    # The k-th largest |s| (1 <= k <= s.size), exact, from counting passes around `guess` (the
-    # last step's threshold) that narrow a bracket (lo, hi] until it holds <= gap values, which
-    # are then gathered and sorted. Returns (value, density estimate, passes); the value is NaN
+def _count_above2(s, ta, tb):  # pragma: no cover - compiled
+    # Numbers of |s| > ta and of |s| > tb, in one vectorised pass.
+    ca = 0
+    cb = 0
+    for i in range(s.size):
+        v = abs(s[i])
+        ca += v > ta
+        cb += v > tb
+    return ca, cb
+
+
+@numba.njit(**NJIT)
+def _bracket_kth_abs(s, k, guess, dens, gap):  # pragma: no cover - compiled
+    # The k-th largest |s| (1 <= k <= s.size), exact: counting passes starting at `guess` (the
+    # last step's threshold plus its drift) narrow a bracket (lo, hi], count(|s| > lo) >= k >
+    # count(|s| > hi), until it holds <= gap values, which are then gathered and sorted. Each
+    # pass after the first counts at two probes aimed a little either side of k (slope `dens`,
+    # values per unit of |s|, then the bracket's secant); a pass that does not halve the bracket
+    # is followed by a bisection. Returns (lo, hi, c_lo, c_hi, density seen, passes); lo is NaN
     # when s holds a NaN (the caller then takes NumPy's partition, whose NaN order it keeps).
     n = s.size
-    tb = np.empty(1, s.dtype)  # rounds a probe to s's dtype, so counts and bounds agree
+    tb = np.empty(2, s.dtype)  # rounds probes to s's dtype, so counts and bounds agree
     tb[0] = np.finfo(s.dtype).max
     fmax = float(tb[0])
     lo, c_lo = -1.0, n  # count(|s| > -1) = n >= k
     hi, c_hi = np.inf, 0  # count(|s| > inf) = 0 < k
-    tb[0] = min(max(guess, 0.0), fmax)
+    tb[0] = min(max(guess, 0.0), fmax) if guess == guess else 0.0
     t = float(tb[0])
     c, nan = _count_above_nan(s, tb[0])
     if nan:
-        return np.nan, 0.0, 1
+        return np.nan, np.nan, 0, 0, 0.0, 1
+    if c >= k:
+        lo, c_lo = t, c
+    else:
+        hi, c_hi = t, c
     passes = 1
-    step = 0.0
     third = max(gap // 3, 1)
-    interpolated = False
+    step = 0.0
     dens_out = 0.0
-    while True:
+    halve = False
+    while c_lo - c_hi > gap and passes < 64:
         old_gap = c_lo - c_hi
-        if c >= k:
-            lo, c_lo = t, c
-        else:
-            hi, c_hi = t, c
-        if c_lo - c_hi <= gap or passes >= 64:
-            break
-        if hi == np.inf:  # only lower bounds so far: step up from lo, aiming past k
-            step = 2.0 * step if step > 0 else (c - k + third) / dens if dens > 0 else 0.0
-            step = max(step, abs(lo) * 1e-3, 1e-30)
-            tb[0] = min(lo + step, fmax)
-            if float(tb[0]) <= lo:
-                if lo >= fmax:
-                    break  # the k-th largest is inf: gather (fmax, inf]
-                step *= 1e6
-                continue
-        elif lo == -1.0:  # only upper bounds so far: step down from hi, aiming past k
-            step = 2.0 * step if step > 0 else (k - c + third) / dens if dens > 0 else 0.0
-            step = max(step, hi * 1e-3, 1e-30)
-            tb[0] = max(hi - step, 0.0)
-            if float(tb[0]) >= hi:
-                if hi <= 0.0:
-                    break  # the k-th largest is 0: gather (-1, 0]
-                step *= 1e6
-                continue
-        else:
-            local = (c_lo - c_hi) / (hi - lo)
+        one_sided = hi == np.inf or lo == -1.0
+        slope = dens
+        if not one_sided:
+            slope = (c_lo - c_hi) / (hi - lo)
             if dens_out == 0.0:
-                dens_out = local
-            if interpolated and (c_lo - c_hi) * 2 > old_gap:
-                tb[0] = lo + (hi - lo) * 0.5  # the last guess did not halve the bracket
-                interpolated = False
-            else:  # secant, aimed a little past k on the side whose bound is looser
-                target = k + third if c_lo - k >= k - c_hi else k - third
-                target = min(max(target, c_hi + 1), c_lo - 1)
-                tb[0] = lo + (c_lo - target) / local
-                interpolated = True
-            if not lo < float(tb[0]) < hi:
+                dens_out = slope
+        ta = tb_ = np.nan
+        if not halve and slope > 0.0 and (step == 0.0 or not one_sided):
+            ref, c_ref = (lo, c_lo) if lo != -1.0 else (hi, c_hi)
+            tb[0] = min(max(ref + (c_ref - (k + third)) / slope, 0.0), fmax)
+            tb[1] = min(max(ref + (c_ref - (k - third)) / slope, 0.0), fmax)
+            ta, tb_ = float(tb[0]), float(tb[1])
+            if one_sided:
+                step = abs(tb_ - ta) + abs((ta if lo == -1.0 else tb_) - ref)
+        ok_a = lo < ta < hi
+        ok_b = lo < tb_ < hi and tb_ != ta
+        if not (ok_a or ok_b):  # one probe: bisect, or step outwards (doubling) when one-sided
+            if one_sided:
+                step = (
+                    2.0 * step if step > 0.0 else max(abs(lo if lo != -1.0 else hi) * 1e-3, 1e-30)
+                )
+                if hi == np.inf:
+                    if lo >= fmax:
+                        break  # the k-th largest is inf: gather (fmax, inf]
+                    tb[0] = min(lo + step, fmax)
+                    while float(tb[0]) <= lo:
+                        step *= 1e6
+                        tb[0] = min(lo + step, fmax)
+                else:
+                    if hi <= 0.0:
+                        break  # the k-th largest is 0: gather (-1, 0]
+                    tb[0] = max(hi - step, 0.0)
+                    while float(tb[0]) >= hi:
+                        step *= 1e6
+                        tb[0] = max(hi - step, 0.0)
+            else:
                 tb[0] = lo + (hi - lo) * 0.5
                 if not lo < float(tb[0]) < hi:
                     break  # no value of the dtype between lo and hi
-        t = float(tb[0])
-        c = _count_above(s, tb[0])
+            ta = float(tb[0])
+            ok_a, ok_b = True, False
+            tb[1] = tb[0]
+        if ok_a and ok_b:
+            ca, cb = _count_above2(s, tb[0], tb[1])
+        elif ok_a:
+            ca = cb = _count_above(s, tb[0])
+            tb_ = ta
+        else:
+            ca = cb = _count_above(s, tb[1])
+            ta = tb_
         passes += 1
+        for t, c in ((ta, ca), (tb_, cb)):
+            if c >= k:
+                if t > lo:
+                    lo, c_lo = t, c
+            elif t < hi:
+                hi, c_hi = t, c
+        halve = not one_sided and (c_lo - c_hi) * 2 > old_gap
+    return lo, hi, c_lo, c_hi, dens_out, passes
+
+
+@numba.njit(**NJIT)
+def _kth_largest_abs(s, k, guess, dens, gap):  # pragma: no cover - compiled
+    # The k-th largest |s| (see _bracket_kth_abs): (value, density seen, passes).
+    lo, hi, c_lo, c_hi, dens_out, passes = _bracket_kth_abs(s, k, guess, dens, gap)
+    if lo != lo:
+        return np.nan, 0.0, passes
     out = np.empty(c_lo - c_hi + 1, s.dtype)
+    tb = np.empty(2, s.dtype)
     tb[0] = lo
-    lo_t = tb[0]
-    tb[0] = hi
-    nb = _gather_between(s, lo_t, tb[0], out)
+    tb[1] = hi
+    nb = _gather_between(s, tb[0], tb[1], out)
     vals = np.sort(out[:nb])
     # the k-th largest overall is the (k - c_hi)-th largest within (lo, hi]
     return float(vals[nb - (k - c_hi)]), dens_out, passes
 
 
 @numba.njit(**NJIT)
+def _mask_from_bracket(s, w, lo, hi, k, c_lo, c_hi, m, out):  # pragma: no cover - compiled
+    # The top-k mask and w * mask in one pass, given a bracket (lo, hi] of the k-th largest |s|
+    # with c_lo = count(|s| > lo), c_hi = count(|s| > hi): |s| > hi is kept, |s| <= lo is not;
+    # the few values inside are gathered with their indices (a vectorised count per block of 256
+    # skips the blocks without one) and the k - c_hi largest of them kept, ties to the lower
+    # index. Returns the k-th largest |s|.
+    tb = np.empty(2, s.dtype)
+    tb[0] = lo
+    tb[1] = hi
+    lo_t = tb[0]
+    hi_t = tb[1]
+    one = np.ones(1, w.dtype)[0]
+    zero = one - one
+    vals = np.empty(c_lo - c_hi + 1, s.dtype)  # room for all plus one scratch slot
+    idx = np.empty(c_lo - c_hi + 1, np.int64)
+    nb = 0
+    n = s.size
+    for base in range(0, n - n % 256, 256):
+        h = 0
+        for j in range(256):
+            i = base + j
+            v = abs(s[i])
+            keep = v > hi_t
+            h += (v > lo_t) & (v <= hi_t)
+            m[i] = keep
+            out[i] = w[i] * (one if keep else zero)
+        if h:
+            for j in range(256):
+                i = base + j
+                v = abs(s[i])
+                vals[nb] = v
+                idx[nb] = i
+                nb += (v > lo_t) & (v <= hi_t)
+    for i in range(n - n % 256, n):
+        v = abs(s[i])
+        keep = v > hi_t
+        m[i] = keep
+        out[i] = w[i] * (one if keep else zero)
+        vals[nb] = v
+        idx[nb] = i
+        nb += (v > lo_t) & (v <= hi_t)
+    order = np.argsort(-vals[:nb], kind="mergesort")  # largest first, ties by index
+    for r in range(k - c_hi):
+        i = idx[order[r]]
+        m[i] = True
+        out[i] = w[i] * one
+    return float(vals[order[k - c_hi - 1]])
+
+
+@numba.njit(**NJIT)
 def _mask_pass(s, w, t, m, out):  # pragma: no cover - compiled
     # m = (|s| > t) as 0/1 of s's dtype and out = w * m, in one vectorised pass. Returns the
     # count kept and the first index where |s| == t (s.size if none).
+    one = np.ones(1, w.dtype)[0]
+    zero = one - one
     c = 0
     first = s.size
     for i in range(s.size):
@@ -210,27 +305,30 @@ def _mask_pass(s, w, t, m, out):  # pragma: no cover - compiled
         c += keep
         first = min(first, i if v == t else s.size)
         m[i] = keep
-        out[i] = w[i] * m[i]
+        out[i] = w[i] * (one if keep else zero)
     return c, first
 
 
 @numba.njit(**NJIT)
 def _keep_ties(s, w, t, need, first, m, out):  # pragma: no cover - compiled
     # Keep the first `need` positions (from `first` on) where |s| == t: ties go to the lower index.
+    one = np.ones(1, w.dtype)[0]
     for i in range(first, s.size):
         if need == 0:
             break
         if abs(s[i]) == t:
-            m[i] = 1
-            out[i] = w[i] * m[i]
+            m[i] = True
+            out[i] = w[i] * one
             need -= 1
 
 
 @numba.njit(**NJIT)
 def _mask_grads(g, w, m, gw, gs):  # pragma: no cover - compiled
     # The two products of the backward of w * m in one pass: dL/dw = g * m, dL/dscores = g * w.
+    one = np.ones(1, g.dtype)[0]
+    zero = one - one
     for i in range(g.size):
-        gw[i] = g[i] * m[i]
+        gw[i] = g[i] * (one if m[i] else zero)
         gs[i] = g[i] * w[i]
 
 
@@ -255,31 +353,33 @@ class _TopKMaskedWeight(torch.autograd.Function):
     def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, k: int, state: list):  # noqa: D102
         w = weight.detach()
         s = scores.detach()
-        mask = torch.empty_like(s)
+        mask = torch.empty(s.shape, dtype=torch.bool)
         out = torch.empty_like(w)
         a = s.numpy().reshape(-1)
         n = a.size
         if k >= n:  # keep every position (NaN scores included, as `topk_mask`)
-            mask.fill_(1)
-            torch.mul(w, mask, out=out)
+            mask.fill_(True)
+            torch.mul(w, torch.ones_like(w), out=out)
         else:  # threshold at the k-th largest |score|
             t = np.nan
             last, dens, drift = state
+            wa, m, o = w.numpy().reshape(-1), mask.numpy().reshape(-1), out.numpy().reshape(-1)
             if last == last:  # start from the last threshold plus its drift (exact, faster)
-                t, local, _ = _kth_largest_abs(a, k, last + drift, dens, 32)
+                lo, hi, c_lo, c_hi, local, _ = _bracket_kth_abs(a, k, last + drift, dens, 32)
+                if lo == lo:
+                    t = _mask_from_bracket(a, wa, lo, hi, k, c_lo, c_hi, m, o)
                 if local > 0.0:
                     state[1] = local if dens <= 0.0 else 0.5 * (dens + local)
             if t != t:  # first step, or NaN scores: NumPy's introselect (NaN sorts last)
                 buf = np.abs(a)
                 buf.partition(n - k)
                 t = float(buf[n - k])
+                threshold = buf[n - k]
+                count, first = _mask_pass(a, wa, threshold, m, o)
+                if count < k:
+                    _keep_ties(a, wa, threshold, k - count, first, m, o)
             state[2] = t - last if last == last and t == t and abs(t) < 1e300 else 0.0
             state[0] = t
-            t = a.dtype.type(t)
-            wa, m, o = w.numpy().reshape(-1), mask.numpy().reshape(-1), out.numpy().reshape(-1)
-            count, first = _mask_pass(a, wa, t, m, o)
-            if count < k:
-                _keep_ties(a, wa, t, k - count, first, m, o)
         ctx.save_for_backward(weight)
         ctx.mask = mask
         return out
@@ -289,8 +389,8 @@ class _TopKMaskedWeight(torch.autograd.Function):
         (weight,) = ctx.saved_tensors
         mask = ctx.mask
         need_w, need_s = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if not (need_w and need_s) or grad.dtype != mask.dtype or grad.device.type != "cpu":
-            gw = grad * mask if need_w else None
+        if not (need_w and need_s) or grad.dtype != weight.dtype or grad.device.type != "cpu":
+            gw = grad * mask.to(grad.dtype) if need_w else None
             return gw, (grad * weight if need_s else None), None, None
         g = grad.contiguous()
         gw = torch.empty_like(g)
