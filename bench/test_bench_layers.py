@@ -5,7 +5,9 @@ foreach Adam slows down ~3x on the exact zeros that masked positions leave in it
 The task layers run as a later task reads them: a fixed mask, half the positions owned by an
 earlier task and frozen (gradient zeroed after backward, values restored after the step). The
 ``wsn-scores`` rows train through the straight-through top-k mask (WSN's training mode), which
-selects the top half of the scores every step.
+selects the top half of the scores every step (`bitsub_torch.autograd.topk_masked_weight`: exact
+selection by counting passes from the last step's threshold, mask and masked weight in one pass)
+and trains the scores with Adam too, so they carry a second parameter's optimizer step.
 Shapes: p-MNIST's fc1 (784 -> 100, batch 128) and reduced AlexNet's conv2 (64 -> 128, 3x3, on
 14x14 maps, batch 64). Timer: the thread's CPU time (one torch thread), because the machines
 this runs on are shared and wall time measures the neighbours.

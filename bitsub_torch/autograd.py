@@ -4,6 +4,11 @@
 with the largest ``|scores|`` (exactly ``round(density * n)`` of them, ties to the lower index;
 NaN scores are never kept, so they may leave it short); the backward passes the gradient through
 unchanged, so the scores learn from ``dL/d(mask)``.
+`topk_masked_weight` is ``weight * topk_mask(scores)`` as WSN's layers use it, with the same bits
+in the values and the gradients, computed on CPU in a few vectorised passes (Numba): the k-th
+largest ``|score|`` is bracketed by counting passes that start from the last step's threshold
+(kept by the caller), the mask and the masked weight are written in one pass, and the backward
+writes both products in one pass.
 `quantize_ste` rounds to the nearest codebook centroid in the forward and is the identity in the
 backward (the straight-through estimator used for quantization-aware training).
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from bitsub._config import NJIT
 
@@ -95,30 +101,6 @@ def _count_above_nan(s, t):  # pragma: no cover - compiled
         c += v > t
         nan += v != v
     return c, nan
-
-
-@numba.njit(**NJIT)
-def _gather_between(s, lo, hi, out):  # pragma: no cover - compiled
-    # Copy the |s| in (lo, hi] into out (room for all of them plus one): a vectorised count per
-    # block of 256 skips the blocks without one; stores are branch-free (out[nb] is scratch).
-    nb = 0
-    nblk = s.size // 256
-    for b in range(nblk):
-        base = b * 256
-        h = 0
-        for j in range(256):
-            v = abs(s[base + j])
-            h += (v > lo) & (v <= hi)
-        if h:
-            for j in range(256):
-                v = abs(s[base + j])
-                out[nb] = v
-                nb += (v > lo) & (v <= hi)
-    for i in range(nblk * 256, s.size):
-        v = abs(s[i])
-        out[nb] = v
-        nb += (v > lo) & (v <= hi)
-    return nb
 
 
 @numba.njit(**NJIT)
@@ -223,22 +205,6 @@ def _bracket_kth_abs(s, k, guess, dens, gap):  # pragma: no cover - compiled
                 hi, c_hi = t, c
         halve = not one_sided and (c_lo - c_hi) * 2 > old_gap
     return lo, hi, c_lo, c_hi, dens_out, passes
-
-
-@numba.njit(**NJIT)
-def _kth_largest_abs(s, k, guess, dens, gap):  # pragma: no cover - compiled
-    # The k-th largest |s| (see _bracket_kth_abs): (value, density seen, passes).
-    lo, hi, c_lo, c_hi, dens_out, passes = _bracket_kth_abs(s, k, guess, dens, gap)
-    if lo != lo:
-        return np.nan, 0.0, passes
-    out = np.empty(c_lo - c_hi + 1, s.dtype)
-    tb = np.empty(2, s.dtype)
-    tb[0] = lo
-    tb[1] = hi
-    nb = _gather_between(s, tb[0], tb[1], out)
-    vals = np.sort(out[:nb])
-    # the k-th largest overall is the (k - c_hi)-th largest within (lo, hi]
-    return float(vals[nb - (k - c_hi)]), dens_out, passes
 
 
 @numba.njit(**NJIT)
@@ -385,6 +351,7 @@ class _TopKMaskedWeight(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
         (weight,) = ctx.saved_tensors
         mask = ctx.mask

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from bitsub.cli import main
 from tests.test_capacity import case_study_model
-from tests.test_storage import NETWORK
 
 
 def test_inspect_prints_layers_banks_tasks_bits_and_capacity(tmp_path, capsys):
     pm = case_study_model()
-    pm.set_network(NETWORK)
+    pm.set_network([{"op": "linear", "layer": "L1", "bias": None}, {"op": "relu"},
+                    {"op": "linear", "layer": "L2", "bias": None}])
     path = tmp_path / "m.h5"
     pm.save(path)
     assert main(["inspect", str(path)]) == 0

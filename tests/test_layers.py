@@ -186,6 +186,14 @@ def test_score_mode_mask_is_the_topk_at_every_step():
         opt.step()
 
 
+def test_topk_masked_weight_refuses_double_backward():
+    w = torch.randn(4, 5, requires_grad=True)
+    s = torch.randn(4, 5, requires_grad=True)
+    (g,) = torch.autograd.grad(topk_masked_weight(w, s, 0.5).pow(2).sum(), s, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+
+
 def test_topk_masked_weight_validates():
     with pytest.raises(TypeError, match="weight"):
         topk_masked_weight(np.ones(3), torch.ones(3), 0.5)
