@@ -143,11 +143,8 @@ class TaskLayerMixin:
         topk_mask_bool(self.scores, density)  # validates density
         self._score_task = task
         self._density = float(density)
-        self._topk_state = [
-            float("nan"),
-            0.0,
-            0.0,
-        ]  # last threshold: where the next selection starts
+        # [last threshold, density, drift]: where the next step's exact selection starts
+        self._topk_state = [float("nan"), 0.0, 0.0]
 
     def stop_scores(self) -> None:
         """Leave score mode; tasks read their stored masks again."""
