@@ -69,6 +69,7 @@ from bitsub.huffman import (
     code_lengths,
     stream_words,
 )
+from bitsub.huffman import _encode_kernel as _encode_bytes_kernel
 from bitsub.huffman import decode_table as _decode_table
 
 __all__ = ["MAX_POSITIONS", "decode_mask", "encode_mask", "mask_scheme"]
@@ -373,27 +374,6 @@ def _encode_runs_kernel(runs, seg_runs, codes, lengths, esc, extra, out, seg_bit
         seg_bits[seg] = n_bits
         n_bits = 0
     return k
-
-
-@numba.njit(**NJIT)
-def _encode_bytes_kernel(symbols, codes, lengths, out):
-    acc = _U64(0)
-    n_acc = 0
-    k = 0
-    n_bits = 0
-    for i in range(symbols.shape[0]):
-        s = symbols[i]
-        ln = np.int64(lengths[s])
-        acc = (acc << _U64(ln)) | _U64(codes[s])
-        n_acc += ln
-        n_bits += ln
-        f = n_acc >> 5
-        n_acc &= 31
-        out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
-        k += f
-    if n_acc > 0:
-        out[k] = np.uint32((acc << _U64(32 - n_acc)) & _U64(0xFFFFFFFF))
-    return n_bits
 
 
 # --------------------------------------------------------------------------- kernels: decode
