@@ -25,6 +25,7 @@ import json
 import math
 import operator
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -291,17 +292,22 @@ def _words_hash_py(words):
     return h
 
 
-_BLOCK = 64  # words tested at once on the fast path
+_BLOCK = 1024  # words tested (and hashed) at once on the fast path
+_WALK = 16  # words tested one by one before a block is tried
 
 
 @numba.njit(**NJIT)
-def _block_matches(block, top, lay_mask, lay_val):
-    # do all words of the block have the layout (lay_mask, lay_val)? One vectorized pass, no
-    # early exit (a loop over a whole small array, which the compiler vectorizes)
+def _block_fused(block, start, top, lay_mask, lay_val):
+    # One vectorized pass over a block (positions start, start + 1, ...), each word loaded once:
+    # (do all words have the layout (lay_mask, lay_val)? as acc == 0, the sum of their
+    # _word_mix). No early exit: a loop over a whole small array, which the compiler vectorizes.
     acc = np.uint64(0)
+    h = np.uint64(0)
     for k in range(block.size):
-        acc |= ((np.uint64(block[k]) << top) & lay_mask) ^ lay_val
-    return acc == np.uint64(0)
+        x = np.uint64(block[k])
+        acc |= ((x << top) & lay_mask) ^ lay_val
+        h += _word_mix(x, start + k)
+    return acc, h
 
 
 @numba.njit(**NJIT)
@@ -309,10 +315,15 @@ def _check_part(words, lo, end, word_bits, prefix_bits, n_prefixes, bits_by_pref
                 code_check, masks, used, counts, orphans):
     # The check of _check_bank_py over words[lo:end]: adds to counts and orphans, writes
     # used[lo:end]; returns (index of the first malformed word or -1, hash of the part).
+    # With masks of 0 rows where n_prefixes > 0 (masks not given), it stops before the first
+    # word that needs them (see _orphan_of) and returns (-2 - index of that word, hash of the
+    # words before it): the caller resumes there with the masks (_check_range), so a bank whose
+    # words all start with prefix 1 never builds them.
     top = np.uint64(64 - word_bits)
     p_shift = np.uint64(64 - prefix_bits)
     p_mask = np.uint64((1 << prefix_bits) - 1)
     n_masks = masks.shape[0]
+    no_masks = n_masks == 0 and n_prefixes > 0
     max_fields = word_bits // (prefix_bits + 1)
     lay_p = np.zeros(max_fields, np.int64)  # the last layout: prefixes, code shifts, widths
     lay_s = np.zeros(max_fields, np.uint64)
@@ -326,19 +337,24 @@ def _check_part(words, lo, end, word_bits, prefix_bits, n_prefixes, bits_by_pref
     run = 0  # words matched by the current layout (their fields not counted yet)
     simple = False  # the layout starts with prefix 1 and needs no code check
     i = lo
-    h = _sum_mix(words[lo:end], lo)
+    h = np.uint64(0)  # every word's _word_mix is added once, where the word is read
     while i < end:
         if simple:  # the common case, in a tight loop: nothing to check but the layout
             start = i
             # word by word first: where layouts change often, a block test would mostly fail
-            stop = min(end, i + _BLOCK // 4)
+            stop = min(end, i + _WALK)
             while i < stop and ((np.uint64(words[i]) << top) & lay_mask) == lay_val:
+                h += _word_mix(words[i], i)
                 i += 1
             if i == stop:
-                while i + _BLOCK <= end and _block_matches(words[i : i + _BLOCK], top,
-                                                           lay_mask, lay_val):
+                while i + _BLOCK <= end:
+                    acc, hb = _block_fused(words[i : i + _BLOCK], i, top, lay_mask, lay_val)
+                    if acc != np.uint64(0):
+                        break
+                    h += hb
                     i += _BLOCK
                 while i < end and ((np.uint64(words[i]) << top) & lay_mask) == lay_val:
+                    h += _word_mix(words[i], i)
                     i += 1
             used[start:i] = lay_pos
             run += i - start
@@ -346,6 +362,13 @@ def _check_part(words, lo, end, word_bits, prefix_bits, n_prefixes, bits_by_pref
                 break
         w = words[i]
         x = np.uint64(w) << top
+        if no_masks and (x >> p_shift) != np.uint64(1):
+            # word i needs the orphan test (its first prefix, if it is well-formed, is not 1)
+            # and no masks were given: stop before it, for the caller to resume with them
+            for k in range(lay_n):
+                counts[lay_p[k]] += run
+            return -2 - i, h
+        h += _word_mix(w, i)
         ok = True
         if (x & lay_mask) == lay_val:
             if lay_codes:
@@ -407,17 +430,28 @@ def _check_part(words, lo, end, word_bits, prefix_bits, n_prefixes, bits_by_pref
             return i, h
         used[i] = pos
         if first != 1:  # prefix 1 is every task's own or earlier: nothing to check
-            byte = i >> 3
-            bit = 7 - (i & 7)
-            for j in range(n_masks):
-                if (masks[j, byte] >> bit) & 1:
-                    if first == 0 or first > j + 1:
-                        orphans[j + 1] += 1
-                    break
+            o = _orphan_of(masks, i, first)
+            if o:
+                orphans[o] += 1
         i += 1
     for k in range(lay_n):
         counts[lay_p[k]] += run
     return -1, h
+
+
+@numba.njit(**NJIT)
+def _orphan_of(masks, i, first):
+    # the prefix p of the first user of position i (masks[p - 1] the first packed mask holding
+    # it) when that task has no field there (first, the word's first prefix, is 0 or > p);
+    # else 0
+    byte = i >> 3
+    bit = 7 - (i & 7)
+    for j in range(masks.shape[0]):
+        if (masks[j, byte] >> bit) & 1:
+            if first == 0 or first > j + 1:
+                return j + 1
+            return 0
+    return 0
 
 
 @numba.njit(**NJIT)
@@ -440,7 +474,8 @@ def _check_bank_py(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, li
     # a prefix <= p: masks[p - 1] is that task's packed mask), and the words' hash.
     # Returns (index of the first malformed word or -1, hash). Words mostly repeat the layout
     # (prefixes and widths) of the word before: a word matching the last layout is checked with
-    # one masked compare, without walking its fields (64 words at a time, vectorized).
+    # one masked compare, without walking its fields, and hashed in the same pass (_BLOCK words
+    # at a time, vectorized). masks must hold one row per prefix here (no lazy masks).
     n = words.size
     n_chunks = min(256, n // 16384 + 1)
     size = counts.size
@@ -516,6 +551,36 @@ def _merge_context_streams(ctx, s0, s1, out):
 _pool: list[ThreadPoolExecutor] = []
 
 
+class _LazyMasks:
+    """A bank's packed masks (n_masks, bytes), built on first use by any thread, once."""
+
+    def __init__(self, build: Any) -> None:
+        self.build, self.masks, self.lock = build, None, threading.Lock()
+
+    def get(self) -> np.ndarray:
+        with self.lock:
+            if self.masks is None:
+                self.masks = np.ascontiguousarray(self.build(), np.uint8)
+            return self.masks
+
+
+_NO_MASKS = np.zeros((0, 0), np.uint8)
+
+
+def _check_range(words, lo, end, args, masks, used, counts, orphans):
+    """_check_part of words[lo:end]; masks: an array, or a _LazyMasks built only if needed."""
+    lazy = masks if isinstance(masks, _LazyMasks) else None
+    given = (_NO_MASKS if lazy.masks is None else lazy.masks) if lazy else masks
+    h = 0
+    while True:
+        bad, part = _check_part(words, lo, end, *args, given, used, counts, orphans)
+        h = (h + int(part)) & 0xFFFFFFFFFFFFFFFF
+        if bad > -2 or lazy is None:
+            return int(bad), h
+        lo = -2 - int(bad)
+        given = lazy.get()
+
+
 def _check_bank(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit, masks, used,
                 counts, orphans, start=0):
     """_check_bank_py of words[start:] (positions from 0), split over Python threads.
@@ -523,28 +588,29 @@ def _check_bank(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit
     Numba's OpenMP pool spins between parallel regions and, on few cores, stalls against BLAS's
     and torch's pools; plain threads sleep when idle (as in :mod:`bitsub.matmul`). The parts'
     counts add up and their hashes sum (the hash is a sum over words), so the result is that of
-    one pass.
+    one pass. ``masks`` may be a :class:`_LazyMasks`, built only if some word needs it.
     """
     n = words.size
     n_threads = numba.config.NUMBA_NUM_THREADS if n - start >= PARALLEL_MIN else 1
     code_check = _code_checks(bits_by_prefix, limit)
-    args = (word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit, code_check, masks, used)
+    args = (word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit, code_check)
     if n_threads < 2:
-        return _check_part(words, start, n, *args, counts, orphans)
+        bad, h = _check_range(words, start, n, args, masks, used, counts, orphans)
+        return bad, np.uint64(h)
     if not _pool:
         _pool.append(ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
                                         thread_name_prefix="bitsub-check"))
     bounds = [start + j * (n - start) // n_threads for j in range(n_threads + 1)]
     parts = [(np.zeros_like(counts), np.zeros_like(orphans)) for _ in range(n_threads)]
-    futures = [_pool[0].submit(_check_part, words, bounds[j], bounds[j + 1], *args, *parts[j])
-               for j in range(1, n_threads)]
-    results = [_check_part(words, bounds[0], bounds[1], *args, *parts[0])]
+    futures = [_pool[0].submit(_check_range, words, bounds[j], bounds[j + 1], args, masks, used,
+                               *parts[j]) for j in range(1, n_threads)]
+    results = [_check_range(words, bounds[0], bounds[1], args, masks, used, *parts[0])]
     results += [f.result() for f in futures]
     h = 0
     for bad, part_hash in results:
         if bad >= 0:
             return bad, np.uint64(0)
-        h = (h + int(part_hash)) & 0xFFFFFFFFFFFFFFFF
+        h = (h + part_hash) & 0xFFFFFFFFFFFFFFFF
     for part_counts, part_orphans in parts:
         counts += part_counts
         orphans += part_orphans

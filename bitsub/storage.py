@@ -93,8 +93,9 @@ from bitsub.packed import (
     PackedModel,
     _Bank,
     _check_bank,
-    _check_part,
+    _check_range,
     _code_checks,
+    _LazyMasks,
     _merge_context_streams,
     _Task,
     check_network,
@@ -739,7 +740,7 @@ def _reference_context(tasks: list[_Task], earlier: list[int], name: str, ref: i
 
 def _check_words(reader: _WordReader, off: int, words: np.ndarray, word_bits: int,
                  prefix_bits: int, n_prefixes: int, bits_by_prefix: np.ndarray,
-                 limit: np.ndarray, *out: np.ndarray) -> tuple[int, int]:
+                 limit: np.ndarray, *out: Any) -> tuple[int, int]:
     """_check_bank of a word array at file offset off, piece by piece as the reader reads them.
 
     Pieces are checked on this thread while the reader thread reads the next (two busy
@@ -758,8 +759,8 @@ def _check_words(reader: _WordReader, off: int, words: np.ndarray, word_bits: in
         else:
             hi = min(n, lo + step)
             reader.wait(off + hi * words.itemsize)
-            bad, part = _check_part(words, lo, hi, word_bits, prefix_bits, n_prefixes,
-                                    bits_by_prefix, limit, code_check, *out)
+            bad, part = _check_range(words, lo, hi, (word_bits, prefix_bits, n_prefixes,
+                                                     bits_by_prefix, limit, code_check), *out)
             lo = hi
         if bad >= 0:
             return bad, 0
@@ -900,10 +901,12 @@ def _build(data: np.ndarray, regions: list[tuple[int, int]], index: tuple[int, i
                 bits_by_prefix[j + 1] = tasks[t].bits[name]
                 cb = tasks[t].codebooks[name]
                 limit[j + 1] = np.uint64(1 << 32) if cb is None else cb.size
-            masks = np.stack([tasks[t].masks[name] for t in members[k]])
             used = np.empty(n, np.uint8)  # every entry written when the check passes
             counts = np.zeros(size, np.int64)
             orphans = np.zeros(size, np.int64)
+            # the stack of the masks is built only if some word needs it (see _check_part)
+            masks = _LazyMasks(lambda k=k, name=name: np.stack([tasks[t].masks[name]
+                                                                for t in members[k]]))
             bad, h = _check_words(reader, off, words, word_bits, prefix_bits, len(members[k]),
                                   bits_by_prefix, limit, masks, used, counts, orphans)
             where = f"/layers/{i}/bank_{k}"

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import bitsub
 from bitsub import PackedModel, TaskLayer
 from bitsub.kmeans import kmeans_1d
+from bitsub.packed import _BLOCK
 from tests.naive import naive_packed_weights
 
 SETTINGS = settings(max_examples=60, deadline=None,
@@ -521,8 +522,9 @@ def test_a_mask_reusing_its_predecessor_is_much_smaller():
 # ------------------------------------------------------------------------ load-time word check
 
 
-def check_bank(words, word_bits, prefix_bits, bits_of_prefix, limit, masks):
-    from bitsub.packed import _check_bank
+def check_bank(words, word_bits, prefix_bits, bits_of_prefix, limit, masks, deferred=False):
+    """_check_bank, with the masks given, or (deferred) built only if a word needs them."""
+    from bitsub.packed import _check_bank, _LazyMasks
 
     size = 1 << prefix_bits
     bits = np.zeros(size, np.int64)
@@ -535,45 +537,65 @@ def check_bank(words, word_bits, prefix_bits, bits_of_prefix, limit, masks):
     used = np.zeros(n, np.uint8)
     counts = np.zeros(size, np.int64)
     orphans = np.zeros(size, np.int64)
+    given = _LazyMasks(lambda: packed) if deferred else packed
     bad, h = _check_bank(words, word_bits, prefix_bits, len(bits_of_prefix) - 1, bits, lim,
-                         packed, used, counts, orphans)
+                         given, used, counts, orphans)
+    if deferred and bad < 0:  # built exactly when some word's first prefix is not 1
+        tops = words.astype(np.uint64) >> np.uint64(word_bits - prefix_bits)
+        assert (given.masks is not None) == (len(masks) > 0 and bool(np.any(tops != 1)))
     return int(bad), used, counts, orphans, int(h)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), word_bits=st.sampled_from([32, 64]), prefix_bits=st.integers(1, 4),
-       n=st.integers(0, 70), n_prefixes=st.integers(0, 5))
-def test_check_bank_matches_naive(data, word_bits, prefix_bits, n, n_prefixes):
-    """Random words built from fields (mostly valid, repeated layouts, some damage)."""
-    from tests.naive import naive_check_bank, naive_words_hash
+       n=st.integers(0, 70) | st.integers(100, 300), n_prefixes=st.integers(0, 5),
+       deferred=st.booleans(), full=st.booleans(), other=st.sampled_from([0.3, 0.01, 0.0]),
+       damage=st.sampled_from([0.03, 0.002, 0.0]))
+def test_check_bank_matches_naive(data, word_bits, prefix_bits, n, n_prefixes, deferred, full,
+                                  other, damage):
+    """Random words built from fields (mostly valid, repeated layouts, some damage).
 
+    With ``full`` (codebooks of 2**b entries, prefix 1 first) and rare other layouts, runs of
+    words take the check's fast path (see also test_check_bank_long_runs_match_naive).
+    """
     n_prefixes = min(n_prefixes, (1 << prefix_bits) - 1)
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    bits_of_prefix = [0] + [int(rng.integers(0 if rng.random() < 0.1 else 1, 9))
+    bits_of_prefix = [0] + [int(rng.integers(0 if rng.random() < 0.1 and not full else 1, 9))
                             for _ in range(n_prefixes)]
-    limit = [0] + [int(rng.integers(1, (1 << b) + 1)) if b else 0 for b in bits_of_prefix[1:]]
+    limit = [0] + [(1 << b) if full else int(rng.integers(1, (1 << b) + 1)) if b else 0
+                   for b in bits_of_prefix[1:]]
     layouts = []
-    for _ in range(3):
+    for j in range(3):
         fields, pos = [], 0
         for p in range(1, n_prefixes + 1):
             b = bits_of_prefix[p]
-            if b and rng.random() < 0.6 and pos + prefix_bits + b <= word_bits:
+            first = full and j == 0 and p == 1
+            if b and (first or rng.random() < 0.6) and pos + prefix_bits + b <= word_bits:
                 fields.append((p, b))
                 pos += prefix_bits + b
         layouts.append(fields)
     words = np.zeros(n, np.uint64 if word_bits == 64 else np.uint32)
     for i in range(n):
         w, pos = 0, 0
-        for p, b in layouts[int(rng.integers(0, 3)) if rng.random() < 0.3 else 0]:
+        for p, b in layouts[int(rng.integers(0, 3)) if rng.random() < other else 0]:
             code = int(rng.integers(0, max(limit[p], 1)))
             w |= ((p << b) | code) << (word_bits - pos - prefix_bits - b)
             pos += prefix_bits + b
-        if rng.random() < 0.03:  # damage: a random bit flipped
+        if rng.random() < damage:  # damage: a random bit flipped
             w ^= 1 << int(rng.integers(0, word_bits))
         words[i] = w
     masks = [rng.random(n) < rng.choice([0.0, 0.5, 1.0]) for _ in range(n_prefixes)]
+    assert_check_matches_naive(words, word_bits, prefix_bits, bits_of_prefix, limit, masks,
+                               deferred)
+
+
+def assert_check_matches_naive(words, word_bits, prefix_bits, bits_of_prefix, limit, masks,
+                               deferred):
+    from tests.naive import naive_check_bank, naive_words_hash
+
+    n_prefixes = len(bits_of_prefix) - 1
     bad, used, counts, orphans, h = check_bank(words, word_bits, prefix_bits, bits_of_prefix,
-                                               limit, masks)
+                                               limit, masks, deferred)
     nbad, nused, ncounts, norphans = naive_check_bank(words, word_bits, prefix_bits,
                                                       bits_of_prefix, limit, masks)
     assert bad == nbad
@@ -582,6 +604,37 @@ def test_check_bank_matches_naive(data, word_bits, prefix_bits, n, n_prefixes):
         assert counts[: n_prefixes + 1].tolist() == ncounts and not counts[n_prefixes + 1 :].any()
         assert orphans[: n_prefixes + 1].tolist() == norphans
         assert h == naive_words_hash(words) == bitsub.packed.words_hash(words)
+    return bad
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), word_bits=st.sampled_from([32, 64]),
+       n=st.integers(_BLOCK - 20, 3 * _BLOCK + 40), n_changes=st.integers(0, 4),
+       damage=st.booleans(), deferred=st.booleans())
+def test_check_bank_long_runs_match_naive(data, word_bits, n, n_changes, damage, deferred):
+    """Long runs of one layout (the check's block-at-a-time fast path, which hashes as it
+    tests), broken by a few other layouts (one whose first prefix is not 1 needs the masks),
+    empty words, and a flipped bit, at random places: in a block, at its edges, in the tail."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    prefix_bits, bits_of_prefix = 3, [0, 4, 2, 5]
+    limit = [0, 16, 4, 32]  # full codebooks: no code needs checking
+    layouts = [[1, 2, 3], [1, 3], [2, 3], []]
+    kinds = rng.integers(0, 4, n_changes)
+    places = rng.integers(0, n, n_changes)
+    words = np.zeros(n, np.uint64 if word_bits == 64 else np.uint32)
+    for i in range(n):
+        w, pos = 0, 0
+        hit = np.flatnonzero(places == i)
+        for p in layouts[int(kinds[hit[0]]) if hit.size else 0]:
+            b = bits_of_prefix[p]
+            w |= ((p << b) | int(rng.integers(0, limit[p]))) << (word_bits - pos - prefix_bits - b)
+            pos += prefix_bits + b
+        words[i] = w
+    if damage:
+        words[int(rng.integers(0, n))] ^= words.dtype.type(1 << int(rng.integers(0, word_bits)))
+    masks = [rng.random(n) < rng.choice([0.0, 0.5, 1.0]) for _ in range(3)]
+    assert_check_matches_naive(words, word_bits, prefix_bits, bits_of_prefix, limit, masks,
+                               deferred)
 
 
 def test_check_bank_large_and_parallel_builds_agree():
