@@ -21,3 +21,39 @@ def test_import_bitsub_imports_neither_torch_nor_cuda():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+BITSUB_NAMES = {
+    "AdaptiveResult", "Capacity", "FormatError", "PackedModel", "Plan", "TaskLayer",
+    "adaptive_bitwidth", "build_plan", "decode_mask", "encode_mask", "kmeans_1d", "load",
+    "pack_bits", "quantize", "unpack_bits", "validate_network",
+}
+
+BITSUB_TORCH_NAMES = {
+    "AdaQPacknet", "FieldStore", "Finetune", "KLGate", "PackNet", "PackedModule", "Results",
+    "STRATEGIES", "Scenario", "Strategy", "TaskBatchNorm", "TaskConv2d", "TaskData", "TaskLinear",
+    "TaskNetwork", "TinySubNets", "Trainer", "WSN", "acc", "alexnet", "bwt", "export",
+    "forgetting", "fwt", "get_scenario", "get_strategy", "mlp", "resnet18", "tinynet",
+}
+
+
+def test_public_names_are_pinned():
+    # A change to the public surface is a decision: update these sets with it.
+    import bitsub_torch
+
+    assert set(bitsub.__all__) == BITSUB_NAMES
+    assert set(bitsub_torch.__all__) == BITSUB_TORCH_NAMES
+    assert list(bitsub_torch.__all__) == sorted(bitsub_torch.__all__)
+    for name in bitsub_torch.__all__:
+        assert hasattr(bitsub_torch, name), name
+
+
+def test_the_issue_contract_names_exist():
+    # Names other work relies on (issues 2-5).
+    from bitsub_torch import cli
+
+    pm = bitsub.PackedModel(word_bits=32, prefix_bits=3)
+    for method in ("add_layer", "add_task", "weights", "mask", "private", "bits", "capacity",
+                   "save", "matmul", "conv2d", "forward", "plan_bytes", "resolve"):
+        assert callable(getattr(pm, method)), method
+    assert callable(cli.train_main) and callable(cli.eval_main)
