@@ -7,12 +7,12 @@ from any callable, so bitsub stays free of torch.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from bitsub._validate import check_int
 from bitsub.kmeans import METHODS, quantize
 
 __all__ = ["AdaptiveResult", "adaptive_bitwidth"]
@@ -41,20 +41,6 @@ class AdaptiveResult:
     codes: dict[str, np.ndarray]
     accuracy: float
     history: list[tuple[dict[str, int], float]]
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an integer in {low}..{high}, got a bool")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(
-            f"{name} must be an integer in {low}..{high}, got {type(value).__name__}"
-        ) from None
-    if not low <= v <= high:
-        raise ValueError(f"{name} must be in {low}..{high}, got {v}")
-    return v
 
 
 def adaptive_bitwidth(
@@ -117,8 +103,8 @@ def adaptive_bitwidth(
         raise ValueError("layers must be a non-empty mapping of layer name -> weight array")
     if not callable(evaluate):
         raise TypeError("evaluate must be a callable: evaluate(quantized_layers) -> accuracy")
-    lo = _check_int("min_bits", min_bits, 1, 16)
-    hi = _check_int("max_bits", max_bits, 1, 16)
+    lo = check_int(min_bits, "min_bits", 1, 16)
+    hi = check_int(max_bits, "max_bits", 1, 16)
     if lo > hi:
         raise ValueError(f"min_bits ({lo}) must not exceed max_bits ({hi})")
     if method not in METHODS:

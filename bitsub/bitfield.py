@@ -21,6 +21,7 @@ import numba
 import numpy as np
 
 from bitsub._config import NJIT
+from bitsub._validate import check_int
 
 __all__ = [
     "field_shift",
@@ -170,20 +171,6 @@ def _unpack_bytes_kernel(data, bits, count, out):
         out[i] = (data[full] >> np.uint8(8 - bits * (t + 1))) & mask
 
 
-def _check_bits(bits: object, low: int, high: int) -> int:
-    if isinstance(bits, (bool, np.bool_)):
-        raise TypeError(f"bits must be an integer in {low}..{high}, got a bool")
-    try:
-        b = operator.index(bits)
-    except TypeError:
-        raise TypeError(
-            f"bits must be an integer in {low}..{high}, got {type(bits).__name__}"
-        ) from None
-    if not low <= b <= high:
-        raise ValueError(f"bits must be in {low}..{high}, got {b}")
-    return b
-
-
 def packed_size(count: int, bits: int) -> int:
     """Number of bytes :func:`pack_bits` produces for ``count`` codes of ``bits`` bits."""
     return (count * bits + 7) // 8
@@ -212,7 +199,7 @@ def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
     ValueError
         If ``bits`` is out of range or a code is negative or ``>= 2**bits``.
     """
-    b = _check_bits(bits, 1, MAX_PACK_BITS)
+    b = check_int(bits, "bits", 1, MAX_PACK_BITS)
     arr = np.asarray(codes)
     if arr.size == 0:
         return np.zeros(0, dtype=np.uint8)
@@ -265,7 +252,7 @@ def unpack_bits(data: np.ndarray | bytes, bits: int, count: int) -> np.ndarray:
     ValueError
         If ``bits`` or ``count`` is out of range or ``data`` is too short.
     """
-    b = _check_bits(bits, 1, MAX_PACK_BITS)
+    b = check_int(bits, "bits", 1, MAX_PACK_BITS)
     if isinstance(count, (bool, np.bool_)):
         raise TypeError("count must be a non-negative integer, got a bool")
     try:
