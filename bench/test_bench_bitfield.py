@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from bitsub.bitfield import pack_bits, unpack_bits
+from bitsub.codecs.bitfield import pack_bits, unpack_bits
 
 N = int(os.environ.get("BITSUB_BENCH_BITFIELD_N", str(1 << 22)))
 BITS = [1, 2, 3, 4, 5, 8, 12, 16]

@@ -18,7 +18,7 @@ import os
 import numpy as np
 import pytest
 
-from bitsub.kmeans import kmeans_1d
+from bitsub.quant.kmeans import kmeans_1d
 
 sklearn_cluster = pytest.importorskip("sklearn.cluster")
 

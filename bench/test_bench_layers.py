@@ -5,7 +5,7 @@ foreach Adam slows down ~3x on the exact zeros that masked positions leave in it
 The task layers run as a later task reads them: a fixed mask, half the positions owned by an
 earlier task and frozen (gradient zeroed after backward, values restored after the step). The
 ``wsn-scores`` rows train through the straight-through top-k mask (WSN's training mode), which
-selects the top half of the scores every step (`bitsub_torch.autograd.topk_masked_weight`: exact
+selects the top half of the scores every step (`bitsub_torch.nn.autograd.topk_masked_weight`: exact
 selection by counting passes from the last step's threshold, mask and masked weight in one pass)
 and trains the scores with Adam too, so they carry a second parameter's optimizer step.
 Shapes: p-MNIST's fc1 (784 -> 100, batch 128) and reduced AlexNet's conv2 (64 -> 128, 3x3, on
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitsub_torch.layers import TaskConv2d, TaskLinear
+from bitsub_torch.nn.layers import TaskConv2d, TaskLinear
 
 torch.set_num_threads(1)
 

@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 import pytest
 
-from bitsub.maskcodec import decode_mask, encode_mask, mask_scheme
+from bitsub.codecs.maskcodec import decode_mask, encode_mask, mask_scheme
 
 N = int(os.environ.get("BITSUB_BENCH_MASK_N", str(10**7)))
 CASES = ["iid-0.5", "iid-0.2", "iid-0.05", "iid-0.01", "rows", "blocks16", "clustered"]

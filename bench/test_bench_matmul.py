@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from bitsub.matmul import matmul
-from bitsub.plan import build_plan
+from bitsub.kernels.matmul import matmul
+from bitsub.kernels.plan import build_plan
 
 torch = pytest.importorskip("torch")
 

@@ -5,16 +5,16 @@ The engine (NumPy + Numba); it never imports torch. See README.md for a tour.
 
 from __future__ import annotations
 
-from bitsub.adaptive import AdaptiveResult, adaptive_bitwidth
-from bitsub.bitfield import pack_bits, unpack_bits
-from bitsub.capacity import Capacity
+from bitsub.codecs.bitfield import pack_bits, unpack_bits
+from bitsub.codecs.maskcodec import decode_mask, encode_mask
 from bitsub.errors import FormatError
-from bitsub.kmeans import kmeans_1d, quantize
-from bitsub.maskcodec import decode_mask, encode_mask
-from bitsub.network import validate_network
-from bitsub.packed import PackedModel, TaskLayer
-from bitsub.plan import Plan, build_plan
-from bitsub.storage import load
+from bitsub.kernels.plan import Plan, build_plan
+from bitsub.model.capacity import Capacity
+from bitsub.model.network import validate_network
+from bitsub.model.packed import PackedModel, TaskLayer
+from bitsub.quant.adaptive import AdaptiveResult, adaptive_bitwidth
+from bitsub.quant.kmeans import kmeans_1d, quantize
+from bitsub.storage.hdf5 import load
 
 __version__ = "0.1.0"
 

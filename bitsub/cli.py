@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 
 from bitsub.errors import FormatError
-from bitsub.packed import PackedModel
-from bitsub.storage import load
+from bitsub.model.packed import PackedModel
+from bitsub.storage.hdf5 import load
 
 __all__ = ["describe", "main"]
 

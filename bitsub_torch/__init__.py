@@ -5,14 +5,9 @@ It depends on bitsub; bitsub never imports torch.
 
 from __future__ import annotations
 
-from bitsub_torch.divergence import KLGate
-from bitsub_torch.export import export
-from bitsub_torch.layers import TaskBatchNorm, TaskConv2d, TaskLinear
-from bitsub_torch.metrics import acc, bwt, forgetting, fwt
-from bitsub_torch.models import TaskNetwork, alexnet, mlp, resnet18, tinynet
-from bitsub_torch.packed_module import PackedModule
-from bitsub_torch.scenarios import Scenario, TaskData, get_scenario
-from bitsub_torch.strategies import (
+from bitsub_torch.cl.divergence import KLGate
+from bitsub_torch.cl.metrics import acc, bwt, forgetting, fwt
+from bitsub_torch.cl.strategies import (
     STRATEGIES,
     WSN,
     AdaQPacknet,
@@ -22,8 +17,13 @@ from bitsub_torch.strategies import (
     TinySubNets,
     get_strategy,
 )
-from bitsub_torch.taskvalues import FieldStore
-from bitsub_torch.trainer import Results, Trainer
+from bitsub_torch.cl.taskvalues import FieldStore
+from bitsub_torch.cl.trainer import Results, Trainer
+from bitsub_torch.data.scenarios import Scenario, TaskData, get_scenario
+from bitsub_torch.export import export
+from bitsub_torch.nn.layers import TaskBatchNorm, TaskConv2d, TaskLinear
+from bitsub_torch.nn.models import TaskNetwork, alexnet, mlp, resnet18, tinynet
+from bitsub_torch.nn.packed_module import PackedModule
 
 __all__ = [
     "AdaQPacknet",

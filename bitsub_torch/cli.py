@@ -12,7 +12,7 @@ other with strategy S, then writes
   b bits on a per-tensor range calibrated on the validation split, weights as stored: Table 7 of
   TinySubNets; ``--activation-bits``, default 4 8 16 for the quantizing strategies and none
   otherwise) and ``ops`` (per task: MACs, FLOPs and bit-operations of the dense model and of the
-  task's sub-network at <b_w, b_a>; see ``bitsub_torch.strategies.quantized.ops_report``);
+  task's sub-network at <b_w, b_a>; see ``bitsub_torch.cl.strategies.quantized.ops_report``);
 - ``DIR/model.h5``: the packed model (lossless raw float32 fields, or ``--export-bits b`` codes);
 - ``DIR/accuracy_matrix.png``: a heat map of R.
 
@@ -38,21 +38,14 @@ from typing import Any
 
 import numpy as np
 
+from bitsub.atomic import atomic_path, write_bytes
+
 __all__ = ["eval_main", "train", "train_main"]
 
 MODELS = ("mlp", "alexnet", "tinynet", "resnet18")
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _json_safe(v: Any) -> Any:
@@ -80,8 +73,7 @@ def _default_model(input_shape: tuple[int, ...]) -> str:
 
 
 def _build_model(name: str, scenario: Any, width: float | None) -> Any:
-    from bitsub_torch import models
-
+    from bitsub_torch.nn import models
     kwargs: dict[str, Any] = {}
     if width is not None:
         if name in ("mlp", "resnet18"):
@@ -119,9 +111,8 @@ def plot_accuracy_matrix(matrix: np.ndarray, path: Path, title: str = "") -> Non
                             color="white" if r[i, j] < 0.6 else "black")
     ax.set_title(title or "accuracy matrix R")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
 
 
 def _torch_predictions(model: Any, task: int, x: np.ndarray, batch: int = 1024) -> np.ndarray:
@@ -140,8 +131,8 @@ def _torch_predictions(model: Any, task: int, x: np.ndarray, batch: int = 1024) 
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    from bitsub_torch.scenarios import SCENARIOS
-    from bitsub_torch.strategies import STRATEGIES
+    from bitsub_torch.cl.strategies import STRATEGIES
+    from bitsub_torch.data.scenarios import SCENARIOS
 
     p = argparse.ArgumentParser(
         prog="bitsub-train",
@@ -210,11 +201,15 @@ def train(
     import torch
 
     import bitsub
+    from bitsub_torch.cl.strategies import get_strategy
+    from bitsub_torch.cl.strategies.quantized import (
+        ACTIVATION_BITS,
+        activation_accuracy,
+        ops_report,
+    )
+    from bitsub_torch.cl.trainer import Trainer
+    from bitsub_torch.data.scenarios import get_scenario
     from bitsub_torch.export import export, packed_predictions
-    from bitsub_torch.scenarios import get_scenario
-    from bitsub_torch.strategies import get_strategy
-    from bitsub_torch.strategies.quantized import ACTIVATION_BITS, activation_accuracy, ops_report
-    from bitsub_torch.trainer import Trainer
 
     if activation_bits is not None:
         if isinstance(activation_bits, (str, bytes)) or not all(
@@ -254,7 +249,7 @@ def train(
                 "same command to resume it, or choose another --out"
             )
     else:
-        _write_atomic(config_path, json.dumps(_json_safe(config), indent=2).encode())
+        write_bytes(config_path, json.dumps(_json_safe(config), indent=2).encode())
 
     strat = get_strategy(strategy, **strategy_args)
     torch.manual_seed(seed)
@@ -314,7 +309,7 @@ def train(
         "timings": timings,
     }
     report = _json_safe(report)
-    _write_atomic(out / "results.json", json.dumps(report, indent=2).encode())
+    write_bytes(out / "results.json", json.dumps(report, indent=2).encode())
     title = f"{strategy} on {scenario}: ACC {100 * (report['acc'] or 0):.2f}%"
     plot_accuracy_matrix(results.accuracy_matrix, out / "accuracy_matrix.png", title)
     return report
@@ -410,7 +405,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _eval_parser() -> argparse.ArgumentParser:
-    from bitsub_torch.scenarios import SCENARIOS
+    from bitsub_torch.data.scenarios import SCENARIOS
 
     p = argparse.ArgumentParser(
         prog="bitsub-eval",
@@ -439,8 +434,8 @@ def evaluate_file(
 ) -> dict[str, Any]:
     """Per-task accuracy of a packed model file on a scenario, from bitsub's NumPy forward."""
     import bitsub
+    from bitsub_torch.data.scenarios import get_scenario
     from bitsub_torch.export import packed_accuracy
-    from bitsub_torch.scenarios import get_scenario
 
     pm = bitsub.load(path)
     sc = get_scenario(scenario, tasks=len(pm.tasks), seed=seed, data_dir=data_dir,

@@ -53,7 +53,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitsub_torch.strategies.base import Evaluate, Strategy
+from bitsub.atomic import write_bytes
+from bitsub_torch.cl.strategies.base import Evaluate, Strategy
 
 __all__ = [
     "DEFAULTS",
@@ -197,7 +198,7 @@ class Independent(Strategy):
 
 def _register() -> None:
     """Make ``independent`` a strategy name of the CLI registry (idempotent)."""
-    from bitsub_torch.strategies import STRATEGIES
+    from bitsub_torch.cl.strategies import STRATEGIES
 
     STRATEGIES.setdefault("independent", Independent)
 
@@ -225,7 +226,7 @@ def mask_bits(pm: Any) -> dict[str, int]:
         Bits (8 x encoded bytes) over all tasks and layers for ``"alone"``, ``"previous"``,
         ``"union"`` and ``"best"``.
     """
-    from bitsub.maskcodec import encode_mask
+    from bitsub.codecs.maskcodec import encode_mask
 
     total = dict.fromkeys(("alone", "previous", "union", "best"), 0)
     for t in pm.tasks:
@@ -310,12 +311,6 @@ def summarize(pm: Any, report: dict[str, Any], val_acc: list[float] | None = Non
 # ------------------------------------------------------------------------------------ running
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run(
     scenarios: Sequence[str] = tuple(SCENARIOS),
     methods: Sequence[str] = tuple(METHODS),
@@ -337,7 +332,7 @@ def run(
     Parameters
     ----------
     scenarios : sequence of str
-        Scenario names (any of `bitsub_torch.scenarios.SCENARIOS`).
+        Scenario names (any of `bitsub_torch.data.scenarios.SCENARIOS`).
     methods : sequence of str
         Method names of `METHODS` (or strategy names).
     out : path-like
@@ -371,7 +366,7 @@ def run(
     if log is None:
         def log(line: str) -> None:
             print(line, file=sys.stderr, flush=True)
-    from bitsub_torch.scenarios import SCENARIOS as KNOWN
+    from bitsub_torch.data.scenarios import SCENARIOS as KNOWN
 
     names = {**METHODS, **{s: s for s in METHODS.values()}}
     unknown = [m for m in methods if m not in names]
@@ -427,8 +422,8 @@ def run(
                 f"val {100 * (row['val_acc_file'] or 0):6.2f}  "
                 f"capacity {row['capacity']['percent']:8.2f}%  ({wall:.0f} s)")
             table = {"config": config, "rows": rows, "paper_pmnist": PAPER_PMNIST}
-            _write_atomic(out / "table.json", json.dumps(_json_safe(table), indent=2))
-            _write_atomic(out / "table.md", format_table(table))
+            write_bytes(out / "table.json", json.dumps(_json_safe(table), indent=2).encode())
+            write_bytes(out / "table.md", format_table(table).encode())
     return _json_safe({"config": config, "rows": rows, "paper_pmnist": PAPER_PMNIST})
 
 

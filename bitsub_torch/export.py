@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import bitsub
-from bitsub.plan import Plan, build_plan
+from bitsub.kernels.plan import Plan, build_plan
 
 __all__ = ["export", "layer_plan", "packed_accuracy", "packed_predictions"]
 
@@ -211,7 +211,7 @@ def packed_predictions(
 ) -> np.ndarray:
     """Predicted labels of task ``task`` for inputs ``x`` from bitsub's NumPy forward (no torch).
 
-    Runs ``pm.forward`` (:func:`bitsub.network.forward`) over the recorded network.
+    Runs ``pm.forward`` (:func:`bitsub.model.network.forward`) over the recorded network.
 
     Parameters
     ----------

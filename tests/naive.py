@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np  # noqa: F401
 
-# ---------------------------------------------------------------- bit fields (bitsub.bitfield)
+# -------------------------------------------------------- bit fields (bitsub.codecs.bitfield)
 
 
 def naive_pack_bits(codes, bits):
@@ -47,7 +47,7 @@ def naive_write_field(word, shift, bits, value):
     return word
 
 
-# ---------------------------------------------------------------- Huffman masks (bitsub.maskcodec)
+# ---------------------------------------------------- Huffman masks (bitsub.codecs.maskcodec)
 
 
 def naive_huffman_lengths(freqs):
@@ -168,7 +168,7 @@ def naive_decode_runs_payload(data, n, minority, code, esc_run, extra=0):
         bits.append(minority)
 
 
-# ---------------------------------------------------------------- K-Means (bitsub.kmeans)
+# ---------------------------------------------------------------- K-Means (bitsub.quant.kmeans)
 
 
 def naive_sse(values, centroids, codes):
@@ -197,7 +197,7 @@ def naive_kmeans_1d_min_sse(values, k):
     return best
 
 
-# ---------------------------------------------------------------- packed model (bitsub.packed)
+# -------------------------------------------------------- packed model (bitsub.model.packed)
 
 
 def naive_word_fields(word, word_bits, prefix_bits, bits_of_prefix):
@@ -250,7 +250,7 @@ def naive_packed_weights(pm, task, layer):
 
 
 def naive_words_hash(words):
-    """bitsub.packed.words_hash with Python integers, word by word."""
+    """bitsub.model.packed.words_hash with Python integers, word by word."""
     k1, k2, full = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, (1 << 64) - 1
     h = 0
     for i, w in enumerate(int(x) for x in words):
@@ -299,7 +299,7 @@ def naive_check_bank(words, word_bits, prefix_bits, bits_of_prefix, limit, masks
     return -1, used, counts, orphans
 
 
-# ---------------------------------------------------------------- matmul (bitsub.matmul)
+# ---------------------------------------------------------------- matmul (bitsub.kernels.matmul)
 
 
 def naive_resolved_weights(mask, source, codes, codebooks):

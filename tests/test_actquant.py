@@ -11,11 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import bitsub
-from bitsub_torch.cli import _train_parser, format_report
-from bitsub_torch.cli import train as cli_train
-from bitsub_torch.layers import TaskConv2d, TaskLinear
-from bitsub_torch.models import TaskNetwork, mlp
-from bitsub_torch.strategies.quantized import (
+from bitsub_torch.cl.strategies.quantized import (
     activation_accuracy,
     calibrate_activations,
     fake_quantize_range,
@@ -24,6 +20,10 @@ from bitsub_torch.strategies.quantized import (
     quantized_activations,
     stored_weight_bits,
 )
+from bitsub_torch.cli import _train_parser, format_report
+from bitsub_torch.cli import train as cli_train
+from bitsub_torch.nn.layers import TaskConv2d, TaskLinear
+from bitsub_torch.nn.models import TaskNetwork, mlp
 
 torch.set_num_threads(1)
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from test_tinysubnets import assert_forget_free, dense_forward, digits_tasks, pack, torch_weights
 
+from bitsub_torch.cl.strategies import STRATEGIES, AdaQPacknet, get_strategy
+from bitsub_torch.cl.strategies.adaqpacknet import magnitude_mask
+from bitsub_torch.cl.trainer import Trainer
 from bitsub_torch.export import export
-from bitsub_torch.models import mlp
-from bitsub_torch.strategies import STRATEGIES, AdaQPacknet, get_strategy
-from bitsub_torch.strategies.adaqpacknet import magnitude_mask
-from bitsub_torch.trainer import Trainer
+from bitsub_torch.nn.models import mlp
 
 torch.set_num_threads(1)
 

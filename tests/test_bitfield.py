@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitsub._config import NJIT
-from bitsub.bitfield import (
+from bitsub.codecs.bitfield import (
     field_shift,
     pack_bits,
     packed_size,
@@ -17,6 +16,7 @@ from bitsub.bitfield import (
     unpack_bits,
     write_field,
 )
+from bitsub.config import NJIT
 from tests.naive import naive_pack_bits, naive_read_field, naive_unpack_bits, naive_write_field
 
 ALL_PACK_BITS = list(range(1, 17))

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bitsub import PackedModel, TaskLayer
-from bitsub.capacity import Capacity, capacity
+from bitsub.model.capacity import Capacity, capacity
 from tests.test_packed import run_random_sequence
 
 CASE_STUDY = dict(prefix=False, masks=False, codebook_scope="task", codebook_index=True)
@@ -61,7 +61,7 @@ def test_case_study_152_220_220():
 def stored_mask_bits(pm, t, name):
     """The stored rule, recomputed: the smallest of the mask coded alone, against the previous
     task of the bank, against the union of the bank's earlier tasks (ties to the first)."""
-    from bitsub.maskcodec import encode_mask
+    from bitsub.codecs.maskcodec import encode_mask
 
     mask = pm.mask(t, name)
     earlier = [pm.mask(u, name) for u in pm.bank_tasks(pm.bank(t)) if u < t]
@@ -130,7 +130,7 @@ def test_options_and_validation():
 
 
 def test_mask_coding_union_counts_masks_coded_against_all_earlier_tasks():
-    from bitsub.maskcodec import decode_mask, encode_mask
+    from bitsub.codecs.maskcodec import decode_mask, encode_mask
 
     shapes = {"fc1": (6, 5), "conv": (2, 2, 1, 3)}
     pm, _, _ = run_random_sequence(4, 32, 3, 7, shapes)

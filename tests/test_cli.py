@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import bitsub
-from bitsub_torch import trainer as trainer_module
+from bitsub_torch.cl import trainer as trainer_module
 from bitsub_torch.cli import eval_main, train_main
 
 FAST = ["--scenario", "splitdigits", "--epochs", "3", "--lr", "0.005", "--batch-size", "32",

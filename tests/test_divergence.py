@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitsub_torch.divergence import KLGate, gaussian_kl, histogram_kl, task_divergence
+from bitsub_torch.cl.divergence import KLGate, gaussian_kl, histogram_kl, task_divergence
 
 
 def _kl_direct(p, q):

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import bitsub
+from bitsub_torch.cl.strategies import WSN, Finetune, PackNet, Strategy
 from bitsub_torch.export import export, packed_accuracy, packed_predictions
-from bitsub_torch.models import alexnet, mlp
-from bitsub_torch.strategies import WSN, Finetune, PackNet, Strategy
+from bitsub_torch.nn.models import alexnet, mlp
 
 torch.set_num_threads(1)
 
@@ -187,7 +187,7 @@ def test_conv_network_forward_matches_torch():
 
 
 def test_packed_accuracy():
-    from bitsub_torch.scenarios import get_scenario
+    from bitsub_torch.data.scenarios import get_scenario
 
     sc = get_scenario("splitdigits", tasks=2)
     net = masked_model(mlp((64,), 2, 2, width=16), 2)

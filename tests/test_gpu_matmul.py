@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitsub import gpu_matmul as gm
-from bitsub.gpu_matmul import gpu_conv2d, gpu_matmul
-from bitsub.matmul import conv2d, matmul
-from bitsub.plan import build_plan
+from bitsub.kernels import gpu_matmul as gm
+from bitsub.kernels.gpu_matmul import gpu_conv2d, gpu_matmul
+from bitsub.kernels.matmul import conv2d, matmul
+from bitsub.kernels.plan import build_plan
 from tests.naive import naive_conv2d_loops, naive_dense_matmul, naive_resolved_weights
 from tests.test_matmul import assert_close, layouts, random_fields
 
@@ -82,7 +82,7 @@ def test_no_gpu_gives_clear_runtime_error(monkeypatch):
 
 
 def test_import_gpu_module_does_not_import_numba_cuda():
-    code = ("import sys, bitsub.gpu_matmul, bitsub.matmul, bitsub.network\n"
+    code = ("import sys, bitsub.kernels.gpu_matmul, bitsub.kernels.matmul, bitsub.model.network\n"
             "print(any(m.startswith('numba.cuda') for m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -1,11 +1,11 @@
-"""Canonical Huffman (bitsub.huffman) against the dictionary coder of tests/naive.py."""
+"""Canonical Huffman (bitsub.codecs.huffman) against the dictionary coder of tests/naive.py."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitsub.huffman import (
+from bitsub.codecs.huffman import (
     MAX_CODE_LENGTH,
     canonical_codes,
     check_code_lengths,

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import bitsub.kmeans as km
-from bitsub.kmeans import kmeans_1d, quantize
+import bitsub.quant.kmeans as km
+from bitsub.quant.kmeans import kmeans_1d, quantize
 from tests.naive import naive_kmeans_1d_min_sse, naive_sse
 
 METHODS = ["optimal", "auto", "lloyd"]

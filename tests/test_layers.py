@@ -1,4 +1,4 @@
-"""Task layers, straight-through functions and the papers' networks (bitsub_torch.layers/models)."""
+"""Task layers, straight-through functions and the papers' networks (bitsub_torch.nn)."""
 
 import numpy as np
 import pytest
@@ -8,16 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from naive import naive_conv2d, naive_quantize, naive_run_steps, naive_topk_mask
 
-from bitsub_torch.autograd import (
+from bitsub_torch.cl.strategies import WSN
+from bitsub_torch.nn.autograd import (
     quantize_ste,
     topk_count,
     topk_mask,
     topk_mask_bool,
     topk_masked_weight,
 )
-from bitsub_torch.layers import TaskBatchNorm, TaskConv2d, TaskLinear
-from bitsub_torch.models import alexnet, mlp, resnet18, tinynet
-from bitsub_torch.strategies import WSN
+from bitsub_torch.nn.layers import TaskBatchNorm, TaskConv2d, TaskLinear
+from bitsub_torch.nn.models import alexnet, mlp, resnet18, tinynet
 
 torch.set_num_threads(1)
 

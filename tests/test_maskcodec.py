@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import bitsub
 from bitsub import FormatError, decode_mask, encode_mask
-from bitsub.maskcodec import MAX_POSITIONS, mask_scheme
+from bitsub.codecs.maskcodec import MAX_POSITIONS, mask_scheme
 
 SHAPES = [(), (0,), (1,), (7,), (8,), (9,), (0, 5), (3, 5), (64,), (65,), (100, 37), (2, 3, 4)]
 
@@ -213,7 +213,7 @@ def test_absurd_shape_is_refused():
     with pytest.raises(FormatError, match="positions"):
         decode_mask(with_crc(body))
     big = MAX_POSITIONS + 1
-    body = b"BSMK\x01\x00\x01" + bitsub.maskcodec._varint(big) + b"\x01"
+    body = b"BSMK\x01\x00\x01" + bitsub.codecs.maskcodec._varint(big) + b"\x01"
     with pytest.raises(FormatError, match="limit"):
         decode_mask(with_crc(body))
 
@@ -246,7 +246,7 @@ def test_large_roundtrip_and_corruption(n, p):
 
 def test_runs_scheme_matches_naive_coder():
     """Runs payloads are byte for byte those of the naive dictionary coder, and decode back."""
-    from bitsub.maskcodec import RUNS0, RUNS1, _parse_stream, _Reader
+    from bitsub.codecs.maskcodec import RUNS0, RUNS1, _parse_stream, _Reader
     from tests.naive import naive_canonical_code, naive_decode_runs_payload, naive_runs_payload
 
     rng = np.random.default_rng(8)
@@ -273,7 +273,11 @@ def test_runs_scheme_matches_naive_coder():
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(0, 20), min_size=1, max_size=300))
 def test_length_table_roundtrip(lengths):
-    from bitsub.maskcodec import _length_table_bits, _read_length_table_kernel, _write_length_table
+    from bitsub.codecs.maskcodec import (
+        _length_table_bits,
+        _read_length_table_kernel,
+        _write_length_table,
+    )
 
     lengths = np.array(lengths)
     data = _write_length_table(lengths)
@@ -349,7 +353,7 @@ def test_clustered_masks_use_alternating_runs(n):
 
 @pytest.mark.parametrize("scheme", ["bytes", "runs1", "runs01"])
 def test_huge_shape_with_tiny_payload_is_refused_before_allocating(scheme):
-    from bitsub.maskcodec import _varint, _write_length_table
+    from bitsub.codecs.maskcodec import _varint, _write_length_table
 
     table = _write_length_table(np.array([1, 1]))
     body = b"BSMK\x01\x00\x01" + _varint(MAX_POSITIONS)

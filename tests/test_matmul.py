@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitsub import matmul as mm
-from bitsub.matmul import _lut_decode_portable, _lut_slice_portable, conv2d, matmul
-from bitsub.plan import LUT_CHUNK, SLICE, Plan, build_plan
+from bitsub.kernels import matmul as mm
+from bitsub.kernels.matmul import _lut_decode_portable, _lut_slice_portable, conv2d, matmul
+from bitsub.kernels.plan import LUT_CHUNK, SLICE, Plan, build_plan
 from tests.naive import naive_conv2d_loops, naive_dense_matmul, naive_resolved_weights
 
 
@@ -338,7 +338,7 @@ def test_plan_is_compact():
 
 def packed_model(seed, word_bits=32):
     """Three tasks over two banks: own fields, reused fields, several codebook sizes."""
-    from bitsub.packed import PackedModel, TaskLayer
+    from bitsub.model.packed import PackedModel, TaskLayer
 
     rng = np.random.default_rng(seed)
     pm = PackedModel(word_bits=word_bits, prefix_bits=2)
@@ -366,7 +366,7 @@ def packed_model(seed, word_bits=32):
 
 @pytest.mark.parametrize("batch", [1, 5, 40])
 def test_matmul_through_packed_model(batch):
-    from bitsub.plan import model_plan
+    from bitsub.kernels.plan import model_plan
 
     pm, tasks, shapes = packed_model(11)
     assert pm.banks == 2
@@ -387,8 +387,8 @@ def test_matmul_through_packed_model(batch):
 
 
 def test_raw_float_fields_through_packed_model():
-    from bitsub.packed import PackedModel, TaskLayer
-    from bitsub.plan import model_plan
+    from bitsub.kernels.plan import model_plan
+    from bitsub.model.packed import PackedModel, TaskLayer
 
     rng = np.random.default_rng(12)
     pm = PackedModel(word_bits=64, prefix_bits=2)
@@ -416,8 +416,8 @@ def test_portable_kernels_on_a_host_without_avx512():
 
     code = """
 import numpy as np
-from bitsub import matmul as mm
-from bitsub.plan import build_plan
+from bitsub.kernels import matmul as mm
+from bitsub.kernels.plan import build_plan
 assert not mm.AVX512
 rng = np.random.default_rng(0)
 mask = rng.random((9, 37)) < 0.5
@@ -464,7 +464,7 @@ def test_packed_model_methods_match_reference():
 
 
 def test_cached_plans_stay_valid_when_tasks_are_added():
-    from bitsub.packed import TaskLayer
+    from bitsub.model.packed import TaskLayer
 
     pm, tasks, shapes = packed_model(22)
     x = np.random.default_rng(0).standard_normal((2, 37)).astype(np.float32)

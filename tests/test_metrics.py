@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bitsub_torch.metrics import acc, bwt, forgetting, fwt
+from bitsub_torch.cl.metrics import acc, bwt, forgetting, fwt
 
 R = [
     [0.9, 0.1, 0.2],

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from bitsub.network import OPS, forward, validate_network
-from bitsub.plan import build_plan
+from bitsub.kernels.plan import build_plan
+from bitsub.model.network import OPS, forward, validate_network
 from tests.naive import naive_resolved_weights, naive_run_steps
 from tests.test_matmul import random_fields
 
@@ -142,7 +142,7 @@ def test_forward_rejects_bad_input():
 
 
 def test_forward_through_packed_model():
-    from bitsub.packed import PackedModel, TaskLayer
+    from bitsub.model.packed import PackedModel, TaskLayer
 
     rng = np.random.default_rng(6)
     pm = PackedModel(word_bits=32, prefix_bits=2)

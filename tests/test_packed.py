@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import bitsub
 from bitsub import PackedModel, TaskLayer
-from bitsub.kmeans import kmeans_1d
-from bitsub.packed import _BLOCK
+from bitsub.model.packed import _BLOCK
+from bitsub.quant.kmeans import kmeans_1d
 from tests.naive import naive_packed_weights
 
 SETTINGS = settings(max_examples=60, deadline=None,
@@ -486,7 +486,7 @@ def reuse_model(side=(48, 64), seed=0):
 
 
 def test_stored_masks_pick_the_smallest_reference_and_decode():
-    from bitsub.maskcodec import decode_mask, encode_mask
+    from bitsub.codecs.maskcodec import decode_mask, encode_mask
 
     pm = reuse_model()
     refs = [pm.mask_reference(t, "fc") for t in pm.tasks]
@@ -524,7 +524,7 @@ def test_a_mask_reusing_its_predecessor_is_much_smaller():
 
 def check_bank(words, word_bits, prefix_bits, bits_of_prefix, limit, masks, deferred=False):
     """_check_bank, with the masks given, or (deferred) built only if a word needs them."""
-    from bitsub.packed import _check_bank, _LazyMasks
+    from bitsub.model.packed import _check_bank, _LazyMasks
 
     size = 1 << prefix_bits
     bits = np.zeros(size, np.int64)
@@ -603,7 +603,7 @@ def assert_check_matches_naive(words, word_bits, prefix_bits, bits_of_prefix, li
         assert used.tolist() == nused
         assert counts[: n_prefixes + 1].tolist() == ncounts and not counts[n_prefixes + 1 :].any()
         assert orphans[: n_prefixes + 1].tolist() == norphans
-        assert h == naive_words_hash(words) == bitsub.packed.words_hash(words)
+        assert h == naive_words_hash(words) == bitsub.model.packed.words_hash(words)
     return bad
 
 
@@ -638,7 +638,7 @@ def test_check_bank_long_runs_match_naive(data, word_bits, n, n_changes, damage,
 
 
 def test_check_bank_large_and_parallel_builds_agree():
-    from bitsub.packed import PARALLEL_MIN, _check_parallel, _check_serial
+    from bitsub.model.packed import PARALLEL_MIN, _check_parallel, _check_serial
 
     pm = reuse_model(side=(PARALLEL_MIN // 256 + 3, 256), seed=2)
     words = np.array(pm.words("fc", 0))
@@ -646,7 +646,7 @@ def test_check_bank_large_and_parallel_builds_agree():
     bits = [0] + [pm.bits(t, "fc") for t in pm.bank_tasks(0)]
     limit = [0] + [pm.codebook(t, "fc").size for t in pm.bank_tasks(0)]
     bad, used, counts, orphans, h = check_bank(words, 32, 3, bits, limit, masks)
-    assert bad == -1 and not orphans.any() and h == bitsub.packed.words_hash(words)
+    assert bad == -1 and not orphans.any() and h == bitsub.model.packed.words_hash(words)
     assert counts[1:5].tolist() == [pm.fields(t, "fc") for t in pm.bank_tasks(0)]
     assert words.size >= PARALLEL_MIN
     for fn in (_check_serial, _check_parallel):
@@ -670,7 +670,8 @@ def test_words_hash_inputs():
     w = np.arange(7, dtype=np.uint64) << np.uint64(40)
     ro = w.view()
     ro.flags.writeable = False
-    assert bitsub.packed.words_hash(ro) == bitsub.packed.words_hash(w) == naive_words_hash(w)
-    assert bitsub.packed.words_hash(np.zeros(0, np.uint32)) == 0
+    words_hash = bitsub.model.packed.words_hash
+    assert words_hash(ro) == words_hash(w) == naive_words_hash(w)
+    assert bitsub.model.packed.words_hash(np.zeros(0, np.uint32)) == 0
     with pytest.raises(TypeError, match="uint32 or uint64"):
-        bitsub.packed.words_hash(np.zeros(3, np.int32))
+        bitsub.model.packed.words_hash(np.zeros(3, np.int32))

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 import bitsub
-from bitsub.matmul import matmul as packed_matmul
+from bitsub.kernels.matmul import matmul as packed_matmul
+from bitsub_torch.cl.strategies import WSN, Strategy
 from bitsub_torch.export import export
-from bitsub_torch.models import alexnet, mlp
-from bitsub_torch.packed_module import PackedModule, _col2im
-from bitsub_torch.strategies import WSN, Strategy
+from bitsub_torch.nn.models import alexnet, mlp
+from bitsub_torch.nn.packed_module import PackedModule, _col2im
 
 torch.set_num_threads(1)
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitsub_torch import scenarios
-from bitsub_torch.scenarios import SCENARIOS, Scenario, get_scenario, read_idx
+from bitsub_torch.data import scenarios
+from bitsub_torch.data.scenarios import SCENARIOS, Scenario, get_scenario, read_idx
 
 # ----------------------------------------------------------------------------- helpers
 

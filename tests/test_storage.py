@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bitsub
-import bitsub.storage as storage
-from bitsub import FormatError, PackedModel, TaskLayer
+import bitsub.storage.hdf5 as storage
+from bitsub import FormatError, PackedModel, TaskLayer, atomic
 from tests.test_packed import assert_same_bits, reuse_model, run_random_sequence
 
 NETWORK = [{"op": "linear", "layer": "fc1", "bias": None}, {"op": "relu"},
@@ -121,7 +121,7 @@ def test_layout_is_readable_with_plain_h5py(tmp_path):
             refs = g["mask_refs"][()]
             assert refs.tolist() == [pm.mask_reference(t, n) for n in pm.layers]
             for i, name in enumerate(pm.layers):
-                mask = bitsub.maskcodec.decode_mask(g[f"masks/{i}"][()].tobytes(),
+                mask = bitsub.codecs.maskcodec.decode_mask(g[f"masks/{i}"][()].tobytes(),
                                                     context=pm.mask_context(t, name))
                 np.testing.assert_array_equal(mask, pm.mask(t, name))
 
@@ -449,7 +449,7 @@ def rewrite(path, dspath, arr):
         ds = f.create_dataset(dspath, data=arr)
         words = str(attrs["encoding-type"]).startswith("bitsub.words")
         if words:
-            attrs["hash"] = np.uint64(bitsub.packed.words_hash(arr))
+            attrs["hash"] = np.uint64(bitsub.model.packed.words_hash(arr))
         for k, v in attrs.items():
             ds.attrs[k] = v
         ds.attrs["crc32"] = np.uint32(storage._object_crc(ds, b"" if words else arr.reshape(-1)))
@@ -526,7 +526,7 @@ def test_crash_while_writing_the_file_keeps_the_previous_one(tmp_path, monkeypat
     path = tmp_path / "m.h5"
     pm.save(path)
     before = path.read_bytes()
-    real_fdopen = os.fdopen
+    real_open = open
 
     class HalfWriter:
         def __init__(self, fh):
@@ -543,7 +543,10 @@ def test_crash_while_writing_the_file_keeps_the_previous_one(tmp_path, monkeypat
             self.fh.flush()
             raise OSError("no space left on device")
 
-    monkeypatch.setattr(storage.os, "fdopen", lambda *a, **k: HalfWriter(real_fdopen(*a, **k)))
+    def half_open(*a, **k):
+        return HalfWriter(real_open(*a, **k))
+
+    monkeypatch.setattr(atomic, "open", half_open, raising=False)
     with pytest.raises(OSError, match="no space"):
         small_model(seed=12)[0].save(path)
     monkeypatch.undo()
@@ -553,7 +556,7 @@ def test_crash_while_writing_the_file_keeps_the_previous_one(tmp_path, monkeypat
     def no_fsync(fd):
         raise OSError("fsync failed")
 
-    monkeypatch.setattr(storage.os, "fsync", no_fsync)
+    monkeypatch.setattr(atomic.os, "fsync", no_fsync)
     with pytest.raises(OSError, match="fsync failed"):
         small_model(seed=12)[0].save(path)
     monkeypatch.undo()
@@ -706,7 +709,7 @@ def test_words_are_checked_piece_by_piece_as_read(tmp_path, monkeypatch):
 def test_check_bank_from_a_start_adds_up_to_one_pass():
     # _check_words checks a word array in pieces (start, end): the counts add up and the
     # hashes sum to those of one pass, on the threaded path too
-    from bitsub.packed import PARALLEL_MIN, _check_bank, _check_serial
+    from bitsub.model.packed import PARALLEL_MIN, _check_bank, _check_serial
 
     pm = reuse_model(side=(2 * PARALLEL_MIN // 256 + 3, 256), seed=3)
     words = np.array(pm.words("fc", 0))
@@ -725,7 +728,7 @@ def test_check_bank_from_a_start_adds_up_to_one_pass():
         return int(r[0]), int(r[1]), out
 
     bad, h, (used, counts, orphans) = run(_check_serial)
-    assert bad == -1 and h == bitsub.packed.words_hash(words)
+    assert bad == -1 and h == bitsub.model.packed.words_hash(words)
     cuts = [0, 1000, PARALLEL_MIN + 77, n]
     total, got_counts, got_used = 0, np.zeros(size, np.int64), np.zeros(n, np.uint8)
     for lo, hi in zip(cuts, cuts[1:]):

@@ -6,11 +6,11 @@ import torch
 from naive import naive_run_steps
 from sklearn.datasets import load_digits
 
-from bitsub_torch.autograd import topk_count
-from bitsub_torch.models import alexnet, mlp
-from bitsub_torch.scenarios import Scenario, TaskData, get_scenario
-from bitsub_torch.strategies import STRATEGIES, WSN, Finetune, PackNet, get_strategy
-from bitsub_torch.trainer import Trainer
+from bitsub_torch.cl.strategies import STRATEGIES, WSN, Finetune, PackNet, get_strategy
+from bitsub_torch.cl.trainer import Trainer
+from bitsub_torch.data.scenarios import Scenario, TaskData, get_scenario
+from bitsub_torch.nn.autograd import topk_count
+from bitsub_torch.nn.models import alexnet, mlp
 
 torch.set_num_threads(1)
 

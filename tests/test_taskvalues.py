@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bitsub
-from bitsub_torch.taskvalues import FieldStore, LayerFields
+from bitsub_torch.cl.taskvalues import FieldStore, LayerFields
 
 SHAPES = {"a": (3, 5), "b": (2, 2, 2, 2)}
 

@@ -9,13 +9,13 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import bitsub
+from bitsub_torch.cl.strategies import STRATEGIES, TinySubNets, get_strategy
+from bitsub_torch.cl.strategies.quantized import fake_quantize, op_counts, quantized_inference
+from bitsub_torch.cl.trainer import Trainer
+from bitsub_torch.data.scenarios import Scenario, TaskData
 from bitsub_torch.export import export
-from bitsub_torch.layers import TaskConv2d
-from bitsub_torch.models import TaskNetwork, mlp
-from bitsub_torch.scenarios import Scenario, TaskData
-from bitsub_torch.strategies import STRATEGIES, TinySubNets, get_strategy
-from bitsub_torch.strategies.quantized import fake_quantize, op_counts, quantized_inference
-from bitsub_torch.trainer import Trainer
+from bitsub_torch.nn.layers import TaskConv2d
+from bitsub_torch.nn.models import TaskNetwork, mlp
 
 torch.set_num_threads(1)
 

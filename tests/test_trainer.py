@@ -8,10 +8,10 @@ import pytest
 import torch
 from test_strategies import permuted_digits
 
-from bitsub_torch.models import mlp
-from bitsub_torch.scenarios import Scenario
-from bitsub_torch.strategies import WSN, Finetune, PackNet
-from bitsub_torch.trainer import Results, Trainer
+from bitsub_torch.cl.strategies import WSN, Finetune, PackNet
+from bitsub_torch.cl.trainer import Results, Trainer
+from bitsub_torch.data.scenarios import Scenario
+from bitsub_torch.nn.models import mlp
 
 torch.set_num_threads(1)
 

@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from bitsub_torch import metrics
-from bitsub_torch.strategies.base import Strategy
+from bitsub.atomic import atomic_path
+from bitsub_torch.cl import metrics
+from bitsub_torch.cl.strategies.base import Strategy
 
 __all__ = ["Results", "Trainer"]
 
@@ -54,7 +55,7 @@ class Results:
     random_init_accuracy : np.ndarray
         Length T: test accuracy of the untrained model on each task (FWT's ``b``).
     acc, bwt, fwt, forgetting : float
-        See `bitsub_torch.metrics`.
+        See `bitsub_torch.cl.metrics`.
     timings : dict
         Seconds: ``train`` and ``eval`` per task, ``total``.
     config : dict
@@ -307,9 +308,8 @@ class Trainer:
             "timings": timings,
         }
         path = self.checkpoint_dir / f"task_{task:03d}.pt"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
         for t in range(task):
             old = self.checkpoint_dir / f"task_{t:03d}.pt"
             if old.exists():

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitsub._validate import check_int
-from bitsub.kmeans import METHODS, quantize
+from bitsub.quant.kmeans import METHODS, quantize
+from bitsub.validate import check_int
 
 __all__ = ["AdaptiveResult", "adaptive_bitwidth"]
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitsub_torch.autograd import topk_mask_bool, topk_masked_weight
+from bitsub_torch.nn.autograd import topk_mask_bool, topk_masked_weight
 
 __all__ = ["TaskBatchNorm", "TaskConv2d", "TaskLayerMixin", "TaskLinear"]
 

@@ -1,4 +1,4 @@
-"""Packed sparse matmul on the CPU: y = x @ W_t.T straight from a task's :class:`~bitsub.plan.Plan`.
+"""Packed sparse matmul on the CPU: y = x @ W_t.T straight from a task's plan.
 
 Kernels, chosen by the plan's layout and the batch size (thresholds from
 ``bench/test_bench_matmul.py``):
@@ -39,8 +39,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from bitsub._config import FASTMATH, NJIT
-from bitsub.plan import BOTH_MAX_DENSITY, SLICE, Plan
+from bitsub.config import FASTMATH, NJIT
+from bitsub.kernels.plan import BOTH_MAX_DENSITY, SLICE, Plan
 
 __all__ = [
     "BATCH_MIN", "LUT_BATCH_MIN", "PARALLEL_MIN", "SELL_TILE_DENSITY",
@@ -508,7 +508,8 @@ _NP_F32 = np.dtype(np.float32)
 
 def _check_plan(plan: object) -> Plan:
     if not isinstance(plan, Plan):
-        raise TypeError(f"plan must be a bitsub.plan.Plan (see build_plan or PackedModel.plan), "
+        raise TypeError(f"plan must be a bitsub.kernels.plan.Plan (see build_plan or "
+                        f"PackedModel.plan), "
                         f"got {type(plan).__name__}")
     return plan
 
@@ -568,7 +569,7 @@ def matmul(plan: Plan, x: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     plan : Plan
-        A 2-D layer's plan (:func:`bitsub.plan.build_plan` or ``PackedModel.plan``). A 4-D
+        A 2-D layer's plan (:func:`bitsub.kernels.plan.build_plan` or ``PackedModel.plan``). A 4-D
         (conv) plan is used as its (out, in*kh*kw) flattening.
     x : ndarray of float32, (in,) or (batch, in), C-contiguous
 

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bitsub.maskcodec import encode_mask
+from bitsub.codecs.maskcodec import encode_mask
 
 if TYPE_CHECKING:
-    from bitsub.packed import PackedModel
+    from bitsub.model.packed import PackedModel
 
 __all__ = ["Capacity", "capacity"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitsub_torch.strategies.base import Strategy
+from bitsub_torch.cl.strategies.base import Strategy
 
 __all__ = ["Finetune"]
 

@@ -20,7 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitsub_torch.layers import TaskBatchNorm, TaskConv2d, TaskLayerMixin, TaskLinear, _check_count
+from bitsub_torch.nn.layers import (
+    TaskBatchNorm,
+    TaskConv2d,
+    TaskLayerMixin,
+    TaskLinear,
+    _check_count,
+)
 
 __all__ = ["ResNet18", "TaskNetwork", "alexnet", "mlp", "resnet18", "tinynet"]
 

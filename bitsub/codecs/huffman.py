@@ -14,7 +14,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from bitsub._config import NJIT
+from bitsub.config import NJIT
 
 __all__ = [
     "MAX_CODE_LENGTH",

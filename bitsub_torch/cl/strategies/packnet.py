@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bitsub_torch.strategies.base import Evaluate, Strategy
+from bitsub_torch.cl.strategies.base import Evaluate, Strategy
 
 __all__ = ["PackNet"]
 

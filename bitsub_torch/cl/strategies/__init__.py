@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from bitsub_torch.strategies.adaqpacknet import AdaQPacknet
-from bitsub_torch.strategies.base import Strategy
-from bitsub_torch.strategies.finetune import Finetune
-from bitsub_torch.strategies.packnet import PackNet
-from bitsub_torch.strategies.tinysubnets import TinySubNets
-from bitsub_torch.strategies.wsn import WSN
+from bitsub_torch.cl.strategies.adaqpacknet import AdaQPacknet
+from bitsub_torch.cl.strategies.base import Strategy
+from bitsub_torch.cl.strategies.finetune import Finetune
+from bitsub_torch.cl.strategies.packnet import PackNet
+from bitsub_torch.cl.strategies.tinysubnets import TinySubNets
+from bitsub_torch.cl.strategies.wsn import WSN
 
 # Registry of strategy names (as the CLI spells them) to classes; H7 adds its strategies here.
 STRATEGIES: dict[str, type[Strategy]] = {

@@ -2,7 +2,7 @@
 
 Per task t:
 
-1. **Bank** (``before_task``): the KL gate (`bitsub_torch.divergence.KLGate`) compares t's input
+1. **Bank** (``before_task``): the KL gate (`bitsub_torch.cl.divergence.KLGate`) compares t's input
    distribution with the pooled distribution of the current bank's tasks; a task too different
    (divergence > ``kl_threshold``) opens a new bank, as does a bank with no free prefix. In a new
    bank nothing can be reused: every position t uses is written by t. With ``kl_revisit=True`` a
@@ -39,10 +39,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitsub_torch.autograd import topk_count
-from bitsub_torch.divergence import KLGate
-from bitsub_torch.strategies.base import Evaluate
-from bitsub_torch.strategies.quantized import QuantizedStrategy, _check_float, _check_int, val_split
+from bitsub_torch.cl.divergence import KLGate
+from bitsub_torch.cl.strategies.base import Evaluate
+from bitsub_torch.cl.strategies.quantized import (
+    QuantizedStrategy,
+    _check_float,
+    _check_int,
+    val_split,
+)
+from bitsub_torch.nn.autograd import topk_count
 
 __all__ = ["TinySubNets"]
 
@@ -82,7 +87,7 @@ class TinySubNets(QuantizedStrategy):
     kl_threshold : float
         KL gate threshold in nats (``inf`` disables the gate).
     kl_method : {"histogram", "gaussian"}
-        The divergence estimate (see `bitsub_torch.divergence`).
+        The divergence estimate (see `bitsub_torch.cl.divergence`).
     kl_samples : int
         Training samples per task summarised for the gate.
     kl_revisit : bool
@@ -275,7 +280,7 @@ class TinySubNets(QuantizedStrategy):
             so consecutive masks overlap most), the union of the bank's earlier masks, or
             nothing. The first task of a bank is coded without context in every case.
         """
-        from bitsub.maskcodec import encode_mask
+        from bitsub.codecs.maskcodec import encode_mask
 
         if context not in ("previous", "union", None):
             raise ValueError(f"context must be 'previous', 'union' or None, got {context!r}")

@@ -35,8 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitsub_torch.strategies.base import Evaluate
-from bitsub_torch.strategies.quantized import QuantizedStrategy, _check_float, _check_int, val_split
+from bitsub_torch.cl.strategies.base import Evaluate
+from bitsub_torch.cl.strategies.quantized import (
+    QuantizedStrategy,
+    _check_float,
+    _check_int,
+    val_split,
+)
 
 __all__ = ["AdaQPacknet"]
 

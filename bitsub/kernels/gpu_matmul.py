@@ -1,6 +1,7 @@
-"""Packed sparse matmul on an NVIDIA GPU with numba.cuda: the twin of :mod:`bitsub.matmul`.
+"""Packed sparse matmul on an NVIDIA GPU with numba.cuda: the twin of :mod:`bitsub.kernels.matmul`.
 
-Same signatures as :func:`bitsub.matmul.matmul` and :func:`bitsub.matmul.conv2d`. One thread per
+Same signatures as :func:`bitsub.kernels.matmul.matmul` and
+:func:`bitsub.kernels.matmul.conv2d`. One thread per
 (output row, sample); the threads of a warp take consecutive rows, so with the ``"sell"`` layout
 (``SLICE`` rows stored column-major) their loads of columns and codes are coalesced. A ``"lut"``
 plan is decoded per position (mask bit, 4-bit code) in the same loop.
@@ -16,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from bitsub.matmul import _check_plan, _check_x, _conv_geometry, _fix_nonfinite, _patches
-from bitsub.plan import SLICE, Plan
+from bitsub.kernels.matmul import _check_plan, _check_x, _conv_geometry, _fix_nonfinite, _patches
+from bitsub.kernels.plan import SLICE, Plan
 
 __all__ = ["gpu_conv2d", "gpu_matmul"]
 
@@ -108,7 +109,7 @@ def _run(plan: Plan, x2: np.ndarray) -> np.ndarray:
 
 
 def gpu_matmul(plan: Plan, x: np.ndarray) -> np.ndarray:
-    """Packed sparse matmul ``x @ W.T`` on the GPU; see :func:`bitsub.matmul.matmul`.
+    """Packed sparse matmul ``x @ W.T`` on the GPU; see :func:`bitsub.kernels.matmul.matmul`.
 
     Parameters
     ----------
@@ -132,7 +133,7 @@ def gpu_matmul(plan: Plan, x: np.ndarray) -> np.ndarray:
 
 
 def gpu_conv2d(plan: Plan, x: np.ndarray, stride: int = 1, padding: int = 0) -> np.ndarray:
-    """2-D convolution (NCHW) on the GPU; see :func:`bitsub.matmul.conv2d`.
+    """2-D convolution (NCHW) on the GPU; see :func:`bitsub.kernels.matmul.conv2d`.
 
     The im2col patches are gathered on the host and multiplied on the GPU.
     """

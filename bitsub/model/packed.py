@@ -11,9 +11,9 @@ The read rule: task t's weight at position i is 0 where t's mask is 0; otherwise
 the field of word i of t's bank written by the latest task <= t that wrote there. Fields are never
 rewritten, so adding tasks never changes an earlier task's weights.
 
-Masks are stored Huffman-coded (:mod:`bitsub.maskcodec`), each in the context a decoder holding
-the earlier tasks already has: none, the previous task's mask of the same bank, or the union of
-the bank's earlier masks, whichever codes smallest (:meth:`PackedModel.encoded_mask`,
+Masks are stored Huffman-coded (:mod:`bitsub.codecs.maskcodec`), each in the context a decoder
+holding the earlier tasks already has: none, the previous task's mask of the same bank, or the
+union of the bank's earlier masks, whichever codes smallest (:meth:`PackedModel.encoded_mask`,
 :meth:`PackedModel.mask_reference`). Tasks largely reuse their predecessors' positions, so this
 is much smaller than coding each mask alone.
 """
@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any
 import numba
 import numpy as np
 
-from bitsub._config import NJIT, NJIT_PARALLEL
-from bitsub.bitfield import field_shift, read_field, write_field
-from bitsub.kmeans import kmeans_1d
-from bitsub.maskcodec import encode_mask
+from bitsub.codecs.bitfield import field_shift, read_field, write_field
+from bitsub.codecs.maskcodec import encode_mask
+from bitsub.config import NJIT, NJIT_PARALLEL
+from bitsub.quant.kmeans import kmeans_1d
 
 if TYPE_CHECKING:
-    from bitsub.capacity import Capacity
+    from bitsub.model.capacity import Capacity
 
 __all__ = ["MASK_REFERENCES", "PackedModel", "TaskLayer"]
 
@@ -68,7 +68,7 @@ class TaskLayer:
         but not in ``write`` reuse what the latest earlier task of the same bank wrote there.
     values : array_like of float, layer shape, optional
         Weights, read at the written positions. With ``bits`` in 1..16 they are quantized with
-        :func:`bitsub.kmeans.kmeans_1d` into ``2**bits`` centroids; with ``bits=32`` (and no
+        :func:`bitsub.quant.kmeans.kmeans_1d` into ``2**bits`` centroids; with ``bits=32`` (and no
         codebook) they are stored as raw float32 fields, which needs ``word_bits=64``.
     bits : int, optional
         Bit-width of the task's codes in this layer: 1..16, or 32 for raw float32 fields.
@@ -588,7 +588,8 @@ def _check_bank(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit
     """_check_bank_py of words[start:] (positions from 0), split over Python threads.
 
     Numba's OpenMP pool spins between parallel regions and, on few cores, stalls against BLAS's
-    and torch's pools; plain threads sleep when idle (as in :mod:`bitsub.matmul`). The parts'
+    and torch's pools; plain threads sleep when idle (as in :mod:`bitsub.kernels.matmul`).
+    The parts'
     counts add up and their hashes sum (the hash is a sum over words), so the result is that of
     one pass. ``masks`` may be a :class:`_LazyMasks`, built only if some word needs it.
     """
@@ -685,7 +686,7 @@ def _check_private(private: object) -> dict[str, np.ndarray]:
 def check_network(steps: object) -> list[dict[str, Any]]:
     """Check that ``steps`` is a JSON-serialisable list of dicts, each with an ``"op"`` string.
 
-    Returns a deep copy (through JSON). Op semantics are checked by :mod:`bitsub.network`.
+    Returns a deep copy (through JSON). Op semantics are checked by :mod:`bitsub.model.network`.
     """
     if not isinstance(steps, (list, tuple)):
         raise TypeError(f"network must be a list of dicts, got {type(steps).__name__}")
@@ -788,10 +789,10 @@ class PackedModel:
     def set_network(self, steps: list[dict[str, Any]]) -> None:
         """Record the network as a JSON-serialisable list of op dicts (each with an ``"op"``).
 
-        The ops are checked against :data:`bitsub.network.OPS` and this model's layer shapes
+        The ops are checked against :data:`bitsub.model.network.OPS` and this model's layer shapes
         now, so a bad network is refused when it is recorded rather than at ``forward``.
         """
-        from bitsub.network import validate_network
+        from bitsub.model.network import validate_network
 
         checked = check_network(steps)
         validate_network(checked, dict(self._shapes))
@@ -1125,7 +1126,7 @@ class PackedModel:
         The stored coding is the smallest of: the mask alone, in the context of the previous
         task's mask of the same bank, in the context of the union of the bank's earlier masks
         (:meth:`mask_reference` says which; :meth:`mask_context` gives the context to pass to
-        :func:`bitsub.maskcodec.decode_mask`). ``alone=True``: the mask coded alone, whatever
+        :func:`bitsub.codecs.maskcodec.decode_mask`). ``alone=True``: the mask coded alone, whatever
         is stored (for comparison).
         """
         t = self._check_task(task)
@@ -1286,14 +1287,14 @@ class PackedModel:
         return out.reshape(self._shapes[layer])
 
     def capacity(self, **options: Any) -> Capacity:
-        """Bits used per component, task and layer; see :func:`bitsub.capacity.capacity`."""
-        from bitsub.capacity import capacity
+        """Bits used per component, task and layer; see :func:`bitsub.model.capacity.capacity`."""
+        from bitsub.model.capacity import capacity
 
         return capacity(self, **options)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the model to one HDF5 file, atomically; see :func:`bitsub.storage.save`."""
-        from bitsub.storage import save
+        """Write the model to one HDF5 file, atomically; see :func:`bitsub.storage.hdf5.save`."""
+        from bitsub.storage.hdf5 import save
 
         save(self, path)
 
@@ -1342,14 +1343,14 @@ class PackedModel:
 
     __hash__ = None  # type: ignore[assignment]
 
-    # ------------------------------------------------- matmul / forward (bitsub.matmul) below
+    # ------------------------------------------ matmul / forward (bitsub.kernels.matmul) below
     # (issue 4) A task's plan for a layer is built once and cached. Tasks are only ever added
     # and an earlier task's fields, masks and codebooks never change, so a cached plan stays
     # valid for the life of the model (a new layer or a new task only adds cache entries).
 
     def plan(self, task: int, layer: str) -> Any:
-        """The task's matmul plan for ``layer`` (a :class:`bitsub.plan.Plan`; built once)."""
-        from bitsub.plan import model_plan
+        """The task's matmul plan for ``layer`` (a ``bitsub.kernels.plan.Plan``, built once)."""
+        from bitsub.kernels.plan import model_plan
 
         t = self._check_task(task)
         self._check_layer(layer)
@@ -1365,7 +1366,7 @@ class PackedModel:
 
     def matmul(self, task: int, layer: str, x: np.ndarray, *, device: str = "cpu"
                ) -> np.ndarray:
-        """``x @ weights(task, layer).T`` from the packed data; see :func:`bitsub.matmul.matmul`.
+        """``x @ weights(task, layer).T`` from the packed data (``bitsub.kernels.matmul.matmul``).
 
         Parameters
         ----------
@@ -1378,21 +1379,21 @@ class PackedModel:
         """
         plan = self.plan(task, layer)
         if device == "cpu":
-            from bitsub.matmul import matmul
+            from bitsub.kernels.matmul import matmul
         elif device == "cuda":
-            from bitsub.gpu_matmul import gpu_matmul as matmul
+            from bitsub.kernels.gpu_matmul import gpu_matmul as matmul
         else:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         return matmul(plan, x)
 
     def conv2d(self, task: int, layer: str, x: np.ndarray, stride: int = 1, padding: int = 0,
                *, device: str = "cpu") -> np.ndarray:
-        """NCHW convolution with the task's packed 4-D layer; see :func:`bitsub.matmul.conv2d`."""
+        """NCHW convolution with the task's packed 4-D layer (``bitsub.kernels.matmul.conv2d``)."""
         plan = self.plan(task, layer)
         if device == "cpu":
-            from bitsub.matmul import conv2d
+            from bitsub.kernels.matmul import conv2d
         elif device == "cuda":
-            from bitsub.gpu_matmul import gpu_conv2d as conv2d
+            from bitsub.kernels.gpu_matmul import gpu_conv2d as conv2d
         else:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         return conv2d(plan, x, stride, padding)
@@ -1400,8 +1401,8 @@ class PackedModel:
     def forward(self, task: int, x: np.ndarray, *, device: str = "cpu") -> np.ndarray:
         """Run the recorded network (:meth:`set_network`) for ``task`` on a batch, NumPy only.
 
-        See :func:`bitsub.network.forward` for the op vocabulary.
+        See :func:`bitsub.model.network.forward` for the op vocabulary.
         """
-        from bitsub.network import forward
+        from bitsub.model.network import forward
 
         return forward(self, self._check_task(task), x, device=device)

@@ -1,9 +1,9 @@
 r"""A bitsub packed model inside PyTorch: inference, and gradients with respect to the input.
 
 :class:`PackedModule` walks the packed model's recorded network (``pm.network``) in torch. The
-shared layers run through bitsub's packed sparse kernels (:func:`bitsub.matmul.matmul` and
-:func:`bitsub.matmul.conv2d` over a per-(task, layer) plan: column indices and small codes into a
-codebook; no dense float32 weight is ever built) inside small ``torch.autograd.Function``\ s;
+shared layers run through bitsub's packed sparse kernels (:func:`bitsub.kernels.matmul.matmul` and
+:func:`bitsub.kernels.matmul.conv2d` over a per-(task, layer) plan: column indices and small codes
+into a codebook; no dense float32 weight is ever built) inside small ``torch.autograd.Function``\ s;
 heads, biases and norms are the task's private parameters, applied with torch ops.
 
 The backward pass of a packed layer gives the gradient with respect to its input only (packed
@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import bitsub
-from bitsub.matmul import conv2d as packed_conv2d
-from bitsub.matmul import matmul as packed_matmul
-from bitsub.plan import Plan
+from bitsub.kernels.matmul import conv2d as packed_conv2d
+from bitsub.kernels.matmul import matmul as packed_matmul
+from bitsub.kernels.plan import Plan
 from bitsub_torch.export import layer_plan
 
 __all__ = ["PackedModule"]

@@ -6,8 +6,8 @@ from typing import Any
 
 from torch import nn
 
-from bitsub_torch.autograd import topk_count
-from bitsub_torch.strategies.base import Evaluate, Strategy
+from bitsub_torch.cl.strategies.base import Evaluate, Strategy
+from bitsub_torch.nn.autograd import topk_count
 
 __all__ = ["WSN"]
 
@@ -16,7 +16,7 @@ class WSN(Strategy):
     """Winning SubNetworks (Kang et al. 2022), as in its public code.
 
     While task t trains, every task layer computes with ``weight * topk(|scores|, density)``
-    (straight-through, `bitsub_torch.autograd.topk_mask`); weights and scores train together, but
+    (straight-through, `bitsub_torch.nn.autograd.topk_mask`); weights and scores train together, but
     weights owned by earlier tasks are frozen (their gradient is zeroed and their value restored
     after each step), so a task may reuse them without changing them. After the task, its mask is
     the final top-k mask; the free positions in it become owned by the task (consolidation).

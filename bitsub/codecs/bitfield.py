@@ -20,8 +20,8 @@ import operator
 import numba
 import numpy as np
 
-from bitsub._config import NJIT
-from bitsub._validate import check_int
+from bitsub.config import NJIT
+from bitsub.validate import check_int
 
 __all__ = [
     "field_shift",

@@ -29,12 +29,12 @@ Inside the HDF5 file (readable with plain h5py, no bitsub needed):
 - ``/layers/<i>`` (i = 0, 1, ... in layer order) with attributes ``name`` and ``shape``, and one
   dataset per bank, ``bank_<k>``: the word array, flat, one word per weight position. 32-bit
   words are ``uint32 (n,)``; 64-bit words are ``uint32 (n, 2)`` pairs ``[high, low]``
-  (word = high << 32 | low). Fields inside a word: see :mod:`bitsub.packed`.
+  (word = high << 32 | low). Fields inside a word: see :mod:`bitsub.model.packed`.
 - ``/tasks/<t>`` with attributes ``bank`` and ``prefix``, and datasets ``bits`` (int32, one per
   layer; 0 = no field, 32 = raw float32 fields, else code bit-width), ``fields`` (int64, number
   of fields the task wrote per layer), ``codebooks/<i>`` (float32 centroids, for layers with
   1..16-bit codes), ``masks/<i>`` (uint8, the mask Huffman-coded by
-  :func:`bitsub.maskcodec.encode_mask`, alone or with a context), ``mask_refs`` (uint8, one
+  :func:`bitsub.codecs.maskcodec.encode_mask`, alone or with a context), ``mask_refs`` (uint8, one
   per layer: the context of ``masks/<i>``: 0 none, 1 the decoded mask of the previous task of
   the same bank, 2 the union of the masks of all earlier tasks of the same bank; so masks are
   decoded in task order), ``private/<j>`` (float32, attribute ``name``).
@@ -48,7 +48,7 @@ Inside the HDF5 file (readable with plain h5py, no bitsub needed):
 Every group and dataset has the attributes ``encoding-type``, ``encoding-version`` and ``crc32``:
 zlib.crc32 over the object's other attributes (canonical JSON) and, for a dataset, its raw
 little-endian bytes -- except the word datasets, whose ``crc32`` covers their attributes and
-whose attribute ``hash`` (uint64, :func:`bitsub.packed.words_hash` of the words as uint32 or
+whose attribute ``hash`` (uint64, :func:`bitsub.model.packed.words_hash` of the words as uint32 or
 uint64 values) covers their data. Load checks every one of them (the index's own bytes are
 covered by the seal).
 
@@ -57,7 +57,8 @@ the loaded model's 32-bit word arrays are views of that image, not copies. It re
 every byte outside the regions first and checks them; a thread then reads the regions in 4 MiB
 pieces while load decodes the masks and checks each piece of words already read. What load pays
 on top of reading the bytes: one pass over the words (structure, field counts, orphans and
-hash, :func:`bitsub.packed._check_part`), overlapped with the read where a second core is free,
+hash, :func:`bitsub.model.packed._check_part`), overlapped with the read where a second core is
+free,
 the mask decodes, and the index's JSON.
 """
 
@@ -68,7 +69,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 import threading
 import zlib
 from collections.abc import Mapping
@@ -78,14 +78,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from bitsub.errors import FormatError
-from bitsub.maskcodec import (
+from bitsub.atomic import write_bytes
+from bitsub.codecs.maskcodec import (
     SCHEME_NAMES,
     _decode_stream,  # one stream of a parsed encoding
     decode_mask,
 )
-from bitsub.maskcodec import _parse as _parse_mask  # shape and schemes, nothing decoded
-from bitsub.packed import (
+from bitsub.codecs.maskcodec import _parse as _parse_mask  # shape and schemes, nothing decoded
+from bitsub.errors import FormatError
+from bitsub.model.packed import (
     MASK_REFERENCES,
     MAX_CODE_BITS,
     MAX_PREFIX_BITS,
@@ -323,19 +324,6 @@ def _seal_image(buf: Any, regions: list[tuple[int, int]], index: tuple[int, int]
     buf[:userblock] = head + bytes(userblock - len(head))
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. platforms that cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save(pm: PackedModel, path: str | os.PathLike[str]) -> None:
     """Write ``pm`` to one HDF5 file at ``path``, atomically.
 
@@ -355,31 +343,15 @@ def save(pm: PackedModel, path: str | os.PathLike[str]) -> None:
     target = Path(os.fspath(path))
     if target.is_dir():
         raise IsADirectoryError(f"{target} is a directory; give a file path")
-    directory = target.parent if str(target.parent) else Path(".")
     # Build the whole file in memory, seal it, then write it out in one go.
     image = io.BytesIO()
     regions, index = _write_h5(pm, image)
     buf = image.getbuffer()
     _seal_image(buf, regions, index)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0o22)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        write_bytes(target, buf)
     finally:
         buf.release()
-    _fsync_dir(directory)
 
 
 # ------------------------------------------------------------------------ load

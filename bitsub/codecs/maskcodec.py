@@ -2,7 +2,7 @@
 
 A mask (one bit per weight position: does the task use it) is flattened in C order and coded by
 the smallest of several symbol schemes, each Huffman-coded with a canonical code (see
-`bitsub.huffman`):
+`bitsub.codecs.huffman`):
 
 - ``zeros`` / ``ones``: a constant mask, no payload.
 - ``raw``: one bit per position.
@@ -59,9 +59,7 @@ if numba.config.DISABLE_JIT:  # the intrinsic only exists compiled
         return (int(x) & -int(x)).bit_length() - 1
 
 
-from bitsub._config import NJIT
-from bitsub.errors import FormatError
-from bitsub.huffman import (
+from bitsub.codecs.huffman import (
     MAX_CODE_LENGTH,
     TABLE_BITS,
     canonical_codes,
@@ -69,8 +67,10 @@ from bitsub.huffman import (
     code_lengths,
     stream_words,
 )
-from bitsub.huffman import _encode_kernel as _encode_bytes_kernel
-from bitsub.huffman import decode_table as _decode_table
+from bitsub.codecs.huffman import _encode_kernel as _encode_bytes_kernel
+from bitsub.codecs.huffman import decode_table as _decode_table
+from bitsub.config import NJIT
+from bitsub.errors import FormatError
 
 __all__ = ["MAX_POSITIONS", "decode_mask", "encode_mask", "mask_scheme"]
 

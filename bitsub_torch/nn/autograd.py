@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from bitsub._config import NJIT
+from bitsub.config import NJIT
 
 __all__ = ["quantize_ste", "topk_count", "topk_mask", "topk_mask_bool", "topk_masked_weight"]
 

@@ -33,7 +33,7 @@ import operator
 import numba
 import numpy as np
 
-from bitsub._config import NJIT
+from bitsub.config import NJIT
 
 __all__ = ["kmeans_1d", "quantize"]
 

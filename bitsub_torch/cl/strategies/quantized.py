@@ -1,6 +1,6 @@
 """Shared machinery of the quantizing strategies (TinySubNets, Ada-QPacknet).
 
-A quantizing strategy keeps a :class:`bitsub_torch.taskvalues.FieldStore`: after a task ends, its
+A quantizing strategy keeps a :class:`bitsub_torch.cl.taskvalues.FieldStore`: after a task ends, its
 new weights are quantized per layer with K-Means codebooks whose bit-width comes from
 `bitsub.adaptive_bitwidth` (Algorithm 1 of TinySubNets), and stored as fields. From then on the
 task reads exactly those stored values (the values its bit-width was validated with), and later
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitsub_torch.strategies.base import Evaluate, Strategy
-from bitsub_torch.taskvalues import FieldStore, LayerFields, install_values
+from bitsub_torch.cl.strategies.base import Evaluate, Strategy
+from bitsub_torch.cl.taskvalues import FieldStore, LayerFields, install_values
 
 __all__ = [
     "ACTIVATION_BITS",
@@ -191,7 +191,7 @@ class QuantizedStrategy(Strategy):
         baseline: float,
     ) -> Any:
         """Algorithm 1 over the task's written weights; returns the AdaptiveResult (or None)."""
-        from bitsub.adaptive import adaptive_bitwidth
+        from bitsub.quant.adaptive import adaptive_bitwidth
 
         cur = self._current(task)
         layers = model.task_layers()

@@ -169,10 +169,10 @@ def forward(model: Any, task: int, x: np.ndarray, *, device: str = "cpu") -> np.
         The output of the last step (logits for a network that ends in a head).
     """
     if device == "cpu":
-        from bitsub.matmul import conv2d, matmul
+        from bitsub.kernels.matmul import conv2d, matmul
     elif device == "cuda":
-        from bitsub.gpu_matmul import gpu_conv2d as conv2d
-        from bitsub.gpu_matmul import gpu_matmul as matmul
+        from bitsub.kernels.gpu_matmul import gpu_conv2d as conv2d
+        from bitsub.kernels.gpu_matmul import gpu_matmul as matmul
     else:
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     steps = model.network
