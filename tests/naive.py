@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np  # noqa: F401
 
+from bitsub.model.network import NetworkOps, parse_network, run_network
+
 # -------------------------------------------------------- bit fields (bitsub.codecs.bitfield)
 
 
@@ -401,40 +403,50 @@ def naive_pool2d(x, kernel, stride, reduce):
     return out
 
 
+class NaiveOps(NetworkOps):
+    """float64 backend of the network interpreter with dense masked weights (eval mode)."""
+
+    def __init__(self, weights, private):
+        self.weights, self.private = weights, private
+
+    def param(self, step, key):
+        return None if key is None else np.asarray(self.private[key], dtype=np.float64)
+
+    def linear(self, step, x):
+        return x @ np.asarray(self.weights[step.layer], dtype=np.float64).T
+
+    def conv2d(self, step, x):
+        return naive_conv2d(x, np.asarray(self.weights[step.layer], dtype=np.float64),
+                            step.stride, step.padding)
+
+    def relu(self, step, x):
+        return np.maximum(x, 0)
+
+    def pool(self, step, x):
+        reduce = np.max if step.op == "maxpool2d" else np.mean
+        return naive_pool2d(x, step.kernel, step.stride, reduce)
+
+    def batchnorm(self, step, x, mean, var, weight, bias):
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        axes = (0,) + tuple(range(2, x.ndim))
+        mean = x.mean(axis=axes) if mean is None else mean
+        var = ((x - mean.reshape(shape)) ** 2).mean(axis=axes) if var is None else var
+        x = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + step.eps)
+        if weight is not None:
+            x = x * weight.reshape(shape)
+        if bias is not None:
+            x = x + bias.reshape(shape)
+        return x
+
+    def matmul_t(self, step, x, w):
+        return x @ w.T
+
+
 def naive_run_steps(steps, weights, private, x):
-    """Interpret bitsub network steps in float64 (eval mode) with dense masked weights."""
-    x = np.asarray(x, dtype=np.float64)
-    for s in steps:
-        op = s["op"]
-        if op == "linear":
-            x = x @ weights[s["layer"]].T
-            if s["bias"] is not None:
-                x = x + private[s["bias"]]
-        elif op == "conv2d":
-            x = naive_conv2d(x, weights[s["layer"]], s["stride"], s["padding"])
-            if s["bias"] is not None:
-                x = x + private[s["bias"]][None, :, None, None]
-        elif op == "relu":
-            x = np.maximum(x, 0)
-        elif op in ("maxpool2d", "avgpool2d"):
-            x = naive_pool2d(x, s["kernel"], s["stride"], np.max if op == "maxpool2d" else np.mean)
-        elif op == "flatten":
-            x = x.reshape(len(x), -1)
-        elif op == "dropout":
-            pass
-        elif op == "batchnorm":
-            shape = (1, -1) + (1,) * (x.ndim - 2)
-            mean = private[s["mean"]].reshape(shape)
-            var = private[s["var"]].reshape(shape)
-            x = (x - mean) / np.sqrt(var + s["eps"])
-            if s["weight"] is not None:
-                x = x * private[s["weight"]].reshape(shape)
-            if s["bias"] is not None:
-                x = x + private[s["bias"]].reshape(shape)
-        elif op == "head":
-            x = x @ private[s["weight"]].T
-            if s["bias"] is not None:
-                x = x + private[s["bias"]]
-        else:
-            raise ValueError(f"unknown op {op}")
-    return x
+    """Interpret bitsub network steps in float64 (eval mode) with dense masked weights.
+
+    The walk and the defaults are bitsub's one interpreter (``bitsub.model.network``); every op
+    is computed here by explicit loops or plain NumPy in float64.
+    """
+    return run_network(parse_network(steps), np.asarray(x, dtype=np.float64),
+                       NaiveOps(weights, private))

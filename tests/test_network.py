@@ -180,3 +180,81 @@ def test_set_network_refuses_bad_steps_when_recorded():
         pm.set_network([{"op": "no-such-op"}])
     pm.set_network([{"op": "linear", "layer": "fc1", "bias": None}, {"op": "relu"}])
     assert pm.network[0]["layer"] == "fc1"
+
+
+def test_parse_network_fills_every_default_in_one_place():
+    from bitsub.model.network import Step, parse_network
+
+    steps = parse_network([
+        {"op": "conv2d", "layer": "c"}, {"op": "conv2d", "layer": "c", "stride": None},
+        {"op": "maxpool2d", "kernel": 3}, {"op": "avgpool2d", "kernel": 2, "stride": None},
+        {"op": "batchnorm"}, {"op": "head", "weight": "w"},
+    ])
+    assert steps == (
+        Step(0, "conv2d", layer="c", stride=1, padding=0),
+        Step(1, "conv2d", layer="c", stride=1, padding=0),
+        Step(2, "maxpool2d", kernel=3, stride=3),
+        Step(3, "avgpool2d", kernel=2, stride=2),
+        Step(4, "batchnorm", eps=1e-5),
+        Step(5, "head", weight="w"),
+    )
+
+
+# Left-out and null keys everywhere they are allowed: every forward path must read them alike.
+SPARSE = [
+    {"op": "conv2d", "layer": "c1", "stride": None, "padding": 1},
+    {"op": "batchnorm", "mean": None, "var": None},
+    {"op": "relu"},
+    {"op": "maxpool2d", "kernel": 2, "stride": None},
+    {"op": "conv2d", "layer": "c2", "bias": "c2.b"},
+    {"op": "avgpool2d", "kernel": 2},
+    {"op": "dropout"},
+    {"op": "flatten"},
+    {"op": "linear", "layer": "fc"},
+    {"op": "batchnorm", "mean": "bn.m", "var": "bn.v", "weight": "bn.w", "bias": None},
+    {"op": "head", "weight": "head.w"},
+]
+
+
+def sparse_packed_model():
+    from bitsub.model.packed import PackedModel, TaskLayer
+
+    rng = np.random.default_rng(11)
+    pm = PackedModel(word_bits=32, prefix_bits=2)
+    # 9x9 -> conv(3, p1) 9x9 -> pool 2 (stride 2) 4x4 -> conv 2 3x3 -> avgpool 2 (stride 2) 1x1
+    shapes = {"c1": (3, 2, 3, 3), "c2": (5, 3, 2, 2), "fc": (6, 5)}
+    for name, shape in shapes.items():
+        pm.add_layer(name, shape)
+    private = {"c2.b": rng.standard_normal(5), "bn.m": rng.standard_normal(6),
+               "bn.v": rng.random(6) + 0.5, "bn.w": rng.standard_normal(6),
+               "head.w": rng.standard_normal((4, 6))}
+    layers = {}
+    for name, shape in shapes.items():
+        m = rng.random(shape) < 0.7
+        layers[name] = TaskLayer(m, m, codebook=rng.standard_normal(4),
+                                 codes=rng.integers(0, 4, shape))
+    t = pm.add_task(layers, private={k: v.astype(np.float32) for k, v in private.items()})
+    pm.set_network(SPARSE)
+    return pm, t
+
+
+def test_left_out_and_null_keys_mean_the_same_on_every_forward_path():
+    pm, t = sparse_packed_model()
+    x = np.random.default_rng(12).standard_normal((4, 2, 9, 9)).astype(np.float32)
+    weights = {name: pm.weights(t, name) for name in pm.layers}
+    ref = naive_run_steps(SPARSE, weights, pm.private(t), x)
+    y = pm.forward(t, x)
+    assert y.shape == ref.shape == (4, 4)
+    # float32 kernels against float64: a few ulps per op through ~10 ops of O(1) values
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+    # a null stride is stride 1 for a conv and the kernel for a pool, exactly
+    explicit = [dict(s) for s in SPARSE]
+    explicit[0]["stride"], explicit[3]["stride"] = 1, 2
+    pm.set_network(explicit)
+    np.testing.assert_array_equal(pm.forward(t, x), y)
+    torch = pytest.importorskip("torch")
+    from bitsub_torch import PackedModule
+
+    pm.set_network(SPARSE)
+    out = PackedModule(pm)(torch.from_numpy(x), t)
+    np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-4, atol=1e-4)

@@ -1,6 +1,7 @@
 r"""A bitsub packed model inside PyTorch: inference, and gradients with respect to the input.
 
-:class:`PackedModule` walks the packed model's recorded network (``pm.network``) in torch. The
+:class:`PackedModule` runs the packed model's recorded network (``pm.network``) in torch, through
+bitsub's one network interpreter (:func:`bitsub.model.network.run_network`). The
 shared layers run through bitsub's packed sparse kernels (:func:`bitsub.kernels.matmul.matmul` and
 :func:`bitsub.kernels.matmul.conv2d` over a per-(task, layer) plan: column indices and small codes
 into a codebook; no dense float32 weight is ever built) inside small ``torch.autograd.Function``\ s;
@@ -30,6 +31,7 @@ import bitsub
 from bitsub.kernels.matmul import conv2d as packed_conv2d
 from bitsub.kernels.matmul import matmul as packed_matmul
 from bitsub.kernels.plan import Plan
+from bitsub.model.network import NetworkOps, Step, missing_param, parse_network, run_network
 from bitsub_torch.export import layer_plan
 
 __all__ = ["PackedModule"]
@@ -94,6 +96,43 @@ class _PackedConv2d(torch.autograd.Function):
         return _from_numpy(grad_x, grad_y), None, None, None, None, None
 
 
+class _TorchOps(NetworkOps):
+    """torch backend of the network interpreter: packed layers via the autograd functions."""
+
+    def __init__(self, module: PackedModule, task: int, like: torch.Tensor) -> None:
+        self.module, self.task, self.like = module, task, like
+
+    def param(self, step: Step, key: str | None) -> torch.Tensor | None:
+        if key is None:
+            return None
+        private = self.module.private_tensors(self.task)
+        if key not in private:
+            raise missing_param(step, key, self.task, list(private))
+        return private[key].to(device=self.like.device, dtype=self.like.dtype)
+
+    def linear(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        return _PackedLinear.apply(x, self.module, self.task, step.layer)
+
+    def conv2d(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        return _PackedConv2d.apply(x, self.module, self.task, step.layer, step.stride,
+                                   step.padding)
+
+    def relu(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
+
+    def pool(self, step: Step, x: torch.Tensor) -> torch.Tensor:
+        pool = F.max_pool2d if step.op == "maxpool2d" else F.avg_pool2d
+        return pool(x, step.kernel, step.stride)
+
+    def batchnorm(self, step: Step, x: torch.Tensor, mean: Any, var: Any, weight: Any,
+                  bias: Any) -> torch.Tensor:
+        return F.batch_norm(x, mean, var, weight, bias, training=mean is None or var is None,
+                            eps=step.eps)
+
+    def matmul_t(self, step: Step, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w)
+
+
 class PackedModule(nn.Module):
     """Run a packed model (or a saved file) as a torch module: ``forward(x, task) -> logits``.
 
@@ -107,6 +146,7 @@ class PackedModule(nn.Module):
     Inference only: the module has no trainable parameters, but gradients flow to the input
     (for saliency, adversarial examples, or training something in front of it). BatchNorm steps
     with stored statistics use them; steps without (``mean``/``var`` null) use the batch's own.
+    Plans and private tensors are cached per task; :meth:`clear_cache` drops both.
     """
 
     def __init__(self, pm_or_path: bitsub.PackedModel | str | os.PathLike) -> None:
@@ -127,9 +167,9 @@ class PackedModule(nn.Module):
                 "(bitsub_torch.export does)"
             )
         self.pm = pm
-        self.steps = steps
+        self.steps = parse_network(steps, {name: pm.shape(name) for name in pm.layers})
         self._plans: dict[tuple[int, str, bool], Plan] = {}
-        self._private_cache: dict[int, dict[str, torch.Tensor]] = {}
+        self._private: dict[int, dict[str, torch.Tensor]] = {}
 
     @property
     def num_tasks(self) -> int:
@@ -137,8 +177,9 @@ class PackedModule(nn.Module):
         return len(self.pm.tasks)
 
     def clear_cache(self) -> None:
-        """Drop the cached plans (they are rebuilt on demand)."""
+        """Drop the cached plans and private tensors (they are rebuilt on demand)."""
         self._plans.clear()
+        self._private.clear()
 
     def plan(self, task: int, layer: str, *, transposed: bool = False) -> Plan:
         """The packed plan of (task, layer), cached; ``transposed`` gives that of W_t^T.
@@ -151,19 +192,15 @@ class PackedModule(nn.Module):
             self._plans[key] = layer_plan(self.pm, task, layer, transposed=transposed)
         return self._plans[key]
 
-    def _param(self, task: int, key: str | None, like: torch.Tensor) -> torch.Tensor | None:
-        if key is None:
-            return None
-        if task not in self._private_cache:
+    def private_tensors(self, task: int) -> dict[str, torch.Tensor]:
+        """Task ``task``'s private parameters as float32 CPU tensors, cached per task."""
+        if task not in self._private:
             # copies: the packed model hands out read-only arrays
-            self._private_cache[task] = {
+            self._private[task] = {
                 k: torch.from_numpy(np.array(v, dtype=np.float32))
                 for k, v in self.pm.private(task).items()
             }
-        private = self._private_cache[task]
-        if key not in private:
-            raise KeyError(f"task {task} has no private parameter {key!r} named by the network")
-        return private[key].to(device=like.device, dtype=like.dtype)
+        return self._private[task]
 
     def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
         """Logits of task ``task`` for the batch ``x`` (float32 or float64)."""
@@ -176,45 +213,7 @@ class PackedModule(nn.Module):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"x must be float32 or float64, got {x.dtype}")
-        for step in self.steps:
-            x = self._step(step, x, task)
-        return x
-
-    def _step(self, step: dict[str, Any], x: torch.Tensor, task: int) -> torch.Tensor:
-        op = step["op"]
-        if op == "linear":
-            y = _PackedLinear.apply(x, self, task, step["layer"])
-            b = self._param(task, step.get("bias"), x)
-            return y if b is None else y + b
-        if op == "conv2d":
-            y = _PackedConv2d.apply(
-                x, self, task, step["layer"], int(step.get("stride", 1)),
-                int(step.get("padding", 0))
-            )
-            b = self._param(task, step.get("bias"), x)
-            return y if b is None else y + b.view(1, -1, 1, 1)
-        if op == "relu":
-            return F.relu(x)
-        if op == "maxpool2d":
-            return F.max_pool2d(x, int(step["kernel"]), int(step.get("stride") or step["kernel"]))
-        if op == "avgpool2d":
-            return F.avg_pool2d(x, int(step["kernel"]), int(step.get("stride") or step["kernel"]))
-        if op == "flatten":
-            return x.flatten(1)
-        if op == "dropout":
-            return x
-        if op == "batchnorm":
-            mean = self._param(task, step.get("mean"), x)
-            var = self._param(task, step.get("var"), x)
-            return F.batch_norm(
-                x, mean, var, self._param(task, step.get("weight"), x),
-                self._param(task, step.get("bias"), x), training=mean is None or var is None,
-                eps=float(step.get("eps", 1e-5)),
-            )
-        if op == "head":
-            return F.linear(x, self._param(task, step["weight"], x),
-                            self._param(task, step.get("bias"), x))
-        raise ValueError(f"unknown network op {op!r} in the packed model")
+        return run_network(self.steps, x, _TorchOps(self, task, x))
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"tasks={self.num_tasks}, layers={self.pm.layers}, steps={len(self.steps)}"
