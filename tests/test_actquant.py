@@ -11,17 +11,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 import bitsub
-from bitsub_torch.cl.strategies.quantized import (
-    activation_accuracy,
-    calibrate_activations,
-    fake_quantize_range,
-    op_counts,
-    ops_report,
-    quantized_activations,
-    stored_weight_bits,
-)
+from bitsub_torch.cl.actreport import activation_accuracy
+from bitsub_torch.cl.ops import op_counts, ops_report, stored_weight_bits
 from bitsub_torch.cli import _train_parser, format_report
 from bitsub_torch.cli import train as cli_train
+from bitsub_torch.nn.actquant import (
+    calibrate_activations,
+    fake_quantize_range,
+    quantized_activations,
+)
 from bitsub_torch.nn.layers import TaskConv2d, TaskLinear
 from bitsub_torch.nn.models import TaskNetwork, mlp
 

@@ -71,10 +71,31 @@ def test_quantized_export(bits):
             assert pm.bits(t, name) == (bits if write.any() else 0)
             if write.any():
                 assert len(np.unique(w[write])) <= 2**bits
-                # K-Means codes: each stored value is near its original (within the value range)
-                err = np.abs(w[write] - ref[write]).max()
-                assert err <= np.ptp(ref[write]) / 2 + 1e-6
+                assert_kmeans_error_fits_the_bit_width(w[write], ref[write], bits)
             np.testing.assert_array_equal(w[~layer.task_mask(t).numpy()], 0)
+
+
+def assert_kmeans_error_fits_the_bit_width(stored, original, bits):
+    """Exact 1-D K-Means with 2**bits centroids does no worse than the means of 2**bits equal bins
+    over the values' range; every value lies within half a bin, ptp / 2**(bits + 1), of its bin's
+    middle, and a bin's mean is at least as close in squared error as its middle. So the squared
+    error summed over the n values is at most n * (ptp / 2**(bits + 1))**2 (float32 slack)."""
+    stored, original = stored.astype(np.float64), original.astype(np.float64)
+    half_bin = np.ptp(original) / 2 ** (bits + 1)
+    sse = float(np.sum((stored - original) ** 2))
+    assert sse <= original.size * half_bin**2 * (1 + 1e-5) + 1e-10, (bits, sse)
+
+
+def test_kmeans_error_bound_tells_the_bit_widths_apart():
+    # uniform values: K-Means is then close to the equal bins, mean squared error ptp**2 / 12 per
+    # bin width squared, between the bound of `bits` (1/4) and that of `bits + 1` (1/16)
+    values = np.random.default_rng(0).uniform(-1, 1, 2000).astype(np.float32)
+    for bits in (1, 2, 4, 6):
+        book, codes = bitsub.kmeans_1d(values, 2**bits)
+        assert_kmeans_error_fits_the_bit_width(book[codes], values, bits)
+        # quantized to `bits`, it fails the bound of `bits + 1`
+        with pytest.raises(AssertionError):
+            assert_kmeans_error_fits_the_bit_width(book[codes], values, bits + 1)
 
 
 def test_prefix_bits_grow_with_tasks():

@@ -57,3 +57,18 @@ def test_rejects_non_square(bad):
 def test_fwt_needs_one_baseline_per_task():
     with pytest.raises(ValueError, match="random_init"):
         fwt(R, [0.1, 0.2])
+
+
+def test_fwt_on_a_hand_worked_4x4_example():
+    # Lopez-Paz & Ranzato's FWT: task j's accuracy *before* training it (row j-1, column j) minus
+    # the random-init accuracy b_j, for j = 1..3; the diagonal and the lower triangle do not count.
+    r = [
+        [0.90, 0.30, 0.20, 0.40],
+        [0.80, 0.95, 0.35, 0.10],
+        [0.70, 0.85, 0.99, 0.50],
+        [0.60, 0.75, 0.89, 0.97],
+    ]
+    b = [0.10, 0.10, 0.25, 0.40]
+    # (0.30 - 0.10) + (0.35 - 0.25) + (0.50 - 0.40) = 0.20 + 0.10 + 0.10 = 0.40, over 3 tasks
+    assert fwt(r, b) == pytest.approx(0.40 / 3, abs=1e-12)
+    assert fwt(r, [0.0] * 4) == pytest.approx((0.30 + 0.35 + 0.50) / 3, abs=1e-12)

@@ -176,7 +176,6 @@ def test_errors():
         PackedModule(pm)(torch.zeros(1, 7), 0)
 
 
-@pytest.mark.skipif(not hasattr(bitsub, "load"), reason="bitsub.load not landed yet")
 def test_from_file(tmp_path):
     net = masked_model(mlp((12,), 2, 2, width=6), 2)
     pm = export(net, Strategy())

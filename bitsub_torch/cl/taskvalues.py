@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bitsub.validate import check_int
+
 __all__ = ["FieldStore", "LayerFields", "install_values", "uninstall_values"]
 
 
@@ -76,6 +78,33 @@ def _bool(arr: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _checked_fields(name: str, f: Any, shape: tuple[int, ...]
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mask, write set and written count of one layer's fields, each checked on its own."""
+    if not isinstance(f, LayerFields):
+        raise TypeError(f"layers[{name!r}] must be a LayerFields")
+    mask = _bool(f.mask, shape, f"layer {name!r}: mask")
+    write = _bool(f.write, shape, f"layer {name!r}: write")
+    if (write & ~mask).any():
+        raise ValueError(f"layer {name!r}: write must be a subset of mask")
+    n = int(write.sum())
+    if not n:
+        if f.codes.size:
+            raise ValueError(f"layer {name!r}: codes given but nothing written")
+        return mask, write, n
+    if not 1 <= f.bits <= 16:
+        raise ValueError(f"layer {name!r}: bits must be in 1..16, got {f.bits}")
+    if f.codebook.dtype != np.float32 or f.codebook.ndim != 1:
+        raise TypeError(f"layer {name!r}: codebook must be 1-D float32")
+    if not 1 <= f.codebook.size <= 1 << f.bits:
+        raise ValueError(f"layer {name!r}: codebook size must be 1..2**bits")
+    if f.codes.shape != (n,) or f.codes.dtype.kind != "u":
+        raise ValueError(f"layer {name!r}: codes must be unsigned, one per written position ({n})")
+    if int(f.codes.max()) >= f.codebook.size:
+        raise ValueError(f"layer {name!r}: a code exceeds the codebook")
+    return mask, write, n
+
+
 class FieldStore:
     """Banks of fields per layer: who wrote what, with which codes, and how many bits are used.
 
@@ -94,10 +123,7 @@ class FieldStore:
     ) -> None:
         if word_bits not in (32, 64) or isinstance(word_bits, bool):
             raise ValueError(f"word_bits must be 32 or 64, got {word_bits!r}")
-        if isinstance(prefix_bits, bool) or not isinstance(prefix_bits, int):
-            raise TypeError(f"prefix_bits must be an int, got {type(prefix_bits).__name__}")
-        if not 1 <= prefix_bits <= 8:
-            raise ValueError(f"prefix_bits must be in 1..8, got {prefix_bits}")
+        check_int(prefix_bits, "prefix_bits", 1, 8)
         if not shapes:
             raise ValueError("a FieldStore needs at least one layer")
         self.word_bits = int(word_bits)
@@ -225,34 +251,12 @@ class FieldStore:
             )
         for name, f in layers.items():
             self._check_layer(name)
-            if not isinstance(f, LayerFields):
-                raise TypeError(f"layers[{name!r}] must be a LayerFields")
-            shape = self.shapes[name]
-            mask = _bool(f.mask, shape, f"layer {name!r}: mask")
-            write = _bool(f.write, shape, f"layer {name!r}: write")
-            if (write & ~mask).any():
-                raise ValueError(f"layer {name!r}: write must be a subset of mask")
-            n = int(write.sum())
-            if n:
-                if not 1 <= f.bits <= 16:
-                    raise ValueError(f"layer {name!r}: bits must be in 1..16, got {f.bits}")
-                if f.codebook.dtype != np.float32 or f.codebook.ndim != 1:
-                    raise TypeError(f"layer {name!r}: codebook must be 1-D float32")
-                if not 1 <= f.codebook.size <= 1 << f.bits:
-                    raise ValueError(f"layer {name!r}: codebook size must be 1..2**bits")
-                if f.codes.shape != (n,) or f.codes.dtype.kind != "u":
-                    raise ValueError(
-                        f"layer {name!r}: codes must be unsigned, one per written position ({n})"
-                    )
-                if int(f.codes.max()) >= f.codebook.size:
-                    raise ValueError(f"layer {name!r}: a code exceeds the codebook")
-                if not self.writable(bank, name, f.bits)[write].all():
-                    raise ValueError(
-                        f"layer {name!r}: some written words of bank {bank} have no room for a "
-                        f"{self.prefix_bits}+{f.bits}-bit field"
-                    )
-            elif f.codes.size:
-                raise ValueError(f"layer {name!r}: codes given but nothing written")
+            mask, write, n = _checked_fields(name, f, self.shapes[name])
+            if n and not self.writable(bank, name, f.bits)[write].all():
+                raise ValueError(
+                    f"layer {name!r}: some written words of bank {bank} have no room for a "
+                    f"{self.prefix_bits}+{f.bits}-bit field"
+                )
             reuse = mask & ~write
             if (reuse & ~self.has_field(bank, name)).any():
                 raise ValueError(
@@ -380,11 +384,9 @@ class FieldStore:
             raise KeyError(f"task {task} is not stored; finished tasks are {list(self._fields)}")
 
     def _check_bank(self, bank: int) -> int:
-        if isinstance(bank, bool) or not isinstance(bank, int | np.integer):
-            raise TypeError(f"bank must be an int, got {type(bank).__name__}")
-        if not 0 <= bank < self.banks:
-            raise ValueError(f"bank {bank} does not exist (there are {self.banks})")
-        return int(bank)
+        if not self.banks:
+            raise ValueError(f"bank {bank} does not exist (no bank is open yet)")
+        return check_int(bank, "bank", 0, self.banks - 1)
 
     def _check_layer(self, layer: str) -> None:
         if layer not in self.shapes:
@@ -406,7 +408,11 @@ class _ValuesHook:
     def __init__(self, owner: Any, name: str) -> None:
         self.owner = owner  # the strategy: has .store, .current (task, bank, trainable, override)
         self.name = name
-        self._tensors: dict[tuple[int, int], torch.Tensor] = {}
+        # Dense values of finished tasks, built from ``store`` on ``device``; dropped whole when
+        # the owner's store or the layer's device changes (a reloaded store is a new object).
+        self._store: FieldStore | None = None
+        self._device: torch.device | None = None
+        self._tensors: dict[int, torch.Tensor] = {}
 
     def values(self, layer: Any, task: int) -> torch.Tensor:
         owner = self.owner
@@ -414,16 +420,17 @@ class _ValuesHook:
         cur = owner.current_values(self.name, task, layer)
         if cur is not None:
             return cur
-        if task in store._fields:
-            key = (id(store), task)
-            t = self._tensors.get(key)
-            if t is None or t.device != layer.weight.device:
-                # Built uncached on the store's side: only this tensor is kept.
-                dense = store.visible(store.bank(task), self.name, upto=task)
-                t = torch.from_numpy(dense).to(layer.weight.device)
-                self._tensors[key] = t
-            return t
-        return layer.weight
+        if task not in store.tasks:
+            return layer.weight
+        device = layer.weight.device
+        if store is not self._store or device != self._device:
+            self._store, self._device, self._tensors = store, device, {}
+        t = self._tensors.get(task)
+        if t is None:
+            # Built uncached on the store's side: only this tensor is kept.
+            dense = store.visible(store.bank(task), self.name, upto=task)
+            t = self._tensors[task] = torch.from_numpy(dense).to(device)
+        return t
 
 
 def install_values(model: Any, owner: Any) -> None:

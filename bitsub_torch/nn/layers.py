@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitsub.validate import check_int
 from bitsub_torch.nn.autograd import topk_mask_bool, topk_masked_weight
 
 __all__ = ["TaskBatchNorm", "TaskConv2d", "TaskLayerMixin", "TaskLinear"]
@@ -45,14 +46,6 @@ _INT_VIEW = {
     torch.float16: torch.int16,
     torch.bfloat16: torch.int16,
 }
-
-
-def _check_count(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 class TaskLayerMixin:
@@ -90,11 +83,7 @@ class TaskLayerMixin:
 
     # ------------------------------------------------------------------ checks
     def _check_task(self, task: int) -> int:
-        if isinstance(task, bool) or not isinstance(task, int):
-            raise TypeError(f"task must be an int, got {type(task).__name__}")
-        if not 0 <= task < self.num_tasks:
-            raise ValueError(f"task must be in 0..{self.num_tasks - 1}, got {task}")
-        return task
+        return check_int(task, "task", 0, self.num_tasks - 1)
 
     # ------------------------------------------------------------------ masks
     def has_task_mask(self, task: int) -> bool:
@@ -256,9 +245,9 @@ class TaskLinear(TaskLayerMixin, nn.Module):
 
     def __init__(self, in_features: int, out_features: int, num_tasks: int, *, bias: bool = False):
         super().__init__()
-        self.in_features = _check_count(in_features, "in_features")
-        self.out_features = _check_count(out_features, "out_features")
-        _check_count(num_tasks, "num_tasks")
+        self.in_features = check_int(in_features, "in_features", 1)
+        self.out_features = check_int(out_features, "out_features", 1)
+        check_int(num_tasks, "num_tasks", 1)
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self._init_task_state(num_tasks, bias, out_features)
 
@@ -301,12 +290,12 @@ class TaskConv2d(TaskLayerMixin, nn.Module):
         bias: bool = False,
     ):
         super().__init__()
-        self.in_channels = _check_count(in_channels, "in_channels")
-        self.out_channels = _check_count(out_channels, "out_channels")
-        self.kernel_size = _check_count(kernel_size, "kernel_size")
-        self.stride = _check_count(stride, "stride")
-        self.padding = _check_count(padding, "padding", minimum=0)
-        _check_count(num_tasks, "num_tasks")
+        self.in_channels = check_int(in_channels, "in_channels", 1)
+        self.out_channels = check_int(out_channels, "out_channels", 1)
+        self.kernel_size = check_int(kernel_size, "kernel_size", 1)
+        self.stride = check_int(stride, "stride", 1)
+        self.padding = check_int(padding, "padding", 0)
+        check_int(num_tasks, "num_tasks", 1)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self._init_task_state(num_tasks, bias, out_channels)
 
@@ -350,8 +339,8 @@ class TaskBatchNorm(nn.Module):
         momentum: float = 0.1,
     ):
         super().__init__()
-        _check_count(num_features, "num_features")
-        _check_count(num_tasks, "num_tasks")
+        check_int(num_features, "num_features", 1)
+        check_int(num_tasks, "num_tasks", 1)
         if dims not in (1, 2):
             raise ValueError(f"dims must be 1 or 2, got {dims}")
         cls = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d

@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitsub.validate import check_int
 from bitsub_torch.nn.layers import (
     TaskBatchNorm,
     TaskConv2d,
     TaskLayerMixin,
     TaskLinear,
-    _check_count,
 )
 
 __all__ = ["ResNet18", "TaskNetwork", "alexnet", "mlp", "resnet18", "tinynet"]
@@ -89,8 +89,8 @@ class TaskNetwork(nn.Module):
         input_shape: Sequence[int],
     ):
         super().__init__()
-        self.num_tasks = _check_count(num_tasks, "num_tasks")
-        self.num_classes = _check_count(num_classes, "num_classes")
+        self.num_tasks = check_int(num_tasks, "num_tasks", 1)
+        self.num_classes = check_int(num_classes, "num_classes", 1)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.blocks = nn.ModuleDict(dict(blocks))
         self.heads = nn.ModuleList(
@@ -245,8 +245,8 @@ def mlp(
     The default is WSN's / TinySubNets' p-MNIST network 784-100-100. Blocks are named
     ``fc1, relu1, fc2, relu2, ...``; inputs with more than one dimension are flattened first.
     """
-    _check_count(width, "width")
-    _check_count(depth, "depth")
+    check_int(width, "width", 1)
+    check_int(depth, "depth", 1)
     shape = tuple(int(s) for s in input_shape)
     if not shape or min(shape) < 1:
         raise ValueError(f"input_shape must be non-empty positive ints, got {shape}")
@@ -380,7 +380,7 @@ class ResNet18(TaskNetwork):
         width: int = 20,
     ):
         c, h, w = _check_image(input_shape, "resnet18")
-        _check_count(width, "width")
+        check_int(width, "width", 1)
         nf = width
         blocks: list[tuple[str, nn.Module]] = [
             ("conv1", TaskConv2d(c, nf, 3, num_tasks, stride=1, padding=1)),

@@ -32,6 +32,7 @@ from bitsub.kernels.matmul import conv2d as packed_conv2d
 from bitsub.kernels.matmul import matmul as packed_matmul
 from bitsub.kernels.plan import Plan
 from bitsub.model.network import NetworkOps, Step, missing_param, parse_network, run_network
+from bitsub.validate import check_int
 from bitsub_torch.export import layer_plan
 
 __all__ = ["PackedModule"]
@@ -204,11 +205,7 @@ class PackedModule(nn.Module):
 
     def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
         """Logits of task ``task`` for the batch ``x`` (float32 or float64)."""
-        if isinstance(task, bool) or not isinstance(task, (int, np.integer)):
-            raise TypeError(f"task must be an int, got {type(task).__name__}")
-        task = int(task)
-        if not 0 <= task < self.num_tasks:
-            raise ValueError(f"task must be in 0..{self.num_tasks - 1}, got {task}")
+        task = check_int(task, "task", 0, self.num_tasks - 1)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in (torch.float32, torch.float64):

@@ -35,13 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitsub_torch.cl.strategies.base import Evaluate
-from bitsub_torch.cl.strategies.quantized import (
-    QuantizedStrategy,
-    _check_float,
-    _check_int,
-    val_split,
-)
+from bitsub.validate import check_float, check_int
+from bitsub_torch.cl.strategies.base import Evaluate, val_split
+from bitsub_torch.cl.strategies.quantized import QuantizedStrategy
 
 __all__ = ["AdaQPacknet"]
 
@@ -125,24 +121,24 @@ class AdaQPacknet(QuantizedStrategy):
             prefix_bits=prefix_bits,
             kmeans_method=kmeans_method,
         )
-        self.v_min = _check_float(v_min, "v_min", 0.0, 1.0)
-        self.v_max = _check_float(v_max, "v_max", 0.0, 1.0)
+        self.v_min = check_float(v_min, "v_min", 0.0, 1.0)
+        self.v_max = check_float(v_max, "v_max", 0.0, 1.0)
         if self.v_min > self.v_max or self.v_max >= 1.0:
             raise ValueError(f"need 0 <= v_min <= v_max < 1, got {v_min}, {v_max}")
-        self.population = _check_int(population, "population", 1)
-        self.search_epochs = _check_int(search_epochs, "search_epochs", 0)
-        self._retrain = _check_int(retrain_epochs, "retrain_epochs", 0)
-        self.fitness_acc = _check_float(fitness_acc, "fitness_acc", 0.0)
-        self.fitness_size = _check_float(fitness_size, "fitness_size", 0.0)
-        self.search_lr = _check_float(search_lr, "search_lr", 0.0)
+        self.population = check_int(population, "population", 1)
+        self.search_epochs = check_int(search_epochs, "search_epochs", 0)
+        self._retrain = check_int(retrain_epochs, "retrain_epochs", 0)
+        self.fitness_acc = check_float(fitness_acc, "fitness_acc", 0.0)
+        self.fitness_size = check_float(fitness_size, "fitness_size", 0.0)
+        self.search_lr = check_float(search_lr, "search_lr", 0.0)
         if self.search_lr == 0.0:
             raise ValueError("search_lr must be > 0")
-        self.search_batch_size = _check_int(search_batch_size, "search_batch_size", 1)
+        self.search_batch_size = check_int(search_batch_size, "search_batch_size", 1)
         self.search_samples = (
-            None if search_samples is None else _check_int(search_samples, "search_samples", 1)
+            None if search_samples is None else check_int(search_samples, "search_samples", 1)
         )
-        self.min_free = _check_float(min_free, "min_free", 0.0, 1.0)
-        self.seed = _check_int(seed, "seed", 0)
+        self.min_free = check_float(min_free, "min_free", 0.0, 1.0)
+        self.seed = check_int(seed, "seed", 0)
 
     # ------------------------------------------------------------------ hooks
     def _available(self, bank: int) -> dict[str, np.ndarray]:

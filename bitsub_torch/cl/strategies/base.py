@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Evaluate", "Strategy"]
+__all__ = ["Evaluate", "Strategy", "val_split"]
 
 Evaluate = Callable[..., float]
 
@@ -110,3 +110,8 @@ class Strategy:
                 values = layer.values(task).detach().cpu().numpy().astype(np.float32, copy=True)
             out[name] = {"mask": mask, "write": write & mask, "values": values}
         return out
+
+
+def val_split(data: Any) -> str:
+    """The split strategy decisions use: "val", or "train" when the task has no validation data."""
+    return "val" if len(getattr(data, "y_val", ())) else "train"

@@ -11,6 +11,9 @@ While task t trains, its layers read ``where(trainable, weight, frozen)``: ``tra
 positions where t may write a new field, ``frozen`` the values of the latest fields of t's bank
 (what t reuses). Gradients therefore reach ``weight`` only at trainable positions, whatever the
 optimizer does elsewhere; no ownership freezing is needed.
+
+Activation quantization lives in :mod:`bitsub_torch.nn.actquant` and its per-run report in
+:mod:`bitsub_torch.cl.actreport`; operation counts in :mod:`bitsub_torch.cl.ops`.
 """
 
 from __future__ import annotations
@@ -23,25 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitsub.validate import check_float, check_int
 from bitsub_torch.cl.strategies.base import Evaluate, Strategy
 from bitsub_torch.cl.taskvalues import FieldStore, LayerFields, install_values
 
-__all__ = [
-    "ACTIVATION_BITS",
-    "ACTIVATION_SCHEME",
-    "OPS_ACTIVATION_BITS",
-    "QuantizedStrategy",
-    "activation_accuracy",
-    "calibrate_activations",
-    "fake_quantize",
-    "fake_quantize_range",
-    "op_counts",
-    "ops_report",
-    "quantized_activations",
-    "quantized_inference",
-    "stored_weight_bits",
-    "val_split",
-]
+__all__ = ["QuantizedStrategy"]
+
 
 
 @dataclass
@@ -51,30 +41,6 @@ class _Current:
     trainable: dict[str, torch.Tensor]  # bool, layer shape
     frozen: dict[str, torch.Tensor]  # float32, layer shape: latest field values of the bank
     override: dict[str, torch.Tensor] | None = None  # values under evaluation (quantized, ...)
-
-
-def _check_int(value: object, name: str, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < lo or (hi is not None and value > hi):
-        bound = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return int(value)
-
-
-def _check_float(value: object, name: str, lo: float, hi: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not v >= lo or (hi is not None and v > hi):
-        bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return v
-
-
-def val_split(data: Any) -> str:
-    """The split strategy decisions use: "val", or "train" when the task has no validation data."""
-    return "val" if len(getattr(data, "y_val", ())) else "train"
 
 
 class QuantizedStrategy(Strategy):
@@ -113,9 +79,9 @@ class QuantizedStrategy(Strategy):
         kmeans_method: str = "auto",
     ) -> None:
         super().__init__()
-        self.delta = _check_float(delta, "delta", 0.0, 1.0)
-        self.min_bits = _check_int(min_bits, "min_bits", 1, 8)
-        self.max_bits = _check_int(max_bits, "max_bits", 1, 8)
+        self.delta = check_float(delta, "delta", 0.0, 1.0)
+        self.min_bits = check_int(min_bits, "min_bits", 1, 8)
+        self.max_bits = check_int(max_bits, "max_bits", 1, 8)
         if self.min_bits > self.max_bits:
             raise ValueError(f"min_bits ({min_bits}) must be <= max_bits ({max_bits})")
         self.per_layer = bool(per_layer)
@@ -123,7 +89,7 @@ class QuantizedStrategy(Strategy):
             raise ValueError(f"word_bits must be 32 or 64, got {word_bits!r}")
         self.word_bits = int(word_bits)
         self.prefix_bits = (
-            None if prefix_bits is None else _check_int(prefix_bits, "prefix_bits", 1, 8)
+            None if prefix_bits is None else check_int(prefix_bits, "prefix_bits", 1, 8)
         )
         if self.prefix_bits is not None and self.prefix_bits + self.max_bits > self.word_bits:
             raise ValueError("prefix_bits + max_bits must fit in word_bits")
@@ -350,401 +316,7 @@ class QuantizedStrategy(Strategy):
         self._cur = None
 
 
-# ---------------------------------------------------------------------- activations and op counts
-
-
-def fake_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Round ``x`` to a uniform ``bits``-bit grid, one max-abs scale per sample (row of dim 0).
-
-    Signed (``2**(bits-1) - 1`` levels each side) where the sample has negative values, unsigned
-    (``2**bits - 1`` levels, e.g. after a ReLU) otherwise. A scale per sample keeps predictions
-    independent of the batch. A 0-D or 1-D tensor (weights, codebooks) gets one scale.
-    """
-    bits = _check_int(bits, "bits", 2, 32)
-    if bits >= 32:
-        return x
-    flat = x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(1, -1)
-    amax = flat.abs().amax(dim=1, keepdim=True)
-    signed = (flat < 0).any(dim=1, keepdim=True)
-    levels = torch.where(signed, 2.0 ** (bits - 1) - 1, 2.0**bits - 1).to(flat.dtype)
-    scale = torch.where(amax > 0, amax / levels, torch.ones_like(amax))
-    return (torch.round(flat / scale) * scale).reshape(x.shape)
-
-
-class quantized_inference:  # noqa: N801 - used as a context manager, like torch.no_grad
-    """Context in which every task layer runs at ``<bits, bits>`` (TinySubNets' Table 7).
-
-    Inside it, each task layer's input activations are fake-quantized with :func:`fake_quantize`
-    and the weight values it reads (the K-Means centroids of quantizing strategies) are rounded to
-    a ``bits``-bit grid per layer. Heads, norms and pooling stay in float.
-
-    Examples
-    --------
-    >>> with quantized_inference(model, 8):  # doctest: +SKIP
-    ...     acc = trainer.evaluate(model, task, "test")
-    """
-
-    def __init__(self, model: nn.Module, bits: int) -> None:
-        self.model = model
-        self.bits = _check_int(bits, "bits", 2, 32)
-        self._handles: list[Any] = []
-        self._saved: list[tuple[nn.Module, Any]] = []
-
-    def __enter__(self) -> quantized_inference:
-        bits = self.bits
-
-        def pre_hook(module: nn.Module, args: tuple) -> tuple:
-            return (fake_quantize(args[0], bits), *args[1:])
-
-        for layer in self.model.task_layers().values():
-            self._handles.append(layer.register_forward_pre_hook(pre_hook))
-            original = layer.values
-            self._saved.append((layer, layer.__dict__.get("values")))
-
-            def values(task: int, f: Any = original) -> torch.Tensor:
-                v = f(task)
-                return fake_quantize(v.reshape(-1), bits).reshape(v.shape)
-
-            layer.values = values
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()
-        for layer, values in self._saved:
-            if values is None:
-                layer.__dict__.pop("values", None)
-            else:
-                layer.values = values
-        self._handles, self._saved = [], []
-
-
-ACTIVATION_BITS = (4, 8, 16)
-"""Default activation bit-widths of a run's ``activation_quantization`` report (Table 7)."""
-
-OPS_ACTIVATION_BITS = (4, 8, 16, 32)
-"""Activation bit-widths of a run's ``ops`` report (32 = float activations)."""
-
-ACTIVATION_SCHEME = (
-    "static per-tensor activation quantization of every task layer's input: range calibrated "
-    "per task on its validation split (train split where it has none, never test) as the min and "
-    "max of the float input; unsigned [0, max] with 2**b - 1 levels where min >= 0 (after a "
-    "ReLU), else symmetric [-a, a] with 2**(b-1) - 1 levels each side, a = max(|min|, |max|); "
-    "inputs outside the range are clamped; weights as stored, heads and norms in float"
-)
-
-
-def _layer_geometry(
-    model: nn.Module, task: int, input_shape: tuple[int, ...]
-) -> tuple[dict[str, float], float]:
-    """Output positions per weight of each task layer, and the MACs of the other layers.
-
-    One forward of a zero batch records every layer's output shape: a conv weight is applied at
-    ``prod(out.shape[2:])`` positions, a linear weight once. "Other layers" are the plain
-    `nn.Linear` / `nn.Conv2d` modules the forward of ``task`` runs (its head), counted dense.
-    """
-    task_layers = model.task_layers()
-    ids = {id(m) for m in task_layers.values()}
-    shapes: dict[str, tuple[int, ...]] = {}
-    private = [0.0]
-
-    def spatial(out: torch.Tensor) -> float:
-        return float(np.prod(out.shape[2:])) if out.dim() > 2 else 1.0
-
-    def other(m: nn.Module, a: tuple, out: torch.Tensor) -> None:
-        private[0] += m.weight.numel() * spatial(out)
-
-    hooks = [
-        layer.register_forward_hook(
-            lambda m, a, out, name=name: shapes.__setitem__(name, tuple(out.shape))
-        )
-        for name, layer in task_layers.items()
-    ]
-    hooks += [
-        m.register_forward_hook(other)
-        for m in model.modules()
-        if isinstance(m, nn.Linear | nn.Conv2d) and id(m) not in ids
-    ]
-    dev = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros((2, *input_shape), device=dev), task)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    geometry = {
-        name: float(np.prod(shapes[name][2:])) if len(shapes[name]) > 2 else 1.0
-        for name in task_layers
-        if name in shapes
-    }
-    return geometry, private[0]
-
-
-def op_counts(
-    model: nn.Module,
-    task: int,
-    input_shape: tuple[int, ...],
-    *,
-    weight_bits: dict[str, int | np.ndarray] | None = None,
-    act_bits: int = 32,
-    masks: dict[str, np.ndarray] | None = None,
-) -> dict[str, float]:
-    """Multiply-accumulates and bit-operations of one sample's forward for ``task`` (Table 6).
-
-    Counts the task layers only (heads and norms are a small, fixed part). ``macs_dense`` is the
-    dense network; ``macs_masked`` counts only the positions in the task's mask (the "+p",
-    pruned, variant); ``flops_dense`` / ``flops_masked`` are 2 x MACs; ``bops`` are the
-    bit-operations ``sum_layers masked MACs x weight bits x activation bits`` (32 for float),
-    and ``bops_float`` the same with 32-bit weights and activations, for the ratio.
-
-    ``weight_bits[layer]`` is one bit-width for the layer (0 or missing: 32, float) or an array
-    of the layer's shape with the bit-width of the field read at each position. ``masks``
-    replaces the torch layers' task masks (e.g. the masks of the exported packed model).
-    """
-    act_bits = _check_int(act_bits, "act_bits", 1, 32)
-    geometry, _ = _layer_geometry(model, task, tuple(input_shape))
-    macs_dense = macs_masked = bops = bops_float = 0.0
-    for name, layer in model.task_layers().items():
-        spatial = geometry[name]
-        n = layer.weight.numel()
-        if masks is not None and name in masks:
-            keep = np.asarray(masks[name], dtype=bool).reshape(tuple(layer.weight.shape))
-        else:
-            keep = layer.task_mask(task).cpu().numpy()
-        kept = float(keep.sum())
-        macs_dense += n * spatial
-        macs_masked += kept * spatial
-        wb = 32 if weight_bits is None else weight_bits.get(name, 32)
-        if np.ndim(wb) == 0:
-            wbits = kept * (int(wb) or 32)
-        else:
-            per = np.asarray(wb, dtype=np.int64).reshape(keep.shape)
-            wbits = float(np.where(per > 0, per, 32)[keep].sum())
-        bops += wbits * spatial * act_bits
-        bops_float += kept * spatial * 32 * 32
-    return {
-        "macs_dense": macs_dense,
-        "macs_masked": macs_masked,
-        "flops_dense": 2 * macs_dense,
-        "flops_masked": 2 * macs_masked,
-        "bops": bops,
-        "bops_float": bops_float,
-    }
-
-
-def stored_weight_bits(pm: Any, task: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per layer of a packed model: the task's mask, and the bit-width of the field read there.
-
-    The bit-width at a position is that of the field the read rule picks
-    (``PackedModel.resolve``): a task that reuses an earlier task's weight multiplies by that
-    task's b-bit centroid. 32 marks a raw float32 field; 0 a position outside the mask.
-    """
-    masks, bits = {}, {}
-    for name in pm.layers:
-        mask, source, _ = pm.resolve(task, name)
-        table = np.zeros(max(len(pm.tasks), 1) + 1, np.int64)
-        for u in set(np.unique(source[mask]).tolist()):
-            table[u] = pm.bits(int(u), name)
-        masks[name] = mask
-        bits[name] = np.where(mask, table[np.where(mask, source, 0)], 0)
-    return masks, bits
-
-
-def ops_report(
-    model: nn.Module,
-    pm: Any,
-    input_shape: tuple[int, ...],
-    act_bits: tuple[int, ...] = OPS_ACTIVATION_BITS,
-) -> dict[str, Any]:
-    """Operation counts of every task of a run, from its packed model (results.json ``ops``).
-
-    Per task, for one sample's forward through the task layers:
-
-    - ``macs_dense``: multiply-accumulates of the dense float model (every weight position);
-    - ``macs``: those of the task's sub-network, only the positions of its mask;
-    - ``flops_dense`` / ``flops``: 2 x MACs (a multiply and an add);
-    - ``bops[b_a]``: bit-operations at ``<b_w, b_a>``, ``sum over masked MACs of b_w x b_a``,
-      b_w the bit-width of the stored field the MAC reads (the task's own bit-width where it
-      wrote, the earlier task's where it reuses; 32 for raw float32 fields), b_a the
-      activation bit-width (32 = float);
-    - ``bops_float``: the sub-network at ``<32, 32>`` (``macs x 1024``) and
-      ``bops_dense_float`` the dense model at ``<32, 32>``;
-    - ``weight_bits``: per layer, the distinct b_w the task reads; ``mean_weight_bits``: the
-      MAC-weighted mean b_w;
-    - ``macs_private``: the dense float MACs of the task's head (not in the figures above).
-
-    The bit-operation count makes float ``(32 x 32) / (8 x 8) = 16x`` the cost of ``<8, 8>``; the
-    TinySubNets paper puts the real ratio at about 9-10x (24-bit mantissas, 3x the bits, plus
-    exponent handling), so ``bops_float`` over-states float's cost by about 1.6-1.8x.
-    """
-    act = [_check_int(b, "act_bits", 1, 32) for b in act_bits]
-    tasks = []
-    for t in pm.tasks:
-        masks, bits = stored_weight_bits(pm, t)
-        geometry, private = _layer_geometry(model, t, tuple(input_shape))
-        macs_dense = macs = wmacs = 0.0
-        used: dict[str, list[int]] = {}
-        for name, layer in model.task_layers().items():
-            spatial = geometry[name]
-            macs_dense += layer.weight.numel() * spatial
-            if name not in masks:
-                continue
-            macs += float(masks[name].sum()) * spatial
-            wmacs += float(bits[name].sum()) * spatial
-            used[name] = sorted(int(b) for b in np.unique(bits[name][masks[name]]))
-        tasks.append({
-            "macs_dense": macs_dense,
-            "macs": macs,
-            "flops_dense": 2 * macs_dense,
-            "flops": 2 * macs,
-            "bops": {str(b): wmacs * b for b in act},
-            "bops_float": macs * 32 * 32,
-            "bops_dense_float": macs_dense * 32 * 32,
-            "weight_bits": used,
-            "mean_weight_bits": wmacs / macs if macs else 0.0,
-            "macs_private": private,
-        })
-    return {"act_bits": act, "tasks": tasks}
-
-
-def fake_quantize_range(x: torch.Tensor, bits: int, lo: float, hi: float) -> torch.Tensor:
-    """Quantize ``x`` to ``bits`` bits on a fixed, calibrated range (see `ACTIVATION_SCHEME`).
-
-    Unsigned grid ``k * hi / (2**bits - 1)``, k in 0..2**bits-1, where ``lo >= 0``; otherwise
-    symmetric grid ``k * a / (2**(bits-1) - 1)``, ``|k| <= 2**(bits-1) - 1``,
-    ``a = max(-lo, hi)``. Values outside the grid's range are clamped to it.
-    """
-    bits = _check_int(bits, "bits", 2, 32)
-    if bits >= 32:
-        return x
-    lo, hi = float(lo), float(hi)
-    if lo >= 0:
-        levels, amax, kmin = 2.0**bits - 1, hi, 0.0
-    else:
-        levels = 2.0 ** (bits - 1) - 1
-        amax = max(-lo, hi)
-        kmin = -levels
-    if not amax > 0:
-        return torch.zeros_like(x)
-    scale = amax / levels
-    return torch.clamp(torch.round(x / scale), kmin, levels) * scale
-
-
-@torch.no_grad()
-def calibrate_activations(
-    model: nn.Module, task: int, x: np.ndarray, *, batch_size: int = 1024
-) -> dict[str, tuple[float, float]]:
-    """The (min, max) of every task layer's float input over ``x`` in the forward of ``task``.
-
-    Pass a validation split: the ranges then fix the activation grids used on the test split.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    if len(x) == 0:
-        raise ValueError("calibrate_activations needs at least one sample (pass the val split)")
-    ranges: dict[str, list[float]] = {}
-
-    def record(name: str, inp: torch.Tensor) -> None:
-        lo, hi = float(inp.min()), float(inp.max())
-        old = ranges.get(name)
-        ranges[name] = [lo, hi] if old is None else [min(old[0], lo), max(old[1], hi)]
-
-    hooks = [
-        layer.register_forward_pre_hook(lambda m, a, name=name: record(name, a[0]))
-        for name, layer in model.task_layers().items()
-    ]
-    dev = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        for s in range(0, len(x), batch_size):
-            model(torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size])).to(dev), task)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return {name: (lo, hi) for name, (lo, hi) in ranges.items()}
-
-
-class quantized_activations:  # noqa: N801 - used as a context manager, like torch.no_grad
-    """Context in which every task layer's input is quantized to ``bits`` on calibrated ranges.
-
-    ``ranges`` come from :func:`calibrate_activations` (per layer (min, max)); the weights are
-    left as the layers read them (the stored values). Unlike :class:`quantized_inference` the
-    grid is fixed per tensor, not per sample, as a fixed-point accelerator would run it.
-    """
-
-    def __init__(
-        self, model: nn.Module, bits: int, ranges: dict[str, tuple[float, float]]
-    ) -> None:
-        self.model = model
-        self.bits = _check_int(bits, "bits", 2, 32)
-        layers = model.task_layers()
-        missing = sorted(set(layers) - set(ranges))
-        if missing:
-            raise ValueError(
-                f"no calibrated range for layers {missing}: run calibrate_activations for the "
-                "same task first"
-            )
-        self.ranges = {n: (float(ranges[n][0]), float(ranges[n][1])) for n in layers}
-        self._handles: list[Any] = []
-
-    def __enter__(self) -> quantized_activations:
-        for name, layer in self.model.task_layers().items():
-            lo, hi = self.ranges[name]
-
-            def pre_hook(m: nn.Module, args: tuple, lo: float = lo, hi: float = hi) -> tuple:
-                return (fake_quantize_range(args[0], self.bits, lo, hi), *args[1:])
-
-            self._handles.append(layer.register_forward_pre_hook(pre_hook))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-
-def activation_accuracy(
-    model: nn.Module,
-    tasks: Any,
-    evaluate: Evaluate,
-    bits: tuple[int, ...] = ACTIVATION_BITS,
-) -> dict[str, Any]:
-    """Per-task test accuracy with activations quantized to each of ``bits`` (Table 7).
-
-    Parameters
-    ----------
-    model : TaskNetwork
-        The trained model (weights as stored by its strategy).
-    tasks : sequence
-        The scenario's tasks (``x_val`` / ``x_train`` for calibration).
-    evaluate : callable
-        ``evaluate(model, task, "test")`` -> accuracy, e.g. ``Trainer.evaluate``.
-    bits : tuple of int
-        Activation bit-widths, each 2..16.
-
-    Returns
-    -------
-    dict
-        ``"float"`` and ``str(b)`` for each b: per-task accuracies; ``"mean"``: their means by
-        the same keys; ``"bits"``, ``"calibration"`` (split per task) and ``"scheme"``
-        (`ACTIVATION_SCHEME`).
-    """
-    bits = tuple(_check_int(b, "activation bits", 2, 16) for b in bits)
-    out: dict[str, Any] = {"float": []}
-    out.update({str(b): [] for b in bits})
-    splits = []
-    for t, data in enumerate(tasks):
-        split = val_split(data)
-        splits.append(split)
-        ranges = calibrate_activations(model, t, getattr(data, f"x_{split}"))
-        out["float"].append(float(evaluate(model, t, "test")))
-        for b in bits:
-            with quantized_activations(model, b, ranges):
-                out[str(b)].append(float(evaluate(model, t, "test")))
-    out["mean"] = {k: float(np.mean(v)) if v else None for k, v in out.items()}
-    out.update({"bits": list(bits), "calibration": splits, "scheme": ACTIVATION_SCHEME})
-    return out
+# Re-exported for bitsub_torch.cli until its import moves to bitsub_torch.cl.actreport and
+# bitsub_torch.cl.ops (placed last: those modules import the strategy package).
+from bitsub_torch.cl.actreport import ACTIVATION_BITS, activation_accuracy  # noqa: E402, F401
+from bitsub_torch.cl.ops import ops_report  # noqa: E402, F401

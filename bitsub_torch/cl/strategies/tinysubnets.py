@@ -39,14 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from bitsub.validate import check_float, check_int
 from bitsub_torch.cl.divergence import KLGate
-from bitsub_torch.cl.strategies.base import Evaluate
-from bitsub_torch.cl.strategies.quantized import (
-    QuantizedStrategy,
-    _check_float,
-    _check_int,
-    val_split,
-)
+from bitsub_torch.cl.strategies.base import Evaluate, val_split
+from bitsub_torch.cl.strategies.quantized import QuantizedStrategy
 from bitsub_torch.nn.autograd import topk_count
 
 __all__ = ["TinySubNets"]
@@ -134,14 +130,14 @@ class TinySubNets(QuantizedStrategy):
         )
         topk_count(1, density)  # validates
         self.density = float(density)
-        self.post_prune_iters = _check_int(post_prune_iters, "post_prune_iters", 0)
-        self.post_prune_step = _check_float(post_prune_step, "post_prune_step", 0.0, 1.0)
+        self.post_prune_iters = check_int(post_prune_iters, "post_prune_iters", 0)
+        self.post_prune_step = check_float(post_prune_step, "post_prune_step", 0.0, 1.0)
         if self.post_prune_step == 0.0:
             raise ValueError("post_prune_step must be > 0 (use post_prune_iters=0 to disable)")
-        self.post_prune_delta = _check_float(post_prune_delta, "post_prune_delta", 0.0, 1.0)
-        self.kl_samples = _check_int(kl_samples, "kl_samples", 1)
+        self.post_prune_delta = check_float(post_prune_delta, "post_prune_delta", 0.0, 1.0)
+        self.kl_samples = check_int(kl_samples, "kl_samples", 1)
         self.kl_revisit = bool(kl_revisit)
-        self.replay = _check_int(replay, "replay", 0)
+        self.replay = check_int(replay, "replay", 0)
         self.gate = KLGate(kl_threshold, method=kl_method)
         self.summaries: dict[int, dict[str, np.ndarray]] = {}
         self.memory: dict[int, np.ndarray] = {}
