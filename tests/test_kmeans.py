@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import bitsub.quant.dp as dp
 import bitsub.quant.kmeans as km
 from bitsub.quant.kmeans import kmeans_1d, quantize
 from tests.naive import naive_kmeans_1d_min_sse, naive_sse
@@ -191,20 +192,31 @@ def _prefix(x):
     return d
 
 
-def test_checkpointed_dp_equals_full_table(monkeypatch):
+def test_every_argmin_store_gives_the_same_partition(monkeypatch):
     rng = np.random.default_rng(2)
-    d = _prefix(rng.standard_normal(700).astype(np.float32))
-    for k in (2, 5, 17, 40):
-        full = km._dp_partition(d.w, d.s, d.q, k, k)
-        for step in (1, 2, 3, 7):
-            assert np.array_equal(km._dp_partition(d.w, d.s, d.q, k, step), full), (k, step)
-    monkeypatch.setattr(km, "_DP_FULL_ENTRIES", 100)
-    assert km._dp_rows_step(40, 700) < 40
-    x = rng.laplace(size=900)
-    c_small, codes_small = kmeans_1d(x, 40, method="optimal")
-    monkeypatch.undo()
-    c_full, codes_full = kmeans_1d(x, 40, method="optimal")
-    assert np.array_equal(c_small, c_full) and np.array_equal(codes_small, codes_full)
+    for x in (rng.standard_normal(700).astype(np.float32), rng.laplace(size=900)):
+        d = _prefix(x)
+        for k in (1, 2, 5, 17, 40):
+            full = dp.partition(d.w, d.s, d.q, k)
+            for step in (1, 2, 3, 7):
+                got = dp.partition_checkpointed(d.w, d.s, d.q, k, step)
+                assert np.array_equal(got, full), (k, step)
+            # Unary-coded argmin rows: force that path with a tiny int32 budget.
+            monkeypatch.setattr(dp, "FULL_ENTRIES", 10)
+            assert np.array_equal(dp.partition(d.w, d.s, d.q, k), full), k
+            monkeypatch.setattr(dp, "UNARY_BYTES", 10)
+            assert np.array_equal(dp.partition(d.w, d.s, d.q, k), full), k
+            monkeypatch.undo()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=300), st.integers(0, 5))
+def test_unary_rows_round_trip(steps, base):
+    arg = np.cumsum(np.array(steps, dtype=np.int64)).astype(np.int32) + base
+    row = np.zeros((2 * arg.size + int(arg[-1]) - base + 63) // 64 + 1, dtype=np.uint64)
+    dp._unary_put(arg, 0, arg.size - 1, base, row)
+    got = [dp._unary_get(row, r, base) for r in range(arg.size)]
+    assert got == arg.tolist()
 
 
 def test_band_dp_with_full_bands_is_exact():
@@ -213,10 +225,10 @@ def test_band_dp_with_full_bands_is_exact():
     m = d.m
     for k in (1, 3, 12):
         j = np.arange(k + 1)
-        t_band = km._dp_band(d.w, d.s, d.q, j.copy(), m - k + j)
-        t_full = km._dp_partition(d.w, d.s, d.q, k, k)
-        cost_band = km._run_costs(d.w, d.s, d.q, t_band).sum()
-        cost_full = km._run_costs(d.w, d.s, d.q, t_full).sum()
+        t_band = dp.partition_band(d.w, d.s, d.q, j.copy(), m - k + j)
+        t_full = dp.partition(d.w, d.s, d.q, k)
+        cost_band = dp.run_costs(d.w, d.s, d.q, t_band).sum()
+        cost_full = dp.run_costs(d.w, d.s, d.q, t_full).sum()
         assert cost_band == pytest.approx(cost_full, rel=1e-12, abs=1e-12)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bitsub.kernels.matmul import _check_plan, _check_x, _conv_geometry, _fix_nonfinite, _patches
+from bitsub.kernels.common import check_plan, check_x, conv_geometry, fix_nonfinite, patches
 from bitsub.kernels.plan import SLICE, Plan
 
 __all__ = ["gpu_conv2d", "gpu_matmul"]
@@ -104,7 +104,7 @@ def _run(plan: Plan, x2: np.ndarray) -> np.ndarray:
                                                d_y)
         d_y.copy_to_host(y)
     if plan.layout == "sell" and not np.isfinite(x2).all():
-        _fix_nonfinite(plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook, x2, y)
+        fix_nonfinite(plan.slice_ptr, plan.row_len, plan.cols, plan.codes, plan.codebook, x2, y)
     return y
 
 
@@ -125,8 +125,8 @@ def gpu_matmul(plan: Plan, x: np.ndarray) -> np.ndarray:
     RuntimeError
         No GPU (and the CUDA simulator is off).
     """
-    plan = _check_plan(plan)
-    x = _check_x(x, plan.cols_in)
+    plan = check_plan(plan)
+    x = check_x(x, plan.cols_in)
     if x.ndim == 1:
         return _run(plan, x.reshape(1, -1))[0]
     return _run(plan, x)
@@ -137,6 +137,6 @@ def gpu_conv2d(plan: Plan, x: np.ndarray, stride: int = 1, padding: int = 0) -> 
 
     The im2col patches are gathered on the host and multiplied on the GPU.
     """
-    x, stride, padding, oh, ow = _conv_geometry(plan, x, stride, padding)
-    y = _run(plan, _patches(plan, x, stride, padding, oh, ow))
+    x, stride, padding, oh, ow = conv_geometry(plan, x, stride, padding)
+    y = _run(plan, patches(plan, x, stride, padding, oh, ow))
     return np.ascontiguousarray(y.reshape(x.shape[0], oh, ow, -1).transpose(0, 3, 1, 2))

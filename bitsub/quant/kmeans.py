@@ -1,17 +1,14 @@
 """One-dimensional K-Means codebooks: exact dynamic programming and a sorted Lloyd.
 
-In one dimension an optimal clustering splits the sorted values into contiguous runs, so the
-exact minimum of the sum of squared errors (SSE) is a dynamic program over the sorted values:
-``D[j][i] = min_t D[j-1][t] + cost(t, i)``, where ``cost`` is the SSE of one run, read in O(1)
-from float64 prefix sums. The cost is a Monge array, so each layer's argmins are monotone and a
-divide-and-conquer layer costs O(m log m) for m points: O(k m log m) in all.
+In one dimension an optimal clustering splits the sorted values into contiguous runs; the exact
+dynamic program over them lives in :mod:`bitsub.quant.dp` (O(k m log m) for m distinct values
+on every input, prefix sums centred on the median and Kahan-compensated).
 
 Methods
 -------
 ``"optimal"``
-    The exact DP over the distinct values (weighted by their counts). Memory stays bounded for
-    large k * m by keeping only every c-th DP row and recomputing the rows between two of them
-    during the backtrack (at most twice the work).
+    The exact DP over the distinct values (weighted by their counts); memory stays bounded for
+    large k * m (the argmin rows are unary-coded, or checkpointed beyond that).
 ``"lloyd"``
     Lloyd's algorithm on the sorted distinct values, started from the quantiles: an assignment
     is k - 1 binary searches for the midpoints between centroids and an update is k prefix-sum
@@ -34,6 +31,7 @@ import numba
 import numpy as np
 
 from bitsub.config import NJIT
+from bitsub.quant.dp import distinct_prefix, partition, partition_band
 
 __all__ = ["kmeans_1d", "quantize"]
 
@@ -42,8 +40,6 @@ METHODS = ("auto", "optimal", "lloyd")
 
 # "auto" runs the exact DP when k * m * log2(m) is below this many cost evaluations.
 _AUTO_EXACT_WORK = 1_000_000
-# Keep all DP argmin rows when they fit in this many int32 entries; else checkpoint rows.
-_DP_FULL_ENTRIES = 1 << 25
 _LLOYD_MAX_ITER = 2000
 # "auto": the top level has as many groups as the exact-DP budget allows (at least
 # _AUTO_GROUPS_PER_K * k); levels differ by a factor _AUTO_REFINE in group size, down to the
@@ -58,232 +54,6 @@ _AUTO_MAX_RECENTRE = 20
 
 
 # ------------------------------------------------------------------------ kernels
-
-
-@numba.njit(**NJIT)
-def _distinct_prefix(x, center):
-    """Distinct values of sorted ``x`` and prefix sums over them, all centred on ``center``.
-
-    Returns ``w, s, q`` (length m + 1: prefix counts, sums and sums of squares of
-    ``x - center`` in float64) and ``u`` (length m: the distinct values minus ``center``).
-    """
-    n = x.size
-    w = np.empty(n + 1)
-    s = np.empty(n + 1)
-    q = np.empty(n + 1)
-    u = np.empty(n)
-    w[0] = 0.0
-    s[0] = 0.0
-    q[0] = 0.0
-    m = 0
-    cw = 0.0
-    cs = 0.0
-    cq = 0.0
-    prev = x[0]
-    u[0] = np.float64(prev) - center
-    for i in range(n):
-        xi = x[i]
-        v = np.float64(xi) - center
-        if xi != prev:
-            m += 1
-            w[m] = cw
-            s[m] = cs
-            q[m] = cq
-            u[m] = v
-            prev = xi
-        cw += 1.0
-        cs += v
-        cq += v * v
-    m += 1
-    w[m] = cw
-    s[m] = cs
-    q[m] = cq
-    return w[: m + 1], s[: m + 1], q[: m + 1], u[:m]
-
-
-@numba.njit(**NJIT)
-def _cost(w, s, q, a, b):
-    # SSE of groups [a, b) around their mean.
-    cw = w[b] - w[a]
-    cs = s[b] - s[a]
-    c = q[b] - q[a] - cs * cs / cw
-    return c if c > 0.0 else 0.0
-
-
-@numba.njit(**NJIT)
-def _dp_layer(w, s, q, prev, cur, arg, j, k):
-    """Layer j (2..k) of the DP by divide and conquer over the monotone argmins.
-
-    ``cur[i]`` for i in [j, m - k + j]: the least SSE of the first i groups in j runs;
-    ``arg[i]`` the start of the last run.
-    """
-    m = w.size - 1
-    lo0 = j
-    hi0 = m - k + j
-    stack = np.empty((130, 4), dtype=np.int64)
-    sp = 0
-    stack[0, 0] = lo0
-    stack[0, 1] = hi0
-    stack[0, 2] = j - 1
-    stack[0, 3] = hi0 - 1
-    sp = 1
-    while sp > 0:
-        sp -= 1
-        lo = stack[sp, 0]
-        hi = stack[sp, 1]
-        olo = stack[sp, 2]
-        ohi = stack[sp, 3]
-        mid = (lo + hi) // 2
-        top = min(ohi, mid - 1)
-        best = np.inf
-        bt = olo
-        for t in range(olo, top + 1):
-            v = prev[t] + _cost(w, s, q, t, mid)
-            if v < best:
-                best = v
-                bt = t
-        cur[mid] = best
-        arg[mid] = bt
-        if mid < hi:
-            stack[sp, 0] = mid + 1
-            stack[sp, 1] = hi
-            stack[sp, 2] = bt
-            stack[sp, 3] = ohi
-            sp += 1
-        if lo < mid:
-            stack[sp, 0] = lo
-            stack[sp, 1] = mid - 1
-            stack[sp, 2] = olo
-            stack[sp, 3] = bt
-            sp += 1
-
-
-@numba.njit(**NJIT)
-def _first_layer(w, s, q, cur, arg, k):
-    m = w.size - 1
-    for i in range(1, m - k + 2):
-        cur[i] = _cost(w, s, q, 0, i)
-        arg[i] = 0
-
-
-@numba.njit(**NJIT)
-def _dp_partition(w, s, q, k, c):
-    """Optimal split of m weighted groups into k non-empty runs (1 <= k <= m).
-
-    Keeps the DP row of every c-th layer and recomputes the rows in between while
-    backtracking. Returns t (k + 1): run j covers groups [t[j], t[j+1]).
-    """
-    m = w.size - 1
-    t = np.zeros(k + 1, dtype=np.int64)
-    t[k] = m
-    if k == 1:
-        return t
-    nseg = (k - 1) // c + 1
-    saved = np.empty((nseg, m + 1))
-    prev = np.full(m + 1, np.inf)
-    cur = np.full(m + 1, np.inf)
-    args = np.zeros((c, m + 1), dtype=np.int32)
-    scratch = np.zeros(m + 1, dtype=np.int32)
-    # Forward pass: rows of layers c, 2c, ... (layer 0 is implicit).
-    last = (nseg - 1) * c
-    for j in range(1, last + 1):
-        if j == 1:
-            _first_layer(w, s, q, cur, scratch, k)
-        else:
-            _dp_layer(w, s, q, prev, cur, scratch, j, k)
-        if j % c == 0:
-            saved[j // c, :] = cur
-        prev, cur = cur, prev
-    # Backtrack segment by segment, top first.
-    for seg in range(nseg - 1, -1, -1):
-        a = seg * c
-        b = min(a + c, k)
-        if a > 0:
-            prev[:] = saved[seg]
-        for j in range(a + 1, b):
-            row = args[j - a - 1]
-            if j == 1:
-                _first_layer(w, s, q, cur, row, k)
-            else:
-                _dp_layer(w, s, q, prev, cur, row, j, k)
-            prev, cur = cur, prev
-        # Layer b at its known end t[b] only.
-        end = t[b]
-        if b == 1:
-            t[0] = 0
-        else:
-            best = np.inf
-            bt = b - 1
-            for tt in range(b - 1, end):
-                v = prev[tt] + _cost(w, s, q, tt, end)
-                if v < best:
-                    best = v
-                    bt = tt
-            t[b - 1] = bt
-        for j in range(b - 1, a, -1):
-            t[j - 1] = args[j - a - 1][t[j]]
-    return t
-
-
-@numba.njit(**NJIT)
-def _dp_band(w, s, q, lo, hi):
-    """Exact DP with boundary j restricted to [lo[j], hi[j]]; returns the boundaries t.
-
-    Requires lo[0] = hi[0] = 0, lo[k] = hi[k] = m, both non-decreasing, and some strictly
-    increasing choice within the bands.
-    """
-    k = lo.size - 1
-    width = 1
-    for j in range(k + 1):
-        width = max(width, hi[j] - lo[j] + 1)
-    prev = np.full(width, np.inf)
-    prev[0] = 0.0
-    cur = np.full(width, np.inf)
-    args = np.zeros((k + 1, width), dtype=np.int64)
-    stack = np.empty((130, 4), dtype=np.int64)
-    for j in range(1, k + 1):
-        plo = lo[j - 1]
-        clo = lo[j]
-        stack[0, 0] = clo
-        stack[0, 1] = hi[j]
-        stack[0, 2] = plo
-        stack[0, 3] = hi[j - 1]
-        sp = 1
-        while sp > 0:
-            sp -= 1
-            a = stack[sp, 0]
-            b = stack[sp, 1]
-            olo = stack[sp, 2]
-            ohi = stack[sp, 3]
-            mid = (a + b) // 2
-            top = min(ohi, mid - 1)
-            best = np.inf
-            bt = olo
-            for tt in range(olo, top + 1):
-                v = prev[tt - plo] + _cost(w, s, q, tt, mid)
-                if v < best:
-                    best = v
-                    bt = tt
-            cur[mid - clo] = best
-            args[j, mid - clo] = bt
-            if mid < b:
-                stack[sp, 0] = mid + 1
-                stack[sp, 1] = b
-                stack[sp, 2] = bt
-                stack[sp, 3] = ohi
-                sp += 1
-            if a < mid:
-                stack[sp, 0] = a
-                stack[sp, 1] = mid - 1
-                stack[sp, 2] = olo
-                stack[sp, 3] = bt
-                sp += 1
-        prev, cur = cur, prev
-    t = np.zeros(k + 1, dtype=np.int64)
-    t[k] = hi[k]
-    for j in range(k, 0, -1):
-        t[j - 1] = args[j, t[j] - lo[j]]
-    return t
 
 
 @numba.njit(**NJIT)
@@ -414,13 +184,6 @@ def _check_sorted(x: np.ndarray) -> None:
         raise ValueError("values exceed the float32 range of the codebook; rescale them first")
 
 
-def _dp_rows_step(k: int, m: int) -> int:
-    """Layers between two kept DP rows: all of them when the argmin table is small."""
-    if k * (m + 1) <= _DP_FULL_ENTRIES:
-        return k
-    return max(1, math.isqrt(2 * k))
-
-
 def _finish(
     values: np.ndarray, centroids64: np.ndarray, k: int, lo: float, hi: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -456,7 +219,7 @@ class _Distinct:
     """Sorted distinct values of x (centred) with prefix counts, sums and sums of squares."""
 
     def __init__(self, x: np.ndarray, center: float) -> None:
-        self.w, self.s, self.q, self.u = _distinct_prefix(x, center)
+        self.w, self.s, self.q, self.u = distinct_prefix(x, center)
         self.m = self.u.size
 
     def means(self, t: np.ndarray) -> np.ndarray:
@@ -466,7 +229,7 @@ class _Distinct:
 def _optimal(d: _Distinct, k: int) -> np.ndarray:
     """Exact DP over the distinct values; centred centroids (min(k, m) of them)."""
     kk = min(k, d.m)
-    return d.means(_dp_partition(d.w, d.s, d.q, kk, _dp_rows_step(kk, d.m)))
+    return d.means(partition(d.w, d.s, d.q, kk))
 
 
 def _lloyd(d: _Distinct, k: int) -> np.ndarray:
@@ -526,7 +289,7 @@ def _auto(d: _Distinct, k: int) -> np.ndarray:
             break
         levels.append(b)
     b = levels[-1]
-    t = _dp_partition(d.w[b], d.s[b], d.q[b], k, _dp_rows_step(k, b.size - 1))
+    t = partition(d.w[b], d.s[b], d.q[b], k)
     for lev in range(len(levels) - 2, -1, -1):
         coarse = levels[lev + 1]
         fine = levels[lev]
@@ -594,12 +357,6 @@ def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.n
     return _finish(arr, c + center, kk, lo, hi)
 
 
-def _run_costs(w: np.ndarray, s: np.ndarray, q: np.ndarray, t: np.ndarray) -> np.ndarray:
-    cw = w[t[1:]] - w[t[:-1]]
-    cs = s[t[1:]] - s[t[:-1]]
-    return np.maximum(q[t[1:]] - q[t[:-1]] - cs * cs / cw, 0.0)
-
-
 def _refine_band(
     w: np.ndarray,
     s: np.ndarray,
@@ -629,7 +386,7 @@ def _refine_band(
     for _ in range(_AUTO_MAX_RECENTRE):
         lo = np.maximum.accumulate(np.maximum(hard_lo, t - below))
         hi = np.minimum.accumulate(np.minimum(hard_hi, t + above)[::-1])[::-1]
-        t_new = _dp_band(w, s, q, lo, hi)
+        t_new = partition_band(w, s, q, lo, hi)
         edge = ((t_new == lo) & (lo > hard_lo)) | ((t_new == hi) & (hi < hard_hi))
         t = t_new
         if not edge.any():
