@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from bitsub_torch.cl.divergence import KLGate
-from bitsub_torch.cl.strategies.base import Evaluate
+from bitsub_torch.cl.strategies.base import Evaluate, check_flag
 from bitsub_torch.cl.strategies.quantized import (
     QuantizedStrategy,
     _check_float,
@@ -140,7 +140,7 @@ class TinySubNets(QuantizedStrategy):
             raise ValueError("post_prune_step must be > 0 (use post_prune_iters=0 to disable)")
         self.post_prune_delta = _check_float(post_prune_delta, "post_prune_delta", 0.0, 1.0)
         self.kl_samples = _check_int(kl_samples, "kl_samples", 1)
-        self.kl_revisit = bool(kl_revisit)
+        self.kl_revisit = check_flag(kl_revisit, "kl_revisit")
         self.replay = _check_int(replay, "replay", 0)
         self.gate = KLGate(kl_threshold, method=kl_method)
         self.summaries: dict[int, dict[str, np.ndarray]] = {}
