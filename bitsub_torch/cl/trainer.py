@@ -10,18 +10,23 @@ so a task's training does not depend on how the run got there. This is what lets
 (a new Trainer with the same arguments over the same checkpoint directory) end with the same
 results as an uninterrupted one.
 
-Checkpoints: after each task, ``task_XXX.pt`` holds the model's state_dict, the strategy's
-state_dict, the accuracy rows so far, ``random_init`` and timings; it is written to a temporary
-file and moved into place with `os.replace` (atomic), then the previous task's file is removed.
+Checkpoints: after each task, ``task_XXX.pt`` holds the run's full configuration (`Trainer.config`:
+the trainer's arguments, the strategy's arguments, the model's parameter shapes and the caller's
+``run_config``), the model's state_dict, the strategy's state_dict, the accuracy rows so far,
+``random_init`` and timings. It is serialised in memory and written by `bitsub.atomic.write_bytes`
+(a full disk is an ``OSError`` and leaves no temporary file), then the previous task's file is
+removed. A resume whose configuration differs in anything is refused with the differences named.
 Strategy state must be made of tensors, numbers, strings, lists and dicts (loaded with
 ``weights_only=True``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import pickle
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,11 +39,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from bitsub.atomic import atomic_path
+from bitsub.atomic import write_bytes
 from bitsub_torch.cl import metrics
 from bitsub_torch.cl.strategies.base import Strategy
 
-__all__ = ["Results", "Trainer"]
+__all__ = ["Results", "Trainer", "config_differences"]
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _CKPT = re.compile(r"^task_(\d{3,})\.pt$")
@@ -95,6 +100,30 @@ def _nan_to_none(v: Any) -> Any:
     return v
 
 
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Name what differs between two configurations: ``["lr (0.001 -> 0.01)", ...]``.
+
+    Nested dicts are compared key by key (``strategy_args.density``); a key present on one side
+    only shows as missing on the other.
+    """
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old:
+                out.append(f"{name} (not recorded -> {new[key]!r})")
+            elif key not in new:
+                out.append(f"{name} ({old[key]!r} -> not given)")
+            else:
+                out += config_differences(old[key], new[key], name)
+        return out
+    if isinstance(old, tuple):
+        old = list(old)
+    if isinstance(new, tuple):
+        new = list(new)
+    return [] if old == new else [f"{prefix or 'value'} ({old!r} -> {new!r})"]
+
+
 class Trainer:
     """Task-incremental training of a `TaskNetwork` with a `Strategy` over a scenario.
 
@@ -126,6 +155,10 @@ class Trainer:
         Batch size of evaluation.
     device : str
         Torch device of the model and batches.
+    run_config : dict, optional
+        More of the run's configuration that the trainer cannot see (``bitsub-train`` passes its
+        data, model and export arguments): stored in every checkpoint and compared on resume.
+        Numbers, strings, None, lists and dicts only.
     """
 
     def __init__(
@@ -145,6 +178,7 @@ class Trainer:
         progress: bool = True,
         eval_batch_size: int = 1024,
         device: str = "cpu",
+        run_config: dict | None = None,
     ):
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a Strategy, got {type(strategy).__name__}")
@@ -164,8 +198,15 @@ class Trainer:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if optimizer not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}")
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        for name, value in (("weight_decay", weight_decay), ("momentum", momentum)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0 <= value < math.inf
+            ):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if run_config is not None and not isinstance(run_config, dict):
+            raise TypeError(f"run_config must be a dict, got {type(run_config).__name__}")
         self.model = model.to(device)
         self.strategy = strategy
         self.scenario = scenario
@@ -180,12 +221,14 @@ class Trainer:
         self.progress = bool(progress)
         self.eval_batch_size = eval_batch_size
         self.device = torch.device(device)
+        self.run_config = dict(run_config or {})
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:
-        """The run's arguments (checked on resume)."""
+        """The run's full configuration, recorded in every checkpoint and checked on resume."""
         return {
             "strategy": self.strategy.name,
+            "strategy_args": self.strategy.arguments(),
             "scenario": getattr(self.scenario, "name", None),
             "tasks": len(self.scenario.tasks),
             "model": type(self.model).__name__,
@@ -196,6 +239,8 @@ class Trainer:
             "weight_decay": self.weight_decay,
             "momentum": self.momentum,
             "seed": self.seed,
+            "parameters": {k: list(v.shape) for k, v in self.model.state_dict().items()},
+            "run": self.run_config,
         }
 
     # ------------------------------------------------------------------ evaluation
@@ -308,19 +353,34 @@ class Trainer:
             "timings": timings,
         }
         path = self.checkpoint_dir / f"task_{task:03d}.pt"
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        # Serialised in memory first: torch.save on a full disk fails with an opaque
+        # RuntimeError, a plain file write with OSError(ENOSPC) naming the cause.
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        write_bytes(path, buf.getbuffer())
         for t in range(task):
             old = self.checkpoint_dir / f"task_{t:03d}.pt"
             if old.exists():
                 old.unlink()
 
     def _load(self, path: Path) -> dict:
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        if state["config"] != self.config():
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            keys = {"task", "config", "model", "strategy", "rows", "random_init", "timings"}
+            if not isinstance(state, dict) or not keys <= set(state):
+                raise ValueError("it is not a checkpoint of this trainer")
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise ValueError(
-                f"checkpoint {path} was made with {state['config']}, this run is "
-                f"{self.config()}: use the same arguments or another checkpoint_dir"
+                f"checkpoint {path} cannot be read ({reason}): delete it to redo that task, or "
+                "use another checkpoint_dir"
+            ) from exc
+        changed = config_differences(state["config"], self.config())
+        if changed:
+            more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            raise ValueError(
+                f"checkpoint {path} was made with other arguments: {'; '.join(changed[:5])}"
+                f"{more}. Resume with the same arguments, or use another checkpoint_dir"
             )
         self.model.load_state_dict(state["model"])
         self.strategy.load_state_dict(state["strategy"])

@@ -15,16 +15,41 @@ validation split, never on the test split.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Evaluate", "Strategy", "val_split"]
+__all__ = ["Evaluate", "Strategy", "check_flag", "val_split"]
 
 Evaluate = Callable[..., float]
+
+
+def check_flag(value: object, name: str) -> bool:
+    """``value`` if it is a bool, else a TypeError (``bool("no")`` would silently be True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def _plain(value: Any) -> Any:
+    # Arguments go into checkpoints loaded with weights_only=True and into config.json: keep
+    # numbers, strings, None and containers of them; anything else is recorded by its repr.
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return repr(value)
 
 
 class Strategy:
@@ -32,14 +57,81 @@ class Strategy:
 
     Subclasses override the hooks they need. The model's buffers (masks, owners) carry the
     consolidated state; ``state_dict`` holds only the strategy's own bookkeeping.
+
+    Every strategy remembers the arguments it was built with (`arguments`, defaults filled in),
+    so a checkpoint can record them and a resume with other arguments can be refused; they are
+    captured in ``__new__`` because subclasses keep them under other names or change them later
+    (``prefix_bits`` is chosen in ``setup``). `check_arguments` validates a dict of arguments by
+    the strategy's own checks without a model.
     """
 
     name: str = "base"
     quantizes: bool = False
     uses_scores: bool = False
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Strategy:
+        """Record the arguments of ``__init__`` (see the class docstring)."""
+        obj = super().__new__(cls)
+        try:
+            bound = inspect.signature(cls.__init__).bind(obj, *args, **kwargs)
+        except TypeError:  # __init__ raises the same error with its own message
+            obj._arguments = {}
+            return obj
+        bound.apply_defaults()
+        recorded: dict[str, Any] = {}
+        params = inspect.signature(cls.__init__).parameters
+        for key, value in list(bound.arguments.items())[1:]:
+            if params[key].kind is inspect.Parameter.VAR_KEYWORD:
+                recorded.update(value)
+            else:
+                recorded[key] = value
+        obj._arguments = _plain(recorded)
+        return obj
+
     def __init__(self) -> None:
         self.finished: list[int] = []
+
+    def arguments(self) -> dict[str, Any]:
+        """The keyword arguments this strategy was built with, defaults filled in (JSON-ready)."""
+        return dict(getattr(self, "_arguments", {}))
+
+    @classmethod
+    def check_arguments(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate keyword arguments of this strategy by its own checks, without a model.
+
+        Parameters
+        ----------
+        arguments : mapping
+            Keyword arguments, as ``bitsub-train --strategy-args`` gives them.
+
+        Returns
+        -------
+        dict
+            The arguments with every default filled in (what `arguments` of the built strategy
+            returns).
+
+        Raises
+        ------
+        ValueError, TypeError
+            An unknown name (the message lists the known ones) or a value the strategy refuses.
+        """
+        if not isinstance(arguments, Mapping):
+            raise TypeError(f"strategy arguments must be a dict, got {type(arguments).__name__}")
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            known = [p.name for p in params if p.kind in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+            unknown = sorted(set(arguments) - set(known))
+            if unknown:
+                raise ValueError(
+                    f"strategy {cls.name!r} has no argument {', '.join(map(repr, unknown))}; "
+                    f"its arguments are {', '.join(known) or 'none'}"
+                )
+        for key, value in arguments.items():
+            if isinstance(value, float) and math.isnan(value):
+                raise ValueError(f"strategy argument {key!r} is NaN; give a number")
+        # Building a strategy only checks and stores its arguments: no model, no data.
+        return cls(**arguments).arguments()
 
     # ------------------------------------------------------------------ hooks
     def setup(self, model: nn.Module, scenario: Any) -> None:
