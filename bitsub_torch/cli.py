@@ -143,13 +143,18 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
     p.add_argument("--out", required=True, type=Path, help="output directory (also checkpoints)")
     p.add_argument("--tasks", type=int, default=None, help="number of tasks (scenario default)")
-    p.add_argument("--epochs", type=int, default=1, help="training epochs per task (default 1)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="a fixed number of training epochs per task (default: train each task "
+                   "until its validation accuracy stops improving, bitsub_torch.cl.protocol)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=None, help="directory of on-disk data sets")
     p.add_argument("--export-bits", type=int, default=None,
                    help="store b-bit K-Means codes (1..16) instead of lossless float32 fields")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--score-lr", type=float, default=None,
+                   help="learning rate of the mask scores of wsn and tinysubnets (default: --lr, "
+                   "as in WSN's reference code)")
     p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
     p.add_argument("--model", default=None, choices=MODELS,
                    help="network (default: mlp for flat inputs, alexnet for 32x32 images, "
@@ -176,12 +181,13 @@ def train(
     scenario: str,
     out: str | os.PathLike,
     tasks: int | None = None,
-    epochs: int = 1,
+    epochs: int | None = None,
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
     export_bits: int | None = None,
     batch_size: int = 128,
     lr: float = 1e-3,
+    score_lr: float | None = None,
     optimizer: str = "adam",
     model: str | None = None,
     width: float | None = None,
@@ -193,14 +199,16 @@ def train(
 ) -> dict[str, Any]:
     """Train, export and write the run's files to ``out`` (resuming from its checkpoints).
 
-    The keyword arguments are those of ``bitsub-train``. ``activation_bits`` None means
-    ``ACTIVATION_BITS`` (4, 8, 16) for a strategy that quantizes and none otherwise; it is a
-    post-training evaluation, so it is not part of the resumable ``config.json``. Returns the
-    dict written to ``out/results.json``.
+    The keyword arguments are those of ``bitsub-train``; ``epochs`` None trains every task with
+    the convergence protocol (`bitsub_torch.cl.protocol.Protocol`, its defaults).
+    ``activation_bits`` None means ``ACTIVATION_BITS`` (4, 8, 16) for a strategy that quantizes
+    and none otherwise; it is a post-training evaluation, so it is not part of the resumable
+    ``config.json``. Returns the dict written to ``out/results.json``.
     """
     import torch
 
     import bitsub
+    from bitsub_torch.cl.protocol import Protocol
     from bitsub_torch.cl.strategies import get_strategy
     from bitsub_torch.cl.strategies.quantized import (
         ACTIVATION_BITS,
@@ -233,7 +241,8 @@ def train(
     config = {
         "strategy": strategy, "strategy_args": strategy_args, "scenario": scenario,
         "tasks": len(sc.tasks), "epochs": epochs, "seed": seed, "export_bits": export_bits,
-        "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "model": model_name,
+        "batch_size": batch_size, "lr": lr, "score_lr": score_lr, "optimizer": optimizer,
+        "model": model_name, "protocol": None if epochs is not None else Protocol().to_dict(),
         "width": width, "val_fraction": val_fraction,
         "data_dir": None if data_dir is None else str(data_dir),
     }
@@ -254,7 +263,9 @@ def train(
     strat = get_strategy(strategy, **strategy_args)
     torch.manual_seed(seed)
     net = _build_model(model_name, sc, width)
-    trainer = Trainer(net, strat, sc, epochs=epochs, batch_size=batch_size, lr=lr,
+    trainer = Trainer(net, strat, sc, epochs=1 if epochs is None else epochs,
+                      protocol=None if epochs is not None else Protocol(), score_lr=score_lr,
+                      batch_size=batch_size, lr=lr,
                       optimizer=optimizer, seed=seed, checkpoint_dir=out / "checkpoints",
                       progress=progress)
     results = trainer.run()
@@ -388,7 +399,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             strategy=args.strategy, scenario=args.scenario, out=args.out, tasks=args.tasks,
             epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
             export_bits=args.export_bits, batch_size=args.batch_size, lr=args.lr,
-            optimizer=args.optimizer, model=args.model, width=args.width,
+            score_lr=args.score_lr, optimizer=args.optimizer, model=args.model, width=args.width,
             strategy_args=strategy_args, val_fraction=args.val_fraction, threads=args.threads,
             progress=not args.no_progress, activation_bits=args.activation_bits,
         )

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from bitsub.atomic import write_bytes
 from bitsub_torch.cl import metrics
+from bitsub_torch.cl.protocol import Protocol
 from bitsub_torch.cl.strategies.base import Strategy
 
 __all__ = ["Results", "Trainer", "config_differences"]
@@ -62,7 +63,8 @@ class Results:
     acc, bwt, fwt, forgetting : float
         See `bitsub_torch.cl.metrics`.
     timings : dict
-        Seconds: ``train`` and ``eval`` per task, ``total``.
+        Seconds: ``train`` and ``eval`` per task, ``total``; and ``steps``: per task, the
+        optimizer steps of each training phase.
     config : dict
         The run's arguments.
     """
@@ -136,7 +138,8 @@ class Trainer:
     scenario : Scenario
         The task stream (``scenario.tasks``: list of TaskData).
     epochs : int
-        Training epochs per task.
+        Training epochs per task when ``protocol`` is None (and the retraining epochs a strategy
+        asks for are epochs then too).
     batch_size : int
         Training batch size.
     lr : float
@@ -159,6 +162,12 @@ class Trainer:
         More of the run's configuration that the trainer cannot see (``bitsub-train`` passes its
         data, model and export arguments): stored in every checkpoint and compared on resume.
         Numbers, strings, None, lists and dicts only.
+    protocol : Protocol, optional
+        Train every phase of every task until its validation accuracy stops improving (see
+        `bitsub_torch.cl.protocol`), instead of a fixed number of epochs.
+    score_lr : float, optional
+        Learning rate of the mask scores of score-based strategies (default: ``lr``, as in the
+        reference code of WSN).
     """
 
     def __init__(
@@ -179,6 +188,8 @@ class Trainer:
         eval_batch_size: int = 1024,
         device: str = "cpu",
         run_config: dict | None = None,
+        protocol: Protocol | None = None,
+        score_lr: float | None = None,
     ):
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a Strategy, got {type(strategy).__name__}")
@@ -207,6 +218,13 @@ class Trainer:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if run_config is not None and not isinstance(run_config, dict):
             raise TypeError(f"run_config must be a dict, got {type(run_config).__name__}")
+        if score_lr is not None and not score_lr > 0:
+            raise ValueError(f"score_lr must be > 0, got {score_lr}")
+        if protocol is not None and not isinstance(protocol, Protocol):
+            raise TypeError(f"protocol must be a Protocol, got {type(protocol).__name__}")
+        if protocol is not None and any(len(t.y_val) == 0 for t in tasks):
+            raise ValueError("the protocol stops on validation accuracy, but a task has no "
+                             "validation split: give the scenario one, or train fixed epochs")
         self.model = model.to(device)
         self.strategy = strategy
         self.scenario = scenario
@@ -222,6 +240,8 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         self.device = torch.device(device)
         self.run_config = dict(run_config or {})
+        self.protocol = protocol
+        self.score_lr = None if score_lr is None else float(score_lr)
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:
@@ -241,6 +261,8 @@ class Trainer:
             "seed": self.seed,
             "parameters": {k: list(v.shape) for k, v in self.model.state_dict().items()},
             "run": self.run_config,
+            "protocol": None if self.protocol is None else self.protocol.to_dict(),
+            "score_lr": self.score_lr,
         }
 
     # ------------------------------------------------------------------ evaluation
@@ -278,55 +300,127 @@ class Trainer:
         else:
             cls = torch.optim.Adam if self.optimizer == "adam" else torch.optim.AdamW
             kw = {}
+        groups: Any = params
+        if self.score_lr is not None:
+            scores = {id(p) for p in self.model.score_parameters()}
+            groups = [{"params": [p for p in params if id(p) not in scores]},
+                      {"params": [p for p in params if id(p) in scores], "lr": self.score_lr}]
+            groups = [g for g in groups if g["params"]]
         try:
-            return cls(params, lr=self.lr, weight_decay=self.weight_decay, fused=True, **kw)
+            return cls(groups, lr=self.lr, weight_decay=self.weight_decay, fused=True, **kw)
         except (RuntimeError, ValueError, TypeError):
-            return cls(params, lr=self.lr, weight_decay=self.weight_decay, **kw)
+            return cls(groups, lr=self.lr, weight_decay=self.weight_decay, **kw)
 
-    def _train_epochs(
-        self, task: int, epochs: int, opt: torch.optim.Optimizer, phase: int, bar: Any
-    ) -> None:
+    def _starts(self, n: int) -> list[int]:
+        starts = list(range(0, n, self.batch_size))
+        if n > 1 and n - starts[-1] == 1:
+            starts.pop()  # a batch of one breaks BatchNorm's batch statistics
+        return starts
+
+    def _batches(self, task: int, phase: int) -> Any:
+        """Training batches of ``task``, epoch after epoch, each epoch in its seeded order."""
         data = self.scenario.tasks[task]
         x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
         y = torch.from_numpy(np.ascontiguousarray(data.y_train, dtype=np.int64))
         n = len(y)
-        model, strategy = self.model, self.strategy
-        for epoch in range(epochs):
-            model.train()
+        starts = self._starts(n)
+        epoch = 0
+        while True:
             order = np.random.default_rng((self.seed, task, phase, epoch)).permutation(n)
-            starts = list(range(0, n, self.batch_size))
-            if n > 1 and n - starts[-1] == 1:
-                starts.pop()  # a batch of one breaks BatchNorm's batch statistics
             for start in starts:
                 idx = torch.from_numpy(order[start : start + self.batch_size])
-                xb, yb = x[idx].to(self.device), y[idx].to(self.device)
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(xb, task), yb)
-                loss.backward()
-                strategy.after_backward(task, model)
-                opt.step()
-                strategy.after_step(task, model)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                yield x[idx].to(self.device), y[idx].to(self.device)
+            epoch += 1
 
-    def _train_task(self, task: int) -> None:
+    def _steps(self, task: int, opt: torch.optim.Optimizer, batches: Any, count: int,
+               bar: Any) -> None:
+        model, strategy = self.model, self.strategy
+        model.train()
+        for _ in range(count):
+            xb, yb = next(batches)
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb, task), yb)
+            loss.backward()
+            strategy.after_backward(task, model)
+            opt.step()
+            strategy.after_step(task, model)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+
+    @torch.no_grad()
+    def _val_score(self, task: int) -> tuple[float, float]:
+        """(accuracy, -mean loss) of the task on its validation split: larger is better."""
+        data = self.scenario.tasks[task]
+        x = np.asarray(data.x_val, dtype=np.float32)
+        y = torch.from_numpy(np.asarray(data.y_val, dtype=np.int64))
+        self.model.eval()
+        correct, loss = 0, 0.0
+        for start in range(0, len(y), self.eval_batch_size):
+            xb = torch.from_numpy(x[start : start + self.eval_batch_size]).to(self.device)
+            yb = y[start : start + self.eval_batch_size].to(self.device)
+            out = self.model(xb, task)
+            correct += int((out.argmax(dim=1) == yb).sum())
+            loss += float(F.cross_entropy(out, yb, reduction="sum"))
+        self.model.train()
+        return correct / len(y), -loss / len(y)
+
+    def _train_phase(self, task: int, opt: torch.optim.Optimizer, phase: int, epochs: int,
+                     bar: Any) -> int:
+        """Train one phase (0: training, 1: retraining); return the optimizer steps taken."""
+        spe = len(self._starts(len(self.scenario.tasks[task].y_train)))
+        batches = self._batches(task, phase)
+        if self.protocol is None:
+            self._steps(task, opt, batches, epochs * spe, bar)
+            return epochs * spe
+        max_steps, every = self.protocol.budget(spe)
+        best = self._val_score(task)
+        # The best state is kept whole: weights, scores, heads and norms of the task.
+        best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        steps = bad = decays = 0
+        while steps < max_steps:
+            self._steps(task, opt, batches, every, bar)
+            steps += every
+            score = self._val_score(task)
+            if score > best:
+                best, bad = score, 0
+                best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                continue
+            bad += 1
+            if bad < self.protocol.patience:
+                continue
+            if decays >= self.protocol.decays:
+                break
+            self.model.load_state_dict(best_state)
+            for group in opt.param_groups:
+                group["lr"] /= 2
+            decays, bad = decays + 1, 0
+        self.model.load_state_dict(best_state)
+        return steps
+
+    def _train_task(self, task: int) -> list[int]:
         data = self.scenario.tasks[task]
         torch.manual_seed(self.seed * 1_000_003 + task)
         self.strategy.before_task(task, self.model, data)
         params = self.strategy.parameters(self.model, task)
-        n = len(data.y_train)
-        steps = max(1, math.ceil(n / self.batch_size))
+        spe = len(self._starts(len(data.y_train)))
         retrain = self.strategy.retrain_epochs(task)
-        total = steps * (self.epochs + retrain)
+        if self.protocol is None:
+            total = spe * (self.epochs + retrain)
+        else:
+            total = self.protocol.budget(spe)[0] * (2 if retrain > 0 else 1)
+        steps = []
         with tqdm(
             total=total, desc=f"task {task}", leave=False, disable=not self.progress
         ) as bar:
             opt = self._make_optimizer(params)
-            self._train_epochs(task, self.epochs, opt, 0, bar)
+            steps.append(self._train_phase(task, opt, 0, self.epochs, bar))
             self.strategy.prune(task, self.model, data, self.evaluate)
             if retrain > 0:
-                self._train_epochs(task, retrain, opt, 1, bar)
+                if self.protocol is not None:
+                    opt = self._make_optimizer(params)  # the learning rate may have been halved
+                steps.append(self._train_phase(task, opt, 1, retrain, bar))
         self.strategy.after_task(task, self.model, data, self.evaluate)
+        return steps
 
     # ------------------------------------------------------------------ checkpoints
     def _latest_checkpoint(self) -> tuple[int, Path] | None:
@@ -392,7 +486,8 @@ class Trainer:
         t_start = time.perf_counter()
         num = len(self.scenario.tasks)
         rows = np.full((num, num), np.nan)
-        timings: dict = {"train": [float("nan")] * num, "eval": [float("nan")] * num}
+        timings: dict = {"train": [float("nan")] * num, "eval": [float("nan")] * num,
+                         "steps": [[] for _ in range(num)]}
         first = 0
         self.strategy.setup(self.model, self.scenario)
         latest = self._latest_checkpoint()
@@ -407,8 +502,9 @@ class Trainer:
             random_init = self._test_row()
         for task in tqdm(range(first, num), desc="tasks", disable=not self.progress):
             t0 = time.perf_counter()
-            self._train_task(task)
+            steps = self._train_task(task)
             t1 = time.perf_counter()
+            timings.setdefault("steps", [[] for _ in range(num)])[task] = steps
             rows[task] = self._test_row()
             timings["train"][task] = t1 - t0
             timings["eval"][task] = time.perf_counter() - t1
