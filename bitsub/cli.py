@@ -17,10 +17,16 @@ __all__ = ["describe", "main"]
 
 def describe(pm: PackedModel, **capacity_options: object) -> str:
     """A readable report of a packed model: layers, banks, tasks, bit-widths, capacity table."""
+    cap = pm.capacity(**capacity_options)
     lines = [
         f"packed model: {len(pm.layers)} layers, {len(pm.tasks)} tasks, {pm.banks} banks, "
         f"{pm.word_bits}-bit words, {pm.prefix_bits}-bit prefixes "
         f"(at most {pm.max_tasks_per_bank} tasks per bank)",
+    ]
+    if pm.file_bytes is not None:
+        lines.append(f"file: {pm.file_bytes} bytes; np.savez of one dense float32 copy "
+                     f"(layers and private arrays): {cap.dense_file_bytes} bytes")
+    lines += [
         "",
         "layers:",
         f"  {'#':>3}  {'name':<20}{'shape':<18}{'weights':>10}",
@@ -43,7 +49,7 @@ def describe(pm: PackedModel, **capacity_options: object) -> str:
                      + "; ".join(cells))
         lines.append(f"      private: {private}")
     lines += ["", "network: " + (json.dumps(pm.network) if pm.network else "(none recorded)"), ""]
-    lines.append(str(pm.capacity(**capacity_options)))
+    lines.append(str(cap))
     return "\n".join(lines)
 
 
@@ -52,8 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     ins = sub.add_parser("inspect", help="print layers, banks, tasks, bit-widths and capacity")
     ins.add_argument("file", help="a file written by PackedModel.save")
-    ins.add_argument("--no-prefix", action="store_true",
-                     help="count only code bits per field in the capacity table")
+    ins.add_argument("--prefix", action="store_true",
+                     help="count the prefix bits of every field too (the in-memory words; a "
+                          "file stores none)")
+    ins.add_argument("--no-padding", action="store_true",
+                     help="count code bits exactly, not padded to whole bytes as stored")
     ins.add_argument("--no-masks", action="store_true", help="leave masks out of the capacity")
     ins.add_argument("--codebook-scope", choices=("layer", "task"), default="layer",
                      help="one codebook per (task, layer) as stored, or one per task")
@@ -70,8 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (FormatError, OSError) as exc:
             print(f"bitsub inspect: {exc}", file=sys.stderr)
             return 2
+        except MemoryError:
+            print(f"bitsub inspect: {args.file}: not enough memory to load the model",
+                  file=sys.stderr)
+            return 2
         try:
-            text = describe(pm, prefix=not args.no_prefix, masks=not args.no_masks,
+            text = describe(pm, prefix=args.prefix, padding=not args.no_padding,
+                            masks=not args.no_masks,
                             codebook_scope=args.codebook_scope,
                             codebook_bits=args.codebook_bits)
         except (TypeError, ValueError) as exc:

@@ -264,41 +264,29 @@ def naive_words_hash(words):
     return h
 
 
-def naive_check_bank(words, word_bits, prefix_bits, bits_of_prefix, limit, masks):
-    """What loading checks in a bank's words, bit by bit on strings.
+def naive_codes_of(words, word_bits, prefix_bits, bits_of_prefix, prefix):
+    """Where the task with ``prefix`` wrote and its codes in position order, on bit strings.
 
-    ``bits_of_prefix[p]`` and ``limit[p]`` (codebook size) for the bank's prefixes 1..len;
-    ``masks[p - 1]`` is the bool mask of the task with prefix p. Returns ``(bad, used, counts,
-    orphans)``: the index of the first malformed word (-1 if none; then the rest is None),
-    bits used per word, fields per prefix, and per prefix the positions where that task is the
-    first user in the bank (lowest prefix whose mask is set) and no field of a prefix <= it is
-    in the word.
+    ``bits_of_prefix[p]`` is the bit-width of the bank's task with prefix p (index 0 unused).
+    Returns (bool array, list of int codes).
     """
-    n_prefixes = len(bits_of_prefix) - 1
-    used, counts, orphans = [], [0] * (n_prefixes + 1), [0] * (n_prefixes + 1)
-    for i, word in enumerate(words):
+    write, codes = [], []
+    for word in words:
         text = format(int(word), "b").zfill(word_bits)
-        pos, prefixes, ok = 0, [], True
-        while pos + prefix_bits <= word_bits and ok:
+        pos, found = 0, None
+        while pos + prefix_bits <= word_bits:
             p = int(text[pos : pos + prefix_bits], 2)
-            if p == 0:
+            if p == 0 or p > prefix:
                 break
-            b = bits_of_prefix[p] if p <= n_prefixes else 0
-            ok = (p > (prefixes[-1] if prefixes else 0) and b > 0
-                  and pos + prefix_bits + b <= word_bits
-                  and int(text[pos + prefix_bits : pos + prefix_bits + b], 2) < limit[p])
-            if ok:
-                prefixes.append(p)
-                pos += prefix_bits + b
-        if not ok or "1" in text[pos:]:
-            return i, None, None, None
-        used.append(pos)
-        for p in prefixes:
-            counts[p] += 1
-        users = [j + 1 for j in range(len(masks)) if masks[j][i]]
-        if users and (not prefixes or prefixes[0] > users[0]):
-            orphans[users[0]] += 1
-    return -1, used, counts, orphans
+            b = bits_of_prefix[p]
+            if p == prefix:
+                found = int(text[pos + prefix_bits : pos + prefix_bits + b], 2)
+                break
+            pos += prefix_bits + b
+        write.append(found is not None)
+        if found is not None:
+            codes.append(found)
+    return np.array(write, bool), codes
 
 
 # ---------------------------------------------------------------- matmul (bitsub.kernels.matmul)

@@ -13,7 +13,7 @@ from bitsub import PackedModel, TaskLayer
 from bitsub.model.capacity import Capacity, capacity
 from tests.test_packed import run_random_sequence
 
-CASE_STUDY = dict(prefix=False, masks=False, codebook_scope="task", codebook_index=True)
+CASE_STUDY = dict(padding=False, masks=False, codebook_scope="task", codebook_index=True)
 
 
 def case_study_model():
@@ -72,16 +72,36 @@ def stored_mask_bits(pm, t, name):
     return 8 * min(sizes)
 
 
+def stored_write_bits(specs, banks, t, name, shape):
+    """The write mask as a format 4 file stores it, from the specs: nothing when it is the mask
+    minus the bank's earlier writes, or the whole mask; else that difference Huffman-coded."""
+    from bitsub.codecs.maskcodec import encode_mask
+
+    if name not in specs[t]:
+        return 0
+    mask, write = specs[t][name][0], specs[t][name][1]
+    new = mask.copy()
+    for u in banks[t]:
+        if name in specs[u]:
+            new &= ~specs[u][name][1]
+    if np.array_equal(write, new) or np.array_equal(write, mask):
+        return 0
+    return 8 * len(encode_mask((write ^ new).reshape(shape)))
+
+
 def independent_count(pm, specs):
     """Bits per component from the generated task specs (not from the model), plus masks."""
     fields = codebooks = masks = private = 0
+    earlier = {t: [u for u in pm.bank_tasks(pm.bank(t)) if u < t] for t in pm.tasks}
     for t in pm.tasks:
         for name in pm.layers:
             masks += stored_mask_bits(pm, t, name)
+            masks += stored_write_bits(specs, earlier, t, name, pm.shape(name))
             if name in specs[t]:
                 mask, write, bits, _, centroids = specs[t][name]
                 np.testing.assert_array_equal(pm.mask(t, name), mask)
-                fields += int(write.sum()) * (pm.prefix_bits + bits)
+                n = int(write.sum())
+                fields += 32 * n if bits == 32 else 8 * -(-n * bits // 8)  # whole bytes
                 codebooks += 32 * centroids
         private += 32 * 6  # run_random_sequence gives every task a (2, 3) head
     return {"fields": fields, "codebooks": codebooks, "masks": masks, "private": private}
@@ -113,9 +133,10 @@ def test_capacity_equals_independent_count(seed, word_bits, prefix_bits):
 
 def test_options_and_validation():
     pm = case_study_model()
-    full = pm.capacity()
-    no_prefix = pm.capacity(prefix=False)
-    assert full.bits["fields"] - no_prefix.bits["fields"] == 10 * pm.prefix_bits
+    with_prefix = pm.capacity(prefix=True)
+    exact = pm.capacity(padding=False)
+    assert with_prefix.bits["fields"] - exact.bits["fields"] == 10 * pm.prefix_bits
+    assert pm.capacity().bits["fields"] == 8 * 4  # four streams of one byte each (8, 8, 1, 1 bits)
     half = pm.capacity(codebook_bits=16)
     assert half.bits["codebooks"] == 16 * (4 + 4 + 2 + 2)
     assert pm.capacity(masks=False).bits["masks"] == 0
@@ -157,6 +178,7 @@ def test_capacity_masks_are_the_stored_bytes_and_alone_is_reported():
 
     pm = reuse_model()
     stored = sum(8 * len(pm.encoded_mask(t, n)) for t in pm.tasks for n in pm.layers)
+    assert all(pm.write_coding(t, n)[1] == b"" for t in pm.tasks for n in pm.layers)
     alone = sum(8 * len(pm.encoded_mask(t, n, alone=True)) for t in pm.tasks for n in pm.layers)
     raw = len(pm.tasks) * sum(math.prod(pm.shape(n)) for n in pm.layers)
     cap = pm.capacity()
@@ -171,3 +193,40 @@ def test_capacity_masks_are_the_stored_bytes_and_alone_is_reported():
         assert upto.bits["masks"] == sum(8 * len(pm.encoded_mask(u, n))
                                          for u in range(t + 1) for n in pm.layers)
     assert pm.capacity(masks=False).mask_raw_bits == 0
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), word_bits=st.sampled_from([32, 64]),
+       prefix_bits=st.integers(1, 4), n_tasks=st.integers(0, 6))
+def test_capacity_is_the_file_payload(tmp_path_factory, seed, word_bits, prefix_bits, n_tasks):
+    """Total + private, in bytes, is the size of the file's payload dataset as h5py reads it;
+    the rest of the file (seal, index, HDF5 headers) is a small fixed overhead."""
+    import h5py
+
+    shapes = {"fc1": (7, 5), "conv": (2, 2, 1, 3)}
+    pm = run_random_sequence(seed, word_bits, prefix_bits, n_tasks, shapes)[0]
+    path = tmp_path_factory.mktemp("cap") / "m.h5"
+    assert pm.capacity().file_bytes is None
+    size = pm.save(path)
+    cap = pm.capacity()
+    assert size == path.stat().st_size == cap.file_bytes == pm.file_bytes
+    with h5py.File(path, "r") as f:
+        assert f["payload"].size == cap.payload_bytes
+    assert 0 < cap.overhead_bytes <= 16 * 1024
+    assert capacity(bitsub_load(path)).payload_bytes == cap.payload_bytes
+
+
+def bitsub_load(path):
+    from bitsub import load
+
+    return load(path)
+
+
+def test_dense_file_bytes_is_what_np_savez_writes(tmp_path):
+    pm = case_study_model()
+    pm.add_task({}, private={"head": np.ones((3, 4))})
+    got = pm.capacity().dense_file_bytes
+    path = tmp_path / "dense.npz"
+    np.savez(path, L1=np.zeros((2, 3), np.float32), L2=np.zeros((3, 2), np.float32),
+             **{"task3.head": np.zeros((3, 4), np.float32)})
+    assert got == path.stat().st_size

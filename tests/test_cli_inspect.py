@@ -25,11 +25,15 @@ def test_inspect_prints_layers_banks_tasks_bits_and_capacity(tmp_path, capsys):
     assert '"op": "relu"' in out
     cap = pm.capacity()
     assert f"capacity: {cap.percent:.3f}%" in out and f"{cap.total}" in out
+    size = path.stat().st_size
+    assert f"file: {size} bytes; np.savez of one dense float32 copy" in out
+    assert f"payload (total + private): {cap.payload_bytes} bytes" in out
+    assert f"file: {size} bytes ({size - cap.payload_bytes} of seal, index" in out
 
-    assert main(["inspect", str(path), "--no-prefix", "--no-masks", "--codebook-scope",
-                 "task"]) == 0
+    assert main(["inspect", str(path), "--prefix", "--no-padding", "--no-masks",
+                 "--codebook-scope", "task"]) == 0
     out = capsys.readouterr().out
-    assert "prefix=False" in out and "codebook_scope='task'" in out
+    assert "prefix=True" in out and "padding=False" in out and "codebook_scope='task'" in out
 
 
 def test_inspect_refuses_bad_files(tmp_path, capsys):
@@ -38,7 +42,24 @@ def test_inspect_refuses_bad_files(tmp_path, capsys):
     assert main(["inspect", str(bad)]) == 2
     assert "not a bitsub file" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "missing.h5")]) == 2
-    assert "missing.h5" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "missing.h5" in err and err.count("\n") == 1
+    assert main(["inspect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and err.count("\n") == 1 and "Traceback" not in err
+    # a crafted index (valid checksums) with a dtype-like string where a shape is expected
+    from tests.test_storage import read_index, write_index
+
+    pm = case_study_model()
+    pm.save(bad)
+    data = bytearray(bad.read_bytes())
+    doc = read_index(data)
+    doc["model"]["layers"][0][1] = ["<f4')", 3]
+    write_index(data, doc)
+    bad.write_bytes(data)
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "not an integer" in err and err.count("\n") == 1
 
 
 def test_console_script_entry_point(tmp_path):

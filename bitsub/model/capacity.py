@@ -20,24 +20,34 @@ Task 3 only reuses weights: ``220``. So:
 A task's mask is stored (and counted) for every layer, also the layers it does not use (an
 empty mask costs only the codec's small header).
 
-``capacity(pm, prefix=False, masks=False, codebook_scope="task", codebook_index=True)`` reproduces
-these numbers. Other readings give the same totals (e.g. 16-bit centroids per layer plus one extra
-bit per field); the options below let a caller state theirs. The defaults follow DESIGN.md and
-count what a bitsub file stores: prefix + code per field, one float32 codebook per (task, layer)
-as stored (``len(codebook)`` centroids), and the Huffman-coded masks exactly as stored (each
-task's mask coded alone or in the context of its bank's earlier masks, whichever is smaller; see
-:meth:`bitsub.PackedModel.encoded_mask`). Beside them, a :class:`Capacity` reports the masks
-coded alone (``mask_alone_bits``) and at 1 bit per position per task (``mask_raw_bits``).
+``capacity(pm, padding=False, masks=False, codebook_scope="task", codebook_index=True)``
+reproduces these numbers. Other readings give the same totals (e.g. 16-bit centroids per layer
+plus one extra bit per field); the options below let a caller state theirs.
+
+The defaults count exactly what a format 4 file stores (:mod:`bitsub.storage.hdf5`), so that the
+total plus the private parameters, divided by 8, is the file's payload in bytes: per task and
+layer its codes packed at its bit-width (each layer's stream padded to a whole byte; raw float32
+fields 32 bits each; no prefix: prefixes are implied by the task order), its float32 codebook as
+stored (``len(codebook)`` centroids), its Huffman-coded mask exactly as stored (alone or in the
+context of its bank's earlier masks, whichever is smaller; see
+:meth:`bitsub.PackedModel.encoded_mask`) and its write mask where it is not implied
+(:meth:`bitsub.PackedModel.write_coding`). Beside them, a :class:`Capacity` reports the masks
+coded alone (``mask_alone_bits``) and at 1 bit per position per task (``mask_raw_bits``), the
+measured file size after ``save`` or ``load`` (``file_bytes``) and the size of a plain
+``np.savez`` of one dense float32 copy of the weights and private parameters
+(``dense_file_bytes``).
 """
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bitsub.codecs.bitfield import packed_size
 from bitsub.codecs.maskcodec import encode_mask
 
 if TYPE_CHECKING:
@@ -79,6 +89,28 @@ class Capacity:
     options: dict[str, Any] = field(default_factory=dict)
     mask_alone_bits: int = 0
     mask_raw_bits: int = 0
+    file_bytes: int | None = None
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+
+    @property
+    def payload_bytes(self) -> int:
+        """``(total + private) / 8``: with the default options, the bytes a file stores."""
+        return (self.total + self.bits["private"] + 7) // 8
+
+    @property
+    def overhead_bytes(self) -> int | None:
+        """``file_bytes - payload_bytes``: the file's fixed cost (seal, index, HDF5 headers)."""
+        return None if self.file_bytes is None else self.file_bytes - self.payload_bytes
+
+    @property
+    def dense_file_bytes(self) -> int:
+        """Bytes of ``np.savez`` of one dense float32 copy of every layer and private array.
+
+        The comparison a user would make with ``ls -l`` (a ``torch.save`` of the same tensors
+        differs by a few hundred bytes of framing); computed by running ``np.savez`` into a
+        byte counter, without holding the dense arrays.
+        """
+        return dense_savez_bytes(self.shapes)
 
     @property
     def mask_saving(self) -> float:
@@ -123,6 +155,11 @@ class Capacity:
                              ("masks at 1 bit/weight", self.mask_raw_bits)):
             lines.append(f"{label:<22}{value:>14}  {self._pct(value)}")
         lines.append(f"mask saving vs 1 bit per weight per task: {self.mask_saving:.1f}%")
+        lines.append(f"payload (total + private): {self.payload_bytes} bytes")
+        if self.file_bytes is not None:
+            lines.append(f"file: {self.file_bytes} bytes ({self.overhead_bytes} of seal, index "
+                         f"and HDF5 headers); np.savez of one dense float32 copy: "
+                         f"{self.dense_file_bytes} bytes")
         lines += ["", f"{'task':>5}{'bank':>6}" + "".join(f"{c:>12}" for c in COMPONENTS)
                   + f"{'private':>12}{'cumul. %':>11}"]
         running = 0
@@ -138,6 +175,41 @@ class Capacity:
         return "\n".join(lines)
 
 
+class _Counter(io.RawIOBase):
+    """A seekable file that keeps only its size (np.savez writes through zipfile into it)."""
+
+    def __init__(self) -> None:
+        self.pos = self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        n = memoryview(b).nbytes
+        self.pos += n
+        self.size = max(self.size, self.pos)
+        return n
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = pos if whence == 0 else self.pos + pos if whence == 1 else self.size + pos
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+
+def dense_savez_bytes(shapes: dict[str, tuple[int, ...]]) -> int:
+    """Bytes ``np.savez`` writes for one float32 array per entry of ``shapes``."""
+    out = _Counter()
+    arrays = {name.replace("/", "_") or "_": np.broadcast_to(np.float32(0), shape)
+              for name, shape in shapes.items()}
+    np.savez(out, **arrays)
+    return out.size
+
+
 def _check_bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -147,7 +219,8 @@ def _check_bool(value: object, name: str) -> bool:
 def capacity(
     pm: PackedModel,
     *,
-    prefix: bool = True,
+    prefix: bool = False,
+    padding: bool = True,
     masks: bool = True,
     codebook_bits: int = 32,
     codebook_scope: str = "layer",
@@ -162,9 +235,14 @@ def capacity(
     pm : PackedModel
         The model.
     prefix : bool
-        Count the P prefix bits of every field (True: what the words hold) or only its code.
+        Count the P prefix bits of every field too (what the in-memory words hold; a file
+        stores none).
+    padding : bool
+        Count each task's codes of a layer as the file stores them, padded to a whole byte
+        (False: bits x fields exactly, the papers' reading).
     masks : bool
-        Count the Huffman-coded masks (8 x encoded bytes per task and layer, every layer).
+        Count the Huffman-coded masks (8 x encoded bytes per task and layer, every layer) and
+        the stored write masks (:meth:`~bitsub.PackedModel.write_coding`).
     codebook_bits : int
         Bits per stored centroid (32 = float32 as stored; 16 for a float16 reading).
     codebook_scope : {"layer", "task"}
@@ -183,9 +261,11 @@ def capacity(
     Returns
     -------
     Capacity
-        Raw float32 fields count ``prefix + 32`` bits and have no codebook.
+        Raw float32 fields count 32 bits (plus the prefix with ``prefix=True``) and have no
+        codebook.
     """
     prefix = _check_bool(prefix, "prefix")
+    padding = _check_bool(padding, "padding")
     masks = _check_bool(masks, "masks")
     codebook_index = _check_bool(codebook_index, "codebook_index")
     if mask_coding not in ("stored", "alone", "union"):
@@ -218,6 +298,8 @@ def capacity(
             b = pm.bits(t, name)
             n = pm.fields(t, name)
             f = n * (p_bits + b)
+            if padding and not p_bits:
+                f = 8 * (4 * n if b == 32 else packed_size(n, b) if b else 0)
             cb = pm.codebook(t, name)
             k = 0 if cb is None else int(cb.size)
             index_bits = b if k else 0
@@ -229,7 +311,7 @@ def capacity(
                 task_index_bits = max(task_index_bits, index_bits)
             m = 0
             if masks:
-                alone = 8 * pm._alone_size(t, name)
+                alone = 8 * pm.alone_mask_bytes(t, name)
                 alone_bits += alone
                 raw_bits += math.prod(pm.shape(name))
                 if mask_coding == "union":
@@ -239,7 +321,7 @@ def capacity(
                 elif mask_coding == "alone":
                     m = alone
                 else:
-                    m = 8 * len(pm.encoded_mask(t, name))
+                    m = 8 * (len(pm.encoded_mask(t, name)) + len(pm.write_coding(t, name)[1]))
             for comp, val in (("fields", f), ("codebooks", c), ("masks", m)):
                 row[comp] += val
                 by_layer[name][comp] += val
@@ -249,8 +331,12 @@ def capacity(
         row["private"] = 32 * sum(int(a.size) for a in pm.private(t).values())
         by_task.append(row)
     bits = {c: sum(r[c] for r in by_task) for c in (*COMPONENTS, "private")}
-    options = {"prefix": prefix, "masks": masks, "codebook_bits": codebook_bits,
+    shapes = {name: pm.shape(name) for name in pm.layers}
+    for t in pm.tasks:
+        shapes.update({f"task{t}.{k}": a.shape for k, a in pm.private(t).items()})
+    options = {"prefix": prefix, "padding": padding, "masks": masks, "codebook_bits": codebook_bits,
                "codebook_scope": codebook_scope, "codebook_index": codebook_index,
                "mask_coding": mask_coding, "upto": upto}
     return Capacity(bits=bits, dense_bits=dense, by_task=by_task, by_layer=by_layer,
-                    options=options, mask_alone_bits=alone_bits, mask_raw_bits=raw_bits)
+                    options=options, mask_alone_bits=alone_bits, mask_raw_bits=raw_bits,
+                    file_bytes=pm.file_bytes if upto is None else None, shapes=shapes)

@@ -25,9 +25,7 @@ import json
 import math
 import operator
 import os
-import threading
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +40,7 @@ from bitsub.quant.kmeans import kmeans_1d
 if TYPE_CHECKING:
     from bitsub.model.capacity import Capacity
 
-__all__ = ["MASK_REFERENCES", "PackedModel", "TaskLayer"]
+__all__ = ["MASK_REFERENCES", "MAX_VALUE", "WRITE_REFERENCES", "PackedModel", "TaskLayer"]
 
 MAX_PREFIX_BITS = 8
 _NO_CODEBOOK = np.zeros(0, np.float32)  # a layer where the task wrote no field
@@ -53,6 +51,15 @@ RAW_BITS = 32
 # 0 nothing, 1 the mask of the previous task of the same bank, 2 the union of the masks of all
 # earlier tasks of the same bank. The decoder holds both once it decoded the earlier tasks.
 MASK_REFERENCES = ("alone", "previous", "union")
+# Which positions a task writes in a layer, given its mask (what a file stores, by code): 0 its
+# mask minus the positions its bank's earlier tasks wrote (the usual case: nothing stored), 1 its
+# whole mask, 2 coded: the difference from code 0, Huffman-coded (maskcodec).
+WRITE_REFERENCES = ("new", "mask", "coded")
+# Largest magnitude of a stored value (centroid or raw float32 field). With |value| <= 2**60, a
+# product with an input of magnitude < 2**40 summed over up to 2**24 terms stays below the
+# float32 maximum (2**128), so every kernel and the dense reference agree instead of one
+# overflowing to inf where another makes NaN; trained weights are many orders below it.
+MAX_VALUE = float(2**60)
 
 
 @dataclass(eq=False)
@@ -113,6 +120,8 @@ class _Task:
     encoded_masks: dict[str, bytes]  # stored mask bytes: filled on demand, or by load
     mask_refs: dict[str, int] = field(default_factory=dict)  # index into MASK_REFERENCES
     alone_sizes: dict[str, int] = field(default_factory=dict)  # bytes of the mask coded alone
+    writes: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> packbits of write
+    write_codings: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # filled on demand
 
 
 @dataclass
@@ -144,6 +153,28 @@ def _write_fields(words, used, write, codes, compact, prefix, prefix_bits, bits,
             write_field(words, i, s - bits, bits, c)
             used[i] = used[i] + prefix_bits + bits
             j += 1
+
+
+@numba.njit(**NJIT)
+def _codes_of(words, write, prefix, prefix_bits, word_bits, bits_by_prefix, out):
+    # The codes of the fields with this prefix at the written positions, in position order;
+    # returns how many were found (the caller compares it with the count it expects).
+    j = 0
+    for i in range(write.size):
+        if write[i]:
+            used = 0
+            while used + prefix_bits <= word_bits and j < out.size:
+                p = np.int64(read_field(words, i, word_bits - used - prefix_bits, prefix_bits))
+                if p == 0 or p > prefix:
+                    break
+                b = bits_by_prefix[p]
+                used += prefix_bits
+                if p == prefix:
+                    out[j] = read_field(words, i, word_bits - used - b, b)
+                    j += 1
+                    break
+                used += b
+    return j
 
 
 @numba.njit(**NJIT)
@@ -294,225 +325,11 @@ def _words_hash_py(words):
     return h
 
 
-_BLOCK = 1024  # words tested (and hashed) at once on the fast path
-_WALK = 16  # words tested one by one before a block is tried
-
-
-@numba.njit(**NJIT)
-def _block_fused(block, start, top, lay_mask, lay_val):
-    # One vectorized pass over a block (positions start, start + 1, ...), each word loaded once:
-    # (do all words have the layout (lay_mask, lay_val)? as acc == 0, the sum of their
-    # _word_mix). No early exit: a loop over a whole small array, which the compiler vectorizes.
-    acc = np.uint64(0)
-    h = np.uint64(0)
-    for k in range(block.size):
-        x = np.uint64(block[k])
-        acc |= ((x << top) & lay_mask) ^ lay_val
-        h += _word_mix(x, start + k)
-    return acc, h
-
-
-@numba.njit(**NJIT)
-def _check_part(words, lo, end, word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit,
-                code_check, masks, used, counts, orphans):
-    # The check of _check_bank_py over words[lo:end]: adds to counts and orphans, writes
-    # used[lo:end]; returns (index of the first malformed word or -1, hash of the part).
-    # With masks of 0 rows where n_prefixes > 0 (masks not given), it stops before the first
-    # word that needs them (see _orphan_of) and returns (-2 - index of that word, hash of the
-    # words before it): the caller resumes there with the masks (_check_range), so a bank whose
-    # words all start with prefix 1 never builds them.
-    top = np.uint64(64 - word_bits)
-    p_shift = np.uint64(64 - prefix_bits)
-    p_mask = np.uint64((1 << prefix_bits) - 1)
-    n_masks = masks.shape[0]
-    no_masks = n_masks == 0 and n_prefixes > 0
-    max_fields = word_bits // (prefix_bits + 1)
-    lay_p = np.zeros(max_fields, np.int64)  # the last layout: prefixes, code shifts, widths
-    lay_s = np.zeros(max_fields, np.uint64)
-    lay_b = np.zeros(max_fields, np.uint64)
-    lay_n = 0
-    lay_mask = np.uint64(0)  # bits of the layout's prefixes and of its empty tail
-    lay_val = np.uint64(1)  # no word matches before a first walk
-    lay_pos = 0
-    lay_first = 0
-    lay_codes = False
-    run = 0  # words matched by the current layout (their fields not counted yet)
-    simple = False  # the layout starts with prefix 1 and needs no code check
-    i = lo
-    h = np.uint64(0)  # every word's _word_mix is added once, where the word is read
-    while i < end:
-        if simple:  # the common case, in a tight loop: nothing to check but the layout
-            start = i
-            # word by word first: where layouts change often, a block test would mostly fail
-            stop = min(end, i + _WALK)
-            while i < stop and ((np.uint64(words[i]) << top) & lay_mask) == lay_val:
-                h += _word_mix(words[i], i)
-                i += 1
-            if i == stop:
-                while i + _BLOCK <= end:
-                    acc, hb = _block_fused(words[i : i + _BLOCK], i, top, lay_mask, lay_val)
-                    if acc != np.uint64(0):
-                        break
-                    h += hb
-                    i += _BLOCK
-                while i < end and ((np.uint64(words[i]) << top) & lay_mask) == lay_val:
-                    h += _word_mix(words[i], i)
-                    i += 1
-            used[start:i] = lay_pos
-            run += i - start
-            if i == end:
-                break
-        w = words[i]
-        x = np.uint64(w) << top
-        if no_masks and (x >> p_shift) != np.uint64(1):
-            # word i needs the orphan test (its first prefix, if it is well-formed, is not 1)
-            # and no masks were given: stop before it, for the caller to resume with them
-            for k in range(lay_n):
-                counts[lay_p[k]] += run
-            return -2 - i, h
-        h += _word_mix(w, i)
-        ok = True
-        if (x & lay_mask) == lay_val:
-            if lay_codes:
-                for k in range(lay_n):
-                    p = lay_p[k]
-                    if code_check[p] and ((x >> lay_s[k]) & ((np.uint64(1) << lay_b[k])
-                                                           - np.uint64(1))) >= limit[p]:
-                        ok = False
-            run += 1
-            pos = lay_pos
-            first = lay_first
-        else:
-            for k in range(lay_n):
-                counts[lay_p[k]] += run
-            run = 0
-            pos = 0
-            last = 0
-            first = 0
-            lay_n = 0
-            lay_mask = np.uint64(0)
-            lay_val = np.uint64(0)
-            lay_codes = False
-            y = x
-            while y != np.uint64(0):
-                p = np.int64(y >> p_shift)
-                if pos + prefix_bits > word_bits or p <= last or p > n_prefixes:
-                    ok = False
-                    break
-                b = bits_by_prefix[p]
-                if b == 0 or pos + prefix_bits + b > word_bits:
-                    ok = False
-                    break
-                shift = np.uint64(64 - pos - prefix_bits - b)
-                if ((x >> shift) & ((np.uint64(1) << np.uint64(b)) - np.uint64(1))
-                        >= limit[p]):
-                    ok = False
-                    break
-                counts[p] += 1
-                lay_p[lay_n] = p
-                lay_s[lay_n] = shift
-                lay_b[lay_n] = np.uint64(b)
-                lay_n += 1
-                lay_codes = lay_codes or code_check[p]
-                lay_mask |= p_mask << (shift + np.uint64(b))
-                lay_val |= np.uint64(p) << (shift + np.uint64(b))
-                if first == 0:
-                    first = p
-                last = p
-                pos += prefix_bits + b
-                y = y << np.uint64(prefix_bits + b)
-            if pos == 0:
-                lay_mask = ~np.uint64(0)
-            else:
-                lay_mask |= (np.uint64(1) << np.uint64(64 - pos)) - np.uint64(1)
-            lay_pos = pos
-            lay_first = first
-            simple = ok and first == 1 and not lay_codes
-        if not ok:
-            return i, h
-        used[i] = pos
-        if first != 1:  # prefix 1 is every task's own or earlier: nothing to check
-            o = _orphan_of(masks, i, first)
-            if o:
-                orphans[o] += 1
-        i += 1
-    for k in range(lay_n):
-        counts[lay_p[k]] += run
-    return -1, h
-
-
-@numba.njit(**NJIT)
-def _orphan_of(masks, i, first):
-    # the prefix p of the first user of position i (masks[p - 1] the first packed mask holding
-    # it) when that task has no field there (first, the word's first prefix, is 0 or > p);
-    # else 0
-    byte = i >> 3
-    bit = 7 - (i & 7)
-    for j in range(masks.shape[0]):
-        if (masks[j, byte] >> bit) & 1:
-            if first == 0 or first > j + 1:
-                return j + 1
-            return 0
-    return 0
-
-
-@numba.njit(**NJIT)
-def _code_checks(bits_by_prefix, limit):
-    # codes need checking only where a codebook has fewer than 2**b entries
-    size = bits_by_prefix.size
-    code_check = np.zeros(size, np.bool_)
-    for p in range(1, size):
-        b = bits_by_prefix[p]
-        code_check[p] = 0 < b < 64 and limit[p] < (np.uint64(1) << np.uint64(b))
-    return code_check
-
-
-def _check_bank_py(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit, masks,
-                   used, counts, orphans):
-    # One pass over a bank's word array of a loaded file: the structure of every word (each
-    # field has a known prefix, prefixes increase, fields fit, codes < limit[prefix] = codebook
-    # size, bits after the last field are zero), used[i] (bits occupied), counts[p] (fields per
-    # prefix), orphans[p] (positions whose first user in the bank, of prefix p, has no field of
-    # a prefix <= p: masks[p - 1] is that task's packed mask), and the words' hash.
-    # Returns (index of the first malformed word or -1, hash). Words mostly repeat the layout
-    # (prefixes and widths) of the word before: a word matching the last layout is checked with
-    # one masked compare, without walking its fields, and hashed in the same pass (_BLOCK words
-    # at a time, vectorized). masks must hold one row per prefix here (no lazy masks).
-    n = words.size
-    n_chunks = min(256, n // 16384 + 1)
-    size = counts.size
-    chunk_counts = np.zeros((n_chunks, size), np.int64)
-    chunk_orphans = np.zeros((n_chunks, size), np.int64)
-    chunk_bad = np.full(n_chunks, -1, np.int64)
-    chunk_hash = np.zeros(n_chunks, np.uint64)
-    code_check = _code_checks(bits_by_prefix, limit)
-    for c in numba.prange(n_chunks):
-        bad, h = _check_part(words, c * n // n_chunks, (c + 1) * n // n_chunks, word_bits,
-                             prefix_bits, n_prefixes, bits_by_prefix, limit, code_check, masks,
-                             used, chunk_counts[c], chunk_orphans[c])
-        chunk_bad[c] = bad
-        chunk_hash[c] = h
-    for c in range(n_chunks):
-        if chunk_bad[c] >= 0:
-            return chunk_bad[c], np.uint64(0)
-    h = np.uint64(0)
-    for c in range(n_chunks):
-        h += chunk_hash[c]
-        for p in range(size):
-            counts[p] += chunk_counts[c, p]
-            orphans[p] += chunk_orphans[c, p]
-    return -1, h
-
-
-# Each scan has a serial and a parallel build: waking a thread pool costs more than a small
-# layer takes, so the public code picks by size (PARALLEL_MIN positions).
 PARALLEL_MIN = 1 << 16
 _resolve_serial = numba.njit(**NJIT)(_resolve_kernel_py)
 _resolve_parallel = numba.njit(**NJIT_PARALLEL)(_resolve_kernel_py)
 _weights_serial = numba.njit(**NJIT)(_weights_kernel_py)
 _weights_parallel = numba.njit(**NJIT_PARALLEL)(_weights_kernel_py)
-_check_serial = numba.njit(**NJIT)(_check_bank_py)
-_check_parallel = numba.njit(**NJIT_PARALLEL)(_check_bank_py)
 _hash_serial = numba.njit(**NJIT)(_words_hash_py)
 _hash_parallel = numba.njit(**NJIT_PARALLEL)(_words_hash_py)
 
@@ -525,99 +342,6 @@ def _resolve_kernel(words, *args):
 def _weights_kernel(words, *args):
     fn = _weights_parallel if words.size >= PARALLEL_MIN else _weights_serial
     return fn(words, *args)
-
-
-@numba.njit(**NJIT)
-def _merge_context_streams(ctx, s0, s1, out):
-    # A mask coded in a context (maskcodec): positions where ctx is 0 take the bits of s0 in
-    # order, the others those of s1. Writes np.packbits of the mask into out. The caller pads s0
-    # and s1 with one element beyond their counts (len(s0) = count(~ctx) + 1, len(s1) =
-    # count(ctx) + 1), so that both loads below stay in bounds and the choice is branch-free.
-    n = ctx.size
-    j0 = 0
-    j1 = 0
-    for byte in range(out.size):
-        v = np.uint8(0)
-        for k in range(8):
-            i = byte * 8 + k
-            bit = np.uint8(0)
-            if i < n:
-                c = ctx[i]
-                bit = np.uint8(s1[j1]) if c else np.uint8(s0[j0])
-                j1 += np.int64(c)
-                j0 += 1 - np.int64(c)
-            v = (v << np.uint8(1)) | bit
-        out[byte] = v
-
-
-_pool: list[ThreadPoolExecutor] = []
-
-
-class _LazyMasks:
-    """A bank's packed masks (n_masks, bytes), built on first use by any thread, once."""
-
-    def __init__(self, build: Any) -> None:
-        self.build, self.masks, self.lock = build, None, threading.Lock()
-
-    def get(self) -> np.ndarray:
-        with self.lock:
-            if self.masks is None:
-                self.masks = np.ascontiguousarray(self.build(), np.uint8)
-            return self.masks
-
-
-_NO_MASKS = np.zeros((0, 0), np.uint8)
-
-
-def _check_range(words, lo, end, args, masks, used, counts, orphans):
-    """_check_part of words[lo:end]; masks: an array, or a _LazyMasks built only if needed."""
-    lazy = masks if isinstance(masks, _LazyMasks) else None
-    given = (_NO_MASKS if lazy.masks is None else lazy.masks) if lazy else masks
-    h = 0
-    while True:
-        bad, part = _check_part(words, lo, end, *args, given, used, counts, orphans)
-        h = (h + int(part)) & 0xFFFFFFFFFFFFFFFF
-        if bad > -2 or lazy is None:
-            return int(bad), h
-        lo = -2 - int(bad)
-        given = lazy.get()
-
-
-def _check_bank(words, word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit, masks, used,
-                counts, orphans, start=0):
-    """_check_bank_py of words[start:] (positions from 0), split over Python threads.
-
-    Numba's OpenMP pool spins between parallel regions and, on few cores, stalls against BLAS's
-    and torch's pools; plain threads sleep when idle (as in :mod:`bitsub.kernels.matmul`).
-    The parts'
-    counts add up and their hashes sum (the hash is a sum over words), so the result is that of
-    one pass. ``masks`` may be a :class:`_LazyMasks`, built only if some word needs it.
-    """
-    n = words.size
-    n_threads = numba.config.NUMBA_NUM_THREADS if n - start >= PARALLEL_MIN else 1
-    code_check = _code_checks(bits_by_prefix, limit)
-    args = (word_bits, prefix_bits, n_prefixes, bits_by_prefix, limit, code_check)
-    if n_threads < 2:
-        bad, h = _check_range(words, start, n, args, masks, used, counts, orphans)
-        return bad, np.uint64(h)
-    if not _pool:
-        _pool.append(ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
-                                        thread_name_prefix="bitsub-check"))
-    bounds = [start + j * (n - start) // n_threads for j in range(n_threads + 1)]
-    parts = [(np.zeros_like(counts), np.zeros_like(orphans)) for _ in range(n_threads)]
-    futures = [_pool[0].submit(_check_range, words, bounds[j], bounds[j + 1], args, masks, used,
-                               *parts[j]) for j in range(1, n_threads)]
-    results = [_check_range(words, bounds[0], bounds[1], args, masks, used, *parts[0])]
-    results += [f.result() for f in futures]
-    h = 0
-    for bad, part_hash in results:
-        if bad >= 0:
-            return bad, np.uint64(0)
-        h = (h + part_hash) & 0xFFFFFFFFFFFFFFFF
-    for part_counts, part_orphans in parts:
-        counts += part_counts
-        orphans += part_orphans
-    return -1, np.uint64(h)
 
 
 def words_hash(words: np.ndarray) -> int:
@@ -681,6 +405,14 @@ def _check_private(private: object) -> dict[str, np.ndarray]:
         out[key] = np.array(a, dtype=np.float32, copy=True)
         out[key].flags.writeable = False
     return out
+
+
+def _check_values(values: np.ndarray, what: str) -> None:
+    bad = ~(np.abs(values) <= MAX_VALUE)  # NaN compares False: caught too
+    if bad.any():
+        v = values[bad][0]
+        raise ValueError(f"{what}: {v!r} is not a finite value of magnitude <= 2**60; "
+                         "stored weights must be finite and below 2**60")
 
 
 def check_network(steps: object) -> list[dict[str, Any]]:
@@ -748,6 +480,8 @@ class PackedModel:
         self._banks: list[_Bank] = []
         self._tasks: list[_Task] = []
         self._network: list[dict[str, Any]] = []
+        #: Bytes of the file this model was last saved to or loaded from (None before either).
+        self.file_bytes: int | None = None
 
     # --------------------------------------------------------------------- structure
 
@@ -797,6 +531,7 @@ class PackedModel:
         checked = check_network(steps)
         validate_network(checked, dict(self._shapes))
         self._network = checked
+        self.file_bytes = None
 
     def shape(self, layer: str) -> tuple[int, ...]:
         """Weight shape of ``layer``."""
@@ -821,6 +556,7 @@ class PackedModel:
         if any(s < 1 for s in shp):
             raise ValueError(f"shape entries must be >= 1, got {shp}")
         self._shapes[name] = shp
+        self.file_bytes = None
         n = math.prod(shp)
         for bank in self._banks:
             bank.words[name] = np.zeros(n, self._dtype)
@@ -893,8 +629,10 @@ class PackedModel:
             task.fields[pl.name] = pl.n_write
             task.codebooks[pl.name] = pl.codebook
             task.masks[pl.name] = np.packbits(pl.mask)
+            task.writes[pl.name] = np.packbits(pl.write)
         b.tasks.append(tid)
         self._tasks.append(task)
+        self.file_bytes = None  # the model no longer is what a file holds
         return tid
 
     def _prepare(self, name: str, tl: TaskLayer) -> _PreparedLayer:
@@ -919,6 +657,7 @@ class PackedModel:
             if codebook.dtype.kind not in "iuf" or codebook.ndim != 1:
                 raise TypeError(f"{what}: codebook must be a 1-D float array")
             codebook = np.array(codebook, dtype=np.float32)
+            _check_values(codebook, f"{what}: codebook")
             k = codebook.size
             if not 1 <= k <= 1 << MAX_CODE_BITS:
                 raise ValueError(f"{what}: codebook needs 1..{1 << MAX_CODE_BITS} entries, got {k}")
@@ -960,6 +699,7 @@ class PackedModel:
                 raise ValueError(f"{what}: values have shape {values.shape}, expected {shape}")
             chosen = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)[write]
             if bits == RAW_BITS:
+                _check_values(chosen, f"{what}: raw values")
                 codes = chosen.view(np.uint32)
             elif 1 <= bits <= MAX_CODE_BITS:
                 if n:
@@ -967,6 +707,7 @@ class PackedModel:
                         raise ValueError(f"{what}: values to quantize must be finite")
                     codebook, c = kmeans_1d(chosen, 1 << bits)
                     codebook = np.asarray(codebook, dtype=np.float32)
+                    _check_values(codebook, f"{what}: codebook of the values")
                     codes = np.ascontiguousarray(c).reshape(-1)
                 else:
                     codes = np.zeros(0, np.uint32)
@@ -1160,8 +901,10 @@ class PackedModel:
         ctx = self._reference_mask(int(task), layer, ref)
         return None if ctx is None else ctx.reshape(self._shapes[layer])
 
-    def _alone_size(self, t: int, layer: str) -> int:
-        # Bytes of the mask coded alone (cached; capacity compares it with the stored size).
+    def alone_mask_bytes(self, task: int, layer: str) -> int:
+        """Bytes of the task's mask of ``layer`` coded alone (cached; capacity compares it)."""
+        t = self._check_task(task)
+        self._check_layer(layer)
         if layer not in self._tasks[t].alone_sizes:
             self._code_mask(t, layer)
         return self._tasks[t].alone_sizes[layer]
@@ -1203,6 +946,96 @@ class PackedModel:
                     best, best_ref = enc, ref
         rec.encoded_masks[layer] = best
         rec.mask_refs[layer] = best_ref
+
+    def write_mask(self, task: int, layer: str) -> np.ndarray:
+        """Positions where the task wrote fields in ``layer``: bool, layer shape (a copy)."""
+        t = self._check_task(task)
+        self._check_layer(layer)
+        return self._write_flat(t, layer).reshape(self._shapes[layer])
+
+    def _write_flat(self, t: int, layer: str) -> np.ndarray:
+        packed = self._tasks[t].writes.get(layer)
+        if packed is None:
+            return np.zeros(math.prod(self._shapes[layer]), bool)
+        return np.unpackbits(packed, count=math.prod(self._shapes[layer])).view(bool)
+
+    def codes(self, task: int, layer: str) -> np.ndarray:
+        """The codes of the task's fields in ``layer``, one per written position in C order.
+
+        uint32; for raw float32 fields (bit-width 32) the float32 bit patterns.
+        """
+        t = self._check_task(task)
+        self._check_layer(layer)
+        rec = self._tasks[t]
+        n = rec.fields.get(layer, 0)
+        out = np.zeros(n, np.uint32)
+        if n:
+            bits_by_prefix, _ = self._prefix_tables(rec.bank, layer)
+            got = _codes_of(self._banks[rec.bank].words[layer], self._write_flat(t, layer),
+                            rec.prefix, self._prefix_bits, self._word_bits, bits_by_prefix, out)
+            if got != n:  # cannot happen for a model built by add_task or accepted by load
+                raise RuntimeError(f"task {t}, layer {layer!r}: {got} of {n} fields found")
+        return out
+
+    def default_write(self, task: int, layer: str) -> np.ndarray:
+        """Write reference ``"new"``: the task's mask minus what its bank's earlier tasks wrote.
+
+        Flat packed bits (``np.packbits`` of the flattened bool array).
+        """
+        t = self._check_task(task)
+        self._check_layer(layer)
+        rec = self._tasks[t]
+        n = math.prod(self._shapes[layer])
+        mask = rec.masks.get(layer, np.zeros((n + 7) // 8, np.uint8))
+        written = [w for u in self._banks[rec.bank].tasks[: rec.prefix - 1]
+                   if (w := self._tasks[u].writes.get(layer)) is not None]
+        if not written:
+            return mask.copy()
+        return mask & ~np.bitwise_or.reduce(written)
+
+    def write_coding(self, task: int, layer: str) -> tuple[int, bytes]:
+        """How a file stores the task's write mask of ``layer``: (reference, bytes).
+
+        The reference indexes ``WRITE_REFERENCES``: 0 ``"new"`` and 1 ``"mask"`` store no bytes;
+        2 ``"coded"`` stores :func:`encode_mask` of the write mask XOR the ``"new"`` one.
+        """
+        t = self._check_task(task)
+        self._check_layer(layer)
+        rec = self._tasks[t]
+        if layer not in rec.write_codings:
+            n = math.prod(self._shapes[layer])
+            write = rec.writes.get(layer, np.zeros((n + 7) // 8, np.uint8))
+            new = self.default_write(t, layer)
+            mask = rec.masks.get(layer, np.zeros((n + 7) // 8, np.uint8))
+            if np.array_equal(write, new):
+                rec.write_codings[layer] = (0, b"")
+            elif np.array_equal(write, mask):
+                rec.write_codings[layer] = (1, b"")
+            else:
+                diff = np.unpackbits(write ^ new, count=n).view(bool)
+                diff = diff.reshape(self._shapes[layer])
+                rec.write_codings[layer] = (2, bytes(encode_mask(diff)))
+        return rec.write_codings[layer]
+
+    def keep_stored_coding(self, task: int, layer: str, mask_data: bytes, reference: int,
+                           write_coding: tuple[int, bytes]) -> None:
+        """Record how a file stored the task's masks of ``layer`` (used by load).
+
+        The caller has decoded ``mask_data`` in the context of ``reference`` to this task's
+        mask, and ``write_coding`` to its write mask; :meth:`encoded_mask` and
+        :meth:`write_coding` then return these, so capacity counts what the file holds and a
+        re-save stores the same bytes.
+        """
+        t = self._check_task(task)
+        self._check_layer(layer)
+        if not isinstance(mask_data, bytes) or reference not in range(len(MASK_REFERENCES)):
+            raise TypeError("mask_data must be bytes and reference an index into "
+                            "MASK_REFERENCES")
+        rec = self._tasks[t]
+        rec.encoded_masks[layer] = mask_data
+        rec.mask_refs[layer] = reference
+        rec.alone_sizes.pop(layer, None)
+        rec.write_codings[layer] = (int(write_coding[0]), bytes(write_coding[1]))
 
     def private(self, task: int) -> dict[str, np.ndarray]:
         """The task's private parameters (read-only float32 arrays)."""
@@ -1292,11 +1125,14 @@ class PackedModel:
 
         return capacity(self, **options)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the model to one HDF5 file, atomically; see :func:`bitsub.storage.hdf5.save`."""
+    def save(self, path: str | os.PathLike[str]) -> int:
+        """Write the model to one HDF5 file, atomically; return its size in bytes.
+
+        See :func:`bitsub.storage.hdf5.save`; sets :attr:`file_bytes`.
+        """
         from bitsub.storage.hdf5 import save
 
-        save(self, path)
+        return save(self, path)
 
     # --------------------------------------------------------------------- misc
 
