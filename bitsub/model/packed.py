@@ -11,11 +11,13 @@ The read rule: task t's weight at position i is 0 where t's mask is 0; otherwise
 the field of word i of t's bank written by the latest task <= t that wrote there. Fields are never
 rewritten, so adding tasks never changes an earlier task's weights.
 
-Masks are stored Huffman-coded (:mod:`bitsub.codecs.maskcodec`), each in the context a decoder
-holding the earlier tasks already has: none, the previous task's mask of the same bank, or the
-union of the bank's earlier masks, whichever codes smallest (:meth:`PackedModel.encoded_mask`,
-:meth:`PackedModel.mask_reference`). Tasks largely reuse their predecessors' positions, so this
-is much smaller than coding each mask alone.
+The model is data plus read accessors; the work lives beside it: :mod:`bitsub.model.placement`
+(checking a task's layers, choosing its bank, writing its fields), :mod:`bitsub.model.readrule`
+(the read-rule kernels and the words' hash), :mod:`bitsub.model.maskrefs` (how masks and write
+masks are coded against a bank's earlier tasks), :mod:`bitsub.model.capacity` and
+:mod:`bitsub.storage.hdf5` (imported only inside ``capacity()`` and ``save()``). The class is
+about 600 lines because it is the one public face of the model: some fifty short accessors, each
+with its checks and docstring.
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bitsub.codecs.maskcodec import encode_mask
+from bitsub.model.maskrefs import (
+    MASK_REFERENCES,
+    WRITE_REFERENCES,
+    choose_mask_coding,
+    code_write,
+    default_write,
+    reference_context,
+)
 from bitsub.model.placement import (
     MAX_CODE_BITS,
     MAX_VALUE,
@@ -54,14 +64,6 @@ __all__ = ["MASK_REFERENCES", "MAX_CODE_BITS", "MAX_VALUE", "RAW_BITS", "WRITE_R
 MAX_PREFIX_BITS = 8
 _NO_CODEBOOK = np.zeros(0, np.float32)  # a layer where the task wrote no field
 _NO_CODEBOOK.flags.writeable = False
-# What a task's stored mask of a layer is coded against (maskcodec context), by code:
-# 0 nothing, 1 the mask of the previous task of the same bank, 2 the union of the masks of all
-# earlier tasks of the same bank. The decoder holds both once it decoded the earlier tasks.
-MASK_REFERENCES = ("alone", "previous", "union")
-# Which positions a task writes in a layer, given its mask (what a file stores, by code): 0 its
-# mask minus the positions its bank's earlier tasks wrote (the usual case: nothing stored), 1 its
-# whole mask, 2 coded: the difference from code 0, Huffman-coded (maskcodec).
-WRITE_REFERENCES = ("new", "mask", "coded")
 
 
 @dataclass
@@ -403,7 +405,8 @@ class PackedModel:
     def mask_context(self, task: int, layer: str) -> np.ndarray | None:
         """The context the stored mask was coded with (bool, layer shape), None if alone."""
         ref = self.mask_reference(task, layer)
-        ctx = self._reference_mask(int(task), layer, ref)
+        ctx = reference_context(self._earlier(int(task), layer, "masks"), ref,
+                                math.prod(self._shapes[layer]))
         return None if ctx is None else ctx.reshape(self._shapes[layer])
 
     def alone_mask_bytes(self, task: int, layer: str) -> int:
@@ -414,43 +417,25 @@ class PackedModel:
             self._code_mask(t, layer)
         return self._tasks[t].alone_sizes[layer]
 
-    def _reference_mask(self, t: int, layer: str, ref: int) -> np.ndarray | None:
-        # The flat bool context of reference `ref` for task t (None for "alone"); the caller
-        # made sure that t has an earlier task in its bank when ref != 0.
-        if ref == 0:
-            return None
+    def _earlier(self, t: int, layer: str, what: str) -> list[np.ndarray]:
+        # The packed masks ("masks") or write masks ("writes") of the earlier tasks of t's bank
         rec = self._tasks[t]
-        earlier = self._banks[rec.bank].tasks[: rec.prefix - 1]
-        if ref == 1 or len(earlier) == 1:
-            return self._mask_flat(earlier[-1], layer)
-        n = math.prod(self._shapes[layer])
-        packed = [m for u in earlier if (m := self._tasks[u].masks.get(layer)) is not None]
-        if not packed:
-            return np.zeros(n, bool)
-        return np.unpackbits(np.bitwise_or.reduce(packed), count=n).view(bool)
+        zeros = np.zeros((math.prod(self._shapes[layer]) + 7) // 8, np.uint8)
+        return [getattr(self._tasks[u], what).get(layer, zeros)
+                for u in self._banks[rec.bank].tasks[: rec.prefix - 1]]
 
     def _code_mask(self, t: int, layer: str) -> None:
-        # Choose and cache the stored coding of one mask: the smallest encoding among the
-        # references the decoder will hold (ties go to the simpler reference).
+        # Choose and cache the stored coding of one mask (maskrefs.choose_mask_coding); a mask
+        # loaded from a file keeps the coding the file stores.
         rec = self._tasks[t]
         if layer in rec.encoded_masks and rec.mask_refs[layer] == 0:  # loaded, coded alone
             rec.alone_sizes[layer] = len(rec.encoded_masks[layer])
             return
-        mask = self.mask(t, layer)
-        alone = bytes(encode_mask(mask))
-        rec.alone_sizes[layer] = len(alone)
-        if layer in rec.encoded_masks:  # loaded from a file: keep what it stores
-            return
-        best, best_ref = alone, 0
-        if mask.any() and not mask.all():  # constant masks cost only a header alone
-            refs = (1,) if rec.prefix == 2 else (1, 2) if rec.prefix > 2 else ()
-            for ref in refs:
-                ctx = self._reference_mask(t, layer, ref).reshape(mask.shape)
-                enc = bytes(encode_mask(mask, context=ctx))
-                if len(enc) < len(best):
-                    best, best_ref = enc, ref
-        rec.encoded_masks[layer] = best
-        rec.mask_refs[layer] = best_ref
+        best, ref, alone = choose_mask_coding(self.mask(t, layer), self._earlier(t, layer, "masks"))
+        rec.alone_sizes[layer] = alone
+        if layer not in rec.encoded_masks:
+            rec.encoded_masks[layer] = best
+            rec.mask_refs[layer] = ref
 
     def write_mask(self, task: int, layer: str) -> np.ndarray:
         """Positions where the task wrote fields in ``layer``: bool, layer shape (a copy)."""
@@ -482,44 +467,22 @@ class PackedModel:
                 raise RuntimeError(f"task {t}, layer {layer!r}: {got} of {n} fields found")
         return out
 
-    def default_write(self, task: int, layer: str) -> np.ndarray:
-        """Write reference ``"new"``: the task's mask minus what its bank's earlier tasks wrote.
-
-        Flat packed bits (``np.packbits`` of the flattened bool array).
-        """
-        t = self._check_task(task)
-        self._check_layer(layer)
-        rec = self._tasks[t]
-        n = math.prod(self._shapes[layer])
-        mask = rec.masks.get(layer, np.zeros((n + 7) // 8, np.uint8))
-        written = [w for u in self._banks[rec.bank].tasks[: rec.prefix - 1]
-                   if (w := self._tasks[u].writes.get(layer)) is not None]
-        if not written:
-            return mask.copy()
-        return mask & ~np.bitwise_or.reduce(written)
-
     def write_coding(self, task: int, layer: str) -> tuple[int, bytes]:
         """How a file stores the task's write mask of ``layer``: (reference, bytes).
 
-        The reference indexes ``WRITE_REFERENCES``: 0 ``"new"`` and 1 ``"mask"`` store no bytes;
-        2 ``"coded"`` stores :func:`encode_mask` of the write mask XOR the ``"new"`` one.
+        The reference indexes ``WRITE_REFERENCES``: 0 ``"new"`` (the mask minus what the bank's
+        earlier tasks wrote) and 1 ``"mask"`` store no bytes; 2 ``"coded"`` stores
+        :func:`encode_mask` of the write mask XOR the ``"new"`` one.
         """
         t = self._check_task(task)
         self._check_layer(layer)
         rec = self._tasks[t]
         if layer not in rec.write_codings:
-            n = math.prod(self._shapes[layer])
-            write = rec.writes.get(layer, np.zeros((n + 7) // 8, np.uint8))
-            new = self.default_write(t, layer)
-            mask = rec.masks.get(layer, np.zeros((n + 7) // 8, np.uint8))
-            if np.array_equal(write, new):
-                rec.write_codings[layer] = (0, b"")
-            elif np.array_equal(write, mask):
-                rec.write_codings[layer] = (1, b"")
-            else:
-                diff = np.unpackbits(write ^ new, count=n).view(bool)
-                diff = diff.reshape(self._shapes[layer])
-                rec.write_codings[layer] = (2, bytes(encode_mask(diff)))
+            zeros = np.zeros((math.prod(self._shapes[layer]) + 7) // 8, np.uint8)
+            mask = rec.masks.get(layer, zeros)
+            new = default_write(mask, self._earlier(t, layer, "writes"))
+            rec.write_codings[layer] = code_write(rec.writes.get(layer, zeros), new, mask,
+                                                  self._shapes[layer])
         return rec.write_codings[layer]
 
     def keep_stored_coding(self, task: int, layer: str, mask_data: bytes, reference: int,
