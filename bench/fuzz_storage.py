@@ -102,13 +102,18 @@ def child(file: str, seed: int, start: int, count: int) -> None:
 
 def run_child(file: str, seed: int, start: int, count: int) -> list[str]:
     cmd = [sys.executable, __file__, "child", file, str(seed), str(start), str(count)]
+    # generous: children start numba and load the original on a shared, loaded machine
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60 + 2 * count)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120 + 5 * count)
     except subprocess.TimeoutExpired:
+        print(f"cases {start}..{start + count}: timed out, re-running one by one",
+              file=sys.stderr)
         return ["HANG"] if count == 1 else [x for i in range(count)
                                             for x in run_child(file, seed, start + i, 1)]
     lines = proc.stdout.splitlines()
     if proc.returncode != 0 or len(lines) != count:
+        print(f"cases {start}..{start + count}: rc={proc.returncode}, {len(lines)} lines: "
+              f"{proc.stderr[-300:]}", file=sys.stderr)
         if count == 1:
             return [f"CRASH rc={proc.returncode} {proc.stderr[-300:]}"]
         return [x for i in range(count) for x in run_child(file, seed, start + i, 1)]
