@@ -306,7 +306,9 @@ def train(
         "forgetting": res["forgetting"],
         "random_init_accuracy": res["random_init_accuracy"],
         "capacity": {"percent": cap.percent, "bits": dict(cap.bits),
-                     "private_percent": cap.private_percent, "dense_bits": cap.dense_bits},
+                     "private_percent": cap.private_percent, "dense_bits": cap.dense_bits,
+                     "file_bytes": pm.file_bytes, "payload_bytes": cap.payload_bytes,
+                     "dense_file_bytes": cap.dense_file_bytes},
         "export": {
             "bits": export_bits if export_bits is not None else "float32",
             "accuracy": file_acc,

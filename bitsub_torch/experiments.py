@@ -292,6 +292,8 @@ def summarize(pm: Any, report: dict[str, Any], val_acc: list[float] | None = Non
             "paper_style": pct(code_bits),
             "private": cap.private_percent,
             "dense_bits": dense,
+            "file_bytes": pm.file_bytes,
+            "dense_file_bytes": cap.dense_file_bytes,
             "bits": {"fields": fields, "codebooks": codebooks, "masks": masks["best"],
                      **{f"masks_{k}": v for k, v in masks.items() if k != "best"},
                      "masks_stored": cap.bits["masks"], "private": cap.bits["private"]},
@@ -486,15 +488,16 @@ def format_table(table: dict[str, Any]) -> str:
         "(fields + codebooks + masks; each mask Huffman-coded alone or in the context of the "
         "previous task's mask or of the union of the earlier masks of its bank, whichever is "
         "smallest); *masks alone*: every mask coded alone; *stored*: the capacity as "
-        "`pm.capacity()` counts the file; "
+        "`pm.capacity()` counts the file; *file KB*: model.h5 as `ls -l` shows it; *dense npz KB*: "
+        "`np.savez` of one dense float32 copy of the weights and heads; "
         "*paper-style*: code bits of the fields only (= union density x bit-width / 32 for one "
         "field per position). Mask saving vs 1 bit per weight and task. Bits: per task, the range "
         f"over layers. Wall time of the runs: {cfg.get('wall_s', 0.0):.0f} s.",
         "",
     ]
     head = ("| method | args | ACC % | BWT % | ACC file % | BWT file % | val ACC % | capacity % "
-            "| fields | codebooks | masks | masks alone | stored % | paper-style % | mask saving "
-            "| bits | banks | train s |")
+            "| fields | codebooks | masks | masks alone | stored % | file KB | dense npz KB "
+            "| paper-style % | mask saving | bits | banks | train s |")
     sep = "|" + "---|" * (head.count("|") - 1)
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         n = cfg["scenarios"].get(scenario)
@@ -508,7 +511,8 @@ def format_table(table: dict[str, Any]) -> str:
                 f"| {100 * (r['val_acc_file'] or 0):.2f} | **{c['percent']:.2f}** "
                 f"| {c['fields']:.2f} | {c['codebooks']:.3f} | {c['masks']:.2f} "
                 f"| {c['masks_alone']:.2f} "
-                f"| {c['stored_percent']:.2f} | {c['paper_style']:.2f} "
+                f"| {c['stored_percent']:.2f} | {(c.get('file_bytes') or 0) / 1024:.1f} "
+                f"| {c.get('dense_file_bytes', 0) / 1024:.1f} | {c['paper_style']:.2f} "
                 f"| {100 * r['mask_saving']:.1f}% | {_bits_text(r['bits'])} | {r['banks']} "
                 f"| {r['train_s']:.0f} |"
             )

@@ -324,12 +324,13 @@ def _locate_tasks(model: dict[str, Any], data: bytes, index: tuple[int, int]) ->
 
 
 def _task_layer(pm: PackedModel, cur: _Cursor, spec: Any, where: str, name: str,
-                earlier: list[np.ndarray], new: np.ndarray) -> tuple[TaskLayer, np.ndarray,
-                                                                    bytes, int, int, bytes]:
+                earlier: list[np.ndarray], new: np.ndarray
+                ) -> tuple[TaskLayer, np.ndarray, bytes, int, tuple[int, bytes, np.ndarray]]:
     """Decode one layer of a task's payload into a TaskLayer (checked again by add_task).
 
     ``earlier``: the packed masks of the bank's earlier tasks in this layer; ``new``: packed,
-    the positions no earlier task of the bank wrote.
+    the positions no earlier task of the bank wrote. Returns the TaskLayer, the packed mask, its
+    stored bytes and reference, and (write reference, its stored bytes, the packed write mask).
     """
     shape = pm.shape(name)
     n_pos = math.prod(shape)
@@ -386,7 +387,7 @@ def _task_layer(pm: PackedModel, cur: _Cursor, spec: Any, where: str, name: str,
         tl = TaskLayer(mask_bool, write_bool.reshape(shape), bits=b, codebook=cb, codes=codes)
     else:
         tl = TaskLayer(mask_bool, write_bool.reshape(shape))
-    return tl, mask, enc, mref, wref, wdata
+    return tl, mask, enc, mref, (wref, wdata, write)
 
 
 def _build(model: dict[str, Any], data: bytes, index: tuple[int, int]) -> PackedModel:
@@ -428,11 +429,11 @@ def _build(model: dict[str, Any], data: bytes, index: tuple[int, int]) -> Packed
         cur = _Cursor(blobs[t], where)
         layers, packed_masks = {}, {}
         for i, name in enumerate(names):
-            tl, mask, enc, mref, wref, wdata = _task_layer(
+            tl, mask, enc, mref, wcode = _task_layer(
                 pm, cur, specs[i], f"{where} layer {i}", name,
                 [codings[u][i][0] for u in earlier], ~written[bank][i])
             layers[name] = tl
-            packed_masks[name] = (mask, enc, mref, wref, wdata)
+            packed_masks[name] = (mask, enc, mref, wcode)
         private = {}
         for j, spec in enumerate(_list(entry.get("private"), f"{where} private")):
             key, shape = _list(spec, f"{where} private[{j}]", 2)
@@ -445,14 +446,15 @@ def _build(model: dict[str, Any], data: bytes, index: tuple[int, int]) -> Packed
         if cur.pos != len(cur.data):
             raise FormatError(f"{where}: {len(cur.data) - cur.pos} bytes of the payload are "
                               "not described by the index")
+        codings_t = [packed_masks[name] for name in names]
         try:
             pm.add_task(layers, private, bank=bank if earlier else "new")
         except (ValueError, TypeError) as exc:
             raise FormatError(f"{where}: inconsistent task: {exc}") from None
-        for i, name in enumerate(names):
-            written[bank][i] |= np.packbits(pm.write_mask(t, name).reshape(-1))
+        for i in range(len(names)):
+            written[bank][i] |= codings_t[i][3][2]  # the packed write mask add_task took
         members[bank].append(t)
-        codings.append([packed_masks[name] for name in names])
+        codings.append(codings_t)
     if len(hashes) != pm.banks:
         raise FormatError(f"hashes: {len(hashes)} banks listed, the tasks use {pm.banks}")
     for k, row in enumerate(hashes):
@@ -462,7 +464,7 @@ def _build(model: dict[str, Any], data: bytes, index: tuple[int, int]) -> Packed
                 raise FormatError(f"bank {k}, layer {name!r}: the rebuilt words do not match "
                                   "their stored hash: the file is corrupted")
     for t, rows in enumerate(codings):
-        for name, (_, enc, mref, wref, wdata) in zip(names, rows):
+        for name, (_, enc, mref, (wref, wdata, _)) in zip(names, rows):
             pm.keep_stored_coding(t, name, bytes(enc), mref, (wref, bytes(wdata)))
     return pm
 

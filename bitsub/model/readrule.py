@@ -1,0 +1,182 @@
+"""The read rule over a bank's words: which field a task reads, its value, the words' hash.
+
+Kernels shared by :class:`bitsub.model.packed.PackedModel` (``resolve``, ``weights``, ``codes``)
+and the file format (``words_hash``). A word is a sequence of fields ``[prefix][code]`` from the
+most significant bit down; prefix 0 ends it; prefixes within a word increase.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from bitsub.codecs.bitfield import read_field
+from bitsub.config import NJIT, NJIT_PARALLEL
+
+__all__ = ["PARALLEL_MIN", "codes_of", "decode_weights", "resolve_fields", "words_hash"]
+
+
+@numba.njit(**NJIT)
+def codes_of(words, write, prefix, prefix_bits, word_bits, bits_by_prefix, out):
+    """The codes of the fields with ``prefix`` at the positions where ``write``, in order.
+
+    Writes them into ``out``; returns how many were found (the caller compares it with the
+    count it expects).
+    """
+    j = 0
+    for i in range(write.size):
+        if write[i]:
+            used = 0
+            while used + prefix_bits <= word_bits and j < out.size:
+                p = np.int64(read_field(words, i, word_bits - used - prefix_bits, prefix_bits))
+                if p == 0 or p > prefix:
+                    break
+                b = bits_by_prefix[p]
+                used += prefix_bits
+                if p == prefix:
+                    out[j] = read_field(words, i, word_bits - used - b, b)
+                    j += 1
+                    break
+                used += b
+    return j
+
+
+def _resolve_kernel_py(words, mask, prefix, prefix_bits, word_bits, bits_by_prefix, task_by_prefix,
+                    source, codes):
+    # Walk each used word's fields from the MSB; keep the latest field whose prefix <= prefix.
+    # Prefixes within a word increase (tasks append in order), so stop at the first larger one.
+    missing = 0
+    for i in numba.prange(words.size):
+        src = -1
+        code = np.uint64(0)
+        if mask[i]:
+            used = 0
+            while used + prefix_bits <= word_bits:
+                p = np.int64(read_field(words, i, word_bits - used - prefix_bits, prefix_bits))
+                if p == 0 or p > prefix:
+                    break
+                b = bits_by_prefix[p]
+                used += prefix_bits
+                code = read_field(words, i, word_bits - used - b, b)
+                used += b
+                src = task_by_prefix[p]
+            if src < 0:
+                missing += 1
+        source[i] = src
+        codes[i] = np.uint32(code)
+    return missing
+
+
+def _weights_kernel_py(words, mask, prefix, prefix_bits, word_bits, bits_by_prefix,
+                       offset_by_prefix, raw_by_prefix, table_bits, out_bits):
+    # resolve + decode in one pass (same walk as _resolve_kernel_py, written out again on
+    # purpose: a shared njit helper returning (prefix, code) made both kernels about 2-4x
+    # slower), without the source and codes arrays. Works on float32 bit patterns (table_bits,
+    # out_bits are uint32 views), so a raw field is its code. Returns the number of used
+    # positions with no field (0 if valid).
+    missing = 0
+    for i in numba.prange(words.size):
+        value = np.uint32(0)
+        if mask[i]:
+            used = 0
+            best = 0
+            code = np.uint64(0)
+            while used + prefix_bits <= word_bits:
+                p = np.int64(read_field(words, i, word_bits - used - prefix_bits, prefix_bits))
+                if p == 0 or p > prefix:
+                    break
+                b = bits_by_prefix[p]
+                used += prefix_bits
+                code = read_field(words, i, word_bits - used - b, b)
+                used += b
+                best = p
+            if best == 0:
+                missing += 1
+            elif raw_by_prefix[best]:
+                value = np.uint32(code)
+            else:
+                value = table_bits[offset_by_prefix[best] + np.int64(code)]
+        out_bits[i] = value
+    return missing
+
+
+_HASH_K1 = np.uint64(0x9E3779B97F4A7C15)
+_HASH_K2 = np.uint64(0xBF58476D1CE4E5B9)
+
+
+@numba.njit(**NJIT)
+def _word_mix(word, i):
+    # A bijection of the word for a fixed position i: changing any one word always changes the
+    # sum of the mixes (see words_hash).
+    m = np.uint64(word) + (np.uint64(i) + np.uint64(1)) * _HASH_K1
+    m ^= m >> np.uint64(31)
+    m *= _HASH_K2
+    m ^= m >> np.uint64(29)
+    return m
+
+
+@numba.njit(**NJIT)
+def _sum_mix(words, start):
+    # sum of _word_mix over words (positions start, start + 1, ...); a loop over a whole array
+    # that the compiler vectorizes (written inline over a range of a larger array, it does not)
+    h = np.uint64(0)
+    for k in range(words.size):
+        h += _word_mix(words[k], start + k)
+    return h
+
+
+def _words_hash_py(words):
+    n = words.size
+    n_chunks = min(256, n // 16384 + 1)
+    part = np.zeros(n_chunks, np.uint64)
+    for c in numba.prange(n_chunks):
+        lo = c * n // n_chunks
+        part[c] = _sum_mix(words[lo : (c + 1) * n // n_chunks], lo)
+    h = np.uint64(0)
+    for c in range(n_chunks):
+        h += part[c]
+    return h
+
+
+PARALLEL_MIN = 1 << 16
+_resolve_serial = numba.njit(**NJIT)(_resolve_kernel_py)
+_resolve_parallel = numba.njit(**NJIT_PARALLEL)(_resolve_kernel_py)
+_weights_serial = numba.njit(**NJIT)(_weights_kernel_py)
+_weights_parallel = numba.njit(**NJIT_PARALLEL)(_weights_kernel_py)
+_hash_serial = numba.njit(**NJIT)(_words_hash_py)
+_hash_parallel = numba.njit(**NJIT_PARALLEL)(_words_hash_py)
+
+
+def resolve_fields(words, *args):
+    """Per position: the task and code read by the read rule (serial or parallel by size)."""
+    fn = _resolve_parallel if words.size >= PARALLEL_MIN else _resolve_serial
+    return fn(words, *args)
+
+
+def decode_weights(words, *args):
+    """Per position: the float32 bit pattern read by the read rule (resolve + decode)."""
+    fn = _weights_parallel if words.size >= PARALLEL_MIN else _weights_serial
+    return fn(words, *args)
+
+
+def words_hash(words: np.ndarray) -> int:
+    """The 64-bit hash a bitsub file stores for a word array (uint32 or uint64, 1-D).
+
+    ``sum(mix(word_i, i) for i) mod 2**64`` with ``mix(w, i) = g(w + (i + 1) * K1)``, where
+    ``g(m) = f29(f31(m) * K2)``, ``fk(m) = m ^ (m >> k)``, all modulo 2**64,
+    ``K1 = 0x9E3779B97F4A7C15``, ``K2 = 0xBF58476D1CE4E5B9``. Changing any single word always
+    changes it (``mix`` is a bijection of the word); it is computed in the load's one pass.
+    """
+    words = np.ascontiguousarray(words)
+    if words.dtype not in (np.uint32, np.uint64) or words.ndim != 1:
+        raise TypeError(f"words must be a 1-D uint32 or uint64 array, got {words.dtype} "
+                        f"{words.shape}")
+    if not words.flags.writeable:
+        # numba (with cache=True) dispatches read-only arrays ~1000x slower; only read here
+        try:
+            words = words.view()
+            words.flags.writeable = True
+        except ValueError:
+            words = words.copy()
+    fn = _hash_parallel if words.size >= PARALLEL_MIN else _hash_serial
+    return int(fn(words))
