@@ -45,6 +45,9 @@ SCHEME_NAMES = ("zeros", "ones", "raw", "bytes", "runs1", "runs0", "runs01")
 MAX_RUN_SYMBOLS = 4096
 # Most low bits of a run sent as they are (runs1 / runs0).
 MAX_EXTRA_BITS = 24
+# A stream coded within this factor of n H(p) (its order-0 entropy) skips the runs scan; the
+# size bar of the codec is 1.02 n H(p) + 64 bytes.
+NEAR_ENTROPY = 1.02
 
 _U64 = np.uint64
 
@@ -299,10 +302,14 @@ def plan_stream(bits: np.ndarray) -> StreamPlan:
         size = codes[0][0] + codes[1][0] + 2 + 3 * n_seg
         if size < best.size:
             best = StreamPlan(RUNS01, size, values=values, seg_runs=seg_runs, codes=codes)
-    # Runs of the majority pay off on skewed densities and on structure beyond 8-bit blocks;
-    # on i.i.d. masks of density near 1/2 they cannot, so we skip the scan there. They code
-    # each minority bit with at least one bit: skip them too when that is already too much.
-    if (p <= 0.3 or 8 * best.size < 0.97 * h_bits) and (minority + n_seg) // 8 < best.size:
+    # Runs of the majority pay off on skewed densities and on structure beyond 8-bit blocks.
+    # Where the best code so far is within NEAR_ENTROPY of n H(p) and shows no structure
+    # (not below 0.97 n H(p)), runs could save at most that margin: skip their scan, which
+    # costs more than all the rest at densities 0.1-0.3. They code each minority bit with at
+    # least one bit: skip them too when that is already too much.
+    near = 0.97 * h_bits <= 8 * best.size <= NEAR_ENTROPY * h_bits
+    skewed = p <= 0.3 or 8 * best.size < 0.97 * h_bits
+    if skewed and not near and (minority + n_seg) // 8 < best.size:
         invert = ones > n - ones
         runs, rhist, seg_runs = find_runs(
             words, n, invert, bounds[1:], minority, MAX_RUN_SYMBOLS + 1
