@@ -125,6 +125,25 @@ def code_lengths(freqs: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.nda
     return lengths
 
 
+@numba.njit(**NJIT)
+def _code_stats(lengths, max_length):
+    """(longest, used symbols, length of the last used one, Kraft sum scaled by 2**max_length)."""
+    longest = 0
+    used = 0
+    last = 0
+    kraft = 0
+    for i in range(lengths.shape[0]):
+        ln = np.int64(lengths[i])
+        if ln <= 0:
+            continue
+        used += 1
+        last = ln
+        longest = max(longest, ln)
+        if ln <= max_length:
+            kraft += np.int64(1) << (max_length - ln)
+    return longest, used, last, kraft
+
+
 def check_code_lengths(lengths: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> str | None:
     """Why `lengths` is not a usable canonical code, or None when it is.
 
@@ -132,14 +151,17 @@ def check_code_lengths(lengths: np.ndarray, max_length: int = MAX_CODE_LENGTH) -
     has a single used symbol of length 1.
     """
     lengths = np.asarray(lengths)
-    if lengths.size == 0 or lengths.max() == 0:
+    if lengths.size == 0:
         return None
-    if int(lengths.max()) > max_length:
-        return f"a code length of {int(lengths.max())} exceeds the maximum {max_length}"
-    used = lengths[lengths > 0].astype(np.int64)
-    if used.size == 1:
-        return None if used[0] == 1 else "a single used symbol must have code length 1"
-    kraft = int(np.sum(np.left_shift(np.int64(1), max_length - used)))
+    # One Numba pass: decoders call this for every table they read.
+    longest, used, last, kraft = _code_stats(np.ascontiguousarray(lengths, dtype=np.int64),
+                                             int(max_length))
+    if used == 0:
+        return None
+    if longest > max_length:
+        return f"a code length of {longest} exceeds the maximum {max_length}"
+    if used == 1:
+        return None if last == 1 else "a single used symbol must have code length 1"
     if kraft != 1 << max_length:
         relation = "over" if kraft > 1 << max_length else "under"
         return f"code lengths are not a complete prefix code (Kraft sum {relation} 1)"

@@ -48,6 +48,25 @@ __all__ = [
 
 _U64 = np.uint64
 
+@numba.njit(**NJIT)
+def _pair_table_kernel(table, table_bits, lone, pairs):
+    out = np.zeros(table.shape[0], dtype=np.int64)
+    mask = table.shape[0] - 1
+    for v in range(table.shape[0]):
+        len1 = np.int64(table[v] & 31)
+        if len1 == 0:
+            continue
+        s1 = np.int64(table[v] >> 5)
+        nxt = np.int64(table[(v << len1) & mask])
+        len2 = nxt & 31
+        s2 = nxt >> 5
+        if pairs and len2 > 0 and len1 + len2 <= table_bits and s1 != lone and s2 != lone:
+            out[v] = (len1 + len2) | len1 << 5 | s1 << 10 | (s2 + 1) << 22
+        else:
+            out[v] = len1 | len1 << 5 | s1 << 10
+    return out
+
+
 def pair_table(table: np.ndarray, table_bits: int, lone: int, pairs: bool = True) -> np.ndarray:
     """Two-symbol look-up table from a one-symbol `decode_table` table.
 
@@ -57,18 +76,7 @@ def pair_table(table: np.ndarray, table_bits: int, lone: int, pairs: bool = True
     first code longer than `table_bits`. Symbol `lone` (an escape; -1 for none) never pairs, and
     nothing pairs unless `pairs`.
     """
-    t = table.astype(np.int64)
-    len1 = t & 31
-    s1 = t >> 5
-    v = np.arange(t.size, dtype=np.int64)
-    nxt = t[(v << len1) & (t.size - 1)]
-    len2 = nxt & 31
-    s2 = nxt >> 5
-    pair = (len1 > 0) & (len2 > 0) & (len1 + len2 <= table_bits) & (s1 != lone) & (s2 != lone)
-    pair &= pairs
-    total = np.where(pair, len1 + len2, len1)
-    adv2 = np.where(pair, s2 + 1, 0)
-    return np.where(len1 > 0, total | len1 << 5 | s1 << 10 | adv2 << 22, 0)
+    return _pair_table_kernel(table, int(table_bits), int(lone), bool(pairs))
 
 
 @numba.njit(**NJIT, inline="always")
