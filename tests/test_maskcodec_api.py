@@ -208,3 +208,22 @@ def test_mid_density_size_bar(n, p):
     entropy = n * -(q * math.log2(q) + (1 - q) * math.log2(1 - q)) / 8
     assert len(enc) <= 1.02 * entropy + 64
     np.testing.assert_array_equal(decode_mask(enc), m)
+
+
+# ------------------------------------------------------------------------------ boundaries
+
+
+def test_codec_modules_import_no_private_names_and_stay_small():
+    """Issue 16: the codecs subpackage imports only public names of other modules, <= 600 lines."""
+    import ast
+
+    import bitsub.codecs
+
+    root = Path(bitsub.codecs.__file__).parent
+    for path in sorted(root.glob("*.py")):
+        text = path.read_text()
+        assert len(text.splitlines()) <= 600, path.name
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bitsub"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from {node.module}"
