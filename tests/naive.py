@@ -170,6 +170,23 @@ def naive_decode_runs_payload(data, n, minority, code, esc_run, extra=0):
         bits.append(minority)
 
 
+def naive_bytes_payload(bits, code):
+    """Payload of the bytes scheme (one segment): each 8 positions as a byte, position i as bit
+    i % 8 (little-endian), the last byte zero padded, each byte written as its code string."""
+    bits = list(bits) + [0] * (-len(bits) % 8)
+    out = ""
+    for i in range(0, len(bits), 8):
+        out += code[sum(bits[i + j] << j for j in range(8))]
+    out += "0" * (-len(out) % 8)
+    return bytes(int(out[i : i + 8], 2) for i in range(0, len(out), 8))
+
+
+def naive_decode_bytes_payload(data, n, code):
+    """Inverse of naive_bytes_payload: n positions, read bit by bit with a dict decoder."""
+    symbols = naive_huffman_decode(data, code, (n + 7) // 8)
+    return [(b >> j) & 1 for b in symbols for j in range(8)][:n]
+
+
 # ---------------------------------------------------------------- K-Means (bitsub.quant.kmeans)
 
 

@@ -5,9 +5,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import bitsub
 from bitsub import FormatError, decode_mask, encode_mask
 from bitsub.codecs.maskcodec import MAX_POSITIONS, mask_scheme
+from bitsub.codecs.maskdecode import parse_stream
+from bitsub.codecs.maskencode import RUNS0, RUNS1
+from bitsub.codecs.maskio import (
+    Reader,
+    length_table_bits,
+    read_length_table_kernel,
+    varint,
+    write_length_table,
+)
 
 SHAPES = [(), (0,), (1,), (7,), (8,), (9,), (0, 5), (3, 5), (64,), (65,), (100, 37), (2, 3, 4)]
 
@@ -213,7 +221,7 @@ def test_absurd_shape_is_refused():
     with pytest.raises(FormatError, match="positions"):
         decode_mask(with_crc(body))
     big = MAX_POSITIONS + 1
-    body = b"BSMK\x01\x00\x01" + bitsub.codecs.maskcodec._varint(big) + b"\x01"
+    body = b"BSMK\x01\x00\x01" + varint(big) + b"\x01"
     with pytest.raises(FormatError, match="limit"):
         decode_mask(with_crc(body))
 
@@ -246,7 +254,6 @@ def test_large_roundtrip_and_corruption(n, p):
 
 def test_runs_scheme_matches_naive_coder():
     """Runs payloads are byte for byte those of the naive dictionary coder, and decode back."""
-    from bitsub.codecs.maskcodec import RUNS0, RUNS1, _parse_stream, _Reader
     from tests.naive import naive_canonical_code, naive_decode_runs_payload, naive_runs_payload
 
     rng = np.random.default_rng(8)
@@ -256,10 +263,10 @@ def test_runs_scheme_matches_naive_coder():
         m = rng.random(n) < p
         m[0] = not m[0]
         enc = encode_mask(m)
-        reader = _Reader(memoryview(enc), len(enc) - 4)
+        reader = Reader(memoryview(enc), len(enc) - 4)
         reader.pos = 7
         reader.varint("shape", MAX_POSITIONS)
-        scheme, size, lengths, payloads, extra = _parse_stream(reader, n)
+        scheme, size, lengths, payloads, extra = parse_stream(reader, n)
         assert scheme in (RUNS0, RUNS1) and len(payloads) == 1
         minority = 1 if scheme == RUNS1 else 0
         code = naive_canonical_code(lengths.tolist())
@@ -273,21 +280,15 @@ def test_runs_scheme_matches_naive_coder():
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(0, 20), min_size=1, max_size=300))
 def test_length_table_roundtrip(lengths):
-    from bitsub.codecs.maskcodec import (
-        _length_table_bits,
-        _read_length_table_kernel,
-        _write_length_table,
-    )
-
     lengths = np.array(lengths)
-    data = _write_length_table(lengths)
-    assert len(data) == (_length_table_bits(lengths) + 7) // 8
+    data = write_length_table(lengths)
+    assert len(data) == (length_table_bits(lengths) + 7) // 8
     out = np.zeros(lengths.size, dtype=np.int64)
     buf = np.frombuffer(data, dtype=np.uint8)
-    assert _read_length_table_kernel(buf, 0, len(data), out) == len(data)
+    assert read_length_table_kernel(buf, 0, len(data), out) == len(data)
     np.testing.assert_array_equal(out, lengths)
     if len(data):
-        assert _read_length_table_kernel(buf, 0, len(data) - 1, out) == -1
+        assert read_length_table_kernel(buf, 0, len(data) - 1, out) == -1
 
 
 # ---------------------------------------------------------------------------- the size bar
@@ -353,19 +354,17 @@ def test_clustered_masks_use_alternating_runs(n):
 
 @pytest.mark.parametrize("scheme", ["bytes", "runs1", "runs01"])
 def test_huge_shape_with_tiny_payload_is_refused_before_allocating(scheme):
-    from bitsub.codecs.maskcodec import _varint, _write_length_table
-
-    table = _write_length_table(np.array([1, 1]))
-    body = b"BSMK\x01\x00\x01" + _varint(MAX_POSITIONS)
+    table = write_length_table(np.array([1, 1]))
+    body = b"BSMK\x01\x00\x01" + varint(MAX_POSITIONS)
     if scheme == "bytes":
-        body += b"\x03" + _write_length_table(np.array([1, 1] + [0] * 254))
+        body += b"\x03" + write_length_table(np.array([1, 1] + [0] * 254))
     elif scheme == "runs1":
-        body += b"\x04\x00" + _varint(2) + table
+        body += b"\x04\x00" + varint(2) + table
     else:
-        body += b"\x06" + (_varint(2) + table) * 2
+        body += b"\x06" + (varint(2) + table) * 2
     body += b"\x01\x01\x00"
     with pytest.raises(FormatError, match="cannot cover"):
-        decode_mask(with_crc(body))
+        decode_mask(with_crc(body), max_positions=MAX_POSITIONS)
 
 
 def test_decode_accepts_byte_buffers():

@@ -27,6 +27,7 @@ __all__ = [
     "decode_table",
     "encode_symbols",
     "stream_words",
+    "write_codes",
 ]
 
 # Longest code we emit or accept. Package-merge keeps codes within it at minimal cost.
@@ -124,6 +125,25 @@ def code_lengths(freqs: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.nda
     return lengths
 
 
+@numba.njit(**NJIT)
+def _code_stats(lengths, max_length):
+    """(longest, used symbols, length of the last used one, Kraft sum scaled by 2**max_length)."""
+    longest = 0
+    used = 0
+    last = 0
+    kraft = 0
+    for i in range(lengths.shape[0]):
+        ln = np.int64(lengths[i])
+        if ln <= 0:
+            continue
+        used += 1
+        last = ln
+        longest = max(longest, ln)
+        if ln <= max_length:
+            kraft += np.int64(1) << (max_length - ln)
+    return longest, used, last, kraft
+
+
 def check_code_lengths(lengths: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> str | None:
     """Why `lengths` is not a usable canonical code, or None when it is.
 
@@ -131,14 +151,17 @@ def check_code_lengths(lengths: np.ndarray, max_length: int = MAX_CODE_LENGTH) -
     has a single used symbol of length 1.
     """
     lengths = np.asarray(lengths)
-    if lengths.size == 0 or lengths.max() == 0:
+    if lengths.size == 0:
         return None
-    if int(lengths.max()) > max_length:
-        return f"a code length of {int(lengths.max())} exceeds the maximum {max_length}"
-    used = lengths[lengths > 0].astype(np.int64)
-    if used.size == 1:
-        return None if used[0] == 1 else "a single used symbol must have code length 1"
-    kraft = int(np.sum(np.left_shift(np.int64(1), max_length - used)))
+    # One Numba pass: decoders call this for every table they read.
+    longest, used, last, kraft = _code_stats(np.ascontiguousarray(lengths, dtype=np.int64),
+                                             int(max_length))
+    if used == 0:
+        return None
+    if longest > max_length:
+        return f"a code length of {longest} exceeds the maximum {max_length}"
+    if used == 1:
+        return None if last == 1 else "a single used symbol must have code length 1"
     if kraft != 1 << max_length:
         relation = "over" if kraft > 1 << max_length else "under"
         return f"code lengths are not a complete prefix code (Kraft sum {relation} 1)"
@@ -186,7 +209,7 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(**NJIT)
-def _encode_kernel(symbols, codes, lengths, out):
+def write_codes(symbols, codes, lengths, out):
     """Write the codes of `symbols` MSB-first into uint32 words; returns the bits written."""
     acc = _U64(0)
     n_acc = 0
@@ -237,7 +260,7 @@ def encode_symbols(symbols: np.ndarray, lengths: np.ndarray) -> bytes:
         raise ValueError("every symbol to encode needs a nonzero code length")
     codes = canonical_codes(lengths)
     out = np.zeros(int(np.sum(lengths[symbols])) // 32 + 2, dtype=np.uint32)
-    n_bits = _encode_kernel(symbols, codes, lengths.astype(np.uint8), out)
+    n_bits = write_codes(symbols, codes, lengths.astype(np.uint8), out)
     return out.astype(">u4").tobytes()[: (n_bits + 7) // 8]
 
 
@@ -266,6 +289,44 @@ class DecodeTable(tuple):
     __slots__ = ()
 
 
+@numba.njit(**NJIT)
+def _build_decode_table(lengths, table_bits, max_length):
+    """`decode_table`'s arrays in one pass (NumPy calls on a few hundred symbols cost more)."""
+    n = lengths.shape[0]
+    count = np.zeros(max_length + 1, dtype=np.int64)
+    for s in range(n):
+        count[lengths[s]] += 1
+    count[0] = 0
+    first = np.zeros(max_length + 1, dtype=np.int64)
+    offset = np.zeros(max_length + 1, dtype=np.int64)
+    code = 0
+    pos = 0
+    for bits in range(1, max_length + 1):
+        code = (code + count[bits - 1]) << 1
+        first[bits] = code
+        offset[bits] = pos
+        pos += count[bits]
+    sorted_symbols = np.empty(pos, dtype=np.int32)
+    table = np.zeros(1 << table_bits, dtype=np.int32)
+    next_code = first.copy()
+    fill = offset.copy()
+    # Canonical order: by length, then by symbol; each code is the previous one + 1.
+    for s in range(n):
+        ln = lengths[s]
+        if ln == 0:
+            continue
+        c = next_code[ln]
+        next_code[ln] += 1
+        sorted_symbols[fill[ln]] = s
+        fill[ln] += 1
+        if ln <= table_bits:
+            # A code of length l <= table_bits fills the 2**(table_bits - l) entries it prefixes.
+            span = 1 << (table_bits - ln)
+            start = c * span
+            table[start : start + span] = (s << 5) | ln
+    return table, first, count, offset, sorted_symbols
+
+
 def decode_table(
     lengths: np.ndarray, table_bits: int | None = None, max_length: int | None = None
 ) -> DecodeTable:
@@ -274,33 +335,14 @@ def decode_table(
     `table_bits` (default: the longest code, at most `TABLE_BITS`) and `max_length` (default:
     the longest code) may be raised so that several codes' tables have the same shapes.
     """
-    lengths = np.asarray(lengths, dtype=np.int64)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     longest = max(int(lengths.max()) if lengths.size else 0, 1)
     max_length = longest if max_length is None else max(int(max_length), longest)
     if table_bits is None:
         table_bits = min(max_length, TABLE_BITS)
-    codes = canonical_codes(lengths).astype(np.int64)
-    table = np.zeros(1 << table_bits, dtype=np.int32)
-    used = np.flatnonzero(lengths)
-    order = used[np.lexsort((used, lengths[used]))]
-    sorted_symbols = order.astype(np.int32)
-    count = np.bincount(lengths[used], minlength=max_length + 1).astype(np.int64)
-    count[0] = 0
-    first = np.zeros(max_length + 1, dtype=np.int64)
-    offset = np.zeros(max_length + 1, dtype=np.int64)
-    pos = 0
-    for bits in range(1, max_length + 1):
-        offset[bits] = pos
-        pos += count[bits]
-    # A code of length l <= table_bits fills the 2**(table_bits - l) entries it prefixes.
-    short = used[lengths[used] <= table_bits]
-    sizes = np.left_shift(1, table_bits - lengths[short])
-    starts = codes[short] * sizes
-    index = np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
-    table[index] = np.repeat((short << 5) | lengths[short], sizes)
-    # The first code of each length is the code of its first symbol in canonical order.
-    present, first_index = np.unique(lengths[order], return_index=True)
-    first[present] = codes[order[first_index]]
+    table, first, count, offset, sorted_symbols = _build_decode_table(
+        lengths, int(table_bits), max_length
+    )
     return DecodeTable((table, table_bits, max_length, first, count, offset, sorted_symbols))
 
 

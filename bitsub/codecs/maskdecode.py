@@ -1,0 +1,431 @@
+"""Mask stream decoder: parse one stream's header, then decode its payloads with Numba.
+
+One kernel a scheme (runs1 / runs0, runs01, bytes), each decoding one or two segments
+interleaved so that the CPU overlaps their table look-ups; the runs look-up table gives up to two
+runs at once (`pair_table`). Kernels check the stream and the mask's bounds before they write,
+and the callers check where each stream ended (`bitsub.codecs.maskio.check_end`).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from bitsub.codecs.huffman import TABLE_BITS, decode_table, stream_words
+from bitsub.codecs.maskencode import (
+    BYTES,
+    MAX_EXTRA_BITS,
+    MAX_RUN_SYMBOLS,
+    ONES,
+    RAW,
+    RUNS0,
+    RUNS01,
+    RUNS1,
+    ZEROS,
+)
+from bitsub.codecs.maskio import (
+    ERR_CODE,
+    ERR_OVERRUN,
+    ERR_RUN,
+    Reader,
+    check_coverage,
+    check_end,
+    read_length_table,
+    segment_bounds,
+)
+from bitsub.config import NJIT
+from bitsub.errors import FormatError
+
+__all__ = [
+    "decode_alt_kernel",
+    "decode_bytes_kernel",
+    "decode_runs_kernel",
+    "decode_stream",
+    "long_symbol",
+    "pair_table",
+    "parse_stream",
+]
+
+_U64 = np.uint64
+
+@numba.njit(**NJIT)
+def _pair_table_kernel(table, table_bits, lone, pairs):
+    out = np.zeros(table.shape[0], dtype=np.int64)
+    mask = table.shape[0] - 1
+    for v in range(table.shape[0]):
+        len1 = np.int64(table[v] & 31)
+        if len1 == 0:
+            continue
+        s1 = np.int64(table[v] >> 5)
+        nxt = np.int64(table[(v << len1) & mask])
+        len2 = nxt & 31
+        s2 = nxt >> 5
+        if pairs and len2 > 0 and len1 + len2 <= table_bits and s1 != lone and s2 != lone:
+            out[v] = (len1 + len2) | len1 << 5 | s1 << 10 | (s2 + 1) << 22
+        else:
+            out[v] = len1 | len1 << 5 | s1 << 10
+    return out
+
+
+def pair_table(table: np.ndarray, table_bits: int, lone: int, pairs: bool = True) -> np.ndarray:
+    """Two-symbol look-up table from a one-symbol `decode_table` table.
+
+    Entry for the next `table_bits` bits: ``total | len1 << 5 | s1 << 10 | adv2 << 22`` where s1
+    is the first symbol (of length len1) and, when a second symbol s2 also fits in the bits,
+    adv2 = s2 + 1 and total = len1 + its length; otherwise adv2 = 0 and total = len1. 0 marks a
+    first code longer than `table_bits`. Symbol `lone` (an escape; -1 for none) never pairs, and
+    nothing pairs unless `pairs`.
+    """
+    return _pair_table_kernel(table, int(table_bits), int(lone), bool(pairs))
+
+
+@numba.njit(**NJIT, inline="always")
+def long_symbol(acc, table_bits, max_length, first, count, offset, symbols):
+    """(symbol, length) of a code longer than `table_bits` at the top of `acc`; length 0: none.
+
+    The canonical first-code-per-length walk over `bitsub.codecs.huffman.decode_table`'s arrays.
+    """
+    # One return only: Numba compiles early returns of inlined code into much slower loops.
+    s = 0
+    ln = 0
+    for bits in range(table_bits + 1, max_length + 1):
+        c = np.int64(acc >> _U64(64 - bits)) - first[bits]
+        if 0 <= c < count[bits]:
+            s = symbols[offset[bits] + c]
+            ln = bits
+            break
+    return np.int64(s), np.int64(ln)
+
+
+# Each kernel decodes one or two segments, interleaved ("lanes"): the body is written once
+# inside `for lane in range(2)`, the lane's state is loaded into scalars and stored back. LLVM
+# unrolls the two-trip loop and keeps both lanes' state in registers, so the CPU overlaps the two
+# streams' table look-ups (an inlined step function would do the same, but Numba passes the
+# arrays to it with reference counting on every call, ten times slower). `words` holds both
+# streams' words (see `_lanes`): lane i reads words[wb[i]:wb[i + 1]].
+
+
+@numba.njit(**NJIT)
+def decode_runs_kernel(words, wb, bounds, out, value, esc, extra, pairs, table_bits, max_length,
+                       first, count, offset, symbols):
+    """Decode runs segments (out[bounds[i]:bounds[i + 1]]) into out (pre-filled with the majority).
+
+    Each look-up in `pairs` (see `pair_table`) yields up to two runs when `extra` is 0. Returns
+    the bits read from each stream, or a negative error code in the first slot.
+    """
+    shift = _U64(64 - table_bits)
+    esc_span = esc << extra
+    two = bounds.shape[0] == 3
+    acc0, n0, k0, pos0, done0 = _U64(0), 0, wb[0], bounds[0], False
+    acc1, n1, k1, pos1, done1 = _U64(0), 0, wb[1], bounds[1], not two
+    while not (done0 and done1):
+        for lane in range(2):
+            if lane == 0:
+                acc, n, k, pos, done, kend, stop = acc0, n0, k0, pos0, done0, wb[1], bounds[1]
+            else:
+                acc, n, k, pos, done, kend, stop = acc1, n1, k1, pos1, done1, wb[2], bounds[-1]
+            if not done:
+                if n < 32:
+                    if k >= kend:
+                        return ERR_OVERRUN, 0
+                    acc |= _U64(words[k]) << _U64(32 - n)
+                    k += 1
+                    n += 32
+                e = pairs[np.int64(acc >> shift)]
+                if e != 0:
+                    total = e & 31
+                    ln = (e >> 5) & 31
+                    s = (e >> 10) & 0xFFF
+                    adv2 = e >> 22
+                else:
+                    s, ln = long_symbol(acc, table_bits, max_length, first, count, offset, symbols)
+                    if ln == 0:
+                        return ERR_CODE, 0
+                    total = ln
+                    adv2 = 0
+                if s == esc:
+                    pos += esc_span
+                    if pos > stop:
+                        return ERR_RUN, 0
+                    consume = ln
+                else:
+                    if extra > 0:
+                        # The run's low bits follow its code as they are.
+                        acc <<= _U64(ln)
+                        n -= ln
+                        if n < extra:
+                            if k >= kend:
+                                return ERR_OVERRUN, 0
+                            acc |= _U64(words[k]) << _U64(32 - n)
+                            k += 1
+                            n += 32
+                        s = (s << extra) | np.int64(acc >> _U64(64 - extra))
+                        acc <<= _U64(extra)
+                        n -= extra
+                        consume = 0
+                        ln = 0
+                    else:
+                        consume = total
+                    pos += s
+                    if pos >= stop:
+                        if pos > stop:
+                            return ERR_RUN, 0
+                        done = True
+                        consume = ln
+                    else:
+                        out[pos] = value
+                        pos += 1 + adv2
+                        if pos > stop:
+                            if pos - 1 > stop:
+                                return ERR_RUN, 0
+                            done = True
+                        else:
+                            # adv2 = 0 rewrites the bit just written; no branch on the pair.
+                            out[pos - 1] = value
+                acc <<= _U64(consume)
+                n -= consume
+            if lane == 0:
+                acc0, n0, k0, pos0, done0 = acc, n, k, pos, done
+            else:
+                acc1, n1, k1, pos1, done1 = acc, n, k, pos, done
+    return 32 * (k0 - wb[0]) - n0, 32 * (k1 - wb[1]) - n1
+
+
+@numba.njit(**NJIT)
+def decode_alt_kernel(words, wb, bounds, out, esc, table, table_bits, max_length, first, count,
+                      offset, symbols):
+    """Decode alternating-runs segments into out (pre-filled with 0); lanes as above.
+
+    `esc`, `table`, `first`, `count`, `offset` and `symbols` have one row per code (0: runs of
+    0s, 1: runs of 1s). Returns the bits read from each stream, or an error code.
+    """
+    shift = _U64(64 - table_bits)
+    two = bounds.shape[0] == 3
+    acc0, n0, k0, pos0, par0, off0, done0 = _U64(0), 0, wb[0], bounds[0], 0, 0, False
+    acc1, n1, k1, pos1, par1, off1, done1 = _U64(0), 0, wb[1], bounds[1], 0, 0, not two
+    while not (done0 and done1):
+        for lane in range(2):
+            if lane == 0:
+                acc, n, k, pos, par, off, done = acc0, n0, k0, pos0, par0, off0, done0
+                kend, stop = wb[1], bounds[1]
+            else:
+                acc, n, k, pos, par, off, done = acc1, n1, k1, pos1, par1, off1, done1
+                kend, stop = wb[2], bounds[-1]
+            if not done:
+                if n < 32:
+                    if k >= kend:
+                        return ERR_OVERRUN, 0
+                    acc |= _U64(words[k]) << _U64(32 - n)
+                    k += 1
+                    n += 32
+                e = table[par, np.int64(acc >> shift)]
+                if e != 0:
+                    ln = np.int64(e & 31)
+                    s = np.int64(e >> 5)
+                else:
+                    s, ln = long_symbol(acc, table_bits, max_length, first[par], count[par],
+                                        offset[par], symbols[par])
+                    if ln == 0:
+                        return ERR_CODE, 0
+                acc <<= _U64(ln)
+                n -= ln
+                is_esc = s == esc[par]
+                r = s if is_esc else s + off
+                if pos + r + (off if is_esc else 0) > stop:
+                    return ERR_RUN, 0
+                if par == 1:
+                    out[pos : pos + r] = True
+                pos += r
+                if not is_esc:
+                    done = pos == stop
+                    par ^= 1
+                    off = 1
+            if lane == 0:
+                acc0, n0, k0, pos0, par0, off0, done0 = acc, n, k, pos, par, off, done
+            else:
+                acc1, n1, k1, pos1, par1, off1, done1 = acc, n, k, pos, par, off, done
+    return 32 * (k0 - wb[0]) - n0, 32 * (k1 - wb[1]) - n1
+
+
+@numba.njit(**NJIT)
+def decode_bytes_kernel(words, wb, bounds, out, table, table_bits, max_length, first, count,
+                        offset, symbols):
+    """Decode byte symbols into out[bounds[i]:bounds[i + 1]] (packed bytes); lanes as above.
+
+    Returns the bits read from each stream, or an error code in the first slot.
+    """
+    shift = _U64(64 - table_bits)
+    two = bounds.shape[0] == 3
+    acc0, n0, k0, j0 = _U64(0), 0, wb[0], bounds[0]
+    acc1, n1, k1, j1 = _U64(0), 0, wb[1], bounds[1] if two else bounds[-1]
+    while j0 < bounds[1] or j1 < bounds[-1]:
+        for lane in range(2):
+            if lane == 0:
+                acc, n, k, j, kend, end = acc0, n0, k0, j0, wb[1], bounds[1]
+            else:
+                acc, n, k, j, kend, end = acc1, n1, k1, j1, wb[2], bounds[-1]
+            if j < end:
+                if n < 32:
+                    if k >= kend:
+                        return ERR_OVERRUN, 0
+                    acc |= _U64(words[k]) << _U64(32 - n)
+                    k += 1
+                    n += 32
+                e = table[np.int64(acc >> shift)]
+                if e != 0:
+                    ln = np.int64(e & 31)
+                    out[j] = np.uint8(e >> 5)
+                else:
+                    s, ln = long_symbol(acc, table_bits, max_length, first, count, offset, symbols)
+                    if ln == 0:
+                        return ERR_CODE, 0
+                    out[j] = np.uint8(s)
+                j += 1
+                acc <<= _U64(ln)
+                n -= ln
+            if lane == 0:
+                acc0, n0, k0, j0 = acc, n, k, j
+            else:
+                acc1, n1, k1, j1 = acc, n, k, j
+    return 32 * (k0 - wb[0]) - n0, 32 * (k1 - wb[1]) - n1
+
+
+# ----------------------------------------------------------------------------------- streams
+
+
+def _read_segments(reader: Reader) -> list[bytes]:
+    n_seg = reader.u8("segment count")
+    if n_seg not in (1, 2):
+        raise FormatError(f"segment count {n_seg} is not 1 or 2")
+    sizes = [reader.varint("segment payload length", reader.end) for _ in range(n_seg)]
+    return [reader.take(size, "segment payload") for size in sizes]
+
+
+def parse_stream(reader: Reader, n: int) -> tuple:
+    """Read one stream's header and payloads (validated structure, nothing decoded yet).
+
+    Returns ``(scheme,)`` for zeros / ones, ``(RAW, payload)``, ``(scheme, M, lengths,
+    payloads, extra)`` for bytes and runs1 / runs0 (M = 0 for bytes), or ``(RUNS01, [(M0,
+    lengths0), (M1, lengths1)], payloads)``.
+    """
+    scheme = reader.u8("scheme")
+    if scheme in (ZEROS, ONES):
+        return (scheme,)
+    if scheme == RAW:
+        return (scheme, reader.take((n + 7) // 8, "raw payload"))
+    if scheme == BYTES:
+        lengths = read_length_table(reader, 256)
+        return (scheme, 0, lengths, _read_segments(reader), 0)
+    if scheme in (RUNS0, RUNS1):
+        extra = reader.u8("extra bits")
+        if extra > MAX_EXTRA_BITS:
+            raise FormatError(f"{extra} extra bits per run, more than {MAX_EXTRA_BITS}")
+        m = reader.varint("runs alphabet size", MAX_RUN_SYMBOLS)
+        if m < 2:
+            raise FormatError(f"runs alphabet size {m} is below 2")
+        lengths = read_length_table(reader, m)
+        return (scheme, m, lengths, _read_segments(reader), extra)
+    if scheme == RUNS01:
+        codes = []
+        for value in (0, 1):
+            m = reader.varint(f"alphabet size of the runs of {value}s", MAX_RUN_SYMBOLS)
+            if m < 2:
+                raise FormatError(f"alphabet size {m} of the runs of {value}s is below 2")
+            codes.append((m, read_length_table(reader, m)))
+        return (scheme, codes, _read_segments(reader))
+    raise FormatError(f"unknown mask scheme {scheme}")
+
+
+def _check_ends(ends, payloads: list, what: str) -> None:
+    if ends[0] < 0:
+        check_end(ends[0], payloads[0], what)
+    for end, payload in zip(ends, payloads):
+        check_end(end, payload, what)
+
+
+def _lanes(payloads: list) -> tuple[np.ndarray, np.ndarray]:
+    """The payloads' words back to back, and where each stream's words start (and end)."""
+    words = [stream_words(p) for p in payloads]
+    wb = np.zeros(3, dtype=np.int64)
+    wb[1] = words[0].size
+    wb[2] = wb[1] + (words[1].size if len(words) == 2 else 0)
+    return np.concatenate(words), wb
+
+
+def _decode_alt(parsed, n: int) -> np.ndarray:
+    _, codes, payloads = parsed
+    if not codes[0][1].any():
+        raise FormatError("invalid code-length table: no run of 0s has a code")
+    check_coverage(n, payloads, max(codes[0][0], codes[1][0]) - 1)
+    max_length = max(max(int(lengths.max()), 1) for _, lengths in codes)
+    table_bits = min(max_length, TABLE_BITS)
+    tables = [decode_table(lengths, table_bits, max_length) for _, lengths in codes]
+    width = max(m for m, _ in codes)
+    symbols = np.zeros((2, width), dtype=np.int32)
+    for par, t in enumerate(tables):
+        symbols[par, : t[6].size] = t[6]
+    stacked = [np.stack([t[i] for t in tables]) for i in (0, 3, 4, 5)]
+    esc = np.array([codes[0][0] - 1, codes[1][0] - 1], dtype=np.int64)
+    words, wb = _lanes(payloads)
+    out = np.zeros(n, dtype=np.bool_)
+    ends = decode_alt_kernel(
+        words, wb, segment_bounds(n, len(payloads)), out, esc, stacked[0], table_bits,
+        max_length, stacked[1], stacked[2], stacked[3], symbols,
+    )
+    _check_ends(ends, payloads, "runs payload")
+    return out
+
+
+def _decode_runs(parsed, n: int) -> np.ndarray:
+    scheme, m, lengths, payloads, extra = parsed
+    table = decode_table(lengths)
+    words, wb = _lanes(payloads)
+    value = scheme == RUNS1
+    out = np.zeros(n, dtype=np.bool_) if value else np.ones(n, dtype=np.bool_)
+    # Pairs only without extra bits (those follow each run's code).
+    pairs = pair_table(table[0], table[1], m - 1, extra == 0)
+    ends = decode_runs_kernel(
+        words, wb, segment_bounds(n, len(payloads)), out, value, m - 1, extra, pairs,
+        *table[1:],
+    )
+    _check_ends(ends, payloads, "runs payload")
+    return out
+
+
+def _decode_bytes(parsed, n: int) -> np.ndarray:
+    payloads, lengths = parsed[3], parsed[2]
+    words, wb = _lanes(payloads)
+    n_bytes = (n + 7) // 8
+    packed = np.empty(n_bytes, dtype=np.uint8)
+    ends = decode_bytes_kernel(
+        words, wb, segment_bounds(n_bytes, len(payloads)), packed, *decode_table(lengths)
+    )
+    _check_ends(ends, payloads, "bytes payload")
+    if n & 7 and packed[-1] >> (n & 7):
+        raise FormatError("corrupt bytes payload: nonzero padding bits")
+    return np.unpackbits(packed, count=n, bitorder="little").view(np.bool_)
+
+
+def decode_stream(parsed: tuple, n: int) -> np.ndarray:
+    """The n positions (1-D bool) of a stream parsed by `parse_stream` for n positions."""
+    scheme = parsed[0]
+    if scheme == ZEROS:
+        return np.zeros(n, dtype=np.bool_)
+    if scheme == ONES:
+        return np.ones(n, dtype=np.bool_)
+    if scheme == RAW:
+        payload = np.frombuffer(parsed[1], dtype=np.uint8)
+        if n & 7 and payload[-1] >> (n & 7):
+            raise FormatError("corrupt raw payload: nonzero padding bits")
+        return np.unpackbits(payload, count=n, bitorder="little").view(np.bool_)
+    if scheme == RUNS01:
+        return _decode_alt(parsed, n)
+    _, m, lengths, payloads, extra = parsed
+    if not lengths.any():
+        raise FormatError("invalid code-length table: no symbol has a code")
+    # Every symbol takes at least one bit and covers at most 8 positions (bytes) or
+    # (M-1) << extra (runs).
+    check_coverage(n + len(payloads), payloads, 8 if scheme == BYTES else (m - 1) << extra)
+    if scheme == BYTES:
+        return _decode_bytes(parsed, n)
+    return _decode_runs(parsed, n)

@@ -1,0 +1,387 @@
+"""Mask stream encoder: the choice of scheme for one stream and the writers of each scheme.
+
+`plan_stream` picks the smallest scheme for a 1-D bool stream (estimating the sizes, and
+skipping scans that cannot pay off); `write_stream` writes it in the format described in
+`bitsub.codecs.maskcodec`.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from bitsub.codecs.huffman import MAX_CODE_LENGTH, canonical_codes, code_lengths, write_codes
+from bitsub.codecs.maskio import (
+    length_table_bits,
+    segment_bounds,
+    segment_count,
+    segment_payloads,
+    varint,
+    write_length_table,
+)
+from bitsub.codecs.maskscan import count_transitions, find_alt_runs, find_runs, scan_bytes
+from bitsub.config import NJIT
+
+__all__ = [
+    "BYTES",
+    "MAX_EXTRA_BITS",
+    "MAX_RUN_SYMBOLS",
+    "ONES",
+    "RAW",
+    "RUNS0",
+    "RUNS01",
+    "RUNS1",
+    "SCHEME_NAMES",
+    "ZEROS",
+    "StreamPlan",
+    "choose_run_code",
+    "plan_stream",
+    "write_stream",
+]
+
+ZEROS, ONES, RAW, BYTES, RUNS1, RUNS0, RUNS01 = range(7)
+SCHEME_NAMES = ("zeros", "ones", "raw", "bytes", "runs1", "runs0", "runs01")
+# Largest runs alphabet (M); also the longest run one symbol covers is M - 1.
+MAX_RUN_SYMBOLS = 4096
+# Most low bits of a run sent as they are (runs1 / runs0).
+MAX_EXTRA_BITS = 24
+# A stream coded within this factor of n H(p) (its order-0 entropy) skips the runs scan; the
+# size bar of the codec is 1.02 n H(p) + 64 bytes.
+NEAR_ENTROPY = 1.02
+
+_U64 = np.uint64
+
+
+@numba.njit(**NJIT)
+def encode_runs_kernel(runs, seg_runs, codes, lengths, esc, extra, out, seg_bits):
+    """Huffman-code the runs of every segment into `out` (uint32 words, MSB-first).
+
+    A run r is written as its high part q = r >> extra, as q // esc escape symbols (symbol esc)
+    and the symbol q % esc, followed by its `extra` low bits as they are. Each segment's runs
+    (ending at index seg_runs[j]) start on a fresh word; its bit count goes to seg_bits[j].
+    """
+    acc = _U64(0)
+    n_acc = 0
+    k = 0
+    n_bits = 0
+    esc_code = _U64(codes[esc])
+    esc_len = np.int64(lengths[esc])
+    low_mask = (np.int64(1) << extra) - 1
+    start = 0
+    for seg in range(seg_runs.shape[0]):
+        for i in range(start, seg_runs[seg]):
+            r = np.int64(runs[i])
+            q = r >> extra
+            while q >= esc:
+                q -= esc
+                acc = (acc << _U64(esc_len)) | esc_code
+                n_acc += esc_len
+                n_bits += esc_len
+                f = n_acc >> 5
+                n_acc &= 31
+                out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+                k += f
+            ln = np.int64(lengths[q])
+            acc = (acc << _U64(ln)) | _U64(codes[q])
+            n_acc += ln
+            n_bits += ln
+            # Branch-free flush: always store the top word, advance only when it is full.
+            f = n_acc >> 5
+            n_acc &= 31
+            out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+            k += f
+            if extra > 0:
+                acc = (acc << _U64(extra)) | _U64(r & low_mask)
+                n_acc += extra
+                n_bits += extra
+                f = n_acc >> 5
+                n_acc &= 31
+                out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+                k += f
+        start = seg_runs[seg]
+        if n_acc > 0:
+            out[k] = np.uint32((acc << _U64(32 - n_acc)) & _U64(0xFFFFFFFF))
+            k += 1
+            n_acc = 0
+        seg_bits[seg] = n_bits
+        n_bits = 0
+    return k
+
+
+@numba.njit(**NJIT)
+def encode_alt_kernel(values, seg_runs, codes, lengths, esc, out, seg_bits):
+    """Huffman-code alternating runs, code `parity` for the runs of 0s (0) and of 1s (1)."""
+    acc = _U64(0)
+    n_acc = 0
+    k = 0
+    n_bits = 0
+    start = 0
+    for seg in range(seg_runs.shape[0]):
+        par = 0
+        for i in range(start, seg_runs[seg]):
+            v = np.int64(values[i])
+            e = esc[par]
+            while v >= e:
+                v -= e
+                ln = np.int64(lengths[par, e])
+                acc = (acc << _U64(ln)) | _U64(codes[par, e])
+                n_acc += ln
+                n_bits += ln
+                f = n_acc >> 5
+                n_acc &= 31
+                out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+                k += f
+            ln = np.int64(lengths[par, v])
+            acc = (acc << _U64(ln)) | _U64(codes[par, v])
+            n_acc += ln
+            n_bits += ln
+            f = n_acc >> 5
+            n_acc &= 31
+            out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+            k += f
+            par ^= 1
+        start = seg_runs[seg]
+        if n_acc > 0:
+            out[k] = np.uint32((acc << _U64(32 - n_acc)) & _U64(0xFFFFFFFF))
+            k += 1
+            n_acc = 0
+        seg_bits[seg] = n_bits
+        n_bits = 0
+    return k
+
+
+# ------------------------------------------------------------------------------ stream coder
+
+
+def _run_symbol_counts(hist: np.ndarray, big_runs: np.ndarray, m: int) -> np.ndarray:
+    """Symbol frequencies of the runs scheme with alphabet size m, from the run histogram."""
+    esc = m - 1
+    r = np.arange(hist.size)
+    counts = np.bincount(r % esc, weights=hist, minlength=m).astype(np.int64)
+    counts[esc] += int(np.dot(r // esc, hist))
+    if big_runs.size:
+        counts += np.bincount(big_runs % esc, minlength=m)[:m]
+        counts[esc] += int(np.sum(big_runs // esc))
+    return counts[:m]
+
+
+def _huffman_cost(counts: np.ndarray) -> tuple[int, np.ndarray]:
+    """(bytes of code-length table + payload bits rounded up, lengths) for the counts."""
+    lengths = code_lengths(counts, MAX_CODE_LENGTH)
+    payload_bits = int(np.dot(counts, lengths.astype(np.int64)))
+    return (length_table_bits(lengths) + 7) // 8 + (payload_bits + 7) // 8, lengths
+
+
+class StreamPlan:
+    """A chosen scheme for one stream and what is needed to write it."""
+
+    def __init__(self, scheme: int, size: int, **kw) -> None:
+        self.scheme = scheme
+        self.size = size
+        self.__dict__.update(kw)
+
+
+@numba.njit(**NJIT)
+def _estimate_run_codes(hist, big_runs, extras, sizes):
+    """Estimated bytes of the runs code for each (extras[i], sizes[i]) (see `choose_run_code`).
+
+    Code lengths are estimated as -log2 of the symbol frequencies; the table as those lengths'
+    delta code. Fewer symbols decode faster: the estimate adds a byte per 2048 symbols.
+    """
+    out = np.empty(extras.shape[0])
+    n_runs = big_runs.shape[0]
+    for r in range(hist.shape[0]):
+        n_runs += hist[r]
+    for i in range(extras.shape[0]):
+        extra = extras[i]
+        m = sizes[i]
+        esc = m - 1
+        counts = np.zeros(m, dtype=np.int64)
+        for r in range(hist.shape[0]):
+            if hist[r]:
+                q = r >> extra
+                counts[q % esc] += hist[r]
+                counts[esc] += hist[r] * (q // esc)
+        for j in range(big_runs.shape[0]):
+            q = big_runs[j] >> extra
+            counts[q % esc] += 1
+            counts[esc] += q // esc
+        total = 0
+        for j in range(m):
+            total += counts[j]
+        bits = 0.0
+        table = 0
+        prev = 0
+        for j in range(m):
+            length = 0
+            if counts[j] > 0:
+                info = np.log2(total / counts[j])
+                bits += counts[j] * info
+                length = min(max(int(np.rint(info)), 1), MAX_CODE_LENGTH)
+            d = length - prev
+            table += 1 if d == 0 else (2 if d == 1 else (3 if d == -1 else 8))
+            prev = length
+        out[i] = (bits + table + extra * n_runs) / 8 + total / 2048
+    return out
+
+
+def choose_run_code(hist: np.ndarray, big_runs: np.ndarray, extra_bits=(0,)):
+    """Best runs code: (size in bytes, M, lengths, counts, extra bits).
+
+    `hist[v]` counts the run values v < len(hist); `big_runs` lists the others. A run is coded
+    as its high part (run >> extra, by a Huffman code of M symbols, the last an escape) and its
+    `extra` low bits as they are; the choice is over M and over `extra_bits`. The size counts
+    the code-length table, the payload bits and the M varint.
+    """
+    used = np.flatnonzero(hist)
+    hist = np.ascontiguousarray(hist[: (int(used[-1]) + 1 if used.size else 0)], dtype=np.int64)
+    big_runs = np.ascontiguousarray(big_runs, dtype=np.int64)
+    n_runs = int(hist.sum()) + big_runs.size
+    max_run = max(int(big_runs.max(initial=0)), hist.size - 1)
+    extras = []
+    sizes = []
+    for extra in sorted(set(extra_bits)):
+        max_q = max_run >> extra
+        candidates = {min(max_q + 2, MAX_RUN_SYMBOLS)}
+        m = 4
+        while m <= MAX_RUN_SYMBOLS and m < max_q + 2:
+            candidates.add(m)
+            m *= 2
+        extras += [extra] * len(candidates)
+        sizes += sorted(candidates)
+    estimates = _estimate_run_codes(
+        hist, big_runs, np.array(extras, dtype=np.int64), np.array(sizes, dtype=np.int64)
+    )
+    # Build the exact code for the two best estimates only.
+    best = None
+    for i in np.argsort(estimates, kind="stable")[:2]:
+        extra, m = extras[i], sizes[i]
+        counts = _run_symbol_counts(np.bincount(np.arange(hist.size) >> extra, weights=hist)
+                                    .astype(np.int64), big_runs >> extra, m)
+        size, lengths = _huffman_cost(counts)
+        size += len(varint(m)) + (extra * n_runs + 7) // 8
+        score = size + int(counts.sum()) / 2048
+        if best is None or score < best[0]:
+            best = (score, size, m, lengths, counts, extra)
+    return best[1:]
+
+
+def plan_stream(bits: np.ndarray) -> StreamPlan:
+    """Pick the smallest scheme for a 1-D bool stream; `size` is its estimated byte count."""
+    n = bits.size
+    packed = np.packbits(bits, bitorder="little")
+    hist, ones = scan_bytes(packed)
+    if ones == 0:
+        return StreamPlan(ZEROS, 1)
+    if ones == n:
+        return StreamPlan(ONES, 1)
+    best = StreamPlan(RAW, 1 + packed.size, packed=packed)
+    n_seg = segment_count(packed.size)
+    size, lengths = _huffman_cost(hist)
+    size += 2 + 3 * n_seg
+    if size < best.size:
+        best = StreamPlan(BYTES, size, packed=packed, lengths=lengths, n_seg=n_seg)
+    minority = min(ones, n - ones)
+    p = minority / n
+    h_bits = -n * (p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    words = np.zeros((packed.size + 7) // 8 * 8, dtype=np.uint8)
+    words[: packed.size] = packed
+    words = words.view("<u8")
+    n_seg = segment_count(n)
+    bounds = segment_bounds(n, n_seg)
+    # Alternating runs pay off on clustered masks: far fewer changes of value than an i.i.d.
+    # mask of the same density would have.
+    transitions = count_transitions(words, n)
+    if transitions < n * p * (1 - p):
+        values, ahist, big, n_big, seg_runs = find_alt_runs(
+            words, bounds, transitions, MAX_RUN_SYMBOLS + 1
+        )
+        codes = [
+            choose_run_code(ahist[par, :-1], big[par, : n_big[par]])[:4] for par in (0, 1)
+        ]
+        size = codes[0][0] + codes[1][0] + 2 + 3 * n_seg
+        if size < best.size:
+            best = StreamPlan(RUNS01, size, values=values, seg_runs=seg_runs, codes=codes)
+    # Runs of the majority pay off on skewed densities and on structure beyond 8-bit blocks.
+    # Where the best code so far is within NEAR_ENTROPY of n H(p) and shows no structure
+    # (not below 0.97 n H(p)), runs could save at most that margin: skip their scan, which
+    # costs more than all the rest at densities 0.1-0.3. They code each minority bit with at
+    # least one bit: skip them too when that is already too much.
+    near = 0.97 * h_bits <= 8 * best.size <= NEAR_ENTROPY * h_bits
+    skewed = p <= 0.3 or 8 * best.size < 0.97 * h_bits
+    if skewed and not near and (minority + n_seg) // 8 < best.size:
+        invert = ones > n - ones
+        runs, rhist, seg_runs = find_runs(
+            words, n, invert, bounds[1:], minority, MAX_RUN_SYMBOLS + 1
+        )
+        big_runs = runs[runs >= MAX_RUN_SYMBOLS].astype(np.int64) if rhist[-1] else runs[:0]
+        # Low bits sent as they are suit long runs (mean 16 and more): try up to log2 of the
+        # mean run.
+        top = int(np.log2(max((n - minority) / (minority + n_seg), 1.0)))
+        extra_bits = {0, *range(max(top - 3, 1), min(top, MAX_EXTRA_BITS) + 1)} if top >= 4 else {0}
+        size, m, lengths, counts, extra = choose_run_code(rhist[:-1], big_runs, extra_bits)
+        size += 3 + 3 * n_seg
+        if size < best.size:
+            best = StreamPlan(
+                RUNS0 if invert else RUNS1, size, runs=runs, seg_runs=seg_runs, m=m,
+                lengths=lengths, counts=counts, extra=extra,
+            )
+    return best
+
+
+def write_stream(plan: StreamPlan) -> bytes:
+    """The bytes of one stream (scheme byte onwards) as `plan_stream` planned it."""
+    scheme = plan.scheme
+    out = [bytes([scheme])]
+    if scheme == RAW:
+        out.append(plan.packed.tobytes())
+    elif scheme == BYTES:
+        out.append(write_length_table(plan.lengths))
+        codes = canonical_codes(plan.lengths)
+        lengths8 = plan.lengths.astype(np.uint8)
+        bounds = segment_bounds(plan.packed.size, plan.n_seg)
+        out.append(bytes([plan.n_seg]))
+        payloads = []
+        for j in range(plan.n_seg):
+            seg = plan.packed[bounds[j] : bounds[j + 1]]
+            words = np.zeros(seg.size * MAX_CODE_LENGTH // 32 + 2, dtype=np.uint32)
+            n_bits = write_codes(seg, codes, lengths8, words)
+            payloads.append(words.astype(">u4").tobytes()[: (n_bits + 7) // 8])
+        out += [varint(len(p)) for p in payloads] + payloads
+    elif scheme in (RUNS0, RUNS1):
+        out.append(bytes([plan.extra]))
+        out.append(varint(plan.m))
+        out.append(write_length_table(plan.lengths))
+        codes = canonical_codes(plan.lengths)
+        lengths8 = plan.lengths.astype(np.uint8)
+        n_seg = plan.seg_runs.size
+        out.append(bytes([n_seg]))
+        total_bits = int(np.dot(plan.counts, plan.lengths.astype(np.int64)))
+        total_bits += plan.extra * plan.runs.size
+        words = np.zeros(total_bits // 32 + n_seg + 2, dtype=np.uint32)
+        seg_bits = np.zeros(n_seg, dtype=np.int64)
+        encode_runs_kernel(
+            plan.runs, plan.seg_runs, codes, lengths8, plan.m - 1, plan.extra, words, seg_bits
+        )
+        payloads = segment_payloads(words, seg_bits)
+        out += [varint(len(p)) for p in payloads] + payloads
+    elif scheme == RUNS01:
+        width = max(plan.codes[0][1], plan.codes[1][1])
+        codes = np.zeros((2, width), dtype=np.uint32)
+        lengths8 = np.zeros((2, width), dtype=np.uint8)
+        total_bits = 0
+        for par, (_, m, lengths, counts) in enumerate(plan.codes):
+            out.append(varint(m))
+            out.append(write_length_table(lengths))
+            codes[par, :m] = canonical_codes(lengths)
+            lengths8[par, :m] = lengths
+            total_bits += int(np.dot(counts, lengths.astype(np.int64)))
+        n_seg = plan.seg_runs.size
+        out.append(bytes([n_seg]))
+        words = np.zeros(total_bits // 32 + n_seg + 2, dtype=np.uint32)
+        seg_bits = np.zeros(n_seg, dtype=np.int64)
+        esc = np.array([plan.codes[0][1] - 1, plan.codes[1][1] - 1], dtype=np.int64)
+        encode_alt_kernel(plan.values, plan.seg_runs, codes, lengths8, esc, words, seg_bits)
+        payloads = segment_payloads(words, seg_bits)
+        out += [varint(len(p)) for p in payloads] + payloads
+    return b"".join(out)

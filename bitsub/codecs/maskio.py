@@ -1,0 +1,232 @@
+"""Byte-level pieces of the mask format shared by its encoder and decoder.
+
+Varints, a bounds-checked reader, the delta-coded code-length tables, segment bounds and the
+checks of where a decoded stream ended. The format itself is described in `bitsub.codecs.maskcodec`.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from bitsub.codecs.huffman import MAX_CODE_LENGTH, check_code_lengths
+from bitsub.config import NJIT
+from bitsub.errors import FormatError
+
+__all__ = [
+    "ERR_CODE",
+    "ERR_OVERRUN",
+    "ERR_RUN",
+    "Reader",
+    "check_coverage",
+    "check_end",
+    "length_table_bits",
+    "read_length_table",
+    "read_length_table_kernel",
+    "segment_bounds",
+    "segment_count",
+    "segment_payloads",
+    "varint",
+    "write_length_table",
+]
+
+# Error codes of the decoding kernels (a kernel returns one in place of a bit count).
+ERR_OVERRUN = -1
+ERR_CODE = -2
+ERR_RUN = -3
+
+_U64 = np.uint64
+
+
+def varint(value: int) -> bytes:
+    """LEB128 bytes of a non-negative integer."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+class Reader:
+    """Bounds-checked reader over the bytes being decoded; raises FormatError past `end`."""
+
+    def __init__(self, data, end: int) -> None:
+        self.data = data
+        self.pos = 0
+        self.end = end
+
+    def take(self, count: int, what: str) -> bytes:
+        """The next `count` bytes."""
+        if count < 0 or self.pos + count > self.end:
+            raise FormatError(f"truncated: {what} needs {count} bytes at offset {self.pos}")
+        out = self.data[self.pos : self.pos + count]
+        self.pos += count
+        return out
+
+    def u8(self, what: str) -> int:
+        """The next byte."""
+        return self.take(1, what)[0]
+
+    def varint(self, what: str, limit: int) -> int:
+        """The next varint, refused above `limit`."""
+        value = 0
+        for i in range(10):
+            byte = self.u8(what)
+            value |= (byte & 0x7F) << (7 * i)
+            if not byte & 0x80:
+                if value > limit:
+                    raise FormatError(f"{what} is {value}, more than the limit {limit}")
+                return value
+        raise FormatError(f"{what} is not a valid varint")
+
+
+# ------------------------------------------------------------------------ code-length tables
+
+
+def length_table_bits(lengths: np.ndarray) -> int:
+    """Bits the code-length table of `lengths` takes (before byte padding)."""
+    d = np.diff(lengths.astype(np.int64), prepend=0)
+    return int(np.sum(np.where(d == 0, 1, np.where(d == 1, 2, np.where(d == -1, 3, 8)))))
+
+
+def write_length_table(lengths: np.ndarray) -> bytes:
+    """Code lengths as deltas ("0": same, "10": +1, "110": -1, "111" + 5 bits), zero padded."""
+    bits = []
+    prev = 0
+    for length in lengths.tolist():
+        d = length - prev
+        if d == 0:
+            bits.append("0")
+        elif d == 1:
+            bits.append("10")
+        elif d == -1:
+            bits.append("110")
+        else:
+            bits.append(f"111{length:05b}")
+        prev = length
+    s = "".join(bits)
+    s += "0" * (-len(s) % 8)
+    return int(s, 2).to_bytes(len(s) // 8, "big") if s else b""
+
+
+@numba.njit(**NJIT)
+def _bit(data, bit):
+    return (data[bit >> 3] >> (7 - (bit & 7))) & 1
+
+
+@numba.njit(**NJIT)
+def read_length_table_kernel(data, start, end, out):
+    """Parse len(out) code lengths from data[start:end]; the end byte, -1 (truncated) or -2."""
+    bit = start * 8
+    limit = end * 8
+    prev = 0
+    for i in range(out.shape[0]):
+        # Each prefix bit is checked against the limit before it is read.
+        if bit + 1 > limit:
+            return -1
+        bit += 1
+        if _bit(data, bit - 1) == 0:
+            out[i] = prev
+            continue
+        if bit + 1 > limit:
+            return -1
+        bit += 1
+        if _bit(data, bit - 1) == 0:
+            prev += 1
+            out[i] = prev
+            continue
+        if bit + 1 > limit:
+            return -1
+        bit += 1
+        if _bit(data, bit - 1) == 0:
+            prev -= 1
+            if prev < 0:
+                return -1
+            out[i] = prev
+            continue
+        if bit + 5 > limit:
+            return -1
+        v = 0
+        for _ in range(5):
+            v = (v << 1) | _bit(data, bit)
+            bit += 1
+        prev = v
+        out[i] = prev
+    # Padding bits up to the byte boundary must be zero.
+    while bit & 7:
+        if bit >= limit:
+            return -1
+        if _bit(data, bit):
+            return -2
+        bit += 1
+    return bit >> 3
+
+
+def read_length_table(reader: Reader, count: int) -> np.ndarray:
+    """Read and validate `count` code lengths (a complete code within MAX_CODE_LENGTH)."""
+    data = np.frombuffer(reader.data, dtype=np.uint8)
+    out = np.zeros(count, dtype=np.int64)
+    end = read_length_table_kernel(data, reader.pos, reader.end, out)
+    if end == -1:
+        raise FormatError("truncated: the code-length table runs past the end of the data")
+    if end == -2:
+        raise FormatError("the code-length table has nonzero padding bits")
+    reader.pos = end
+    why = check_code_lengths(out, MAX_CODE_LENGTH)
+    if why is not None:
+        raise FormatError(f"invalid code-length table: {why}")
+    return out
+
+
+# ---------------------------------------------------------------------------------- segments
+
+
+def segment_count(size: int) -> int:
+    """Segments for a stream of `size` positions (runs) or bytes (bytes scheme).
+
+    Two segments let the decoder interleave two bit streams; small streams keep one.
+    """
+    return 2 if size >= 1 << 15 else 1
+
+
+def segment_bounds(size: int, n_seg: int) -> np.ndarray:
+    """Start of each of `n_seg` equal shares of `size`, and `size` at the end."""
+    return np.array([(j * size) // n_seg for j in range(n_seg + 1)], dtype=np.int64)
+
+
+def segment_payloads(words: np.ndarray, seg_bits: np.ndarray) -> list[bytes]:
+    """Split a word stream whose segments each start on a fresh word into byte payloads."""
+    stream = words.astype(">u4").tobytes()
+    payloads = []
+    offset = 0
+    for bits in seg_bits.tolist():
+        payloads.append(stream[offset : offset + (bits + 7) // 8])
+        offset += 4 * ((bits + 31) // 32)
+    return payloads
+
+
+def check_end(end: int, payload: bytes, what: str) -> None:
+    """The bit stream must end in the payload's last byte, with zero padding after it."""
+    if end == ERR_OVERRUN or end > 8 * len(payload):
+        raise FormatError(f"truncated or corrupt {what}: the bit stream runs past its payload")
+    if end == ERR_CODE:
+        raise FormatError(f"corrupt {what}: an invalid Huffman code")
+    if end == ERR_RUN:
+        raise FormatError(f"corrupt {what}: a run goes past the end of the mask")
+    if (end + 7) // 8 != len(payload):
+        raise FormatError(f"corrupt {what}: payload longer than its bit stream")
+    if end & 7 and payload[-1] & ((1 << (8 - (end & 7))) - 1):
+        raise FormatError(f"corrupt {what}: nonzero padding bits")
+
+
+def check_coverage(n: int, payloads: list, per_bit: int) -> None:
+    """Refuse, before allocating the mask, payloads too short to cover its n positions."""
+    bits = 8 * sum(len(p) for p in payloads)
+    if n > bits * max(per_bit, 1):
+        raise FormatError(
+            f"corrupt: {bits} payload bits cannot cover the declared {n} positions"
+        )
