@@ -1,16 +1,22 @@
-"""1-D K-Means: bitsub "auto" beside scikit-learn KMeans, with SSE against the exact optimum.
+"""1-D K-Means: "auto" beside scikit-learn KMeans, "optimal" beside the ckmeans package.
 
 Run: ``.venv/bin/python -m pytest bench/test_bench_kmeans.py -s --benchmark-columns=min,median``
 (``-s`` shows the table printed at the end). ``BITSUB_BENCH_KMEANS_NMAX`` caps n for a quick run
 (default 1000000).
 
-Cases (issue 2): N(0,1) and Laplace values (float32, seeded), n in {1e4, 1e5, 1e6}, k in
-{4, 16, 256}. Rows per case: ``bitsub-auto``, ``bitsub-lloyd``, ``sklearn``
+Cases: N(0,1) and Laplace values (float32, seeded), n in {1e4, 1e5, 1e6}, k in
+{2, 4, 8, 16, 256}. Rows per case: ``bitsub-auto``, ``bitsub-lloyd``, ``sklearn``
 (``KMeans(n_clusters=k, n_init="auto", random_state=0)`` on the (n, 1) float64 array, one round:
 it is the slow baseline) and ``bitsub-optimal`` (exact DP, one round; its SSE is the reference).
 The table gives, per case, sklearn time / auto time and auto, lloyd and sklearn SSE / optimal
 SSE. Bars: auto within 0.1% (k <= 16) or 1% (k = 256) of the optimum, >= 10x faster than
 sklearn, SSE not above sklearn's.
+
+``test_optimal_vs_ckmeans``: ``kmeans_1d(method="optimal")`` beside ``ckmeans.ckmeans``
+(Ckmeans.1d.dp's dynamic program in Rust; it stops at k = 255) at n = 1e6 (capped by the
+environment variable), k in {4, 16, 255}, on N(0,1), Laplace and tight clusters far from zero;
+one round each. The table gives optimal time / ckmeans time (bar: <= 1.5) and the relative SSE
+difference of the two partitions.
 """
 
 import os
@@ -24,8 +30,10 @@ sklearn_cluster = pytest.importorskip("sklearn.cluster")
 
 NMAX = int(os.environ.get("BITSUB_BENCH_KMEANS_NMAX", "1000000"))
 SIZES = [n for n in (10_000, 100_000, 1_000_000) if n <= NMAX]
-KS = [4, 16, 256]
+KS = [2, 4, 8, 16, 256]
+CK_KS = [4, 16, 255]
 DISTS = ["normal", "laplace"]
+CK_DISTS = ["normal", "laplace", "clusters"]
 IMPLS = ["bitsub-optimal", "bitsub-auto", "bitsub-lloyd", "sklearn"]
 TIMES: dict[tuple, float] = {}  # (case, impl) -> median seconds
 SSE: dict[tuple, float] = {}
@@ -38,7 +46,13 @@ def values(dist, n):
     if key not in _data:
         _data.clear()
         rng = np.random.default_rng(1000 + n + (dist == "laplace"))
-        x = rng.standard_normal(n) if dist == "normal" else rng.laplace(size=n)
+        if dist == "normal":
+            x = rng.standard_normal(n)
+        elif dist == "laplace":
+            x = rng.laplace(size=n)
+        else:  # 300 tight clusters (spread 1e-3) at 1e4 + 0.5 * j, unequal sizes
+            centre = 1e4 + 0.5 * rng.integers(0, 300, n) ** 1.5
+            x = centre + 1e-3 * rng.standard_normal(n)
         _data[key] = x.astype(np.float32)
     return _data[key]
 
@@ -80,15 +94,50 @@ def test_kmeans(benchmark, dist, n, k, impl):
         benchmark.extra_info["sse_vs_optimal"] = SSE[(case, impl)] / SSE[(case, "bitsub-optimal")]
 
 
+@pytest.mark.parametrize("impl", ["bitsub-optimal", "ckmeans"])
+@pytest.mark.parametrize("k", CK_KS)
+@pytest.mark.parametrize("dist", CK_DISTS)
+def test_optimal_vs_ckmeans(benchmark, dist, k, impl):
+    ckmeans = pytest.importorskip("ckmeans")
+    n = max(SIZES)
+    x = values(dist, n)
+    case = f"ck-{dist}-n{n}-k{k}"
+    benchmark.group = case
+    if impl == "ckmeans":
+        def fn():
+            return ckmeans.ckmeans(x, k)
+
+        clusters = benchmark.pedantic(fn, rounds=1, iterations=1)
+        err = sum(float(((c - c.mean()) ** 2).sum()) for c in clusters)
+    else:
+        kmeans_1d(x[:1000], k, method="optimal")  # warm the JIT
+        centroids, codes = benchmark.pedantic(kmeans_1d, args=(x, k), kwargs={"method": "optimal"},
+                                              rounds=1, iterations=1)
+        err = sse(x, centroids, codes)
+    TIMES[(case, impl)] = benchmark.stats.stats.median
+    SSE[(case, impl)] = err
+
+
 @pytest.fixture(scope="module", autouse=True)
 def ratio_table():
     yield
+    ck = sorted({c for c, i in TIMES if i == "ckmeans"})
+    if ck:
+        print("\ncase: bitsub optimal time / ckmeans time; "
+              "(SSE optimal - SSE ckmeans) / SSE ckmeans")
+    for case in ck:
+        if (case, "bitsub-optimal") in TIMES:
+            t_ratio = TIMES[(case, "bitsub-optimal")] / TIMES[(case, "ckmeans")]
+            ours, theirs = SSE[(case, "bitsub-optimal")], SSE[(case, "ckmeans")]
+            print(f"{case:26s} time {t_ratio:5.2f}x (optimal "
+                  f"{TIMES[(case, 'bitsub-optimal')]:7.2f} s, ckmeans "
+                  f"{TIMES[(case, 'ckmeans')]:7.2f} s)  SSE {(ours - theirs) / theirs:+.2e}")
     print("\ncase: sklearn/auto time; SSE / optimal SSE for auto, lloyd, sklearn; auto <= sklearn")
     def order(case):
         dist, n, k = case.split("-")
         return dist, int(n[1:]), int(k[1:])
 
-    for case in sorted({c for c, _ in TIMES}, key=order):
+    for case in sorted({c for c, _ in TIMES if not c.startswith("ck-")}, key=order):
         t_auto = TIMES.get((case, "bitsub-auto"))
         t_sk = TIMES.get((case, "sklearn"))
         opt = SSE.get((case, "bitsub-optimal"))

@@ -2,9 +2,10 @@
 
 Run: ``.venv/bin/python -m pytest bench/test_bench_matmul.py -s --benchmark-columns=min,median``
 (``-s`` shows the ratio table printed at the end). ``BITSUB_BENCH_N`` shrinks the square layer
-(default 4096) for a quick run; ``BITSUB_BENCH_THREADS=1`` (with ``OPENBLAS_NUM_THREADS=1
-NUMBA_NUM_THREADS=1``) compares one core against one core. Every case is seeded; the JIT is
-warmed before timing.
+(default 4096) for a quick run. The 4096 x 4096 cases run at 1 and at 2 threads (``t1``/``t2`` in
+the case name): numpy's BLAS and torch limited with threadpoolctl / ``torch.set_num_threads``,
+bitsub's engine threads (:mod:`bitsub.threads`) set to the same number. Every case is seeded;
+the JIT is warmed before timing.
 
 Cases (issue 4): batch 1, N x N, 4-bit codes, task density 10/20/50/100% against numpy dense
 float32 (pre-decoded weights), torch dense, scipy.sparse CSR and torch sparse_csr; a STREAM-like
@@ -13,6 +14,7 @@ bandwidth, the distance to the physical limit); batch 64 and 256 against numpy d
 sparse_csr; MLP shapes (100x784, 100x100, 10x100) at batch 1 and 256 against numpy dense.
 """
 
+import contextlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ import numba
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from bitsub.kernels.matmul import matmul
 from bitsub.kernels.plan import build_plan
@@ -28,13 +31,12 @@ from bitsub.kernels.plan import build_plan
 torch = pytest.importorskip("torch")
 
 N = int(os.environ.get("BITSUB_BENCH_N", "4096"))
-THREADS = int(os.environ.get("BITSUB_BENCH_THREADS", "2"))  # also set OPENBLAS_NUM_THREADS,
-# NUMBA_NUM_THREADS (bitsub's split) to the same number for a one-thread run
+THREADS = 2  # the MLP shapes and the stream read
+THREAD_CASES = [1, 2]
 DENSITIES = [0.1, 0.2, 0.5, 1.0]
 RESULTS: dict[tuple, tuple[float, float]] = {}  # (case, impl) -> (median, min) seconds
 BYTES: dict[tuple, int] = {}
 
-torch.set_num_threads(THREADS)  # numpy's BLAS and bitsub use both cores by default
 
 
 def make_layer(out, n_in, density, seed, bits=4):
@@ -82,12 +84,27 @@ def impls(out, n_in, density, batch):
     }
 
 
-def _run(benchmark, case, impl, fn):
-    fn()  # warm the JIT and caches
-    benchmark.group = case
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        benchmark(fn)
+@contextlib.contextmanager
+def n_threads(n):
+    """Every pool at n threads: BLAS (threadpoolctl), torch and bitsub's engine threads."""
+    engine, torch_n = numba.config.NUMBA_NUM_THREADS, torch.get_num_threads()
+    numba.config.NUMBA_NUM_THREADS = n  # what bitsub.threads.engine_threads() reads
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(n, user_api="blas"):
+            yield
+    finally:
+        numba.config.NUMBA_NUM_THREADS = engine
+        torch.set_num_threads(torch_n)
+
+
+def _run(benchmark, case, impl, fn, threads=THREADS):
+    with n_threads(threads):
+        fn()  # warm the JIT and caches
+        benchmark.group = case
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            benchmark(fn)
     RESULTS[(case, impl)] = (benchmark.stats.stats.median, benchmark.stats.stats.min)
 
 
@@ -96,13 +113,14 @@ BATCH1 = ["bitsub", "numpy-dense", "torch-dense", "scipy-csr", "torch-sparse-csr
 
 @pytest.mark.parametrize("impl", BATCH1)
 @pytest.mark.parametrize("density", DENSITIES, ids=lambda d: f"d{int(d * 100)}")
-def test_batch1(benchmark, density, impl):
+@pytest.mark.parametrize("threads", THREAD_CASES, ids=lambda t: f"t{t}")
+def test_batch1(benchmark, threads, density, impl):
     plan, fns = impls(N, N, density, 1)
-    case = f"b1-{N}x{N}-d{int(density * 100)}"
+    case = f"b1-{N}x{N}-d{int(density * 100)}-t{threads}"
     read = ((plan.lut_codes, plan.lut_mask) if plan.layout != "sell" else
             (plan.slice_ptr, plan.slice_len, plan.cols, plan.codes))  # what the b1 kernel reads
     BYTES[case] = sum(a.nbytes for a in read) + plan.codebook.nbytes + 4 * (N + N)
-    _run(benchmark, case, impl, fns[impl])
+    _run(benchmark, case, impl, fns[impl], threads)
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
@@ -130,9 +148,11 @@ def test_stream_read(benchmark):
 @pytest.mark.parametrize("impl", ["bitsub", "numpy-dense", "torch-sparse-csr"])
 @pytest.mark.parametrize("density", DENSITIES, ids=lambda d: f"d{int(d * 100)}")
 @pytest.mark.parametrize("batch", [64, 256], ids=lambda b: f"b{b}")
-def test_batched(benchmark, batch, density, impl):
+@pytest.mark.parametrize("threads", THREAD_CASES, ids=lambda t: f"t{t}")
+def test_batched(benchmark, threads, batch, density, impl):
     _, fns = impls(N, N, density, batch)
-    _run(benchmark, f"b{batch}-{N}x{N}-d{int(density * 100)}", impl, fns[impl])
+    _run(benchmark, f"b{batch}-{N}x{N}-d{int(density * 100)}-t{threads}", impl, fns[impl],
+         threads)
 
 
 @pytest.mark.parametrize("impl", ["bitsub", "numpy-dense"])

@@ -216,6 +216,38 @@ def naive_kmeans_1d_min_sse(values, k):
     return best
 
 
+def naive_run_sse(run):
+    """SSE of one run of values around its mean, two passes with exact (fsum) sums."""
+    from math import fsum
+
+    run = [float(v) for v in run]
+    mean = fsum(run) / len(run)
+    return fsum((v - mean) ** 2 for v in run)
+
+
+def naive_dp_min_sse(values, k):
+    """Least SSE of splitting the sorted values into min(k, distinct) runs: the textbook DP.
+
+    ``best[j][i]`` = least SSE of the first i values in j runs, every run's SSE recomputed
+    from its values (O(k n^3)); equal values are never split across runs (a split between
+    duplicates is never better).
+    """
+    x = sorted(float(v) for v in np.asarray(values).reshape(-1))
+    n = len(x)
+    cuts = [i for i in range(1, n) if x[i] != x[i - 1]]  # allowed run starts
+    k = min(k, len(cuts) + 1)
+    inf = float("inf")
+    ends = [*cuts, n]
+    best = {0: 0.0}  # end index -> least SSE with j runs
+    for _ in range(k):
+        nxt = {}
+        for e in ends:
+            cands = [best[a] + naive_run_sse(x[a:e]) for a in best if a < e]
+            nxt[e] = min(cands, default=inf)
+        best = nxt
+    return best[n]
+
+
 # -------------------------------------------------------- packed model (bitsub.model.packed)
 
 

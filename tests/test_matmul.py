@@ -191,11 +191,15 @@ def test_batch_sizes_and_densities(batch, density, layout, monkeypatch):
     assert_close(matmul(plan, x), ref)
 
 
-@pytest.mark.parametrize("batch", [1, 3, 16])
-def test_parallel_and_serial_kernels_agree(batch, monkeypatch):
+@pytest.mark.parametrize("layout", ["sell", "lut"])
+@pytest.mark.parametrize("batch", [1, 3, 16, 70])
+def test_parallel_and_serial_kernels_agree(batch, layout, monkeypatch):
     rng = np.random.default_rng(3)
     mask, source, codes, cbs = random_fields(rng, (70, 130), 0.4, 3, 2)
-    plan = build_plan(mask, source, codes, cbs)
+    if layout == "lut":
+        cbs = {w: cb[:8] for w, cb in cbs.items()}  # at most 16 centroids in all
+        codes = np.minimum(codes, 7 * (source >= 0)).astype(np.uint32)
+    plan = build_plan(mask, source, codes, cbs, layout=layout)
     x = rng.standard_normal((batch, 130)).astype(np.float32)
     monkeypatch.setattr(mm, "PARALLEL_MIN", 0)
     par = matmul(plan, x)

@@ -10,14 +10,14 @@ Kernels, chosen by the plan's layout and the batch size (thresholds from
 - small batches on ``"sell"`` arrays: slices of 16 rows in SIMD lanes, each step gathering one
   input and one centroid per row.
 - large batches: cache-sized tiles of rows (of W.T for ``"lut"``) are decoded into a scratch
-  tile (single-threaded, the same in-register look-up) and multiplied by BLAS, which then owns
-  the threads. Below ``SELL_TILE_DENSITY``, a plan with ``"sell"`` arrays instead runs a
-  batch-inner kernel over the used positions only: x is transposed in chunks of 64 samples and
-  each position adds ``w * x[:, col]`` to its row, the 16 rows of a slice stepping together.
+  tile (the same in-register look-up) and multiplied by BLAS. Below ``SELL_TILE_DENSITY``, a
+  plan with ``"sell"`` arrays instead runs a batch-inner kernel over the used positions only:
+  x is transposed in chunks of 64 samples and each position adds ``w * x[:, col]`` to its
+  row, the 16 rows of a slice stepping together.
 
-Threads: large calls are split over plain Python threads running the ``nogil`` kernels. They
-sleep when idle, unlike Numba's OpenMP pool, which spins between parallel regions and, on 2
-cores, stalls badly against BLAS's and torch's pools when the calls alternate.
+Threads: large calls are split over the engine's threads (:mod:`bitsub.threads`: plain Python
+threads running the ``nogil`` kernels); in the large-batch paths each thread decodes its own
+tiles and calls BLAS, which is held to one thread meanwhile, so the two pools never compete.
 
 The in-register look-up needs AVX-512 (checked once on the host); elsewhere a portable Numba
 kernel decodes the same layout.
@@ -30,8 +30,6 @@ recomputed exactly (a rare, slower path).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 from llvmlite import ir
@@ -42,6 +40,7 @@ from numba.extending import intrinsic
 from bitsub.config import FASTMATH, NJIT
 from bitsub.kernels.common import check_plan, check_x, conv_geometry, fix_nonfinite, patches
 from bitsub.kernels.plan import BOTH_MAX_DENSITY, SLICE, Plan
+from bitsub.threads import engine_threads, split
 
 __all__ = [
     "BATCH_MIN", "LUT_BATCH_MIN", "PARALLEL_MIN", "SELL_TILE_DENSITY",
@@ -351,43 +350,60 @@ def _any_nonfinite(x):  # pragma: no cover (njit)
 
 # --------------------------------------------------------------------------- drivers
 
-_pool: list[ThreadPoolExecutor] = []
-
-
 def _split(kernel, args: tuple, n_items: int, work: int) -> None:
-    """Run kernel(*args, a, b) over [0, n_items) in parts, one per thread when work is large.
+    """Run kernel(*args, a, b) over [0, n_items) in parts, one per engine thread when large.
 
-    The parts run on plain Python threads (the kernels release the GIL), which sleep when idle:
-    Numba's OpenMP pool spins between parallel regions and, on 2 cores, stalls against BLAS's
-    and torch's pools when the calls alternate.
+    The parts run under :func:`bitsub.threads.split` (the engine's thread policy).
     """
-    n_threads = min(numba.config.NUMBA_NUM_THREADS, n_items)
+    n_threads = min(engine_threads(), n_items)
     if work < PARALLEL_MIN or n_threads < 2:
         kernel(*args, 0, n_items)
         return
-    if not _pool:
-        _pool.append(ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
-                                        thread_name_prefix="bitsub"))
     step = -(-n_items // n_threads)
-    futures = [_pool[0].submit(kernel, *args, a, min(n_items, a + step))
-               for a in range(step, n_items, step)]
-    kernel(*args, 0, step)
-    for f in futures:
-        f.result()
+    split(kernel, [(*args, a, min(n_items, a + step)) for a in range(0, n_items, step)])
 
 
-def _tiled_blas(decode, out: int, n_in: int, rows: int, x: np.ndarray) -> np.ndarray:
-    """Return x @ W.T by tiles: decode(r0, r1, tile) writes rows r0..r1-1, BLAS multiplies."""
-    tile = np.empty((rows, n_in), np.float32)
-    y = np.empty((x.shape[0], out), np.float32)
+def _tile_part(decode, transposed: bool, x2: np.ndarray, y: np.ndarray, s0: int, s1: int,
+               per_tile: int, n_in: int) -> None:
+    """y[:, rows of slices s0..s1-1] = x2 @ W.T, decoding per_tile slices at a time for BLAS.
+
+    ``decode(a, b, tile)`` writes slices a..b-1: W.T columns into tile (in, 16 * per_tile) when
+    ``transposed``, else W rows into tile (16 * per_tile, in).
+    """
+    out = y.shape[1]
+    rows = SLICE * per_tile
+    tile = np.empty((n_in, rows) if transposed else (rows, n_in), np.float32)
     with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf propagate, as in the kernels
-        for r0 in range(0, out, rows):
-            r1 = min(out, r0 + rows)
-            decode(r0, r1, tile)
+        for a in range(s0, s1, per_tile):
+            b = min(s1, a + per_tile)
+            r0, r1 = SLICE * a, min(out, SLICE * b)
+            decode(a, b, tile)
+            w_t = tile[:, : r1 - r0] if transposed else tile[: r1 - r0].T
             if r1 - r0 == out:
-                np.matmul(x, tile[:out].T, out=y)
+                np.matmul(x2, w_t, out=y)
             else:
-                y[:, r0:r1] = x @ tile[: r1 - r0].T
+                y[:, r0:r1] = x2 @ w_t
+
+
+def _tiled_blas(decode, transposed: bool, out: int, n_in: int, x2: np.ndarray) -> np.ndarray:
+    """Return x2 @ W.T by decoded tiles of whole slices (about TILE_BYTES each) and BLAS.
+
+    Large calls split the slices over the engine's threads, each decoding its own tiles and
+    calling BLAS on one thread (:mod:`bitsub.threads`); small ones leave BLAS its threads.
+    """
+    n_slices = -(-out // SLICE)
+    n_threads = min(engine_threads(), n_slices)
+    if x2.shape[0] * out * n_in < PARALLEL_MIN:
+        n_threads = 1
+    tile_bytes = TILE_BYTES // n_threads
+    per_tile = max(1, min(-(-n_slices // n_threads), tile_bytes // (4 * SLICE * n_in)))
+    y = np.empty((x2.shape[0], out), np.float32)
+    if n_threads < 2:
+        _tile_part(decode, transposed, x2, y, 0, n_slices, per_tile, n_in)
+        return y
+    step = -(-n_slices // n_threads)
+    split(_tile_part, [(decode, transposed, x2, y, a, min(n_slices, a + step), per_tile, n_in)
+                       for a in range(0, n_slices, step)])
     return y
 
 
@@ -405,31 +421,21 @@ def _run(plan: Plan, x: np.ndarray) -> np.ndarray:
         return y
     x2 = x if x.ndim == 2 else x.reshape(1, -1)
     if has_lut and not (has_sell and sparse and n_batch >= BATCH_MIN):
-        # Tiles of W.T (in, 16 * k): whole slices, about TILE_BYTES.
-        k = max(1, min(n_slices, TILE_BYTES // (64 * n_in)))
-        tile_t = np.empty((n_in, 16 * k), np.float32)
         codes, mask, book = plan.lut_args
-        if k == n_slices:  # one tile holds all of W.T
-            _lut_decode_rows(codes, mask, book, n_in, 0, n_slices, tile_t)
-            with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf propagate silently
-                return x2 @ tile_t[:, :out]
-        y = np.empty((n_batch, out), np.float32)
-        with np.errstate(invalid="ignore", over="ignore"):
-            for s0 in range(0, n_slices, k):
-                s1 = min(n_slices, s0 + k)
-                _lut_decode_rows(codes, mask, book, n_in, s0, s1, tile_t)
-                y[:, 16 * s0: min(out, 16 * s1)] = x2 @ tile_t[:, : min(out, 16 * s1) - 16 * s0]
-        return y
+
+        def decode_lut(s0: int, s1: int, tile_t: np.ndarray) -> None:
+            _lut_decode_rows(codes, mask, book, n_in, s0, s1, tile_t)
+
+        y = _tiled_blas(decode_lut, True, out, n_in, x2)
+        return y if x.ndim == 2 else y[0]
     if n_batch >= BATCH_MIN and not sparse:
         # Dense enough: decode tiles of whole slices and let BLAS multiply (exact dense NaN
         # semantics, so no fix-up).
-        rows = max(1, min(-(-out // SLICE), TILE_BYTES // (4 * n_in * SLICE))) * SLICE
-
-        def decode(r0: int, r1: int, tile: np.ndarray) -> None:
+        def decode_sell(s0: int, s1: int, tile: np.ndarray) -> None:
             _sell_decode_rows(plan.slice_ptr, plan.slice_len, plan.row_len, plan.cols,
-                              plan.codes, plan.codebook, r0 // SLICE, -(-r1 // SLICE), tile)
+                              plan.codes, plan.codebook, s0, s1, tile)
 
-        return _tiled_blas(decode, out, n_in, rows, x2)
+        return _tiled_blas(decode_sell, False, out, n_in, x2)
     work = plan.cols.size * n_batch
     if n_batch < BATCH_MIN:
         y = np.empty((n_batch, out), np.float32)

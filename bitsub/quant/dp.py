@@ -102,36 +102,31 @@ def _cost(w, s, q, a, b):
 
 
 @numba.njit(**NJIT)
-def _best_start(w, s, q, prev, lo, hi, i, buf):
-    """Least ``prev[t] + cost(t, i)`` over t in [lo, hi] and its first argmin.
-
-    Two passes: the costs into ``buf`` (a loop without branches, which the compiler
-    vectorises, division included), then the argmin.
-    """
+def _best_start(w, s, q, prev, lo, hi, i):
+    """Least ``prev[t] + cost(t, i)`` over t in [lo, hi] and its first argmin."""
     wi = w[i]
     si = s[i]
     qi = q[i]
-    n = hi - lo + 1
-    for r in range(n):
-        t = lo + r
+    best = np.inf
+    bt = lo
+    for t in range(lo, hi + 1):
         cs = si - s[t]
         c = qi - q[t] - cs * cs / (wi - w[t])
-        buf[r] = prev[t] + (c if c > 0.0 else 0.0)
-    best = np.inf
-    bt = 0
-    for r in range(n):
-        if buf[r] < best:
-            best = buf[r]
-            bt = r
-    return best, lo + bt
+        v = prev[t] + (c if c > 0.0 else 0.0)
+        if v < best:
+            best = v
+            bt = t
+    return best, bt
 
 
 @numba.njit(**NJIT)
-def _layer(w, s, q, prev, cur, arg, j, k, buf):
+def _layer(w, s, q, prev, cur, arg, arg_prev, j, k):
     """Layer j (2..k) of the DP by divide and conquer over the monotone argmins.
 
     ``cur[i]`` for i in [j, m - k + j]: the least SSE of the first i groups in j runs;
-    ``arg[i]`` the start of the last run.
+    ``arg[i]`` the start of the last run. ``arg_prev`` holds layer j - 1's argmins, a lower
+    bound for layer j's at the same i (the last of j runs starts no earlier than the last of
+    j - 1).
     """
     m = w.size - 1
     hi0 = m - k + j
@@ -149,7 +144,10 @@ def _layer(w, s, q, prev, cur, arg, j, k, buf):
         olo = stack[sp, 2]
         ohi = stack[sp, 3]
         mid = (lo + hi) // 2
-        best, bt = _best_start(w, s, q, prev, olo, min(ohi, mid - 1), mid, buf)
+        low = olo
+        if mid < hi0 and arg_prev[mid] > low:
+            low = arg_prev[mid]
+        best, bt = _best_start(w, s, q, prev, low, min(ohi, mid - 1), mid)
         cur[mid] = best
         arg[mid] = bt
         if mid < hi:
@@ -242,21 +240,20 @@ def _partition_full(w, s, q, k, unary):
         return t
     prev = np.full(m + 1, np.inf)
     cur = np.full(m + 1, np.inf)
-    buf = np.empty(m + 1)
     width = m - k + 1  # entries per row
     if unary:
-        args = np.zeros((1, m + 1), dtype=np.int32)
+        args = np.zeros((2, m + 1), dtype=np.int32)  # the last two rows, alternating
         nwords = (2 * width + 63) // 64 + 1
         codes = np.zeros((k, nwords), dtype=np.uint64)
     else:
         args = np.zeros((k, m + 1), dtype=np.int32)
         codes = np.zeros((1, 1), dtype=np.uint64)
     for j in range(1, k):
-        row = args[0] if unary else args[j]
+        row = args[j & 1] if unary else args[j]
         if j == 1:
             _first_layer(w, s, q, cur, row, k)
         else:
-            _layer(w, s, q, prev, cur, row, j, k, buf)
+            _layer(w, s, q, prev, cur, row, args[(j - 1) & 1] if unary else args[j - 1], j, k)
         if unary:
             _unary_put(row, j, m - k + j, j - 1, codes[j])
         prev, cur = cur, prev
@@ -273,8 +270,8 @@ def _partition_full(w, s, q, k, unary):
 def partition_checkpointed(w, s, q, k, c):
     """Optimal split of m weighted groups into k non-empty runs (1 <= k <= m).
 
-    Keeps the DP row of every c-th layer and recomputes the rows in between while
-    backtracking (at most twice the work). Returns t (k + 1): run j covers groups
+    Keeps the DP row (and argmin row) of every c-th layer and recomputes the rows in between
+    while backtracking (at most twice the work). Returns t (k + 1): run j covers groups
     [t[j], t[j+1]).
     """
     m = w.size - 1
@@ -284,20 +281,21 @@ def partition_checkpointed(w, s, q, k, c):
         return t
     nseg = (k - 1) // c + 1
     saved = np.empty((nseg, m + 1))
+    saved_arg = np.zeros((nseg, m + 1), dtype=np.int32)
     prev = np.full(m + 1, np.inf)
     cur = np.full(m + 1, np.inf)
-    buf = np.empty(m + 1)
     args = np.zeros((c, m + 1), dtype=np.int32)
-    scratch = np.zeros(m + 1, dtype=np.int32)
+    scratch = np.zeros((2, m + 1), dtype=np.int32)
     # Forward pass: rows of layers c, 2c, ... (layer 0 is implicit).
     last = (nseg - 1) * c
     for j in range(1, last + 1):
         if j == 1:
-            _first_layer(w, s, q, cur, scratch, k)
+            _first_layer(w, s, q, cur, scratch[1], k)
         else:
-            _layer(w, s, q, prev, cur, scratch, j, k, buf)
+            _layer(w, s, q, prev, cur, scratch[j & 1], scratch[(j - 1) & 1], j, k)
         if j % c == 0:
             saved[j // c, :] = cur
+            saved_arg[j // c, :] = scratch[j & 1]
         prev, cur = cur, prev
     # Backtrack segment by segment, top first.
     for seg in range(nseg - 1, -1, -1):
@@ -310,7 +308,8 @@ def partition_checkpointed(w, s, q, k, c):
             if j == 1:
                 _first_layer(w, s, q, cur, row, k)
             else:
-                _layer(w, s, q, prev, cur, row, j, k, buf)
+                below = saved_arg[seg] if j == a + 1 else args[j - a - 2]
+                _layer(w, s, q, prev, cur, row, below, j, k)
             prev, cur = cur, prev
         # Layer b at its known end t[b] only.
         if b == 1:

@@ -202,6 +202,8 @@ def _finish(
     codes = np.empty(values.size, dtype=np.uint8 if k <= 256 else np.uint16)
     cells = min(max(4096, 64 * k), 1 << 20)
     scale = cells / (hi - lo) if hi > lo else 0.0
+    if not math.isfinite(scale):  # a subnormal range: one cell, and the walk does the rest
+        scale = 0.0
     if scale > 0.0:
         edges = lo + np.arange(cells + 1) / scale
     else:
