@@ -158,7 +158,8 @@ def check_out(out: Path) -> None:
         raise ValueError(f"--out {out}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(
-            errno.EACCES, f"cannot write to {existing}: permission denied; choose another --out"
+            errno.EACCES, f"cannot write to {existing} (permission denied or a read-only file "
+            "system); choose another --out"
         )
 
 

@@ -426,6 +426,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"bitsub-train: error: {error_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bitsub-train: interrupted; run the same command to continue from the last "
+              "finished task", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -491,6 +495,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"bitsub-eval: error: {error_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bitsub-eval: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -129,6 +129,21 @@ def test_missing_optional_package_is_one_line(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="permissions do not bind root")
+def test_permission_denied_is_one_line_then_corrected(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert train_main([*GOOD, "--out", str(locked / "run")]) == 2
+        assert "permission denied" in one_line_error(capsys.readouterr().err).lower()
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o700)
+    assert train_main([*GOOD, "--out", str(locked / "run")]) == 0
+
+
 def tmp_files(root):
     return sorted(p for p in root.rglob("*") if p.name.endswith(".tmp"))
 
@@ -158,24 +173,42 @@ def test_disk_full_during_training_is_one_line_and_leaves_no_temp_file(
     assert tmp_files(out) == []
 
 
-@pytest.mark.slow
-def test_training_into_a_200k_tmpfs(tmp_path, capsys):
-    mount = tmp_path / "small"
-    mount.mkdir()
+def mount_tmpfs(path, options):
+    path.mkdir()
     try:
-        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)],
+        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
                             capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         ok = False
     if not ok:
         pytest.skip("cannot mount a tmpfs here (needs root); the fsync test above simulates it")
+
+
+@pytest.mark.slow
+def test_training_into_a_200k_tmpfs(tmp_path, capsys):
+    mount = tmp_path / "small"
+    mount_tmpfs(mount, "size=200k")
     try:
         out = mount / "run"
         assert train_main([*GOOD, "--tasks", "2", "--out", str(out)]) == 2
-        assert "No space left on device" in one_line_error(capsys.readouterr().err)
+        line = one_line_error(capsys.readouterr().err)
+        assert "No space left on device" in line and "task_000.pt" in line
         assert tmp_files(mount) == []
     finally:
         subprocess.run(["umount", str(mount)], check=False, timeout=30)
+
+
+@pytest.mark.slow
+def test_read_only_out_is_one_line_then_corrected(tmp_path, capsys):
+    mount = tmp_path / "ro"
+    mount_tmpfs(mount, "ro,size=1m")
+    try:
+        assert train_main([*GOOD, "--out", str(mount / "run")]) == 2
+        assert "read-only" in one_line_error(capsys.readouterr().err)
+        assert list(mount.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=False, timeout=30)
+    assert train_main([*GOOD, "--out", str(mount / "run")]) == 0
 
 
 def dead_pid():
