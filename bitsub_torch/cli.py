@@ -18,7 +18,12 @@ other with strategy S, then writes
 
 The trainer checkpoints after every task under ``DIR/checkpoints``: running the same command again
 after an interruption continues from the last finished task and ends with the same results.
-``DIR/config.json`` records the arguments; a different command on the same DIR is refused.
+``DIR/config.json`` records the arguments (the strategy's with every default filled in, and so
+does every checkpoint); a different command on the same DIR is refused, naming what differs.
+
+Every argument, the strategy's included (by the strategy's own checks), is checked before
+anything is written; a user mistake, missing data or package, or an I/O error (full disk,
+permission, a directory where a file belongs) ends in a one-line error and exit status 2.
 
 ``bitsub-eval DIR/model.h5 --scenario C --seed K`` re-tests every task from the file alone with
 bitsub's NumPy forward pass and prints the per-task accuracy as JSON.
@@ -39,10 +44,20 @@ from typing import Any
 import numpy as np
 
 from bitsub.atomic import atomic_path, write_bytes
+from bitsub_torch.checks import (
+    MODELS,
+    USER_ERRORS,
+    check_int,
+    check_out,
+    check_train_arguments,
+    error_line,
+    naming,
+)
 
 __all__ = ["eval_main", "train", "train_main"]
 
-MODELS = ("mlp", "alexnet", "tinynet", "resnet18")
+# The arguments of a run that the Trainer cannot see; the CLI hands them to its checkpoints.
+RUN_ONLY = ("model", "width", "val_fraction", "data_dir", "export_bits")
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -215,29 +230,26 @@ def train(
         activation_accuracy,
         ops_report,
     )
-    from bitsub_torch.cl.trainer import Trainer
+    from bitsub_torch.cl.trainer import Trainer, config_differences
     from bitsub_torch.data.scenarios import get_scenario
     from bitsub_torch.export import export, packed_predictions
 
+    strategy_args = check_train_arguments(
+        strategy=strategy, scenario=scenario, tasks=tasks, epochs=epochs, seed=seed,
+        export_bits=export_bits, batch_size=batch_size, lr=lr, optimizer=optimizer, model=model,
+        width=width, strategy_args=strategy_args if strategy_args is not None else {},
+        val_fraction=val_fraction, threads=threads, activation_bits=activation_bits,
+    )
     if activation_bits is not None:
-        if isinstance(activation_bits, (str, bytes)) or not all(
-            isinstance(b, (int, np.integer)) and not isinstance(b, bool) and 2 <= b <= 16
-            for b in activation_bits
-        ):
-            raise ValueError(
-                f"activation_bits must be bit-widths in 2..16, got {activation_bits!r}"
-            )
         activation_bits = tuple(int(b) for b in activation_bits)
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
-    torch.set_num_threads(threads)
     out = Path(out)
-    strategy_args = dict(strategy_args or {})
+    check_out(out)
+    torch.set_num_threads(threads)
+    # Reading the data and building the model and trainer write nothing; they run their own
+    # checks (missing data or package, --width for the model) before the run claims --out.
     sc = get_scenario(scenario, tasks=tasks, seed=seed, data_dir=data_dir,
                       val_fraction=val_fraction)
     model_name = model or _default_model(sc.input_shape)
-    if model_name not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got {model_name!r}")
     config = {
         "strategy": strategy, "strategy_args": strategy_args, "scenario": scenario,
         "tasks": len(sc.tasks), "epochs": epochs, "seed": seed, "export_bits": export_bits,
@@ -246,20 +258,6 @@ def train(
         "width": width, "val_fraction": val_fraction,
         "data_dir": None if data_dir is None else str(data_dir),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "config.json"
-    if config_path.exists():
-        previous = json.loads(config_path.read_text())
-        if previous != _json_safe(config):
-            changed = sorted(k for k in set(previous) | set(config)
-                             if previous.get(k) != _json_safe(config).get(k))
-            raise ValueError(
-                f"{out} holds a run with other arguments ({', '.join(changed)} differ): run the "
-                "same command to resume it, or choose another --out"
-            )
-    else:
-        write_bytes(config_path, json.dumps(_json_safe(config), indent=2).encode())
-
     strat = get_strategy(strategy, **strategy_args)
     torch.manual_seed(seed)
     net = _build_model(model_name, sc, width)
@@ -267,12 +265,36 @@ def train(
                       protocol=None if epochs is not None else Protocol(), score_lr=score_lr,
                       batch_size=batch_size, lr=lr,
                       optimizer=optimizer, seed=seed, checkpoint_dir=out / "checkpoints",
-                      progress=progress)
+                      progress=progress, run_config=_json_safe(
+                          {k: config[k] for k in RUN_ONLY}))
+
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    if config_path.exists():
+        try:
+            previous = json.loads(config_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(
+                f"{config_path} is not a config.json of bitsub-train ({exc}); delete it or "
+                "choose another --out"
+            ) from None
+        changed = config_differences(previous, _json_safe(config))
+        if changed:
+            raise ValueError(
+                f"{out} holds a run with other arguments ({'; '.join(changed)}): run the "
+                "same command to resume it, or choose another --out"
+            )
+    else:
+        # Without config.json the checkpoints still record the run: refuse a different one
+        # before a new config.json would block the corrected command.
+        trainer.check_resume()
+        write_bytes(config_path, json.dumps(_json_safe(config), indent=2).encode())
     results = trainer.run()
 
     t0 = time.perf_counter()
     pm = export(net, strat, bits=export_bits)
-    pm.save(out / "model.h5")
+    with naming(out / "model.h5"):
+        pm.save(out / "model.h5")
     export_time = time.perf_counter() - t0
     # Re-test every task from the file alone (bitsub's NumPy forward), and compare predictions.
     t0 = time.perf_counter()
@@ -322,9 +344,11 @@ def train(
         "timings": timings,
     }
     report = _json_safe(report)
-    write_bytes(out / "results.json", json.dumps(report, indent=2).encode())
+    with naming(out / "results.json"):
+        write_bytes(out / "results.json", json.dumps(report, indent=2).encode())
     title = f"{strategy} on {scenario}: ACC {100 * (report['acc'] or 0):.2f}%"
-    plot_accuracy_matrix(results.accuracy_matrix, out / "accuracy_matrix.png", title)
+    with naming(out / "accuracy_matrix.png"):
+        plot_accuracy_matrix(results.accuracy_matrix, out / "accuracy_matrix.png", title)
     return report
 
 
@@ -394,9 +418,13 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bitsub-train``."""
     args = _train_parser().parse_args(argv)
     try:
-        strategy_args = json.loads(args.strategy_args)
-        if not isinstance(strategy_args, dict):
-            raise ValueError("--strategy-args must be a JSON object")
+        try:
+            strategy_args = json.loads(args.strategy_args)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"--strategy-args is not valid JSON ({exc}); give an object such as "
+                "'{\"density\": 0.3}'"
+            ) from None
         report = train(
             strategy=args.strategy, scenario=args.scenario, out=args.out, tasks=args.tasks,
             epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
@@ -405,12 +433,16 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             strategy_args=strategy_args, val_fraction=args.val_fraction, threads=args.threads,
             progress=not args.no_progress, activation_bits=args.activation_bits,
         )
-    except (FileNotFoundError, ValueError, TypeError) as exc:
-        print(f"bitsub-train: error: {exc}", file=sys.stderr)
+        print(format_report(report))
+        print(f"\nwrote {args.out / 'results.json'}, {args.out / 'model.h5'}, "
+              f"{args.out / 'accuracy_matrix.png'}")
+    except USER_ERRORS as exc:
+        print(f"bitsub-train: error: {error_line(exc)}", file=sys.stderr)
         return 2
-    print(format_report(report))
-    print(f"\nwrote {args.out / 'results.json'}, {args.out / 'model.h5'}, "
-          f"{args.out / 'accuracy_matrix.png'}")
+    except KeyboardInterrupt:
+        print("bitsub-train: interrupted; run the same command to continue from the last "
+              "finished task", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -464,13 +496,21 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bitsub-eval``."""
     args = _eval_parser().parse_args(argv)
     try:
+        if args.model.is_dir():
+            inside = args.model / "model.h5"
+            hint = f" such as {inside}" if inside.is_file() else ""
+            raise ValueError(f"{args.model} is a directory; give a model file{hint}")
+        check_int("batch_size", args.batch_size, 1)
         report = evaluate_file(args.model, args.scenario, seed=args.seed, data_dir=args.data_dir,
                                split=args.split, val_fraction=args.val_fraction,
                                batch_size=args.batch_size)
-    except (FileNotFoundError, ValueError, TypeError) as exc:
-        print(f"bitsub-eval: error: {exc}", file=sys.stderr)
+        print(json.dumps(report))
+    except USER_ERRORS as exc:
+        print(f"bitsub-eval: error: {error_line(exc)}", file=sys.stderr)
         return 2
-    print(json.dumps(report))
+    except KeyboardInterrupt:
+        print("bitsub-eval: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

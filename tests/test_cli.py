@@ -90,8 +90,8 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
     assert run_train(full, "--strategy", "wsn", "--tasks", "3") == 0
     with monkeypatch.context() as m:
         _interrupt_after(m, 0)
-        with pytest.raises(KeyboardInterrupt):
-            run_train(cut, "--strategy", "wsn", "--tasks", "3")
+        # Ctrl-C: one line and exit status 130, the finished task's checkpoint kept.
+        assert run_train(cut, "--strategy", "wsn", "--tasks", "3") == 130
     assert not (cut / "results.json").exists()
     assert [p.name for p in (cut / "checkpoints").iterdir()] == ["task_000.pt"]
     assert run_train(cut, "--strategy", "wsn", "--tasks", "3") == 0

@@ -156,6 +156,11 @@ def test_progress_bars_run(capsys):
         ({"batch_size": 0}, ValueError),
         ({"optimizer": "rmsprop"}, ValueError),
         ({"lr": 0.0}, ValueError),
+        ({"lr": math.nan}, ValueError),
+        ({"lr": math.inf}, ValueError),
+        ({"momentum": -1.0}, ValueError),
+        ({"weight_decay": math.nan}, ValueError),
+        ({"run_config": [1]}, TypeError),
     ],
 )
 def test_trainer_validates(kw, err):
@@ -168,3 +173,52 @@ def test_trainer_checks_model_and_strategy():
         Trainer(mlp((64,), 10, 2), WSN(), SMALL)
     with pytest.raises(TypeError, match="Strategy"):
         Trainer(mlp((64,), 10, 3), object(), SMALL)
+
+
+def test_checkpoint_carries_the_strategy_arguments_and_the_run_config(tmp_path):
+    _, trainer = make(WSN(0.5), tmp_path, epochs=0, run_config={"val_fraction": 0.1})
+    trainer.run()
+    state = torch.load(tmp_path / "task_002.pt", weights_only=True)
+    assert state["config"]["strategy_args"] == {"density": 0.5}
+    assert state["config"]["run"] == {"val_fraction": 0.1}
+    assert state["config"]["parameters"]["blocks.fc1.weight"] == [32, 64]
+
+    same = make(WSN(density=0.5), tmp_path, epochs=0, run_config={"val_fraction": 0.1})[1]
+    assert same.check_resume() == 3
+    for strategy, kw, named in [
+        (WSN(0.3), {}, "strategy_args.density (0.5 -> 0.3)"),
+        (WSN(0.5), {"run_config": {"val_fraction": 0.2}}, "run.val_fraction (0.1 -> 0.2)"),
+        (PackNet(), {}, "strategy ('wsn' -> 'packnet')"),
+    ]:
+        kw = {"epochs": 0, "run_config": {"val_fraction": 0.1}} | kw
+        _, other = make(strategy, tmp_path, **kw)
+        with pytest.raises(ValueError, match="same arguments") as info:
+            other.check_resume()
+        assert named in str(info.value)
+        with pytest.raises(ValueError, match="same arguments"):
+            other.run()
+    # another width: refused by the recorded parameter shapes, not by a load_state_dict crash
+    torch.manual_seed(0)
+    wide = Trainer(mlp((64,), 10, 3, width=48), WSN(0.5), SMALL, checkpoint_dir=tmp_path,
+                   epochs=0, batch_size=32, lr=1e-2, progress=False, seed=3,
+                   run_config={"val_fraction": 0.1})
+    with pytest.raises(ValueError) as info:
+        wide.check_resume()
+    assert "parameters.blocks.fc1.weight ([32, 64] -> [48, 64])" in str(info.value)
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    _, trainer = make(WSN(), tmp_path, epochs=0)
+    trainer.run()
+    path = tmp_path / "task_002.pt"
+    path.write_bytes(path.read_bytes()[: 1000])
+    _, again = make(WSN(), tmp_path, epochs=0)
+    with pytest.raises(ValueError, match="cannot be read.*delete it"):
+        again.run()
+
+
+def test_strategy_arguments_are_recorded_with_defaults():
+    assert WSN().arguments() == {"density": 0.5}
+    assert WSN(0.25).arguments() == WSN(density=0.25).arguments() == {"density": 0.25}
+    assert PackNet(keep=0.3).arguments() == {"keep": 0.3, "retrain_epochs": 1}
+    assert Finetune().arguments() == {}

@@ -451,13 +451,27 @@ class Trainer:
         # RuntimeError, a plain file write with OSError(ENOSPC) naming the cause.
         buf = io.BytesIO()
         torch.save(state, buf)
-        write_bytes(path, buf.getbuffer())
+        try:
+            write_bytes(path, buf.getbuffer())
+        except OSError as exc:
+            if exc.filename or exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         for t in range(task):
             old = self.checkpoint_dir / f"task_{t:03d}.pt"
             if old.exists():
                 old.unlink()
 
-    def _load(self, path: Path) -> dict:
+    def check_resume(self) -> int:
+        """Check the latest checkpoint (if any) against this run; return the next task to train.
+
+        Raises ValueError, naming every difference, when the checkpoint was made with another
+        configuration (`config`), or when it cannot be read. Writes nothing.
+        """
+        latest = self._latest_checkpoint()
+        return 0 if latest is None else int(self._read(latest[1])["task"]) + 1
+
+    def _read(self, path: Path) -> dict:
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
             keys = {"task", "config", "model", "strategy", "rows", "random_init", "timings"}
@@ -476,6 +490,10 @@ class Trainer:
                 f"checkpoint {path} was made with other arguments: {'; '.join(changed[:5])}"
                 f"{more}. Resume with the same arguments, or use another checkpoint_dir"
             )
+        return state
+
+    def _load(self, path: Path) -> dict:
+        state = self._read(path)
         self.model.load_state_dict(state["model"])
         self.strategy.load_state_dict(state["strategy"])
         return state

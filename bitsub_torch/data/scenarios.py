@@ -360,6 +360,14 @@ _PICKLE_ALLOWED = {
 }
 
 
+# The functions NumPy's pickles name, found through the public reduce protocol: their module is
+# numpy.core.multiarray before NumPy 2 and numpy._core.multiarray from NumPy 2 on.
+_NUMPY_RECONSTRUCTORS = {
+    "_reconstruct": np.zeros(0).__reduce__()[0],
+    "scalar": np.float64(0).__reduce__()[0],
+}
+
+
 class _DataUnpickler(pickle.Unpickler):
     """Unpickles plain containers and NumPy arrays only: a data file must not run code."""
 
@@ -370,9 +378,7 @@ class _DataUnpickler(pickle.Unpickler):
             "_reconstruct",
             "scalar",
         ):
-            from numpy._core import multiarray
-
-            return getattr(multiarray, name)
+            return _NUMPY_RECONSTRUCTORS[name]
         raise pickle.UnpicklingError(
             f"refusing to load {module}.{name} from a data pickle (only NumPy arrays and plain "
             "containers are allowed)"
@@ -545,6 +551,10 @@ _REGISTRY: dict[str, tuple[Builder, int, int | None]] = {
     "tinyimagenet": (_b_tinyimagenet, 40, 40),
 }
 
+# Optional packages the built-in scenarios import, by module name -> the name pip installs.
+_PIP_NAMES = {"sklearn": "scikit-learn", "PIL": "pillow", "mlxtend": "mlxtend",
+              "mnist1d": "mnist1d"}
+
 #: Scenario names -> builder ``(tasks, seed, data_dir, val_fraction) -> Scenario``.
 SCENARIOS: dict[str, Builder] = {name: entry[0] for name, entry in _REGISTRY.items()}
 
@@ -591,5 +601,13 @@ def get_scenario(
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
         raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
-    return builder(int(tasks), int(seed), data_dir, float(val_fraction))
+    try:
+        return builder(int(tasks), int(seed), data_dir, float(val_fraction))
+    except ModuleNotFoundError as exc:
+        package = _PIP_NAMES.get(exc.name or "", exc.name)
+        raise ModuleNotFoundError(
+            f"scenario {name} needs the package {package!r}, which is not installed: "
+            f"pip install {package} (or pip install 'bitsub[torch]')",
+            name=exc.name,
+        ) from exc
 
