@@ -167,6 +167,14 @@ def _train_parser() -> argparse.ArgumentParser:
                    "quantizing strategies (tinysubnets, adaqpacknet), none otherwise; give the "
                    "flag alone for none")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # one-model (class-incremental) strategies: esacl, er, derpp, prune-retrain
+    p.add_argument("--setting", default=None, choices=("class-il", "task-il"),
+                   help="one-model strategies: the headline setting of results.json (both "
+                   "class-IL and task-IL are always measured; default class-il)")
+    p.add_argument("--buffer", type=int, default=None,
+                   help="one-model strategies: replay buffer slots (default 500)")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="esacl, prune-retrain: fraction of the weights pruned (default 0.9)")
     return p
 
 
@@ -384,6 +392,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         strategy_args = json.loads(args.strategy_args)
         if not isinstance(strategy_args, dict):
             raise ValueError("--strategy-args must be a JSON object")
+        if _one_model(args.strategy):
+            return _train_one_model(args, strategy_args)
+        if args.setting is not None or args.buffer is not None or args.sparsity is not None:
+            raise ValueError("--setting, --buffer and --sparsity are for the one-model "
+                             "strategies (esacl, er, derpp, prune-retrain)")
         report = train(
             strategy=args.strategy, scenario=args.scenario, out=args.out, tasks=args.tasks,
             epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
@@ -396,6 +409,31 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print(f"bitsub-train: error: {exc}", file=sys.stderr)
         return 2
     print(format_report(report))
+    print(f"\nwrote {args.out / 'results.json'}, {args.out / 'model.h5'}, "
+          f"{args.out / 'accuracy_matrix.png'}")
+    return 0
+
+
+def _one_model(strategy: str) -> bool:
+    from bitsub_torch.cl.strategies import STRATEGIES
+
+    return bool(getattr(STRATEGIES.get(strategy), "one_model", False))
+
+
+def _train_one_model(args: argparse.Namespace, strategy_args: dict[str, Any]) -> int:
+    # esacl, er, derpp, prune-retrain: one network over the stream (bitsub_torch.cl.rehearsal)
+    from bitsub_torch.cl.rehearsal_run import format_one_model_report, train_one_model
+
+    report = train_one_model(
+        strategy=args.strategy, scenario=args.scenario, out=args.out,
+        setting=args.setting or "class-il", buffer=args.buffer, sparsity=args.sparsity,
+        tasks=args.tasks, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
+        export_bits=args.export_bits, batch_size=args.batch_size, lr=args.lr,
+        optimizer=args.optimizer, model=args.model, width=args.width,
+        strategy_args=strategy_args, val_fraction=args.val_fraction, threads=args.threads,
+        progress=not args.no_progress,
+    )
+    print(format_one_model_report(report))
     print(f"\nwrote {args.out / 'results.json'}, {args.out / 'model.h5'}, "
           f"{args.out / 'accuracy_matrix.png'}")
     return 0
@@ -419,6 +457,9 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--setting", default=None, choices=("class-il", "task-il"),
+                   help="re-test a one-model file (esacl, er, derpp, prune-retrain) class- or "
+                   "task-incrementally")
     return p
 
 
@@ -451,6 +492,15 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bitsub-eval``."""
     args = _eval_parser().parse_args(argv)
     try:
+        from bitsub_torch.cl.rehearsal_run import evaluate_one_model_file, refuse_one_model_file
+
+        if args.setting is not None:
+            print(json.dumps(evaluate_one_model_file(
+                args.model, args.scenario, setting=args.setting, seed=args.seed,
+                data_dir=args.data_dir, split=args.split, val_fraction=args.val_fraction,
+                batch_size=args.batch_size)))
+            return 0
+        refuse_one_model_file(args.model, args.scenario, seed=args.seed, data_dir=args.data_dir)
         report = evaluate_file(args.model, args.scenario, seed=args.seed, data_dir=args.data_dir,
                                split=args.split, val_fraction=args.val_fraction,
                                batch_size=args.batch_size)
