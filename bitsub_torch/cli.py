@@ -143,12 +143,14 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
     p.add_argument("--out", required=True, type=Path, help="output directory (also checkpoints)")
     p.add_argument("--tasks", type=int, default=None, help="number of tasks (scenario default)")
-    p.add_argument("--epochs", type=int, default=1, help="training epochs per task (default 1)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs per task (default 1; 2 for the one-model strategies)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=None, help="directory of on-disk data sets")
     p.add_argument("--export-bits", type=int, default=None,
                    help="store b-bit K-Means codes (1..16) instead of lossless float32 fields")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default 128; 32 for the one-model strategies")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
     p.add_argument("--model", default=None, choices=MODELS,
@@ -399,8 +401,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                              "strategies (esacl, er, derpp, prune-retrain)")
         report = train(
             strategy=args.strategy, scenario=args.scenario, out=args.out, tasks=args.tasks,
-            epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
-            export_bits=args.export_bits, batch_size=args.batch_size, lr=args.lr,
+            epochs=1 if args.epochs is None else args.epochs, seed=args.seed,
+            data_dir=args.data_dir, export_bits=args.export_bits,
+            batch_size=128 if args.batch_size is None else args.batch_size, lr=args.lr,
             optimizer=args.optimizer, model=args.model, width=args.width,
             strategy_args=strategy_args, val_fraction=args.val_fraction, threads=args.threads,
             progress=not args.no_progress, activation_bits=args.activation_bits,
@@ -427,8 +430,9 @@ def _train_one_model(args: argparse.Namespace, strategy_args: dict[str, Any]) ->
     report = train_one_model(
         strategy=args.strategy, scenario=args.scenario, out=args.out,
         setting=args.setting or "class-il", buffer=args.buffer, sparsity=args.sparsity,
-        tasks=args.tasks, epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
-        export_bits=args.export_bits, batch_size=args.batch_size, lr=args.lr,
+        tasks=args.tasks, epochs=2 if args.epochs is None else args.epochs, seed=args.seed,
+        data_dir=args.data_dir, export_bits=args.export_bits,
+        batch_size=32 if args.batch_size is None else args.batch_size, lr=args.lr,
         optimizer=args.optimizer, model=args.model, width=args.width,
         strategy_args=strategy_args, val_fraction=args.val_fraction, threads=args.threads,
         progress=not args.no_progress,

@@ -342,7 +342,7 @@ class RehearsalTrainer:
                 self._regrow(task)
             elif s.sparse and not esacl:
                 self._set_mask(None)  # prune-then-retrain trains dense, pruned weights at 0
-            opts = self._optimizers(esacl and s.sfw)
+            opts = self._optimizers(esacl and s.uses_sfw(task))
             self._epochs(task, self.epochs, 0, opts, bar, esacl and (s.sse or s.ere))
             self.opt_bytes = max(self.opt_bytes, _state_bytes(opts))
             if s.sparse and s.sparsity > 0:
@@ -400,7 +400,7 @@ class RehearsalTrainer:
         sparsity: list[float] = []
         zeros: list[float] = []
         timings: dict = {"train": [], "eval": []}
-        if getattr(s, "sfw", False) and not s.radius:
+        if getattr(s, "sfw", False) is not False and not s.radius:
             for name, layer in self._shared().items():
                 s.radius[name] = sam_radius(layer.weight, max(1, round(s.k * layer.weight.numel())),
                                             s.tau)
@@ -438,7 +438,13 @@ class RehearsalTrainer:
                 "timings": timings, "opt_bytes": self.opt_bytes,
             })
         timings["total"] = time.perf_counter() - t_start
-        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        used = [*self.model.shared_parameters(), *self.model.private_parameters(0)]
+        weights = sum(p.numel() * p.element_size() for p in used)
+        # a sparse store: each kept shared weight as a float32 value and an int32 index
+        sparse = weights - sum(
+            (layer.weight.numel() - int(layer.task_mask(0).sum())) * 4
+            for layer in self._shared().values()
+        ) + sum(4 * int(layer.task_mask(0).sum()) for layer in self._shared().values())
         return {
             "class_il": _summary(ci), "task_il": _summary(ti),
             "sparsity": sparsity, "zero_fraction": zeros,
@@ -448,6 +454,7 @@ class RehearsalTrainer:
             "examples_processed": int(self.counters["examples"]),
             "examples_dropped": list(self.counters["dropped"]),
             "memory": {"peak_rss_bytes": _peak_rss(), "weights_bytes": int(weights),
+                       "sparse_weights_bytes": int(sparse),
                        "optimizer_state_bytes": int(self.opt_bytes),
                        "buffer_bytes": int(self.buffer.nbytes)},
             "timings": timings, "trainer": self.config(),

@@ -237,7 +237,8 @@ def format_one_model_report(report: dict[str, Any]) -> str:
         f"({report['train_flops'] / max(report['train_flops_dense'], 1):.3f} of the same steps "
         f"dense)   examples processed {report['examples_processed']:,}",
         f"memory: peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB; weights "
-        f"{mem['weights_bytes']:,} B, optimizer state {mem['optimizer_state_bytes']:,} B, "
+        f"{mem['weights_bytes']:,} B dense, {mem['sparse_weights_bytes']:,} B as value+index "
+        f"pairs, optimizer state {mem['optimizer_state_bytes']:,} B, "
         f"buffer {mem['buffer_bytes']:,} B   capacity {report['capacity']['percent']:.2f}% of "
         "the dense float32 model",
     ]

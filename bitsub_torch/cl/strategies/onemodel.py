@@ -165,16 +165,19 @@ class EsaCL(OneModelStrategy):
         Replay loss (default DER++, the SparCL set-up EsaCL is compared in).
     sam : bool
         Take the SAM ascent step (default True); ``rho`` its radius (0.05).
-    sfw : bool
-        Train the shared weights with stochastic Frank-Wolfe (default True); else with the
-        trainer's optimizer. ``sfw_lr`` (1.0), ``sfw_momentum`` (0.9), ``k`` (fraction of the
-        trained positions in a vertex, 0.05) and ``tau`` (15) set it.
+    sfw : bool or "first"
+        Train the shared weights with stochastic Frank-Wolfe during every task (True), during
+        the first task only ("first": the dense task, before the first pruning), or never
+        (False: the trainer's optimizer throughout). ``sfw_lr`` (0.1), ``sfw_momentum``
+        (0.9), ``k`` (fraction of the trained positions in a vertex, 0.05) and ``tau`` (1.0)
+        set it. SFW's own tau 15 and lr 1 assume BatchNorm's scale invariance; on the bias-free
+        MLP they blow the weights up to the vertex (measured), hence the smaller defaults.
     regrow : float
         Fraction of each tensor regrown at the start of every task after the first (0.1).
     ids : bool
         Master switch of data selection (default True); ``sse`` and ``ere`` switch its two
         parts. ``support_fraction`` (0.5) of each batch feeds the ascent step; from epoch
-        ``ere_start`` (1, i.e. the second) up to ``drop_fraction`` (0.5) of a task's examples
+        ``ere_start`` (1, i.e. the second) up to ``drop_fraction`` (0.6) of a task's examples
         may be dropped.
     **kwargs
         Buffer and replay settings of `OneModelStrategy`.
@@ -184,15 +187,17 @@ class EsaCL(OneModelStrategy):
     sparse = True
 
     def __init__(self, sparsity: float = 0.9, replay: str = "derpp", sam: bool = True,
-                 rho: float = 0.05, sfw: bool = True, sfw_lr: float = 1.0,
-                 sfw_momentum: float = 0.9, k: float = 0.05, tau: float = 15.0,
+                 rho: float = 0.05, sfw: bool | str = "first", sfw_lr: float = 0.1,
+                 sfw_momentum: float = 0.9, k: float = 0.05, tau: float = 1.0,
                  regrow: float = 0.1, ids: bool = True, sse: bool = True, ere: bool = True,
-                 support_fraction: float = 0.5, drop_fraction: float = 0.5, ere_start: int = 1,
+                 support_fraction: float = 0.5, drop_fraction: float = 0.6, ere_start: int = 1,
                  **kwargs) -> None:
         super().__init__(sparsity=sparsity, **kwargs)
         if replay not in ("er", "derpp"):
             raise ValueError(f"replay must be 'er' or 'derpp', got {replay!r}")
-        for name, v in (("sam", sam), ("sfw", sfw), ("ids", ids), ("sse", sse), ("ere", ere)):
+        if sfw not in (True, False, "first"):
+            raise ValueError(f"sfw must be true, false or \"first\", got {sfw!r}")
+        for name, v in (("sam", sam), ("ids", ids), ("sse", sse), ("ere", ere)):
             if not isinstance(v, bool):
                 raise ValueError(f"{name} must be true or false, got {v!r}")
         for name, v in (("rho", rho), ("sfw_lr", sfw_lr), ("tau", tau)):
@@ -220,6 +225,10 @@ class EsaCL(OneModelStrategy):
         self.drop_fraction = _check_fraction(drop_fraction, "drop_fraction")
         self.ere_start = ere_start
         self.radius: dict[str, float] = {}
+
+    def uses_sfw(self, task: int) -> bool:
+        """Whether task ``task`` trains its shared weights with stochastic Frank-Wolfe."""
+        return self.sfw is True or (self.sfw == "first" and task == 0)
 
     def state_dict(self) -> dict:  # noqa: D102
         return {**super().state_dict(), "radius": dict(self.radius)}
