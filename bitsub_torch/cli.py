@@ -130,6 +130,15 @@ def _torch_predictions(model: Any, task: int, x: np.ndarray, batch: int = 1024) 
 # ------------------------------------------------------------------------------------ training
 
 
+def _export_bits(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a bit-width or 'auto', got {text!r}") from None
+
+
 def _train_parser() -> argparse.ArgumentParser:
     from bitsub_torch.cl.strategies import STRATEGIES
     from bitsub_torch.data.scenarios import SCENARIOS
@@ -147,8 +156,9 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="training epochs per task (default 1; 2 for the one-model strategies)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=None, help="directory of on-disk data sets")
-    p.add_argument("--export-bits", type=int, default=None,
-                   help="store b-bit K-Means codes (1..16) instead of lossless float32 fields")
+    p.add_argument("--export-bits", type=_export_bits, default=None,
+                   help="store b-bit K-Means codes (1..16) instead of lossless float32 fields; "
+                   "one-model strategies also take 'auto' (Algorithm 1 on validation)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="default 128; 32 for the one-model strategies")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -396,9 +406,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--strategy-args must be a JSON object")
         if _one_model(args.strategy):
             return _train_one_model(args, strategy_args)
-        if args.setting is not None or args.buffer is not None or args.sparsity is not None:
-            raise ValueError("--setting, --buffer and --sparsity are for the one-model "
-                             "strategies (esacl, er, derpp, prune-retrain)")
+        if (args.setting is not None or args.buffer is not None or args.sparsity is not None
+                or args.export_bits == "auto"):
+            raise ValueError("--setting, --buffer, --sparsity and --export-bits auto are for the "
+                             "one-model strategies (esacl, er, derpp, prune-retrain)")
         report = train(
             strategy=args.strategy, scenario=args.scenario, out=args.out, tasks=args.tasks,
             epochs=1 if args.epochs is None else args.epochs, seed=args.seed,

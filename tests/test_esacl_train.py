@@ -149,3 +149,23 @@ def test_task_il_file_refuses_setting(tmp_path, capsys):
     assert eval_main([str(out / "model.h5"), "--scenario", "splitdigits",
                       "--setting", "class-il"]) == 2
     assert "drop --setting" in capsys.readouterr().err
+
+
+def test_adaptive_export_stores_algorithm_1_codes(tmp_path):
+    from bitsub_torch.cl.rehearsal_run import train_one_model
+
+    rep = train_one_model(strategy="esacl", scenario="splitdigits", out=tmp_path / "q",
+                          tasks=2, epochs=2, buffer=40, export_bits="auto", width=32,
+                          progress=False)
+    ad = rep["export"]["adaptive"]
+    bits = set(ad["bits"].values())
+    assert len(bits) == 1 and 1 <= min(bits) <= 8
+    # Algorithm 1 stops at the first bit-width within 1 point of the float model (or at 8)
+    assert ad["val_class_il"] >= ad["val_float"] - 0.01 or bits == {8}
+    if min(bits) > 1:
+        assert ad["history"][-2][1] < ad["val_float"] - 0.01
+    pm = bitsub.load(tmp_path / "q" / "model.h5")
+    for layer in pm.layers:
+        w = pm.weights(0, layer)[pm.mask(0, layer)]
+        assert pm.bits(0, layer) == min(bits)
+        assert set(np.unique(w)) <= set(pm.codebook(0, layer).tolist())

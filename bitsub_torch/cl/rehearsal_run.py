@@ -14,7 +14,9 @@
   re-tested from ``model.h5`` with bitsub's NumPy forward, and the fraction of test samples where
   file and torch predict the same class), ``config``, ``timings``;
 - ``model.h5``: the final model as ONE packed task: its mask (the pruned positions are not
-  stored), raw float32 fields (lossless) or ``--export-bits b`` K-Means codes; the head is the
+  stored), raw float32 fields (lossless), ``--export-bits b`` K-Means codes, or ``--export-bits
+  auto``: the bit-width Algorithm 1 (`bitsub.adaptive_bitwidth`) finds on the class-IL
+  validation accuracy, within 1 point of the float model (`adaptive_codes`); the head is the
   task's private parameter;
 - ``accuracy_matrix.png``: the matrix of the chosen setting.
 
@@ -38,6 +40,7 @@ from bitsub.atomic import write_bytes
 
 __all__ = [
     "SETTINGS",
+    "adaptive_codes",
     "evaluate_one_model_file",
     "file_accuracies",
     "format_one_model_report",
@@ -99,6 +102,47 @@ def file_accuracies(pm: Any, tasks: list, split: str = "test", batch_size: int =
     return ci, ti, preds
 
 
+def adaptive_codes(trainer: Any, delta: float = 0.01, max_bits: int = 8) -> tuple[Any, float]:
+    """Algorithm 1 over the final model's kept weights; hands the codebooks to the strategy.
+
+    The bit-width (one for all shared layers) is the smallest whose K-Means codes keep the
+    class-IL validation accuracy (all tasks, all classes) within ``delta`` of the float model's.
+    The model's weights are restored afterwards; export then stores those codebooks and codes.
+    Returns the `bitsub.AdaptiveResult` and the float model's validation accuracy.
+    """
+    import torch
+
+    import bitsub
+
+    layers = trainer.model.task_layers()
+    masks = {n: layer.task_mask(0) for n, layer in layers.items()}
+    original = {n: layer.weight.detach().clone() for n, layer in layers.items()}
+    kept = {n: original[n][masks[n]].cpu().numpy() for n in layers}
+    last = len(trainer.scenario.tasks) - 1
+
+    def evaluate(q: dict[str, np.ndarray]) -> float:
+        with torch.no_grad():
+            for n, layer in layers.items():
+                w = original[n].clone()
+                w[masks[n]] = torch.from_numpy(np.asarray(q[n], dtype=np.float32)).to(w)
+                layer.weight.copy_(w)
+        return float(np.nanmean(trainer.test_rows(last, "val")[0]))
+
+    try:
+        base = evaluate(kept)
+        res = bitsub.adaptive_bitwidth(kept, evaluate, baseline=base, delta=delta,
+                                       max_bits=max_bits)
+    finally:
+        with torch.no_grad():
+            for n, layer in layers.items():
+                layer.weight.copy_(original[n])
+    trainer.strategy.codebooks = {
+        n: {"codebook": res.codebooks[n], "codes": np.asarray(res.codes[n]).reshape(-1),
+            "bits": int(res.bits[n])} for n in layers
+    }
+    return res, base
+
+
 def train_one_model(
     *, strategy: str, scenario: str, out: str | os.PathLike, setting: str = "class-il",
     buffer: int | None = None, sparsity: float | None = None, tasks: int | None = None,
@@ -138,8 +182,12 @@ def train_one_model(
     if not getattr(strat, "one_model", False):
         raise ValueError(f"{strategy} is a task-incremental strategy: train_one_model runs "
                          "esacl, er, derpp and prune-retrain")
-    if export_bits is not None and not (1 <= export_bits <= 16 or export_bits == 32):
-        raise ValueError(f"--export-bits must be 1..16 (or 32, raw float32), got {export_bits}")
+    if export_bits is not None and export_bits != "auto" and (
+        isinstance(export_bits, bool) or not isinstance(export_bits, int)
+        or not (1 <= export_bits <= 16 or export_bits == 32)
+    ):
+        raise ValueError(f"--export-bits must be 1..16, 32 (raw float32) or auto (Algorithm 1), "
+                         f"got {export_bits!r}")
     torch.set_num_threads(threads)
     out = Path(out)
     sc = get_scenario(scenario, tasks=tasks, seed=seed, data_dir=data_dir,
@@ -177,7 +225,12 @@ def train_one_model(
 
     res = trainer.run()
     t0 = time.perf_counter()
-    pm = export(net, strat, bits=None if export_bits == 32 else export_bits)
+    adaptive = None
+    if export_bits == "auto":
+        found, base = adaptive_codes(trainer)
+        adaptive = {"bits": found.bits, "val_class_il": found.accuracy, "val_float": base,
+                    "history": [[b, a] for b, a in found.history]}
+    pm = export(net, strat, bits=None if export_bits in (32, "auto") else export_bits)
     pm.save(out / "model.h5")
     pm = bitsub.load(out / "model.h5")
     file_ci, file_ti, preds = file_accuracies(pm, sc.tasks)
@@ -195,6 +248,7 @@ def train_one_model(
         "capacity": {"percent": cap.percent, "bits": dict(cap.bits),
                      "private_percent": cap.private_percent, "dense_bits": cap.dense_bits},
         "export": {"bits": export_bits if export_bits is not None else "float32",
+                   "adaptive": adaptive,
                    "class_il": file_ci, "task_il": file_ti,
                    "acc_class_il": float(np.mean(file_ci)),
                    "acc_task_il": float(np.mean(file_ti)), "agreement": agreement},

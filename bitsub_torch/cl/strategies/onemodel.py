@@ -96,8 +96,12 @@ class OneModelStrategy(Strategy):
         if task != 0:
             raise ValueError(f"a one-model strategy exports a single packed task, not {task}")
         out = {}
+        codebooks = getattr(self, "codebooks", None) or {}
         for name, layer in model.task_layers().items():
             mask = layer.task_mask(0).cpu().numpy()
+            if name in codebooks:  # Algorithm 1's codes (rehearsal_run.adaptive_codes)
+                out[name] = {"mask": mask, "write": mask.copy(), **codebooks[name]}
+                continue
             with torch.no_grad():
                 values = (layer.weight.detach() * torch.from_numpy(mask).to(layer.weight))
             out[name] = {"mask": mask, "write": mask.copy(),
