@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from bitsub_torch.cl.divergence import KLGate
 from bitsub_torch.cl.metrics import acc, bwt, forgetting, fwt
+from bitsub_torch.cl.rehearsal import RehearsalTrainer
 from bitsub_torch.cl.strategies import (
+    ER,
     STRATEGIES,
     WSN,
     AdaQPacknet,
+    DERpp,
+    EsaCL,
     Finetune,
     PackNet,
+    PruneRetrain,
     Strategy,
     TinySubNets,
     get_strategy,
@@ -27,11 +32,16 @@ from bitsub_torch.nn.packed_module import PackedModule
 
 __all__ = [
     "AdaQPacknet",
+    "DERpp",
+    "ER",
+    "EsaCL",
     "FieldStore",
     "Finetune",
     "KLGate",
     "PackNet",
     "PackedModule",
+    "PruneRetrain",
+    "RehearsalTrainer",
     "Results",
     "STRATEGIES",
     "Scenario",

@@ -145,6 +145,15 @@ def _torch_predictions(model: Any, task: int, x: np.ndarray, batch: int = 1024) 
 # ------------------------------------------------------------------------------------ training
 
 
+def _export_bits(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a bit-width or 'auto', got {text!r}") from None
+
+
 def _train_parser() -> argparse.ArgumentParser:
     from bitsub_torch.cl.strategies import STRATEGIES
     from bitsub_torch.data.scenarios import SCENARIOS
@@ -160,12 +169,15 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", type=int, default=None, help="number of tasks (scenario default)")
     p.add_argument("--epochs", type=int, default=None,
                    help="a fixed number of training epochs per task (default: train each task "
-                   "until its validation accuracy stops improving, bitsub_torch.cl.protocol)")
+                   "until its validation accuracy stops improving, bitsub_torch.cl.protocol; "
+                   "2 epochs for the one-model strategies)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=None, help="directory of on-disk data sets")
-    p.add_argument("--export-bits", type=int, default=None,
-                   help="store b-bit K-Means codes (1..16) instead of lossless float32 fields")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--export-bits", type=_export_bits, default=None,
+                   help="store b-bit K-Means codes (1..16) instead of lossless float32 fields; "
+                   "one-model strategies also take 'auto' (Algorithm 1 on validation)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default 128; 32 for the one-model strategies")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--score-lr", type=float, default=None,
                    help="learning rate of the mask scores of wsn and tinysubnets (default: --lr, "
@@ -187,6 +199,14 @@ def _train_parser() -> argparse.ArgumentParser:
                    "quantizing strategies (tinysubnets, adaqpacknet), none otherwise; give the "
                    "flag alone for none")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # one-model (class-incremental) strategies: esacl, er, derpp, prune-retrain
+    p.add_argument("--setting", default=None, choices=("class-il", "task-il"),
+                   help="one-model strategies: the headline setting of results.json (both "
+                   "class-IL and task-IL are always measured; default class-il)")
+    p.add_argument("--buffer", type=int, default=None,
+                   help="one-model strategies: replay buffer slots (default 500)")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="esacl, prune-retrain: fraction of the weights pruned (default 0.9)")
     return p
 
 
@@ -425,10 +445,19 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                 f"--strategy-args is not valid JSON ({exc}); give an object such as "
                 "'{\"density\": 0.3}'"
             ) from None
+        if not isinstance(strategy_args, dict):
+            raise ValueError("--strategy-args must be a JSON object")
+        if _one_model(args.strategy):
+            return _train_one_model(args, strategy_args)
+        if (args.setting is not None or args.buffer is not None or args.sparsity is not None
+                or args.export_bits == "auto"):
+            raise ValueError("--setting, --buffer, --sparsity and --export-bits auto are for the "
+                             "one-model strategies (esacl, er, derpp, prune-retrain)")
         report = train(
             strategy=args.strategy, scenario=args.scenario, out=args.out, tasks=args.tasks,
             epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
-            export_bits=args.export_bits, batch_size=args.batch_size, lr=args.lr,
+            export_bits=args.export_bits,
+            batch_size=128 if args.batch_size is None else args.batch_size, lr=args.lr,
             score_lr=args.score_lr, optimizer=args.optimizer, model=args.model, width=args.width,
             strategy_args=strategy_args, val_fraction=args.val_fraction, threads=args.threads,
             progress=not args.no_progress, activation_bits=args.activation_bits,
@@ -443,6 +472,32 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print("bitsub-train: interrupted; run the same command to continue from the last "
               "finished task", file=sys.stderr)
         return 130
+    return 0
+
+
+def _one_model(strategy: str) -> bool:
+    from bitsub_torch.cl.strategies import STRATEGIES
+
+    return bool(getattr(STRATEGIES.get(strategy), "one_model", False))
+
+
+def _train_one_model(args: argparse.Namespace, strategy_args: dict[str, Any]) -> int:
+    # esacl, er, derpp, prune-retrain: one network over the stream (bitsub_torch.cl.rehearsal)
+    from bitsub_torch.cl.rehearsal_run import format_one_model_report, train_one_model
+
+    report = train_one_model(
+        strategy=args.strategy, scenario=args.scenario, out=args.out,
+        setting=args.setting or "class-il", buffer=args.buffer, sparsity=args.sparsity,
+        tasks=args.tasks, epochs=2 if args.epochs is None else args.epochs, seed=args.seed,
+        data_dir=args.data_dir, export_bits=args.export_bits,
+        batch_size=32 if args.batch_size is None else args.batch_size, lr=args.lr,
+        optimizer=args.optimizer, model=args.model, width=args.width,
+        strategy_args=strategy_args, val_fraction=args.val_fraction, threads=args.threads,
+        progress=not args.no_progress,
+    )
+    print(format_one_model_report(report))
+    print(f"\nwrote {args.out / 'results.json'}, {args.out / 'model.h5'}, "
+          f"{args.out / 'accuracy_matrix.png'}")
     return 0
 
 
@@ -464,6 +519,9 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--setting", default=None, choices=("class-il", "task-il"),
+                   help="re-test a one-model file (esacl, er, derpp, prune-retrain) class- or "
+                   "task-incrementally")
     return p
 
 
@@ -501,6 +559,16 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             hint = f" such as {inside}" if inside.is_file() else ""
             raise ValueError(f"{args.model} is a directory; give a model file{hint}")
         check_int("batch_size", args.batch_size, 1)
+
+        from bitsub_torch.cl.rehearsal_run import evaluate_one_model_file, refuse_one_model_file
+
+        if args.setting is not None:
+            print(json.dumps(evaluate_one_model_file(
+                args.model, args.scenario, setting=args.setting, seed=args.seed,
+                data_dir=args.data_dir, split=args.split, val_fraction=args.val_fraction,
+                batch_size=args.batch_size)))
+            return 0
+        refuse_one_model_file(args.model, args.scenario, seed=args.seed, data_dir=args.data_dir)
         report = evaluate_file(args.model, args.scenario, seed=args.seed, data_dir=args.data_dir,
                                split=args.split, val_fraction=args.val_fraction,
                                batch_size=args.batch_size)

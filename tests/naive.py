@@ -487,3 +487,54 @@ def naive_run_steps(steps, weights, private, x):
     """
     return run_network(parse_network(steps), np.asarray(x, dtype=np.float64),
                        NaiveOps(weights, private))
+
+
+# ------------------------------------------- EsaCL and replay (bitsub_torch.cl.esacl, .replay)
+
+
+def naive_reservoir(size, seen, count, draw):
+    """Algorithm R, one example at a time: slot of each of ``count`` new examples, or -1.
+
+    ``draw(n)`` returns a uniform integer in [0, n] (the same generator calls as the fast code).
+    """
+    out = []
+    for i in range(count):
+        n = seen + i
+        if n < size:
+            out.append(n)
+        else:
+            j = draw(n)
+            out.append(j if j < size else -1)
+    return out
+
+
+def naive_top_k(scores, k):
+    """Flat indices of the k largest scores, ties by lower index (sorted list of pairs)."""
+    flat = [float(s) for s in np.asarray(scores, dtype=np.float64).reshape(-1)]
+    ranked = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
+    return sorted(ranked[:k])
+
+
+def naive_lmo_value(m, k, radius):
+    """min over the K-sparse polytope of <m, v>: -radius times the sum of the k largest |m|."""
+    mags = sorted((abs(float(x)) for x in np.asarray(m, dtype=np.float64).reshape(-1)),
+                  reverse=True)
+    return -radius * sum(mags[:k])
+
+
+def naive_sfw_step(p, grad, buf, k, radius, lr, mu):
+    """One stochastic Frank-Wolfe step in float64: returns (new p, new momentum buffer)."""
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    g = np.asarray(grad, dtype=np.float64).reshape(-1)
+    if buf is None:
+        m = g.copy()
+    else:
+        m = mu * np.asarray(buf, dtype=np.float64).reshape(-1) + (1 - mu) * g
+    v = np.zeros_like(p)
+    for i in naive_top_k(np.abs(m), k):
+        v[i] = -radius * np.sign(m[i])
+    gap = np.sqrt(np.sum((p - v) ** 2))
+    if gap == 0:
+        return p, m
+    eta = min(max(lr * np.sqrt(np.sum(g ** 2)) / gap, 0.0), 1.0)
+    return (1 - eta) * p + eta * v, m

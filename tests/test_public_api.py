@@ -34,6 +34,8 @@ BITSUB_TORCH_NAMES = {
     "STRATEGIES", "Scenario", "Strategy", "TaskBatchNorm", "TaskConv2d", "TaskData", "TaskLinear",
     "TaskNetwork", "TinySubNets", "Trainer", "WSN", "acc", "alexnet", "bwt", "export",
     "forgetting", "fwt", "get_scenario", "get_strategy", "mlp", "resnet18", "tinynet",
+    # one-model (class-incremental) methods
+    "DERpp", "ER", "EsaCL", "PruneRetrain", "RehearsalTrainer",
 }
 
 

@@ -11,6 +11,9 @@ Named scenarios (``SCENARIOS``; default tasks in brackets):
 - ``pmnist`` [10] / ``splitmnist`` [5]: MNIST IDX files (``.gz`` or raw) from ``data_dir``.
 - ``pfmnist`` [10] / ``splitfmnist`` [5]: Fashion-MNIST IDX files from ``data_dir``, by default
   ``/usr/share/datasets/fashion-mnist`` when present (Debian's ``dataset-fashion-mnist``).
+- ``splitmnist5k`` [5]: the 5,000 MNIST images of ``pmnist5k``, 5 tasks x 2 classes.
+- ``scifar10`` [5]: CIFAR-10 python pickles (``cifar-10-batches-py/``, see
+  `bitsub_torch.data.cifar10`), 5 tasks x 2 classes.
 - ``scifar100`` [10]: CIFAR-100 python pickles (``cifar-100-python/{train,test}``), 10 tasks x 10
   classes in class-id order.
 - ``tinyimagenet`` [40]: the standard ``tiny-imagenet-200`` folder layout, 40 tasks x 5 classes in
@@ -530,6 +533,16 @@ def _b_splitfmnist(tasks, seed, data_dir, vf):
     return _split("splitfmnist", _fmnist(data_dir), tasks, 2, seed, vf)
 
 
+def _b_splitmnist5k(tasks, seed, data_dir, vf):
+    return _split("splitmnist5k", _mnist5k(), tasks, 2, seed, vf)
+
+
+def _b_scifar10(tasks, seed, data_dir, vf):
+    from bitsub_torch.data.cifar10 import load_cifar10
+
+    return _split("scifar10", load_cifar10(data_dir), tasks, 2, seed, vf)
+
+
 def _b_scifar100(tasks, seed, data_dir, vf):
     return _split("scifar100", _cifar100(data_dir), tasks, 10, seed, vf)
 
@@ -547,6 +560,8 @@ _REGISTRY: dict[str, tuple[Builder, int, int | None]] = {
     "splitmnist": (_b_splitmnist, 5, 5),
     "pfmnist": (_b_pfmnist, 10, None),
     "splitfmnist": (_b_splitfmnist, 5, 5),
+    "splitmnist5k": (_b_splitmnist5k, 5, 5),
+    "scifar10": (_b_scifar10, 5, 5),
     "scifar100": (_b_scifar100, 10, 10),
     "tinyimagenet": (_b_tinyimagenet, 40, 40),
 }

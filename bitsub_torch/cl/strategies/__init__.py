@@ -7,6 +7,7 @@ from typing import Any
 from bitsub_torch.cl.strategies.adaqpacknet import AdaQPacknet
 from bitsub_torch.cl.strategies.base import Strategy
 from bitsub_torch.cl.strategies.finetune import Finetune
+from bitsub_torch.cl.strategies.onemodel import ER, DERpp, EsaCL, PruneRetrain
 from bitsub_torch.cl.strategies.packnet import PackNet
 from bitsub_torch.cl.strategies.tinysubnets import TinySubNets
 from bitsub_torch.cl.strategies.wsn import WSN
@@ -14,8 +15,12 @@ from bitsub_torch.cl.strategies.wsn import WSN
 # Registry of strategy names (as the CLI spells them) to classes; H7 adds its strategies here.
 STRATEGIES: dict[str, type[Strategy]] = {
     "adaqpacknet": AdaQPacknet,
+    "derpp": DERpp,
+    "er": ER,
+    "esacl": EsaCL,
     "finetune": Finetune,
     "packnet": PackNet,
+    "prune-retrain": PruneRetrain,
     "tinysubnets": TinySubNets,
     "wsn": WSN,
 }
@@ -31,8 +36,12 @@ def get_strategy(name: str, **kwargs: Any) -> Strategy:
 __all__ = [
     "STRATEGIES",
     "AdaQPacknet",
+    "DERpp",
+    "ER",
+    "EsaCL",
     "Finetune",
     "PackNet",
+    "PruneRetrain",
     "Strategy",
     "TinySubNets",
     "WSN",
