@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bitsub
 from bitsub_torch.data.multitask import MTLScenario, MTLTask
@@ -22,6 +24,7 @@ from bitsub_torch.mtl.objectives import (
 )
 from bitsub_torch.mtl.pruning import keep_top, magnitude_prune, snip_prune
 from bitsub_torch.mtl.trainer import MTLConfig, evaluate, train_mtl
+from tests import naive
 
 torch.set_num_threads(1)
 
@@ -307,3 +310,38 @@ def test_resume_mid_phase_matches_an_uninterrupted_run(tmp_path, monkeypatch):
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         MTLConfig(**bad).resolved()
+
+
+# --------------------------------------------------------------------- against tests/naive
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(0, 6), seed=st.integers(0, 2**16), scale=st.sampled_from([0.0, 1.0, 255.0]))
+def test_overlay_pairs_matches_naive(n, seed, scale):
+    from bitsub_torch.data.multitask import overlay_pairs
+
+    rng = np.random.default_rng(seed)
+    images = (rng.random((5, 28, 28)) * scale).astype(np.float32)
+    labels = rng.integers(0, 10, 5)
+    got = overlay_pairs(images, labels, n, np.random.default_rng(seed + 1))
+    want = naive.naive_overlay_pairs(images, labels, n, np.random.default_rng(seed + 1))
+    for g, w in zip(got, want):
+        assert np.array_equal(g, w)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.sampled_from([(1,), (3, 5), (2, 1, 3, 3)]), theta=st.floats(-8, 3),
+       seed=st.integers(0, 2**16))
+def test_soft_threshold_matches_naive(shape, theta, seed):
+    from bitsub_torch.mtl.model import SoftThreshold, SparseLinear
+
+    w = np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * 0.1
+    layer = SparseLinear(1, 1, "backbone")
+    layer.weight = torch.nn.Parameter(torch.from_numpy(w))
+    layer.mask = torch.ones(shape, dtype=torch.bool)
+    th = SoftThreshold(["backbone"], theta)
+    layer.attach(th, "backbone")
+    got = layer.sparse_weight().detach().numpy()
+    want = naive.naive_soft_threshold(w, theta)
+    # float32 sigmoid and subtraction: within a few ulp of the float64 answer
+    np.testing.assert_allclose(got, want, rtol=0, atol=4 * np.finfo(np.float32).eps)
+    near = np.abs(np.abs(w) - 1 / (1 + np.exp(-theta))) < 1e-6  # a tie may round either way
+    assert ((got == 0) == (want == 0))[~near].all()

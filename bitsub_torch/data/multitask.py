@@ -123,12 +123,15 @@ def overlay_pairs(images: np.ndarray, labels: np.ndarray, n: int, rng: np.random
     i = rng.integers(0, len(images), n)
     j = rng.integers(0, len(images), n)
     shifts = rng.integers(0, 4, (n, 4))
+    grid = np.arange(36)
     canvas = np.zeros((n, 36, 36), np.float32)
-    for k in range(n):
-        a, b, c, d = shifts[k]
-        canvas[k, a:a + 28, b:b + 28] = images[i[k]]
-        r, s = 5 + c, 5 + d
-        np.maximum(canvas[k, r:r + 28, s:s + 28], images[j[k]], out=canvas[k, r:r + 28, s:s + 28])
+    for pick, dy, dx in ((i, shifts[:, 0], shifts[:, 1]), (j, 5 + shifts[:, 2], 5 + shifts[:, 3])):
+        rows = grid[None, :] - dy[:, None]  # canvas row -> image row, per example
+        cols = grid[None, :] - dx[:, None]
+        inside = ((rows >= 0) & (rows < 28))[:, :, None] & ((cols >= 0) & (cols < 28))[:, None, :]
+        placed = images[pick[:, None, None], np.clip(rows, 0, 27)[:, :, None],
+                        np.clip(cols, 0, 27)[:, None, :]]
+        np.maximum(canvas, np.where(inside, placed, 0.0), out=canvas)
     return canvas[:, None], labels[i], labels[j]
 
 

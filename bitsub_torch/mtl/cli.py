@@ -47,8 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                    "(scenario default: 600)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--theta-init", type=float, default=-6.0)
-    p.add_argument("--theta-lr", type=float, default=8e-3)
+    p.add_argument("--theta-init", type=float, default=-5.0)
+    p.add_argument("--theta-lr", type=float, default=0.02)
+    p.add_argument("--theta-decay", type=float, default=2.0,
+                   help="L2 decay on theta: what raises the thresholds (see the README)")
     p.add_argument("--granularity", choices=("component", "layer"), default="component",
                    help="one theta per component (AdapMTL) or per layer")
     p.add_argument("--warmup", type=int, default=None,
@@ -134,7 +136,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = MTLConfig(
         strategy=args.strategy, scenario=args.scenario, sparsity=args.sparsity, seed=args.seed,
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
-        theta_init=args.theta_init, theta_lr=args.theta_lr, granularity=args.granularity,
+        theta_init=args.theta_init, theta_lr=args.theta_lr,
+        theta_decay=args.theta_decay, granularity=args.granularity,
         warmup=args.warmup, window=args.window, finetune=args.finetune, rounds=args.rounds,
         width=args.width).resolved()  # checks the arguments before anything is written
     cache = args.cache_dir or Path(os.environ.get("BITSUB_CACHE",
@@ -146,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pm = export_mtl(model, bits=args.bits)
     pm.save(out / "model.h5")
     loaded = bitsub.load(out / "model.h5")
-    file_metrics = packed_metrics(loaded, scenario, args.width)
+    file_metrics = packed_metrics(loaded, scenario)
     results["file_metrics"] = file_metrics
     results["file_metrics_equal"] = file_metrics == results["metrics"]
     results["bits"] = args.bits
@@ -178,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def evaluate_mtl_file(path: str | os.PathLike, scenario: str, seed: int = 0,
                       data_dir: str | os.PathLike | None = None, split: str = "test",
-                      width: int = 16, cache_dir: str | os.PathLike | None = None
+                      cache_dir: str | os.PathLike | None = None
                       ) -> dict[str, Any]:
     """``{"model", "scenario", "seed", "split", "metrics"}`` of a packed multi-task model file."""
     import bitsub
@@ -188,7 +191,7 @@ def evaluate_mtl_file(path: str | os.PathLike, scenario: str, seed: int = 0,
     pm = bitsub.load(path)
     sc = get_mtl_scenario(scenario, seed, data_dir=data_dir, cache_dir=cache_dir)
     return {"model": str(path), "scenario": scenario, "seed": seed, "split": split,
-            "metrics": packed_metrics(pm, sc, width, split)}
+            "metrics": packed_metrics(pm, sc, split=split)}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,7 +20,7 @@ import torch
 import bitsub
 from bitsub_torch.mtl.model import MTLNet, build_model
 
-__all__ = ["export_mtl", "load_mtl", "packed_metrics"]
+__all__ = ["export_mtl", "file_width", "load_mtl", "packed_metrics"]
 
 
 def _owner(component: str, tasks: list[str]) -> int:
@@ -67,16 +67,26 @@ def export_mtl(model: MTLNet, bits: int | None = None) -> bitsub.PackedModel:
     return pm
 
 
-def load_mtl(pm: bitsub.PackedModel, scenario, task: int, width: int) -> MTLNet:
+def file_width(pm: bitsub.PackedModel) -> int:
+    """The ``width`` of the network in a file: twice the channels of its first layer."""
+    first = "backbone.0"
+    if first not in pm.layers:
+        raise ValueError(f"the packed model has no layer {first!r}: not a bitsub-mtl file")
+    return 2 * pm.shape(first)[0]
+
+
+def load_mtl(pm: bitsub.PackedModel, scenario, task: int, width: int | None = None) -> MTLNet:
     """The network as task ``task`` of ``pm`` reads it: backbone and head ``task`` from the file.
 
     Other heads are left as built (they are not task ``task``'s and are never read for it).
+    ``width`` defaults to the file's (:func:`file_width`).
 
     Raises
     ------
     ValueError
         The file's layers do not match the scenario's network (another scenario or width).
     """
+    width = file_width(pm) if width is None else width
     model = build_model(scenario, width=width)
     layers = model.prunable()
     want = {n: tuple(m.weight.shape) for n, m in layers}
@@ -101,8 +111,8 @@ def load_mtl(pm: bitsub.PackedModel, scenario, task: int, width: int) -> MTLNet:
     return model
 
 
-def packed_metrics(pm: bitsub.PackedModel, scenario, width: int, split: str = "test"
-                   ) -> dict[str, dict[str, float]]:
+def packed_metrics(pm: bitsub.PackedModel, scenario, width: int | None = None,
+                   split: str = "test") -> dict[str, dict[str, float]]:
     """Every task metric computed from the packed model, each task reading its own network."""
     from bitsub_torch.mtl.objectives import predict, task_metrics
 

@@ -39,11 +39,13 @@ LOWER_IS_BETTER = {
 
 
 def task_loss(kind: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Training loss: cross-entropy (class, segmentation), 1 - cosine (normal), L1 (depth)."""
+    """Training loss: cross-entropy (class, segmentation), L1 (normal, depth)."""
     if kind in ("class", "segmentation"):
         return F.cross_entropy(out, target)
     if kind == "normal":
-        return 1.0 - F.cosine_similarity(out, target, dim=1, eps=1e-6).mean()
+        # L1 to the unit normal, not 1 - cosine: a loss blind to the output's scale would let
+        # weight decay shrink this head for free, and any magnitude criterion prune it first.
+        return F.l1_loss(out, target)
     if kind == "depth":
         return F.l1_loss(out[:, 0], target)
     raise ValueError(f"unknown task kind {kind!r}")

@@ -76,9 +76,9 @@ class MTLConfig:
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    theta_init: float = -6.0
-    theta_lr: float = 8e-3
-    theta_decay: float = 1e-4
+    theta_init: float = -5.0
+    theta_lr: float = 0.02
+    theta_decay: float = 2.0
     granularity: str = "component"
     warmup: int | None = None
     window: int | None = None
@@ -121,7 +121,7 @@ def evaluate(model: MTLNet, scenario, split: str = "test") -> dict[str, dict[str
 
 
 def _dense_key(c: MTLConfig) -> str:
-    fields = (c.scenario, c.seed, c.iterations, c.batch_size, c.lr, c.weight_decay, c.width, 2)
+    fields = (c.scenario, c.seed, c.iterations, c.batch_size, c.lr, c.weight_decay, c.width, 3)
     return hashlib.sha256(repr(fields).encode()).hexdigest()[:12]
 
 
