@@ -513,7 +513,9 @@ def _eval_parser() -> argparse.ArgumentParser:
         "(no torch in the forward) and print the per-task accuracy as JSON.",
     )
     p.add_argument("model", type=Path, help="a packed model file (bitsub-train's model.h5)")
-    p.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
+    from bitsub_torch.data.multitask import MTL_SCENARIOS
+
+    p.add_argument("--scenario", required=True, choices=sorted(SCENARIOS) + sorted(MTL_SCENARIOS))
     p.add_argument("--seed", type=int, default=0, help="the seed the model was trained with")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
@@ -553,6 +555,19 @@ def evaluate_file(
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bitsub-eval``."""
     args = _eval_parser().parse_args(argv)
+    from bitsub_torch.data.multitask import MTL_SCENARIOS
+
+    if args.scenario in MTL_SCENARIOS:  # multi-task: every task metric, from bitsub-mtl's file
+        from bitsub_torch.mtl.cli import evaluate_mtl_file
+
+        try:
+            report = evaluate_mtl_file(args.model, args.scenario, seed=args.seed,
+                                       data_dir=args.data_dir, split=args.split)
+        except (FileNotFoundError, ValueError, TypeError, KeyError) as exc:
+            print(f"bitsub-eval: error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(report["metrics"]))
+        return 0
     try:
         if args.model.is_dir():
             inside = args.model / "model.h5"

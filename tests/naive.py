@@ -538,3 +538,29 @@ def naive_sfw_step(p, grad, buf, k, radius, lr, mu):
         return p, m
     eta = min(max(lr * np.sqrt(np.sum(g ** 2)) / gap, 0.0), 1.0)
     return (1 - eta) * p + eta * v, m
+
+
+# ------------------------------------------------------------- multi-task (bitsub_torch.mtl)
+def naive_overlay_pairs(images, labels, n, rng):
+    """MultiMNIST canvases one example at a time (twin of data.multitask.overlay_pairs)."""
+    i = rng.integers(0, len(images), n)
+    j = rng.integers(0, len(images), n)
+    shifts = rng.integers(0, 4, (n, 4))
+    canvas = np.zeros((n, 1, 36, 36), np.float32)
+    for k in range(n):
+        a, b, c, d = shifts[k]
+        for r in range(28):
+            for s in range(28):
+                canvas[k, 0, a + r, b + s] = max(canvas[k, 0, a + r, b + s], images[i[k], r, s])
+                canvas[k, 0, 5 + c + r, 5 + d + s] = max(canvas[k, 0, 5 + c + r, 5 + d + s],
+                                                         images[j[k], r, s])
+    return canvas, labels[i], labels[j]
+
+
+def naive_soft_threshold(w, theta):
+    """S(W, theta) = sign(W) relu(|W| - sigmoid(theta)), element by element in float64."""
+    s = 1.0 / (1.0 + np.exp(-float(theta)))
+    out = np.zeros(w.shape)
+    for idx, v in np.ndenumerate(w):
+        out[idx] = np.sign(v) * max(abs(float(v)) - s, 0.0)
+    return out
