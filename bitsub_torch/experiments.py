@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -54,11 +53,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from bitsub.atomic import write_bytes
-from bitsub_torch.cl.strategies.base import Evaluate, Strategy
+from bitsub_torch.cl.independent import Independent
 from bitsub_torch.cl.strategies.wsn import WSN
 
 __all__ = [
@@ -111,90 +108,6 @@ PAPER_PMNIST: dict[str, dict[str, Any]] = {
     "WSN": {"acc": None, "capacity": 77.73, "source": "seeds/001 (TinySubNets), discussion"},
     "PackNet": {"acc": 95.52, "capacity": 96.38, "source": "seeds/000 (Ada-QPacknet)"},
 }
-
-
-# ------------------------------------------------------------------------------------ Independent
-
-
-class Independent(Strategy):
-    """One independent float32 model per task: the upper bound of the table.
-
-    Every task starts from freshly initialised weights (seeded by the trainer), trains all of
-    them, and keeps its own copy afterwards: ``layer.values(t)`` returns task t's copy, so no
-    task can disturb another. Export puts each task in its own bank, every position written with
-    a raw float32 field: the capacity is about ``tasks x 100%``.
-    """
-
-    name = "independent"
-    word_bits = 64
-    prefix_bits = 1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stored: dict[str, dict[int, torch.Tensor]] = {}
-
-    def setup(self, model: nn.Module, scenario: Any) -> None:
-        """Route every task layer's ``values(t)`` to task t's own copy once it has one."""
-        for name, layer in model.task_layers().items():
-            self.stored.setdefault(name, {})
-            copies = self.stored[name]
-
-            def values(self_layer: nn.Module, task: int, copies: dict = copies) -> torch.Tensor:
-                return copies.get(task, self_layer.weight)
-
-            layer.values = values.__get__(layer)
-
-    def before_task(self, task: int, model: nn.Module, data: Any) -> None:
-        """Fresh weights, as the layers initialise them; nothing frozen."""
-        with torch.no_grad():
-            for layer in model.task_layers().values():
-                if layer.weight.dim() > 1:
-                    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
-                else:  # pragma: no cover - task layers are 2-D or 4-D
-                    nn.init.zeros_(layer.weight)
-
-    def after_backward(self, task: int, model: nn.Module) -> None:
-        """Nothing is frozen."""
-
-    def after_step(self, task: int, model: nn.Module) -> None:
-        """Nothing is frozen."""
-
-    def after_task(self, task: int, model: nn.Module, data: Any, evaluate: Evaluate) -> None:
-        """Keep a copy of the task's weights."""
-        for name, layer in model.task_layers().items():
-            self.stored.setdefault(name, {})[task] = layer.weight.detach().clone()
-        if task not in self.finished:
-            self.finished.append(task)
-
-    def task_layers(self, model: nn.Module, task: int) -> dict[str, dict]:
-        """Every position used and written, with the task's own values."""
-        out = {}
-        for name, layer in model.task_layers().items():
-            values = self.stored.get(name, {}).get(task, layer.weight)
-            mask = np.ones(tuple(layer.weight.shape), dtype=np.bool_)
-            out[name] = {
-                "mask": mask,
-                "write": mask.copy(),
-                "values": values.detach().cpu().numpy().astype(np.float32, copy=True),
-            }
-        return out
-
-    def bank(self, task: int) -> str | None:
-        """Each task in a bank of its own."""
-        return None if task == 0 else "new"
-
-    def state_dict(self) -> dict:  # noqa: D102
-        return {
-            **super().state_dict(),
-            "stored": {n: {int(t): v for t, v in c.items()} for n, c in self.stored.items()},
-        }
-
-    def load_state_dict(self, state: dict) -> None:  # noqa: D102
-        super().load_state_dict(state)
-        for name, copies in state["stored"].items():
-            target = self.stored.setdefault(name, {})
-            target.clear()  # the values hooks hold this very dict
-            target.update({int(t): v for t, v in copies.items()})
 
 
 def _register() -> None:
@@ -315,12 +228,15 @@ def summarize(pm: Any, report: dict[str, Any], val_acc: list[float] | None = Non
 
 
 def _slug(method: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in method.lower()).strip("-")
+    """The directory name of a method: lower case, runs of other characters as one dash."""
+    return "-".join("".join(c if c.isalnum() else " " for c in method.lower()).split())
 
 
 def _resolve(method: str) -> tuple[str, str, dict[str, Any]]:
     """(display name, strategy name, arguments) of a method, variant or strategy name."""
-    if method in VARIANTS:
+    by_slug = {_slug(v): v for v in VARIANTS}
+    if method in VARIANTS or method in by_slug:
+        method = by_slug.get(method, method)
         strategy, args = VARIANTS[method]
         return method, strategy, dict(args)
     display = {s: m for m, s in METHODS.items()}
@@ -426,6 +342,7 @@ def run(
         else:
             n_tasks = SCENARIOS.get(scenario)
         config["scenarios"][scenario] = n_tasks
+        features = None
         for display, strategy, variant in resolved:
             args = {**DEFAULTS.get(strategy, {}), **variant, **overrides.get(strategy, {})}
             for k in seeds:
@@ -445,6 +362,16 @@ def run(
                        "lr": used["lr"], "optimizer": used["optimizer"],
                        **summarize(pm, report, val), "wall_s": wall, "dir": str(run_dir),
                        "file_bytes": (run_dir / "model.h5").stat().st_size}
+                replay = int(args.get("replay", 0))
+                if replay and features is None:
+                    from bitsub_torch.data.scenarios import get_scenario
+
+                    shape = get_scenario(scenario, tasks=n_tasks, data_dir=data_dir).input_shape
+                    features = int(np.prod(shape))
+                # the replay memory: float32 samples kept per task (Table 5's last column)
+                replay_pct = (100.0 * replay * (features or 0) * 32 * len(pm.tasks)
+                              / row["capacity"]["dense_bits"])
+                row["capacity"]["with_replay"] = row["capacity"]["percent"] + replay_pct
                 rows.append(row)
                 config["wall_s"] = time.perf_counter() - t_all
                 log(f"{scenario:<12} {display:<28} seed {k} ACC {100 * row['acc']:6.2f}  "
@@ -533,13 +460,14 @@ def format_table(table: dict[str, Any]) -> str:
         "accuracy matrix; *BWT file* from model.h5 through bitsub's NumPy forward. Capacity in % "
         "of the dense float32 model (fields + codebooks + masks, each mask Huffman-coded alone or "
         "in the context of an earlier mask of its bank, whichever is smallest); *paper-style*: "
-        "code bits of the fields only. *file*: model.h5 bytes. *steps*: optimizer steps per "
+        "code bits of the fields only; *with replay*: plus a replay memory of float32 samples "
+        "per task where the method keeps one. *file*: model.h5 bytes. *steps*: optimizer steps per "
         f"task (mean). Time of the runs, summed: {run_s:.0f} s; wall time of this invocation "
         f"{cfg.get('wall_s', 0.0):.0f} s.",
         "",
     ]
     head = ("| method | n | ACC % | BWT % | BWT file % | val ACC % | capacity % | fields | masks "
-            "| paper-style % | file KiB | bits | banks | steps | train s |")
+            "| with replay % | paper-style % | file KiB | bits | banks | steps | train s |")
     sep = "|" + "---|" * (head.count("|") - 1)
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         n = cfg["scenarios"].get(scenario)
@@ -548,6 +476,9 @@ def format_table(table: dict[str, Any]) -> str:
         for method, rs in _group(here).items():
             cap = [r["capacity"] for r in rs]
             steps = [np.mean(r["steps"]) for r in rs if r.get("steps")]
+            with_replay = [c.get("with_replay", c["percent"]) for c in cap]
+            replayed = ("-" if with_replay == [c["percent"] for c in cap]
+                        else _mean_std(with_replay, 1.0))
             lines.append(
                 f"| {method} | {len(rs)} | {_mean_std([r['acc'] for r in rs])} "
                 f"| {_mean_std([r['bwt'] for r in rs])} "
@@ -556,6 +487,7 @@ def format_table(table: dict[str, Any]) -> str:
                 f"| **{_mean_std([c['percent'] for c in cap], 1.0)}** "
                 f"| {_mean_std([c['fields'] for c in cap], 1.0)} "
                 f"| {_mean_std([c['masks'] for c in cap], 1.0)} "
+                f"| {replayed} "
                 f"| {_mean_std([c['paper_style'] for c in cap], 1.0)} "
                 f"| {_mean_std([r.get('file_bytes', 0) / 1024 for r in rs], 1.0, '.0f')} "
                 f"| {_bits_text(rs[0]['bits'])} | {'/'.join(str(r['banks']) for r in rs)} "
@@ -584,9 +516,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS),
                    help=f"scenarios (default: {' '.join(SCENARIOS)})")
-    p.add_argument("--strategies", nargs="+", default=list(METHODS.values()),
-                   help="methods, variants or strategy names (default: every method of METHODS; "
-                   f"variants: {'; '.join(VARIANTS)})")
+    p.add_argument("--strategies", nargs="+",
+                   default=[*METHODS.values(), *(_slug(v) for v in VARIANTS)],
+                   help="strategy names or variants (default: all of "
+                   f"{' '.join([*METHODS.values(), *(_slug(v) for v in VARIANTS)])})")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None,
                    help="a fixed number of epochs per task (default: the convergence protocol)")
