@@ -1,17 +1,20 @@
-"""The results table of issue 6: every method on every scenario, trained, exported, re-tested.
+"""The results table: every method on every scenario, over seeds, trained, exported, re-tested.
 
 Run it as::
 
     python -m bitsub_torch.experiments --out runs/table
 
-(``--scenarios``, ``--strategies``, ``--seed``, ``--epochs``, ``--data-dir`` choose what runs).
-For each scenario (``pmnist5k`` and ``pfmnist`` with 10 tasks, ``splitfmnist`` with 5 x 2 classes)
-and each method (Finetune, PackNet, WSN, Ada-QPacknet, TinySubNets, and Independent: one
-independent float32 model per task, the upper bound) it calls :func:`bitsub_torch.cli.train`
-(the code behind ``bitsub-train``: the trainer with its re-tested accuracy matrix, export to a
-packed model, re-test of every task from ``model.h5`` with bitsub's NumPy forward) into
-``OUT/<scenario>/<method>/``, so an interrupted table resumes where it stopped. From the packed
-file it then measures the capacity and writes ``OUT/table.json`` and ``OUT/table.md``.
+(``--scenarios``, ``--strategies``, ``--seeds``, ``--epochs``, ``--data-dir`` choose what runs).
+For each scenario (``pmnist5k``, ``pfmnist`` and ``mixed`` with 10 tasks, ``splitfmnist`` with
+5 x 2 classes), each method (Finetune, PackNet, WSN, Ada-QPacknet, TinySubNets, the variants of
+`VARIANTS`, and Independent: one independent float32 model per task, the upper bound) and each
+seed it calls :func:`bitsub_torch.cli.train` (the code behind ``bitsub-train``, with its defaults:
+the convergence protocol of `bitsub_torch.cl.protocol`, the trainer with its re-tested accuracy
+matrix, export to a packed model, re-test of every task from ``model.h5`` with bitsub's NumPy
+forward) into ``OUT/<scenario>/<method>/seed<k>/``, so an interrupted table resumes where it
+stopped: finished runs are read back, a run cut short continues from its last finished task.
+From the packed file it then measures the capacity and writes ``OUT/table.json`` (one row per
+run) and ``OUT/table.md`` (mean +- sample std over the seeds present, with their number).
 
 What the table reports, per run:
 
@@ -34,14 +37,14 @@ What the table reports, per run:
 - Bit-widths of the fields (per task, the range over layers), banks, training time (the
   trainer's per-task training seconds, summed) and wall time of the whole run.
 
-Defaults (``DEFAULTS``) were chosen on validation accuracy only; see their comments.
+Every method runs with its strategy's class defaults and the CLI's training defaults (what a
+user of ``bitsub-train`` gets); those were chosen on validation accuracy only (see the README).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -50,17 +53,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from bitsub.atomic import write_bytes
-from bitsub_torch.cl.strategies.base import Evaluate, Strategy
+from bitsub_torch.cl.independent import Independent
+from bitsub_torch.cl.strategies.wsn import WSN
 
 __all__ = [
     "DEFAULTS",
     "METHODS",
     "PAPER_PMNIST",
     "SCENARIOS",
+    "VARIANTS",
     "Independent",
     "format_table",
     "main",
@@ -70,7 +73,7 @@ __all__ = [
 ]
 
 #: Scenario -> number of tasks of the table.
-SCENARIOS: dict[str, int] = {"pmnist5k": 10, "pfmnist": 10, "splitfmnist": 5}
+SCENARIOS: dict[str, int] = {"pmnist5k": 10, "pfmnist": 10, "splitfmnist": 5, "mixed": 10}
 
 #: Method name in the table -> strategy name of the CLI registry.
 METHODS: dict[str, str] = {
@@ -82,26 +85,21 @@ METHODS: dict[str, str] = {
     "Independent": "independent",
 }
 
-#: Default strategy arguments per strategy name, chosen on pfmnist (10 tasks, seed 0) by the
-#: final VALIDATION accuracy measured from the packed file, never the test accuracy:
-#: PackNet: keep in {0.1, 0.2, 0.3, 0.5, 0.7} -> 0.2 (val 86.73%; 0.5 gave 83.86%).
-#: WSN: density c in {0.1, 0.2, 0.3, 0.5, 0.7} -> 0.2 (val 85.47%, 0.3 within 0.01 point).
-#: TinySubNets: the best validation accuracy among the settings whose capacity is <= 23%:
-#: density in {0.1, 0.15, 0.2, 0.3} x Algorithm 1's delta in {0.01, 0.005, 0.002} (partly)
-#: -> density 0.15, delta 0.002 (val 85.56%, capacity 17.4%; c=0.3 was over 23%).
-#: Ada-QPacknet: the class defaults (the paper's ratios, fitness and 6-bit ceiling, with a
-#: population of 4 and 1 search epoch for time), not tuned.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "finetune": {},
-    "packnet": {"keep": 0.2, "retrain_epochs": 1},
-    "wsn": {"density": 0.2},
-    "adaqpacknet": {},
-    "tinysubnets": {"density": 0.15, "delta": 0.002},
-    "independent": {},
+#: Strategy arguments of the table per strategy name, on top of the class defaults (none: the
+#: table measures what ``bitsub-train`` gives).
+DEFAULTS: dict[str, dict[str, Any]] = {s: {} for s in METHODS.values()}
+
+#: Variants of a method (display name -> strategy name, its arguments): TinySubNets at WSN's
+#: density (it adds compression to WSN, so it must not lose more than its delta to it), without
+#: post-pruning and with a replay memory of 100 samples per task (Table 5 of TinySubNets).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "TinySubNets @ WSN density": ("tinysubnets", {"density": WSN().density}),
+    "TinySubNets w/o post-pruning": ("tinysubnets", {"post_prune_iters": 0}),
+    "TinySubNets + replay": ("tinysubnets", {"replay": 100}),
 }
 
-#: Training settings of the table (those of the TinySubNets author's pmnist5k runs).
-TRAIN: dict[str, Any] = {"epochs": 3, "batch_size": 64, "lr": 1e-3, "optimizer": "adam"}
+#: Training settings of the table: None means the CLI's default (the convergence protocol).
+TRAIN: dict[str, Any] = {"epochs": None, "batch_size": None, "lr": None, "optimizer": "adam"}
 
 #: The papers' own p-MNIST figures (ACC %, capacity % of the float32 model), for reference.
 PAPER_PMNIST: dict[str, dict[str, Any]] = {
@@ -110,90 +108,6 @@ PAPER_PMNIST: dict[str, dict[str, Any]] = {
     "WSN": {"acc": None, "capacity": 77.73, "source": "seeds/001 (TinySubNets), discussion"},
     "PackNet": {"acc": 95.52, "capacity": 96.38, "source": "seeds/000 (Ada-QPacknet)"},
 }
-
-
-# ------------------------------------------------------------------------------------ Independent
-
-
-class Independent(Strategy):
-    """One independent float32 model per task: the upper bound of the table.
-
-    Every task starts from freshly initialised weights (seeded by the trainer), trains all of
-    them, and keeps its own copy afterwards: ``layer.values(t)`` returns task t's copy, so no
-    task can disturb another. Export puts each task in its own bank, every position written with
-    a raw float32 field: the capacity is about ``tasks x 100%``.
-    """
-
-    name = "independent"
-    word_bits = 64
-    prefix_bits = 1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stored: dict[str, dict[int, torch.Tensor]] = {}
-
-    def setup(self, model: nn.Module, scenario: Any) -> None:
-        """Route every task layer's ``values(t)`` to task t's own copy once it has one."""
-        for name, layer in model.task_layers().items():
-            self.stored.setdefault(name, {})
-            copies = self.stored[name]
-
-            def values(self_layer: nn.Module, task: int, copies: dict = copies) -> torch.Tensor:
-                return copies.get(task, self_layer.weight)
-
-            layer.values = values.__get__(layer)
-
-    def before_task(self, task: int, model: nn.Module, data: Any) -> None:
-        """Fresh weights, as the layers initialise them; nothing frozen."""
-        with torch.no_grad():
-            for layer in model.task_layers().values():
-                if layer.weight.dim() > 1:
-                    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
-                else:  # pragma: no cover - task layers are 2-D or 4-D
-                    nn.init.zeros_(layer.weight)
-
-    def after_backward(self, task: int, model: nn.Module) -> None:
-        """Nothing is frozen."""
-
-    def after_step(self, task: int, model: nn.Module) -> None:
-        """Nothing is frozen."""
-
-    def after_task(self, task: int, model: nn.Module, data: Any, evaluate: Evaluate) -> None:
-        """Keep a copy of the task's weights."""
-        for name, layer in model.task_layers().items():
-            self.stored.setdefault(name, {})[task] = layer.weight.detach().clone()
-        if task not in self.finished:
-            self.finished.append(task)
-
-    def task_layers(self, model: nn.Module, task: int) -> dict[str, dict]:
-        """Every position used and written, with the task's own values."""
-        out = {}
-        for name, layer in model.task_layers().items():
-            values = self.stored.get(name, {}).get(task, layer.weight)
-            mask = np.ones(tuple(layer.weight.shape), dtype=np.bool_)
-            out[name] = {
-                "mask": mask,
-                "write": mask.copy(),
-                "values": values.detach().cpu().numpy().astype(np.float32, copy=True),
-            }
-        return out
-
-    def bank(self, task: int) -> str | None:
-        """Each task in a bank of its own."""
-        return None if task == 0 else "new"
-
-    def state_dict(self) -> dict:  # noqa: D102
-        return {
-            **super().state_dict(),
-            "stored": {n: {int(t): v for t, v in c.items()} for n, c in self.stored.items()},
-        }
-
-    def load_state_dict(self, state: dict) -> None:  # noqa: D102
-        super().load_state_dict(state)
-        for name, copies in state["stored"].items():
-            target = self.stored.setdefault(name, {})
-            target.clear()  # the values hooks hold this very dict
-            target.update({int(t): v for t, v in copies.items()})
 
 
 def _register() -> None:
@@ -306,6 +220,8 @@ def summarize(pm: Any, report: dict[str, Any], val_acc: list[float] | None = Non
         "prefix_bits": int(pm.prefix_bits),
         "word_bits": int(pm.word_bits),
         "train_s": train_s,
+        "run_s": float(timings.get("total") or 0.0) + float(timings.get("export") or 0.0),
+        "steps": [int(sum(x)) for x in timings.get("steps", [])],
         "timings": timings,
     }
 
@@ -313,12 +229,32 @@ def summarize(pm: Any, report: dict[str, Any], val_acc: list[float] | None = Non
 # ------------------------------------------------------------------------------------ running
 
 
+def _slug(method: str) -> str:
+    """The directory name of a method: lower case, runs of other characters as one dash."""
+    return "-".join("".join(c if c.isalnum() else " " for c in method.lower()).split())
+
+
+def _resolve(method: str) -> tuple[str, str, dict[str, Any]]:
+    """(display name, strategy name, arguments) of a method, variant or strategy name."""
+    by_slug = {_slug(v): v for v in VARIANTS}
+    if method in VARIANTS or method in by_slug:
+        method = by_slug.get(method, method)
+        strategy, args = VARIANTS[method]
+        return method, strategy, dict(args)
+    display = {s: m for m, s in METHODS.items()}
+    if method in METHODS:
+        return method, METHODS[method], {}
+    if method in display:
+        return display[method], method, {}
+    raise ValueError(f"unknown methods [{method!r}]; choose from {list(METHODS) + list(VARIANTS)}")
+
+
 def run(
     scenarios: Sequence[str] = tuple(SCENARIOS),
     methods: Sequence[str] = tuple(METHODS),
     *,
     out: str | os.PathLike,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     epochs: int | None = None,
     tasks: dict[str, int] | int | None = None,
     data_dir: str | os.PathLike | None = None,
@@ -329,26 +265,26 @@ def run(
     progress: bool = False,
     log: Any = None,
 ) -> dict[str, Any]:
-    """Train, export and re-test every (scenario, method); write ``table.json`` and ``table.md``.
+    """Train, export and re-test every (scenario, method, seed); write ``table.json``/``.md``.
 
     Parameters
     ----------
     scenarios : sequence of str
         Scenario names (any of `bitsub_torch.data.scenarios.SCENARIOS`).
     methods : sequence of str
-        Method names of `METHODS` (or strategy names).
+        Method names of `METHODS` or `VARIANTS` (or strategy names).
     out : path-like
-        Output directory; each run goes to ``out/<scenario>/<strategy>/`` (resumable).
-    seed : int
-        Seed of the data order, the initialisation and the scenario's permutations and splits.
+        Output directory; each run goes to ``out/<scenario>/<method>/seed<k>/`` (resumable).
+    seed : int or sequence of int
+        Seed(s) of the data order, the initialisation and the scenario's permutations and splits.
     epochs, batch_size, lr : optional
-        Training settings; default `TRAIN`.
+        Training settings; default `TRAIN` (None: the CLI's defaults, the convergence protocol).
     tasks : int or dict, optional
         Number of tasks (one for all, or per scenario); default `SCENARIOS`, else the scenario's.
     data_dir : path-like, optional
         Directory of the on-disk data sets (Fashion-MNIST defaults to the Debian package's).
     strategy_args : dict, optional
-        Per strategy name, arguments that replace `DEFAULTS` for that strategy.
+        Per strategy name, arguments added to every run of that strategy.
     threads : int
         Torch threads (1 is the fastest for these small MLPs).
     progress : bool
@@ -370,29 +306,36 @@ def run(
             print(line, file=sys.stderr, flush=True)
     from bitsub_torch.data.scenarios import SCENARIOS as KNOWN
 
-    names = {**METHODS, **{s: s for s in METHODS.values()}}
-    unknown = [m for m in methods if m not in names]
+    resolved = []
+    unknown = []
+    for m in methods:
+        try:
+            resolved.append(_resolve(m))
+        except ValueError:
+            unknown.append(m)
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS) + list(VARIANTS)}")
     unknown = [s for s in scenarios if s not in KNOWN]
     if unknown:
         raise ValueError(f"unknown scenarios {unknown}; choose from {sorted(KNOWN)}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    display = {s: m for m, s in METHODS.items()}
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    if not seeds or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in seeds):
+        raise ValueError(f"seed must be a non-negative int or a list of them, got {seed!r}")
     settings = {
         "epochs": TRAIN["epochs"] if epochs is None else int(epochs),
         "batch_size": TRAIN["batch_size"] if batch_size is None else int(batch_size),
         "lr": TRAIN["lr"] if lr is None else float(lr),
         "optimizer": TRAIN["optimizer"],
     }
+    given = {k: v for k, v in settings.items() if v is not None or k == "epochs"}
     overrides = dict(strategy_args or {})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    config = {"seed": seed, **settings, "threads": threads,
+    config = {"seeds": seeds, **settings, "threads": threads,
               "data_dir": None if data_dir is None else str(data_dir), "scenarios": {},
               "wall_s": 0.0}
+    t_all = time.perf_counter()
     for scenario in scenarios:
         if isinstance(tasks, int):
             n_tasks = tasks
@@ -401,31 +344,45 @@ def run(
         else:
             n_tasks = SCENARIOS.get(scenario)
         config["scenarios"][scenario] = n_tasks
-        for method in methods:
-            strategy = names[method]
-            args = dict(overrides.get(strategy, DEFAULTS.get(strategy, {})))
-            run_dir = out / scenario / strategy
-            t0 = time.perf_counter()
-            report = train(strategy=strategy, scenario=scenario, out=run_dir, tasks=n_tasks,
-                           seed=seed, data_dir=data_dir, strategy_args=args, threads=threads,
-                           progress=progress, **settings)
-            wall = time.perf_counter() - t0
-            pm = bitsub.load(run_dir / "model.h5")
-            val = evaluate_file(run_dir / "model.h5", scenario, seed=seed, data_dir=data_dir,
-                                split="val")["accuracy"]
-            row = {"scenario": scenario, "method": display.get(strategy, strategy),
-                   "strategy": strategy, "strategy_args": args, "tasks": len(pm.tasks),
-                   "seed": seed, **settings, **summarize(pm, report, val),
-                   "wall_s": wall, "dir": str(run_dir)}
-            rows.append(row)
-            config["wall_s"] += wall
-            log(f"{scenario:<12} {row['method']:<13} ACC {100 * row['acc']:6.2f}  "
-                f"BWT {100 * row['bwt']:+6.2f}  file BWT {100 * row['bwt_file']:+6.2f}  "
-                f"val {100 * (row['val_acc_file'] or 0):6.2f}  "
-                f"capacity {row['capacity']['percent']:8.2f}%  ({wall:.0f} s)")
-            table = {"config": config, "rows": rows, "paper_pmnist": PAPER_PMNIST}
-            write_bytes(out / "table.json", json.dumps(_json_safe(table), indent=2).encode())
-            write_bytes(out / "table.md", format_table(table).encode())
+        features = None
+        for display, strategy, variant in resolved:
+            args = {**DEFAULTS.get(strategy, {}), **variant, **overrides.get(strategy, {})}
+            for k in seeds:
+                run_dir = out / scenario / _slug(display) / f"seed{k}"
+                t0 = time.perf_counter()
+                report = train(strategy=strategy, scenario=scenario, out=run_dir, tasks=n_tasks,
+                               seed=k, data_dir=data_dir, strategy_args=args, threads=threads,
+                               progress=progress, **given)
+                wall = time.perf_counter() - t0
+                pm = bitsub.load(run_dir / "model.h5")
+                val = evaluate_file(run_dir / "model.h5", scenario, seed=k, data_dir=data_dir,
+                                    split="val")["accuracy"]
+                used = report["config"]
+                row = {"scenario": scenario, "method": display, "strategy": strategy,
+                       "strategy_args": args, "tasks": len(pm.tasks), "seed": k,
+                       "epochs": used["epochs"], "batch_size": used["batch_size"],
+                       "lr": used["lr"], "optimizer": used["optimizer"],
+                       **summarize(pm, report, val), "wall_s": wall, "dir": str(run_dir),
+                       "file_bytes": (run_dir / "model.h5").stat().st_size}
+                replay = int(args.get("replay", 0))
+                if replay and features is None:
+                    from bitsub_torch.data.scenarios import get_scenario
+
+                    shape = get_scenario(scenario, tasks=n_tasks, data_dir=data_dir).input_shape
+                    features = int(np.prod(shape))
+                # the replay memory: float32 samples kept per task (Table 5's last column)
+                replay_pct = (100.0 * replay * (features or 0) * 32 * len(pm.tasks)
+                              / row["capacity"]["dense_bits"])
+                row["capacity"]["with_replay"] = row["capacity"]["percent"] + replay_pct
+                rows.append(row)
+                config["wall_s"] = time.perf_counter() - t_all
+                log(f"{scenario:<12} {display:<28} seed {k} ACC {100 * row['acc']:6.2f}  "
+                    f"BWT {100 * row['bwt']:+6.2f}  file BWT {100 * row['bwt_file']:+6.2f}  "
+                    f"val {100 * (row['val_acc_file'] or 0):6.2f}  "
+                    f"capacity {row['capacity']['percent']:8.2f}%  ({wall:.0f} s)")
+                table = {"config": config, "rows": rows, "paper_pmnist": PAPER_PMNIST}
+                write_bytes(out / "table.json", json.dumps(_json_safe(table), indent=2).encode())
+                write_bytes(out / "table.md", format_table(table).encode())
     return _json_safe({"config": config, "rows": rows, "paper_pmnist": PAPER_PMNIST})
 
 
@@ -449,74 +406,100 @@ def _bits_text(bits: list[list[int]]) -> str:
     return per_task
 
 
+def _mean_std(values: list[float], scale: float = 100.0, fmt: str = ".2f") -> str:
+    v = np.asarray(values, dtype=float) * scale
+    if len(v) == 1:
+        return f"{v[0]:{fmt}}"
+    return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}"
+
+
+def _group(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["method"], []).append(r)
+    return out
+
+
 def _bar_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """Issue 6's bars, measured on one scenario's rows (those that are present)."""
-    by = {r["method"]: r for r in rows}
+    """The issue's bars on one scenario's rows, on the means over the seeds present."""
+    by = {m: (float(np.mean([r["acc"] for r in rs])),
+              float(np.mean([r["capacity"]["percent"] for r in rs])), rs)
+          for m, rs in _group(rows).items()}
     out = []
-    free = [m for m in ("PackNet", "WSN", "Ada-QPacknet", "TinySubNets", "Independent") if m in by]
+    free = [m for m in by if m != "Finetune"]
     if free:
-        exact = all(by[m]["bwt"] == 0.0 and by[m]["bwt_file"] == 0.0 for m in free)
-        out.append(f"- BWT exactly 0.0 (matrix and file) for {', '.join(free)}: "
+        exact = all(r["bwt"] == 0.0 and r["bwt_file"] == 0.0 for m in free for r in by[m][2])
+        out.append(f"- BWT exactly 0.0 in every run (matrix and file) for {', '.join(free)}: "
                    f"{'yes' if exact else 'NO'}")
-    for method, ref, cap_bar in (("TinySubNets", "WSN", 23.0), ("Ada-QPacknet", "PackNet", None)):
-        if method not in by or ref not in by:
-            continue
-        m, r = by[method], by[ref]
-        gap = 100 * (m["acc"] - r["acc"])
-        limit = cap_bar if cap_bar is not None else r["capacity"]["percent"]
-        cap_ok = m["capacity"]["percent"] <= limit if cap_bar else m["capacity"]["percent"] < limit
-        out.append(
-            f"- {method}: capacity {m['capacity']['percent']:.2f}% "
-            f"({'<=' if cap_bar else '<'} {limit:.2f}%: {'yes' if cap_ok else 'NO'}), "
-            f"ACC {100 * m['acc']:.2f} vs {ref} {100 * r['acc']:.2f}: {gap:+.2f} points "
-            f"(>= -1: {'yes' if gap >= -1.0 else 'NO'})"
-        )
+    if "TinySubNets" in by and "Independent" in by:
+        (acc, cap, _), ind = by["TinySubNets"], by["Independent"][0]
+        gap = 100 * (acc - ind)
+        out.append(f"- TinySubNets {100 * acc:.2f} vs Independent {100 * ind:.2f}: {gap:+.2f} "
+                   f"points (>= -2: {'yes' if gap >= -2 else 'NO'}), capacity {cap:.2f}% "
+                   f"(<= 25%: {'yes' if cap <= 25 else 'NO'})")
+    for method, ref in (("TinySubNets", "WSN"), ("TinySubNets", "PackNet"),
+                        ("Ada-QPacknet", "PackNet")):
+        if method in by and ref in by:
+            gap = 100 * (by[method][0] - by[ref][0])
+            out.append(f"- {method} vs {ref}: ACC {gap:+.2f} points, capacity "
+                       f"{by[method][1]:.2f}% vs {by[ref][1]:.2f}%")
     return out
 
 
 def format_table(table: dict[str, Any]) -> str:
-    """The markdown table of ``table.json``: one section per scenario, papers' figures beside."""
+    """The markdown table of ``table.json``: per scenario and method, mean ± std over seeds."""
     rows = table["rows"]
     cfg = table["config"]
+    run_s = sum(r.get("run_s", 0.0) for r in rows)
     lines = [
         "# bitsub results table",
         "",
-        f"Seed {cfg['seed']}; {cfg['epochs']} epochs per task, batch {cfg['batch_size']}, "
-        f"Adam lr {cfg['lr']}, {cfg['threads']} torch thread(s); MLP 784-100-100 without bias, "
-        "one head per task. ACC / BWT from the re-tested accuracy matrix; *file* columns from "
-        "model.h5 through bitsub's NumPy forward. Capacity in % of the dense float32 model "
-        "(fields + codebooks + masks; each mask Huffman-coded alone or in the context of the "
-        "previous task's mask or of the union of the earlier masks of its bank, whichever is "
-        "smallest); *masks alone*: every mask coded alone; *stored*: the capacity as "
-        "`pm.capacity()` counts the file; *file KB*: model.h5 as `ls -l` shows it; *dense npz KB*: "
-        "`np.savez` of one dense float32 copy of the weights and heads; "
-        "*paper-style*: code bits of the fields only (= union density x bit-width / 32 for one "
-        "field per position). Mask saving vs 1 bit per weight and task. Bits: per task, the range "
-        f"over layers. Wall time of the runs: {cfg.get('wall_s', 0.0):.0f} s.",
+        f"Seeds {cfg.get('seeds')}; training: "
+        + ("the convergence protocol (bitsub_torch.cl.protocol) with the CLI defaults"
+           if cfg.get("epochs") is None else f"{cfg['epochs']} epochs per task")
+        + f"; {cfg['threads']} torch thread(s); MLP 784-100-100 without bias, one head per "
+        "task. Mean ± sample std over the seeds run (column *n*). ACC / BWT from the re-tested "
+        "accuracy matrix; *BWT file* from model.h5 through bitsub's NumPy forward. Capacity in % "
+        "of the dense float32 model (fields + codebooks + masks, each mask Huffman-coded alone or "
+        "in the context of an earlier mask of its bank, whichever is smallest); *paper-style*: "
+        "code bits of the fields only; *with replay*: plus a replay memory of float32 samples "
+        "per task where the method keeps one. *file*: model.h5 bytes (`ls -l`); *dense npz*: "
+        "`np.savez` of one dense float32 copy of the weights and heads. *steps*: optimizer "
+        f"steps per task (mean). Time of the runs, summed: {run_s:.0f} s; wall time of this invocation "
+        f"{cfg.get('wall_s', 0.0):.0f} s.",
         "",
     ]
-    head = ("| method | args | ACC % | BWT % | ACC file % | BWT file % | val ACC % | capacity % "
-            "| fields | codebooks | masks | masks alone | stored % | file KB | dense npz KB "
-            "| paper-style % | mask saving | bits | banks | train s |")
+    head = ("| method | n | ACC % | BWT % | BWT file % | val ACC % | capacity % | fields | masks "
+            "| with replay % | paper-style % | file KiB | dense npz KiB | bits | banks | steps "
+            "| train s |")
     sep = "|" + "---|" * (head.count("|") - 1)
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         n = cfg["scenarios"].get(scenario)
+        here = [r for r in rows if r["scenario"] == scenario]
         lines += [f"## {scenario} ({n} tasks)", "", head, sep]
-        for r in (r for r in rows if r["scenario"] == scenario):
-            c = r["capacity"]
-            args = ", ".join(f"{k}={v}" for k, v in r["strategy_args"].items()) or "-"
+        for method, rs in _group(here).items():
+            cap = [r["capacity"] for r in rs]
+            steps = [np.mean(r["steps"]) for r in rs if r.get("steps")]
+            with_replay = [c.get("with_replay", c["percent"]) for c in cap]
+            replayed = ("-" if with_replay == [c["percent"] for c in cap]
+                        else _mean_std(with_replay, 1.0))
             lines.append(
-                f"| {r['method']} | {args} | {100 * r['acc']:.2f} | {100 * r['bwt']:+.2f} "
-                f"| {100 * r['acc_file']:.2f} | {100 * r['bwt_file']:+.2f} "
-                f"| {100 * (r['val_acc_file'] or 0):.2f} | **{c['percent']:.2f}** "
-                f"| {c['fields']:.2f} | {c['codebooks']:.3f} | {c['masks']:.2f} "
-                f"| {c['masks_alone']:.2f} "
-                f"| {c['stored_percent']:.2f} | {(c.get('file_bytes') or 0) / 1024:.1f} "
-                f"| {c.get('dense_file_bytes', 0) / 1024:.1f} | {c['paper_style']:.2f} "
-                f"| {100 * r['mask_saving']:.1f}% | {_bits_text(r['bits'])} | {r['banks']} "
-                f"| {r['train_s']:.0f} |"
+                f"| {method} | {len(rs)} | {_mean_std([r['acc'] for r in rs])} "
+                f"| {_mean_std([r['bwt'] for r in rs])} "
+                f"| {_mean_std([r['bwt_file'] for r in rs])} "
+                f"| {_mean_std([r['val_acc_file'] or 0 for r in rs])} "
+                f"| **{_mean_std([c['percent'] for c in cap], 1.0)}** "
+                f"| {_mean_std([c['fields'] for c in cap], 1.0)} "
+                f"| {_mean_std([c['masks'] for c in cap], 1.0)} "
+                f"| {replayed} "
+                f"| {_mean_std([c['paper_style'] for c in cap], 1.0)} "
+                f"| {_mean_std([r.get('file_bytes', 0) / 1024 for r in rs], 1.0, '.0f')} "
+                f"| {_mean_std([c.get('dense_file_bytes', 0) / 1024 for c in cap], 1.0, '.0f')} "
+                f"| {_bits_text(rs[0]['bits'])} | {'/'.join(str(r['banks']) for r in rs)} "
+                f"| {np.mean(steps) if steps else 0:.0f} "
+                f"| {_mean_std([r['train_s'] for r in rs], 1.0, '.0f')} |"
             )
-        lines += ["", *_bar_lines([r for r in rows if r["scenario"] == scenario]), ""]
+        lines += ["", *_bar_lines(here), ""]
     paper = table.get("paper_pmnist", PAPER_PMNIST)
     lines += ["## The papers' own p-MNIST figures (full MNIST, for reference)", "",
               "| method | ACC % | capacity % | source |", "|---|---|---|---|"]
@@ -538,13 +521,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS),
                    help=f"scenarios (default: {' '.join(SCENARIOS)})")
-    p.add_argument("--strategies", nargs="+", default=list(METHODS.values()),
-                   help=f"methods or strategy names (default: {' '.join(METHODS.values())})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategies", nargs="+",
+                   default=[*METHODS.values(), *(_slug(v) for v in VARIANTS)],
+                   help="strategy names or variants (default: all of "
+                   f"{' '.join([*METHODS.values(), *(_slug(v) for v in VARIANTS)])})")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None,
-                   help=f"epochs per task (default {TRAIN['epochs']})")
+                   help="a fixed number of epochs per task (default: the convergence protocol)")
     p.add_argument("--tasks", type=int, default=None,
-                   help="tasks per scenario (default: 10 for the permuted ones, 5 for split)")
+                   help="tasks per scenario (default: 10, 5 for splitfmnist)")
     p.add_argument("--out", type=Path, default=Path("runs/table"))
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--strategy-args", default="{}",
@@ -563,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(overrides, dict) or not all(
                 isinstance(v, dict) for v in overrides.values()):
             raise ValueError("--strategy-args must be a JSON object of objects")
-        table = run(args.scenarios, args.strategies, out=args.out, seed=args.seed,
+        table = run(args.scenarios, args.strategies, out=args.out, seed=args.seeds,
                     epochs=args.epochs, tasks=args.tasks, data_dir=args.data_dir,
                     strategy_args=overrides, threads=args.threads, progress=args.progress)
     except (FileNotFoundError, ValueError, TypeError) as exc:

@@ -46,10 +46,13 @@ def test_table_files(table):
     for method in ("Finetune", *FORGET_FREE):
         assert f"| {method} |" in md
     assert "97.14" in md  # the paper's TinySubNets p-MNIST figure beside ours
-    assert "- BWT exactly 0.0 (matrix and file) for WSN, TinySubNets, Independent: yes" in md
+    assert ("- BWT exactly 0.0 in every run (matrix and file) for WSN, TinySubNets, Independent:"
+            " yes") in md
     for r in stored["rows"]:
         assert r["tasks"] == 2 and r["seed"] == 0 and r["epochs"] == 1
-        assert (out / "splitdigits" / r["strategy"] / "model.h5").is_file()
+        assert (out / "splitdigits" / r["strategy"] / "seed0" / "model.h5").is_file()
+        assert r["file_bytes"] == (out / "splitdigits" / r["strategy"] / "seed0" /
+                                   "model.h5").stat().st_size
         assert 0.0 <= r["acc"] <= 1.0 and 0.0 <= r["val_acc_file"] <= 1.0
         assert r["capacity"]["percent"] > 0
 
@@ -68,7 +71,7 @@ def test_capacity_components_add_up(table):
     for r in result["rows"]:
         c = r["capacity"]
         assert c["percent"] == pytest.approx(c["fields"] + c["codebooks"] + c["masks"])
-        pm = bitsub.load(out / "splitdigits" / r["strategy"] / "model.h5")
+        pm = bitsub.load(out / "splitdigits" / r["strategy"] / "seed0" / "model.h5")
         assert c["stored_percent"] == pytest.approx(pm.capacity().percent)
         sizes = experiments.mask_bits(pm)
         assert sizes["best"] == c["bits"]["masks"]
@@ -90,7 +93,7 @@ def test_capacity_components_add_up(table):
 
 def test_independent_keeps_each_task(table):
     out, _, _ = table
-    pm = bitsub.load(out / "splitdigits" / "independent" / "model.h5")
+    pm = bitsub.load(out / "splitdigits" / "independent" / "seed0" / "model.h5")
     w0, w1 = pm.weights(0, "fc1"), pm.weights(1, "fc1")
     assert w0.shape == w1.shape and not np.array_equal(w0, w1)
 
@@ -104,6 +107,23 @@ def test_rerun_resumes(table):
         before = first[row["method"]]
         assert row["accuracy_matrix"] == before["accuracy_matrix"]
         assert row["file_accuracy"] == before["file_accuracy"]  # from the checkpointed state
+
+
+def test_table_shows_mean_and_sample_std_over_seeds(table):
+    _, result, _ = table
+    rows = [r for r in result["rows"] if r["method"] in ("WSN", "Independent")]
+    other = [{**r, "seed": 1, "acc": r["acc"] - 0.1} for r in rows]
+    md = experiments.format_table({**result, "rows": rows + other})
+    for r in rows:
+        accs = np.array([r["acc"], r["acc"] - 0.1]) * 100
+        assert f"| {r['method']} | 2 | {accs.mean():.2f} ± {accs.std(ddof=1):.2f} |" in md
+
+
+def test_tinysubnets_is_also_run_at_wsn_density():
+    from bitsub_torch.cl.strategies import WSN
+
+    assert experiments.VARIANTS["TinySubNets @ WSN density"] == (
+        "tinysubnets", {"density": WSN().density})
 
 
 def test_bad_arguments(tmp_path):

@@ -20,6 +20,8 @@ Named scenarios (``SCENARIOS``; default tasks in brackets):
   sorted WordNet-id order; its labelled ``val`` split serves as the test set. Only the classes of
   the requested tasks are read (Pillow decodes the JPEGs); all 40 tasks hold about 5 GB of
   float32 inputs.
+- ``mixed`` [10]: heterogeneous, 10 tasks x 5 classes from MNIST-5k, Fashion-MNIST (as above),
+  scikit-learn digits and mnist1d in one 784-feature space (see `bitsub_torch.data.mixed`).
 
 Conventions:
 
@@ -551,6 +553,19 @@ def _b_tinyimagenet(tasks, seed, data_dir, vf):
     return _split("tinyimagenet", _tinyimagenet(data_dir, tasks, 5), tasks, 5, seed, vf)
 
 
+def _b_mixed(tasks, seed, data_dir, vf):
+    from bitsub_torch.data.mixed import mixed_tasks
+
+    sources = {"mnist": _mnist5k(), "digits": _digits()}
+    if tasks > 2:
+        sources["fmnist"] = _fmnist(data_dir)
+    if tasks > 6:
+        sources["mnist1d"] = _mnist1d()
+    parts = mixed_tasks(sources, tasks, seed)
+    return Scenario("mixed", (784,), 5, [_task(t, *p, seed=seed, val_fraction=vf)
+                                         for t, p in enumerate(parts)])
+
+
 # name -> (builder, default number of tasks, maximum number of tasks or None for no limit)
 _REGISTRY: dict[str, tuple[Builder, int, int | None]] = {
     "pmnist5k": (_b_pmnist5k, 5, None),
@@ -564,6 +579,7 @@ _REGISTRY: dict[str, tuple[Builder, int, int | None]] = {
     "scifar10": (_b_scifar10, 5, 5),
     "scifar100": (_b_scifar100, 10, 10),
     "tinyimagenet": (_b_tinyimagenet, 40, 40),
+    "mixed": (_b_mixed, 10, 10),
 }
 
 # Optional packages the built-in scenarios import, by module name -> the name pip installs.
