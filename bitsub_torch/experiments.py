@@ -465,8 +465,8 @@ def format_table(table: dict[str, Any]) -> str:
         "code bits of the fields only; *with replay*: plus a replay memory of float32 samples "
         "per task where the method keeps one. *file*: model.h5 bytes (`ls -l`); *dense npz*: "
         "`np.savez` of one dense float32 copy of the weights and heads. *steps*: optimizer "
-        f"steps per task (mean). Time of the runs, summed: {run_s:.0f} s; wall time of this invocation "
-        f"{cfg.get('wall_s', 0.0):.0f} s.",
+        f"steps per task (mean). Time of the runs, summed: {run_s:.0f} s; wall time of this "
+        f"invocation {cfg.get('wall_s', 0.0):.0f} s.",
         "",
     ]
     head = ("| method | n | ACC % | BWT % | BWT file % | val ACC % | capacity % | fields | masks "
