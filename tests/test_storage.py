@@ -436,7 +436,7 @@ def test_packed_mask_decode_matches_decode_mask(seed, n, density, ctx_density):
 
 @pytest.mark.parametrize("version, match", [
     (5, "format version 5 is newer than this bitsub supports"),
-    (3, "format version 3 is not supported .* convert it by loading it with the bitsub release"),
+    (3, "format version 3 is not supported .* to convert it, re-run the bitsub-train command"),
 ])
 def test_other_versions_are_refused(tmp_path, version, match):
     pm, _ = small_model()

@@ -232,7 +232,8 @@ def test_capacity_summary_agrees_with_the_packed_model_and_replay_memory():
     scenario = digits_tasks(3)
     strategy = TinySubNets(0.5, post_prune_iters=0, replay=20, kl_threshold=float("inf"))
     model, _ = train(strategy, scenario)
-    cap = pack(model, strategy).capacity()
+    # the summary's reading of a field: prefix + code bits (a file stores the codes only)
+    cap = pack(model, strategy).capacity(prefix=True, padding=False)
     summary = strategy.capacity_summary()
     for key in ("fields", "codebooks"):
         assert summary[key] == pytest.approx(100 * cap.bits[key] / cap.dense_bits)

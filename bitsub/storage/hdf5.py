@@ -45,7 +45,8 @@ the layer's (bounding what a decoder allocates), and rebuilds the words through
 codebook, words without room, reused positions no earlier task wrote and values that are not
 finite or above 2**60. The rebuilt words are compared with the stored hashes before the model
 is returned, so no kernel ever indexes with unverified words. Format 3 files (one word per
-position) are refused with a message saying how to convert them.
+position) are refused with a message saying how to convert them (re-export from the training
+run's checkpoints).
 """
 
 from __future__ import annotations
@@ -215,9 +216,10 @@ def _check_seal(data: bytes, where: str) -> tuple[int, int]:
                           f"supports ({FORMAT_VERSION}); upgrade bitsub")
     if version != FORMAT_VERSION:
         raise FormatError(f"{where}: format version {version} is not supported (this bitsub "
-                          f"reads version {FORMAT_VERSION}); convert it by loading it with the "
-                          f"bitsub release that wrote it (format {version}) and saving it with "
-                          "this one, or re-export the model from its training run")
+                          f"reads version {FORMAT_VERSION}); to convert it, re-run the "
+                          "bitsub-train command that wrote it (it resumes from its checkpoints "
+                          "and exports again), or re-export the model with "
+                          "bitsub_torch.export and save it")
     end = _HEAD.size
     if len(data) < end + _HEAD_CRC.size:
         raise FormatError(f"{where}: truncated: {len(data)} bytes, the header needs "
