@@ -198,7 +198,7 @@ def test_bytes_scheme_is_seen_by_the_twin():
 # ---------------------------------------------------------------------- mid-density sizes
 
 
-@pytest.mark.parametrize("p", [0.1, 0.15, 0.2, 0.3])
+@pytest.mark.parametrize("p", [0.1, 0.11, 0.15, 0.2, 0.3])
 @pytest.mark.parametrize("n", [10**6, 4 * 10**6])
 def test_mid_density_size_bar(n, p):
     """Issue 14: the fast mid-density path stays within 1.02 n H(p) + 64 bytes."""

@@ -48,6 +48,12 @@ __all__ = [
 
 _U64 = np.uint64
 
+# BYTE_BITS[b]: byte b of the bytes scheme as 8 bools (position i of the block is bit i, as
+# np.packbits(bitorder="little") packs them), read as one native uint64.
+BYTE_BITS = np.unpackbits(
+    np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little"
+).view(np.uint64).reshape(-1).copy()
+
 @numba.njit(**NJIT)
 def _pair_table_kernel(table, table_bits, lone, pairs):
     out = np.zeros(table.shape[0], dtype=np.int64)
@@ -248,11 +254,13 @@ def decode_alt_kernel(words, wb, bounds, out, esc, table, table_bits, max_length
 
 
 @numba.njit(**NJIT)
-def decode_bytes_kernel(words, wb, bounds, out, table, table_bits, max_length, first, count,
-                        offset, symbols):
-    """Decode byte symbols into out[bounds[i]:bounds[i + 1]] (packed bytes); lanes as above.
+def decode_bytes_kernel(words, wb, bounds, out, byte_bits, table, table_bits, max_length, first,
+                        count, offset, symbols):
+    """Decode byte symbols into out[bounds[i]:bounds[i + 1]]; lanes as above.
 
-    Returns the bits read from each stream, or an error code in the first slot.
+    `out` is the mask's bools viewed as uint64: symbol b is stored as byte_bits[b], its 8
+    positions at once (cheaper than packed bytes and np.unpackbits after). Returns the bits read
+    from each stream, or an error code in the first slot.
     """
     shift = _U64(64 - table_bits)
     two = bounds.shape[0] == 3
@@ -274,12 +282,12 @@ def decode_bytes_kernel(words, wb, bounds, out, table, table_bits, max_length, f
                 e = table[np.int64(acc >> shift)]
                 if e != 0:
                     ln = np.int64(e & 31)
-                    out[j] = np.uint8(e >> 5)
+                    out[j] = byte_bits[e >> 5]
                 else:
                     s, ln = long_symbol(acc, table_bits, max_length, first, count, offset, symbols)
                     if ln == 0:
                         return ERR_CODE, 0
-                    out[j] = np.uint8(s)
+                    out[j] = byte_bits[s]
                 j += 1
                 acc <<= _U64(ln)
                 n -= ln
@@ -396,14 +404,16 @@ def _decode_bytes(parsed, n: int) -> np.ndarray:
     payloads, lengths = parsed[3], parsed[2]
     words, wb = _lanes(payloads)
     n_bytes = (n + 7) // 8
-    packed = np.empty(n_bytes, dtype=np.uint8)
+    out = np.empty(n_bytes, dtype=np.uint64)
     ends = decode_bytes_kernel(
-        words, wb, segment_bounds(n_bytes, len(payloads)), packed, *decode_table(lengths)
+        words, wb, segment_bounds(n_bytes, len(payloads)), out, BYTE_BITS,
+        *decode_table(lengths),
     )
     _check_ends(ends, payloads, "bytes payload")
-    if n & 7 and packed[-1] >> (n & 7):
+    bits = out.view(np.bool_)
+    if bits[n:].any():
         raise FormatError("corrupt bytes payload: nonzero padding bits")
-    return np.unpackbits(packed, count=n, bitorder="little").view(np.bool_)
+    return bits[:n]
 
 
 def decode_stream(parsed: tuple, n: int) -> np.ndarray:
