@@ -197,3 +197,13 @@ def test_split_raises_a_parts_error_after_all_parts_end():
     assert sorted(done) == [0, 2]
     assert threads.split(part, [(5,)]) == [5]
     assert threads.split(part, []) == []
+
+
+def test_a_part_that_splits_again_runs_its_parts_itself():
+    def inner(i):
+        return i * 10
+
+    def outer(i):
+        return threads.split(inner, [(i,), (i + 1,)])
+
+    assert threads.split(outer, [(1,), (5,)]) == [[10, 20], [50, 60]]
