@@ -35,6 +35,7 @@ import numba
 __all__ = ["blas_one_thread", "engine_pool", "engine_threads", "split"]
 
 _lock = threading.Lock()
+_local = threading.local()
 _pool: ThreadPoolExecutor | None = None
 _blas: Any = None  # threadpoolctl's BLAS controllers, found on first use (False: none)
 _blas_users = 0
@@ -110,11 +111,13 @@ def split(fn: Callable[..., Any], parts: Sequence[tuple]) -> list:
     BLAS runs on one thread meanwhile (see the module's policy). Returns the results in the
     order of ``parts``; the first exception raised by a part is raised after all have ended.
     """
-    if len(parts) < 2:
+    if len(parts) < 2 or getattr(_local, "worker", False):
+        # A part that splits again runs its parts itself: waiting on the pool from one of its
+        # own threads could wait forever.
         return [fn(*p) for p in parts]
     with blas_one_thread():
         pool = engine_pool()
-        futures = [pool.submit(fn, *p) for p in parts[1:]]
+        futures = [pool.submit(_as_worker, fn, *p) for p in parts[1:]]
         try:
             first = fn(*parts[0])
         finally:
@@ -123,6 +126,11 @@ def split(fn: Callable[..., Any], parts: Sequence[tuple]) -> list:
             if err is not None:
                 raise err
         return [first, *(f.result() for f in futures)]
+
+
+def _as_worker(fn: Callable[..., Any], *args: Any) -> Any:
+    _local.worker = True
+    return fn(*args)
 
 
 def _after_fork_in_child() -> None:

@@ -110,6 +110,22 @@ def test_child_repeats_load_after_fork(tmp_path):
     _assert_same(_in_child(_calls, pm, path), parent)
 
 
+@pytest.mark.skipif(
+    hasattr(bitsub.model.packed, "_hash_parallel"),
+    reason="bitsub/model/packed.py still runs prange kernels on Numba's threading layer (GNU "
+    "OpenMP here), which terminates a forked child ('fork() called from a process already "
+    "using GNU OpenMP'); it passes once those kernels split through bitsub.threads.split",
+)
+def test_child_hashes_words_after_the_parent_did():
+    words = np.arange(1 << 22, dtype=np.uint32)
+    parent = {"h": np.array(bitsub.model.packed.words_hash(words), dtype=np.uint64)}
+
+    def child():
+        return {"h": np.array(bitsub.model.packed.words_hash(words), dtype=np.uint64)}
+
+    _assert_same(_in_child(child), parent)
+
+
 def test_engine_pool_is_recreated_in_child():
     pool = threads.engine_pool()
     assert pool.submit(os.getpid).result() == os.getpid()
@@ -181,3 +197,13 @@ def test_split_raises_a_parts_error_after_all_parts_end():
     assert sorted(done) == [0, 2]
     assert threads.split(part, [(5,)]) == [5]
     assert threads.split(part, []) == []
+
+
+def test_a_part_that_splits_again_runs_its_parts_itself():
+    def inner(i):
+        return i * 10
+
+    def outer(i):
+        return threads.split(inner, [(i,), (i + 1,)])
+
+    assert threads.split(outer, [(1,), (5,)]) == [[10, 20], [50, 60]]

@@ -212,14 +212,22 @@ def _lut_decode_avx512(typingctx, codes, cbase, mask, mbase, book, out, obase, n
 @numba.njit(**NJIT)
 def _lut_slice_portable(codes, cbase, mask, mbase, book, x, xbase, n_in, y, ybase, rows
                         ):  # pragma: no cover (njit)
+    # Column by column, the 16 row sums side by side: 16 independent chains, and each sum
+    # still adds its terms in column order (the same result as one row at a time).
+    acc = np.zeros(16, np.float32)
+    zero = np.float32(0.0)
+    for j in range(n_in):
+        xj = x[xbase + j]
+        m = np.int64(mask[mbase + j])
+        o = cbase + 8 * j
+        for r in range(8):
+            byte = np.int64(codes[o + r])
+            lo = book[byte & 15]
+            hi = book[(byte >> 4) & 15]
+            acc[r] += (lo if (m >> r) & 1 else zero) * xj
+            acc[r + 8] += (hi if (m >> (r + 8)) & 1 else zero) * xj
     for r in range(rows):
-        shift = 4 * (r >> 3)
-        acc = np.float32(0.0)
-        for j in range(n_in):
-            code = (np.int64(codes[cbase + 8 * j + (r & 7)]) >> shift) & 15
-            w = book[code] if (mask[mbase + j] >> r) & 1 else np.float32(0.0)
-            acc += w * x[xbase + j]
-        y[ybase + r] = acc
+        y[ybase + r] = acc[r]
 
 
 @numba.njit(**NJIT)

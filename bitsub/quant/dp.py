@@ -102,24 +102,6 @@ def _cost(w, s, q, a, b):
 
 
 @numba.njit(**NJIT)
-def _best_start(w, s, q, prev, lo, hi, i):
-    """Least ``prev[t] + cost(t, i)`` over t in [lo, hi] and its first argmin."""
-    wi = w[i]
-    si = s[i]
-    qi = q[i]
-    best = np.inf
-    bt = lo
-    for t in range(lo, hi + 1):
-        cs = si - s[t]
-        c = qi - q[t] - cs * cs / (wi - w[t])
-        v = prev[t] + (c if c > 0.0 else 0.0)
-        if v < best:
-            best = v
-            bt = t
-    return best, bt
-
-
-@numba.njit(**NJIT)
 def _layer(w, s, q, prev, cur, arg, arg_prev, j, k):
     """Layer j (2..k) of the DP by divide and conquer over the monotone argmins.
 
@@ -147,7 +129,20 @@ def _layer(w, s, q, prev, cur, arg, arg_prev, j, k):
         low = olo
         if mid < hi0 and arg_prev[mid] > low:
             low = arg_prev[mid]
-        best, bt = _best_start(w, s, q, prev, low, min(ohi, mid - 1), mid)
+        # The hot loop of the whole DP, written out here (a call measured slower).
+        top = min(ohi, mid - 1)
+        wi = w[mid]
+        si = s[mid]
+        qi = q[mid]
+        best = np.inf
+        bt = low
+        for t in range(low, top + 1):
+            cs = si - s[t]
+            c = qi - q[t] - cs * cs / (wi - w[t])
+            v = prev[t] + (c if c > 0.0 else 0.0)
+            if v < best:
+                best = v
+                bt = t
         cur[mid] = best
         arg[mid] = bt
         if mid < hi:
