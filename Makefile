@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench table lint clean venv
+.PHONY: demo test bench table lint clean venv mutation
 
 venv: $(STAMP)
 
@@ -25,13 +25,18 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,rounds
 
-# The README's results table (issue 6): about 5 minutes on 2 cores; needs Fashion-MNIST in
+# The README's results table: about 5 minutes on 2 cores; needs Fashion-MNIST in
 # /usr/share/datasets/fashion-mnist (Debian: apt-get install dataset-fashion-mnist) or DATA_DIR.
 table: $(STAMP)
 	$(PY) -m bitsub_torch.experiments --out runs/table $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+# Sampled mutation run (bench/mutation.py; needs the mutation extra): about 30-60 min on 2 cores.
+mutation: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[mutation]"
+	NUMBA_DISABLE_JIT=1 $(PY) bench/mutation.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks build *.egg-info
+	rm -rf $(VENV) .pytest_cache .benchmarks build *.egg-info mutants
