@@ -18,13 +18,15 @@ import random
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 # module -> the functions sampled (mutmut's mangled names: x_<function>, xǁ<Class>ǁ<method>)
 FUNCTIONS = {
-    "bitsub.model.packed": [  # the read rule and the word checks a stored model must pass
+    # the read rule (the word checks of a loaded file live in the storage, being reworked)
+    "bitsub.model.packed": [
         "x__resolve_kernel_py", "x__weights_kernel_py", "xǁPackedModelǁresolve",
-        "xǁPackedModelǁweights", "xǁPackedModelǁ_prefix_tables", "x__check_bank_py",
+        "xǁPackedModelǁweights", "xǁPackedModelǁ_prefix_tables",
     ],
     "bitsub.codecs.bitfield": ["x_pack_bits", "x_unpack_bits", "x_packed_size"],
     "bitsub_torch.cl.metrics": ["x__matrix", "x_acc", "x_bwt", "x_fwt", "x_forgetting"],
@@ -81,7 +83,9 @@ def main() -> None:
         killed = sum(status.get(n) == "killed" for n in mine)
         left = [n for n in mine if status.get(n) != "killed"]
         survivors += left
-        print(f"{mod}: {killed}/{len(mine)} killed = {100 * killed / max(len(mine), 1):.1f}%")
+        other = Counter(status.get(n) for n in left)
+        print(f"{mod}: {killed}/{len(mine)} killed = {100 * killed / max(len(mine), 1):.1f}% "
+              f"(not killed: {dict(other)})")
     total = len(sample) - len(survivors)
     print(f"all: {total}/{len(sample)} killed = {100 * total / max(len(sample), 1):.1f}%")
     for name in survivors:
