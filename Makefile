@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench table lint clean venv
+.PHONY: demo test bench table lint clean venv mutation
 
 venv: $(STAMP)
 
@@ -36,8 +36,13 @@ table: $(STAMP)
 		$(if $(SEEDS),--seeds $(SEEDS)); status=$$?; \
 	echo "make table: wall time $$(( $$(date +%s) - start )) s"; exit $$status
 
+# Sampled mutation run (bench/mutation.py; needs the mutation extra): about 30-60 min on 2 cores.
+mutation: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[mutation]"
+	NUMBA_DISABLE_JIT=1 $(PY) bench/mutation.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks build *.egg-info
+	rm -rf $(VENV) .pytest_cache .benchmarks build *.egg-info mutants

@@ -388,7 +388,7 @@ def naive_conv2d_loops(x, w, stride=1, padding=0):
     return out
 
 
-# ---------------------------------------------------------------- torch layers (bitsub_torch, H5)
+# ------------------------------ torch layers and networks (bitsub_torch, bitsub.model.network)
 
 
 def naive_topk_mask(scores, k):

@@ -72,7 +72,7 @@ def test_fake_quantize_range_rejects_bad_bits():
 def _tiny_mlp(seed=0):
     torch.manual_seed(seed)
     model = mlp((12,), 3, 2, width=8)
-    for layer in model.task_layers().values():
+    for layer in model.masked_layers().values():
         nn.init.normal_(layer.weight)
     return model
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from test_strategies import assert_states_unchanged, probe_forget_free
 from test_tinysubnets import assert_forget_free, dense_forward, digits_tasks, pack, torch_weights
 
 from bitsub_torch.cl.strategies import STRATEGIES, AdaQPacknet, get_strategy
@@ -34,7 +35,9 @@ def test_registered():
 def test_forget_free_own_fields_only_and_export_is_bit_exact():
     scenario = digits_tasks(3)
     strategy = small()
+    snaps = probe_forget_free(strategy)
     model, res = train(strategy, scenario)
+    assert_states_unchanged(model, snaps)
     r = res.accuracy_matrix
     assert_forget_free(r)
     assert res.bwt == 0.0
@@ -80,7 +83,9 @@ def test_lottery_search_ratios_and_fitness():
 def test_full_bank_opens_a_new_one_and_export_follows():
     scenario = digits_tasks(4)
     strategy = small(prefix_bits=2)  # 3 tasks per bank
+    snaps = probe_forget_free(strategy)
     model, res = train(strategy, scenario)
+    assert_states_unchanged(model, snaps)
     assert_forget_free(res.accuracy_matrix)
     assert [strategy.log[t]["bank"] for t in range(4)] == [0, 0, 0, 1]
     assert strategy.bank(3) == "new"

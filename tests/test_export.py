@@ -17,7 +17,7 @@ def masked_model(net, n_tasks, seed=0, density=0.5):
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
         for t in range(n_tasks):
-            for layer in net.task_layers().values():
+            for layer in net.masked_layers().values():
                 mask = torch.rand(layer.weight.shape, generator=g) < density
                 layer.set_task_mask(t, mask)
                 layer.consolidate(t, mask)
@@ -37,9 +37,9 @@ def test_lossless_weights_and_private(strategy):
     assert isinstance(pm, bitsub.PackedModel)
     assert pm.word_bits == 64 and pm.prefix_bits == 3 and pm.banks == 1
     assert pm.tasks == [0, 1, 2, 3]
-    assert pm.layers == list(net.task_layers())
+    assert pm.layers == list(net.masked_layers())
     for t in range(4):
-        for name, layer in net.task_layers().items():
+        for name, layer in net.masked_layers().items():
             expected = (layer.weight * layer.task_mask(t)).detach().numpy()
             np.testing.assert_array_equal(pm.weights(t, name), expected)
             np.testing.assert_array_equal(pm.mask(t, name), layer.task_mask(t).numpy())
@@ -54,7 +54,7 @@ def test_finetune_exports_final_weights():
     net = mlp((10,), 2, 3, width=8)
     pm = export(net, Finetune())
     for t in range(3):
-        for name, layer in net.task_layers().items():
+        for name, layer in net.masked_layers().items():
             np.testing.assert_array_equal(pm.weights(t, name), layer.weight.detach().numpy())
 
 
@@ -64,7 +64,7 @@ def test_quantized_export(bits):
     pm = export(net, Strategy(), bits=bits)
     assert pm.word_bits == 32
     for t in range(3):
-        for name, layer in net.task_layers().items():
+        for name, layer in net.masked_layers().items():
             write = (layer.owner == t).numpy() & layer.task_mask(t).numpy()
             w = pm.weights(t, name)
             ref = (layer.weight * layer.task_mask(t)).detach().numpy()
@@ -103,7 +103,7 @@ def test_prefix_bits_grow_with_tasks():
     pm = export(net, Strategy())
     assert pm.prefix_bits == 4 and pm.banks == 1
     for t in (0, 8):
-        for name, layer in net.task_layers().items():
+        for name, layer in net.masked_layers().items():
             np.testing.assert_array_equal(
                 pm.weights(t, name), (layer.weight * layer.task_mask(t)).detach().numpy()
             )
@@ -144,7 +144,7 @@ def test_export_strategy_codebooks_and_errors():
     pm = export(net, Coded())
     assert pm.word_bits == 32
     for t in range(2):
-        for name, layer in net.task_layers().items():
+        for name, layer in net.masked_layers().items():
             m = layer.task_mask(t).numpy()
             w = pm.weights(t, name)
             assert set(np.unique(w[m])) <= {-0.5, 0.5}

@@ -438,16 +438,17 @@ def test_networks_forward_backward(build, shape):
     y = model(x, 2)
     assert y.shape == (3, model.num_classes)
     y.sum().backward()
-    layers = model.task_layers()
+    layers = model.masked_layers()
     assert layers and all(layer.weight.grad is not None for layer in layers.values())
     assert model.heads[2].weight.grad is not None and model.heads[0].weight.grad is None
 
 
 def test_mlp_is_the_papers_784_100_100_without_bias():
     model = mlp()
-    assert list(model.task_layers()) == ["fc1", "fc2"]
-    assert [tuple(v.weight.shape) for v in model.task_layers().values()] == [(100, 784), (100, 100)]
-    assert all(v.biases is None for v in model.task_layers().values())
+    assert list(model.masked_layers()) == ["fc1", "fc2"]
+    shapes = [tuple(v.weight.shape) for v in model.masked_layers().values()]
+    assert shapes == [(100, 784), (100, 100)]
+    assert all(v.biases is None for v in model.masked_layers().values())
     assert all(h.bias is None for h in model.heads)
     assert len(model.heads) == 10
 
@@ -471,7 +472,7 @@ def test_network_steps_reproduce_forward(build, shape):
     # give task 1 trained-looking norms, a mask and ownership
     model.train()
     model(torch.from_numpy(x), 1)
-    for layer in model.task_layers().values():
+    for layer in model.masked_layers().values():
         layer.set_task_mask(1, torch.from_numpy(rng.random(tuple(layer.weight.shape)) < 0.6))
         layer.consolidate(1)
     model.eval()
@@ -498,7 +499,7 @@ def test_resnet18_has_no_steps_but_private_params():
     with pytest.raises(NotImplementedError, match="skip"):
         model.network_steps(0)
     assert "head.weight" in model.private_params(0)
-    assert "layer1_0.conv1" in model.task_layers()
+    assert "layer1_0.conv1" in model.masked_layers()
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ def masked_model(net, n_tasks, seed=0, density=0.5):
                 bn.running_mean.uniform_(-0.2, 0.2, generator=g)
                 bn.running_var.uniform_(0.5, 1.5, generator=g)
         for t in range(n_tasks):
-            for layer in net.task_layers().values():
+            for layer in net.masked_layers().values():
                 mask = torch.rand(layer.weight.shape, generator=g) < density
                 layer.set_task_mask(t, mask)
                 layer.consolidate(t, mask)
@@ -52,7 +52,7 @@ def test_mlp_forward_and_input_grad_match_torch(bits):
         else:
             # the reference: the same network computed with the file's (quantized) weights
             with torch.no_grad():
-                for name, layer in net.task_layers().items():
+                for name, layer in net.masked_layers().items():
                     layer.weight.copy_(torch.from_numpy(pm.weights(t, name)))
             y_ref, g_ref = logits_and_grad(net, x, t)
         torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)

@@ -53,6 +53,55 @@ def assert_forget_free(r):
             assert r[i, j] == r[j, j], (i, j)
 
 
+def task_state(model, task):
+    """Every number the forward of ``task`` reads, as raw bytes: its task layers' effective
+    weights, its private parameters (head, biases, norms) and all its norms' buffers."""
+    out = {}
+    with torch.no_grad():
+        for name, layer in model.masked_layers().items():
+            out[f"{name}:mask"] = layer.task_mask(task).cpu().numpy()
+            # + 0.0 turns the -0.0 that ``weight * mask`` leaves where a later task flipped the
+            # sign of a weight outside this task's mask into 0.0; every other bit must stay
+            out[f"{name}:effective"] = (layer.effective_weight(task) + 0.0).cpu().numpy()
+        out.update({f"private:{k}": v for k, v in model.private_params(task).items()})
+        for name, bn in model.task_norms().items():
+            for k, v in bn.norms[task].state_dict().items():
+                out[f"{name}:buffer:{k}"] = v.cpu().numpy()
+    return {k: (v.dtype.str, v.shape, np.ascontiguousarray(v).tobytes()) for k, v in out.items()}
+
+
+def probe_forget_free(strategy):
+    """Wrap ``strategy.after_task`` so that after every task, every earlier task's state
+    (:func:`task_state`) is compared bit for bit with its state when that task ended.
+
+    Returns the dict of snapshots; call :func:`assert_states_unchanged` after the run too.
+    """
+    snaps = {}
+    after_task = strategy.after_task
+
+    def probed(task, model, *args, **kwargs):
+        out = after_task(task, model, *args, **kwargs)
+        compare_states(model, snaps, f"after task {task}")
+        snaps[task] = task_state(model, task)
+        return out
+
+    strategy.after_task = probed
+    return snaps
+
+
+def assert_states_unchanged(model, snaps):
+    assert snaps, "no task ended: nothing was checked"
+    compare_states(model, snaps, "after the run")
+
+
+def compare_states(model, snaps, when):
+    for j, before in snaps.items():
+        now = task_state(model, j)
+        assert now.keys() == before.keys(), (j, when)
+        changed = [k for k in before if now[k] != before[k]]
+        assert not changed, f"task {j}'s {changed} changed {when}"
+
+
 @pytest.mark.parametrize(
     "make, optimizer, wd",
     [
@@ -65,7 +114,11 @@ def assert_forget_free(r):
 )
 def test_forget_free_strategies_have_exactly_zero_bwt(make, optimizer, wd):
     lr = 0.3 if optimizer == "sgd" else None
-    model, res = run(make(), optimizer=optimizer, weight_decay=wd, lr=lr)
+    strategy = make()
+    snaps = probe_forget_free(strategy)
+    model, res = run(strategy, optimizer=optimizer, weight_decay=wd, lr=lr)
+    assert_states_unchanged(model, snaps)
+    assert len(snaps) == 3
     r = res.accuracy_matrix
     assert_forget_free(r)
     assert res.bwt == 0.0 and res.forgetting == 0.0
@@ -77,10 +130,21 @@ def test_forget_free_on_the_splitdigits_scenario(make):
     scenario = get_scenario("splitdigits")
     torch.manual_seed(0)
     model = mlp(scenario.input_shape, scenario.num_classes, len(scenario.tasks), width=32)
-    _, res = run(make(), scenario=scenario, model=model, epochs=1)
+    strategy = make()
+    snaps = probe_forget_free(strategy)
+    _, res = run(strategy, scenario=scenario, model=model, epochs=1)
+    assert_states_unchanged(model, snaps)
     assert_forget_free(res.accuracy_matrix)
     assert res.bwt == 0.0
     assert res.acc > 0.6  # chance: 0.5
+
+
+def test_the_forget_free_probe_catches_a_strategy_that_forgets():
+    strategy = Finetune()
+    snaps = probe_forget_free(strategy)
+    with pytest.raises(AssertionError, match="task 0's .*changed after task 1"):
+        run(strategy, epochs=1)
+    assert list(snaps) == [0]
 
 
 def test_finetune_forgets():
@@ -92,7 +156,7 @@ def test_finetune_forgets():
 
 def test_wsn_masks_density_and_ownership():
     model, _ = run(WSN(0.4))
-    for layer in model.task_layers().values():
+    for layer in model.masked_layers().values():
         k = topk_count(layer.weight.numel(), 0.4)
         owner = layer.owner
         used = torch.zeros_like(owner, dtype=torch.bool)
@@ -107,7 +171,7 @@ def test_wsn_masks_density_and_ownership():
 
 def test_packnet_keeps_its_fraction_and_all_earlier_weights():
     model, _ = run(PackNet(0.5, retrain_epochs=1))
-    for layer in model.task_layers().values():
+    for layer in model.masked_layers().values():
         free = layer.weight.numel()
         for t in range(3):
             mask = layer.task_mask(t)
@@ -129,7 +193,7 @@ def test_task_layers_reproduce_the_model(make):
     for t in range(3):
         layers = strategy.task_layers(model, t)
         for name, d in layers.items():
-            shape = tuple(model.task_layers()[name].weight.shape)
+            shape = tuple(model.masked_layers()[name].weight.shape)
             assert d["mask"].dtype == np.bool_ and d["mask"].shape == shape
             assert d["write"].dtype == np.bool_ and d["values"].dtype == np.float32
             assert not np.any(d["write"] & ~d["mask"])
@@ -156,7 +220,11 @@ def test_wsn_with_batchnorm_network_is_forget_free():
     scen = Scenario("pdigits-img", (3, 24, 24), 10, tasks)
     torch.manual_seed(0)
     model = alexnet((3, 24, 24), 10, 2, width=0.05)
-    _, res = run(WSN(0.5), scenario=scen, model=model, epochs=1)
+    strategy = WSN(0.5)
+    snaps = probe_forget_free(strategy)
+    _, res = run(strategy, scenario=scen, model=model, epochs=1)
+    assert_states_unchanged(model, snaps)
+    assert any(":buffer:running_mean" in k for k in snaps[0])  # the norms were checked
     assert_forget_free(res.accuracy_matrix)
     assert res.bwt == 0.0
 

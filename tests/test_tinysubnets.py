@@ -5,15 +5,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.datasets import load_digits
+from test_strategies import assert_states_unchanged, permuted_digits, probe_forget_free
 from torch import nn
 
 import bitsub
+from bitsub_torch.cl.ops import op_counts
 from bitsub_torch.cl.strategies import STRATEGIES, TinySubNets, get_strategy
-from bitsub_torch.cl.strategies.quantized import fake_quantize, op_counts, quantized_inference
 from bitsub_torch.cl.trainer import Trainer
-from bitsub_torch.data.scenarios import Scenario, TaskData
 from bitsub_torch.export import export
+from bitsub_torch.nn.actquant import fake_quantize, quantized_inference
 from bitsub_torch.nn.layers import TaskConv2d
 from bitsub_torch.nn.models import TaskNetwork, mlp
 
@@ -23,19 +23,12 @@ torch.set_num_threads(1)
 def digits_tasks(tasks=3, shifted=()):
     """Permuted digits (task 0 unpermuted); tasks in ``shifted`` come from another 'domain'
     (inputs mapped to 3 + 4 * x), which the KL gate should notice."""
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16).astype(np.float32)
-    order = np.random.default_rng(0).permutation(len(y))
-    x, y = x[order], y[order].astype(np.int64)
-    out = []
-    for t in range(tasks):
-        perm = np.arange(64) if t == 0 else np.random.default_rng(t).permutation(64)
-        xt = x[:, perm]
-        if t in shifted:
-            xt = (3.0 + 4.0 * xt).astype(np.float32)
-        out.append(TaskData(t, xt[:1200], y[:1200], xt[1200:1400], y[1200:1400], xt[1400:],
-                            y[1400:], tuple(range(10))))
-    return Scenario("pdigits", (64,), 10, out)
+    scenario = permuted_digits(tasks)
+    for t in shifted:
+        d = scenario.tasks[t]
+        d.x_train, d.x_val, d.x_test = ((3.0 + 4.0 * x).astype(np.float32)
+                                        for x in (d.x_train, d.x_val, d.x_test))
+    return scenario
 
 
 def train(strategy, scenario, *, epochs=2, checkpoint_dir=None, model=None):
@@ -49,7 +42,7 @@ def train(strategy, scenario, *, epochs=2, checkpoint_dir=None, model=None):
 def pack(model, strategy):
     """Export honouring the strategy's bank decisions (what export() does once it passes bank=)."""
     pm = bitsub.PackedModel(word_bits=strategy.word_bits, prefix_bits=strategy.prefix_bits)
-    for name, layer in model.task_layers().items():
+    for name, layer in model.masked_layers().items():
         pm.add_layer(name, tuple(layer.weight.shape))
     for t in strategy.store.tasks:
         layers = {}
@@ -71,7 +64,7 @@ def torch_weights(model, t):
     """
     out = {}
     with torch.no_grad():
-        for name, layer in model.task_layers().items():
+        for name, layer in model.masked_layers().items():
             w = torch.where(layer.task_mask(t), layer.values(t), torch.zeros(()))
             np.testing.assert_array_equal(w.numpy(), layer.effective_weight(t).numpy())
             out[name] = w.numpy()
@@ -106,7 +99,9 @@ def test_registered():
 def test_forget_free_and_exported_weights_are_the_torch_values_bit_for_bit():
     scenario = digits_tasks(3)
     strategy = TinySubNets(0.5, post_prune_iters=6, kl_threshold=float("inf"))
+    snaps = probe_forget_free(strategy)
     model, res = train(strategy, scenario)
+    assert_states_unchanged(model, snaps)
     r = res.accuracy_matrix
     assert_forget_free(r)
     assert res.bwt == 0.0
@@ -126,7 +121,7 @@ def test_forget_free_and_exported_weights_are_the_torch_values_bit_for_bit():
             for name, w in torch_weights(model, t).items():
                 assert pm.weights(t, name).tobytes() == w.tobytes(), (t, name)
                 np.testing.assert_array_equal(pm.mask(t, name),
-                                              model.task_layers()[name].task_mask(t).numpy())
+                                              model.masked_layers()[name].task_mask(t).numpy())
     # The packed file predicts what the torch model predicts.
     pm = pack(model, strategy)
     for t, data in enumerate(scenario.tasks):
@@ -134,8 +129,7 @@ def test_forget_free_and_exported_weights_are_the_torch_values_bit_for_bit():
             want = model(torch.from_numpy(data.x_test), t).argmax(1).numpy()
         got = dense_forward(pm, t, data.x_test).argmax(1)
         assert np.mean(got == want) >= 0.999
-        if hasattr(pm, "forward"):  # the engine's packed forward, once wired onto PackedModel
-            assert np.mean(np.asarray(pm.forward(t, data.x_test)).argmax(1) == want) >= 0.999
+        assert np.mean(pm.forward(t, data.x_test).argmax(1) == want) >= 0.999
 
 
 def test_reused_values_are_the_earlier_tasks_stored_values():
@@ -167,7 +161,9 @@ def test_post_pruning_removes_own_weights_within_its_budget():
 def test_kl_gate_opens_a_bank_for_a_different_domain_and_export_follows():
     scenario = digits_tasks(3, shifted=(2,))
     strategy = TinySubNets(0.5, post_prune_iters=0, kl_threshold=0.5)
+    snaps = probe_forget_free(strategy)
     model, res = train(strategy, scenario)
+    assert_states_unchanged(model, snaps)
     assert_forget_free(res.accuracy_matrix)
     assert [strategy.log[t]["bank"] for t in range(3)] == [0, 0, 1]
     assert strategy.log[1]["kl"] < 0.5 < strategy.log[2]["kl"]
@@ -185,7 +181,9 @@ def test_kl_gate_opens_a_bank_for_a_different_domain_and_export_follows():
 def test_kl_revisit_returns_to_the_closest_earlier_bank():
     scenario = digits_tasks(4, shifted=(2,))
     strategy = TinySubNets(0.5, post_prune_iters=0, kl_threshold=0.5, kl_revisit=True)
+    snaps = probe_forget_free(strategy)
     model, res = train(strategy, scenario)
+    assert_states_unchanged(model, snaps)
     assert_forget_free(res.accuracy_matrix)
     assert [strategy.log[t]["bank"] for t in range(4)] == [0, 0, 1, 0]
     assert strategy.log[3]["bank_reason"] == "revisits"
@@ -200,7 +198,9 @@ def test_kl_revisit_returns_to_the_closest_earlier_bank():
 def test_bank_full_opens_a_new_bank():
     scenario = digits_tasks(2)
     strategy = TinySubNets(0.5, post_prune_iters=0, prefix_bits=1, kl_threshold=float("inf"))
+    snaps = probe_forget_free(strategy)
     model, res = train(strategy, scenario)
+    assert_states_unchanged(model, snaps)
     assert [strategy.log[t]["bank_reason"] for t in range(2)] == ["first", "full"]
     assert_forget_free(res.accuracy_matrix)
 
@@ -309,17 +309,17 @@ def test_quantized_inference_context_and_restores_the_model():
         high = trainer.evaluate(model, 0, "test")
     with quantized_inference(model, 2):
         low = trainer.evaluate(model, 0, "test")
-        w = model.task_layers()["fc1"].values(0)
+        w = model.masked_layers()["fc1"].values(0)
         assert torch.unique(w).numel() <= 3  # 2-bit signed grid: -1, 0, 1 times the scale
     assert abs(high - plain) <= 0.01
     assert low < plain
     assert trainer.evaluate(model, 0, "test") == plain == res.accuracy_matrix[0, 0]
-    assert "values" in model.task_layers()["fc1"].__dict__  # the strategy's hook is back
+    assert "values" in model.masked_layers()["fc1"].__dict__  # the strategy's hook is back
 
 
 def test_op_counts_linear_and_conv():
     model = mlp((64,), 10, 2, width=48)
-    layers = model.task_layers()
+    layers = model.masked_layers()
     layers["fc1"].set_task_mask(0, torch.rand(48, 64) < 0.25)
     counts = op_counts(model, 0, (64,), weight_bits={"fc1": 3, "fc2": 5}, act_bits=8)
     kept1 = float(layers["fc1"].task_mask(0).sum())

@@ -30,8 +30,8 @@ def _layer_geometry(
     ``prod(out.shape[2:])`` positions, a linear weight once. "Other layers" are the plain
     `nn.Linear` / `nn.Conv2d` modules the forward of ``task`` runs (its head), counted dense.
     """
-    task_layers = model.task_layers()
-    ids = {id(m) for m in task_layers.values()}
+    masked = model.masked_layers()
+    ids = {id(m) for m in masked.values()}
     shapes: dict[str, tuple[int, ...]] = {}
     private = [0.0]
 
@@ -45,7 +45,7 @@ def _layer_geometry(
         layer.register_forward_hook(
             lambda m, a, out, name=name: shapes.__setitem__(name, tuple(out.shape))
         )
-        for name, layer in task_layers.items()
+        for name, layer in masked.items()
     ]
     hooks += [
         m.register_forward_hook(other)
@@ -64,7 +64,7 @@ def _layer_geometry(
         model.train(was_training)
     geometry = {
         name: float(np.prod(shapes[name][2:])) if len(shapes[name]) > 2 else 1.0
-        for name in task_layers
+        for name in masked
         if name in shapes
     }
     return geometry, private[0]
@@ -94,7 +94,7 @@ def op_counts(
     act_bits = check_int(act_bits, "act_bits", 1, 32)
     geometry, _ = _layer_geometry(model, task, tuple(input_shape))
     macs_dense = macs_masked = bops = bops_float = 0.0
-    for name, layer in model.task_layers().items():
+    for name, layer in model.masked_layers().items():
         spatial = geometry[name]
         n = layer.weight.numel()
         if masks is not None and name in masks:
@@ -174,7 +174,7 @@ def ops_report(
         geometry, private = _layer_geometry(model, t, tuple(input_shape))
         macs_dense = macs = wmacs = 0.0
         used: dict[str, list[int]] = {}
-        for name, layer in model.task_layers().items():
+        for name, layer in model.masked_layers().items():
             spatial = geometry[name]
             macs_dense += layer.weight.numel() * spatial
             if name not in masks:

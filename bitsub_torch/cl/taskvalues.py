@@ -270,8 +270,7 @@ class FieldStore:
         ``task`` must be larger than every task added so far. Layers not mentioned get an empty
         mask.
         """
-        if isinstance(task, bool) or not isinstance(task, int) or task < 0:
-            raise TypeError(f"task must be a non-negative int, got {task!r}")
+        task = check_int(task, "task", 0)
         if self._fields and task <= max(self._fields):
             raise ValueError(f"tasks are added in increasing order; {task} is not after "
                              f"{max(self._fields)}")
@@ -440,13 +439,13 @@ def install_values(model: Any, owner: Any) -> None:
     returning the tensor the task being trained reads (or None to fall back to the store, then to
     ``layer.weight`` for tasks the store does not hold).
     """
-    for name, layer in model.task_layers().items():
+    for name, layer in model.masked_layers().items():
         layer._bitsub_values = _ValuesHook(owner, name)
         layer.values = types.MethodType(_stored_values, layer)
 
 
 def uninstall_values(model: Any) -> None:
     """Undo :func:`install_values` (layers read ``weight`` again)."""
-    for layer in model.task_layers().values():
+    for layer in model.masked_layers().values():
         layer.__dict__.pop("values", None)
         layer.__dict__.pop("_bitsub_values", None)

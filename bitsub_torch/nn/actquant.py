@@ -69,7 +69,7 @@ class quantized_inference:  # noqa: N801 - used as a context manager, like torch
         def pre_hook(module: nn.Module, args: tuple) -> tuple:
             return (fake_quantize(args[0], bits), *args[1:])
 
-        for layer in self.model.task_layers().values():
+        for layer in self.model.masked_layers().values():
             self._handles.append(layer.register_forward_pre_hook(pre_hook))
             original = layer.values
             self._saved.append((layer, layer.__dict__.get("values")))
@@ -144,7 +144,7 @@ def calibrate_activations(
 
     hooks = [
         layer.register_forward_pre_hook(lambda m, a, name=name: record(name, a[0]))
-        for name, layer in model.task_layers().items()
+        for name, layer in model.masked_layers().items()
     ]
     dev = next(model.parameters()).device
     was_training = model.training
@@ -172,7 +172,7 @@ class quantized_activations:  # noqa: N801 - used as a context manager, like tor
     ) -> None:
         self.model = model
         self.bits = check_int(bits, "bits", 2, 32)
-        layers = model.task_layers()
+        layers = model.masked_layers()
         missing = sorted(set(layers) - set(ranges))
         if missing:
             raise ValueError(
@@ -183,7 +183,7 @@ class quantized_activations:  # noqa: N801 - used as a context manager, like tor
         self._handles: list[Any] = []
 
     def __enter__(self) -> quantized_activations:
-        for name, layer in self.model.task_layers().items():
+        for name, layer in self.model.masked_layers().items():
             lo, hi = self.ranges[name]
 
             def pre_hook(m: nn.Module, args: tuple, lo: float = lo, hi: float = hi) -> tuple:

@@ -21,6 +21,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from bitsub.config import NJIT
+from bitsub.validate import check_float
 
 __all__ = ["quantize_ste", "topk_count", "topk_mask", "topk_mask_bool", "topk_masked_weight"]
 
@@ -40,10 +41,8 @@ def topk_count(numel: int, density: float) -> int:
     int
         k, between 1 and ``numel`` (0 when ``numel`` is 0).
     """
-    if isinstance(density, bool) or not isinstance(density, (int, float)):
-        raise TypeError(f"density must be a float in (0, 1], got {type(density).__name__}")
-    if not 0.0 < float(density) <= 1.0:
-        raise ValueError(f"density must be in (0, 1], got {density}; pass e.g. 0.5 for 50%")
+    if check_float(density, "density", 0.0, 1.0) == 0.0:
+        raise ValueError("density must be in (0, 1], got 0; pass e.g. 0.5 for 50%")
     if numel == 0:
         return 0
     return min(numel, max(1, int(round(float(density) * numel))))

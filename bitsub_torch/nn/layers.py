@@ -37,7 +37,7 @@ from torch import nn
 from bitsub.validate import check_int
 from bitsub_torch.nn.autograd import topk_mask_bool, topk_masked_weight
 
-__all__ = ["TaskBatchNorm", "TaskConv2d", "TaskLayerMixin", "TaskLinear"]
+__all__ = ["TaskBatchNorm", "TaskConv2d", "MaskedLayerMixin", "TaskLinear"]
 
 # Integer dtypes of the same width, to restore frozen weights by their bits.
 _INT_VIEW = {
@@ -48,7 +48,7 @@ _INT_VIEW = {
 }
 
 
-class TaskLayerMixin:
+class MaskedLayerMixin:
     """Per-task masks, ownership, scores and freezing shared by `TaskLinear` and `TaskConv2d`."""
 
     weight: nn.Parameter
@@ -230,7 +230,7 @@ class TaskLayerMixin:
             bits.bitwise_and_(self._frozen["keep"]).bitwise_or_(self._frozen["part"])
 
 
-class TaskLinear(TaskLayerMixin, nn.Module):
+class TaskLinear(MaskedLayerMixin, nn.Module):
     """Linear layer whose forward depends on the task: ``y = x (values(t) * mask_t)^T + b_t``.
 
     Parameters
@@ -263,7 +263,7 @@ class TaskLinear(TaskLayerMixin, nn.Module):
         )
 
 
-class TaskConv2d(TaskLayerMixin, nn.Module):
+class TaskConv2d(MaskedLayerMixin, nn.Module):
     """2-D convolution whose forward depends on the task (square kernel, stride, padding).
 
     Parameters
@@ -353,6 +353,4 @@ class TaskBatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
         """Normalise with task ``task``'s statistics (batch statistics while training)."""
-        if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < self.num_tasks:
-            raise ValueError(f"task must be an int in 0..{self.num_tasks - 1}, got {task!r}")
-        return self.norms[task](x)
+        return self.norms[check_int(task, "task", 0, self.num_tasks - 1)](x)

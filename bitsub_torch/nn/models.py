@@ -22,15 +22,16 @@ from torch import nn
 
 from bitsub.validate import check_int
 from bitsub_torch.nn.layers import (
+    MaskedLayerMixin,
     TaskBatchNorm,
     TaskConv2d,
-    TaskLayerMixin,
     TaskLinear,
 )
 
 __all__ = ["ResNet18", "TaskNetwork", "alexnet", "mlp", "resnet18", "tinynet"]
 
-TaskLayer = TaskLinear | TaskConv2d
+MaskedLayer = TaskLinear | TaskConv2d
+"""A shared layer with a mask per task (not the engine's ``bitsub.TaskLayer`` record)."""
 _TASK_AWARE = (TaskLinear, TaskConv2d, TaskBatchNorm)
 
 
@@ -98,11 +99,7 @@ class TaskNetwork(nn.Module):
         )
 
     def _check_task(self, task: int) -> int:
-        if isinstance(task, bool) or not isinstance(task, int):
-            raise TypeError(f"task must be an int, got {type(task).__name__}")
-        if not 0 <= task < self.num_tasks:
-            raise ValueError(f"task must be in 0..{self.num_tasks - 1}, got {task}")
-        return task
+        return check_int(task, "task", 0, self.num_tasks - 1)
 
     def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
         """The body's output for task ``task`` (the heads' input)."""
@@ -116,16 +113,24 @@ class TaskNetwork(nn.Module):
         return self.heads[task](self.features(x, task))
 
     # ------------------------------------------------------------------ introspection
-    def task_layers(self) -> dict[str, TaskLayer]:
-        """Shared task layers (TaskLinear / TaskConv2d) in forward order, by stable name."""
+    def masked_layers(self) -> dict[str, MaskedLayer]:
+        """Shared masked layers (TaskLinear / TaskConv2d) in forward order, by stable name."""
         # cached: the strategies' hooks ask for it twice per training step
-        cache = self.__dict__.get("_task_layers")
+        cache = self.__dict__.get("_masked_layers")
         if cache is None:
             cache = {
-                name: m for name, m in self.blocks.named_modules() if isinstance(m, TaskLayerMixin)
+                name: m for name, m in self.blocks.named_modules()
+                if isinstance(m, MaskedLayerMixin)
             }
-            self.__dict__["_task_layers"] = cache
+            self.__dict__["_masked_layers"] = cache
         return dict(cache)
+
+    def task_layers(self) -> dict[str, MaskedLayer]:
+        """Old name of :meth:`masked_layers` (until its last callers are switched).
+
+        Not to be confused with ``Strategy.task_layers(model, task)``, the export records.
+        """
+        return self.masked_layers()
 
     def task_norms(self) -> dict[str, TaskBatchNorm]:
         """Per-task BatchNorms by name."""
@@ -133,11 +138,11 @@ class TaskNetwork(nn.Module):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The shared weights of the task layers."""
-        return [layer.weight for layer in self.task_layers().values()]
+        return [layer.weight for layer in self.masked_layers().values()]
 
     def score_parameters(self) -> list[nn.Parameter]:
         """The WSN scores of the task layers."""
-        return [layer.scores for layer in self.task_layers().values()]
+        return [layer.scores for layer in self.masked_layers().values()]
 
     def private_parameters(self, task: int) -> list[nn.Parameter]:
         """Parameters private to task ``task``: its head, its BatchNorms and its biases."""
@@ -145,7 +150,7 @@ class TaskNetwork(nn.Module):
         params = list(self.heads[task].parameters())
         for norm in self.task_norms().values():
             params.extend(norm.norms[task].parameters())
-        for layer in self.task_layers().values():
+        for layer in self.masked_layers().values():
             bias = layer.task_bias(task)
             if bias is not None:
                 params.append(bias)
@@ -200,7 +205,7 @@ class TaskNetwork(nn.Module):
         out: dict[str, np.ndarray] = {"head.weight": _np(self.heads[task].weight)}
         for name, norm in self.task_norms().items():
             out.update(_bn_params(name, norm, task))
-        for name, layer in self.task_layers().items():
+        for name, layer in self.masked_layers().items():
             bias = layer.task_bias(task)
             if bias is not None:
                 out[f"{name}.bias"] = _np(bias)

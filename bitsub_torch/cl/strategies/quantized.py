@@ -106,7 +106,7 @@ class QuantizedStrategy(Strategy):
     # ------------------------------------------------------------------ set-up
     def setup(self, model: nn.Module, scenario: Any) -> None:
         """Create the field store for the model's layers and route their ``values`` through it."""
-        layers = model.task_layers()
+        layers = model.masked_layers()
         shapes = {n: tuple(int(s) for s in layer.weight.shape) for n, layer in layers.items()}
         if self.prefix_bits is None:
             self.prefix_bits = max(1, int(model.num_tasks).bit_length())
@@ -137,7 +137,7 @@ class QuantizedStrategy(Strategy):
     def _begin(self, task: int, model: nn.Module, bank: int, trainable: dict[str, Any]) -> None:
         store = self._require_store()
         cur_train, frozen = {}, {}
-        for name, layer in model.task_layers().items():
+        for name, layer in model.masked_layers().items():
             dev = layer.weight.device
             tr = torch.as_tensor(np.asarray(trainable[name]), dtype=torch.bool).to(dev)
             fz = torch.from_numpy(store.visible(bank, name)).to(dev)
@@ -165,7 +165,7 @@ class QuantizedStrategy(Strategy):
         from bitsub.quant.adaptive import adaptive_bitwidth
 
         cur = self._current(task)
-        layers = model.task_layers()
+        layers = model.masked_layers()
         names = [n for n in layers if bool(write[n].any())]
         if not names:
             return None
@@ -210,7 +210,7 @@ class QuantizedStrategy(Strategy):
         store = self._require_store()
         cur = self._current(task)
         fields = {}
-        for name in model.task_layers():
+        for name in model.masked_layers():
             m = masks[name].detach().cpu().numpy().astype(bool)
             w = write[name].detach().cpu().numpy().astype(bool)
             if w.any():
@@ -224,7 +224,7 @@ class QuantizedStrategy(Strategy):
                 fields[name] = LayerFields(m, w, 0, empty, np.zeros(0, np.uint8))
         store.add_task(task, cur.bank, fields)
         self._cur = None
-        for name, layer in model.task_layers().items():
+        for name, layer in model.masked_layers().items():
             stored = torch.from_numpy(store.visible(cur.bank, name, upto=task))
             stored = stored.to(layer.weight.device)
             with torch.no_grad():
