@@ -107,6 +107,14 @@ class RehearsalTrainer:
         A split scenario.
     epochs, batch_size, lr, optimizer, momentum, seed, checkpoint_dir, progress, device
         As for `bitsub_torch.cl.trainer.Trainer`.
+
+    Notes
+    -----
+    The class runs to about 360 lines: the training step (SAM ascent, replay loss, optimizer
+    steps, data-selection records, buffer), the task phases (regrowth, pruning, retraining) and
+    the resumable run all update the same counters, buffer and masks. The algorithms
+    (`bitsub_torch.cl.esacl`), the losses (`bitsub_torch.cl.replay`) and the CLI driver
+    (`bitsub_torch.cl.rehearsal_run`) live outside it.
     """
 
     def __init__(self, model: nn.Module, strategy: Any, scenario: Any, *, epochs: int = 1,
