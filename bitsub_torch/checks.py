@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bitsub import validate
 
 __all__ = [
     "MODELS", "USER_ERRORS", "check_int", "check_out", "check_positive",
@@ -45,25 +46,21 @@ def error_line(exc: BaseException) -> str:
     return " ".join(msg.split())
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     """``value`` as an int in ``low..high``, else an error naming the flag of argument ``name``."""
-    flag = "--" + name.replace("_", "-")
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{flag} must be a whole number, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f"in {low}..{high}" if high is not None else f">= {low}"
-        raise ValueError(f"{flag} must be {bound}, got {value}")
-    return int(value)
+    return validate.check_int(value, _flag(name), low, high)
 
 
 def check_positive(name: str, value: Any) -> float:
     """``value`` as a finite float > 0, else an error naming the flag of argument ``name``."""
-    flag = "--" + name.replace("_", "-")
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{flag} must be a number, got {value!r}")
-    if not 0 < float(value) < math.inf:
-        raise ValueError(f"{flag} must be a finite number > 0, got {value}")
-    return float(value)
+    v = validate.check_float(value, _flag(name), 0.0)
+    if v == 0.0:
+        raise ValueError(f"{_flag(name)} must be a finite number > 0, got {value}")
+    return v
 
 
 def check_train_arguments(
@@ -71,7 +68,7 @@ def check_train_arguments(
     strategy: str,
     scenario: str,
     tasks: int | None,
-    epochs: int,
+    epochs: int | None,
     seed: int,
     export_bits: int | None,
     batch_size: int,
@@ -98,7 +95,8 @@ def check_train_arguments(
         raise ValueError(f"--scenario must be one of {sorted(SCENARIOS)}, got {scenario!r}")
     if tasks is not None:
         check_int("tasks", tasks, 1)
-    check_int("epochs", epochs, 0)
+    if epochs is not None:  # None: the convergence protocol
+        check_int("epochs", epochs, 0)
     check_int("seed", seed, 0)
     check_int("batch_size", batch_size, 1)
     check_int("threads", threads, 1)

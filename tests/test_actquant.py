@@ -245,7 +245,7 @@ def test_cli_flag_parsing():
 
 @pytest.mark.parametrize("bad", [[1], [17], [4.0], "8"])
 def test_cli_rejects_bad_activation_bits_before_training(tmp_path, bad):
-    with pytest.raises(ValueError, match="activation_bits"):
+    with pytest.raises(ValueError, match="activation.bits"):
         cli_train(strategy="finetune", scenario="splitdigits", out=tmp_path, tasks=2,
                   activation_bits=bad, progress=False)
     assert not (tmp_path / "config.json").exists()

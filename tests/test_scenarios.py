@@ -161,7 +161,8 @@ def test_argument_validation(kwargs, exc, match):
 
 def test_registry_names():
     assert set(SCENARIOS) == {"pmnist5k", "splitdigits", "mnist1d", "pmnist", "splitmnist",
-                              "pfmnist", "splitfmnist", "scifar100", "tinyimagenet"}
+                              "pfmnist", "splitfmnist", "scifar100", "tinyimagenet", "mixed",
+                              "splitmnist5k", "scifar10"}
 
 
 # ----------------------------------------------------------------------------- IDX

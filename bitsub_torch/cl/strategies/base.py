@@ -24,16 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Evaluate", "Strategy", "check_flag", "val_split"]
+__all__ = ["Evaluate", "Strategy", "val_split"]
 
 Evaluate = Callable[..., float]
-
-
-def check_flag(value: object, name: str) -> bool:
-    """``value`` if it is a bool, else a TypeError (``bool("no")`` would silently be True)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be true or false, got {value!r}")
-    return bool(value)
 
 
 def _plain(value: Any) -> Any:
@@ -117,16 +110,23 @@ class Strategy:
         """
         if not isinstance(arguments, Mapping):
             raise TypeError(f"strategy arguments must be a dict, got {type(arguments).__name__}")
-        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-            known = [p.name for p in params if p.kind in (
+        # The names of __init__, and of the parents' __init__ it forwards **kwargs to.
+        known: list[str] = []
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            params = list(inspect.signature(init).parameters.values())[1:]
+            known += [p.name for p in params if p.name not in known and p.kind in (
                 inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
-            unknown = sorted(set(arguments) - set(known))
-            if unknown:
-                raise ValueError(
-                    f"strategy {cls.name!r} has no argument {', '.join(map(repr, unknown))}; "
-                    f"its arguments are {', '.join(known) or 'none'}"
-                )
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+                break
+        unknown = sorted(set(arguments) - set(known))
+        if unknown:
+            raise ValueError(
+                f"strategy {cls.name!r} has no argument {', '.join(map(repr, unknown))}; "
+                f"its arguments are {', '.join(known) or 'none'}"
+            )
         for key, value in arguments.items():
             if isinstance(value, float) and math.isnan(value):
                 raise ValueError(f"strategy argument {key!r} is NaN; give a number")

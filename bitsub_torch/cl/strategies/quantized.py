@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitsub.quant.kmeans import METHODS as KMEANS_METHODS
-from bitsub.validate import check_float, check_int
-from bitsub_torch.cl.strategies.base import Evaluate, Strategy, check_flag
+from bitsub.validate import check_bool, check_float, check_int
+from bitsub_torch.cl.strategies.base import Evaluate, Strategy
 from bitsub_torch.cl.taskvalues import FieldStore, LayerFields, install_values
 
 __all__ = ["QuantizedStrategy"]
@@ -85,7 +85,7 @@ class QuantizedStrategy(Strategy):
         self.max_bits = check_int(max_bits, "max_bits", 1, 8)
         if self.min_bits > self.max_bits:
             raise ValueError(f"min_bits ({min_bits}) must be <= max_bits ({max_bits})")
-        self.per_layer = check_flag(per_layer, "per_layer")
+        self.per_layer = check_bool(per_layer, "per_layer")
         if word_bits not in (32, 64) or isinstance(word_bits, bool):
             raise ValueError(f"word_bits must be 32 or 64, got {word_bits!r}")
         self.word_bits = int(word_bits)

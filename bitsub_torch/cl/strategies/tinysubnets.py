@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bitsub.validate import check_float, check_int
+from bitsub.validate import check_bool, check_float, check_int
 from bitsub_torch.cl.divergence import KLGate
-from bitsub_torch.cl.strategies.base import Evaluate, check_flag, val_split
+from bitsub_torch.cl.strategies.base import Evaluate, val_split
 from bitsub_torch.cl.strategies.quantized import QuantizedStrategy
 from bitsub_torch.nn.autograd import topk_count
 
@@ -136,7 +136,7 @@ class TinySubNets(QuantizedStrategy):
             raise ValueError("post_prune_step must be > 0 (use post_prune_iters=0 to disable)")
         self.post_prune_delta = check_float(post_prune_delta, "post_prune_delta", 0.0, 1.0)
         self.kl_samples = check_int(kl_samples, "kl_samples", 1)
-        self.kl_revisit = check_flag(kl_revisit, "kl_revisit")
+        self.kl_revisit = check_bool(kl_revisit, "kl_revisit")
         self.replay = check_int(replay, "replay", 0)
         self.gate = KLGate(kl_threshold, method=kl_method)
         self.summaries: dict[int, dict[str, np.ndarray]] = {}
