@@ -115,7 +115,10 @@ def check_train_arguments(
         isinstance(b, (int, np.integer)) and not isinstance(b, bool) and 2 <= b <= 16
         for b in activation_bits
     )):
-        raise ValueError(f"--activation-bits must be bit-widths in 2..16, got {activation_bits!r}")
+        raise ValueError(
+            f"--activation-bits (activation_bits) must be bit-widths in 2..16, got "
+            f"{activation_bits!r}"
+        )
     cls = STRATEGIES[strategy]
     if export_bits is not None:
         # The rule of bitsub_torch.export: b-bit codes (1..16) or 32 (raw float32 fields).

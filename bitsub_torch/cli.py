@@ -23,7 +23,8 @@ does every checkpoint); a different command on the same DIR is refused, naming w
 
 Every argument, the strategy's included (by the strategy's own checks), is checked before
 anything is written; a user mistake, missing data or package, or an I/O error (full disk,
-permission, a directory where a file belongs) ends in a one-line error and exit status 2.
+permission, a directory where a file belongs) ends in a one-line error and exit status 2; Ctrl-C
+in one line and exit status 130 (the same command then resumes).
 
 ``bitsub-eval DIR/model.h5 --scenario C --seed K`` re-tests every task from the file alone with
 bitsub's NumPy forward pass and prints the per-task accuracy as JSON.
