@@ -345,3 +345,21 @@ def test_soft_threshold_matches_naive(shape, theta, seed):
     np.testing.assert_allclose(got, want, rtol=0, atol=4 * np.finfo(np.float32).eps)
     near = np.abs(np.abs(w) - 1 / (1 + np.exp(-theta))) < 1e-6  # a tie may round either way
     assert ((got == 0) == (want == 0))[~near].all()
+
+
+def test_adaptive_bits_exports_exactly_what_it_evaluated(tmp_path):
+    from bitsub_torch.mtl.export import adaptive_bits
+
+    torch.manual_seed(4)
+    sc = _tiny_pairs()
+    model = build_model(sc, width=4)
+    magnitude_prune(model, 0.6)
+    bits, reached = adaptive_bits(model, sc, delta=5.0, max_bits=6)
+    assert set(bits) == {n for n, _ in model.prunable()} and all(1 <= b <= 6 for b in bits.values())
+    assert reached >= -5.0 or max(bits.values()) == 6
+    for name, m in model.prunable():
+        w = m.sparse_weight().detach().numpy()
+        assert len(np.unique(w[w != 0])) <= 2 ** bits[name]
+    pm = export_mtl(model, bits=bits)
+    pm.save(tmp_path / "q.h5")
+    assert packed_metrics(bitsub.load(tmp_path / "q.h5"), sc) == evaluate(model, sc)

@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=16, help="channels of the network")
     p.add_argument("--bits", type=int, default=None,
                    help="store K-Means codes of this bit-width (1..16) instead of float32")
+    p.add_argument("--adaptive-bits", type=float, default=None, metavar="DELTA",
+                   help="choose the bit-widths by Algorithm 1 (validation Delta_T loss <= DELTA "
+                   "%%) and store K-Means codes; metrics are then those of the quantized model")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="scenes and dense models (default $BITSUB_CACHE or ~/.cache/bitsub)")
@@ -132,6 +135,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.bits is not None and not 1 <= args.bits <= 16:
         raise ValueError(f"--bits must be in 1..16 (or left out for float32), got {args.bits}")
+    if args.adaptive_bits is not None and (args.bits is not None or args.adaptive_bits < 0):
+        raise ValueError("--adaptive-bits takes a Delta_T loss >= 0 and excludes --bits")
     torch.set_num_threads(args.threads)
     config = MTLConfig(
         strategy=args.strategy, scenario=args.scenario, sparsity=args.sparsity, seed=args.seed,
@@ -146,13 +151,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = args.out
     model, results = train_mtl(config, scenario, out=out, cache=cache,
                                progress=not args.no_progress)
-    pm = export_mtl(model, bits=args.bits)
+    bits = args.bits
+    if args.adaptive_bits is not None:
+        from bitsub_torch.mtl.export import adaptive_bits
+        from bitsub_torch.mtl.objectives import delta_t
+        from bitsub_torch.mtl.trainer import evaluate
+
+        bits, reached = adaptive_bits(model, scenario, args.adaptive_bits)
+        results["metrics_float"] = results["metrics"]
+        results["metrics"] = evaluate(model, scenario)
+        results["delta_t"], results["delta_t_tasks"] = delta_t(results["metrics"],
+                                                               results["dense_metrics"])
+        results["adaptive_bits"] = {"bits": bits, "val_delta_t": reached}
+    pm = export_mtl(model, bits=bits)
     pm.save(out / "model.h5")
     loaded = bitsub.load(out / "model.h5")
     file_metrics = packed_metrics(loaded, scenario)
     results["file_metrics"] = file_metrics
     results["file_metrics_equal"] = file_metrics == results["metrics"]
-    results["bits"] = args.bits
+    results["bits"] = bits
     results["file_bytes"] = (out / "model.h5").stat().st_size
     results["packed_fields"] = {t: {n: loaded.fields(t, n) for n in loaded.layers if
                                     loaded.fields(t, n)} for t in loaded.tasks}
