@@ -228,6 +228,9 @@ def train(
                 f"activation_bits must be bit-widths in 2..16, got {activation_bits!r}"
             )
         activation_bits = tuple(int(b) for b in activation_bits)
+    if score_lr is not None and (isinstance(score_lr, bool) or not isinstance(
+            score_lr, (int, float)) or not 0 < score_lr < math.inf):
+        raise ValueError(f"score_lr must be a positive number, got {score_lr!r}")
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads!r}")
     torch.set_num_threads(threads)
