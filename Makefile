@@ -26,7 +26,8 @@ bench: $(STAMP)
 	$(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,rounds
 
 # The README's results table: 4 scenarios x 9 methods x 3 seeds, each task trained to convergence
-# (several hours on 2 shared cores; a subset with SCENARIOS=..., STRATEGIES=..., SEEDS=...).
+# (108 runs, many hours on 2 shared cores: see the README; a subset with SCENARIOS=..., STRATEGIES=...,
+# SEEDS=...).
 # Resumable: run it again after an interruption. Needs Fashion-MNIST in
 # /usr/share/datasets/fashion-mnist (Debian: apt-get install dataset-fashion-mnist) or DATA_DIR.
 table: $(STAMP)

@@ -50,6 +50,7 @@ from bitsub_torch.checks import (
     USER_ERRORS,
     check_int,
     check_out,
+    check_positive,
     check_train_arguments,
     error_line,
     naming,
@@ -263,6 +264,8 @@ def train(
     )
     if activation_bits is not None:
         activation_bits = tuple(int(b) for b in activation_bits)
+    if score_lr is not None:
+        check_positive("score_lr", score_lr)
     out = Path(out)
     check_out(out)
     torch.set_num_threads(threads)

@@ -159,8 +159,8 @@ def test_score_lr_moves_scores_by_at_most_its_adam_steps():
     # one Adam step moves a parameter by lr |m_hat| / sqrt(v_hat) <= lr (1 - b1) / sqrt(1 - b2)
     # / sqrt(1 - b1^2 / b2) (Cauchy-Schwarz over the moment sums) = 7.3 lr at the defaults
     for b, s in zip(before, model.score_parameters(), strict=True):
-        assert float((s - b).abs().max()) <= 7.4 * steps * 1e-7
-    moved = [float((layer.weight - w).abs().max())
+        assert float((s.detach() - b).abs().max()) <= 7.4 * steps * 1e-7
+    moved = [float((layer.weight.detach() - w).abs().max())
              for layer, w in zip(model.task_layers().values(), w_before, strict=True)]
     assert max(moved) > 1e-3  # the weights learned at lr 1e-2
 
@@ -191,3 +191,13 @@ def test_packnet_retrains_under_the_protocol_too():
     res = trainer.run()
     assert all(len(s) == 2 and min(s) > 0 for s in res.timings["steps"])
     assert np.all(np.diag(res.accuracy_matrix) > 0.5)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1e-3, float("nan"), float("inf"), "1e-3", True])
+def test_cli_refuses_a_bad_score_lr_before_writing(tmp_path, bad):
+    from bitsub_torch.cli import train as cli_train
+
+    with pytest.raises(ValueError, match="score_lr"):
+        cli_train(strategy="wsn", scenario="splitdigits", out=tmp_path, tasks=2, score_lr=bad,
+                  progress=False)
+    assert not (tmp_path / "config.json").exists()
