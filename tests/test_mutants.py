@@ -168,3 +168,19 @@ def test_unpack_bits_dtype(bits):
 def test_bit_packing_errors_say_what_to_do(call, exc, message):
     with pytest.raises(exc, match=message):
         call()
+
+
+def test_metrics_of_a_boolean_matrix():
+    # 0/1 accuracies as bools: the metrics work in float64, never in NumPy's bool arithmetic
+    r = np.array([[True, False], [False, True]])
+    assert bwt(r) == -1.0  # R[1,0] - R[0,0] = 0 - 1
+    assert forgetting(r) == 1.0  # max(R[0,0]) - R[1,0] = 1 - 0
+    assert acc(r) == 0.5
+    assert fwt(r, np.array([False, False])) == 0.0  # R[0,1] - b_1 = 0 - 0
+
+
+def test_unpack_bits_reads_any_shape_of_uint8_array():
+    codes = np.arange(10) % 8
+    data = pack_bits(codes, 3)  # 30 bits: 4 bytes
+    grid = np.ascontiguousarray(np.concatenate([data, [0, 0]]).reshape(2, 3).astype(np.uint8))
+    np.testing.assert_array_equal(unpack_bits(grid, 3, 10), codes)
