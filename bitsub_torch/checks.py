@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -56,11 +57,15 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
 
 
 def check_positive(name: str, value: Any) -> float:
-    """``value`` as a finite float > 0, else an error naming the flag of argument ``name``."""
-    v = validate.check_float(value, _flag(name), 0.0)
-    if v == 0.0:
-        raise ValueError(f"{_flag(name)} must be a finite number > 0, got {value}")
-    return v
+    """``value`` as a finite float > 0, else a ValueError naming the flag of argument ``name``."""
+    flag = _flag(name)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise ValueError(f"{flag} must be a finite number > 0, got {value!r}")
+    if not 0 < float(value) < math.inf:
+        raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+    return float(value)
 
 
 def check_train_arguments(

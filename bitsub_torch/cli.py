@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from bitsub.atomic import atomic_path, write_bytes
+from bitsub.atomic import write_bytes
 from bitsub_torch.checks import (
     MODELS,
     USER_ERRORS,
@@ -55,8 +55,9 @@ from bitsub_torch.checks import (
     error_line,
     naming,
 )
+from bitsub_torch.cl.figures import plot_accuracy_matrix
 
-__all__ = ["eval_main", "train", "train_main"]
+__all__ = ["eval_main", "json_safe", "train", "train_main"]
 
 # The arguments of a run that the Trainer cannot see; the CLI hands them to its checkpoints.
 RUN_ONLY = ("model", "width", "val_fraction", "data_dir", "export_bits")
@@ -65,13 +66,13 @@ RUN_ONLY = ("model", "width", "val_fraction", "data_dir", "export_bits")
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _json_safe(v: Any) -> Any:
+def json_safe(v: Any) -> Any:
     if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
+        return {str(k): json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
+        return [json_safe(x) for x in v]
     if isinstance(v, np.ndarray):
-        return _json_safe(v.tolist())
+        return json_safe(v.tolist())
     if isinstance(v, np.integer):
         return int(v)
     if isinstance(v, (float, np.floating)):
@@ -101,35 +102,6 @@ def _build_model(name: str, scenario: Any, width: float | None) -> Any:
             kwargs["width"] = float(width)
     build = getattr(models, name)
     return build(scenario.input_shape, scenario.num_classes, len(scenario.tasks), **kwargs)
-
-
-def plot_accuracy_matrix(matrix: np.ndarray, path: Path, title: str = "") -> None:
-    """Save a heat map of the accuracy matrix R (rows: after training task i; columns: task j)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    r = np.asarray(matrix, dtype=float)
-    n = r.shape[0]
-    size = min(12.0, 1.5 + 0.6 * n)
-    fig = Figure(figsize=(size, size * 0.85))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    im = ax.imshow(np.ma.masked_invalid(r), vmin=0.0, vmax=1.0, cmap="viridis")
-    fig.colorbar(im, ax=ax, label="test accuracy")
-    ax.set_xlabel("task j (tested)")
-    ax.set_ylabel("after training task i")
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if not math.isnan(r[i, j]):
-                    ax.text(j, i, f"{100 * r[i, j]:.1f}", ha="center", va="center", fontsize=7,
-                            color="white" if r[i, j] < 0.6 else "black")
-    ax.set_title(title or "accuracy matrix R")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
 
 
 def _torch_predictions(model: Any, task: int, x: np.ndarray, batch: int = 1024) -> np.ndarray:
@@ -289,7 +261,7 @@ def train(
                       protocol=None if epochs is not None else Protocol(), score_lr=score_lr,
                       batch_size=batch_size, lr=lr,
                       optimizer=optimizer, seed=seed, checkpoint_dir=out / "checkpoints",
-                      progress=progress, run_config=_json_safe(
+                      progress=progress, run_config=json_safe(
                           {k: config[k] for k in RUN_ONLY}))
 
     out.mkdir(parents=True, exist_ok=True)
@@ -302,7 +274,7 @@ def train(
                 f"{config_path} is not a config.json of bitsub-train ({exc}); delete it or "
                 "choose another --out"
             ) from None
-        changed = config_differences(previous, _json_safe(config))
+        changed = config_differences(previous, json_safe(config))
         if changed:
             raise ValueError(
                 f"{out} holds a run with other arguments ({'; '.join(changed)}): run the "
@@ -312,7 +284,7 @@ def train(
         # Without config.json the checkpoints still record the run: refuse a different one
         # before a new config.json would block the corrected command.
         trainer.check_resume()
-        write_bytes(config_path, json.dumps(_json_safe(config), indent=2).encode())
+        write_bytes(config_path, json.dumps(json_safe(config), indent=2).encode())
     results = trainer.run()
 
     t0 = time.perf_counter()
@@ -367,7 +339,7 @@ def train(
                    "trainer": res.get("config", {})},
         "timings": timings,
     }
-    report = _json_safe(report)
+    report = json_safe(report)
     with naming(out / "results.json"):
         write_bytes(out / "results.json", json.dumps(report, indent=2).encode())
     title = f"{strategy} on {scenario}: ACC {100 * (report['acc'] or 0):.2f}%"
@@ -550,7 +522,7 @@ def evaluate_file(
     sc = get_scenario(scenario, tasks=len(pm.tasks), seed=seed, data_dir=data_dir,
                       val_fraction=val_fraction)
     accs = packed_accuracy(pm, sc.tasks, split=split, batch_size=batch_size)
-    return _json_safe({
+    return json_safe({
         "model": str(path), "scenario": scenario, "seed": seed, "split": split,
         "accuracy": accs, "acc": float(np.mean(accs)),
     })

@@ -381,13 +381,13 @@ def run(
                     f"val {100 * (row['val_acc_file'] or 0):6.2f}  "
                     f"capacity {row['capacity']['percent']:8.2f}%  ({wall:.0f} s)")
                 table = {"config": config, "rows": rows, "paper_pmnist": PAPER_PMNIST}
-                write_bytes(out / "table.json", json.dumps(_json_safe(table), indent=2).encode())
+                write_bytes(out / "table.json", json.dumps(json_safe(table), indent=2).encode())
                 write_bytes(out / "table.md", format_table(table).encode())
-    return _json_safe({"config": config, "rows": rows, "paper_pmnist": PAPER_PMNIST})
+    return json_safe({"config": config, "rows": rows, "paper_pmnist": PAPER_PMNIST})
 
 
-def _json_safe(v: Any) -> Any:
-    from bitsub_torch.cli import _json_safe as safe
+def json_safe(v: Any) -> Any:
+    from bitsub_torch.cli import json_safe as safe
 
     return safe(v)
 

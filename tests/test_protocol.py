@@ -197,7 +197,7 @@ def test_packnet_retrains_under_the_protocol_too():
 def test_cli_refuses_a_bad_score_lr_before_writing(tmp_path, bad):
     from bitsub_torch.cli import train as cli_train
 
-    with pytest.raises(ValueError, match="score_lr"):
+    with pytest.raises(ValueError, match="score.lr"):
         cli_train(strategy="wsn", scenario="splitdigits", out=tmp_path, tasks=2, score_lr=bad,
                   progress=False)
     assert not (tmp_path / "config.json").exists()

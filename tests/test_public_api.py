@@ -62,11 +62,9 @@ def test_the_issue_contract_names_exist():
 
 
 # The modules of the packed model, its storage and `bitsub inspect`: no private name imported
-# from another module, and no import cycle among their module-level imports. The two names of
-# the mask codec are the ones storage still needs until the codec offers public replacements.
+# from another module, and no import cycle among their module-level imports.
 BOUNDARY = ("bitsub/model", "bitsub/storage", "bitsub/cli.py", "bitsub/__init__.py")
-ALLOWED_PRIVATE = {("bitsub.storage.masks", "bitsub.codecs.maskcodec", "_decode_stream"),
-                   ("bitsub.storage.masks", "bitsub.codecs.maskcodec", "_parse")}
+ALLOWED_PRIVATE: set[tuple[str, str, str]] = set()
 
 
 def _module_imports():

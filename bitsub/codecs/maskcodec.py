@@ -355,12 +355,3 @@ def mask_scheme(data, context: np.ndarray | None = None, *,
     needs its context.
     """
     return parse_mask(data, context, max_positions=max_positions).schemes
-
-
-# Names the HDF5 storage imported before `parse_mask` / `decode_stream` were public; they keep
-# the old unbounded behaviour until it switches over.
-def _parse(data, context):
-    return parse_mask(data, context, max_positions=MAX_POSITIONS)
-
-
-_decode_stream = decode_stream

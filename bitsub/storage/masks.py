@@ -7,12 +7,7 @@ import math
 import numba
 import numpy as np
 
-from bitsub.codecs.maskcodec import (
-    SCHEME_NAMES,
-    _decode_stream,  # one stream of a parsed encoding
-    decode_mask,
-)
-from bitsub.codecs.maskcodec import _parse as _parse_mask  # shape and schemes, nothing decoded
+from bitsub.codecs.maskcodec import SCHEME_NAMES, decode_mask, decode_stream, parse_mask
 from bitsub.config import NJIT
 from bitsub.errors import FormatError
 
@@ -56,7 +51,7 @@ def decode_packed_mask(enc: bytes, context: np.ndarray | None,
     FormatError
         Any malformed encoding, a shape other than ``shape``, or a context mismatch.
     """
-    got, sizes, streams, ctx = _parse_mask(enc, context)
+    got, sizes, streams, ctx = parse_mask(enc, context, max_positions=math.prod(shape))
     if got != shape:
         raise FormatError(f"mask of shape {got}, expected {shape}")
     n = math.prod(shape)
@@ -67,13 +62,13 @@ def decode_packed_mask(enc: bytes, context: np.ndarray | None,
             if n & 7 and scheme == "ones":
                 packed[-1] = (0xFF << (8 - (n & 7))) & 0xFF
             return packed
-        mask = decode_mask(enc)
+        mask = decode_mask(enc, max_positions=math.prod(shape))
         if mask.shape != shape or mask.dtype != np.bool_:  # cannot happen: checked above
             raise FormatError(f"mask of shape {mask.shape}, expected {shape}")
         return np.packbits(mask.reshape(-1))
     # the two streams (context 0, context 1 positions) merged straight into packed bits:
     # decode_mask's boolean scatter costs ~5x more on large masks
-    bits = [_decode_stream(p, size) for p, size in zip(streams, sizes)]
+    bits = [decode_stream(p, size) for p, size in zip(streams, sizes)]
     if [b.size for b in bits] != sizes:  # cannot happen: the decoder checks it
         raise FormatError("mask streams do not match the context")
     out = np.empty((ctx.size + 7) // 8, np.uint8)

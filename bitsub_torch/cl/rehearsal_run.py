@@ -161,9 +161,9 @@ def train_one_model(
     import torch
 
     import bitsub
+    from bitsub_torch.cl.figures import plot_accuracy_matrix
     from bitsub_torch.cl.rehearsal import RehearsalTrainer, class_ranges
     from bitsub_torch.cl.strategies import get_strategy
-    from bitsub_torch.cli import plot_accuracy_matrix
     from bitsub_torch.data.scenarios import get_scenario
     from bitsub_torch.export import export
     from bitsub_torch.nn import models
