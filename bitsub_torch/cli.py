@@ -67,6 +67,7 @@ RUN_ONLY = ("model", "width", "val_fraction", "data_dir", "export_bits")
 
 
 def json_safe(v: Any) -> Any:
+    """``v`` with dict keys as strings and NumPy scalars/arrays as plain JSON values."""
     if isinstance(v, dict):
         return {str(k): json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
