@@ -24,7 +24,8 @@ from pathlib import Path
 
 # module -> the functions sampled (mutmut's mangled names: x_<function>, xǁ<Class>ǁ<method>)
 FUNCTIONS = {
-    # the read rule (the word checks of a loaded file live in the storage, being reworked)
+    # the read rule: its kernels (in readrule once packed.py is split) and the accessors
+    "bitsub.model.readrule": ["x__resolve_kernel_py", "x__weights_kernel_py"],
     "bitsub.model.packed": [
         "x__resolve_kernel_py", "x__weights_kernel_py", "xǁPackedModelǁresolve",
         "xǁPackedModelǁweights", "xǁPackedModelǁ_prefix_tables",
@@ -84,6 +85,8 @@ def main() -> None:
     survivors = []
     for mod in FUNCTIONS:
         mine = [n for n in sample if n.startswith(mod + ".")]
+        if not mine:
+            continue
         # a mutant that makes the tests hang (timeout) is detected, as one that fails them
         killed = sum(status.get(n) in DETECTED for n in mine)
         left = [n for n in mine if status.get(n) not in DETECTED]
