@@ -15,8 +15,7 @@ from bitsub.model.packed import PackedModel, TaskLayer
 from bitsub.quant.adaptive import AdaptiveResult, adaptive_bitwidth
 from bitsub.quant.kmeans import kmeans_1d, quantize
 from bitsub.storage.hdf5 import load
-
-__version__ = "0.1.0"
+from bitsub.version import __version__ as __version__
 
 __all__ = [
     "AdaptiveResult",

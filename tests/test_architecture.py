@@ -22,7 +22,11 @@ MAX_CLASS_LINES = 300
 PRIVATE_IMPORTS_ALLOWED: dict[tuple[str, str, str], str] = {}
 
 # Sorted tuples of the modules of one import cycle: why it is still allowed.
-CYCLES_ALLOWED: dict[tuple[str, ...], str] = {}
+CYCLES_ALLOWED: dict[tuple[str, ...], str] = {
+    ("bitsub.model.capacity", "bitsub.model.packed", "bitsub.storage.hdf5"):
+        "PackedModel.save() and .capacity() are conveniences that import the storage and the "
+        "capacity inside the method; at import time the graph is acyclic (test_public_api)",
+}
 
 # Modules / "module.Class" over the limit: why they are still allowed.
 SIZE_ALLOWED: dict[str, str] = {}

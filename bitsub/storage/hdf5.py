@@ -133,7 +133,7 @@ def _canon(doc: Any) -> bytes:
 
 def _write_h5(pm: PackedModel, target: Any) -> tuple[int, int]:
     """Write the HDF5 image; return the (offset, size) of the index dataset."""
-    from bitsub import __version__
+    from bitsub.version import __version__
 
     entries, blobs = [], []
     for t in pm.tasks:
