@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from bitsub.codecs.maskcodec import encode_mask
+from bitsub.codecs.maskcodec import encode_mask, encode_mask_best
 
 __all__ = ["MASK_REFERENCES", "WRITE_REFERENCES", "choose_mask_coding", "code_write",
            "default_write", "reference_context"]
@@ -46,15 +46,10 @@ def choose_mask_coding(mask: np.ndarray, earlier: list[np.ndarray]) -> tuple[byt
 
     The smallest encoding among the references the decoder will hold; ties go to the simpler.
     """
-    alone = bytes(encode_mask(mask))
-    best, best_ref = alone, 0
-    if earlier and mask.any() and not mask.all():  # constant masks cost only a header alone
-        for ref in (1,) if len(earlier) == 1 else (1, 2):
-            ctx = reference_context(earlier, ref, mask.size).reshape(mask.shape)
-            enc = bytes(encode_mask(mask, context=ctx))
-            if len(enc) < len(best):
-                best, best_ref = enc, ref
-    return best, best_ref, len(alone)
+    refs = () if not earlier else (1,) if len(earlier) == 1 else (1, 2)
+    contexts = [reference_context(earlier, r, mask.size).reshape(mask.shape) for r in refs]
+    coding = encode_mask_best(mask, contexts)
+    return bytes(coding.data), 0 if coding.index == 0 else refs[coding.index - 1], coding.sizes[0]
 
 
 def default_write(mask: np.ndarray, earlier_writes: list[np.ndarray]) -> np.ndarray:
