@@ -96,12 +96,6 @@ def test_child_repeats_matmul_and_decode_after_fork():
     _assert_same(_calls(pm, None), parent)  # and the parent's pool still works
 
 
-@pytest.mark.skipif(
-    hasattr(bitsub.model.packed, "_pool"),
-    reason="bitsub.load's word check still runs on a ThreadPoolExecutor of its own in "
-    "bitsub/model/packed.py, which a forked child cannot use; it passes once that check "
-    "runs through bitsub.threads.split",
-)
 def test_child_repeats_load_after_fork(tmp_path):
     pm = _model()
     path = str(tmp_path / "model.h5")
@@ -110,12 +104,6 @@ def test_child_repeats_load_after_fork(tmp_path):
     _assert_same(_in_child(_calls, pm, path), parent)
 
 
-@pytest.mark.skipif(
-    hasattr(bitsub.model.packed, "_hash_parallel"),
-    reason="bitsub/model/packed.py still runs prange kernels on Numba's threading layer (GNU "
-    "OpenMP here), which terminates a forked child ('fork() called from a process already "
-    "using GNU OpenMP'); it passes once those kernels split through bitsub.threads.split",
-)
 def test_child_hashes_words_after_the_parent_did():
     words = np.arange(1 << 22, dtype=np.uint32)
     parent = {"h": np.array(bitsub.model.packed.words_hash(words), dtype=np.uint64)}
