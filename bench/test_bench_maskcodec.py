@@ -2,11 +2,11 @@
 
 Run: ``.venv/bin/python -m pytest bench/test_bench_maskcodec.py -s --benchmark-columns=min,median``
 (``-s`` prints the size and speed tables). ``BITSUB_BENCH_MASK_N`` sets the positions per mask,
-comma-separated (default ``1000000,4000000``, the sizes of issue 14's bar; ``10000000`` is the
-size of issue 2). The ratios use CPU time (``time.process_time``; both sides run on one thread),
+comma-separated (default ``1000000,4000000``, the sizes of the mid-density bar; ``10000000`` is the
+large size). The ratios use CPU time (``time.process_time``; both sides run on one thread),
 so that time spent descheduled on a shared machine does not count.
 
-Baseline (issue 2): ``zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)`` on
+Baseline: ``zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)`` on
 ``np.packbits(mask)``, the packing counted in the encode time and the unpacking back to a bool
 array in the decode time. Sizes are also compared with zlib level 9 and zstd level 19 (when
 zstandard is installed) and, for i.i.d. masks, with the entropy n * H(p); they go into each

@@ -7,7 +7,7 @@ the case name): numpy's BLAS and torch limited with threadpoolctl / ``torch.set_
 bitsub's engine threads (:mod:`bitsub.threads`) set to the same number. Every case is seeded;
 the JIT is warmed before timing.
 
-Cases (issue 4): batch 1, N x N, 4-bit codes, task density 10/20/50/100% against numpy dense
+Cases: batch 1, N x N, 4-bit codes, task density 10/20/50/100% against numpy dense
 float32 (pre-decoded weights), torch dense, scipy.sparse CSR and torch sparse_csr; a STREAM-like
 read of a 64 MiB array (the read bandwidth; the bitsub row reports plan bytes per call over that
 bandwidth, the distance to the physical limit); batch 64 and 256 against numpy dense and torch

@@ -123,7 +123,7 @@ def test_weights(benchmark, model, data, impl):
 
 
 def plain_save(pm, path, fsync):
-    """The baseline of issue 9: h5py writing one dense float32 copy of the layer."""
+    """The baseline: h5py writing one dense float32 copy of the layer."""
     dense = DENSE.get(id(pm))
     if dense is None:
         dense = DENSE[id(pm)] = pm.weights(pm.tasks[-1], "fc")
@@ -241,4 +241,4 @@ def ratio_table():
         print(line)
     if TIMES.get(("load-mixed", "bitsub")) and TIMES.get(("load", "bitsub")):
         ratio = TIMES[("load-mixed", "bitsub")] / TIMES[("load", "bitsub")]
-        print(f"load-mixed / load (bitsub, issue 14's bar <= 3x): {ratio:5.2f}x")
+        print(f"load-mixed / load (bitsub, bar <= 3x): {ratio:5.2f}x")

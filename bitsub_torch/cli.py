@@ -12,7 +12,7 @@ other with strategy S, then writes
   b bits on a per-tensor range calibrated on the validation split, weights as stored: Table 7 of
   TinySubNets; ``--activation-bits``, default 4 8 16 for the quantizing strategies and none
   otherwise) and ``ops`` (per task: MACs, FLOPs and bit-operations of the dense model and of the
-  task's sub-network at <b_w, b_a>; see ``bitsub_torch.cl.strategies.quantized.ops_report``);
+  task's sub-network at <b_w, b_a>; see ``bitsub_torch.cl.ops.ops_report``);
 - ``DIR/model.h5``: the packed model (lossless raw float32 fields, or ``--export-bits b`` codes);
 - ``DIR/accuracy_matrix.png``: a heat map of R.
 
@@ -218,13 +218,10 @@ def train(
     import torch
 
     import bitsub
+    from bitsub_torch.cl.actreport import ACTIVATION_BITS, activation_accuracy
+    from bitsub_torch.cl.ops import ops_report
     from bitsub_torch.cl.protocol import Protocol
     from bitsub_torch.cl.strategies import get_strategy
-    from bitsub_torch.cl.strategies.quantized import (
-        ACTIVATION_BITS,
-        activation_accuracy,
-        ops_report,
-    )
     from bitsub_torch.cl.trainer import Trainer, config_differences
     from bitsub_torch.data.scenarios import get_scenario
     from bitsub_torch.export import export, packed_predictions

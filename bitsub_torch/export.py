@@ -1,6 +1,6 @@
 """Export a trained task network into a :class:`bitsub.PackedModel`, and test tasks from the file.
 
-For each task t in order, ``strategy.task_layers(model, t)`` gives per layer the mask the task
+For each task t in order, ``strategy.export_layers(model, t)`` gives per layer the mask the task
 uses, the positions it writes, and either its float values or its codebook and codes. These
 become ``bitsub.TaskLayer`` records; the task's heads, biases and norms become its private
 parameters (``model.private_params(t)``) and the network is recorded once with
@@ -71,7 +71,8 @@ def _task_layer(
     name: str, entry: dict[str, Any], bits: int | None, quantizing: bool
 ) -> bitsub.TaskLayer:
     if not isinstance(entry, dict) or "mask" not in entry or "write" not in entry:
-        raise ValueError(f"strategy.task_layers()[{name!r}] must be a dict with 'mask' and 'write'")
+        raise ValueError(f"strategy.export_layers(model, task)[{name!r}] must be a dict with "
+                         "'mask' and 'write'")
     mask = _np(entry["mask"], np.bool_)
     write = _np(entry["write"], np.bool_)
     if entry.get("codebook") is not None:
@@ -89,7 +90,8 @@ def _task_layer(
         )
     if "values" not in entry:
         raise ValueError(
-            f"strategy.task_layers()[{name!r}] needs 'values' or 'codebook' and 'codes'"
+            f"strategy.export_layers(model, task)[{name!r}] needs 'values' or 'codebook' and "
+            "'codes'"
         )
     if quantizing and bits is None and write.any():
         raise ValueError(
@@ -113,9 +115,9 @@ def export(
     Parameters
     ----------
     model : TaskNetwork
-        The trained network (``task_layers()``, ``private_params(t)``, ``network_steps(t)``).
+        The trained network (``masked_layers()``, ``private_params(t)``, ``network_steps(t)``).
     strategy : Strategy
-        The strategy that trained it (``task_layers(model, t)`` gives masks and values).
+        The strategy that trained it (``export_layers(model, t)`` gives masks and values).
     bits : int, optional
         None: lossless raw float32 fields (non-quantizing strategies) or the strategy's own
         codebooks. 1..16: store b-bit K-Means codes of each task's written values.
@@ -143,13 +145,14 @@ def export(
     n_tasks = _count_tasks(model, tasks)
     quantizing = bool(getattr(strategy, "quantizes", False))
 
-    layers = model.task_layers()
+    layers = model.masked_layers()
     per_task = []
     for t in range(n_tasks):
-        entries = strategy.task_layers(model, t)
+        entries = strategy.export_layers(model, t)
         unknown = set(entries) - set(layers)
         if unknown:
-            raise ValueError(f"strategy.task_layers() names unknown layers {sorted(unknown)}")
+            raise ValueError("strategy.export_layers(model, task) names unknown layers "
+                             f"{sorted(unknown)}")
         per_task.append({n: _task_layer(n, entries[n], bits, quantizing) for n in entries})
 
     # A strategy that planned its own banks of fields (TinySubNets, Ada-QPacknet) states the

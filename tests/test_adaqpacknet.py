@@ -121,7 +121,7 @@ def test_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     assert (back.population, back.seed, back.retrain_epochs(0)) == (2, 3, 1)
     assert back.log == strategy.log
     for t in range(2):
-        a, b = strategy.task_layers(model, t), back.task_layers(model, t)
+        a, b = strategy.export_layers(model, t), back.export_layers(model, t)
         for name in a:
             for key in ("mask", "write", "codes"):
                 np.testing.assert_array_equal(a[name][key], b[name][key])

@@ -99,7 +99,7 @@ def test_prune_retrain_counts_its_retraining_and_is_sparse():
     res = tr.run()
     assert res["retrain_epochs"] == 3
     assert res["sparsity"] == [0.75] * 3
-    for layer in net.task_layers().values():
+    for layer in net.masked_layers().values():
         w = layer.effective_weight(0).detach()
         assert int((w != 0).sum()) <= w.numel() - round(0.75 * w.numel())
 

@@ -133,9 +133,9 @@ def test_export_strategy_codebooks_and_errors():
     class Coded(Strategy):
         quantizes = True
 
-        def task_layers(self, model, task):
+        def export_layers(self, model, task):
             out = {}
-            for name, e in super().task_layers(model, task).items():
+            for name, e in super().export_layers(model, task).items():
                 codes = (e["values"] > 0).astype(np.int64)
                 out[name] = {"mask": e["mask"], "write": e["write"], "bits": 1,
                              "codebook": np.array([-0.5, 0.5], np.float32), "codes": codes}
@@ -155,8 +155,8 @@ def test_export_strategy_codebooks_and_errors():
         word_bits = 64
         prefix_bits = 1
 
-        def task_layers(self, model, task):
-            out = super().task_layers(model, task)
+        def export_layers(self, model, task):
+            out = super().export_layers(model, task)
             for e in out.values():
                 e["write"] = e["mask"].copy()  # every task writes all it uses: may open a bank
             return out
@@ -169,7 +169,7 @@ def test_export_strategy_codebooks_and_errors():
     assert [pm.bank(t) for t in pm.tasks] == [0, 1]
 
     class Bad(Strategy):
-        def task_layers(self, model, task):
+        def export_layers(self, model, task):
             return {"nope": {"mask": None, "write": None}}
 
     with pytest.raises(ValueError, match="unknown layers"):

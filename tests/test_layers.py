@@ -486,7 +486,7 @@ def test_network_steps_reproduce_forward(build, shape):
     }
     assert named == set(private)
     assert all(v.dtype == np.float32 for v in private.values())
-    layers = strategy.task_layers(model, 1)
+    layers = strategy.export_layers(model, 1)
     weights = {n: d["values"].astype(np.float64) * d["mask"] for n, d in layers.items()}
     want = naive_run_steps(steps, weights, private, x)
     with torch.no_grad():

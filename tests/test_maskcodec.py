@@ -296,7 +296,7 @@ def test_length_table_roundtrip(lengths):
 
 @pytest.mark.parametrize("p", [0.5, 0.2, 0.05, 0.01])
 def test_size_bar_iid(p):
-    """Issue 2: 10**7 i.i.d. bits within 1.02 n H(p) + 64 bytes and no larger than zlib / zstd."""
+    """10**7 i.i.d. bits within 1.02 n H(p) + 64 bytes and no larger than zlib / zstd."""
     n = 10**7
     m = np.random.default_rng(int(p * 1000)).random(n) < p
     size = len(encode_mask(m))

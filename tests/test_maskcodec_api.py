@@ -201,7 +201,7 @@ def test_bytes_scheme_is_seen_by_the_twin():
 @pytest.mark.parametrize("p", [0.1, 0.11, 0.15, 0.2, 0.3])
 @pytest.mark.parametrize("n", [10**6, 4 * 10**6])
 def test_mid_density_size_bar(n, p):
-    """Issue 14: the fast mid-density path stays within 1.02 n H(p) + 64 bytes."""
+    """The fast mid-density path stays within 1.02 n H(p) + 64 bytes."""
     m = np.random.default_rng(int(p * 100) + n).random(n) < p
     enc = encode_mask(m)
     q = m.mean()
@@ -214,7 +214,7 @@ def test_mid_density_size_bar(n, p):
 
 
 def test_codec_modules_import_no_private_names_and_stay_small():
-    """Issue 16: the codecs subpackage imports only public names of other modules, <= 600 lines."""
+    """The codecs subpackage imports only public names of other modules, <= 600 lines."""
     import ast
 
     import bitsub.codecs

@@ -291,7 +291,7 @@ FORK_PROBE = textwrap.dedent("""
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-        for layer in net.task_layers().values():
+        for layer in net.masked_layers().values():
             mask = torch.rand(layer.weight.shape, generator=g) < 0.5
             layer.set_task_mask(0, mask)
             layer.consolidate(0, mask)

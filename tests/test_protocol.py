@@ -153,7 +153,7 @@ def test_score_lr_moves_scores_by_at_most_its_adam_steps():
     protocol = Protocol(patience=1, max_epochs=1, min_steps=0, eval_every=1, decays=0)
     model, trainer = make(WSN(0.5), protocol=protocol, tasks=one_task(), score_lr=1e-7)
     before = [s.detach().clone() for s in model.score_parameters()]
-    w_before = [layer.weight.detach().clone() for layer in model.task_layers().values()]
+    w_before = [layer.weight.detach().clone() for layer in model.masked_layers().values()]
     res = trainer.run()
     steps = res.timings["steps"][0][0]
     # one Adam step moves a parameter by lr |m_hat| / sqrt(v_hat) <= lr (1 - b1) / sqrt(1 - b2)
@@ -161,7 +161,7 @@ def test_score_lr_moves_scores_by_at_most_its_adam_steps():
     for b, s in zip(before, model.score_parameters(), strict=True):
         assert float((s.detach() - b).abs().max()) <= 7.4 * steps * 1e-7
     moved = [float((layer.weight.detach() - w).abs().max())
-             for layer, w in zip(model.task_layers().values(), w_before, strict=True)]
+             for layer, w in zip(model.masked_layers().values(), w_before, strict=True)]
     assert max(moved) > 1e-3  # the weights learned at lr 1e-2
 
 

@@ -51,7 +51,7 @@ def test_public_names_are_pinned():
 
 
 def test_the_issue_contract_names_exist():
-    # Names other work relies on (issues 2-5).
+    # Names other work relies on.
     from bitsub_torch import cli
 
     pm = bitsub.PackedModel(word_bits=32, prefix_bits=3)

@@ -495,7 +495,7 @@ def test_truncated_garbage_and_empty_files(tmp_path):
         bitsub.load(tmp_path)
 
 
-# ------------------------------------------------------------ semantic checks (issue 15)
+# ------------------------------------------------------------ semantic checks ------
 # Files whose every checksum is valid but whose content is inconsistent: written by a save whose
 # model accessors lie, or by editing the index and payload and recomputing every checksum.
 

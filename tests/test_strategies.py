@@ -184,14 +184,14 @@ def test_packnet_keeps_its_fraction_and_all_earlier_weights():
 
 @pytest.mark.parametrize("make", [lambda: WSN(0.5), lambda: PackNet(0.5), Finetune],
                          ids=["wsn", "packnet", "finetune"])
-def test_task_layers_reproduce_the_model(make):
+def test_export_layers_reproduce_the_model(make):
     strategy = make()
     model, _ = run(strategy, epochs=1)
     model.eval()
     x = SCENARIO.tasks[0].x_test[:50]
     written = {}
     for t in range(3):
-        layers = strategy.task_layers(model, t)
+        layers = strategy.export_layers(model, t)
         for name, d in layers.items():
             shape = tuple(model.masked_layers()[name].weight.shape)
             assert d["mask"].dtype == np.bool_ and d["mask"].shape == shape

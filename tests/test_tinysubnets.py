@@ -46,7 +46,7 @@ def pack(model, strategy):
         pm.add_layer(name, tuple(layer.weight.shape))
     for t in strategy.store.tasks:
         layers = {}
-        for name, e in strategy.task_layers(model, t).items():
+        for name, e in strategy.export_layers(model, t).items():
             if e["bits"]:
                 layers[name] = bitsub.TaskLayer(e["mask"], e["write"], bits=e["bits"],
                                                 codebook=e["codebook"], codes=e["codes"])
@@ -265,7 +265,7 @@ def test_bad_settings_are_refused():
     model = mlp((4,), 2, 2, width=3)
     strategy.setup(model, None)
     with pytest.raises(ValueError, match="not been trained"):
-        strategy.task_layers(model, 0)
+        strategy.export_layers(model, 0)
 
 
 # ------------------------------------------------------------------ <b, b> inference and op counts

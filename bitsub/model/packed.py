@@ -648,7 +648,7 @@ class PackedModel:
     __hash__ = None  # type: ignore[assignment]
 
     # ------------------------------------------ matmul / forward (bitsub.kernels.matmul) below
-    # (issue 4) A task's plan for a layer is built once and cached. Tasks are only ever added
+    # A task's plan for a layer is built once and cached. Tasks are only ever added
     # and an earlier task's fields, masks and codebooks never change, so a cached plan stays
     # valid for the life of the model (a new layer or a new task only adds cache entries).
 

@@ -33,7 +33,7 @@ class Independent(Strategy):
 
     def setup(self, model: nn.Module, scenario: Any) -> None:
         """Route every task layer's ``values(t)`` to task t's own copy once it has one."""
-        for name, layer in model.task_layers().items():
+        for name, layer in model.masked_layers().items():
             self.stored.setdefault(name, {})
             copies = self.stored[name]
 
@@ -45,7 +45,7 @@ class Independent(Strategy):
     def before_task(self, task: int, model: nn.Module, data: Any) -> None:
         """Fresh weights, as the layers initialise them; nothing frozen."""
         with torch.no_grad():
-            for layer in model.task_layers().values():
+            for layer in model.masked_layers().values():
                 if layer.weight.dim() > 1:
                     nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
                 else:  # pragma: no cover - task layers are 2-D or 4-D
@@ -59,15 +59,15 @@ class Independent(Strategy):
 
     def after_task(self, task: int, model: nn.Module, data: Any, evaluate: Evaluate) -> None:
         """Keep a copy of the task's weights."""
-        for name, layer in model.task_layers().items():
+        for name, layer in model.masked_layers().items():
             self.stored.setdefault(name, {})[task] = layer.weight.detach().clone()
         if task not in self.finished:
             self.finished.append(task)
 
-    def task_layers(self, model: nn.Module, task: int) -> dict[str, dict]:
+    def export_layers(self, model: nn.Module, task: int) -> dict[str, dict]:
         """Every position used and written, with the task's own values."""
         out = {}
-        for name, layer in model.task_layers().items():
+        for name, layer in model.masked_layers().items():
             values = self.stored.get(name, {}).get(task, layer.weight)
             mask = np.ones(tuple(layer.weight.shape), dtype=np.bool_)
             out[name] = {

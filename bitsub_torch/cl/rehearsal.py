@@ -80,7 +80,7 @@ def _layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[dict[st
     """Multiply-adds per example of each shared task layer, and of the head."""
     macs: dict[str, int] = {}
     hooks = []
-    for name, layer in model.task_layers().items():
+    for name, layer in model.masked_layers().items():
         def hook(mod, inp, out, name=name):
             per_out = mod.weight[0].numel()  # fan-in of one output unit
             macs[name] = int(out[0].numel()) * int(per_out)
@@ -189,7 +189,7 @@ class RehearsalTrainer:
 
     # ------------------------------------------------------------------ helpers
     def _shared(self) -> dict[str, nn.Module]:
-        return self.model.task_layers()
+        return self.model.masked_layers()
 
     def _density(self) -> dict[str, float]:
         out = {}

@@ -114,7 +114,7 @@ def adaptive_codes(trainer: Any, delta: float = 0.01, max_bits: int = 8) -> tupl
 
     import bitsub
 
-    layers = trainer.model.task_layers()
+    layers = trainer.model.masked_layers()
     masks = {n: layer.task_mask(0) for n, layer in layers.items()}
     original = {n: layer.weight.detach().clone() for n, layer in layers.items()}
     kept = {n: original[n][masks[n]].cpu().numpy() for n in layers}

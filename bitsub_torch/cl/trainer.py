@@ -193,7 +193,7 @@ class Trainer:
     ):
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a Strategy, got {type(strategy).__name__}")
-        if not hasattr(model, "task_layers") or not hasattr(model, "num_tasks"):
+        if not hasattr(model, "masked_layers") or not hasattr(model, "num_tasks"):
             raise TypeError("model must be a bitsub_torch TaskNetwork")
         tasks = getattr(scenario, "tasks", None)
         if not tasks:

@@ -125,13 +125,6 @@ class TaskNetwork(nn.Module):
             self.__dict__["_masked_layers"] = cache
         return dict(cache)
 
-    def task_layers(self) -> dict[str, MaskedLayer]:
-        """Old name of :meth:`masked_layers` (until its last callers are switched).
-
-        Not to be confused with ``Strategy.task_layers(model, task)``, the export records.
-        """
-        return self.masked_layers()
-
     def task_norms(self) -> dict[str, TaskBatchNorm]:
         """Per-task BatchNorms by name."""
         return {name: m for name, m in self.blocks.named_modules() if isinstance(m, TaskBatchNorm)}

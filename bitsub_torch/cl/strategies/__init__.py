@@ -12,7 +12,7 @@ from bitsub_torch.cl.strategies.packnet import PackNet
 from bitsub_torch.cl.strategies.tinysubnets import TinySubNets
 from bitsub_torch.cl.strategies.wsn import WSN
 
-# Registry of strategy names (as the CLI spells them) to classes; H7 adds its strategies here.
+# Registry of strategy names (as the CLI spells them) to classes.
 STRATEGIES: dict[str, type[Strategy]] = {
     "adaqpacknet": AdaQPacknet,
     "derpp": DERpp,

@@ -159,7 +159,7 @@ class AdaQPacknet(QuantizedStrategy):
                 bank, reason = store.open_bank(), "no room"
         available = self._available(bank)
         self._begin(task, model, bank, available)
-        for name, layer in model.task_layers().items():
+        for name, layer in model.masked_layers().items():
             layer.set_task_mask(task, self._cur.trainable[name])
         self.log[task] = {
             "bank": int(bank),
@@ -170,7 +170,7 @@ class AdaQPacknet(QuantizedStrategy):
     def prune(self, task: int, model: nn.Module, data: Any, evaluate: Evaluate) -> None:
         """The fast lottery-ticket search over per-layer prune ratios."""
         cur = self._current(task)
-        layers = model.task_layers()
+        layers = model.masked_layers()
         split = val_split(data)
         snapshot = copy.deepcopy(model.state_dict())
         trained = {n: layer.weight.detach().clone() for n, layer in layers.items()}
@@ -218,7 +218,7 @@ class AdaQPacknet(QuantizedStrategy):
     def after_task(  # noqa: D102
         self, task: int, model: nn.Module, data: Any, evaluate: Evaluate
     ) -> None:
-        layers = model.task_layers()
+        layers = model.masked_layers()
         masks = {n: layer.task_mask(task) for n, layer in layers.items()}
         split = val_split(data)
         trained = float(evaluate(model, task, split))

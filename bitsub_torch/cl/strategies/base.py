@@ -139,7 +139,7 @@ class Strategy:
 
     def before_task(self, task: int, model: nn.Module, data: Any) -> None:
         """Freeze owned positions of every task layer."""
-        for layer in model.task_layers().values():
+        for layer in model.masked_layers().values():
             layer.freeze_owned()
 
     def parameters(self, model: nn.Module, task: int) -> list[nn.Parameter]:
@@ -151,12 +151,12 @@ class Strategy:
 
     def after_backward(self, task: int, model: nn.Module) -> None:
         """Zero the gradients of positions owned by earlier tasks."""
-        for layer in model.task_layers().values():
+        for layer in model.masked_layers().values():
             layer.zero_owned_grads()
 
     def after_step(self, task: int, model: nn.Module) -> None:
         """Write back owned positions, so no optimizer state or weight decay can move them."""
-        for layer in model.task_layers().values():
+        for layer in model.masked_layers().values():
             layer.restore_owned()
 
     def prune(self, task: int, model: nn.Module, data: Any, evaluate: Evaluate) -> None:
@@ -168,7 +168,7 @@ class Strategy:
 
     def after_task(self, task: int, model: nn.Module, data: Any, evaluate: Evaluate) -> None:
         """Consolidate: unfreeze and record the task as finished."""
-        for layer in model.task_layers().values():
+        for layer in model.masked_layers().values():
             layer.unfreeze()
         if task not in self.finished:
             self.finished.append(task)
@@ -188,14 +188,14 @@ class Strategy:
         self.finished = [int(t) for t in state["finished"]]
 
     # ------------------------------------------------------------------ export
-    def task_layers(self, model: nn.Module, task: int) -> dict[str, dict]:
+    def export_layers(self, model: nn.Module, task: int) -> dict[str, dict]:
         """Per layer: task ``task``'s ``mask``, the positions it ``write``s, and its ``values``.
 
         Default (masked strategies): the mask is the stored task mask, the task writes the
         positions it owns, and the values are ``layer.values(task)``.
         """
         out = {}
-        for name, layer in model.task_layers().items():
+        for name, layer in model.masked_layers().items():
             mask = layer.task_mask(task).cpu().numpy()
             write = (layer.owner == task).cpu().numpy()
             with torch.no_grad():

@@ -31,9 +31,9 @@ class Finetune(Strategy):
     def after_step(self, task: int, model: nn.Module) -> None:
         """Nothing is frozen."""
 
-    def task_layers(self, model: nn.Module, task: int) -> dict[str, dict]:  # noqa: D102
+    def export_layers(self, model: nn.Module, task: int) -> dict[str, dict]:  # noqa: D102
         out = {}
-        for name, layer in model.task_layers().items():
+        for name, layer in model.masked_layers().items():
             mask = np.ones(tuple(layer.weight.shape), dtype=np.bool_)
             with torch.no_grad():
                 values = layer.values(task).detach().cpu().numpy().astype(np.float32, copy=True)

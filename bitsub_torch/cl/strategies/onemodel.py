@@ -91,13 +91,13 @@ class OneModelStrategy(Strategy):
             return derpp_loss(forward, x, y, buffer, seen, batch, rng, self.alpha, self.beta)
         return er_loss(forward, x, y, buffer, seen, batch, rng)
 
-    def task_layers(self, model: nn.Module, task: int) -> dict[str, dict]:
+    def export_layers(self, model: nn.Module, task: int) -> dict[str, dict]:
         """The one model: its mask (all True when dense) is read and written by packed task 0."""
         if task != 0:
             raise ValueError(f"a one-model strategy exports a single packed task, not {task}")
         out = {}
         codebooks = getattr(self, "codebooks", None) or {}
-        for name, layer in model.task_layers().items():
+        for name, layer in model.masked_layers().items():
             mask = layer.task_mask(0).cpu().numpy()
             if name in codebooks:  # Algorithm 1's codes (rehearsal_run.adaptive_codes)
                 out[name] = {"mask": mask, "write": mask.copy(), **codebooks[name]}

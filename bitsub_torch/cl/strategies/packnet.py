@@ -45,13 +45,13 @@ class PackNet(Strategy):
 
     def before_task(self, task: int, model: nn.Module, data: Any) -> None:  # noqa: D102
         super().before_task(task, model, data)
-        for layer in model.task_layers().values():
+        for layer in model.masked_layers().values():
             layer.clear_task_mask(task)  # dense while training: free + earlier weights
 
     def prune(  # noqa: D102
         self, task: int, model: nn.Module, data: Any, evaluate: Evaluate
     ) -> None:
-        for layer in model.task_layers().values():
+        for layer in model.masked_layers().values():
             owned = layer.owner >= 0
             free = ~owned
             n_free = int(free.sum())
@@ -68,7 +68,7 @@ class PackNet(Strategy):
     def after_task(  # noqa: D102
         self, task: int, model: nn.Module, data: Any, evaluate: Evaluate
     ) -> None:
-        for layer in model.task_layers().values():
+        for layer in model.masked_layers().values():
             layer.consolidate(task)
         super().after_task(task, model, data, evaluate)
 

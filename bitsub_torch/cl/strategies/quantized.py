@@ -273,7 +273,7 @@ class QuantizedStrategy(Strategy):
         model.train(was_training)
 
     # ------------------------------------------------------------------ export
-    def task_layers(self, model: nn.Module, task: int) -> dict[str, dict]:
+    def export_layers(self, model: nn.Module, task: int) -> dict[str, dict]:
         """Per layer: ``mask``, ``write``, ``codebook``, ``codes`` (layer shape), ``bits``."""
         store = self._require_store()
         if task not in store.tasks:
@@ -319,9 +319,3 @@ class QuantizedStrategy(Strategy):
         self.store = None if state["store"] is None else FieldStore.from_state_dict(state["store"])
         self.log = {int(t): dict(v) for t, v in state["log"].items()}
         self._cur = None
-
-
-# Re-exported for bitsub_torch.cli until its import moves to bitsub_torch.cl.actreport and
-# bitsub_torch.cl.ops (placed last: those modules import the strategy package).
-from bitsub_torch.cl.actreport import ACTIVATION_BITS, activation_accuracy  # noqa: E402, F401
-from bitsub_torch.cl.ops import ops_report  # noqa: E402, F401

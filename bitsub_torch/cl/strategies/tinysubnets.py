@@ -171,7 +171,7 @@ class TinySubNets(QuantizedStrategy):
                 bank, reason = store.open_bank(), "kl"
         trainable = {n: ~store.has_field(bank, n) for n in store.shapes}
         self._begin(task, model, bank, trainable)
-        for layer in model.task_layers().values():
+        for layer in model.masked_layers().values():
             layer.clear_task_mask(task)
             layer.start_scores(task, self.density)
         self.log[task] = {"bank": int(bank), "bank_reason": reason, "kl": float(divergence)}
@@ -189,7 +189,7 @@ class TinySubNets(QuantizedStrategy):
         self, task: int, model: nn.Module, data: Any, evaluate: Evaluate
     ) -> None:
         cur = self._current(task)
-        layers = model.task_layers()
+        layers = model.masked_layers()
         masks = {}
         for name, layer in layers.items():
             masks[name] = layer.score_mask(self.density)
@@ -228,7 +228,7 @@ class TinySubNets(QuantizedStrategy):
     ) -> tuple[dict[str, torch.Tensor], float, int]:
         """Greedy gradient-free pruning of the task's own weights; returns masks, acc, removed."""
         cur = self._current(task)
-        layers = model.task_layers()
+        layers = model.masked_layers()
         acc, removed = baseline, 0
         if self.post_prune_iters == 0:
             return masks, acc, removed

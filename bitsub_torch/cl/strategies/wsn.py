@@ -38,13 +38,13 @@ class WSN(Strategy):
 
     def before_task(self, task: int, model: nn.Module, data: Any) -> None:  # noqa: D102
         super().before_task(task, model, data)
-        for layer in model.task_layers().values():
+        for layer in model.masked_layers().values():
             layer.start_scores(task, self.density)
 
     def after_task(  # noqa: D102
         self, task: int, model: nn.Module, data: Any, evaluate: Evaluate
     ) -> None:
-        for layer in model.task_layers().values():
+        for layer in model.masked_layers().values():
             mask = layer.score_mask(self.density)
             layer.stop_scores()
             layer.set_task_mask(task, mask)
