@@ -9,12 +9,12 @@ plain containers and NumPy arrays, so a data file cannot run code. Nothing downl
 
 from __future__ import annotations
 
-import codecs
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
+
+from bitsub_torch.data.files import load_data_pickle
 
 __all__ = ["TRAIN_FILES", "load_cifar10"]
 
@@ -24,38 +24,10 @@ _HINT = (
     "--data-dir) a directory holding cifar-10-batches-py/data_batch_1..5 and test_batch (or the "
     "six files directly). Nothing downloads."
 )
-_ALLOWED = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,  # how Python 3 protocol-2 pickles spell bytes
-}
-
-
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):  # noqa: D102
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in (
-            "_reconstruct", "scalar"
-        ):
-            from numpy._core import multiarray
-
-            return getattr(multiarray, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name} from a data pickle (only NumPy arrays and plain "
-            "containers are allowed)"
-        )
 
 
 def _batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with open(path, "rb") as f:
-            obj = _Unpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as exc:
-        raise ValueError(f"{path}: not a valid CIFAR-10 python pickle ({exc})") from exc
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: a CIFAR-10 pickle holds a dict, found {type(obj).__name__}")
-    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    d = load_data_pickle(path)
     if "data" not in d or "labels" not in d:
         raise ValueError(f"{path}: a CIFAR-10 pickle needs 'data' and 'labels'")
     x = np.asarray(d["data"])
