@@ -335,8 +335,6 @@ def run_probe(code, *argv, env, timeout):
     return proc.returncode, out, err
 
 
-@pytest.mark.xfail(strict=False, reason="needs the fork-safe engine pools (bitsub/threads.py); "
-                   "un-mark once they are merged")
 def test_dataloader_workers_run_the_engine_after_the_parent_did(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
     rc, out, err = run_probe(FORK_PROBE, str(tmp_path / "m.h5"), env=env, timeout=120)

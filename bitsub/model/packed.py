@@ -15,9 +15,10 @@ The model is data plus read accessors; the work lives beside it: :mod:`bitsub.mo
 (checking a task's layers, choosing its bank, writing its fields), :mod:`bitsub.model.readrule`
 (the read-rule kernels and the words' hash), :mod:`bitsub.model.maskrefs` (how masks and write
 masks are coded against a bank's earlier tasks), :mod:`bitsub.model.capacity` and
-:mod:`bitsub.storage.hdf5` (imported only inside ``capacity()`` and ``save()``). The class is
-about 600 lines because it is the one public face of the model: some fifty short accessors, each
-with its checks and docstring.
+:mod:`bitsub.storage.hdf5` (imported only inside ``capacity()`` and ``save()``).
+
+Length: the module and its class are about 600-700 lines because the class is the one public face
+of the model: some fifty short accessors, each with its checks and docstring.
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 class PackedModel:
     """Many tasks' weights packed into one set of words (banks of prefix-encoded fields).
+
+    Length: the one public face of the model (some fifty short checked accessors); the work
+    lives in placement, readrule and maskrefs.
 
     Parameters
     ----------

@@ -97,6 +97,9 @@ def _layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[dict[st
 class RehearsalTrainer:
     """Train one network over a class-incremental stream with a `OneModelStrategy`.
 
+    Length: the class-IL twin of `Trainer` (replay, SAM and data selection per step, class-IL and
+    task-IL re-tests, FLOP and example accounting, checkpoints); one run's state in one object.
+
     Parameters
     ----------
     model : TaskNetwork

@@ -129,6 +129,10 @@ def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 class Trainer:
     """Task-incremental training of a `TaskNetwork` with a `Strategy` over a scenario.
 
+    Length: one loop with its phases (train, convergence protocol, strategy hooks, re-test of
+    every task), checkpoints and resume checks; each part is short, and splitting the class
+    would spread one run's state over several objects.
+
     Parameters
     ----------
     model : TaskNetwork

@@ -59,6 +59,9 @@ def _features(x: Any, limit: int) -> np.ndarray:
 class TinySubNets(QuantizedStrategy):
     """TinySubNets: learned shared masks, post-pruning, per-layer adaptive bit-widths, KL banks.
 
+    Length: the paper's four stages (mask learning, post-pruning, bit-width search, KL gate with
+    replay) each take a few short methods on top of `QuantizedStrategy`.
+
     Parameters
     ----------
     density : float
