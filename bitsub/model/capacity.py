@@ -49,6 +49,7 @@ import numpy as np
 
 from bitsub.codecs.bitfield import packed_size
 from bitsub.codecs.maskcodec import encode_mask
+from bitsub.validate import check_bool
 
 if TYPE_CHECKING:
     from bitsub.model.packed import PackedModel
@@ -210,12 +211,6 @@ def dense_savez_bytes(shapes: dict[str, tuple[int, ...]]) -> int:
     return out.size
 
 
-def _check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
 def capacity(
     pm: PackedModel,
     *,
@@ -264,10 +259,10 @@ def capacity(
         Raw float32 fields count 32 bits (plus the prefix with ``prefix=True``) and have no
         codebook.
     """
-    prefix = _check_bool(prefix, "prefix")
-    padding = _check_bool(padding, "padding")
-    masks = _check_bool(masks, "masks")
-    codebook_index = _check_bool(codebook_index, "codebook_index")
+    prefix = check_bool(prefix, "prefix")
+    padding = check_bool(padding, "padding")
+    masks = check_bool(masks, "masks")
+    codebook_index = check_bool(codebook_index, "codebook_index")
     if mask_coding not in ("stored", "alone", "union"):
         raise ValueError(f"mask_coding must be 'stored', 'alone' or 'union', got {mask_coding!r}")
     if isinstance(codebook_bits, bool) or not isinstance(codebook_bits, int):

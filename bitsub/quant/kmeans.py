@@ -32,6 +32,7 @@ import numpy as np
 
 from bitsub.config import NJIT
 from bitsub.quant.dp import distinct_prefix, partition, partition_band
+from bitsub.validate import check_int
 
 __all__ = ["kmeans_1d", "quantize"]
 
@@ -151,18 +152,6 @@ def _assign_nearest(values, mids, table, sure, base, scale, first, codes):
 
 
 # ------------------------------------------------------------------------ Python layer
-
-
-def _check_k(k: object) -> int:
-    if isinstance(k, (bool, np.bool_)):
-        raise TypeError("k must be an integer in 1..65536, got a bool")
-    try:
-        kk = operator.index(k)
-    except TypeError:
-        raise TypeError(f"k must be an integer in 1..65536, got {type(k).__name__}") from None
-    if not 1 <= kk <= MAX_K:
-        raise ValueError(f"k must be in 1..{MAX_K}, got {kk}")
-    return kk
 
 
 def _check_values(values: object) -> np.ndarray:
@@ -339,7 +328,7 @@ def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.n
     ValueError
         If ``values`` is empty or not finite, ``k`` out of range or ``method`` unknown.
     """
-    kk = _check_k(k)
+    kk = check_int(k, "k", 1, MAX_K)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     arr = _check_values(values)
