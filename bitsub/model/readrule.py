@@ -13,7 +13,8 @@ import numpy as np
 from bitsub.codecs.bitfield import read_field
 from bitsub.config import NJIT, NJIT_PARALLEL
 
-__all__ = ["PARALLEL_MIN", "codes_of", "decode_weights", "resolve_fields", "words_hash"]
+__all__ = ["PARALLEL_MIN", "codes_of", "decode_weights", "packed_codes_of", "resolve_fields",
+           "words_hash"]
 
 
 @numba.njit(**NJIT)
@@ -38,6 +39,48 @@ def codes_of(words, write, prefix, prefix_bits, word_bits, bits_by_prefix, out):
                     j += 1
                     break
                 used += b
+    return j
+
+
+@numba.njit(**NJIT)
+def packed_codes_of(words, write, prefix, prefix_bits, word_bits, bits_by_prefix, count, out):
+    """:func:`codes_of` packed straight into bytes at the task's bit-width (1..16).
+
+    The same walk as ``codes_of`` (written out again: one pass, no code array) feeding the
+    accumulator of :func:`bitsub.pack_bits`, so ``out`` receives exactly ``pack_bits(codes,
+    bits_by_prefix[prefix])`` of the first ``count`` codes; ``out`` must hold
+    ``packed_size(count, bits)`` bytes. Returns how many codes were found, at most ``count``
+    (the caller compares).
+    """
+    b = bits_by_prefix[prefix]
+    ubits = np.uint64(b)
+    cap = count
+    acc = np.uint64(0)
+    nacc = np.uint64(0)
+    eight = np.uint64(8)
+    pos = 0
+    j = 0
+    for i in range(write.size):
+        if write[i] and j < cap:
+            used = 0
+            while used + prefix_bits <= word_bits:
+                p = np.int64(read_field(words, i, word_bits - used - prefix_bits, prefix_bits))
+                if p == 0 or p > prefix:
+                    break
+                pb = bits_by_prefix[p]
+                used += prefix_bits
+                if p == prefix:
+                    acc = (acc << ubits) | read_field(words, i, word_bits - used - b, b)
+                    nacc += ubits
+                    while nacc >= eight:
+                        nacc -= eight
+                        out[pos] = np.uint8((acc >> nacc) & np.uint64(0xFF))
+                        pos += 1
+                    j += 1
+                    break
+                used += pb
+    if nacc > np.uint64(0):
+        out[pos] = np.uint8((acc << (eight - nacc)) & np.uint64(0xFF))
     return j
 
 

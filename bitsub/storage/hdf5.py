@@ -64,7 +64,7 @@ import h5py
 import numpy as np
 
 from bitsub.atomic import write_bytes
-from bitsub.codecs.bitfield import pack_bits, packed_size, unpack_bits
+from bitsub.codecs.bitfield import packed_size, unpack_bits
 from bitsub.errors import FormatError
 from bitsub.model.packed import (
     MASK_REFERENCES,
@@ -76,6 +76,7 @@ from bitsub.model.packed import (
     TaskLayer,
     words_hash,
 )
+from bitsub.model.readrule import packed_codes_of
 from bitsub.storage.masks import decode_packed_mask
 
 __all__ = ["FORMAT_VERSION", "load", "save", "stored_task_bytes"]
@@ -99,16 +100,16 @@ MAX_TASKS = 1 << 20
 def _task_payload(pm: PackedModel, t: int) -> tuple[dict[str, Any], list[bytes]]:
     """The index entry (without its location) and the byte parts of task t's payload."""
     layers, parts = [], []
+    bank = pm.bank(t)
     for name in pm.layers:
         b, n = pm.bits(t, name), pm.fields(t, name)
         enc = pm.encoded_mask(t, name)
         wref, wdata = pm.write_coding(t, name)
-        codes = pm.codes(t, name) if n else np.zeros(0, np.uint32)
         k = 0
         if b == RAW_BITS:
-            cdata, cb = codes.astype("<u4").tobytes(), b""
+            cdata, cb = pm.codes(t, name).astype("<u4").tobytes(), b""
         elif b:
-            cdata = pack_bits(codes, b).tobytes()
+            cdata = _packed_codes(pm, t, bank, name, b, n)
             cbook = pm.codebook(t, name)
             k, cb = int(cbook.size), cbook.astype("<f4").tobytes()
         else:
@@ -120,6 +121,22 @@ def _task_payload(pm: PackedModel, t: int) -> tuple[dict[str, Any], list[bytes]]
         private.append([key, list(arr.shape)])
         parts.append(arr.astype("<f4").tobytes())
     return {"bank": pm.bank(t), "layers": layers, "private": private}, parts
+
+
+def _packed_codes(pm: PackedModel, t: int, bank: int, name: str, b: int, n: int) -> bytes:
+    """``pack_bits(pm.codes(t, name), b)``, gathered from the words in one pass."""
+    bits_by_prefix = np.zeros(1 << pm.prefix_bits, np.int64)
+    for p, u in enumerate(pm.bank_tasks(bank), start=1):
+        bits_by_prefix[p] = pm.bits(u, name)
+    words = pm.words(name, bank).view()
+    # numba (cache=True) dispatches read-only arrays far slower; the kernel only reads them
+    words.flags.writeable = True
+    out = np.zeros(packed_size(n, b), np.uint8)
+    got = packed_codes_of(words, pm.write_mask(t, name).reshape(-1), pm.prefix(t),
+                          pm.prefix_bits, pm.word_bits, bits_by_prefix, n, out)
+    if got != n:  # cannot happen for a model built by add_task or accepted by load
+        raise RuntimeError(f"task {t}, layer {name!r}: {got} of {n} fields found")
+    return out.tobytes()
 
 
 def stored_task_bytes(pm: PackedModel, t: int) -> int:
