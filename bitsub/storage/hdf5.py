@@ -64,7 +64,7 @@ import h5py
 import numpy as np
 
 from bitsub.atomic import write_bytes
-from bitsub.codecs.bitfield import packed_size, unpack_bits
+from bitsub.codecs.bitfield import packed_size
 from bitsub.errors import FormatError
 from bitsub.model.packed import (
     MASK_REFERENCES,
@@ -76,6 +76,7 @@ from bitsub.model.packed import (
     TaskLayer,
     words_hash,
 )
+from bitsub.model.placement import PackedCodes
 from bitsub.model.readrule import packed_codes_of
 from bitsub.storage.masks import decode_packed_mask
 
@@ -252,7 +253,7 @@ def _check_seal(data: bytes, where: str) -> tuple[int, int]:
     if length < USERBLOCK or any(data[end + _HEAD_CRC.size : USERBLOCK]):
         raise FormatError(f"{where}: bytes {end + _HEAD_CRC.size}..{USERBLOCK} of the header "
                           "are not zero: the file is corrupted")
-    if zlib.crc32(data[USERBLOCK:]) != body_crc:
+    if zlib.crc32(memoryview(data)[USERBLOCK:]) != body_crc:
         raise FormatError(f"{where}: checksum mismatch over bytes {USERBLOCK}..{length}: "
                           "the file is corrupted")
     if not (USERBLOCK <= off and size > 0 and off + size <= length):
@@ -330,9 +331,10 @@ def _locate_tasks(model: dict[str, Any], data: bytes, index: tuple[int, int]) ->
     if size and off < index[0] + index[1] and index[0] < off + size:
         raise FormatError(f"/{PAYLOAD} and /{INDEX} overlap in the file: the file is corrupted")
     blobs, pos = [], off
+    view = memoryview(data)  # slices without copies
     for t, entry in enumerate(model["tasks"]):
         n = _int(entry.get("bytes"), f"task {t}: bytes", 0, off + size - pos)
-        blob = data[pos : pos + n]
+        blob = view[pos : pos + n]
         pos += n
         if zlib.crc32(blob) != entry.get("crc"):
             raise FormatError(f"task {t}: checksum mismatch: the file is corrupted")
@@ -369,12 +371,13 @@ def _task_layer(pm: PackedModel, cur: _Cursor, spec: Any, where: str, name: str,
     if mref:
         ref = earlier[-1] if mref == 1 else np.bitwise_or.reduce(earlier)
         context = np.unpackbits(ref, count=n_pos).view(bool).reshape(shape)
-    enc = cur.take(_int(mlen, f"{where} mask bytes", 0, len(cur.data)), "the mask")
+    enc = bytes(cur.take(_int(mlen, f"{where} mask bytes", 0, len(cur.data)), "the mask"))
     try:
         mask = decode_packed_mask(enc, context, shape)
     except (ValueError, TypeError) as exc:  # FormatError is a ValueError
         raise FormatError(f"{where}: bad mask encoding: {exc}") from None
-    wdata = cur.take(_int(wlen, f"{where} write bytes", 0, len(cur.data)), "the write mask")
+    wdata = bytes(cur.take(_int(wlen, f"{where} write bytes", 0, len(cur.data)),
+                           "the write mask"))
     if wref != 2 and wdata:
         raise FormatError(f"{where}: write reference {WRITE_REFERENCES[wref]!r} stores no bytes")
     new = new & mask
@@ -400,8 +403,7 @@ def _task_layer(pm: PackedModel, cur: _Cursor, spec: Any, where: str, name: str,
         values[write_bool] = raw
         tl = TaskLayer(mask_bool, write_bool.reshape(shape), values=values.reshape(shape), bits=b)
     elif b:
-        codes = unpack_bits(np.frombuffer(cur.take(packed_size(n, b), "the codes"), np.uint8),
-                            b, n)
+        codes = PackedCodes(np.frombuffer(cur.take(packed_size(n, b), "the codes"), np.uint8), n)
         cb = np.frombuffer(cur.take(4 * k, "the codebook"), "<f4")
         tl = TaskLayer(mask_bool, write_bool.reshape(shape), bits=b, codebook=cb, codes=codes)
     else:
@@ -504,7 +506,11 @@ def load(path: str | os.PathLike[str]) -> PackedModel:
     if p.is_dir():
         raise IsADirectoryError(f"{where} is a directory; give a file written by save")
     with open(p, "rb") as fh:
-        data = fh.read()
+        # a writable buffer: the packed codes are read in place (numba dispatches read-only
+        # arrays slower); a file that grew meanwhile is read to its end (the seal checks length)
+        data = bytearray(os.fstat(fh.fileno()).st_size)
+        del data[fh.readinto(data):]
+        data += fh.read()
     index = _check_seal(data, where)
     try:
         model = _read_index(data, *index)
