@@ -132,8 +132,13 @@ def _write_fields(words, used, write, codes, compact, prefix, prefix_bits, bits,
 def _write_packed_fields(words, used, write, data, prefix, prefix_bits, bits, word_bits):
     # _write_fields reading its codes from pack_bits bytes (MSB first) as it goes: one pass,
     # no code array. Room was checked; the caller checked len(data) = packed_size(n, bits).
+    # The bits below a word's used bits are zero (fields are only ever appended), so the
+    # prefix and code go in with one OR, in the word's own dtype.
     ubits = np.uint64(bits)
     cmask = (np.uint64(1) << ubits) - np.uint64(1)
+    head = np.uint64(prefix) << ubits
+    step = np.uint8(prefix_bits + bits)
+    top = np.int64(word_bits - prefix_bits - bits)
     eight = np.uint64(8)
     acc = np.uint64(0)
     nacc = np.uint64(0)
@@ -145,11 +150,10 @@ def _write_packed_fields(words, used, write, data, prefix, prefix_bits, bits, wo
                 pos += 1
                 nacc += eight
             nacc -= ubits
-            c = (acc >> nacc) & cmask
-            s = field_shift(word_bits, used[i], prefix_bits)
-            write_field(words, i, s, prefix_bits, prefix)
-            write_field(words, i, s - bits, bits, c)
-            used[i] = used[i] + prefix_bits + bits
+            u = used[i]
+            field = head | ((acc >> nacc) & cmask)
+            words[i] |= words.dtype.type(field << np.uint64(top - np.int64(u)))
+            used[i] = u + step
 
 
 @numba.njit(**NJIT)
