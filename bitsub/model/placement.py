@@ -205,15 +205,18 @@ def _min_at(values, where):
 
 @numba.njit(**NJIT)
 def _mask_stats(mask, write):
-    # (positions in write but not in mask, positions in mask but not in write)
+    # (positions in write but not in mask, positions in mask but not in write, positions in
+    # write): one pass instead of this and a count_nonzero
     outside = 0
     reuse = 0
+    written = 0
     for i in range(mask.size):
+        written += np.int64(write[i])
         if write[i] and not mask[i]:
             outside += 1
         elif mask[i] and not write[i]:
             reuse += 1
-    return outside, reuse
+    return outside, reuse, written
 
 
 @numba.njit(**NJIT)
@@ -311,11 +314,11 @@ def prepare_layer(name: str, tl: TaskLayer, shape: tuple[int, ...], prefix_bits:
     what = f"layer {name!r}"
     mask = _as_bool(tl.mask, shape, f"{what}: mask")
     write = _as_bool(tl.write, shape, f"{what}: write")
-    outside, n_reuse = _mask_stats(mask, write)
+    outside, n_reuse, n = _mask_stats(mask, write)
     if outside:
         raise ValueError(f"{what}: write must be a subset of mask (write implies mask); "
                          f"{outside} written positions are outside the mask")
-    n = int(np.count_nonzero(write))
+    n = int(n)
     compact = True
     bits = None if tl.bits is None else check_index(tl.bits, f"{what}: bits")
     codebook = None

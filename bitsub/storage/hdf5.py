@@ -43,10 +43,13 @@ every field, the payloads' crc32, decodes each mask after checking its declared 
 the layer's (bounding what a decoder allocates), and rebuilds the words through
 :meth:`PackedModel.add_task`, which refuses fields outside a task's mask, codes outside its
 codebook, words without room, reused positions no earlier task wrote and values that are not
-finite or above 2**60. The rebuilt words are compared with the stored hashes before the model
-is returned, so no kernel ever indexes with unverified words. Format 3 files (one word per
-position) are refused with a message saying how to convert them (re-export from the training
-run's checkpoints).
+finite or above 2**60. The stored codes go to ``add_task`` still packed
+(:class:`bitsub.model.placement.PackedCodes`), which writes each field straight from them; save
+gathers each task's codes from the words into packed bytes in one pass
+(:func:`bitsub.model.readrule.packed_codes_of`). The rebuilt words are compared with the
+stored hashes before the model is returned, so no kernel ever indexes with unverified words.
+Format 3 files (one word per position) are refused with a message saying how to convert them
+(re-export from the training run's checkpoints).
 """
 
 from __future__ import annotations
