@@ -11,67 +11,80 @@ from hypothesis import strategies as st
 from bitsub import PackedModel, TaskLayer, pack_bits
 from bitsub.codecs.bitfield import packed_size
 from bitsub.model.placement import PackedCodes
-from bitsub.model.readrule import packed_codes_of
+from bitsub.model.readrule import bank_packed_codes
 from tests.naive import naive_codes_of, naive_pack_bits
 from tests.test_packed import run_random_sequence
 
 SHAPES = {"a": (3, 5), "b": (2, 2, 2, 1), "c": (1, 17)}
 
 
-def gather(pm, t, name, count=None):
-    """packed_codes_of for task t, through the public API; returns (found, bytes)."""
-    bank, b = pm.bank(t), pm.bits(t, name)
-    count = pm.fields(t, name) if count is None else count
-    bits_by_prefix = np.zeros(1 << pm.prefix_bits, np.int64)
-    for p, u in enumerate(pm.bank_tasks(bank), start=1):
-        bits_by_prefix[p] = pm.bits(u, name)
-    out = np.zeros(packed_size(count, b), np.uint8)
-    words = np.array(pm.words(name, bank))
-    got = packed_codes_of(words, pm.write_mask(t, name).reshape(-1), pm.prefix(t),
-                          pm.prefix_bits, pm.word_bits, bits_by_prefix, count, out)
-    return got, out
+def gather(pm, bank, name, counts=None):
+    """bank_packed_codes through the public API: (found per prefix, {task: bytes})."""
+    tasks = pm.bank_tasks(bank)
+    size = 1 << pm.prefix_bits
+    bits_by_prefix = np.zeros(size, np.int64)
+    want = np.zeros(size, np.int64)
+    for p, u in enumerate(tasks, start=1):
+        bits_by_prefix[p] = b = pm.bits(u, name)
+        want[p] = pm.fields(u, name) if b <= 16 else 0
+    counts = want if counts is None else np.asarray(counts, np.int64)
+    sizes = [packed_size(int(c), int(b)) for c, b in zip(counts, bits_by_prefix)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    out = np.full(int(offsets[-1]) + 3, 0xAB, np.uint8)  # guard bytes past the end
+    found = bank_packed_codes(np.array(pm.words(name, bank)), pm.prefix_bits, pm.word_bits,
+                              bits_by_prefix, counts, offsets, out)
+    assert out[-3:].tolist() == [0xAB] * 3  # nothing written past the streams
+    return found, {u: out[offsets[p] : offsets[p + 1]].tolist()
+                   for p, u in enumerate(tasks, start=1)}
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), word_bits=st.sampled_from([32, 64]),
        prefix_bits=st.integers(1, 4), n_tasks=st.integers(1, 9))
-def test_packed_codes_match_pack_bits_and_naive(seed, word_bits, prefix_bits, n_tasks):
+def test_bank_codes_match_pack_bits_and_naive(seed, word_bits, prefix_bits, n_tasks):
     pm = run_random_sequence(seed, word_bits, prefix_bits, n_tasks, SHAPES)[0]
-    for t in pm.tasks:
-        bank = pm.bank(t)
+    for bank in range(pm.banks):
+        tasks = pm.bank_tasks(bank)
         for name in pm.layers:
-            b, n = pm.bits(t, name), pm.fields(t, name)
-            if not 1 <= b <= 16:
-                continue
-            got, out = gather(pm, t, name)
-            assert got == n
-            assert out.tobytes() == pack_bits(pm.codes(t, name), b).tobytes()
-            bits_of_prefix = [0] + [pm.bits(u, name) for u in pm.bank_tasks(bank)]
-            _, codes = naive_codes_of(pm.words(name, bank), pm.word_bits, pm.prefix_bits,
-                                      bits_of_prefix, pm.prefix(t))
-            assert out.tolist() == naive_pack_bits(codes, b)
+            found, got = gather(pm, bank, name)
+            assert found.tolist() == ([0] + [pm.fields(u, name) for u in tasks]
+                                      + [0] * ((1 << pm.prefix_bits) - 1 - len(tasks)))
+            bits_of_prefix = [0] + [pm.bits(u, name) for u in tasks]
+            for p, t in enumerate(tasks, start=1):
+                b = pm.bits(t, name)
+                if not 1 <= b <= 16:
+                    assert got[t] == []  # raw fields and empty layers: nothing packed
+                    continue
+                assert got[t] == pack_bits(pm.codes(t, name), b).tolist()
+                _, codes = naive_codes_of(pm.words(name, bank), pm.word_bits, pm.prefix_bits,
+                                          bits_of_prefix, p)
+                assert got[t] == naive_pack_bits(codes, b)
 
 
-@given(bits=st.integers(1, 16), side=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+@given(bits=st.lists(st.integers(1, 16), min_size=1, max_size=3), side=st.integers(1, 40),
+       seed=st.integers(0, 2**32 - 1))
 @settings(max_examples=40, deadline=None)
-def test_every_bit_width_one_task_and_short_counts(bits, side, seed):
+def test_every_bit_width_and_short_counts(bits, side, seed):
     rng = np.random.default_rng(seed)
-    pm = PackedModel(word_bits=32, prefix_bits=2)
+    pm = PackedModel(word_bits=64, prefix_bits=2)
     pm.add_layer("fc", (1, side))
-    write = rng.random((1, side)) < 0.6
-    k = 1 << bits
-    codes = rng.integers(0, k, (1, side))
-    pm.add_task({"fc": TaskLayer(write, write, bits=bits, codebook=np.arange(k, dtype=np.float32),
-                                 codes=codes)})
-    n = int(write.sum())
-    got, out = gather(pm, 0, "fc")
-    assert got == n
-    assert out.tolist() == naive_pack_bits(codes[write], bits)
-    # a smaller count stops the walk there and never writes past its bytes
-    if n:
-        got, out = gather(pm, 0, "fc", count=n - 1)
-        assert got == n - 1
-        assert out.tolist() == naive_pack_bits(codes[write][: n - 1], bits)
+    codes = {}
+    for t, b in enumerate(bits):
+        write = rng.random((1, side)) < 0.6
+        c = rng.integers(0, 1 << b, (1, side))
+        pm.add_task({"fc": TaskLayer(write, write, bits=b, codebook=np.arange(1 << b, dtype=float),
+                                     codes=c)}, bank=0 if t else "new")
+        codes[t] = c[write]
+    found, got = gather(pm, 0, "fc")
+    for t, b in enumerate(bits):
+        assert found[t + 1] == codes[t].size
+        assert got[t] == naive_pack_bits(codes[t], b)
+    # smaller counts: the walk still counts every field, writes only the first counts[p]
+    counts = [0] + [max(0, c.size - 1) for c in codes.values()] + [0] * (3 - len(bits))
+    found, got = gather(pm, 0, "fc", counts)
+    for t, b in enumerate(bits):
+        assert found[t + 1] == codes[t].size
+        assert got[t] == naive_pack_bits(codes[t][: counts[t + 1]], b)
 
 
 def test_empty_and_full_masks():
@@ -82,10 +95,20 @@ def test_empty_and_full_masks():
     pm.add_task({"fc": TaskLayer(full, full, bits=3, codebook=np.arange(8.0), codes=codes)})
     pm.add_task({"fc": TaskLayer(empty, empty)})
     pm.add_task({"fc": TaskLayer(full, full, bits=5, codebook=np.arange(32.0), codes=codes * 3)})
-    assert gather(pm, 0, "fc")[1].tolist() == naive_pack_bits(codes, 3)
-    assert gather(pm, 2, "fc")[1].tolist() == naive_pack_bits(codes * 3, 5)
-    got, out = gather(pm, 1, "fc", count=0)
-    assert got == 0 and out.size == 0
+    found, got = gather(pm, 0, "fc")
+    assert found.tolist() == [0, 63, 0, 63, 0, 0, 0, 0]
+    assert got == {0: naive_pack_bits(codes, 3), 1: [], 2: naive_pack_bits(codes * 3, 5)}
+
+
+def test_fields_of_a_missing_prefix_are_reported():
+    # a word whose prefix names no task of the bank: counted in found[0], nothing indexed
+    # prefix 1 with its 2-bit code 3, then prefix 3, which no task of the bank has
+    words = np.array([0b01 << 30 | 0b11 << 28 | 0b11 << 26], np.uint32)
+    bits_by_prefix = np.array([0, 2, 0, 0], np.int64)
+    out = np.zeros(1, np.uint8)
+    found = bank_packed_codes(words, 2, 32, bits_by_prefix, np.array([0, 1, 0, 0]),
+                              np.array([0, 0, 1, 1, 1]), out)
+    assert found.tolist() == [1, 1, 0, 0] and out.tolist() == [0b11 << 6]
 
 
 # ------------------------------------------------ load: fields written from packed codes

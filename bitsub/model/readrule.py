@@ -13,7 +13,7 @@ import numpy as np
 from bitsub.codecs.bitfield import read_field
 from bitsub.config import NJIT, NJIT_PARALLEL
 
-__all__ = ["PARALLEL_MIN", "codes_of", "decode_weights", "packed_codes_of", "resolve_fields",
+__all__ = ["PARALLEL_MIN", "bank_packed_codes", "codes_of", "decode_weights", "resolve_fields",
            "words_hash"]
 
 
@@ -43,45 +43,51 @@ def codes_of(words, write, prefix, prefix_bits, word_bits, bits_by_prefix, out):
 
 
 @numba.njit(**NJIT)
-def packed_codes_of(words, write, prefix, prefix_bits, word_bits, bits_by_prefix, count, out):
-    """:func:`codes_of` packed straight into bytes at the task's bit-width (1..16).
+def bank_packed_codes(words, prefix_bits, word_bits, bits_by_prefix, counts, offsets, out):
+    """Every task's codes of one bank and layer, packed, in one pass over the words.
 
-    The same walk as ``codes_of`` (written out again: one pass, no code array) feeding the
-    accumulator of :func:`bitsub.pack_bits`, so ``out`` receives exactly ``pack_bits(codes,
-    bits_by_prefix[prefix])`` of the first ``count`` codes; ``out`` must hold
-    ``packed_size(count, bits)`` bytes. Returns how many codes were found, at most ``count``
-    (the caller compares).
+    A field with prefix p at position i is the field task p wrote there, so walking each word's
+    fields once sends every code to its task's stream: task p's ``counts[p]`` codes go, packed
+    at ``bits_by_prefix[p]`` bits as :func:`bitsub.pack_bits` packs them, into
+    ``out[offsets[p]:offsets[p + 1]]`` (``packed_size(counts[p], bits)`` bytes; prefixes with
+    no codes have an empty range). Returns the number of fields found per prefix (codes past
+    ``counts[p]`` are counted, not written; the caller compares).
     """
-    b = bits_by_prefix[prefix]
-    ubits = np.uint64(b)
-    cap = count
-    acc = np.uint64(0)
-    nacc = np.uint64(0)
+    n_p = bits_by_prefix.size
+    acc = np.zeros(n_p, np.uint64)
+    nacc = np.zeros(n_p, np.uint64)
+    pos = offsets[:n_p].copy()
+    found = np.zeros(n_p, np.int64)
     eight = np.uint64(8)
-    pos = 0
-    j = 0
-    for i in range(write.size):
-        if write[i] and j < cap:
-            used = 0
-            while used + prefix_bits <= word_bits:
-                p = np.int64(read_field(words, i, word_bits - used - prefix_bits, prefix_bits))
-                if p == 0 or p > prefix:
-                    break
-                pb = bits_by_prefix[p]
-                used += prefix_bits
-                if p == prefix:
-                    acc = (acc << ubits) | read_field(words, i, word_bits - used - b, b)
-                    nacc += ubits
-                    while nacc >= eight:
-                        nacc -= eight
-                        out[pos] = np.uint8((acc >> nacc) & np.uint64(0xFF))
-                        pos += 1
-                    j += 1
-                    break
-                used += pb
-    if nacc > np.uint64(0):
-        out[pos] = np.uint8((acc << (eight - nacc)) & np.uint64(0xFF))
-    return j
+    byte = np.uint64(0xFF)
+    for i in range(words.size):
+        used = 0
+        while used + prefix_bits <= word_bits:
+            p = np.int64(read_field(words, i, word_bits - used - prefix_bits, prefix_bits))
+            if p == 0:
+                break
+            b = bits_by_prefix[p]
+            used += prefix_bits
+            if b == 0 or used + b > word_bits:  # cannot happen in words built by add_task
+                found[0] += 1
+                break
+            c = read_field(words, i, word_bits - used - b, b)
+            used += b
+            if found[p] < counts[p]:
+                ub = np.uint64(b)
+                a = (acc[p] << ub) | c
+                na = nacc[p] + ub
+                while na >= eight:
+                    na -= eight
+                    out[pos[p]] = np.uint8((a >> na) & byte)
+                    pos[p] += 1
+                acc[p] = a
+                nacc[p] = na
+            found[p] += 1
+    for p in range(1, n_p):
+        if nacc[p] > np.uint64(0):
+            out[pos[p]] = np.uint8((acc[p] << (eight - nacc[p])) & byte)
+    return found
 
 
 def _resolve_kernel_py(words, mask, prefix, prefix_bits, word_bits, bits_by_prefix, task_by_prefix,

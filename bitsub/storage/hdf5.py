@@ -45,8 +45,8 @@ the layer's (bounding what a decoder allocates), and rebuilds the words through
 codebook, words without room, reused positions no earlier task wrote and values that are not
 finite or above 2**60. The stored codes go to ``add_task`` still packed
 (:class:`bitsub.model.placement.PackedCodes`), which writes each field straight from them; save
-gathers each task's codes from the words into packed bytes in one pass
-(:func:`bitsub.model.readrule.packed_codes_of`). The rebuilt words are compared with the
+gathers every task's codes of a bank and layer from the words into packed bytes in one pass
+(:func:`bitsub.model.readrule.bank_packed_codes`). The rebuilt words are compared with the
 stored hashes before the model is returned, so no kernel ever indexes with unverified words.
 Format 3 files (one word per position) are refused with a message saying how to convert them
 (re-export from the training run's checkpoints).
@@ -80,7 +80,7 @@ from bitsub.model.packed import (
     words_hash,
 )
 from bitsub.model.placement import PackedCodes
-from bitsub.model.readrule import packed_codes_of
+from bitsub.model.readrule import bank_packed_codes
 from bitsub.storage.masks import decode_packed_mask
 
 __all__ = ["FORMAT_VERSION", "load", "save", "stored_task_bytes"]
@@ -101,8 +101,12 @@ MAX_TASKS = 1 << 20
 # ------------------------------------------------------------------------ save
 
 
-def _task_payload(pm: PackedModel, t: int) -> tuple[dict[str, Any], list[bytes]]:
-    """The index entry (without its location) and the byte parts of task t's payload."""
+def _task_payload(pm: PackedModel, t: int, cache: dict[tuple[int, str], dict[int, bytes]]
+                  ) -> tuple[dict[str, Any], list[bytes]]:
+    """The index entry (without its location) and the byte parts of task t's payload.
+
+    ``cache``: (bank, layer) -> the packed codes of the bank's tasks, filled on first use.
+    """
     layers, parts = [], []
     bank = pm.bank(t)
     for name in pm.layers:
@@ -113,7 +117,9 @@ def _task_payload(pm: PackedModel, t: int) -> tuple[dict[str, Any], list[bytes]]
         if b == RAW_BITS:
             cdata, cb = pm.codes(t, name).astype("<u4").tobytes(), b""
         elif b:
-            cdata = _packed_codes(pm, t, bank, name, b, n)
+            if (bank, name) not in cache:
+                cache[bank, name] = _bank_codes(pm, bank, name)
+            cdata = cache[bank, name][t]
             cbook = pm.codebook(t, name)
             k, cb = int(cbook.size), cbook.astype("<f4").tobytes()
         else:
@@ -127,25 +133,33 @@ def _task_payload(pm: PackedModel, t: int) -> tuple[dict[str, Any], list[bytes]]
     return {"bank": pm.bank(t), "layers": layers, "private": private}, parts
 
 
-def _packed_codes(pm: PackedModel, t: int, bank: int, name: str, b: int, n: int) -> bytes:
-    """``pack_bits(pm.codes(t, name), b)``, gathered from the words in one pass."""
-    bits_by_prefix = np.zeros(1 << pm.prefix_bits, np.int64)
-    for p, u in enumerate(pm.bank_tasks(bank), start=1):
-        bits_by_prefix[p] = pm.bits(u, name)
+def _bank_codes(pm: PackedModel, bank: int, name: str) -> dict[int, bytes]:
+    """``pack_bits(pm.codes(t, name), bits)`` of every coded task t of the bank, in one pass."""
+    tasks = pm.bank_tasks(bank)
+    size = 1 << pm.prefix_bits
+    bits_by_prefix, counts = np.zeros(size, np.int64), np.zeros(size, np.int64)
+    for p, u in enumerate(tasks, start=1):
+        bits_by_prefix[p] = b = pm.bits(u, name)
+        counts[p] = pm.fields(u, name) if 1 <= b <= MAX_CODE_BITS else 0  # raw: pm.codes
+    offsets = np.zeros(size + 1, np.int64)
+    offsets[1:] = np.cumsum([packed_size(int(c), int(b)) for c, b in zip(counts, bits_by_prefix)])
+    out = np.zeros(int(offsets[-1]), np.uint8)
     words = pm.words(name, bank).view()
     # numba (cache=True) dispatches read-only arrays far slower; the kernel only reads them
     words.flags.writeable = True
-    out = np.zeros(packed_size(n, b), np.uint8)
-    got = packed_codes_of(words, pm.write_mask(t, name).reshape(-1), pm.prefix(t),
-                          pm.prefix_bits, pm.word_bits, bits_by_prefix, n, out)
-    if got != n:  # cannot happen for a model built by add_task or accepted by load
-        raise RuntimeError(f"task {t}, layer {name!r}: {got} of {n} fields found")
-    return out.tobytes()
+    found = bank_packed_codes(words, pm.prefix_bits, pm.word_bits, bits_by_prefix, counts,
+                              offsets, out)
+    want = [0] + [pm.fields(u, name) for u in tasks] + [0] * (size - 1 - len(tasks))
+    if found.tolist() != want:  # cannot happen for a model built by add_task or accepted by load
+        raise RuntimeError(f"bank {bank}, layer {name!r}: fields per prefix {found.tolist()}, "
+                           f"expected {want}")
+    return {u: out[offsets[p] : offsets[p + 1]].tobytes()
+            for p, u in enumerate(tasks, start=1) if counts[p]}
 
 
 def stored_task_bytes(pm: PackedModel, t: int) -> int:
     """Bytes of task t's payload in a format 4 file (what ``capacity`` counts, private included)."""
-    return sum(len(p) for p in _task_payload(pm, t)[1])
+    return sum(len(p) for p in _task_payload(pm, t, {})[1])
 
 
 def _canon(doc: Any) -> bytes:
@@ -157,8 +171,9 @@ def _write_h5(pm: PackedModel, target: Any) -> tuple[int, int]:
     from bitsub import __version__
 
     entries, blobs = [], []
+    cache: dict[tuple[int, str], dict[int, bytes]] = {}
     for t in pm.tasks:
-        entry, parts = _task_payload(pm, t)
+        entry, parts = _task_payload(pm, t, cache)
         blob = b"".join(parts)
         entry["crc"] = zlib.crc32(blob)
         entries.append(entry)
