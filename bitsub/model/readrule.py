@@ -60,19 +60,22 @@ def bank_packed_codes(words, prefix_bits, word_bits, bits_by_prefix, counts, off
     found = np.zeros(n_p, np.int64)
     eight = np.uint64(8)
     byte = np.uint64(0xFF)
+    pmask = (np.uint64(1) << np.uint64(prefix_bits)) - np.uint64(1)
     for i in range(words.size):
-        used = 0
-        while used + prefix_bits <= word_bits:
-            p = np.int64(read_field(words, i, word_bits - used - prefix_bits, prefix_bits))
+        # the word in a register, its fields cut off from the top by shifts
+        w = np.uint64(words[i])
+        left = np.int64(word_bits)  # bits of w not yet walked
+        while left >= prefix_bits:
+            left -= prefix_bits
+            p = np.int64((w >> np.uint64(left)) & pmask)
             if p == 0:
                 break
             b = bits_by_prefix[p]
-            used += prefix_bits
-            if b == 0 or used + b > word_bits:  # cannot happen in words built by add_task
+            if b == 0 or b > left:  # cannot happen in words built by add_task
                 found[0] += 1
                 break
-            c = read_field(words, i, word_bits - used - b, b)
-            used += b
+            left -= b
+            c = (w >> np.uint64(left)) & ((np.uint64(1) << np.uint64(b)) - np.uint64(1))
             if found[p] < counts[p]:
                 ub = np.uint64(b)
                 a = (acc[p] << ub) | c
