@@ -20,9 +20,8 @@ from bitsub.config import NJIT
 from bitsub.quant.kmeans import kmeans_1d
 
 __all__ = ["MAX_CODE_BITS", "MAX_VALUE", "RAW_BITS", "Bank", "PackedCodes", "PreparedLayer",
-           "TaskLayer",
-           "bank_problem", "check_index", "check_private", "check_values", "choose_bank",
-           "place_fields", "prepare_layer", "reuse_problem"]
+           "TaskLayer", "bank_problem", "check_index", "check_private", "check_values",
+           "choose_bank", "place_fields", "prepare_layer", "reuse_problem"]
 
 MAX_CODE_BITS = 16
 RAW_BITS = 32
@@ -56,6 +55,8 @@ class TaskLayer:
     codes : array_like of int, optional
         Codebook indices: either the layer shape (read at the written positions) or 1-D with one
         code per written position in C order.
+        Or a :class:`PackedCodes`: the latter, already packed at ``bits`` (how load passes
+        them).
 
     Notes
     -----
