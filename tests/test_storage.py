@@ -532,23 +532,36 @@ def raw_model():
      "finite value of magnitude <= 2"),
     ("codebook", lambda pm, t, n, got: np.full_like(got, np.inf) if t == 0 else None,
      "finite value of magnitude <= 2"),
-    # codes outside the codebook
-    ("codes", lambda pm, t, n, got: np.full_like(got, 2**pm.bits(t, n) - 1) if t == 0
-     else None, "codes must be in 0..|checksum|rebuilt words"),
     # the mask of another layer shape: refused before it is decoded
     ("encoded_mask", lambda pm, t, n, got: bitsub.encode_mask(np.ones((1, 2), bool))
      if t == 0 else None, r"mask of shape \(1, 2\), expected"),
 ])
 def test_inconsistent_content_behind_valid_checksums(tmp_path, monkeypatch, method, fake, match):
     pm = reuse_model() if method != "codebook" else small_model()[0]
-    if method == "codes":  # a codebook smaller than the bit-width allows
-        pm = PackedModel(word_bits=32, prefix_bits=2)
-        pm.add_layer("fc", (3, 4))
-        m = np.ones((3, 4), bool)
-        pm.add_task({"fc": TaskLayer(m, m, bits=3, codebook=[0.0, 1.0, 2.0],
-                                     codes=np.ones((3, 4), int))})
     path = lying_save(tmp_path, monkeypatch, pm, method, fake)
     with pytest.raises(FormatError, match=match):
+        bitsub.load(path)
+
+
+def test_codes_outside_the_codebook_are_refused(tmp_path):
+    # a codebook smaller than the bit-width allows, and stored codes (all ones: 7) beyond it,
+    # behind valid checksums: refused by add_task's check of the packed codes
+    pm = PackedModel(word_bits=32, prefix_bits=2)
+    pm.add_layer("fc", (3, 4))
+    m = np.ones((3, 4), bool)
+    pm.add_task({"fc": TaskLayer(m, m, bits=3, codebook=[0.0, 1.0, 2.0],
+                                 codes=np.ones((3, 4), int))})
+    path = tmp_path / "m.h5"
+    pm.save(path)
+    data = bytearray(path.read_bytes())
+    b, n, _, mlen, _, wlen, k = read_index(data)["model"]["tasks"][0]["layers"][0]
+    assert (b, n, k) == (3, 12, 3)
+    blob = bytearray(task_payloads(data)[0])
+    start = mlen + wlen
+    blob[start : start + (n * b + 7) // 8] = b"\xff" * ((n * b + 7) // 8)
+    set_payload(data, 0, bytes(blob))
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="codes must be in 0..2"):
         bitsub.load(path)
 
 

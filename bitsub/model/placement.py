@@ -15,13 +15,13 @@ from typing import Any
 import numba
 import numpy as np
 
-from bitsub.codecs.bitfield import field_shift, write_field
+from bitsub.codecs.bitfield import field_shift, packed_size, write_field
 from bitsub.config import NJIT
 from bitsub.quant.kmeans import kmeans_1d
 
-__all__ = ["MAX_CODE_BITS", "MAX_VALUE", "RAW_BITS", "Bank", "PreparedLayer", "TaskLayer",
-           "bank_problem", "check_index", "check_private", "check_values", "choose_bank",
-           "place_fields", "prepare_layer", "reuse_problem"]
+__all__ = ["MAX_CODE_BITS", "MAX_VALUE", "RAW_BITS", "Bank", "PackedCodes", "PreparedLayer",
+           "TaskLayer", "bank_problem", "check_index", "check_private", "check_values",
+           "choose_bank", "place_fields", "prepare_layer", "reuse_problem"]
 
 MAX_CODE_BITS = 16
 RAW_BITS = 32
@@ -55,6 +55,8 @@ class TaskLayer:
     codes : array_like of int, optional
         Codebook indices: either the layer shape (read at the written positions) or 1-D with one
         code per written position in C order.
+        Or a :class:`PackedCodes`: the latter, already packed at ``bits`` (how load passes
+        them).
 
     Notes
     -----
@@ -69,6 +71,20 @@ class TaskLayer:
     bits: int | None = None
     codebook: Any = None
     codes: Any = None
+
+
+@dataclass(frozen=True, eq=False)
+class PackedCodes:
+    """Codes already packed at the layer's bit-width, for ``TaskLayer(codes=...)``.
+
+    ``data`` holds ``pack_bits(codes, bits)`` of the ``count`` codes of the written positions
+    in C order (what a format 4 file stores); ``add_task`` writes the fields straight from these
+    bytes, without unpacking them into a code array first. Checked like compact codes (count,
+    byte length, every code below the codebook's size).
+    """
+
+    data: Any
+    count: int
 
 
 @dataclass
@@ -93,6 +109,7 @@ class PreparedLayer:
     codebook: np.ndarray | None
     codes: np.ndarray  # unsigned ints: one per written position (compact) or per position
     compact: bool
+    packed: bool = False  # codes holds pack_bits bytes of the compact codes
 
 
 
@@ -113,16 +130,65 @@ def _write_fields(words, used, write, codes, compact, prefix, prefix_bits, bits,
 
 
 @numba.njit(**NJIT)
+def _write_packed_fields(words, used, write, data, prefix, prefix_bits, bits, word_bits):
+    # _write_fields reading its codes from pack_bits bytes (MSB first) as it goes: one pass,
+    # no code array. Room was checked; the caller checked len(data) = packed_size(n, bits).
+    # The bits below a word's used bits are zero (fields are only ever appended), so the
+    # prefix and code go in with one OR, in the word's own dtype.
+    ubits = np.uint64(bits)
+    cmask = (np.uint64(1) << ubits) - np.uint64(1)
+    head = np.uint64(prefix) << ubits
+    step = np.uint8(prefix_bits + bits)
+    top = np.int64(word_bits - prefix_bits - bits)
+    eight = np.uint64(8)
+    acc = np.uint64(0)
+    nacc = np.uint64(0)
+    pos = 0
+    for i in range(write.size):
+        if write[i]:
+            while nacc < ubits:
+                acc = (acc << eight) | np.uint64(data[pos])
+                pos += 1
+                nacc += eight
+            nacc -= ubits
+            u = used[i]
+            field = head | ((acc >> nacc) & cmask)
+            words[i] |= words.dtype.type(field << np.uint64(top - np.int64(u)))
+            used[i] = u + step
+
+
+@numba.njit(**NJIT)
+def _packed_max(data, bits, count):
+    # Largest of the count codes in pack_bits bytes (-1 if none).
+    ubits = np.uint64(bits)
+    cmask = (np.uint64(1) << ubits) - np.uint64(1)
+    eight = np.uint64(8)
+    acc = np.uint64(0)
+    nacc = np.uint64(0)
+    pos = 0
+    top = np.int64(-1)
+    for _ in range(count):
+        while nacc < ubits:
+            acc = (acc << eight) | np.uint64(data[pos])
+            pos += 1
+            nacc += eight
+        nacc -= ubits
+        c = np.int64((acc >> nacc) & cmask)
+        if c > top:
+            top = c
+    return top
+
+
+@numba.njit(**NJIT)
 def _max_at(values, where):
     # Largest values[i] where where[i] (-1 if none), and the number of such positions.
-    top = -1
+    # Branch-free (a select, not a jump): on random masks the jump mispredicts half the time.
+    top = np.int64(-1)
     count = 0
     for i in range(where.size):
-        if where[i]:
-            count += 1
-            v = np.int64(values[i])
-            if v > top:
-                top = v
+        w = np.int64(where[i])
+        count += w
+        top = max(top, w * (np.int64(values[i]) + 1) - 1)
     return top, count
 
 
@@ -139,34 +205,42 @@ def _min_at(values, where):
 
 @numba.njit(**NJIT)
 def _mask_stats(mask, write):
-    # (positions in write but not in mask, positions in mask but not in write)
+    # (positions in write but not in mask, positions in mask but not in write, positions in
+    # write): one pass instead of this and a count_nonzero
+    # Branch-free (sums of 0/1), as _max_at.
     outside = 0
     reuse = 0
+    written = 0
     for i in range(mask.size):
-        if write[i] and not mask[i]:
-            outside += 1
-        elif mask[i] and not write[i]:
-            reuse += 1
-    return outside, reuse
+        w = np.int64(write[i])
+        m = np.int64(mask[i])
+        written += w
+        outside += w & (1 - m)
+        reuse += m & (1 - w)
+    return outside, reuse, written
 
 
 @numba.njit(**NJIT)
 def _unwritten_reuse(used, mask, write):
     # Positions in mask but not in write whose word holds no field: (count, first index).
+    # The count branch-free, as _max_at; the branch for the first is taken only on bad input.
     count = 0
     first = -1
     for i in range(mask.size):
-        if mask[i] and not write[i] and used[i] == 0:
-            if count == 0:
-                first = i
-            count += 1
+        hit = np.int64(mask[i]) & (1 - np.int64(write[i])) & np.int64(used[i] == 0)
+        if hit and first < 0:
+            first = i
+        count += hit
     return count, first
 
 
 def place_fields(bank: Bank, pl: PreparedLayer, prefix: int, prefix_bits: int,
                  word_bits: int) -> None:
     """Write the checked layer's fields into the bank's words (room was checked)."""
-    if pl.n_write:
+    if pl.n_write and pl.packed:
+        _write_packed_fields(bank.words[pl.name], bank.used[pl.name], pl.write, pl.codes,
+                             prefix, prefix_bits, pl.bits, word_bits)
+    elif pl.n_write:
         _write_fields(bank.words[pl.name], bank.used[pl.name], pl.write, pl.codes, pl.compact,
                       prefix, prefix_bits, pl.bits, word_bits)
 
@@ -190,6 +264,23 @@ def _as_bool(arr: object, shape: tuple[int, ...], what: str) -> np.ndarray:
     if a.shape != shape:
         raise ValueError(f"{what} has shape {a.shape}, the layer has shape {shape}")
     return np.ascontiguousarray(a).reshape(-1)
+
+
+def _check_packed(pc: PackedCodes, n: int, bits: int, what: str) -> tuple[np.ndarray, int]:
+    data = np.asarray(pc.data)
+    if data.dtype != np.uint8 or data.ndim != 1:
+        raise TypeError(f"{what}: packed codes must be a 1-D uint8 array, got {data.dtype} "
+                        f"{data.shape}")
+    count = check_index(pc.count, f"{what}: packed codes count")
+    if count != n:
+        raise ValueError(f"{what}: {count} packed codes for {n} written positions")
+    if data.size != packed_size(n, bits):
+        raise ValueError(f"{what}: {n} codes of {bits} bits take {packed_size(n, bits)} "
+                         f"bytes, got {data.size}")
+    if not data.flags.writeable or not data.flags.c_contiguous:
+        # numba (cache=True) dispatches read-only arrays far slower; a copy costs n * bits / 8
+        data = np.array(data)
+    return data, count
 
 
 def check_private(private: object) -> dict[str, np.ndarray]:
@@ -225,11 +316,11 @@ def prepare_layer(name: str, tl: TaskLayer, shape: tuple[int, ...], prefix_bits:
     what = f"layer {name!r}"
     mask = _as_bool(tl.mask, shape, f"{what}: mask")
     write = _as_bool(tl.write, shape, f"{what}: write")
-    outside, n_reuse = _mask_stats(mask, write)
+    outside, n_reuse, n = _mask_stats(mask, write)
     if outside:
         raise ValueError(f"{what}: write must be a subset of mask (write implies mask); "
                          f"{outside} written positions are outside the mask")
-    n = int(np.count_nonzero(write))
+    n = int(n)
     compact = True
     bits = None if tl.bits is None else check_index(tl.bits, f"{what}: bits")
     codebook = None
@@ -253,6 +344,20 @@ def prepare_layer(name: str, tl: TaskLayer, shape: tuple[int, ...], prefix_bits:
                              f"got {bits}")
         if k > 1 << bits:
             raise ValueError(f"{what}: a codebook of {k} entries does not fit {bits} bits")
+        if isinstance(tl.codes, PackedCodes):
+            data, count = _check_packed(tl.codes, n, bits, what)
+            # every code of a full-size codebook fits: only a smaller one needs the pass
+            high = _packed_max(data, bits, n) if k < 1 << bits else 0
+            if high >= k:
+                raise ValueError(f"{what}: codes must be in 0..{k - 1} (codebook size)")
+            codebook.flags.writeable = False
+            if n == 0:
+                return PreparedLayer(name, mask, write, 0, n_reuse, 0, np.zeros(0, np.float32),
+                                     np.zeros(0, np.uint32), True)
+            if prefix_bits + bits > word_bits:
+                raise ValueError(f"{what}: a field of {prefix_bits} + {bits} bits does not fit "
+                                 f"a {word_bits}-bit word")
+            return PreparedLayer(name, mask, write, n, n_reuse, bits, codebook, data, True, True)
         codes = np.asarray(tl.codes)
         if codes.dtype.kind not in "iu":
             raise TypeError(f"{what}: codes must be an integer array, got {codes.dtype}")

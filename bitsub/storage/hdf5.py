@@ -43,10 +43,13 @@ every field, the payloads' crc32, decodes each mask after checking its declared 
 the layer's (bounding what a decoder allocates), and rebuilds the words through
 :meth:`PackedModel.add_task`, which refuses fields outside a task's mask, codes outside its
 codebook, words without room, reused positions no earlier task wrote and values that are not
-finite or above 2**60. The rebuilt words are compared with the stored hashes before the model
-is returned, so no kernel ever indexes with unverified words. Format 3 files (one word per
-position) are refused with a message saying how to convert them (re-export from the training
-run's checkpoints).
+finite or above 2**60. The stored codes go to ``add_task`` still packed
+(:class:`bitsub.model.placement.PackedCodes`), which writes each field straight from them; save
+gathers every task's codes of a bank and layer from the words into packed bytes in one pass
+(:func:`bitsub.model.readrule.bank_packed_codes`). The rebuilt words are compared with the
+stored hashes before the model is returned, so no kernel ever indexes with unverified words.
+Format 3 files (one word per position) are refused with a message saying how to convert them
+(re-export from the training run's checkpoints).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ import h5py
 import numpy as np
 
 from bitsub.atomic import write_bytes
-from bitsub.codecs.bitfield import pack_bits, packed_size, unpack_bits
+from bitsub.codecs.bitfield import packed_size
 from bitsub.errors import FormatError
 from bitsub.model.packed import (
     MASK_REFERENCES,
@@ -76,6 +79,8 @@ from bitsub.model.packed import (
     TaskLayer,
     words_hash,
 )
+from bitsub.model.placement import PackedCodes
+from bitsub.model.readrule import bank_packed_codes
 from bitsub.storage.masks import decode_packed_mask
 
 __all__ = ["FORMAT_VERSION", "load", "save", "stored_task_bytes"]
@@ -96,19 +101,25 @@ MAX_TASKS = 1 << 20
 # ------------------------------------------------------------------------ save
 
 
-def _task_payload(pm: PackedModel, t: int) -> tuple[dict[str, Any], list[bytes]]:
-    """The index entry (without its location) and the byte parts of task t's payload."""
+def _task_payload(pm: PackedModel, t: int, cache: dict[tuple[int, str], dict[int, bytes]]
+                  ) -> tuple[dict[str, Any], list[bytes]]:
+    """The index entry (without its location) and the byte parts of task t's payload.
+
+    ``cache``: (bank, layer) -> the packed codes of the bank's tasks, filled on first use.
+    """
     layers, parts = [], []
+    bank = pm.bank(t)
     for name in pm.layers:
         b, n = pm.bits(t, name), pm.fields(t, name)
         enc = pm.encoded_mask(t, name)
         wref, wdata = pm.write_coding(t, name)
-        codes = pm.codes(t, name) if n else np.zeros(0, np.uint32)
         k = 0
         if b == RAW_BITS:
-            cdata, cb = codes.astype("<u4").tobytes(), b""
+            cdata, cb = pm.codes(t, name).astype("<u4").tobytes(), b""
         elif b:
-            cdata = pack_bits(codes, b).tobytes()
+            if (bank, name) not in cache:
+                cache[bank, name] = _bank_codes(pm, bank, name)
+            cdata = cache[bank, name][t]
             cbook = pm.codebook(t, name)
             k, cb = int(cbook.size), cbook.astype("<f4").tobytes()
         else:
@@ -122,9 +133,33 @@ def _task_payload(pm: PackedModel, t: int) -> tuple[dict[str, Any], list[bytes]]
     return {"bank": pm.bank(t), "layers": layers, "private": private}, parts
 
 
+def _bank_codes(pm: PackedModel, bank: int, name: str) -> dict[int, bytes]:
+    """``pack_bits(pm.codes(t, name), bits)`` of every coded task t of the bank, in one pass."""
+    tasks = pm.bank_tasks(bank)
+    size = 1 << pm.prefix_bits
+    bits_by_prefix, counts = np.zeros(size, np.int64), np.zeros(size, np.int64)
+    for p, u in enumerate(tasks, start=1):
+        bits_by_prefix[p] = b = pm.bits(u, name)
+        counts[p] = pm.fields(u, name) if 1 <= b <= MAX_CODE_BITS else 0  # raw: pm.codes
+    offsets = np.zeros(size + 1, np.int64)
+    offsets[1:] = np.cumsum([packed_size(int(c), int(b)) for c, b in zip(counts, bits_by_prefix)])
+    out = np.zeros(int(offsets[-1]), np.uint8)
+    words = pm.words(name, bank).view()
+    # numba (cache=True) dispatches read-only arrays far slower; the kernel only reads them
+    words.flags.writeable = True
+    found = bank_packed_codes(words, pm.prefix_bits, pm.word_bits, bits_by_prefix, counts,
+                              offsets, out)
+    want = [0] + [pm.fields(u, name) for u in tasks] + [0] * (size - 1 - len(tasks))
+    if found.tolist() != want:  # cannot happen for a model built by add_task or accepted by load
+        raise RuntimeError(f"bank {bank}, layer {name!r}: fields per prefix {found.tolist()}, "
+                           f"expected {want}")
+    return {u: out[offsets[p] : offsets[p + 1]].tobytes()
+            for p, u in enumerate(tasks, start=1) if counts[p]}
+
+
 def stored_task_bytes(pm: PackedModel, t: int) -> int:
     """Bytes of task t's payload in a format 4 file (what ``capacity`` counts, private included)."""
-    return sum(len(p) for p in _task_payload(pm, t)[1])
+    return sum(len(p) for p in _task_payload(pm, t, {})[1])
 
 
 def _canon(doc: Any) -> bytes:
@@ -136,8 +171,9 @@ def _write_h5(pm: PackedModel, target: Any) -> tuple[int, int]:
     from bitsub.version import __version__
 
     entries, blobs = [], []
+    cache: dict[tuple[int, str], dict[int, bytes]] = {}
     for t in pm.tasks:
-        entry, parts = _task_payload(pm, t)
+        entry, parts = _task_payload(pm, t, cache)
         blob = b"".join(parts)
         entry["crc"] = zlib.crc32(blob)
         entries.append(entry)
@@ -235,7 +271,7 @@ def _check_seal(data: bytes, where: str) -> tuple[int, int]:
     if length < USERBLOCK or any(data[end + _HEAD_CRC.size : USERBLOCK]):
         raise FormatError(f"{where}: bytes {end + _HEAD_CRC.size}..{USERBLOCK} of the header "
                           "are not zero: the file is corrupted")
-    if zlib.crc32(data[USERBLOCK:]) != body_crc:
+    if zlib.crc32(memoryview(data)[USERBLOCK:]) != body_crc:
         raise FormatError(f"{where}: checksum mismatch over bytes {USERBLOCK}..{length}: "
                           "the file is corrupted")
     if not (USERBLOCK <= off and size > 0 and off + size <= length):
@@ -313,9 +349,10 @@ def _locate_tasks(model: dict[str, Any], data: bytes, index: tuple[int, int]) ->
     if size and off < index[0] + index[1] and index[0] < off + size:
         raise FormatError(f"/{PAYLOAD} and /{INDEX} overlap in the file: the file is corrupted")
     blobs, pos = [], off
+    view = memoryview(data)  # slices without copies
     for t, entry in enumerate(model["tasks"]):
         n = _int(entry.get("bytes"), f"task {t}: bytes", 0, off + size - pos)
-        blob = data[pos : pos + n]
+        blob = view[pos : pos + n]
         pos += n
         if zlib.crc32(blob) != entry.get("crc"):
             raise FormatError(f"task {t}: checksum mismatch: the file is corrupted")
@@ -352,12 +389,13 @@ def _task_layer(pm: PackedModel, cur: _Cursor, spec: Any, where: str, name: str,
     if mref:
         ref = earlier[-1] if mref == 1 else np.bitwise_or.reduce(earlier)
         context = np.unpackbits(ref, count=n_pos).view(bool).reshape(shape)
-    enc = cur.take(_int(mlen, f"{where} mask bytes", 0, len(cur.data)), "the mask")
+    enc = bytes(cur.take(_int(mlen, f"{where} mask bytes", 0, len(cur.data)), "the mask"))
     try:
         mask = decode_packed_mask(enc, context, shape)
     except (ValueError, TypeError) as exc:  # FormatError is a ValueError
         raise FormatError(f"{where}: bad mask encoding: {exc}") from None
-    wdata = cur.take(_int(wlen, f"{where} write bytes", 0, len(cur.data)), "the write mask")
+    wdata = bytes(cur.take(_int(wlen, f"{where} write bytes", 0, len(cur.data)),
+                           "the write mask"))
     if wref != 2 and wdata:
         raise FormatError(f"{where}: write reference {WRITE_REFERENCES[wref]!r} stores no bytes")
     new = new & mask
@@ -383,8 +421,7 @@ def _task_layer(pm: PackedModel, cur: _Cursor, spec: Any, where: str, name: str,
         values[write_bool] = raw
         tl = TaskLayer(mask_bool, write_bool.reshape(shape), values=values.reshape(shape), bits=b)
     elif b:
-        codes = unpack_bits(np.frombuffer(cur.take(packed_size(n, b), "the codes"), np.uint8),
-                            b, n)
+        codes = PackedCodes(np.frombuffer(cur.take(packed_size(n, b), "the codes"), np.uint8), n)
         cb = np.frombuffer(cur.take(4 * k, "the codebook"), "<f4")
         tl = TaskLayer(mask_bool, write_bool.reshape(shape), bits=b, codebook=cb, codes=codes)
     else:
@@ -487,7 +524,11 @@ def load(path: str | os.PathLike[str]) -> PackedModel:
     if p.is_dir():
         raise IsADirectoryError(f"{where} is a directory; give a file written by save")
     with open(p, "rb") as fh:
-        data = fh.read()
+        # a writable buffer: the packed codes are read in place (numba dispatches read-only
+        # arrays slower); a file that grew meanwhile is read to its end (the seal checks length)
+        data = bytearray(os.fstat(fh.fileno()).st_size)
+        del data[fh.readinto(data):]
+        data += fh.read()
     index = _check_seal(data, where)
     try:
         model = _read_index(data, *index)

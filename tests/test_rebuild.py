@@ -1,0 +1,208 @@
+"""Fast paths of format 4: codes gathered from the words into packed bytes (save), fields
+written straight from packed codes (load), each against the plain path bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bitsub import PackedModel, TaskLayer, pack_bits
+from bitsub.codecs.bitfield import packed_size
+from bitsub.model.placement import PackedCodes
+from bitsub.model.readrule import bank_packed_codes
+from tests.naive import naive_codes_of, naive_pack_bits
+from tests.test_packed import run_random_sequence
+
+SHAPES = {"a": (3, 5), "b": (2, 2, 2, 1), "c": (1, 17)}
+
+
+def gather(pm, bank, name, counts=None):
+    """bank_packed_codes through the public API: (found per prefix, {task: bytes})."""
+    tasks = pm.bank_tasks(bank)
+    size = 1 << pm.prefix_bits
+    bits_by_prefix = np.zeros(size, np.int64)
+    want = np.zeros(size, np.int64)
+    for p, u in enumerate(tasks, start=1):
+        bits_by_prefix[p] = b = pm.bits(u, name)
+        want[p] = pm.fields(u, name) if b <= 16 else 0
+    counts = want if counts is None else np.asarray(counts, np.int64)
+    sizes = [packed_size(int(c), int(b)) for c, b in zip(counts, bits_by_prefix)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    out = np.full(int(offsets[-1]) + 3, 0xAB, np.uint8)  # guard bytes past the end
+    found = bank_packed_codes(np.array(pm.words(name, bank)), pm.prefix_bits, pm.word_bits,
+                              bits_by_prefix, counts, offsets, out)
+    assert out[-3:].tolist() == [0xAB] * 3  # nothing written past the streams
+    return found, {u: out[offsets[p] : offsets[p + 1]].tolist()
+                   for p, u in enumerate(tasks, start=1)}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), word_bits=st.sampled_from([32, 64]),
+       prefix_bits=st.integers(1, 4), n_tasks=st.integers(1, 9))
+def test_bank_codes_match_pack_bits_and_naive(seed, word_bits, prefix_bits, n_tasks):
+    pm = run_random_sequence(seed, word_bits, prefix_bits, n_tasks, SHAPES)[0]
+    for bank in range(pm.banks):
+        tasks = pm.bank_tasks(bank)
+        for name in pm.layers:
+            found, got = gather(pm, bank, name)
+            assert found.tolist() == ([0] + [pm.fields(u, name) for u in tasks]
+                                      + [0] * ((1 << pm.prefix_bits) - 1 - len(tasks)))
+            bits_of_prefix = [0] + [pm.bits(u, name) for u in tasks]
+            for p, t in enumerate(tasks, start=1):
+                b = pm.bits(t, name)
+                if not 1 <= b <= 16:
+                    assert got[t] == []  # raw fields and empty layers: nothing packed
+                    continue
+                assert got[t] == pack_bits(pm.codes(t, name), b).tolist()
+                _, codes = naive_codes_of(pm.words(name, bank), pm.word_bits, pm.prefix_bits,
+                                          bits_of_prefix, p)
+                assert got[t] == naive_pack_bits(codes, b)
+
+
+@given(bits=st.lists(st.integers(1, 16), min_size=1, max_size=3), side=st.integers(1, 40),
+       seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=40, deadline=None)
+def test_every_bit_width_and_short_counts(bits, side, seed):
+    rng = np.random.default_rng(seed)
+    pm = PackedModel(word_bits=64, prefix_bits=2)
+    pm.add_layer("fc", (1, side))
+    codes = {}
+    for t, b in enumerate(bits):
+        write = rng.random((1, side)) < 0.6
+        c = rng.integers(0, 1 << b, (1, side))
+        pm.add_task({"fc": TaskLayer(write, write, bits=b, codebook=np.arange(1 << b, dtype=float),
+                                     codes=c)}, bank=0 if t else "new")
+        codes[t] = c[write]
+    found, got = gather(pm, 0, "fc")
+    for t, b in enumerate(bits):
+        assert found[t + 1] == codes[t].size
+        assert got[t] == naive_pack_bits(codes[t], b)
+    # smaller counts: the walk still counts every field, writes only the first counts[p]
+    counts = [0] + [max(0, c.size - 1) for c in codes.values()] + [0] * (3 - len(bits))
+    found, got = gather(pm, 0, "fc", counts)
+    for t, b in enumerate(bits):
+        assert found[t + 1] == codes[t].size
+        assert got[t] == naive_pack_bits(codes[t][: counts[t + 1]], b)
+
+
+def test_empty_and_full_masks():
+    pm = PackedModel(word_bits=32, prefix_bits=3)
+    pm.add_layer("fc", (7, 9))
+    full, empty = np.ones((7, 9), bool), np.zeros((7, 9), bool)
+    codes = np.arange(63).reshape(7, 9) % 8
+    pm.add_task({"fc": TaskLayer(full, full, bits=3, codebook=np.arange(8.0), codes=codes)})
+    pm.add_task({"fc": TaskLayer(empty, empty)})
+    pm.add_task({"fc": TaskLayer(full, full, bits=5, codebook=np.arange(32.0), codes=codes * 3)})
+    found, got = gather(pm, 0, "fc")
+    assert found.tolist() == [0, 63, 0, 63, 0, 0, 0, 0]
+    assert got == {0: naive_pack_bits(codes, 3), 1: [], 2: naive_pack_bits(codes * 3, 5)}
+
+
+def test_fields_of_a_missing_prefix_are_reported():
+    # a word whose prefix names no task of the bank: counted in found[0], nothing indexed
+    # prefix 1 with its 2-bit code 3, then prefix 3, which no task of the bank has
+    words = np.array([0b01 << 30 | 0b11 << 28 | 0b11 << 26], np.uint32)
+    bits_by_prefix = np.array([0, 2, 0, 0], np.int64)
+    out = np.zeros(1, np.uint8)
+    found = bank_packed_codes(words, 2, 32, bits_by_prefix, np.array([0, 1, 0, 0]),
+                              np.array([0, 0, 1, 1, 1]), out)
+    assert found.tolist() == [1, 1, 0, 0] and out.tolist() == [0b11 << 6]
+
+
+# ------------------------------------------------ load: fields written from packed codes
+
+
+def packed_twin(pm):
+    """pm rebuilt through add_task with every code layer given as PackedCodes."""
+    twin = PackedModel(word_bits=pm.word_bits, prefix_bits=pm.prefix_bits)
+    for name in pm.layers:
+        twin.add_layer(name, pm.shape(name))
+    for t in pm.tasks:
+        layers = {}
+        for name in pm.layers:
+            b, n = pm.bits(t, name), pm.fields(t, name)
+            mask, write = pm.mask(t, name), pm.write_mask(t, name)
+            if b == 32:
+                values = np.zeros(mask.shape, np.float32)
+                values[write] = pm.codes(t, name).view(np.float32)
+                layers[name] = TaskLayer(mask, write, values=values, bits=32)
+            elif b:
+                data = pack_bits(pm.codes(t, name), b)
+                data.flags.writeable = False  # as np.frombuffer gives them at load
+                layers[name] = TaskLayer(mask, write, bits=b, codebook=pm.codebook(t, name),
+                                         codes=PackedCodes(data, n))
+            else:
+                layers[name] = TaskLayer(mask, write)
+        bank = pm.bank(t)
+        twin.add_task(layers, pm.private(t), bank=bank if bank < twin.banks else "new")
+    return twin
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), word_bits=st.sampled_from([32, 64]),
+       prefix_bits=st.integers(1, 4), n_tasks=st.integers(0, 9))
+def test_packed_codes_give_the_same_words_as_compact_codes(seed, word_bits, prefix_bits,
+                                                           n_tasks):
+    pm = run_random_sequence(seed, word_bits, prefix_bits, n_tasks, SHAPES)[0]
+    twin = packed_twin(pm)
+    assert twin.banks == pm.banks
+    for name in pm.layers:
+        for k in range(pm.banks):
+            np.testing.assert_array_equal(twin.words(name, k), pm.words(name, k))
+    assert twin == pm
+
+
+@given(bits=st.integers(1, 16), side=st.integers(1, 40), seed=st.integers(0, 2**32 - 1),
+       k_less=st.booleans())
+@settings(max_examples=40, deadline=None)
+def test_packed_codes_every_bit_width_and_codebook_bound(bits, side, seed, k_less):
+    rng = np.random.default_rng(seed)
+    write = rng.random((1, side)) < 0.6
+    n = int(write.sum())
+    k = max(1, (1 << bits) - 1) if k_less else 1 << bits
+    codes = rng.integers(0, 1 << bits, n)
+    layer = TaskLayer(write, write, bits=bits, codebook=np.arange(k, dtype=np.float32),
+                      codes=PackedCodes(pack_bits(codes, bits), n))
+    pm = PackedModel(word_bits=32, prefix_bits=2)
+    pm.add_layer("fc", (1, side))
+    if n and codes.max() >= k:  # refused, model unchanged
+        before = PackedModel(word_bits=32, prefix_bits=2)
+        before.add_layer("fc", (1, side))
+        with pytest.raises(ValueError, match="codebook size"):
+            pm.add_task({"fc": layer})
+        assert pm == before
+        return
+    pm.add_task({"fc": layer})
+    ref = PackedModel(word_bits=32, prefix_bits=2)
+    ref.add_layer("fc", (1, side))
+    ref.add_task({"fc": TaskLayer(write, write, bits=bits, codebook=np.arange(k, dtype=np.float32),
+                                  codes=codes)})
+    np.testing.assert_array_equal(pm.words("fc", 0), ref.words("fc", 0))
+    assert pm == ref
+
+
+def test_packed_codes_bad_input():
+    write = np.ones((2, 3), bool)
+    pm = PackedModel(word_bits=32, prefix_bits=2)
+    pm.add_layer("fc", (2, 3))
+    cb = np.arange(4.0)
+    for codes, err, match in [
+        (PackedCodes(np.zeros(2, np.uint8), 5), ValueError, "5 packed codes for 6"),
+        (PackedCodes(np.zeros(3, np.uint8), 6), ValueError, "take 2 bytes, got 3"),
+        (PackedCodes(np.zeros(2, np.int16), 6), TypeError, "1-D uint8"),
+        (PackedCodes(np.zeros(2, np.uint8), True), TypeError, "integer"),
+    ]:
+        with pytest.raises(err, match=match):
+            pm.add_task({"fc": TaskLayer(write, write, bits=2, codebook=cb, codes=codes)})
+    assert pm.tasks == []
+    # no room: the packed path refuses a full bank like the plain one
+    big = np.arange(1 << 13, dtype=np.float32)
+    full = TaskLayer(write, write, bits=13, codebook=big,
+                     codes=PackedCodes(np.zeros(10, np.uint8), 6))
+    pm.add_task({"fc": full})
+    pm.add_task({"fc": full})
+    with pytest.raises(ValueError, match="free bits"):
+        pm.add_task({"fc": full}, bank=0)
+    assert pm.tasks == [0, 1] and pm.banks == 1
