@@ -8,5 +8,5 @@ FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 # Options for every CPU kernel. `cache=True` keeps compiled code between runs (in __pycache__).
 NJIT = {"nogil": True, "cache": True, "error_model": "numpy"}
 
-# Options for kernels that use prange.
-NJIT_PARALLEL = {**NJIT, "parallel": True}
+# No kernel uses prange: large calls split over the engine threads (bitsub.threads), which
+# stay usable after fork (Numba's OpenMP layer is not).

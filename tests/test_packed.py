@@ -579,3 +579,14 @@ def test_words_hash_inputs():
     assert bitsub.model.packed.words_hash(np.zeros(0, np.uint32)) == 0
     with pytest.raises(TypeError, match="uint32 or uint64"):
         bitsub.model.packed.words_hash(np.zeros(3, np.int32))
+
+
+def test_words_hash_split_over_threads_equals_the_naive_sum():
+    # above PARALLEL_MIN the hash is summed over ranges run on the engine threads
+    from bitsub.model.readrule import PARALLEL_MIN
+    from tests.naive import naive_words_hash
+
+    rng = np.random.default_rng(3)
+    for dtype, n in ((np.uint32, PARALLEL_MIN + 7), (np.uint64, 2 * PARALLEL_MIN + 1)):
+        w = rng.integers(0, np.iinfo(dtype).max, n, dtype=dtype, endpoint=True)
+        assert bitsub.model.packed.words_hash(w) == naive_words_hash(w)

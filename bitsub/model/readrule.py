@@ -11,7 +11,8 @@ import numba
 import numpy as np
 
 from bitsub.codecs.bitfield import read_field
-from bitsub.config import NJIT, NJIT_PARALLEL
+from bitsub.config import NJIT
+from bitsub.threads import engine_threads, split
 
 __all__ = ["PARALLEL_MIN", "bank_packed_codes", "codes_of", "decode_weights", "resolve_fields",
            "words_hash"]
@@ -98,7 +99,7 @@ def _resolve_kernel_py(words, mask, prefix, prefix_bits, word_bits, bits_by_pref
     # Walk each used word's fields from the MSB; keep the latest field whose prefix <= prefix.
     # Prefixes within a word increase (tasks append in order), so stop at the first larger one.
     missing = 0
-    for i in numba.prange(words.size):
+    for i in range(words.size):
         src = -1
         code = np.uint64(0)
         if mask[i]:
@@ -127,7 +128,7 @@ def _weights_kernel_py(words, mask, prefix, prefix_bits, word_bits, bits_by_pref
     # out_bits are uint32 views), so a raw field is its code. Returns the number of used
     # positions with no field (0 if valid).
     missing = 0
-    for i in numba.prange(words.size):
+    for i in range(words.size):
         value = np.uint32(0)
         if mask[i]:
             used = 0
@@ -177,38 +178,40 @@ def _sum_mix(words, start):
     return h
 
 
-def _words_hash_py(words):
-    n = words.size
-    n_chunks = min(256, n // 16384 + 1)
-    part = np.zeros(n_chunks, np.uint64)
-    for c in numba.prange(n_chunks):
-        lo = c * n // n_chunks
-        part[c] = _sum_mix(words[lo : (c + 1) * n // n_chunks], lo)
-    h = np.uint64(0)
-    for c in range(n_chunks):
-        h += part[c]
-    return h
-
-
 PARALLEL_MIN = 1 << 16
-_resolve_serial = numba.njit(**NJIT)(_resolve_kernel_py)
-_resolve_parallel = numba.njit(**NJIT_PARALLEL)(_resolve_kernel_py)
-_weights_serial = numba.njit(**NJIT)(_weights_kernel_py)
-_weights_parallel = numba.njit(**NJIT_PARALLEL)(_weights_kernel_py)
-_hash_serial = numba.njit(**NJIT)(_words_hash_py)
-_hash_parallel = numba.njit(**NJIT_PARALLEL)(_words_hash_py)
+_resolve_kernel = numba.njit(**NJIT)(_resolve_kernel_py)
+_weights_kernel = numba.njit(**NJIT)(_weights_kernel_py)
 
 
-def resolve_fields(words, *args):
-    """Per position: the task and code read by the read rule (serial or parallel by size)."""
-    fn = _resolve_parallel if words.size >= PARALLEL_MIN else _resolve_serial
-    return fn(words, *args)
+def _ranges(n: int) -> list[tuple[int, int]]:
+    # One range per engine thread for a large array (the kernels release the GIL), else one.
+    k = engine_threads() if n >= PARALLEL_MIN else 1
+    return [(j * n // k, (j + 1) * n // k) for j in range(k)]
 
 
-def decode_weights(words, *args):
-    """Per position: the float32 bit pattern read by the read rule (resolve + decode)."""
-    fn = _weights_parallel if words.size >= PARALLEL_MIN else _weights_serial
-    return fn(words, *args)
+def resolve_fields(words, mask, prefix, prefix_bits, word_bits, bits_by_prefix, task_by_prefix,
+                   source, codes):
+    """Per position: the task and code read by the read rule; returns the positions with none.
+
+    ``words``, ``mask``, ``source`` and ``codes`` are flat arrays of one layer; a large layer is
+    split over the engine threads (:func:`bitsub.threads.split`, safe after fork).
+    """
+    parts = [(words[a:b], mask[a:b], prefix, prefix_bits, word_bits, bits_by_prefix,
+              task_by_prefix, source[a:b], codes[a:b]) for a, b in _ranges(words.size)]
+    return sum(split(_resolve_kernel, parts))
+
+
+def decode_weights(words, mask, prefix, prefix_bits, word_bits, bits_by_prefix,
+                   offset_by_prefix, raw_by_prefix, table_bits, out_bits):
+    """Per position: the float32 bit pattern read by the read rule (resolve + decode).
+
+    Flat arrays of one layer, split over the engine threads like :func:`resolve_fields`;
+    returns the number of used positions with no field.
+    """
+    parts = [(words[a:b], mask[a:b], prefix, prefix_bits, word_bits, bits_by_prefix,
+              offset_by_prefix, raw_by_prefix, table_bits, out_bits[a:b])
+             for a, b in _ranges(words.size)]
+    return sum(split(_weights_kernel, parts))
 
 
 def words_hash(words: np.ndarray) -> int:
@@ -230,5 +233,5 @@ def words_hash(words: np.ndarray) -> int:
             words.flags.writeable = True
         except ValueError:
             words = words.copy()
-    fn = _hash_parallel if words.size >= PARALLEL_MIN else _hash_serial
-    return int(fn(words))
+    parts = [(words[a:b], a) for a, b in _ranges(words.size)]
+    return sum(int(h) for h in split(_sum_mix, parts)) % (1 << 64)
