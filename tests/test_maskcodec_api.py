@@ -227,3 +227,50 @@ def test_codec_modules_import_no_private_names_and_stay_small():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bitsub"):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"{path.name} imports {private} from {node.module}"
+
+
+# ------------------------------------------- bytes scheme: three symbols a look-up, naive twin
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32 - 1), st.integers(1, 700), st.integers(0, 700),
+       st.sampled_from([0.5, 1.0, 2.0, 4.0]))
+def test_bytes_triples_kernel_matches_naive_decoder(seed, n0, n1, skew):
+    """The three-symbols-a-look-up kernel decodes one or two segments (codes up to 20 bits, so
+    some past the 13-bit table, and segment ends at every offset) as the naive dict decoder."""
+    from bitsub.codecs.huffman import code_lengths, decode_table
+    from bitsub.codecs.maskdecode import (
+        BYTE_BITS,
+        TRIPLE_TABLE_BITS,
+        byte_triples,
+        decode_bytes_triples_kernel,
+    )
+    from tests.naive import naive_huffman_decode, naive_huffman_encode
+
+    rng = np.random.default_rng(seed)
+    freqs = np.floor(rng.pareto(skew, 256) * 50).astype(np.int64) + (rng.random(256) < 0.7)
+    freqs[rng.integers(0, 256)] += 1
+    lengths = code_lengths(freqs, 20).astype(np.int64)
+    code = naive_canonical_code(lengths.tolist())
+    used = np.flatnonzero(lengths)
+    segments = [rng.choice(used, size, p=freqs[used] / freqs[used].sum()) for size in (n0, n1)
+                if size]
+    payloads = [naive_huffman_encode(s.tolist(), code) for s in segments]
+    words = []
+    for p in payloads:
+        buf = np.zeros(((len(p) + 3) // 4 + 2) * 4, dtype=np.uint8)
+        buf[: len(p)] = np.frombuffer(p, dtype=np.uint8)
+        words.append(buf.view(">u4").astype(np.uint32))
+    wb = np.array([0, words[0].size, sum(w.size for w in words)], dtype=np.int64)
+    sizes = [s.size for s in segments]
+    bounds = np.array([0, *np.cumsum(sizes)], dtype=np.int64)
+    out = np.zeros(bounds[-1], dtype=np.uint64)
+    table = decode_table(lengths, min(TRIPLE_TABLE_BITS, int(lengths.max())))
+    ends = decode_bytes_triples_kernel(np.concatenate(words), wb, bounds, out, BYTE_BITS,
+                                       byte_triples(table[0], table[1]), *table)
+    got = np.packbits(out.view(np.bool_).reshape(-1, 8), axis=1, bitorder="little").ravel()
+    want = [s for p, size in zip(payloads, sizes) for s in naive_huffman_decode(p, code, size)]
+    assert got.tolist() == want
+    for end, p, seg in zip(ends, payloads, segments):
+        assert end == int(lengths[seg].sum())
+        assert (end + 7) // 8 == len(p)

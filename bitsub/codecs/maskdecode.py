@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from bitsub.codecs.huffman import TABLE_BITS, decode_table, stream_words
+from bitsub.codecs.huffman import TABLE_BITS, decode_table
 from bitsub.codecs.maskencode import (
     BYTES,
     MAX_EXTRA_BITS,
@@ -39,7 +39,9 @@ from bitsub.errors import FormatError
 __all__ = [
     "decode_alt_kernel",
     "decode_bytes_kernel",
+    "decode_bytes_triples_kernel",
     "decode_runs_kernel",
+    "byte_triples",
     "decode_stream",
     "long_symbol",
     "pair_table",
@@ -47,6 +49,13 @@ __all__ = [
 ]
 
 _U64 = np.uint64
+
+# The bytes scheme's three-symbol look-up (`byte_triples`): its table bits (8192 int32 entries,
+# 32 KiB), and where it is used: streams of at least TRIPLES_MIN_BYTES bytes whose codes' mean
+# length is at most TRIPLES_MAX_MEAN_LENGTH bits (i.i.d. densities up to about 0.22).
+TRIPLE_TABLE_BITS = 13
+TRIPLES_MIN_BYTES = 1 << 14
+TRIPLES_MAX_MEAN_LENGTH = 6.2
 
 # BYTE_BITS[b]: byte b of the bytes scheme as 8 bools (position i of the block is bit i, as
 # np.packbits(bitorder="little") packs them), read as one native uint64.
@@ -83,6 +92,39 @@ def pair_table(table: np.ndarray, table_bits: int, lone: int, pairs: bool = True
     nothing pairs unless `pairs`.
     """
     return _pair_table_kernel(table, int(table_bits), int(lone), bool(pairs))
+
+
+@numba.njit(**NJIT)
+def _byte_triples_kernel(table, table_bits):
+    out = np.zeros(table.shape[0], dtype=np.int32)
+    mask = table.shape[0] - 1
+    for v in range(table.shape[0]):
+        e = table[v]
+        if e == 0:
+            continue
+        total = e & 31
+        entry = (e >> 5) << 7
+        cnt = 1
+        while cnt < 3:
+            nxt = table[(v << total) & mask]
+            ln = nxt & 31
+            if nxt == 0 or total + ln > table_bits:
+                break
+            entry |= (nxt >> 5) << (7 + 8 * cnt)
+            total += ln
+            cnt += 1
+        out[v] = entry | total | cnt << 5
+    return out
+
+
+def byte_triples(table: np.ndarray, table_bits: int) -> np.ndarray:
+    """Up-to-three-symbol look-up table of the bytes scheme from a one-symbol `decode_table`.
+
+    Entry for the next `table_bits` bits: ``total | count << 5 | b1 << 7 | b2 << 15 | b3 << 23``:
+    the `count` (1-3) byte symbols whose codes all fit in those bits, in stream order (unused
+    ones 0), and their total length. 0 marks a first code longer than `table_bits`.
+    """
+    return _byte_triples_kernel(table, int(table_bits))
 
 
 @numba.njit(**NJIT, inline="always")
@@ -298,6 +340,91 @@ def decode_bytes_kernel(words, wb, bounds, out, byte_bits, table, table_bits, ma
     return 32 * (k0 - wb[0]) - n0, 32 * (k1 - wb[1]) - n1
 
 
+@numba.njit(**NJIT)
+def decode_bytes_triples_kernel(words, wb, bounds, out, byte_bits, triples, table, table_bits,
+                                max_length, first, count, offset, symbols):
+    """`decode_bytes_kernel` taking up to three symbols a look-up, for short codes.
+
+    Each look-up in `triples` (see `byte_triples`) yields up to three symbols; both lanes run
+    while each has room for three, then each lane runs to its end alone, the last symbols one by
+    one from `table`. Returns the bits read from each stream, or an error code in the first slot.
+    """
+    shift = _U64(64 - table_bits)
+    two = bounds.shape[0] == 3
+    acc0, n0, k0, j0 = _U64(0), 0, wb[0], bounds[0]
+    acc1, n1, k1, j1 = _U64(0), 0, wb[1], bounds[1] if two else bounds[-1]
+    while j0 + 3 <= bounds[1] and j1 + 3 <= bounds[-1]:
+        for lane in range(2):
+            if lane == 0:
+                acc, n, k, j, kend = acc0, n0, k0, j0, wb[1]
+            else:
+                acc, n, k, j, kend = acc1, n1, k1, j1, wb[2]
+            if n < 32:
+                if k >= kend:
+                    return ERR_OVERRUN, 0
+                acc |= _U64(words[k]) << _U64(32 - n)
+                k += 1
+                n += 32
+            e = triples[np.int64(acc >> shift)]
+            if e != 0:
+                ln = np.int64(e & 31)
+                out[j] = byte_bits[(e >> 7) & 255]
+                out[j + 1] = byte_bits[(e >> 15) & 255]
+                out[j + 2] = byte_bits[e >> 23]
+                j += (e >> 5) & 3
+            else:
+                s, ln = long_symbol(acc, table_bits, max_length, first, count, offset, symbols)
+                if ln == 0:
+                    return ERR_CODE, 0
+                out[j] = byte_bits[s]
+                j += 1
+            acc <<= _U64(ln)
+            n -= ln
+            if lane == 0:
+                acc0, n0, k0, j0 = acc, n, k, j
+            else:
+                acc1, n1, k1, j1 = acc, n, k, j
+    for lane in range(2):
+        if lane == 0:
+            acc, n, k, j, kend, end = acc0, n0, k0, j0, wb[1], bounds[1]
+        else:
+            acc, n, k, j, kend, end = acc1, n1, k1, j1, wb[2], bounds[-1]
+        while j < end:
+            if n < 32:
+                if k >= kend:
+                    return ERR_OVERRUN, 0
+                acc |= _U64(words[k]) << _U64(32 - n)
+                k += 1
+                n += 32
+            v = np.int64(acc >> shift)
+            e = triples[v] if j + 3 <= end else 0
+            if e != 0:
+                ln = np.int64(e & 31)
+                out[j] = byte_bits[(e >> 7) & 255]
+                out[j + 1] = byte_bits[(e >> 15) & 255]
+                out[j + 2] = byte_bits[e >> 23]
+                j += (e >> 5) & 3
+            else:
+                e = table[v]
+                if e != 0:
+                    ln = np.int64(e & 31)
+                    s = np.int64(e >> 5)
+                else:
+                    s, ln = long_symbol(acc, table_bits, max_length, first, count, offset,
+                                        symbols)
+                    if ln == 0:
+                        return ERR_CODE, 0
+                out[j] = byte_bits[s]
+                j += 1
+            acc <<= _U64(ln)
+            n -= ln
+        if lane == 0:
+            k0, n0 = k, n
+        else:
+            k1, n1 = k, n
+    return 32 * (k0 - wb[0]) - n0, 32 * (k1 - wb[1]) - n1
+
+
 # ----------------------------------------------------------------------------------- streams
 
 
@@ -352,12 +479,19 @@ def _check_ends(ends, payloads: list, what: str) -> None:
 
 
 def _lanes(payloads: list) -> tuple[np.ndarray, np.ndarray]:
-    """The payloads' words back to back, and where each stream's words start (and end)."""
-    words = [stream_words(p) for p in payloads]
+    """The payloads' words back to back, and where each stream's words start (and end).
+
+    Each stream is laid out as `bitsub.codecs.huffman.stream_words` lays it out (two zero words
+    of padding), in one buffer and one byte swap.
+    """
     wb = np.zeros(3, dtype=np.int64)
-    wb[1] = words[0].size
-    wb[2] = wb[1] + (words[1].size if len(words) == 2 else 0)
-    return np.concatenate(words), wb
+    sizes = [(len(p) + 3) // 4 + 2 for p in payloads]
+    wb[1] = sizes[0]
+    wb[2] = wb[1] + (sizes[1] if len(sizes) == 2 else 0)
+    buf = np.zeros(4 * int(wb[2]), dtype=np.uint8)
+    for start, p in zip(wb[:2].tolist(), payloads):
+        buf[4 * start : 4 * start + len(p)] = np.frombuffer(p, dtype=np.uint8)
+    return buf.view(">u4").astype(np.uint32), wb
 
 
 def _decode_alt(parsed, n: int) -> np.ndarray:
@@ -405,10 +539,19 @@ def _decode_bytes(parsed, n: int) -> np.ndarray:
     words, wb = _lanes(payloads)
     n_bytes = (n + 7) // 8
     out = np.empty(n_bytes, dtype=np.uint64)
-    ends = decode_bytes_kernel(
-        words, wb, segment_bounds(n_bytes, len(payloads)), out, BYTE_BITS,
-        *decode_table(lengths),
-    )
+    bounds = segment_bounds(n_bytes, len(payloads))
+    # Three symbols a look-up pay off where codes are short (mean length, weighting each code
+    # by 2**-length, its probability under the code) and the stream long enough to amortize the
+    # larger table; elsewhere they cost more than they save (measured; see the bench).
+    longest = int(lengths.max())
+    mean_length = float(np.dot(lengths, np.exp2(-lengths.astype(np.float64))))
+    if n_bytes >= TRIPLES_MIN_BYTES and mean_length <= TRIPLES_MAX_MEAN_LENGTH:
+        table = decode_table(lengths, min(TRIPLE_TABLE_BITS, longest))
+        ends = decode_bytes_triples_kernel(
+            words, wb, bounds, out, BYTE_BITS, byte_triples(table[0], table[1]), *table
+        )
+    else:
+        ends = decode_bytes_kernel(words, wb, bounds, out, BYTE_BITS, *decode_table(lengths))
     _check_ends(ends, payloads, "bytes payload")
     bits = out.view(np.bool_)
     if bits[n:].any():
