@@ -179,7 +179,7 @@ def decode_runs_kernel(words, wb, bounds, out, value, esc, extra, pairs, table_b
                     acc |= _U64(words[k]) << _U64(32 - n)
                     k += 1
                     n += 32
-                e = pairs[np.int64(acc >> shift)]
+                e = pairs[acc >> shift]
                 if e != 0:
                     total = e & 31
                     ln = (e >> 5) & 31
@@ -266,7 +266,7 @@ def decode_alt_kernel(words, wb, bounds, out, esc, table, table_bits, max_length
                     acc |= _U64(words[k]) << _U64(32 - n)
                     k += 1
                     n += 32
-                e = table[par, np.int64(acc >> shift)]
+                e = table[par, acc >> shift]
                 if e != 0:
                     ln = np.int64(e & 31)
                     s = np.int64(e >> 5)
@@ -302,7 +302,8 @@ def decode_bytes_kernel(words, wb, bounds, out, byte_bits, table, table_bits, ma
 
     `out` is the mask's bools viewed as uint64: symbol b is stored as byte_bits[b], its 8
     positions at once (cheaper than packed bytes and np.unpackbits after). Returns the bits read
-    from each stream, or an error code in the first slot.
+    from each stream, or an error code in the first slot. Indices are unsigned (every one is
+    within its array): Numba then skips the negative-index wrap, 15-20% of the loop.
     """
     shift = _U64(64 - table_bits)
     two = bounds.shape[0] == 3
@@ -318,18 +319,18 @@ def decode_bytes_kernel(words, wb, bounds, out, byte_bits, table, table_bits, ma
                 if n < 32:
                     if k >= kend:
                         return ERR_OVERRUN, 0
-                    acc |= _U64(words[k]) << _U64(32 - n)
+                    acc |= _U64(words[_U64(k)]) << _U64(32 - n)
                     k += 1
                     n += 32
-                e = table[np.int64(acc >> shift)]
+                e = table[acc >> shift]
                 if e != 0:
                     ln = np.int64(e & 31)
-                    out[j] = byte_bits[e >> 5]
+                    out[_U64(j)] = byte_bits[_U64(e >> 5)]
                 else:
                     s, ln = long_symbol(acc, table_bits, max_length, first, count, offset, symbols)
                     if ln == 0:
                         return ERR_CODE, 0
-                    out[j] = byte_bits[s]
+                    out[_U64(j)] = byte_bits[_U64(s)]
                 j += 1
                 acc <<= _U64(ln)
                 n -= ln
@@ -362,21 +363,21 @@ def decode_bytes_triples_kernel(words, wb, bounds, out, byte_bits, triples, tabl
             if n < 32:
                 if k >= kend:
                     return ERR_OVERRUN, 0
-                acc |= _U64(words[k]) << _U64(32 - n)
+                acc |= _U64(words[_U64(k)]) << _U64(32 - n)
                 k += 1
                 n += 32
-            e = triples[np.int64(acc >> shift)]
+            e = triples[acc >> shift]
             if e != 0:
                 ln = np.int64(e & 31)
-                out[j] = byte_bits[(e >> 7) & 255]
-                out[j + 1] = byte_bits[(e >> 15) & 255]
-                out[j + 2] = byte_bits[e >> 23]
+                out[_U64(j)] = byte_bits[_U64((e >> 7) & 255)]
+                out[_U64(j + 1)] = byte_bits[_U64((e >> 15) & 255)]
+                out[_U64(j + 2)] = byte_bits[_U64(e >> 23)]
                 j += (e >> 5) & 3
             else:
                 s, ln = long_symbol(acc, table_bits, max_length, first, count, offset, symbols)
                 if ln == 0:
                     return ERR_CODE, 0
-                out[j] = byte_bits[s]
+                out[_U64(j)] = byte_bits[_U64(s)]
                 j += 1
             acc <<= _U64(ln)
             n -= ln
@@ -393,16 +394,16 @@ def decode_bytes_triples_kernel(words, wb, bounds, out, byte_bits, triples, tabl
             if n < 32:
                 if k >= kend:
                     return ERR_OVERRUN, 0
-                acc |= _U64(words[k]) << _U64(32 - n)
+                acc |= _U64(words[_U64(k)]) << _U64(32 - n)
                 k += 1
                 n += 32
-            v = np.int64(acc >> shift)
+            v = acc >> shift
             e = triples[v] if j + 3 <= end else 0
             if e != 0:
                 ln = np.int64(e & 31)
-                out[j] = byte_bits[(e >> 7) & 255]
-                out[j + 1] = byte_bits[(e >> 15) & 255]
-                out[j + 2] = byte_bits[e >> 23]
+                out[_U64(j)] = byte_bits[_U64((e >> 7) & 255)]
+                out[_U64(j + 1)] = byte_bits[_U64((e >> 15) & 255)]
+                out[_U64(j + 2)] = byte_bits[_U64(e >> 23)]
                 j += (e >> 5) & 3
             else:
                 e = table[v]
@@ -414,7 +415,7 @@ def decode_bytes_triples_kernel(words, wb, bounds, out, byte_bits, triples, tabl
                                         symbols)
                     if ln == 0:
                         return ERR_CODE, 0
-                out[j] = byte_bits[s]
+                out[_U64(j)] = byte_bits[_U64(s)]
                 j += 1
             acc <<= _U64(ln)
             n -= ln
