@@ -12,7 +12,8 @@ array in the decode time. Sizes are also compared with zlib level 9 and zstd lev
 zstandard is installed) and, for i.i.d. masks, with the entropy n * H(p); they go into each
 benchmark's extra_info. Masks: i.i.d. densities 0.5, 0.3, 0.2, 0.1, 0.05, 0.01, and masks with
 structure: rows pruned together, 16-position blocks pruned together, and clustered runs. Each
-case runs bitsub and zlib alternately, round by round, so that both see the same load (60 rounds at 10^6 positions, 15 from 4 x 10^6).
+case runs bitsub and zlib alternately, round by round, so that both see the same load (60
+rounds at 10^6 positions, 15 from 4 x 10^6).
 """
 
 import os
