@@ -239,7 +239,7 @@ def test_bytes_triples_kernel_matches_naive_decoder(seed, n0, n1, skew):
     """The three-symbols-a-look-up kernel decodes one or two segments (codes up to 20 bits, so
     some past the 13-bit table, and segment ends at every offset) as the naive dict decoder."""
     from bitsub.codecs.huffman import code_lengths, decode_table
-    from bitsub.codecs.maskdecode import (
+    from bitsub.codecs.maskbytes import (
         BYTE_BITS,
         TRIPLE_TABLE_BITS,
         byte_triples,
