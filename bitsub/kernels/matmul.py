@@ -19,8 +19,9 @@ Threads: large calls are split over the engine's threads (:mod:`bitsub.threads`:
 threads running the ``nogil`` kernels); in the large-batch paths each thread decodes its own
 tiles and calls BLAS, which is held to one thread meanwhile, so the two pools never compete.
 
-The in-register look-up needs AVX-512 (checked once on the host); elsewhere a portable Numba
-kernel decodes the same layout.
+The in-register look-up needs AVX-512 or AVX2 with FMA (checked once on the host; on AVX2 each
+16-entry look-up is four 8-entry ones and two blends, and LLVM splits the 16-lane vectors in
+two); elsewhere a portable Numba kernel decodes the same layout.
 
 NaN and inf in ``x`` propagate as in a dense product (a dense W has ``0 * x[j]`` at positions a
 task does not use, NaN for a non-finite ``x[j]``): the ``"lut"`` kernels multiply every position
@@ -68,24 +69,27 @@ SELL_TILE_DENSITY = BOTH_MAX_DENSITY
 with ``"sell"`` arrays runs the transposed kernel, which touches only the used positions."""
 
 
-def _host_has_avx512() -> bool:
+def _host_has(feature: str) -> bool:
     if numba.config.DISABLE_JIT or numba.config.CPU_NAME not in (None, "host"):
         return False
     try:
         import llvmlite.binding as ll
 
-        return bool(ll.get_host_cpu_features().get("avx512f"))
+        return bool(ll.get_host_cpu_features().get(feature))
     except Exception:  # pragma: no cover (an exotic host): use the portable kernels
         return False
 
 
-AVX512 = _host_has_avx512()
-"""Whether the ``"lut"`` kernels use the AVX-512 in-register look-up (else portable Numba)."""
+AVX512 = _host_has("avx512f")
+"""Whether the ``"lut"`` kernels use the AVX-512 in-register look-up."""
+
+AVX2 = not AVX512 and _host_has("avx2") and _host_has("fma")
+"""Whether they use the AVX2 one instead (two 8-entry look-ups and a blend; else portable)."""
 
 _FAST = set(FASTMATH)
 
 
-# --------------------------------------------------------------------------- "lut": AVX-512
+# -------------------------------------------------------------------- "lut": AVX-512 / AVX2
 
 _UNROLL = 4
 _F32 = ir.FloatType()
@@ -105,6 +109,36 @@ def _permvar(builder):
     return cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.permvar.sf.512")
 
 
+_V8F = ir.VectorType(_F32, 8)
+_V8I = ir.VectorType(_I32, 8)
+
+
+def _permps(builder):
+    fnty = ir.FunctionType(_V8F, [_V8F, _V8I])
+    return cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx2.permps")
+
+
+def _lookup16(builder, book, idx):
+    """book[idx & 15] for 16 lanes: one 16-entry vpermps (AVX-512).
+
+    On AVX2, for each half of the lanes, two 8-entry vpermps (entries 0-7 and 8-15, each reading
+    the low 3 bits of the index) and a blend on bit 3.
+    """
+    if AVX512:
+        return builder.call(_permvar(builder), [book, idx])
+    halves = [ir.Constant(_V8I, list(range(8))), ir.Constant(_V8I, list(range(8, 16)))]
+    lo_book, hi_book = (builder.shuffle_vector(book, book, h) for h in halves)
+    eight = ir.Constant(_V8I, [8] * 8)
+    out = []
+    for h in halves:
+        i = builder.shuffle_vector(idx, idx, h)
+        lo = builder.call(_permps(builder), [lo_book, i])
+        hi = builder.call(_permps(builder), [hi_book, i])
+        high = builder.icmp_unsigned("!=", builder.and_(i, eight), ir.Constant(_V8I, [0] * 8))
+        out.append(builder.select(high, hi, lo))
+    return builder.shuffle_vector(out[0], out[1], ir.Constant(_V16I, list(range(16))))
+
+
 def _fma(builder):
     fnty = ir.FunctionType(_V16F, [_V16F, _V16F, _V16F])
     return cgutils.get_or_insert_function(builder.module, fnty, "llvm.fma.v16f32")
@@ -114,10 +148,10 @@ def _chunk_weights(builder, book, codes_ptr, mask_ptr, c):
     """16 weights of chunk c: book[code] where the mask bit is set, else 0.0."""
     p8 = builder.gep(codes_ptr, [builder.mul(c, ir.Constant(_I64, 8))])
     b = builder.load(builder.bitcast(p8, _V8B.as_pointer()), align=1)
-    # vpermps reads only the low 4 bits of each index: the low nibbles need no masking.
+    # The look-up reads only the low 4 bits of each index: the low nibbles need no masking.
     hi = builder.lshr(b, ir.Constant(_V8B, [4] * 8))
     both = builder.shuffle_vector(b, hi, ir.Constant(_V16I, list(range(16))))
-    w = builder.call(_permvar(builder), [book, builder.zext(both, _V16I)])
+    w = _lookup16(builder, book, builder.zext(both, _V16I))
     bits = builder.bitcast(builder.load(builder.gep(mask_ptr, [c]), align=2),
                            ir.VectorType(ir.IntType(1), 16))
     return builder.select(bits, w, ir.Constant(_V16F, [0.0] * 16))
@@ -240,8 +274,8 @@ def _lut_decode_portable(codes, cbase, mask, mbase, book, out, obase, n_in, stri
             out[obase + j * stride + r] = book[code] if (m >> r) & 1 else np.float32(0.0)
 
 
-_lut_slice = _lut_slice_avx512 if AVX512 else _lut_slice_portable
-_lut_decode = _lut_decode_avx512 if AVX512 else _lut_decode_portable
+_lut_slice = _lut_slice_avx512 if AVX512 or AVX2 else _lut_slice_portable
+_lut_decode = _lut_decode_avx512 if AVX512 or AVX2 else _lut_decode_portable
 
 
 @numba.njit(**NJIT)
