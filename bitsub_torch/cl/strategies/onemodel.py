@@ -193,6 +193,7 @@ class EsaCL(OneModelStrategy):
     def __init__(self, sparsity: float = 0.9, replay: str = "derpp", sam: bool = True,
                  rho: float = 0.05, sfw: bool | str = "first", sfw_lr: float = 0.1,
                  sfw_momentum: float = 0.9, k: float = 0.05, tau: float = 1.0,
+                 sfw_anchor: str = "origin",
                  regrow: float = 0.1, ids: bool = True, sse: bool = True, ere: bool = True,
                  support_fraction: float = 0.5, drop_fraction: float = 0.6, ere_start: int = 1,
                  **kwargs) -> None:
@@ -201,6 +202,8 @@ class EsaCL(OneModelStrategy):
             raise ValueError(f"replay must be 'er' or 'derpp', got {replay!r}")
         if sfw not in (True, False, "first"):
             raise ValueError(f"sfw must be true, false or \"first\", got {sfw!r}")
+        if sfw_anchor not in ("origin", "task"):
+            raise ValueError(f"sfw_anchor must be \"origin\" or \"task\", got {sfw_anchor!r}")
         for name, v in (("sam", sam), ("ids", ids), ("sse", sse), ("ere", ere)):
             if not isinstance(v, bool):
                 raise ValueError(f"{name} must be true or false, got {v!r}")
@@ -215,6 +218,7 @@ class EsaCL(OneModelStrategy):
         self.sfw = sfw
         self.sfw_lr = float(sfw_lr)
         self.sfw_momentum = _check_fraction(sfw_momentum, "sfw_momentum")
+        self.sfw_anchor = sfw_anchor
         self.k = _check_fraction(k, "k", closed=True)
         if self.k == 0:
             raise ValueError("k must be > 0 (the fraction of positions in a Frank-Wolfe vertex)")
