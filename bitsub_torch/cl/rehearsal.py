@@ -235,8 +235,9 @@ class RehearsalTrainer:
             # polytope centred at the weights the previous task left ("task"), or the origin
             anchor = (layer.weight.detach().clone()
                       if active is not None and s.sfw_anchor == "task" else None)
-            groups.append({"params": [layer.weight], "radius": s.radius[name],
-                           "k": max(1, int(round(s.k * n_active))),
+            k = max(1, int(round(s.k * n_active)))
+            radius = s.radius[name] if anchor is None else sam_radius(anchor, k, s.tau_task)
+            groups.append({"params": [layer.weight], "radius": radius, "k": k,
                            "active": None if active is None else active.to(layer.weight.dtype),
                            "anchor": anchor})
         return [SFW(groups, lr=s.sfw_lr, momentum=s.sfw_momentum), self._make_optimizer(head)]

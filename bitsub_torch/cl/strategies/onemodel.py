@@ -193,7 +193,7 @@ class EsaCL(OneModelStrategy):
     def __init__(self, sparsity: float = 0.9, replay: str = "derpp", sam: bool = True,
                  rho: float = 0.05, sfw: bool | str = "first", sfw_lr: float = 0.1,
                  sfw_momentum: float = 0.9, k: float = 0.05, tau: float = 1.0,
-                 sfw_anchor: str = "origin",
+                 sfw_anchor: str = "origin", tau_task: float = 0.1,
                  regrow: float = 0.1, ids: bool = True, sse: bool = True, ere: bool = True,
                  support_fraction: float = 0.5, drop_fraction: float = 0.6, ere_start: int = 1,
                  **kwargs) -> None:
@@ -207,7 +207,7 @@ class EsaCL(OneModelStrategy):
         for name, v in (("sam", sam), ("ids", ids), ("sse", sse), ("ere", ere)):
             if not isinstance(v, bool):
                 raise ValueError(f"{name} must be true or false, got {v!r}")
-        for name, v in (("rho", rho), ("sfw_lr", sfw_lr), ("tau", tau)):
+        for name, v in (("rho", rho), ("sfw_lr", sfw_lr), ("tau", tau), ("tau_task", tau_task)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"{name} must be a number > 0, got {v!r}")
         if isinstance(ere_start, bool) or not isinstance(ere_start, int) or ere_start < 0:
@@ -219,6 +219,7 @@ class EsaCL(OneModelStrategy):
         self.sfw_lr = float(sfw_lr)
         self.sfw_momentum = _check_fraction(sfw_momentum, "sfw_momentum")
         self.sfw_anchor = sfw_anchor
+        self.tau_task = float(tau_task)
         self.k = _check_fraction(k, "k", closed=True)
         if self.k == 0:
             raise ValueError("k must be > 0 (the fraction of positions in a Frank-Wolfe vertex)")
