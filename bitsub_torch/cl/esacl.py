@@ -16,7 +16,10 @@ SDP, per training step:
    elsewhere; ``p <- (1 - eta) p + eta v`` with ``eta = lr * ||grad|| / ||p - v||`` clamped to
    [0, 1]. ``radius = tau * ||p_0|| / sqrt(K)`` from the tensor's norm when the run starts
    (a vertex of the polytope then has norm ``tau * ||p_0||``). Every step pulls all weights
-   toward the sparse vertex, so most of them drift toward zero while the model trains.
+   toward the sparse vertex, so most of them drift toward zero while the model trains. The
+   polytope may be centred at an *anchor* ``a`` instead of the origin (``p - a`` then moves
+   as ``p`` would). Which tasks take this step, and where their polytope is centred, is the
+   strategy's choice (``sfw``, ``sfw_anchor``: by default the first task only).
 4. At the end of the task: one-shot magnitude pruning of each shared tensor to the target
    sparsity (`magnitude_mask`), with no retraining.
 
