@@ -40,6 +40,10 @@ def test_esacl_cli_contract_export_and_file_retest(tmp_path, capsys):
     assert rep["retrain_epochs"] == 0
     assert rep["train_flops"] > 0 and rep["examples_processed"] > 0
     assert rep["acc"] == rep["class_il"]["acc"]
+    val = rep["validation"]
+    assert len(val["class_il"]) == len(val["task_il"]) == 5
+    assert val["acc_class_il"] == pytest.approx(np.mean(val["class_il"]))
+    assert all(c <= t for c, t in zip(val["class_il"], val["task_il"]))  # task-IL is easier
     # exactly 90% of each shared tensor pruned after every task, and the file stores only the
     # kept positions
     pm = bitsub.load(out / "model.h5")
