@@ -83,6 +83,40 @@ def test_sfw_matches_naive(n, frac, seed, lr, steps):
     assert np.allclose(p.detach().numpy(), ref, rtol=0, atol=steps * 64 * 2.0**-23 * scale)
 
 
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 50), frac=st.floats(0.01, 1), seed=st.integers(0, 10**6),
+       lr=st.sampled_from([0.01, 0.1, 1.0, 100.0]), steps=st.integers(1, 3))
+def test_anchored_sfw_moves_the_offset_as_plain_sfw(n, frac, seed, lr, steps):
+    # centred at a, the step is plain SFW on d = p - a: the anchor itself is never shrunk
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(n).astype(np.float32)
+    d0 = (rng.standard_normal(n) * (rng.random(n) < 0.5)).astype(np.float32)
+    k = max(1, int(round(frac * n)))
+    radius = sam_radius(torch.from_numpy(a), k, 1.0)
+    p = torch.nn.Parameter(torch.from_numpy(a + d0))
+    opt = SFW([{"params": [p], "radius": radius, "k": k, "anchor": torch.from_numpy(a)}],
+              lr=lr, momentum=0.9)
+    ref, buf = (a + d0).astype(np.float64) - a, None
+    for _ in range(steps):
+        g = rng.standard_normal(n).astype(np.float32)
+        p.grad = torch.from_numpy(g)
+        opt.step()
+        ref, buf = naive_sfw_step(ref, g, buf, k, radius, lr, 0.9)
+    scale = max(np.abs(a).max() + np.abs(d0).max(), radius)
+    assert np.allclose(p.detach().numpy(), a + ref, rtol=0,
+                       atol=steps * 64 * 2.0**-23 * scale)
+    # eta = 1 lands on the vertex: p = a + v exactly where the anchor is kept
+    q = torch.nn.Parameter(torch.from_numpy(a.copy()))
+    one = SFW([{"params": [q], "radius": 2.0, "k": 1, "anchor": torch.from_numpy(a)}], lr=1e9)
+    g = np.zeros(n, np.float32)
+    g[0] = 1.0
+    q.grad = torch.from_numpy(g)
+    one.step()
+    want = a.copy()
+    want[0] -= 2.0
+    assert np.array_equal(q.detach().numpy(), want)
+
+
 def test_sfw_keeps_inactive_positions_at_zero():
     p = torch.nn.Parameter(torch.tensor([1.0, 0.0, -2.0, 0.0]))
     active = torch.tensor([1.0, 0.0, 1.0, 0.0])
@@ -136,6 +170,8 @@ def test_strategy_arguments_are_checked():
         get_strategy("esacl", sparsity=1.0)
     with pytest.raises(ValueError, match="dense model"):
         get_strategy("er", sparsity=0.9)
+    with pytest.raises(ValueError, match="sfw_anchor"):
+        get_strategy("esacl", sfw_anchor="centre")
     with pytest.raises(ValueError, match="ids must be"):
         get_strategy("esacl", ids="no")
     with pytest.raises(ValueError, match="buffer"):

@@ -40,6 +40,10 @@ def test_esacl_cli_contract_export_and_file_retest(tmp_path, capsys):
     assert rep["retrain_epochs"] == 0
     assert rep["train_flops"] > 0 and rep["examples_processed"] > 0
     assert rep["acc"] == rep["class_il"]["acc"]
+    val = rep["validation"]
+    assert len(val["class_il"]) == len(val["task_il"]) == 5
+    assert val["acc_class_il"] == pytest.approx(np.mean(val["class_il"]))
+    assert all(c <= t for c, t in zip(val["class_il"], val["task_il"]))  # task-IL is easier
     # exactly 90% of each shared tensor pruned after every task, and the file stores only the
     # kept positions
     pm = bitsub.load(out / "model.h5")
@@ -169,3 +173,19 @@ def test_adaptive_export_stores_algorithm_1_codes(tmp_path):
         w = pm.weights(0, layer)[pm.mask(0, layer)]
         assert pm.bits(0, layer) == min(bits)
         assert set(np.unique(w)) <= set(pm.codebook(0, layer).tolist())
+
+
+def test_sfw_anchor_task_centres_later_polytopes_on_the_previous_weights():
+    tr, net = _trainer("esacl", tasks=2, sfw=True, sfw_anchor="task", tau_task=0.5)
+    tr.run()  # task 1 trained with the anchored polytope
+    opts = tr._optimizers(True)
+    for group, layer in zip(opts[0].param_groups, net.masked_layers().values()):
+        w = layer.weight.detach()
+        assert torch.equal(group["anchor"], w)
+        n_active = int(layer.masks[0].sum())
+        assert group["k"] == max(1, round(0.05 * n_active))
+        assert group["radius"] == pytest.approx(0.5 * float(w.norm()) / group["k"] ** 0.5)
+    # the origin (default): no anchor, the radius fixed from the initial norm
+    tr.strategy.sfw_anchor = "origin"
+    for group, name in zip(tr._optimizers(True)[0].param_groups, net.masked_layers()):
+        assert group["anchor"] is None and group["radius"] == tr.strategy.radius[name]

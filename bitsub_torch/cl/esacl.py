@@ -16,7 +16,10 @@ SDP, per training step:
    elsewhere; ``p <- (1 - eta) p + eta v`` with ``eta = lr * ||grad|| / ||p - v||`` clamped to
    [0, 1]. ``radius = tau * ||p_0|| / sqrt(K)`` from the tensor's norm when the run starts
    (a vertex of the polytope then has norm ``tau * ||p_0||``). Every step pulls all weights
-   toward the sparse vertex, so most of them drift toward zero while the model trains.
+   toward the sparse vertex, so most of them drift toward zero while the model trains. The
+   polytope may be centred at an *anchor* ``a`` instead of the origin (``p - a`` then moves
+   as ``p`` would). Which tasks take this step, and where their polytope is centred, is the
+   strategy's choice (``sfw``, ``sfw_anchor``: by default the first task only).
 4. At the end of the task: one-shot magnitude pruning of each shared tensor to the target
    sparsity (`magnitude_mask`), with no retraining.
 
@@ -119,8 +122,13 @@ class SFW(torch.optim.Optimizer):
 
     Parameters
     ----------
-    params : iterable of torch.nn.Parameter
-        The tensors, each in a group with its own ``radius`` and ``k`` (see `add_tensor`).
+    groups : list of dict
+        One group per tensor: ``params`` (the tensor), its ``radius`` and ``k``, and optionally
+        ``active`` (0/1 tensor: the positions trained; the gradient is masked by it) and
+        ``anchor`` (the polytope's centre, a tensor like the weight; default the origin).
+        With an anchor ``a`` the step moves ``d = p - a`` as plain SFW moves ``p``:
+        ``p <- a + (1 - eta) d + eta v``, so it shrinks only the movement since ``a``, not
+        ``a`` itself.
     lr : float
         Base step size; the step is ``lr * ||grad|| / ||p - v||`` clamped to [0, 1].
     momentum : float
@@ -132,7 +140,8 @@ class SFW(torch.optim.Optimizer):
             raise ValueError(f"lr must be > 0, got {lr}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        super().__init__(groups, {"lr": lr, "momentum": momentum, "active": None})
+        super().__init__(groups, {"lr": lr, "momentum": momentum, "active": None,
+                                  "anchor": None})
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102
@@ -152,11 +161,16 @@ class SFW(torch.optim.Optimizer):
                 else:
                     buf.mul_(mu).add_(grad, alpha=1.0 - mu)
                 v = k_sparse_lmo(buf, group["k"], group["radius"])
-                gap = float((p - v).norm())
+                anchor = group.get("anchor")
+                d = p if anchor is None else p - anchor
+                gap = float((d - v).norm())
                 if gap == 0.0:
                     continue
                 eta = min(max(lr * float(grad.norm()) / gap, 0.0), 1.0)
-                p.mul_(1.0 - eta).add_(v, alpha=eta)
+                if anchor is None:
+                    p.mul_(1.0 - eta).add_(v, alpha=eta)
+                else:
+                    p.copy_(anchor + (1.0 - eta) * d + eta * v)
         return None
 
 

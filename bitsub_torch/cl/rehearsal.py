@@ -232,9 +232,14 @@ class RehearsalTrainer:
         for name, layer in layers.items():
             active = layer.masks[0] if layer.has_task_mask(0) else None
             n_active = layer.weight.numel() if active is None else int(active.sum())
-            groups.append({"params": [layer.weight], "radius": s.radius[name],
-                           "k": max(1, int(round(s.k * n_active))),
-                           "active": None if active is None else active.to(layer.weight.dtype)})
+            # polytope centred at the weights the previous task left ("task"), or the origin
+            anchor = (layer.weight.detach().clone()
+                      if active is not None and s.sfw_anchor == "task" else None)
+            k = max(1, int(round(s.k * n_active)))
+            radius = s.radius[name] if anchor is None else sam_radius(anchor, k, s.tau_task)
+            groups.append({"params": [layer.weight], "radius": radius, "k": k,
+                           "active": None if active is None else active.to(layer.weight.dtype),
+                           "anchor": anchor})
         return [SFW(groups, lr=s.sfw_lr, momentum=s.sfw_momentum), self._make_optimizer(head)]
 
     # ------------------------------------------------------------------ training

@@ -10,6 +10,8 @@
   ``zero_fraction`` (fraction read as exactly 0), ``retrain_epochs`` (total), ``train_flops``
   and ``train_flops_dense`` (see the trainer's docstring for how they are counted),
   ``examples_processed``, ``examples_dropped`` (per task, by data selection), ``memory``,
+  ``validation`` (class-IL and task-IL accuracy of the final model on each task's validation
+  split, and their means: what the defaults were chosen on),
   ``capacity`` of the packed file, ``export`` (class-IL and task-IL accuracy of every task
   re-tested from ``model.h5`` with bitsub's NumPy forward, and the fraction of test samples where
   file and torch predict the same class), ``config``, ``timings``;
@@ -63,6 +65,11 @@ def _safe(v: Any) -> Any:
     if isinstance(v, (float, np.floating)):
         return None if math.isnan(float(v)) else float(v)
     return v
+
+
+def _nanmean(v: np.ndarray) -> float:
+    v = np.asarray(v, dtype=float)
+    return float(np.mean(v[~np.isnan(v)])) if np.any(~np.isnan(v)) else math.nan
 
 
 def _check_setting(setting: str) -> str:
@@ -224,6 +231,8 @@ def train_one_model(
         write_bytes(config_path, json.dumps(_safe(config), indent=2).encode())
 
     res = trainer.run()
+    # the final model on the validation split (what settings are chosen on; empty: null)
+    val_ci, val_ti = trainer.test_rows(len(sc.tasks) - 1, "val")
     t0 = time.perf_counter()
     adaptive = None
     if export_bits == "auto":
@@ -252,6 +261,8 @@ def train_one_model(
                    "class_il": file_ci, "task_il": file_ti,
                    "acc_class_il": float(np.mean(file_ci)),
                    "acc_task_il": float(np.mean(file_ti)), "agreement": agreement},
+        "validation": {"class_il": val_ci, "task_il": val_ti,
+                       "acc_class_il": _nanmean(val_ci), "acc_task_il": _nanmean(val_ti)},
         "config": {**config, "trainer": res["trainer"]},
         "timings": {**res["timings"], "export_and_file_eval": file_time},
     }

@@ -171,11 +171,23 @@ class EsaCL(OneModelStrategy):
         Take the SAM ascent step (default True); ``rho`` its radius (0.05).
     sfw : bool or "first"
         Train the shared weights with stochastic Frank-Wolfe during every task (True), during
-        the first task only ("first": the dense task, before the first pruning), or never
-        (False: the trainer's optimizer throughout). ``sfw_lr`` (0.1), ``sfw_momentum``
-        (0.9), ``k`` (fraction of the trained positions in a vertex, 0.05) and ``tau`` (1.0)
-        set it. SFW's own tau 15 and lr 1 assume BatchNorm's scale invariance; on the bias-free
-        MLP they blow the weights up to the vertex (measured), hence the smaller defaults.
+        the first task only ("first", the default: the dense task, before the first pruning),
+        or never (False: the trainer's optimizer throughout). ``sfw_lr`` (0.1),
+        ``sfw_momentum`` (0.9), ``k`` (fraction of the trained positions in a vertex, 0.05)
+        and ``tau`` (5.0: a vertex has norm tau x the tensor's initial norm) set it.
+        Why the first task only: Frank-Wolfe's step ``p <- (1 - eta) p + eta v`` pulls every
+        trained weight toward a vertex of the polytope, and on a later task that erases what
+        the kept weights hold (``sfw_anchor``). Why tau 5: the radius sets the scale of the
+        weights Frank-Wolfe leaves, and the later tasks' optimizer moves weights by absolute
+        steps, so small weights forget faster (class-IL validation ACC, splitfmnist seed 3:
+        tau 1 75.9%, 2.5 76.8%, 5 78.4%, 8 78.4%, 15 76.7%; ``"sfw": false`` 78.1%).
+    sfw_anchor : {"origin", "task"}
+        With ``"sfw": true``, the centre of a later task's polytope: the origin (plain SFW,
+        default) or the weights the task starts from (`SFW` with an anchor: the step shrinks
+        only the task's own movement, and ``tau_task`` (0.3) x the norm of those weights is
+        the norm of a vertex, so it bounds how far the task moves). Measured (class-IL
+        validation ACC, seed 3): tau_task 0.1 30.5%, 0.3 49.0% (the later tasks either
+        barely move or overwrite the earlier classes), against 78.4% with "first".
     regrow : float
         Fraction of each tensor regrown at the start of every task after the first (0.1).
     ids : bool
@@ -192,7 +204,8 @@ class EsaCL(OneModelStrategy):
 
     def __init__(self, sparsity: float = 0.9, replay: str = "derpp", sam: bool = True,
                  rho: float = 0.05, sfw: bool | str = "first", sfw_lr: float = 0.1,
-                 sfw_momentum: float = 0.9, k: float = 0.05, tau: float = 1.0,
+                 sfw_momentum: float = 0.9, k: float = 0.05, tau: float = 5.0,
+                 sfw_anchor: str = "origin", tau_task: float = 0.3,
                  regrow: float = 0.1, ids: bool = True, sse: bool = True, ere: bool = True,
                  support_fraction: float = 0.5, drop_fraction: float = 0.6, ere_start: int = 1,
                  **kwargs) -> None:
@@ -201,10 +214,12 @@ class EsaCL(OneModelStrategy):
             raise ValueError(f"replay must be 'er' or 'derpp', got {replay!r}")
         if sfw not in (True, False, "first"):
             raise ValueError(f"sfw must be true, false or \"first\", got {sfw!r}")
+        if sfw_anchor not in ("origin", "task"):
+            raise ValueError(f"sfw_anchor must be \"origin\" or \"task\", got {sfw_anchor!r}")
         for name, v in (("sam", sam), ("ids", ids), ("sse", sse), ("ere", ere)):
             if not isinstance(v, bool):
                 raise ValueError(f"{name} must be true or false, got {v!r}")
-        for name, v in (("rho", rho), ("sfw_lr", sfw_lr), ("tau", tau)):
+        for name, v in (("rho", rho), ("sfw_lr", sfw_lr), ("tau", tau), ("tau_task", tau_task)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"{name} must be a number > 0, got {v!r}")
         if isinstance(ere_start, bool) or not isinstance(ere_start, int) or ere_start < 0:
@@ -215,6 +230,8 @@ class EsaCL(OneModelStrategy):
         self.sfw = sfw
         self.sfw_lr = float(sfw_lr)
         self.sfw_momentum = _check_fraction(sfw_momentum, "sfw_momentum")
+        self.sfw_anchor = sfw_anchor
+        self.tau_task = float(tau_task)
         self.k = _check_fraction(k, "k", closed=True)
         if self.k == 0:
             raise ValueError("k must be > 0 (the fraction of positions in a Frank-Wolfe vertex)")
