@@ -7,9 +7,9 @@ Run it as::
 (``--scenarios``, ``--strategies``, ``--seeds``, ``--epochs``, ``--data-dir`` choose what runs).
 For each scenario (``pmnist5k``, ``pfmnist`` and ``mixed`` with 10 tasks, ``splitfmnist`` with
 5 x 2 classes, and the CNN row set: ``splitfmnist2d``, the same tasks as images, on the reduced
-AlexNet of `NETWORKS`), each method (Finetune, PackNet, WSN, Ada-QPacknet, TinySubNets, the variants of
-`VARIANTS`, and Independent: one independent float32 model per task, the upper bound) and each
-seed it calls :func:`bitsub_torch.cli.train` (the code behind ``bitsub-train``, with its defaults:
+AlexNet of `NETWORKS`), each method (Finetune, PackNet, WSN, Ada-QPacknet, TinySubNets, the
+variants of `VARIANTS`, and Independent: one independent float32 model per task, the upper bound)
+and each seed it calls :func:`bitsub_torch.cli.train` (the code behind ``bitsub-train``, with its defaults:
 the convergence protocol of `bitsub_torch.cl.protocol`, the trainer with its re-tested accuracy
 matrix, export to a packed model, re-test of every task from ``model.h5`` with bitsub's NumPy
 forward) into ``OUT/<scenario>/<method>/seed<k>/``, so an interrupted table resumes where it
@@ -468,7 +468,8 @@ def format_table(table: dict[str, Any]) -> str:
         + ("the convergence protocol (bitsub_torch.cl.protocol) with the CLI defaults"
            if cfg.get("epochs") is None else f"{cfg['epochs']} epochs per task")
         + f"; {cfg['threads']} torch thread(s); one head per task; the network is the MLP "
-        "784-100-100 without bias unless a scenario's heading names another. Mean ± sample std over the seeds run (column *n*). ACC / BWT from the re-tested "
+        "784-100-100 without bias unless a scenario's heading names another. Mean ± sample std "
+        "over the seeds run (column *n*). ACC / BWT from the re-tested "
         "accuracy matrix; *BWT file* from model.h5 through bitsub's NumPy forward. Capacity in % "
         "of the dense float32 model (fields + codebooks + masks, each mask Huffman-coded alone or "
         "in the context of an earlier mask of its bank, whichever is smallest); *paper-style*: "

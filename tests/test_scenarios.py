@@ -161,8 +161,8 @@ def test_argument_validation(kwargs, exc, match):
 
 def test_registry_names():
     assert set(SCENARIOS) == {"pmnist5k", "splitdigits", "mnist1d", "pmnist", "splitmnist",
-                              "pfmnist", "splitfmnist", "splitfmnist2d", "scifar100", "tinyimagenet", "mixed",
-                              "splitmnist5k", "scifar10"}
+                              "pfmnist", "splitfmnist", "splitfmnist2d", "scifar100",
+                              "tinyimagenet", "mixed", "splitmnist5k", "scifar10"}
 
 
 # ----------------------------------------------------------------------------- IDX
