@@ -11,8 +11,8 @@ AlexNet of `NETWORKS`), each method (Finetune, PackNet, WSN, Ada-QPacknet, TinyS
 variants of `VARIANTS`, and Independent: one independent float32 model per task, the upper bound)
 and each seed it calls :func:`bitsub_torch.cli.train` (the code behind ``bitsub-train``, with its
 defaults: the convergence protocol of `bitsub_torch.cl.protocol`, the trainer with its re-tested
-accuracy matrix, export to a packed model, re-test of every task from ``model.h5`` with bitsub's NumPy
-forward) into ``OUT/<scenario>/<method>/seed<k>/``, so an interrupted table resumes where it
+accuracy matrix, export to a packed model, re-test of every task from ``model.h5`` with bitsub's
+NumPy forward) into ``OUT/<scenario>/<method>/seed<k>/``, so an interrupted table resumes where it
 stopped: finished runs are read back, a run cut short continues from its last finished task.
 From the packed file it then measures the capacity and writes ``OUT/table.json`` (one row per
 run) and ``OUT/table.md`` (mean +- sample std over the seeds present, with their number).
