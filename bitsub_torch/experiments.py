@@ -99,11 +99,12 @@ METHODS: dict[str, str] = {
 DEFAULTS: dict[str, dict[str, Any]] = {s: {} for s in METHODS.values()}
 
 #: Variants of a method (display name -> strategy name, its arguments): TinySubNets at WSN's
-#: density (it adds compression to WSN, so it must not lose more than its delta to it), without
-#: post-pruning and with a replay memory of 100 samples per task (Table 5 of TinySubNets).
+#: density (it adds compression to WSN, so it must not lose more than its delta to it), with the
+#: paper's post-pruning (off by default: see the README) and with a replay memory of 100 samples
+#: per task (Table 5 of TinySubNets).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "TinySubNets @ WSN density": ("tinysubnets", {"density": WSN().density}),
-    "TinySubNets w/o post-pruning": ("tinysubnets", {"post_prune_iters": 0}),
+    "TinySubNets + post-pruning": ("tinysubnets", {"post_prune_iters": 20}),
     "TinySubNets + replay": ("tinysubnets", {"replay": 100}),
 }
 

@@ -78,7 +78,11 @@ class TinySubNets(QuantizedStrategy):
     per_layer : bool
         Per-layer bit-widths (Algorithm 1 per layer).
     post_prune_iters : int
-        Evaluations the greedy post-pruning may spend (0 disables it).
+        Evaluations the greedy post-pruning may spend (0 disables it). Default 0, chosen on
+        validation (permuted MNIST-5k, 6 tasks, seeds 0 and 1, against 20 evaluations at
+        ``post_prune_delta`` 0.005 and 0; see the README): its steps are accepted on the same
+        validation split the accuracy is measured on, it saved about as many field bits as its
+        more irregular masks cost, and without it the mean validation accuracy was the highest.
     post_prune_step : float
         Fraction of a layer's own weights removed per post-pruning step.
     post_prune_delta : float
@@ -110,7 +114,7 @@ class TinySubNets(QuantizedStrategy):
         min_bits: int = 1,
         max_bits: int = 8,
         per_layer: bool = True,
-        post_prune_iters: int = 20,
+        post_prune_iters: int = 0,
         post_prune_step: float = 0.05,
         post_prune_delta: float = 0.005,
         kl_threshold: float = 0.5,
