@@ -14,9 +14,9 @@ Per task t:
    Ada-QPacknet, and here for new banks, which start empty.)
 3. **Post-pruning** (Table 5; off by default, ``post_prune_iters=0``): greedy, gradient-free
    removal of t's own weights, smallest magnitude first, ``post_prune_step`` of a layer's own
-   weights at a time, layer by layer in turn; a step is kept while the validation accuracy stays >= the trained accuracy minus
-   ``post_prune_delta``; a layer whose step is refused is done. At most ``post_prune_iters``
-   evaluations.
+   weights at a time, layer by layer in turn; a step is kept while the validation accuracy
+   stays >= the trained accuracy minus ``post_prune_delta``; a layer whose step is refused is
+   done. At most ``post_prune_iters`` evaluations.
 4. **Adaptive quantization** (Algorithm 1): `bitsub.adaptive_bitwidth` over t's own weights, from
    ``min_bits`` up until the validation accuracy is within ``delta`` of the post-pruned model's,
    then per layer down (``per_layer=True``). The codes are stored; t reads exactly those values
