@@ -6,12 +6,13 @@ Run it as::
 
 (``--scenarios``, ``--strategies``, ``--seeds``, ``--epochs``, ``--data-dir`` choose what runs).
 For each scenario (``pmnist5k``, ``pfmnist`` and ``mixed`` with 10 tasks, ``splitfmnist`` with
-5 x 2 classes), each method (Finetune, PackNet, WSN, Ada-QPacknet, TinySubNets, the variants of
-`VARIANTS`, and Independent: one independent float32 model per task, the upper bound) and each
-seed it calls :func:`bitsub_torch.cli.train` (the code behind ``bitsub-train``, with its defaults:
-the convergence protocol of `bitsub_torch.cl.protocol`, the trainer with its re-tested accuracy
-matrix, export to a packed model, re-test of every task from ``model.h5`` with bitsub's NumPy
-forward) into ``OUT/<scenario>/<method>/seed<k>/``, so an interrupted table resumes where it
+5 x 2 classes, and the CNN row set: ``splitfmnist2d``, the same tasks as images, on the reduced
+AlexNet of `NETWORKS`), each method (Finetune, PackNet, WSN, Ada-QPacknet, TinySubNets, the
+variants of `VARIANTS`, and Independent: one independent float32 model per task, the upper bound)
+and each seed it calls :func:`bitsub_torch.cli.train` (the code behind ``bitsub-train``, with its
+defaults: the convergence protocol of `bitsub_torch.cl.protocol`, the trainer with its re-tested
+accuracy matrix, export to a packed model, re-test of every task from ``model.h5`` with bitsub's
+NumPy forward) into ``OUT/<scenario>/<method>/seed<k>/``, so an interrupted table resumes where it
 stopped: finished runs are read back, a run cut short continues from its last finished task.
 From the packed file it then measures the capacity and writes ``OUT/table.json`` (one row per
 run) and ``OUT/table.md`` (mean +- sample std over the seeds present, with their number).
@@ -61,6 +62,7 @@ from bitsub_torch.cl.strategies.wsn import WSN
 __all__ = [
     "DEFAULTS",
     "METHODS",
+    "NETWORKS",
     "PAPER_PMNIST",
     "SCENARIOS",
     "VARIANTS",
@@ -73,7 +75,14 @@ __all__ = [
 ]
 
 #: Scenario -> number of tasks of the table.
-SCENARIOS: dict[str, int] = {"pmnist5k": 10, "pfmnist": 10, "splitfmnist": 5, "mixed": 10}
+SCENARIOS: dict[str, int] = {"pmnist5k": 10, "pfmnist": 10, "splitfmnist": 5, "mixed": 10,
+                             "splitfmnist2d": 5}
+
+#: Scenario -> the network of its rows (``bitsub-train --model/--width``), where it is not the
+#: CLI's default MLP: the CNN row set runs the reduced AlexNet (the CLI's default for 28 x 28
+#: images) at a quarter of its width, because at full width (6.5 M task-layer weights) one
+#: training step with score masks took 6.7 s on this 2-core machine under load (0.9 s at 0.25).
+NETWORKS: dict[str, dict[str, Any]] = {"splitfmnist2d": {"model": "alexnet", "width": 0.25}}
 
 #: Method name in the table -> strategy name of the CLI registry.
 METHODS: dict[str, str] = {
@@ -90,11 +99,12 @@ METHODS: dict[str, str] = {
 DEFAULTS: dict[str, dict[str, Any]] = {s: {} for s in METHODS.values()}
 
 #: Variants of a method (display name -> strategy name, its arguments): TinySubNets at WSN's
-#: density (it adds compression to WSN, so it must not lose more than its delta to it), without
-#: post-pruning and with a replay memory of 100 samples per task (Table 5 of TinySubNets).
+#: density (it adds compression to WSN, so it must not lose more than its delta to it), with the
+#: paper's post-pruning (off by default: see the README) and with a replay memory of 100 samples
+#: per task (Table 5 of TinySubNets).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "TinySubNets @ WSN density": ("tinysubnets", {"density": WSN().density}),
-    "TinySubNets w/o post-pruning": ("tinysubnets", {"post_prune_iters": 0}),
+    "TinySubNets + post-pruning": ("tinysubnets", {"post_prune_iters": 20}),
     "TinySubNets + replay": ("tinysubnets", {"replay": 100}),
 }
 
@@ -352,7 +362,7 @@ def run(
                 t0 = time.perf_counter()
                 report = train(strategy=strategy, scenario=scenario, out=run_dir, tasks=n_tasks,
                                seed=k, data_dir=data_dir, strategy_args=args, threads=threads,
-                               progress=progress, **given)
+                               progress=progress, **NETWORKS.get(scenario, {}), **given)
                 wall = time.perf_counter() - t0
                 pm = bitsub.load(run_dir / "model.h5")
                 val = evaluate_file(run_dir / "model.h5", scenario, seed=k, data_dir=data_dir,
@@ -362,6 +372,7 @@ def run(
                        "strategy_args": args, "tasks": len(pm.tasks), "seed": k,
                        "epochs": used["epochs"], "batch_size": used["batch_size"],
                        "lr": used["lr"], "optimizer": used["optimizer"],
+                       "model": used["model"], "width": used["width"],
                        **summarize(pm, report, val), "wall_s": wall, "dir": str(run_dir),
                        "file_bytes": (run_dir / "model.h5").stat().st_size}
                 replay = int(args.get("replay", 0))
@@ -457,8 +468,9 @@ def format_table(table: dict[str, Any]) -> str:
         f"Seeds {cfg.get('seeds')}; training: "
         + ("the convergence protocol (bitsub_torch.cl.protocol) with the CLI defaults"
            if cfg.get("epochs") is None else f"{cfg['epochs']} epochs per task")
-        + f"; {cfg['threads']} torch thread(s); MLP 784-100-100 without bias, one head per "
-        "task. Mean ± sample std over the seeds run (column *n*). ACC / BWT from the re-tested "
+        + f"; {cfg['threads']} torch thread(s); one head per task; the network is the MLP "
+        "784-100-100 without bias unless a scenario's heading names another. Mean ± sample std "
+        "over the seeds run (column *n*). ACC / BWT from the re-tested "
         "accuracy matrix; *BWT file* from model.h5 through bitsub's NumPy forward. Capacity in % "
         "of the dense float32 model (fields + codebooks + masks, each mask Huffman-coded alone or "
         "in the context of an earlier mask of its bank, whichever is smallest); *paper-style*: "
@@ -476,7 +488,11 @@ def format_table(table: dict[str, Any]) -> str:
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         n = cfg["scenarios"].get(scenario)
         here = [r for r in rows if r["scenario"] == scenario]
-        lines += [f"## {scenario} ({n} tasks)", "", head, sep]
+        net = ""
+        if here[0].get("model", "mlp") != "mlp":
+            width = here[0].get("width")
+            net = f", {here[0]['model']}" + ("" if width is None else f" at width {width:g}")
+        lines += [f"## {scenario} ({n} tasks{net})", "", head, sep]
         for method, rs in _group(here).items():
             cap = [r["capacity"] for r in rs]
             steps = [np.mean(r["steps"]) for r in rs if r.get("steps")]

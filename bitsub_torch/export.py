@@ -88,6 +88,9 @@ def _task_layer(
             codebook=_np(entry["codebook"], np.float32),
             codes=np.asarray(_np(entry["codes"], np.int64)),
         )
+    if "values" not in entry and not write.any():
+        # a layer where the task wrote nothing (every position it uses is reused): no fields
+        return bitsub.TaskLayer(mask, write)
     if "values" not in entry:
         raise ValueError(
             f"strategy.export_layers(model, task)[{name!r}] needs 'values' or 'codebook' and "

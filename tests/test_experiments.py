@@ -132,3 +132,32 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown scenarios"):
         experiments.run(["nowhere"], ["WSN"], out=tmp_path)
     assert experiments.main(["--strategy-args", "[1]", "--out", str(tmp_path)]) == 2
+
+
+def _write_idx(path, arr):
+    header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
+    path.write_bytes(header + np.ascontiguousarray(arr, dtype=">u1").tobytes())
+
+
+def test_cnn_rows_run_the_conv_network(tmp_path, monkeypatch):
+    from bitsub_torch.data import scenarios
+
+    rng = np.random.default_rng(0)
+    fm = tmp_path / "fm"
+    fm.mkdir()
+    for split, n in (("train", 80), ("t10k", 20)):
+        _write_idx(fm / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(fm / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
+    monkeypatch.setattr(scenarios, "FASHION_MNIST_DEFAULT_DIR", fm)
+    assert experiments.NETWORKS["splitfmnist2d"]["model"] == "alexnet"
+    monkeypatch.setitem(experiments.NETWORKS, "splitfmnist2d", {"model": "alexnet", "width": 0.1})
+    out = tmp_path / "table"
+    result = experiments.run(["splitfmnist2d"], ["TinySubNets"], out=out, tasks=2,
+                             epochs=1, seed=0, log=lambda line: None)
+    for r in result["rows"]:
+        assert (r["model"], r["width"]) == ("alexnet", 0.1)
+        assert r["bwt"] == 0.0 and r["bwt_file"] == 0.0
+        assert r["acc_file"] == pytest.approx(r["acc"], abs=1e-12)
+        pm = bitsub.load(out / "splitfmnist2d" / r["strategy"] / "seed0" / "model.h5")
+        assert any(name.startswith("conv") for name in pm.layers)
+    assert "## splitfmnist2d (2 tasks, alexnet at width 0.1)" in (out / "table.md").read_text()

@@ -161,8 +161,8 @@ def test_argument_validation(kwargs, exc, match):
 
 def test_registry_names():
     assert set(SCENARIOS) == {"pmnist5k", "splitdigits", "mnist1d", "pmnist", "splitmnist",
-                              "pfmnist", "splitfmnist", "scifar100", "tinyimagenet", "mixed",
-                              "splitmnist5k", "scifar10"}
+                              "pfmnist", "splitfmnist", "splitfmnist2d", "scifar100",
+                              "tinyimagenet", "mixed", "splitmnist5k", "scifar10"}
 
 
 # ----------------------------------------------------------------------------- IDX
@@ -236,6 +236,11 @@ def test_fashion_mnist_default_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(scenarios, "FASHION_MNIST_DEFAULT_DIR", tmp_path / "fm")
     check_scenario(get_scenario("splitfmnist", tasks=2), 2)
     check_scenario(get_scenario("pfmnist", tasks=1), 1)
+    flat, images = get_scenario("splitfmnist", tasks=2), get_scenario("splitfmnist2d", tasks=2)
+    assert images.input_shape == (1, 28, 28)
+    for a, b in zip(flat.tasks, images.tasks):
+        np.testing.assert_array_equal(b.x_train.reshape(len(b.x_train), -1), a.x_train)
+        np.testing.assert_array_equal(b.y_test, a.y_test)
     monkeypatch.setattr(scenarios, "FASHION_MNIST_DEFAULT_DIR", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="data_dir"):
         get_scenario("pfmnist")

@@ -11,6 +11,8 @@ Named scenarios (``SCENARIOS``; default tasks in brackets):
 - ``pmnist`` [10] / ``splitmnist`` [5]: MNIST IDX files (``.gz`` or raw) from ``data_dir``.
 - ``pfmnist`` [10] / ``splitfmnist`` [5]: Fashion-MNIST IDX files from ``data_dir``, by default
   ``/usr/share/datasets/fashion-mnist`` when present (Debian's ``dataset-fashion-mnist``).
+- ``splitfmnist2d`` [5]: ``splitfmnist`` with the images kept as (1, 28, 28), so that the CLI
+  trains the conv network (the reduced AlexNet) on it.
 - ``splitmnist5k`` [5]: the 5,000 MNIST images of ``pmnist5k``, 5 tasks x 2 classes.
 - ``scifar10`` [5]: CIFAR-10 python pickles (``cifar-10-batches-py/``, see
   `bitsub_torch.data.cifar10`), 5 tasks x 2 classes.
@@ -290,6 +292,12 @@ def _b_splitfmnist(tasks, seed, data_dir, vf):
     return _split("splitfmnist", _fmnist(data_dir), tasks, 2, seed, vf)
 
 
+def _b_splitfmnist2d(tasks, seed, data_dir, vf):
+    x_train, y_train, x_test, y_test = _fmnist(data_dir)
+    images = (x_train.reshape(-1, 1, 28, 28), y_train, x_test.reshape(-1, 1, 28, 28), y_test)
+    return _split("splitfmnist2d", images, tasks, 2, seed, vf)
+
+
 def _b_splitmnist5k(tasks, seed, data_dir, vf):
     return _split("splitmnist5k", _mnist5k(), tasks, 2, seed, vf)
 
@@ -330,6 +338,7 @@ _REGISTRY: dict[str, tuple[Builder, int, int | None]] = {
     "splitmnist": (_b_splitmnist, 5, 5),
     "pfmnist": (_b_pfmnist, 10, None),
     "splitfmnist": (_b_splitfmnist, 5, 5),
+    "splitfmnist2d": (_b_splitfmnist2d, 5, 5),
     "splitmnist5k": (_b_splitmnist5k, 5, 5),
     "scifar10": (_b_scifar10, 5, 5),
     "scifar100": (_b_scifar100, 10, 10),

@@ -12,11 +12,11 @@ Per task t:
    values, frozen; the others are trainable and become t's own new weights if its mask keeps
    them. (A position takes at most one field per bank: the word-level bit budget matters for
    Ada-QPacknet, and here for new banks, which start empty.)
-3. **Post-pruning** (Table 5): greedy, gradient-free removal of t's own weights, smallest
-   magnitude first, ``post_prune_step`` of a layer's own weights at a time, layer by layer in
-   turn; a step is kept while the validation accuracy stays >= the trained accuracy minus
-   ``post_prune_delta``; a layer whose step is refused is done. At most ``post_prune_iters``
-   evaluations.
+3. **Post-pruning** (Table 5; off by default, ``post_prune_iters=0``): greedy, gradient-free
+   removal of t's own weights, smallest magnitude first, ``post_prune_step`` of a layer's own
+   weights at a time, layer by layer in turn; a step is kept while the validation accuracy
+   stays >= the trained accuracy minus ``post_prune_delta``; a layer whose step is refused is
+   done. At most ``post_prune_iters`` evaluations.
 4. **Adaptive quantization** (Algorithm 1): `bitsub.adaptive_bitwidth` over t's own weights, from
    ``min_bits`` up until the validation accuracy is within ``delta`` of the post-pruned model's,
    then per layer down (``per_layer=True``). The codes are stored; t reads exactly those values
@@ -78,7 +78,11 @@ class TinySubNets(QuantizedStrategy):
     per_layer : bool
         Per-layer bit-widths (Algorithm 1 per layer).
     post_prune_iters : int
-        Evaluations the greedy post-pruning may spend (0 disables it).
+        Evaluations the greedy post-pruning may spend (0 disables it). Default 0, chosen on
+        validation (permuted MNIST-5k, 6 tasks, seeds 0 and 1, against 20 evaluations at
+        ``post_prune_delta`` 0.005 and 0; see the README): its steps are accepted on the same
+        validation split the accuracy is measured on, the mask bits it saved were spent again in
+        wider codes, and without it the mean validation accuracy was the highest.
     post_prune_step : float
         Fraction of a layer's own weights removed per post-pruning step.
     post_prune_delta : float
@@ -110,7 +114,7 @@ class TinySubNets(QuantizedStrategy):
         min_bits: int = 1,
         max_bits: int = 8,
         per_layer: bool = True,
-        post_prune_iters: int = 20,
+        post_prune_iters: int = 0,
         post_prune_step: float = 0.05,
         post_prune_delta: float = 0.005,
         kl_threshold: float = 0.5,
