@@ -10,6 +10,7 @@ its SHA-256 (``results.json: distributed.packed_sha256``).
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the ranks are f
 
 ARGS = ["--strategy", "tinysubnets", "--scenario", "splitdigits", "--tasks", "3", "--epochs", "8",
         "--no-progress", "--activation-bits"]
-TIMEOUT_S = 240
+TIMEOUT_S = 150
 
 
 def _free_port() -> int:
@@ -48,6 +49,7 @@ def _start_ranks(argv: list[str], world: int = 2) -> list[int]:
             try:
                 os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                faulthandler.dump_traceback_later(TIMEOUT_S - 10)  # where a hung rank waits
                 from bitsub_torch.train import main
 
                 code = main(argv)

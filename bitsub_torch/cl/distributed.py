@@ -69,7 +69,7 @@ def environment_world_size() -> int:
 
 
 def packed_digest(pm: Any) -> str:
-    """SHA-256 of the bytes `bitsub.PackedModel.save` writes for ``pm`` (the file is deterministic)."""
+    """SHA-256 of the file `bitsub.PackedModel.save` writes for ``pm`` (deterministic bytes)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.h5"
         pm.save(path)
@@ -92,7 +92,7 @@ def _strategy_bytes(strategy: Any) -> bytes:
 
 @dataclass
 class Distributed:
-    """This process's place in a torch.distributed process group.
+    """The place of this process in a torch.distributed process group.
 
     Parameters
     ----------
@@ -170,11 +170,11 @@ class Distributed:
         return self._ddp[key]
 
     def shard(self, indices: np.ndarray) -> np.ndarray:
-        """This rank's contiguous share of a global batch's indices (sizes differ by <= 1)."""
+        """The contiguous share of a global batch's indices this rank trains on (sizes +- 1)."""
         return np.array_split(indices, self.world_size)[self.rank]
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, batch: int) -> torch.Tensor:
-        """This rank's loss: after DDP's average, the mean cross-entropy of the global batch."""
+        """The loss of this rank: DDP's average of them is the global batch's mean loss."""
         return F.cross_entropy(logits, target, reduction="sum") * (self.world_size / batch)
 
     # ------------------------------------------------------------------ agreement
