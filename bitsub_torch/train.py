@@ -65,10 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = " ".join(str(exc).split()) or type(exc).__name__
         print(f"bitsub-train: error: cannot join the process group ({line})", file=sys.stderr)
         return 2
-    try:
-        return train_main(argv, distributed=distributed)
-    finally:
+    code = train_main(argv, distributed=distributed)
+    if code == 0:  # every rank got here: leave together (after a failure, torchrun ends them)
         distributed.close()
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

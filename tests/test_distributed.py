@@ -108,9 +108,13 @@ def test_two_ranks_agree_and_match_one_process(runs):
     assert len(dist["packed_sha256"]) == 2 and len(set(dist["packed_sha256"])) == 1
     assert dist["syncs"] == 2 * 3 and dist["diverged_syncs"] == 0
     assert dist["packed_sha256"][0] == bitsub_sha256(two / "model.h5")
-    # The same global batch: within 1 point of one process everywhere, forget-free.
+    # The same global batch: every trained task (R[i, j], j <= i) within 1 point of one process,
+    # forget-free. (R[i, j] for j > i reads a task not trained yet through its untrained head;
+    # the ranks' float sums differ from one process's in the last bits, and those chance-level
+    # entries can move by several test samples.)
     ra, rb = np.array(a["accuracy_matrix"]), np.array(b["accuracy_matrix"])
-    assert np.max(np.abs(ra - rb)) <= 0.01
+    trained = np.tril(np.ones_like(ra, dtype=bool))
+    assert np.max(np.abs(ra - rb)[trained]) <= 0.01
     assert b["bwt"] == 0.0 and b["timings"]["steps"] == a["timings"]["steps"]
     assert b["export"]["accuracy"] == rb[-1].tolist()
     # Rank 0 alone wrote: the files of one run, the last checkpoint only.

@@ -134,8 +134,9 @@ class Distributed:
         return cls(dist.get_rank(), dist.get_world_size(), device, backend)
 
     def close(self) -> None:
-        """Leave the process group."""
+        """Leave the process group, once every rank has called this (a barrier first)."""
         if dist.is_initialized():
+            self.barrier()
             dist.destroy_process_group()
 
     @property
