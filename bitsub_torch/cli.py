@@ -26,6 +26,10 @@ anything is written; a user mistake, missing data or package, or an I/O error (f
 permission, a directory where a file belongs) ends in a one-line error and exit status 2; Ctrl-C
 in one line and exit status 130 (the same command then resumes).
 
+``bitsub-train --nproc N ...`` (or ``torchrun --nproc-per-node N -m bitsub_torch.train ...``)
+trains data-parallel on N processes at the same global ``--batch-size``
+(`bitsub_torch.cl.distributed`); rank 0 writes the files.
+
 ``bitsub-eval DIR/model.h5 --scenario C --seed K`` re-tests every task from the file alone with
 bitsub's NumPy forward pass and prints the per-task accuracy as JSON.
 """
@@ -462,7 +466,7 @@ def train_main(argv: Sequence[str] | None = None, distributed: Any = None) -> in
             raise ValueError(f"--nproc {args.nproc} but torchrun started "
                              f"{distributed.world_size} processes: drop --nproc under torchrun")
         if args.nproc > 1 and distributed is None:
-            from bitsub_torch.train import launch
+            from bitsub_torch.cl.distributed import launch
 
             return launch(args.nproc, sys.argv[1:] if argv is None else list(argv))
         if _one_model(args.strategy):

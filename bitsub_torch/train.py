@@ -14,41 +14,11 @@ environment, ``python -m bitsub_torch.train ARGS`` is plain ``bitsub-train ARGS`
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import uuid
 from collections.abc import Sequence
 
-__all__ = ["launch", "main"]
-
-
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run ``torchrun --standalone --nproc-per-node nproc -m bitsub_torch.train argv``.
-
-    Through torch's launcher API (`torch.distributed.launcher.api.elastic_launch`, what torchrun
-    runs), so that a rank's failure ends in that rank's own one-line error and its exit status
-    (2 for a user error, 130 for Ctrl-C), without torchrun's report of the failed worker.
-    """
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # as torchrun; --threads sets torch's
-    # The ranks print their own errors; the agent's log lines about a failed worker would repeat
-    # them with process ids.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=int(nproc),
-                          run_id=f"bitsub-{uuid.uuid4().hex[:12]}", rdzv_backend="c10d",
-                          rdzv_endpoint="localhost:0", max_restarts=0)
-    try:
-        elastic_launch(config, sys.executable)("-m", "bitsub_torch.train", *argv)
-    except ChildFailedError as exc:
-        code = exc.get_first_failure()[1].exitcode
-        return code if code > 0 else 1
-    except (KeyboardInterrupt, SignalException):
-        return 130
-    return 0
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

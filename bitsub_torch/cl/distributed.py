@@ -37,6 +37,9 @@ decisions on their own, and the broadcast only guarantees it).
 Evaluation: each rank evaluates every task on its own (the scenarios' test splits are small).
 Rank 0 alone writes checkpoints and the run's files; on resume every rank reads the same
 checkpoint (``--out`` must be on a file system all ranks see).
+
+`launch` starts the ranks on this machine for ``bitsub-train --nproc N`` (torch's elastic
+launcher, what ``torchrun --standalone`` runs).
 """
 
 from __future__ import annotations
@@ -44,8 +47,12 @@ from __future__ import annotations
 import datetime
 import hashlib
 import io
+import logging
 import os
+import sys
 import tempfile
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,16 +63,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Distributed", "environment_world_size", "packed_digest"]
-
-
-def environment_world_size() -> int:
-    """The ``WORLD_SIZE`` torchrun set for this process (1 when not launched by torchrun)."""
-    text = os.environ.get("WORLD_SIZE", "1")
-    try:
-        return max(1, int(text))
-    except ValueError:
-        raise ValueError(f"WORLD_SIZE={text!r} is not a number of processes") from None
+__all__ = ["Distributed", "launch", "packed_digest"]
 
 
 def packed_digest(pm: Any) -> str:
@@ -88,6 +86,34 @@ def _strategy_bytes(strategy: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(strategy.state_dict(), buf)
     return buf.getvalue()
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``torchrun --standalone --nproc-per-node nproc -m bitsub_torch.train argv``.
+
+    Through torch's launcher API (`torch.distributed.launcher.api.elastic_launch`, what torchrun
+    runs), so that a rank's failure ends in that rank's own one-line error and its exit status
+    (2 for a user error, 130 for Ctrl-C), without torchrun's report of the failed worker.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # as torchrun; --threads sets torch's
+    # The ranks print their own errors; the agent's log lines about a failed worker would repeat
+    # them with process ids.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=int(nproc),
+                          run_id=f"bitsub-{uuid.uuid4().hex[:12]}", rdzv_backend="c10d",
+                          rdzv_endpoint="localhost:0", max_restarts=0)
+    try:
+        elastic_launch(config, sys.executable)("-m", "bitsub_torch.train", *argv)
+    except ChildFailedError as exc:
+        code = exc.get_first_failure()[1].exitcode
+        return code if code > 0 else 1
+    except (KeyboardInterrupt, SignalException):
+        return 130
+    return 0
 
 
 @dataclass
