@@ -26,9 +26,11 @@ anything is written; a user mistake, missing data or package, or an I/O error (f
 permission, a directory where a file belongs) ends in a one-line error and exit status 2; Ctrl-C
 in one line and exit status 130 (the same command then resumes).
 
-``bitsub-train --nproc N ...`` (or ``torchrun --nproc-per-node N -m bitsub_torch.train ...``)
-trains data-parallel on N processes at the same global ``--batch-size``
-(`bitsub_torch.cl.distributed`); rank 0 writes the files.
+``bitsub-train --nproc N`` (``torchrun --nproc-per-node N -m bitsub_torch.train``) trains
+data-parallel at the same global ``--batch-size`` (`bitsub_torch.cl.distributed`).
+
+Length: two tools (training, single-process or one rank of a data-parallel run, and re-testing)
+share their checks and the report; each function is short.
 
 ``bitsub-eval DIR/model.h5 --scenario C --seed K`` re-tests every task from the file alone with
 bitsub's NumPy forward pass and prints the per-task accuracy as JSON.
@@ -37,7 +39,6 @@ bitsub's NumPy forward pass and prints the per-task accuracy as JSON.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -181,10 +182,8 @@ def _train_parser() -> argparse.ArgumentParser:
                    "quantizing strategies (tinysubnets, adaqpacknet), none otherwise; give the "
                    "flag alone for none")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--nproc", type=int, default=1,
-                   help="train data-parallel on N processes of this machine (launches "
-                   "torchrun: torchrun --nproc-per-node N -m bitsub_torch.train ...); "
-                   "--batch-size is the global batch")
+    p.add_argument("--nproc", type=int, default=1, help="train data-parallel on N processes "
+                   "(torchrun --nproc-per-node N -m bitsub_torch.train); --batch-size is global")
     # one-model (class-incremental) strategies: esacl, er, derpp, prune-retrain
     p.add_argument("--setting", default=None, choices=("class-il", "task-il"),
                    help="one-model strategies: the headline setting of results.json (both "
@@ -226,10 +225,7 @@ def train(
     ``activation_bits`` None means ``ACTIVATION_BITS`` (4, 8, 16) for a strategy that quantizes
     and none otherwise; it is a post-training evaluation, so it is not part of the resumable
     ``config.json``. Returns the dict written to ``out/results.json``.
-
-    ``distributed`` (a `bitsub_torch.cl.distributed.Distributed`, what ``bitsub_torch.train``
-    passes under torchrun) trains data-parallel; rank 0 alone writes, and the other ranks
-    return None after checking that their packed model is rank 0's.
+    ``distributed``: a rank of a data-parallel run; rank 0 writes, the others return None.
     """
     import torch
 
@@ -278,8 +274,7 @@ def train(
                       optimizer=optimizer, seed=seed, checkpoint_dir=out / "checkpoints",
                       progress=progress and writer, run_config=json_safe(
                           {k: config[k] for k in RUN_ONLY}),
-                      device="cpu" if distributed is None else distributed.device,
-                      distributed=distributed)
+                      device=getattr(distributed, "device", "cpu"), distributed=distributed)
 
     if writer:
         out.mkdir(parents=True, exist_ok=True)
@@ -308,18 +303,13 @@ def train(
 
     t0 = time.perf_counter()
     pm = export(net, strat, bits=export_bits)
-    if not writer:  # every rank's view of the packed file, compared with rank 0's
-        from bitsub_torch.cl.distributed import packed_digest
-
-        distributed.gather(packed_digest(pm))
+    if distributed is not None:  # every rank's packed file, checked equal to rank 0's
+        distributed.same_packed(pm)
+    if not writer:
         return None
     with naming(out / "model.h5"):
         pm.save(out / "model.h5")
     export_time = time.perf_counter() - t0
-    if distributed is not None:
-        digests = distributed.gather(hashlib.sha256((out / "model.h5").read_bytes()).hexdigest())
-        if len(set(digests)) != 1:
-            raise RuntimeError(f"the ranks exported different packed models: {digests}")
     # Re-test every task from the file alone (bitsub's NumPy forward), and compare predictions.
     t0 = time.perf_counter()
     pm = bitsub.load(out / "model.h5")
@@ -365,11 +355,11 @@ def train(
         "ops": ops,
         "config": {**config, "activation_bits": list(activation_bits),
                    "trainer": res.get("config", {}),
-                   "world_size": 1 if distributed is None else distributed.world_size},
+                   "world_size": getattr(distributed, "world_size", 1)},
         "timings": timings,
     }
     if distributed is not None:
-        report["distributed"] = {**distributed.describe(), "packed_sha256": digests}
+        report["distributed"] = distributed.describe()
     report = json_safe(report)
     with naming(out / "results.json"):
         write_bytes(out / "results.json", json.dumps(report, indent=2).encode())
@@ -456,19 +446,12 @@ def train_main(argv: Sequence[str] | None = None, distributed: Any = None) -> in
             ) from None
         if not isinstance(strategy_args, dict):
             raise ValueError("--strategy-args must be a JSON object")
-        check_int("nproc", args.nproc, 1)
-        if args.nproc > 1 or distributed is not None:
-            if _one_model(args.strategy):
-                raise ValueError("--nproc is for the task-incremental strategies; the one-model "
-                                 "strategies (esacl, er, derpp, prune-retrain) train in one "
-                                 "process")
-        if distributed is not None and args.nproc not in (1, distributed.world_size):
-            raise ValueError(f"--nproc {args.nproc} but torchrun started "
-                             f"{distributed.world_size} processes: drop --nproc under torchrun")
-        if args.nproc > 1 and distributed is None:
-            from bitsub_torch.cl.distributed import launch
+        if args.nproc != 1 or distributed is not None:
+            from bitsub_torch.cl.distributed import check_nproc, launch
 
-            return launch(args.nproc, sys.argv[1:] if argv is None else list(argv))
+            check_nproc(args.nproc, distributed, _one_model(args.strategy))
+            if distributed is None:
+                return launch(args.nproc, sys.argv[1:] if argv is None else list(argv))
         if _one_model(args.strategy):
             return _train_one_model(args, strategy_args)
         if (args.setting is not None or args.buffer is not None or args.sparsity is not None

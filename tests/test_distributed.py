@@ -27,8 +27,8 @@ from bitsub_torch.cli import train_main
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the ranks are forked (POSIX)")
 
-ARGS = ["--strategy", "tinysubnets", "--scenario", "splitdigits", "--tasks", "3", "--epochs", "8",
-        "--no-progress", "--activation-bits"]
+SETTING = ["--scenario", "splitdigits", "--no-progress", "--activation-bits"]
+ARGS = ["--strategy", "tinysubnets", "--tasks", "3", "--epochs", "5", *SETTING]
 TIMEOUT_S = 150
 
 
@@ -145,6 +145,22 @@ def test_killed_ranks_resume_to_the_same_result(runs, tmp_path):
     for key in ("accuracy_matrix", "acc", "bwt", "capacity", "export"):
         assert a[key] == b[key], key
     assert bitsub.load(two / "model.h5") == bitsub.load(tmp_path / "model.h5")
+
+
+def test_lottery_search_and_retraining_agree(tmp_path):
+    """Ada-QPacknet: a search that fine-tunes on each rank, then DDP retraining of its choice."""
+    argv = ["--strategy", "adaqpacknet", "--tasks", "2", "--epochs", "1", *SETTING,
+            "--strategy-args", '{"population": 2}']
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert train_main([*argv, "--out", str(one)]) == 0
+    assert _wait(_start_ranks([*argv, "--out", str(two)])) == [0, 0]
+    a, b = _results(one), _results(two)
+    dist = b["distributed"]
+    assert len(set(dist["packed_sha256"])) == 1 and dist["diverged_syncs"] == 0
+    assert b["bwt"] == 0.0 and b["timings"]["steps"] == a["timings"]["steps"]
+    ra, rb = np.array(a["accuracy_matrix"]), np.array(b["accuracy_matrix"])
+    trained = np.tril(np.ones_like(ra, dtype=bool))
+    assert np.max(np.abs(ra - rb)[trained]) <= 0.01
 
 
 def test_nproc_errors_before_launching(tmp_path, capsys):

@@ -63,7 +63,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Distributed", "launch", "packed_digest"]
+__all__ = ["Distributed", "check_nproc", "launch", "packed_digest"]
 
 
 def packed_digest(pm: Any) -> str:
@@ -86,6 +86,20 @@ def _strategy_bytes(strategy: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(strategy.state_dict(), buf)
     return buf.getvalue()
+
+
+def check_nproc(nproc: Any, distributed: Distributed | None, one_model: bool) -> int:
+    """``bitsub-train --nproc``: a count >= 1, for a task-incremental strategy, torchrun's count."""
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"--nproc must be an int >= 1, got {nproc!r}")
+    if one_model:
+        raise ValueError("--nproc and torchrun are for the task-incremental strategies; the "
+                         "one-model strategies (esacl, er, derpp, prune-retrain) train in one "
+                         "process")
+    if distributed is not None and nproc not in (1, distributed.world_size):
+        raise ValueError(f"--nproc {nproc} but torchrun started {distributed.world_size} "
+                         "processes: drop --nproc under torchrun")
+    return nproc
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
@@ -136,6 +150,7 @@ class Distributed:
     backend: str
     diverged: int = 0
     syncs: int = 0
+    packed: list = field(default_factory=list)
     _ddp: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ set-up
@@ -171,9 +186,16 @@ class Distributed:
         return self.rank == 0
 
     def describe(self) -> dict[str, Any]:
-        """``world_size``, ``backend`` and the sync counts, for results.json."""
-        return {"world_size": self.world_size, "backend": self.backend,
-                "syncs": self.syncs, "diverged_syncs": self.diverged}
+        """``world_size``, ``backend``, the sync counts and the ranks' packed-file SHA-256s."""
+        return {"world_size": self.world_size, "backend": self.backend, "syncs": self.syncs,
+                "diverged_syncs": self.diverged, "packed_sha256": list(self.packed)}
+
+    def same_packed(self, pm: Any) -> list[str]:
+        """All-gather every rank's SHA-256 of the file of ``pm``; raise if any differs."""
+        self.packed = self.gather(packed_digest(pm))
+        if len(set(self.packed)) != 1:
+            raise RuntimeError(f"the ranks exported different packed models: {self.packed}")
+        return self.packed
 
     # ------------------------------------------------------------------ training
     def wrap(self, model: nn.Module) -> nn.Module:
