@@ -270,7 +270,8 @@ class Distributed:
         if strategy is not None:
             blob = self.agree(blob)
             if self.rank != 0:
-                state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
+                # Strategy state is host-side bookkeeping (NumPy arrays saved as tensors).
+                state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
                 strategy.load_state_dict(state)
         return agreed
 
