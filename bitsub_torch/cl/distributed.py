@@ -45,6 +45,7 @@ launcher, what ``torchrun --standalone`` runs).
 from __future__ import annotations
 
 import datetime
+import gc
 import hashlib
 import io
 import logging
@@ -175,10 +176,17 @@ class Distributed:
         return cls(dist.get_rank(), dist.get_world_size(), device, backend)
 
     def close(self) -> None:
-        """Leave the process group, once every rank has called this (a barrier first)."""
+        """Leave the process group, once every rank has called this (a barrier first).
+
+        The DDP wrappers go first: a reducer freed after the group was destroyed (when this
+        object is) would hold the group's last reference, and its teardown was seen to block.
+        """
+        self._ddp.clear()
+        gc.collect()
         if dist.is_initialized():
             self.barrier()
             dist.destroy_process_group()
+        gc.collect()
 
     @property
     def writer(self) -> bool:
