@@ -26,6 +26,12 @@ anything is written; a user mistake, missing data or package, or an I/O error (f
 permission, a directory where a file belongs) ends in a one-line error and exit status 2; Ctrl-C
 in one line and exit status 130 (the same command then resumes).
 
+``bitsub-train --nproc N`` (``torchrun --nproc-per-node N -m bitsub_torch.train``) trains
+data-parallel at the same global ``--batch-size`` (`bitsub_torch.cl.distributed`).
+
+Length: two tools (training, single-process or one rank of a data-parallel run, and re-testing)
+share their checks and the report; each function is short.
+
 ``bitsub-eval DIR/model.h5 --scenario C --seed K`` re-tests every task from the file alone with
 bitsub's NumPy forward pass and prints the per-task accuracy as JSON.
 """
@@ -109,11 +115,13 @@ def _torch_predictions(model: Any, task: int, x: np.ndarray, batch: int = 1024) 
     import torch
 
     model.eval()
+    device = next(model.parameters()).device
     out = [np.zeros(0, np.int64)]
     with torch.no_grad():
         for i in range(0, len(x), batch):
             xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch], dtype=np.float32))
-            out.append(model(xb, task).argmax(dim=1).numpy().astype(np.int64))
+            pred = model(xb.to(device), task).argmax(dim=1).cpu()
+            out.append(pred.numpy().astype(np.int64))
     return np.concatenate(out)
 
 
@@ -174,6 +182,8 @@ def _train_parser() -> argparse.ArgumentParser:
                    "quantizing strategies (tinysubnets, adaqpacknet), none otherwise; give the "
                    "flag alone for none")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--nproc", type=int, default=1, help="train data-parallel on N processes "
+                   "(torchrun --nproc-per-node N -m bitsub_torch.train); --batch-size is global")
     # one-model (class-incremental) strategies: esacl, er, derpp, prune-retrain
     p.add_argument("--setting", default=None, choices=("class-il", "task-il"),
                    help="one-model strategies: the headline setting of results.json (both "
@@ -206,7 +216,8 @@ def train(
     threads: int = 1,
     progress: bool = True,
     activation_bits: Sequence[int] | None = None,
-) -> dict[str, Any]:
+    distributed: Any = None,
+) -> dict[str, Any] | None:
     """Train, export and write the run's files to ``out`` (resuming from its checkpoints).
 
     The keyword arguments are those of ``bitsub-train``; ``epochs`` None trains every task with
@@ -214,6 +225,7 @@ def train(
     ``activation_bits`` None means ``ACTIVATION_BITS`` (4, 8, 16) for a strategy that quantizes
     and none otherwise; it is a post-training evaluation, so it is not part of the resumable
     ``config.json``. Returns the dict written to ``out/results.json``.
+    ``distributed``: a rank of a data-parallel run; rank 0 writes, the others return None.
     """
     import torch
 
@@ -241,6 +253,7 @@ def train(
     torch.set_num_threads(threads)
     # Reading the data and building the model and trainer write nothing; they run their own
     # checks (missing data or package, --width for the model) before the run claims --out.
+    writer = distributed is None or distributed.writer
     sc = get_scenario(scenario, tasks=tasks, seed=seed, data_dir=data_dir,
                       val_fraction=val_fraction)
     model_name = model or _default_model(sc.input_shape)
@@ -259,10 +272,12 @@ def train(
                       protocol=None if epochs is not None else Protocol(), score_lr=score_lr,
                       batch_size=batch_size, lr=lr,
                       optimizer=optimizer, seed=seed, checkpoint_dir=out / "checkpoints",
-                      progress=progress, run_config=json_safe(
-                          {k: config[k] for k in RUN_ONLY}))
+                      progress=progress and writer, run_config=json_safe(
+                          {k: config[k] for k in RUN_ONLY}),
+                      device=getattr(distributed, "device", "cpu"), distributed=distributed)
 
-    out.mkdir(parents=True, exist_ok=True)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
     if config_path.exists():
         try:
@@ -282,11 +297,16 @@ def train(
         # Without config.json the checkpoints still record the run: refuse a different one
         # before a new config.json would block the corrected command.
         trainer.check_resume()
-        write_bytes(config_path, json.dumps(json_safe(config), indent=2).encode())
+        if writer:
+            write_bytes(config_path, json.dumps(json_safe(config), indent=2).encode())
     results = trainer.run()
 
     t0 = time.perf_counter()
     pm = export(net, strat, bits=export_bits)
+    if distributed is not None:  # every rank's packed file, checked equal to rank 0's
+        distributed.same_packed(pm)
+    if not writer:
+        return None
     with naming(out / "model.h5"):
         pm.save(out / "model.h5")
     export_time = time.perf_counter() - t0
@@ -334,9 +354,12 @@ def train(
         "activation_quantization": act,
         "ops": ops,
         "config": {**config, "activation_bits": list(activation_bits),
-                   "trainer": res.get("config", {})},
+                   "trainer": res.get("config", {}),
+                   "world_size": getattr(distributed, "world_size", 1)},
         "timings": timings,
     }
+    if distributed is not None:
+        report["distributed"] = distributed.describe()
     report = json_safe(report)
     with naming(out / "results.json"):
         write_bytes(out / "results.json", json.dumps(report, indent=2).encode())
@@ -408,9 +431,11 @@ def _act_ops_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def train_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``bitsub-train``."""
+def train_main(argv: Sequence[str] | None = None, distributed: Any = None) -> int:
+    """Entry point of ``bitsub-train`` (``distributed``: one rank of ``bitsub_torch.train``)."""
     args = _train_parser().parse_args(argv)
+    writer = distributed is None or distributed.writer
+    who = "bitsub-train" if writer else f"bitsub-train (rank {distributed.rank})"
     try:
         try:
             strategy_args = json.loads(args.strategy_args)
@@ -421,6 +446,12 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             ) from None
         if not isinstance(strategy_args, dict):
             raise ValueError("--strategy-args must be a JSON object")
+        if args.nproc != 1 or distributed is not None:
+            from bitsub_torch.cl.distributed import check_nproc, launch
+
+            check_nproc(args.nproc, distributed, _one_model(args.strategy))
+            if distributed is None:
+                return launch(args.nproc, sys.argv[1:] if argv is None else list(argv))
         if _one_model(args.strategy):
             return _train_one_model(args, strategy_args)
         if (args.setting is not None or args.buffer is not None or args.sparsity is not None
@@ -435,16 +466,19 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             score_lr=args.score_lr, optimizer=args.optimizer, model=args.model, width=args.width,
             strategy_args=strategy_args, val_fraction=args.val_fraction, threads=args.threads,
             progress=not args.no_progress, activation_bits=args.activation_bits,
+            distributed=distributed,
         )
-        print(format_report(report))
-        print(f"\nwrote {args.out / 'results.json'}, {args.out / 'model.h5'}, "
-              f"{args.out / 'accuracy_matrix.png'}")
+        if report is not None:
+            print(format_report(report))
+            print(f"\nwrote {args.out / 'results.json'}, {args.out / 'model.h5'}, "
+                  f"{args.out / 'accuracy_matrix.png'}")
     except USER_ERRORS as exc:
-        print(f"bitsub-train: error: {error_line(exc)}", file=sys.stderr)
+        print(f"{who}: error: {error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bitsub-train: interrupted; run the same command to continue from the last "
-              "finished task", file=sys.stderr)
+        if writer:
+            print("bitsub-train: interrupted; run the same command to continue from the last "
+                  "finished task", file=sys.stderr)
         return 130
     return 0
 

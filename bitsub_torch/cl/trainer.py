@@ -18,6 +18,11 @@ the trainer's arguments, the strategy's arguments, the model's parameter shapes 
 removed. A resume whose configuration differs in anything is refused with the differences named.
 Strategy state must be made of tensors, numbers, strings, lists and dicts (loaded with
 ``weights_only=True``).
+
+Data-parallel (``distributed``, a `bitsub_torch.cl.distributed.Distributed`): training steps run
+through DistributedDataParallel on each rank's share of every global batch, the ranks agree on
+early stopping and on every mask decision through the hooks of that module, and rank 0 alone
+writes checkpoints.
 """
 
 from __future__ import annotations
@@ -172,6 +177,9 @@ class Trainer:
     score_lr : float, optional
         Learning rate of the mask scores of score-based strategies (default: ``lr``, as in the
         reference code of WSN).
+    distributed : Distributed, optional
+        Train data-parallel over a torch.distributed process group (see
+        `bitsub_torch.cl.distributed`); ``batch_size`` is the global batch.
     """
 
     def __init__(
@@ -194,6 +202,7 @@ class Trainer:
         run_config: dict | None = None,
         protocol: Protocol | None = None,
         score_lr: float | None = None,
+        distributed: Any = None,
     ):
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a Strategy, got {type(strategy).__name__}")
@@ -246,6 +255,10 @@ class Trainer:
         self.run_config = dict(run_config or {})
         self.protocol = protocol
         self.score_lr = None if score_lr is None else float(score_lr)
+        self.distributed = distributed
+        if distributed is not None and batch_size < distributed.world_size:
+            raise ValueError(f"batch_size ({batch_size}) must be at least the number of "
+                             f"processes ({distributed.world_size}): it is the global batch")
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:
@@ -317,12 +330,19 @@ class Trainer:
 
     def _starts(self, n: int) -> list[int]:
         starts = list(range(0, n, self.batch_size))
-        if n > 1 and n - starts[-1] == 1:
-            starts.pop()  # a batch of one breaks BatchNorm's batch statistics
+        smallest = 2  # a batch of one breaks BatchNorm's batch statistics
+        if self.distributed is not None and getattr(self.model, "task_norms", dict)():
+            smallest = 2 * self.distributed.world_size  # ... and so does a share of one
+        if len(starts) > 1 and n - starts[-1] < smallest:
+            starts.pop()
         return starts
 
     def _batches(self, task: int, phase: int) -> Any:
-        """Training batches of ``task``, epoch after epoch, each epoch in its seeded order."""
+        """Training batches of ``task``, epoch after epoch, each epoch in its seeded order.
+
+        Yields ``(x, y, n)``: the batch (this rank's share of it when distributed) and the size
+        ``n`` of the global batch.
+        """
         data = self.scenario.tasks[task]
         x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
         y = torch.from_numpy(np.ascontiguousarray(data.y_train, dtype=np.int64))
@@ -332,18 +352,27 @@ class Trainer:
         while True:
             order = np.random.default_rng((self.seed, task, phase, epoch)).permutation(n)
             for start in starts:
-                idx = torch.from_numpy(order[start : start + self.batch_size])
-                yield x[idx].to(self.device), y[idx].to(self.device)
+                idx = order[start : start + self.batch_size]
+                count = len(idx)
+                if self.distributed is not None:
+                    idx = self.distributed.shard(idx)
+                idx = torch.from_numpy(idx)
+                yield x[idx].to(self.device), y[idx].to(self.device), count
             epoch += 1
 
     def _steps(self, task: int, opt: torch.optim.Optimizer, batches: Any, count: int,
                bar: Any) -> None:
         model, strategy = self.model, self.strategy
+        dist = self.distributed
+        forward = model if dist is None else dist.wrap(model)  # DDP averages the gradients
         model.train()
         for _ in range(count):
-            xb, yb = next(batches)
+            xb, yb, size = next(batches)
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb, task), yb)
+            if dist is None:
+                loss = F.cross_entropy(model(xb, task), yb)
+            else:
+                loss = dist.loss(forward(xb, task), yb, size)
             loss.backward()
             strategy.after_backward(task, model)
             opt.step()
@@ -366,7 +395,9 @@ class Trainer:
             correct += int((out.argmax(dim=1) == yb).sum())
             loss += float(F.cross_entropy(out, yb, reduction="sum"))
         self.model.train()
-        return correct / len(y), -loss / len(y)
+        score = (correct / len(y), -loss / len(y))
+        # Early stopping follows rank 0's score, so every rank takes the same number of steps.
+        return score if self.distributed is None else self.distributed.agree(score)
 
     def _train_phase(self, task: int, opt: torch.optim.Optimizer, phase: int, epochs: int,
                      bar: Any) -> int:
@@ -419,11 +450,15 @@ class Trainer:
             opt = self._make_optimizer(params)
             steps.append(self._train_phase(task, opt, 0, self.epochs, bar))
             self.strategy.prune(task, self.model, data, self.evaluate)
+            if self.distributed is not None:  # rank 0's pruned masks and weights
+                self.distributed.sync(self.model)
             if retrain > 0:
                 if self.protocol is not None:
                     opt = self._make_optimizer(params)  # the learning rate may have been halved
                 steps.append(self._train_phase(task, opt, 1, retrain, bar))
         self.strategy.after_task(task, self.model, data, self.evaluate)
+        if self.distributed is not None:  # rank 0's masks, fields, bit-widths and banks
+            self.distributed.sync(self.model, self.strategy)
         return steps
 
     # ------------------------------------------------------------------ checkpoints
@@ -438,8 +473,8 @@ class Trainer:
         return max(found) if found else None
 
     def _save(self, task: int, rows: np.ndarray, random_init: np.ndarray, timings: dict) -> None:
-        if self.checkpoint_dir is None:
-            return
+        if self.checkpoint_dir is None or not getattr(self.distributed, "writer", True):
+            return  # rank 0 alone writes
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "task": task,

@@ -1,0 +1,172 @@
+"""Data-parallel training (torch DDP over gloo, 2 CPU processes) against one process.
+
+The ranks are forked from the test process and join the process group through the same
+environment torchrun gives them (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``PORT``), running
+``bitsub_torch.train.main``, the entry point of ``torchrun -m bitsub_torch.train``: forked, they
+start without importing torch again and with the engine's kernels already compiled, which keeps
+the test to seconds. Every rank exports the packed file it would write and the ranks all-gather
+its SHA-256 (``results.json: distributed.packed_sha256``).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+
+import numpy as np
+import pytest
+
+import bitsub
+from bitsub_torch.cli import train_main
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the ranks are forked (POSIX)")
+
+SETTING = ["--scenario", "splitdigits", "--no-progress", "--activation-bits"]
+ARGS = ["--strategy", "tinysubnets", "--tasks", "3", "--epochs", "5", *SETTING]
+TIMEOUT_S = 150
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_ranks(argv: list[str], world: int = 2) -> list[int]:
+    """Fork ``world`` ranks running ``bitsub_torch.train.main(argv)``; return their pids."""
+    port = _free_port()
+    pids = []
+    for rank in range(world):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (a rank)
+            code = 1
+            try:
+                os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                                  MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                faulthandler.dump_traceback_later(TIMEOUT_S - 10)  # where a hung rank waits
+                from bitsub_torch.train import main
+
+                code = main(argv)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        pids.append(pid)
+    return pids
+
+
+def _wait(pids: list[int], timeout: float = TIMEOUT_S) -> list[int]:
+    """Exit statuses of the ranks (killing them all if one hangs past ``timeout``)."""
+    deadline = time.time() + timeout
+    codes = {}
+    while len(codes) < len(pids):
+        for pid in pids:
+            if pid not in codes:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    codes[pid] = os.waitstatus_to_exitcode(status)
+        if time.time() > deadline:
+            for pid in pids:
+                if pid not in codes:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+            pytest.fail(f"ranks still running after {timeout} s (exit statuses so far {codes})")
+        time.sleep(0.01)
+    return [codes[p] for p in pids]
+
+
+def _results(out) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One process, then 2 ranks, at the same global batch (128)."""
+    one = tmp_path_factory.mktemp("one")
+    two = tmp_path_factory.mktemp("two")
+    assert train_main([*ARGS, "--out", str(one)]) == 0  # also compiles the engine's kernels
+    assert _wait(_start_ranks([*ARGS, "--out", str(two)])) == [0, 0]
+    return one, two
+
+
+def test_two_ranks_agree_and_match_one_process(runs):
+    one, two = runs
+    a, b = _results(one), _results(two)
+    assert b["config"]["world_size"] == 2 and a["config"]["world_size"] == 1
+    dist = b["distributed"]
+    assert dist["backend"] == "gloo"
+    # Both ranks exported the same packed file (masks, fields, codebooks, heads), and at every
+    # sync (after each prune and each task) their own states already hashed equal.
+    assert len(dist["packed_sha256"]) == 2 and len(set(dist["packed_sha256"])) == 1
+    assert dist["syncs"] == 2 * 3 and dist["diverged_syncs"] == 0
+    assert dist["packed_sha256"][0] == bitsub_sha256(two / "model.h5")
+    # The same global batch: every trained task (R[i, j], j <= i) within 1 point of one process,
+    # forget-free. (R[i, j] for j > i reads a task not trained yet through its untrained head;
+    # the ranks' float sums differ from one process's in the last bits, and those chance-level
+    # entries can move by several test samples.)
+    ra, rb = np.array(a["accuracy_matrix"]), np.array(b["accuracy_matrix"])
+    trained = np.tril(np.ones_like(ra, dtype=bool))
+    assert np.max(np.abs(ra - rb)[trained]) <= 0.01
+    assert b["bwt"] == 0.0 and b["timings"]["steps"] == a["timings"]["steps"]
+    assert b["export"]["accuracy"] == rb[-1].tolist()
+    # Rank 0 alone wrote: the files of one run, the last checkpoint only.
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert [p.name for p in (two / "checkpoints").iterdir()] == ["task_002.pt"]
+
+
+def bitsub_sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_killed_ranks_resume_to_the_same_result(runs, tmp_path):
+    _, two = runs
+    argv = [*ARGS, "--out", str(tmp_path)]
+    pids = _start_ranks(argv)
+    ckpt = tmp_path / "checkpoints" / "task_000.pt"
+    deadline = time.time() + TIMEOUT_S
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.005)
+    for pid in pids:  # kill -9, as a lost machine would
+        os.kill(pid, signal.SIGKILL)
+    assert _wait(pids) == [-signal.SIGKILL] * 2
+    assert not (tmp_path / "results.json").exists(), "the run finished before the kill"
+    assert _wait(_start_ranks(argv)) == [0, 0]
+    a, b = _results(two), _results(tmp_path)
+    for key in ("accuracy_matrix", "acc", "bwt", "capacity", "export"):
+        assert a[key] == b[key], key
+    assert bitsub.load(two / "model.h5") == bitsub.load(tmp_path / "model.h5")
+
+
+def test_lottery_search_and_retraining_agree(tmp_path):
+    """Ada-QPacknet: a search that fine-tunes on each rank, then DDP retraining of its choice."""
+    argv = ["--strategy", "adaqpacknet", "--tasks", "2", "--epochs", "1", *SETTING,
+            "--strategy-args", '{"population": 2}']
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert train_main([*argv, "--out", str(one)]) == 0
+    assert _wait(_start_ranks([*argv, "--out", str(two)])) == [0, 0]
+    a, b = _results(one), _results(two)
+    dist = b["distributed"]
+    assert len(set(dist["packed_sha256"])) == 1 and dist["diverged_syncs"] == 0
+    assert b["bwt"] == 0.0 and b["timings"]["steps"] == a["timings"]["steps"]
+    ra, rb = np.array(a["accuracy_matrix"]), np.array(b["accuracy_matrix"])
+    trained = np.tril(np.ones_like(ra, dtype=bool))
+    assert np.max(np.abs(ra - rb)[trained]) <= 0.01
+
+
+def test_nproc_errors_before_launching(tmp_path, capsys):
+    assert train_main([*ARGS, "--out", str(tmp_path), "--nproc", "0"]) == 2
+    assert "--nproc" in capsys.readouterr().err
+    assert train_main(["--strategy", "esacl", "--scenario", "splitdigits", "--nproc", "2",
+                       "--out", str(tmp_path)]) == 2
+    assert "one-model" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
