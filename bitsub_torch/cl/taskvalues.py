@@ -83,7 +83,8 @@ class CodedFields:
     mask_context : int
         The task whose mask it is coded in (the previous task of the bank), or -1.
     write : np.ndarray of uint8
-        The write set coded in the context of the mask (`code_write`).
+        The write set coded by `code_write`, in the context of the mask (``write_context`` 0) or
+        of the mask's positions no earlier task of the bank wrote (1).
     bits : int
         Bit-width of the codes (0 when nothing was written).
     codebook : np.ndarray of float32
@@ -101,6 +102,7 @@ class CodedFields:
     codebook: np.ndarray
     codes: np.ndarray
     written: int
+    write_context: int = 0
 
     def nbytes(self) -> int:
         """Bytes of the coded arrays."""
@@ -175,6 +177,7 @@ class FieldStore:
         self._fields: dict[int, dict[str, CodedFields]] = {}
         self._masks: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._values: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._unions: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
 
     # ------------------------------------------------------------------ structure
     @property
@@ -224,7 +227,7 @@ class FieldStore:
         if not c.written:
             empty = np.zeros(self.shapes[layer], np.bool_)
             return LayerFields(mask, empty, 0, np.zeros(0, np.float32), np.zeros(0, np.uint8))
-        write = decode_coded_mask(c.write, self.shapes[layer], mask)
+        write = self._write(task, layer)
         codes = unpack_bits(c.codes, c.bits, c.written)
         return LayerFields(mask, write, c.bits, c.codebook.copy(), codes)
 
@@ -253,7 +256,23 @@ class FieldStore:
         c = self._fields[task][layer]
         if not c.written:
             return None
-        return decode_coded_mask(c.write, self.shapes[layer], self.mask(task, layer))
+        ctx = self.mask(task, layer)
+        if c.write_context:
+            ctx = ctx & ~self._written_before(task, layer)
+        return decode_coded_mask(c.write, self.shapes[layer], ctx)
+
+    def _written_before(self, task: int, layer: str) -> np.ndarray:
+        # The positions the tasks of ``task``'s bank before it wrote (what has_field said then).
+        tasks = self._bank_tasks[self._task_bank[task]]
+        earlier = [t for t in tasks[: tasks.index(task)] if self._fields[t][layer].written]
+        if not earlier:
+            return np.zeros(self.shapes[layer], np.bool_)
+        key = (earlier[-1], layer)
+        hit = self._unions.get(key)
+        if hit is None:
+            hit = self._written_before(earlier[-1], layer) | self._write(earlier[-1], layer)
+            self._remember(self._unions, key, hit)
+        return hit
 
     @staticmethod
     def _remember(cache: OrderedDict, key: tuple[int, str], value: np.ndarray) -> None:
@@ -371,13 +390,18 @@ class FieldStore:
             coded_mask, used = code_mask(mask, ctx)
             n = int(write.sum())
             if n:
-                c = CodedFields(coded_mask, earlier if used else -1, code_write(write, mask),
-                                int(f.bits), f.codebook.copy(), pack_bits(f.codes, int(f.bits)), n)
-                self._used[bank][name][write] += np.uint8(self.prefix_bits + c.bits)
+                implied = mask & ~self.has_field(bank, name)
+                coded_write, context = code_write(write, mask, implied)
+                c = CodedFields(coded_mask, earlier if used else -1, coded_write, int(f.bits),
+                                f.codebook.copy(), pack_bits(f.codes, int(f.bits)), n, context)
             else:
                 c = CodedFields(coded_mask, earlier if used else -1, np.zeros(0, np.uint8), 0,
                                 np.zeros(0, np.float32), np.zeros(0, np.uint8), 0)
             full[name] = c
+        for name, c in full.items():
+            if c.written:
+                self._used[bank][name][_bool(layers[name].write, self.shapes[name], "write")] += (
+                    np.uint8(self.prefix_bits + c.bits))
         self._fields[task] = full
         self._task_bank[task] = bank
         self._bank_tasks[bank].append(task)
@@ -430,6 +454,7 @@ class FieldStore:
                     "codebook": torch.from_numpy(c.codebook),
                     "codes": torch.from_numpy(c.codes),
                     "written": int(c.written),
+                    "write_context": int(c.write_context),
                 }
                 for name, c in layers.items()
             }
@@ -456,11 +481,11 @@ class FieldStore:
         for t, b in order:
             layers = {}
             for name, d in state["tasks"][t].items():
-                layers[name] = store._decode_state(t, name, d)
+                layers[name] = store._decode_state(t, b, name, d)
             store.add_task(t, b, layers)
         return store
 
-    def _decode_state(self, task: int, name: str, d: Mapping[str, Any]) -> LayerFields:
+    def _decode_state(self, task: int, bank: int, name: str, d: Mapping[str, Any]) -> LayerFields:
         shape = self.shapes[name]
         bits = int(d["bits"])
         codebook = np.asarray(d["codebook"], dtype=np.float32)
@@ -481,7 +506,8 @@ class FieldStore:
         if not written:
             empty = np.zeros(shape, np.bool_)
             return LayerFields(mask, empty, 0, np.zeros(0, np.float32), np.zeros(0, np.uint8))
-        write = decode_coded_mask(d["write"], shape, mask)
+        ctx = mask & ~self.has_field(bank, name) if int(d["write_context"]) else mask
+        write = decode_coded_mask(d["write"], shape, ctx)
         codes = unpack_bits(np.asarray(d["codes"], dtype=np.uint8), bits, written)
         return LayerFields(mask, write, bits, codebook, codes)
 

@@ -236,7 +236,7 @@ class MaskedLayerMixin:
             return hit[1]
         mask = torch.from_numpy(np.array(self.memory.mask(task))).to(like.device, like.dtype)
         self._mask_cache[task] = (version, mask)
-        while len(self._mask_cache) > 3:
+        while len(self._mask_cache) > 2:
             self._mask_cache.popitem(last=False)
         return mask
 

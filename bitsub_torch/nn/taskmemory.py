@@ -5,9 +5,11 @@ buffers that grow with the tasks and cost about what the packed store counts:
 
 - ``mask{t}``: the task's mask, coded by `bitsub.encode_mask` (Huffman; alone or in the context
   of the nearest earlier task's mask, whichever is smaller);
-- ``meta{t}``: int64 ``[context task or -1, bank or -1, bits, written]``;
+- ``meta{t}``: int64 ``[context task or -1, bank or -1, bits, written, write context]``;
 - for tasks whose values are stored (the quantizing strategies): ``write{t}``, the positions the
-  task wrote, coded in the context of its own mask; ``codes{t}``, one code per written position
+  task wrote, coded in the context of its own mask (write context 0) or of the positions of its
+  mask that no earlier task of its bank wrote (1: free when the task writes exactly those, as
+  TinySubNets does), whichever is smaller; ``codes{t}``, one code per written position
   packed at ``bits`` bits (`bitsub.pack_bits`); ``codebook{t}``, its float32 centroids.
 
 A stored task reads, as in the packed store (the read rule), at every position the value of the
@@ -37,7 +39,7 @@ from bitsub.codecs.maskcodec import decode_mask, encode_mask, encode_mask_best
 __all__ = ["TaskMemory", "code_mask", "code_write", "decode_coded_mask"]
 
 _KINDS = ("mask", "meta", "write", "codes", "codebook")
-_CACHE = 3  # decoded masks / values kept per layer
+_CACHE = 2  # decoded masks / values kept per layer
 
 
 def code_mask(mask: np.ndarray, context: np.ndarray | None) -> tuple[np.ndarray, bool]:
@@ -54,9 +56,16 @@ def code_mask(mask: np.ndarray, context: np.ndarray | None) -> tuple[np.ndarray,
     return np.frombuffer(best.data, dtype=np.uint8).copy(), best.index == 1
 
 
-def code_write(write: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Code the written positions of a task in the context of its mask (``write`` inside it)."""
-    return np.frombuffer(encode_mask(write, context=mask), dtype=np.uint8).copy()
+def code_write(write: np.ndarray, mask: np.ndarray, implied: np.ndarray) -> tuple[np.ndarray, int]:
+    """Code a task's written positions in the context of its mask or of ``implied``.
+
+    ``implied`` is the part of the mask no earlier task of the bank wrote. Returns the smaller
+    coding and its context: 0 the mask, 1 ``implied``.
+    """
+    best = encode_mask_best(write, [mask, implied])
+    if best.index == 0:  # alone is never needed: the mask context is as small
+        return np.frombuffer(encode_mask(write, context=mask), dtype=np.uint8).copy(), 0
+    return np.frombuffer(best.data, dtype=np.uint8).copy(), best.index - 1
 
 
 def decode_coded_mask(data: Any, shape: tuple[int, ...], context: np.ndarray | None) -> np.ndarray:
@@ -88,6 +97,7 @@ class TaskMemory(nn.Module):
         self._pending: dict[int, np.ndarray] = {}
         self._masks: OrderedDict[int, np.ndarray] = OrderedDict()
         self._values: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._unions: OrderedDict[int, np.ndarray] = OrderedDict()
 
     # ------------------------------------------------------------------ buffers
     def _get(self, kind: str, task: int) -> torch.Tensor | None:
@@ -102,7 +112,7 @@ class TaskMemory(nn.Module):
 
     def _meta(self, task: int) -> list[int]:
         meta = self._get("meta", task)
-        return [-1, -1, 0, 0] if meta is None else [int(v) for v in meta.tolist()]
+        return [-1, -1, 0, 0, 0] if meta is None else [int(v) for v in meta.tolist()]
 
     def _set_meta(self, task: int, meta: list[int]) -> None:
         old = self._get("meta", task)
@@ -173,6 +183,7 @@ class TaskMemory(nn.Module):
         self.version += 1
         self._masks.clear()
         self._values.clear()
+        self._unions.clear()
 
     def _release(self, task: int) -> None:
         # Masks coded in the context of ``task``'s mask are decoded before it changes and become
@@ -248,11 +259,18 @@ class TaskMemory(nn.Module):
             raise ValueError(f"need {n} unsigned codes below the codebook size {codebook.size}")
         bits = int(bits) if n else 0
         packed = pack_bits(codes, bits) if n else np.zeros(0, np.uint8)
-        self.adopt_values(task, bank, code_write(write, mask), codebook, packed, bits, n)
+        self._set_bank(task, bank)
+        coded, context = code_write(write, mask, mask & ~self._written_before(task))
+        self.adopt_values(task, bank, coded, codebook, packed, bits, n, context)
+
+    def _set_bank(self, task: int, bank: int) -> None:
+        meta = self._meta(task)
+        meta[1] = int(bank)
+        self._set_meta(task, meta)
 
     def adopt_values(self, task: int, bank: int, write: np.ndarray, codebook: np.ndarray,
-                     packed: np.ndarray, bits: int, written: int) -> None:
-        """Take already coded values: ``write`` coded in the task's mask, ``packed`` codes.
+                     packed: np.ndarray, bits: int, written: int, write_context: int = 0) -> None:
+        """Take already coded values: ``write`` as `code_write` codes it, ``packed`` codes.
 
         NumPy arrays are shared, not copied.
         """
@@ -265,7 +283,7 @@ class TaskMemory(nn.Module):
         self._put("codes", task, torch.from_numpy(np.asarray(packed, dtype=np.uint8)))
         self._put("codebook", task, torch.from_numpy(np.asarray(codebook, dtype=np.float32)))
         meta = self._meta(task)
-        meta[1:] = [int(bank), int(bits), int(written)]
+        meta[1:] = [int(bank), int(bits), int(written), int(write_context)]
         self._set_meta(task, meta)
         self._changed()
 
@@ -274,7 +292,26 @@ class TaskMemory(nn.Module):
         coded = self._get("write", task)
         if coded is None:
             raise KeyError(f"task {task} has no stored values")
-        return decode_coded_mask(coded, self.shape, self.mask(task))
+        mask = self.mask(task)
+        if self._meta(task)[4]:
+            mask = mask & ~self._written_before(task)
+        return decode_coded_mask(coded, self.shape, mask)
+
+    def _written_before(self, task: int) -> np.ndarray:
+        # The positions the stored tasks of ``task``'s bank before it wrote.
+        bank = self._meta(task)[1]
+        earlier = [t for t in self.tasks() if t < task and self._meta(t)[1] == bank
+                   and self._get("write", t) is not None]
+        if not earlier:
+            return np.zeros(self.shape, np.bool_)
+        last = earlier[-1]
+        hit = self._unions.get(last)
+        if hit is None:
+            hit = self._written_before(last) | self.write(last)
+            self._unions[last] = hit
+            while len(self._unions) > _CACHE:
+                self._unions.popitem(last=False)
+        return hit
 
     def values(self, task: int) -> np.ndarray:
         """Float32 values a stored task reads (the latest field of its bank at every position).
@@ -299,7 +336,7 @@ class TaskMemory(nn.Module):
             out = np.zeros(self.shape, np.float32)
         flat = out.reshape(-1)
         for t in chain[start:]:
-            _, _, bits, written = self._meta(t)
+            _, _, bits, written, _ = self._meta(t)
             if not written:
                 continue
             codes = unpack_bits(self._get("codes", t).cpu().numpy(), bits, written)

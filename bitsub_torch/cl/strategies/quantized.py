@@ -225,7 +225,7 @@ class QuantizedStrategy(Strategy):
             c = store.coded(task, name)
             layer.memory.adopt_mask(task, c.mask, c.mask_context)
             layer.memory.adopt_values(task, cur.bank, c.write, c.codebook, c.codes, c.bits,
-                                      c.written)
+                                      c.written, c.write_context)
             stored = layer.values(task)
             with torch.no_grad():
                 layer.weight.copy_(torch.where(write[name].to(stored.device), stored, layer.weight))
