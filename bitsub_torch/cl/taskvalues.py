@@ -38,7 +38,7 @@ from bitsub_torch.nn.taskmemory import code_mask, code_write, decode_coded_mask
 
 __all__ = ["CodedFields", "FieldStore", "LayerFields"]
 
-_CACHE = 8  # decoded masks / values a store keeps
+_CACHE = 2  # decoded masks / values a store keeps (per layer and task)
 
 
 @dataclass(frozen=True)
