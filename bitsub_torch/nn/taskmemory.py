@@ -19,8 +19,9 @@ buffer, ``state_dict()`` alone restores a layer's tasks in a fresh process, and 
 ``copy.deepcopy`` and pickling carry them.
 
 A mask set with `TaskMemory.set_mask` stays dense (pending) until `TaskMemory.seal` codes it: on
-``state_dict()``, or when another task's mask changes, so a strategy may set a task's mask many
-times while it searches (post-pruning) without coding it each time.
+``state_dict()``, or when another task's mask is set, so a strategy may set a task's mask many
+times while it searches (post-pruning) without coding it each time, and at most the task in
+training holds a dense mask.
 """
 
 from __future__ import annotations
@@ -165,6 +166,7 @@ class TaskMemory(nn.Module):
         meta[0] = -1
         self._set_meta(task, meta)
         self._pending[task] = mask
+        self.seal(keep=task)  # another task's mask changes: the others are done
         self._changed()
 
     def clear_mask(self, task: int) -> None:
@@ -197,9 +199,9 @@ class TaskMemory(nn.Module):
                 meta[0] = -1
                 self._set_meta(other, meta)
 
-    def seal(self) -> None:
-        """Code every pending mask (in the context of the nearest earlier task's mask)."""
-        for task in sorted(self._pending):
+    def seal(self, keep: int | None = None) -> None:
+        """Code every pending mask but ``keep``'s (in the context of the nearest earlier mask)."""
+        for task in sorted(t for t in self._pending if t != keep):
             mask = self._pending[task]
             earlier = [t for t in self.tasks() if t < task and t not in self._pending]
             ctx = earlier[-1] if earlier else -1
