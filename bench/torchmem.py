@@ -7,6 +7,8 @@ per task, and after every task records
 - ``state_dict``: bytes of ``torch.save(model.state_dict())`` (the model alone restores every
   finished task: see tests/test_torchhabits.py);
 - ``memory``: bytes of the layers' `TaskMemory` buffers (coded masks and stored fields);
+  ``store``: the strategy's `FieldStore` (the same arrays, shared with ``memory``);
+  ``live_tensors``: bytes of every live CPU torch tensor (each storage once);
 - ``rss`` / ``peak_rss``: the process's resident set after a garbage collection, and its high
   water mark (VmRSS / VmHWM of /proc/self/status);
 - at the end, each task's capacity bits as the packed store counts them
@@ -19,7 +21,10 @@ plus noise, a fixed generator. Growth per task is the mean increase from task 2 
 (by then the caches of decoded masks and values, two tasks per layer, are full; the growth from
 task 0 is reported beside it), and its ratio to the mean capacity of tasks 3..T-1.
 
-Run: ``PYTHONPATH=. python bench/torchmem.py --tasks 20 --out torchmem.json``
+Run: ``PYTHONPATH=. python bench/torchmem.py --tasks 20 --out torchmem.json``. glibc keeps freed
+blocks below its mmap threshold (which rises to 32 MB after large frees) in the heap, so RSS
+also measures the allocator; ``MALLOC_MMAP_THRESHOLD_=65536`` in the environment makes every
+large tensor its own mapping, returned when freed.
 """
 
 from __future__ import annotations
@@ -81,12 +86,19 @@ class Measured(TinySubNets):
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
         gc.collect()
+        live = {}
+        for obj in gc.get_objects():  # live torch tensors, each storage once
+            if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+                st = obj.untyped_storage()
+                live[st.data_ptr()] = st.nbytes()
         memory = sum(getattr(la, "memory", None).nbytes() for la in model.masked_layers().values()
                      if getattr(la, "memory", None) is not None)
         self.rows.append({
             "task": task,
             "state_dict": buf.getbuffer().nbytes,
             "memory": memory,
+            "store": self.store.nbytes(),
+            "live_tensors": sum(live.values()),
             "rss": status_kib("VmRSS") * 1024,
             "peak_rss": status_kib("VmHWM") * 1024,
             "bank": self.log[task]["bank"],
@@ -122,7 +134,7 @@ def main() -> None:
     # From task `first` on: the caches of decoded masks and values (two tasks per layer) are full.
     first = min(2, len(rows) - 2)
     summary["growth_from_task"] = first
-    for key in ("state_dict", "memory", "rss", "peak_rss"):
+    for key in ("state_dict", "memory", "live_tensors", "rss", "peak_rss"):
         growth = (rows[-1][key] - rows[first][key]) / (len(rows) - 1 - first)
         summary[f"{key}_growth_per_task"] = growth
         summary[f"{key}_growth_over_capacity"] = growth / mean_cap
