@@ -150,6 +150,10 @@ def _checked_fields(name: str, f: Any, shape: tuple[int, ...]
 class FieldStore:
     """Banks of fields per layer: who wrote what, with which codes, and how many bits are used.
 
+    Length: the bank rules (check, add), the coded per-task records with their decoding caches
+    (masks chained through contexts, write sets through the bank's earlier writes), export and
+    state each take a few short methods over the same records.
+
     Parameters
     ----------
     shapes : dict str -> tuple of int

@@ -82,6 +82,10 @@ def decode_coded_mask(data: Any, shape: tuple[int, ...], context: np.ndarray | N
 class TaskMemory(nn.Module):
     """Per-task coded masks and stored values of one layer (see the module docstring).
 
+    Length: masks (pending, sealed, released when their context changes), stored values with
+    the read rule, and the torch habits (state_dict that grows the buffers, pickling without
+    caches) share the same per-task buffers; splitting them would split one record.
+
     Parameters
     ----------
     shape : tuple of int
