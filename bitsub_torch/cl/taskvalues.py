@@ -38,7 +38,7 @@ from bitsub_torch.nn.taskmemory import code_mask, code_write, decode_coded_mask
 
 __all__ = ["CodedFields", "FieldStore", "LayerFields"]
 
-_CACHE = 2  # decoded masks / values a store keeps (per layer and task)
+_CACHE = 2  # decoded masks / values a store keeps per layer
 
 
 @dataclass(frozen=True)
@@ -278,10 +278,9 @@ class FieldStore:
             self._remember(self._unions, key, hit)
         return hit
 
-    @staticmethod
-    def _remember(cache: OrderedDict, key: tuple[int, str], value: np.ndarray) -> None:
+    def _remember(self, cache: OrderedDict, key: tuple[int, str], value: np.ndarray) -> None:
         cache[key] = value
-        while len(cache) > _CACHE:
+        while len(cache) > _CACHE * len(self.shapes):
             cache.popitem(last=False)
 
     # ------------------------------------------------------------------ bit accounting
