@@ -564,3 +564,22 @@ def naive_soft_threshold(w, theta):
     for idx, v in np.ndenumerate(w):
         out[idx] = np.sign(v) * max(abs(float(v)) - s, 0.0)
     return out
+
+
+def naive_read_rule(history, task, shape):
+    """The values task ``task`` reads: the latest write of its bank by a task <= it, else 0.
+
+    ``history[t]`` is ``(bank, write bool array, values of the written positions in C order)``.
+    """
+    bank = history[task][0]
+    out = np.zeros(shape, np.float32)
+    for t in range(task + 1):
+        b, write, values = history[t]
+        if b != bank:
+            continue
+        k = 0
+        for i in range(write.size):  # position by position, C order
+            if write.reshape(-1)[i]:
+                out.reshape(-1)[i] = values[k]
+                k += 1
+    return out

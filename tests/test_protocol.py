@@ -152,7 +152,7 @@ def test_the_best_validation_state_is_kept_bit_for_bit():
 def test_score_lr_moves_scores_by_at_most_its_adam_steps():
     protocol = Protocol(patience=1, max_epochs=1, min_steps=0, eval_every=1, decays=0)
     model, trainer = make(WSN(0.5), protocol=protocol, tasks=one_task(), score_lr=1e-7)
-    before = [s.detach().clone() for s in model.score_parameters()]
+    before = [layer.enable_scores().detach().clone() for layer in model.masked_layers().values()]
     w_before = [layer.weight.detach().clone() for layer in model.masked_layers().values()]
     res = trainer.run()
     steps = res.timings["steps"][0][0]

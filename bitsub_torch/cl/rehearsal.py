@@ -197,7 +197,7 @@ class RehearsalTrainer:
     def _density(self) -> dict[str, float]:
         out = {}
         for name, layer in self._shared().items():
-            out[name] = (float(layer.masks[0].float().mean()) if layer.has_task_mask(0) else 1.0)
+            out[name] = float(layer.task_mask(0).float().mean())  # all True without a mask
         return out
 
     def _count(self, examples: int, passes: float = 3.0, dense: bool = False) -> None:
@@ -230,7 +230,7 @@ class RehearsalTrainer:
             return [self._make_optimizer([*self.model.shared_parameters(), *head])]
         groups = []
         for name, layer in layers.items():
-            active = layer.masks[0] if layer.has_task_mask(0) else None
+            active = layer.task_mask(0) if layer.has_task_mask(0) else None
             n_active = layer.weight.numel() if active is None else int(active.sum())
             # polytope centred at the weights the previous task left ("task"), or the origin
             anchor = (layer.weight.detach().clone()
@@ -317,7 +317,7 @@ class RehearsalTrainer:
     def _regrow(self, task: int) -> None:
         # Dense gradient of the task's first batch at the pruned positions (RigL-style growth).
         s, data = self.strategy, self.scenario.tasks[task]
-        masks = {n: layer.masks[0].clone() for n, layer in self._shared().items()}
+        masks = {n: layer.task_mask(0) for n, layer in self._shared().items()}
         self._set_mask(None)
         order = np.random.default_rng((self.seed, task, 9)).permutation(len(data.y_train))
         it = torch.from_numpy(order[: self.batch_size])
@@ -341,7 +341,7 @@ class RehearsalTrainer:
     def _prune(self) -> None:
         s, masks = self.strategy, {}
         for name, layer in self._shared().items():
-            allowed = layer.masks[0] if layer.has_task_mask(0) else None
+            allowed = layer.task_mask(0) if layer.has_task_mask(0) else None
             masks[name] = magnitude_mask(layer.weight, s.sparsity, allowed)
         self._set_mask(masks)
 
@@ -367,14 +367,14 @@ class RehearsalTrainer:
                     opts = self._optimizers(False)
                     self._epochs(task, retrain, 1, opts, bar, False)
                     self.counters["retrain_epochs"] += retrain
-                    self._set_mask({n: la.masks[0] for n, la in self._shared().items()})
+                    self._set_mask({n: la.task_mask(0) for n, la in self._shared().items()})
 
     def sparsity(self) -> float:
         """Fraction of the shared weights outside the model's mask (0 for a dense model)."""
         total = kept = 0
         for layer in self._shared().values():
             total += layer.weight.numel()
-            kept += int(layer.masks[0].sum()) if layer.has_task_mask(0) else layer.weight.numel()
+            kept += int(layer.task_mask(0).sum())  # all True without a mask
         return 1.0 - kept / total
 
     def zero_fraction(self) -> float:

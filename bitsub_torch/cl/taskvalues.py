@@ -12,18 +12,19 @@ the values bit for bit:
 - a field fits in a word while ``used + P + b <= word_bits`` (first fit from the MSB down), and a
   bank holds at most ``2**P - 1`` tasks.
 
-Per task and layer it keeps the mask, the write set, the bit-width, the codebook and one code per
-written position; dense values are rebuilt on demand (and cached), so checkpoints stay small.
-:func:`install_values` plugs a store into a model's task layers through their ``values(task)``
-indirection: a finished task reads its stored values; the task being trained reads its trainable
-positions from the layer's ``weight`` (scratch) and every other position from the frozen fields of
-its bank.
+Per task and layer it keeps, in bits (:class:`CodedFields`): the mask Huffman-coded (alone or in
+the context of the previous task of its bank), the write set coded in the context of the mask,
+the bit-width, the codebook and the codes packed at the bit-width. Masks, write sets and dense
+values are decoded on demand into small caches, so neither memory nor checkpoints hold a dense
+copy per task. The quantizing strategies hand the same arrays to the model's layers
+(`bitsub_torch.nn.taskmemory.TaskMemory.adopt_values`: shared, not copied), so that the model's
+``state_dict`` alone holds what its forward pass needs.
 """
 
 from __future__ import annotations
 
 import math
-import types
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +32,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from bitsub.codecs.bitfield import pack_bits, unpack_bits
 from bitsub.validate import check_int
+from bitsub_torch.nn.taskmemory import code_mask, code_write, decode_coded_mask
 
-__all__ = ["FieldStore", "LayerFields", "install_values", "uninstall_values"]
+__all__ = ["CodedFields", "FieldStore", "LayerFields"]
+
+_CACHE = 2  # decoded masks / values a store keeps per layer
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,43 @@ class LayerFields:
         if self.codes.size == 0:
             return np.zeros(0, np.float32)
         return self.codebook[self.codes]
+
+
+@dataclass(frozen=True)
+class CodedFields:
+    """What one finished task stores in one layer, in bits (what `FieldStore` keeps).
+
+    Attributes
+    ----------
+    mask : np.ndarray of uint8
+        The mask, coded by `bitsub_torch.nn.taskmemory.code_mask`.
+    mask_context : int
+        The task whose mask it is coded in (the previous task of the bank), or -1.
+    write : np.ndarray of uint8
+        The write set coded by `code_write`, in the context of the mask (``write_context`` 0) or
+        of the mask's positions no earlier task of the bank wrote (1).
+    bits : int
+        Bit-width of the codes (0 when nothing was written).
+    codebook : np.ndarray of float32
+        The centroids.
+    codes : np.ndarray of uint8
+        ``written`` codes packed at ``bits`` bits (`bitsub.pack_bits`).
+    written : int
+        Number of written positions.
+    """
+
+    mask: np.ndarray
+    mask_context: int
+    write: np.ndarray
+    bits: int
+    codebook: np.ndarray
+    codes: np.ndarray
+    written: int
+    write_context: int = 0
+
+    def nbytes(self) -> int:
+        """Bytes of the coded arrays."""
+        return self.mask.nbytes + self.write.nbytes + self.codebook.nbytes + self.codes.nbytes
 
 
 def _bool(arr: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -108,6 +150,10 @@ def _checked_fields(name: str, f: Any, shape: tuple[int, ...]
 class FieldStore:
     """Banks of fields per layer: who wrote what, with which codes, and how many bits are used.
 
+    Length: the bank rules (check, add), the coded per-task records with their decoding caches
+    (masks chained through contexts, write sets through the bank's earlier writes), export and
+    state each take a few short methods over the same records.
+
     Parameters
     ----------
     shapes : dict str -> tuple of int
@@ -132,8 +178,10 @@ class FieldStore:
         self._bank_tasks: list[list[int]] = []
         self._used: list[dict[str, np.ndarray]] = []  # per bank: layer -> uint8 bits used
         self._task_bank: dict[int, int] = {}
-        self._fields: dict[int, dict[str, LayerFields]] = {}
-        self._cache: dict[tuple[int, str], np.ndarray] = {}
+        self._fields: dict[int, dict[str, CodedFields]] = {}
+        self._masks: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._values: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._unions: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
 
     # ------------------------------------------------------------------ structure
     @property
@@ -175,10 +223,65 @@ class FieldStore:
         return self.banks - 1 if self.banks else None
 
     def fields(self, task: int, layer: str) -> LayerFields:
-        """What a finished task stored in a layer."""
+        """What a finished task stored in a layer (decoded: dense mask and write set, codes)."""
+        self._check_task(task)
+        self._check_layer(layer)
+        c = self._fields[task][layer]
+        mask = np.array(self.mask(task, layer))
+        if not c.written:
+            empty = np.zeros(self.shapes[layer], np.bool_)
+            return LayerFields(mask, empty, 0, np.zeros(0, np.float32), np.zeros(0, np.uint8))
+        write = self._write(task, layer)
+        codes = unpack_bits(c.codes, c.bits, c.written)
+        return LayerFields(mask, write, c.bits, c.codebook.copy(), codes)
+
+    def coded(self, task: int, layer: str) -> CodedFields:
+        """What a finished task stored in a layer, as stored (coded; the arrays are shared)."""
         self._check_task(task)
         self._check_layer(layer)
         return self._fields[task][layer]
+
+    def mask(self, task: int, layer: str) -> np.ndarray:
+        """A finished task's bool mask in a layer (decoded and cached; read-only)."""
+        self._check_task(task)
+        key = (task, layer)
+        hit = self._masks.get(key)
+        if hit is not None:
+            self._masks.move_to_end(key)
+            return hit
+        c = self._fields[task][layer]
+        ctx = self.mask(c.mask_context, layer) if c.mask_context >= 0 else None
+        mask = decode_coded_mask(c.mask, self.shapes[layer], ctx)
+        mask.flags.writeable = False
+        self._remember(self._masks, key, mask)
+        return mask
+
+    def _write(self, task: int, layer: str) -> np.ndarray | None:
+        c = self._fields[task][layer]
+        if not c.written:
+            return None
+        ctx = self.mask(task, layer)
+        if c.write_context:
+            ctx = ctx & ~self._written_before(task, layer)
+        return decode_coded_mask(c.write, self.shapes[layer], ctx)
+
+    def _written_before(self, task: int, layer: str) -> np.ndarray:
+        # The positions the tasks of ``task``'s bank before it wrote (what has_field said then).
+        tasks = self._bank_tasks[self._task_bank[task]]
+        earlier = [t for t in tasks[: tasks.index(task)] if self._fields[t][layer].written]
+        if not earlier:
+            return np.zeros(self.shapes[layer], np.bool_)
+        key = (earlier[-1], layer)
+        hit = self._unions.get(key)
+        if hit is None:
+            hit = self._written_before(earlier[-1], layer) | self._write(earlier[-1], layer)
+            self._remember(self._unions, key, hit)
+        return hit
+
+    def _remember(self, cache: OrderedDict, key: tuple[int, str], value: np.ndarray) -> None:
+        cache[key] = value
+        while len(cache) > _CACHE * len(self.shapes):
+            cache.popitem(last=False)
 
     # ------------------------------------------------------------------ bit accounting
     def used_bits(self, bank: int, layer: str) -> np.ndarray:
@@ -211,34 +314,36 @@ class FieldStore:
         for t in self._bank_tasks[self._check_bank(bank)]:
             if upto is not None and t > upto:
                 break
-            f = self._fields[t][layer]
-            if f.codes.size:
-                flat[np.flatnonzero(f.write)] = f.values()
+            c = self._fields[t][layer]
+            write = self._write(t, layer)
+            if write is not None:
+                flat[np.flatnonzero(write)] = c.codebook[unpack_bits(c.codes, c.bits, c.written)]
         return out
 
     def values(self, task: int, layer: str) -> np.ndarray:
-        """The values a finished task reads at every position (cached; read-only float32).
+        """The values a finished task reads at every position (a few cached; read-only float32).
 
         Outside the task's mask they are whatever the bank holds there; multiply by the mask for
         the task's weights (:meth:`weights`).
         """
         self._check_task(task)
         key = (task, layer)
-        if key not in self._cache:
-            v = self.visible(self._task_bank[task], layer, upto=task)
-            v.flags.writeable = False
-            self._cache[key] = v
-        return self._cache[key]
+        hit = self._values.get(key)
+        if hit is None:
+            hit = self.visible(self._task_bank[task], layer, upto=task)
+            hit.flags.writeable = False
+            self._remember(self._values, key, hit)
+        return hit
 
     def weights(self, task: int, layer: str) -> np.ndarray:
         """The task's weights: its mask times :meth:`values` (what ``pm.weights`` returns)."""
-        return np.where(self.fields(task, layer).mask, self.values(task, layer), np.float32(0))
+        return np.where(self.mask(task, layer), self.values(task, layer), np.float32(0))
 
     def field_bits(self, task: int) -> int:
         """Bits of all fields the task wrote: sum over layers of ``written * (P + b)``."""
         self._check_task(task)
         return sum(
-            int(f.write.sum()) * (self.prefix_bits + f.bits) for f in self._fields[task].values()
+            c.written * (self.prefix_bits + c.bits) for c in self._fields[task].values()
         )
 
     # ------------------------------------------------------------------ adding a task
@@ -275,21 +380,31 @@ class FieldStore:
             raise ValueError(f"tasks are added in increasing order; {task} is not after "
                              f"{max(self._fields)}")
         self.check(bank, layers)
-        full: dict[str, LayerFields] = {}
+        earlier = self._bank_tasks[bank][-1] if self._bank_tasks[bank] else -1
+        full: dict[str, CodedFields] = {}
         for name, shape in self.shapes.items():
             f = layers.get(name)
             if f is None:
                 empty = np.zeros(shape, np.bool_)
                 f = LayerFields(empty, empty, 0, np.zeros(0, np.float32), np.zeros(0, np.uint8))
-            mask = _bool(f.mask, shape, "mask").copy()
-            write = _bool(f.write, shape, "write").copy()
-            if write.any():
-                f = LayerFields(mask, write, int(f.bits), f.codebook.copy(), f.codes.copy())
+            mask = _bool(f.mask, shape, "mask")
+            write = _bool(f.write, shape, "write")
+            ctx = self.mask(earlier, name) if earlier >= 0 else None
+            coded_mask, used = code_mask(mask, ctx)
+            n = int(write.sum())
+            if n:
+                implied = mask & ~self.has_field(bank, name)
+                coded_write, context = code_write(write, mask, implied)
+                c = CodedFields(coded_mask, earlier if used else -1, coded_write, int(f.bits),
+                                f.codebook.copy(), pack_bits(f.codes, int(f.bits)), n, context)
             else:
-                f = LayerFields(mask, write, 0, np.zeros(0, np.float32), np.zeros(0, np.uint8))
-            full[name] = f
-            if f.bits:
-                self._used[bank][name][f.write] += np.uint8(self.prefix_bits + f.bits)
+                c = CodedFields(coded_mask, earlier if used else -1, np.zeros(0, np.uint8), 0,
+                                np.zeros(0, np.float32), np.zeros(0, np.uint8), 0)
+            full[name] = c
+        for name, c in full.items():
+            if c.written:
+                self._used[bank][name][_bool(layers[name].write, self.shapes[name], "write")] += (
+                    np.uint8(self.prefix_bits + c.bits))
         self._fields[task] = full
         self._task_bank[task] = bank
         self._bank_tasks[bank].append(task)
@@ -303,13 +418,14 @@ class FieldStore:
         """
         self._check_task(task)
         out: dict[str, dict[str, Any]] = {}
-        for name, f in self._fields[task].items():
+        for name in self._fields[task]:
+            f = self.fields(task, name)
             codes = np.zeros(self.shapes[name], np.uint16 if f.bits > 8 else np.uint8)
             codes.reshape(-1)[np.flatnonzero(f.write)] = f.codes
             out[name] = {
-                "mask": f.mask.copy(),
-                "write": f.write.copy(),
-                "codebook": f.codebook.copy() if f.bits else None,
+                "mask": f.mask,
+                "write": f.write,
+                "codebook": f.codebook if f.bits else None,
                 "codes": codes,
                 "bits": int(f.bits),
             }
@@ -321,8 +437,12 @@ class FieldStore:
         return "new" if self._bank_tasks[b][0] == task else b
 
     # ------------------------------------------------------------------ state
+    def nbytes(self) -> int:
+        """Bytes the finished tasks take (coded arrays; the per-bank bit counts not included)."""
+        return sum(c.nbytes() for layers in self._fields.values() for c in layers.values())
+
     def state_dict(self) -> dict[str, Any]:
-        """Compact state of tensors, numbers, lists and dicts (masks bit-packed).
+        """Compact state of tensors, numbers, lists and dicts (the coded arrays, shared).
 
         Loadable with ``torch.load(..., weights_only=True)``, as the trainer's checkpoints are.
         """
@@ -330,13 +450,16 @@ class FieldStore:
         for t, layers in self._fields.items():
             tasks[int(t)] = {
                 name: {
-                    "mask": torch.from_numpy(np.packbits(f.mask.reshape(-1))),
-                    "write": torch.from_numpy(np.packbits(f.write.reshape(-1))),
-                    "bits": int(f.bits),
-                    "codebook": torch.from_numpy(f.codebook.copy()),
-                    "codes": torch.from_numpy(f.codes.astype(np.int32)),
+                    "mask": torch.from_numpy(c.mask),
+                    "mask_context": int(c.mask_context),
+                    "write": torch.from_numpy(c.write),
+                    "bits": int(c.bits),
+                    "codebook": torch.from_numpy(c.codebook),
+                    "codes": torch.from_numpy(c.codes),
+                    "written": int(c.written),
+                    "write_context": int(c.write_context),
                 }
-                for name, f in layers.items()
+                for name, c in layers.items()
             }
         return {
             "word_bits": self.word_bits,
@@ -348,7 +471,10 @@ class FieldStore:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> FieldStore:
-        """Rebuild a store from :meth:`state_dict` (re-adding the tasks re-checks every rule)."""
+        """Rebuild a store from :meth:`state_dict` (re-adding the tasks re-checks every rule).
+
+        Also reads the state of earlier versions (masks bit-packed, one int32 code per field).
+        """
         shapes = {k: tuple(int(s) for s in v) for k, v in state["shapes"].items()}
         word_bits, prefix_bits = int(state["word_bits"]), int(state["prefix_bits"])
         store = cls(shapes, word_bits=word_bits, prefix_bits=prefix_bits)
@@ -358,24 +484,35 @@ class FieldStore:
         for t, b in order:
             layers = {}
             for name, d in state["tasks"][t].items():
-                shape = store.shapes[name]
-                n = math.prod(shape)
-
-                def unpack(a: Any, n: int = n, shape: tuple[int, ...] = shape) -> np.ndarray:
-                    bits = np.unpackbits(np.asarray(a, dtype=np.uint8), count=n)
-                    return bits.astype(bool).reshape(shape)
-
-                bits = int(d["bits"])
-                codes = np.asarray(d["codes"]).astype(np.uint16 if bits > 8 else np.uint8)
-                layers[name] = LayerFields(
-                    unpack(d["mask"]),
-                    unpack(d["write"]),
-                    bits,
-                    np.asarray(d["codebook"], dtype=np.float32),
-                    codes,
-                )
+                layers[name] = store._decode_state(t, b, name, d)
             store.add_task(t, b, layers)
         return store
+
+    def _decode_state(self, task: int, bank: int, name: str, d: Mapping[str, Any]) -> LayerFields:
+        shape = self.shapes[name]
+        bits = int(d["bits"])
+        codebook = np.asarray(d["codebook"], dtype=np.float32)
+        if "mask_context" not in d:  # an earlier version's state
+            n = math.prod(shape)
+
+            def unpack(a: Any) -> np.ndarray:
+                return np.unpackbits(np.asarray(a, dtype=np.uint8), count=n).astype(bool)
+
+            codes = np.asarray(d["codes"]).astype(np.uint16 if bits > 8 else np.uint8)
+            return LayerFields(unpack(d["mask"]).reshape(shape), unpack(d["write"]).reshape(shape),
+                               bits, codebook, codes)
+        ctx = int(d["mask_context"])
+        if ctx >= 0 and (ctx not in self._fields or ctx >= task):
+            raise ValueError(f"task {task}, layer {name!r}: mask context {ctx} is not stored")
+        mask = decode_coded_mask(d["mask"], shape, self.mask(ctx, name) if ctx >= 0 else None)
+        written = int(d["written"])
+        if not written:
+            empty = np.zeros(shape, np.bool_)
+            return LayerFields(mask, empty, 0, np.zeros(0, np.float32), np.zeros(0, np.uint8))
+        ctx = mask & ~self.has_field(bank, name) if int(d["write_context"]) else mask
+        write = decode_coded_mask(d["write"], shape, ctx)
+        codes = unpack_bits(np.asarray(d["codes"], dtype=np.uint8), bits, written)
+        return LayerFields(mask, write, bits, codebook, codes)
 
     # ------------------------------------------------------------------ checks
     def _check_task(self, task: int) -> None:
@@ -390,62 +527,3 @@ class FieldStore:
     def _check_layer(self, layer: str) -> None:
         if layer not in self.shapes:
             raise KeyError(f"no layer {layer!r}; layers are {list(self.shapes)}")
-
-
-# ---------------------------------------------------------------------- torch side
-
-
-def _stored_values(self: Any, task: int) -> torch.Tensor:
-    """``values(task)`` of a task layer backed by a FieldStore (installed per instance)."""
-    hook = self._bitsub_values
-    return hook.values(self, task)
-
-
-class _ValuesHook:
-    """What ``install_values`` attaches to a layer: the store, the layer name, the current task."""
-
-    def __init__(self, owner: Any, name: str) -> None:
-        self.owner = owner  # the strategy: has .store, .current (task, bank, trainable, override)
-        self.name = name
-        # Dense values of finished tasks, built from ``store`` on ``device``; dropped whole when
-        # the owner's store or the layer's device changes (a reloaded store is a new object).
-        self._store: FieldStore | None = None
-        self._device: torch.device | None = None
-        self._tensors: dict[int, torch.Tensor] = {}
-
-    def values(self, layer: Any, task: int) -> torch.Tensor:
-        owner = self.owner
-        store: FieldStore = owner.store
-        cur = owner.current_values(self.name, task, layer)
-        if cur is not None:
-            return cur
-        if task not in store.tasks:
-            return layer.weight
-        device = layer.weight.device
-        if store is not self._store or device != self._device:
-            self._store, self._device, self._tensors = store, device, {}
-        t = self._tensors.get(task)
-        if t is None:
-            # Built uncached on the store's side: only this tensor is kept.
-            dense = store.visible(store.bank(task), self.name, upto=task)
-            t = self._tensors[task] = torch.from_numpy(dense).to(device)
-        return t
-
-
-def install_values(model: Any, owner: Any) -> None:
-    """Route every task layer's ``values(task)`` through ``owner``'s FieldStore.
-
-    ``owner`` provides ``store`` (a :class:`FieldStore`) and ``current_values(name, task, layer)``
-    returning the tensor the task being trained reads (or None to fall back to the store, then to
-    ``layer.weight`` for tasks the store does not hold).
-    """
-    for name, layer in model.masked_layers().items():
-        layer._bitsub_values = _ValuesHook(owner, name)
-        layer.values = types.MethodType(_stored_values, layer)
-
-
-def uninstall_values(model: Any) -> None:
-    """Undo :func:`install_values` (layers read ``weight`` again)."""
-    for layer in model.masked_layers().values():
-        layer.__dict__.pop("values", None)
-        layer.__dict__.pop("_bitsub_values", None)

@@ -212,10 +212,12 @@ class Trainer:
         if not tasks:
             raise ValueError("scenario has no tasks")
         if model.num_tasks < len(tasks):
-            raise ValueError(
-                f"model has {model.num_tasks} heads but the scenario has {len(tasks)} tasks: "
-                "build the model with num_tasks=len(scenario.tasks)"
-            )
+            if not hasattr(model, "grow"):
+                raise ValueError(
+                    f"model has {model.num_tasks} heads but the scenario has {len(tasks)} tasks: "
+                    "build the model with num_tasks=len(scenario.tasks)"
+                )
+            model.grow(len(tasks))  # heads grow as tasks arrive
         for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1),
                                  ("eval_batch_size", eval_batch_size, 1), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -259,6 +261,8 @@ class Trainer:
         if distributed is not None and batch_size < distributed.world_size:
             raise ValueError(f"batch_size ({batch_size}) must be at least the number of "
                              f"processes ({distributed.world_size}): it is the global batch")
+        # the model as built: its state grows with the tasks (coded masks, stored values, scores)
+        self._shapes = {k: list(v.shape) for k, v in self.model.state_dict().items()}
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:
@@ -276,7 +280,7 @@ class Trainer:
             "weight_decay": self.weight_decay,
             "momentum": self.momentum,
             "seed": self.seed,
-            "parameters": {k: list(v.shape) for k, v in self.model.state_dict().items()},
+            "parameters": self._shapes,
             "run": self.run_config,
             "protocol": None if self.protocol is None else self.protocol.to_dict(),
             "score_lr": self.score_lr,

@@ -7,13 +7,15 @@
 - `resnet18`: the reduced ResNet-18 of GPM for 5-datasets (20 base channels).
 
 Every network takes ``input_shape``, ``num_classes`` (head width), ``num_tasks`` and a width
-argument. BatchNorm is per task (`TaskBatchNorm`); heads are bias-free `nn.Linear`.
+argument. BatchNorm is per task (`TaskBatchNorm`); heads are bias-free `nn.Linear`. A network's
+forward takes one task for the batch or a task label per sample; `TaskNetwork.grow` adds tasks.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from bitsub_torch.nn.layers import (
     TaskConv2d,
     TaskLinear,
 )
+from bitsub_torch.nn.tasklabels import by_task
 
 __all__ = ["ResNet18", "TaskNetwork", "alexnet", "mlp", "resnet18", "tinynet"]
 
@@ -101,16 +104,50 @@ class TaskNetwork(nn.Module):
     def _check_task(self, task: int) -> int:
         return check_int(task, "task", 0, self.num_tasks - 1)
 
-    def features(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        """The body's output for task ``task`` (the heads' input)."""
+    def features(self, x: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:
+        """The body's output for task ``task`` (the heads' input); int or one label per sample."""
+        if isinstance(task, torch.Tensor):
+            return by_task(self.features, x, task, self.num_tasks)
         for block in self.blocks.values():
             x = block(x, task) if isinstance(block, _TASK_AWARE) else block(x)
         return x
 
-    def forward(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        """Logits ``(batch, num_classes)`` of task ``task``."""
+    def forward(self, x: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:
+        """Logits ``(batch, num_classes)`` of task ``task``.
+
+        ``task`` is one int for the whole batch (the fast path), or a LongTensor of shape
+        ``(batch,)`` with one task label per sample (the Avalanche convention): the batch is
+        grouped by label, each group runs through its task's sub-network and head, and the
+        logits come back in the samples' order.
+        """
+        if isinstance(task, torch.Tensor):
+            return by_task(self.forward, x, task, self.num_tasks)
         self._check_task(task)
         return self.heads[task](self.features(x, task))
+
+    def grow(self, num_tasks: int) -> None:
+        """Make room for ``num_tasks`` tasks: new heads, norms and biases (no-op if fewer).
+
+        A model built without knowing the final number of tasks takes more this way; the
+        trainer grows it to its scenario, and ``load_state_dict`` to the state it loads.
+        """
+        num_tasks = check_int(num_tasks, "num_tasks", 1)
+        if num_tasks <= self.num_tasks:
+            return
+        first = self.heads[0]
+        for _ in range(self.num_tasks, num_tasks):
+            head = nn.Linear(first.in_features, first.out_features, bias=first.bias is not None)
+            self.heads.append(head.to(first.weight.device, first.weight.dtype))
+        for module in self.blocks.modules():
+            if isinstance(module, (MaskedLayerMixin, TaskBatchNorm)):
+                module.grow(num_tasks)
+        self.num_tasks = num_tasks
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        heads = [k for k in state_dict if k.startswith(prefix + "heads.")]
+        if heads:
+            self.grow(1 + max(int(k[len(prefix) + 6:].split(".")[0]) for k in heads))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     # ------------------------------------------------------------------ introspection
     def masked_layers(self) -> dict[str, MaskedLayer]:
@@ -134,8 +171,8 @@ class TaskNetwork(nn.Module):
         return [layer.weight for layer in self.masked_layers().values()]
 
     def score_parameters(self) -> list[nn.Parameter]:
-        """The WSN scores of the task layers."""
-        return [layer.scores for layer in self.masked_layers().values()]
+        """The WSN scores of the task layers (those that have them: see ``enable_scores``)."""
+        return [layer.scores for layer in self.masked_layers().values() if layer.scores is not None]
 
     def private_parameters(self, task: int) -> list[nn.Parameter]:
         """Parameters private to task ``task``: its head, its BatchNorms and its biases."""
@@ -398,7 +435,9 @@ class ResNet18(TaskNetwork):
         features = cin * (h // 2) * (w // 2)
         super().__init__(blocks, features, num_classes, num_tasks, tuple(input_shape))
 
-    def features(self, x: torch.Tensor, task: int) -> torch.Tensor:  # noqa: D102
+    def features(self, x: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if isinstance(task, torch.Tensor):
+            return by_task(self.features, x, task, self.num_tasks)
         for block in self.blocks.values():
             x = block(x, task) if isinstance(block, (*_TASK_AWARE, _BasicBlock)) else block(x)
         return x

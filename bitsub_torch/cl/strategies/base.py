@@ -135,7 +135,10 @@ class Strategy:
 
     # ------------------------------------------------------------------ hooks
     def setup(self, model: nn.Module, scenario: Any) -> None:
-        """Called once before the first task (also on resume)."""
+        """Called once before the first task (also on resume); allocates the scores if used."""
+        if self.uses_scores:
+            for layer in model.masked_layers().values():
+                layer.enable_scores()
 
     def before_task(self, task: int, model: nn.Module, data: Any) -> None:
         """Freeze owned positions of every task layer."""

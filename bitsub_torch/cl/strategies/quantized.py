@@ -10,7 +10,9 @@ trained.
 While task t trains, its layers read ``where(trainable, weight, frozen)``: ``trainable`` are the
 positions where t may write a new field, ``frozen`` the values of the latest fields of t's bank
 (what t reuses). Gradients therefore reach ``weight`` only at trainable positions, whatever the
-optimizer does elsewhere; no ownership freezing is needed.
+optimizer does elsewhere; no ownership freezing is needed. Once t is stored, each layer's
+`bitsub_torch.nn.taskmemory.TaskMemory` takes t's coded mask and fields (the store's arrays,
+shared): the model alone then computes t's forward, and its ``state_dict`` restores it.
 
 Activation quantization lives in :mod:`bitsub_torch.nn.actquant` and its per-run report in
 :mod:`bitsub_torch.cl.actreport`; operation counts in :mod:`bitsub_torch.cl.ops`.
@@ -29,7 +31,7 @@ from torch import nn
 from bitsub.quant.kmeans import METHODS as KMEANS_METHODS
 from bitsub.validate import check_bool, check_float, check_int
 from bitsub_torch.cl.strategies.base import Evaluate, Strategy
-from bitsub_torch.cl.taskvalues import FieldStore, LayerFields, install_values
+from bitsub_torch.cl.taskvalues import FieldStore, LayerFields
 
 __all__ = ["QuantizedStrategy"]
 
@@ -105,7 +107,7 @@ class QuantizedStrategy(Strategy):
 
     # ------------------------------------------------------------------ set-up
     def setup(self, model: nn.Module, scenario: Any) -> None:
-        """Create the field store for the model's layers and route their ``values`` through it."""
+        """Create the field store for the model's layers (once; kept on resume)."""
         layers = model.masked_layers()
         shapes = {n: tuple(int(s) for s in layer.weight.shape) for n, layer in layers.items()}
         if self.prefix_bits is None:
@@ -117,7 +119,7 @@ class QuantizedStrategy(Strategy):
             )
         if self.store is None or self.store.shapes != shapes:
             self.store = FieldStore(shapes, word_bits=self.word_bits, prefix_bits=self.prefix_bits)
-        install_values(model, self)
+        super().setup(model, scenario)
 
     def _require_store(self) -> FieldStore:
         if self.store is None:
@@ -125,15 +127,6 @@ class QuantizedStrategy(Strategy):
         return self.store
 
     # ------------------------------------------------------------------ values while training
-    def current_values(self, name: str, task: int, layer: nn.Module) -> torch.Tensor | None:
-        """The values the task being trained reads in layer ``name`` (None for other tasks)."""
-        cur = self._cur
-        if cur is None or task != cur.task:
-            return None
-        if cur.override is not None and name in cur.override:
-            return cur.override[name]
-        return torch.where(cur.trainable[name], layer.weight, cur.frozen[name])
-
     def _begin(self, task: int, model: nn.Module, bank: int, trainable: dict[str, Any]) -> None:
         store = self._require_store()
         cur_train, frozen = {}, {}
@@ -143,6 +136,7 @@ class QuantizedStrategy(Strategy):
             fz = torch.from_numpy(store.visible(bank, name)).to(dev)
             with torch.no_grad():  # scratch agrees with what the task reads
                 layer.weight.copy_(torch.where(tr, layer.weight, fz))
+            layer.set_training_values(task, tr, fz)
             cur_train[name], frozen[name] = tr, fz
         self._cur = _Current(task, bank, cur_train, frozen)
 
@@ -181,11 +175,13 @@ class QuantizedStrategy(Strategy):
                 q = np.asarray(quantized[n], dtype=np.float32).reshape(-1)
                 dense[write[n]] = torch.from_numpy(q).to(dense.device)
                 override[n] = dense
-            cur.override = override
+            for n in names:
+                layers[n].set_values_override(override[n])
             try:
                 return float(evaluate(model, task, split))
             finally:
-                cur.override = None
+                for n in names:
+                    layers[n].set_values_override(None)
 
         return adaptive_bitwidth(
             values,
@@ -225,11 +221,14 @@ class QuantizedStrategy(Strategy):
         store.add_task(task, cur.bank, fields)
         self._cur = None
         for name, layer in model.masked_layers().items():
-            stored = torch.from_numpy(store.visible(cur.bank, name, upto=task))
-            stored = stored.to(layer.weight.device)
+            layer.clear_training_values()
+            c = store.coded(task, name)
+            layer.memory.adopt_mask(task, c.mask, c.mask_context)
+            layer.memory.adopt_values(task, cur.bank, c.write, c.codebook, c.codes, c.bits,
+                                      c.written, c.write_context)
+            stored = layer.values(task)
             with torch.no_grad():
                 layer.weight.copy_(torch.where(write[name].to(stored.device), stored, layer.weight))
-            layer.set_task_mask(task, masks[name].to(layer.masks.device))
 
     # ------------------------------------------------------------------ short training (searches)
     def _train(

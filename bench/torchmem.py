@@ -1,0 +1,151 @@
+"""Torch-side memory of a many-task TinySubNets run: what each finished task adds, against its bits.
+
+Trains TinySubNets (default arguments) task after task on the reduced AlexNet
+(`bitsub_torch.nn.models.alexnet`, 3x32x32 inputs, 6.5 M weight positions) with a short budget
+per task, and after every task records
+
+- ``state_dict``: bytes of ``torch.save(model.state_dict())`` (the model alone restores every
+  finished task: see tests/test_torchhabits.py);
+- ``memory``: bytes of the layers' `TaskMemory` buffers (coded masks and stored fields);
+  ``store``: the strategy's `FieldStore` (the same arrays, shared with ``memory``);
+  ``live_tensors``: bytes of every live CPU torch tensor (each storage once);
+- ``rss`` / ``peak_rss``: the process's resident set after a garbage collection, and its high
+  water mark (VmRSS / VmHWM of /proc/self/status);
+- at the end, each task's capacity bits as the packed store counts them
+  (``bitsub_torch.export(model, strategy).capacity().by_task``: fields + codebooks + masks; the
+  private heads and norms are allocated for every task when the run starts, so they are not part
+  of any task's growth).
+
+The data are synthetic (no download): per task, 10 classes of smooth random 3x32x32 prototypes
+plus noise, a fixed generator. Growth per task is the mean increase from task 2 to the last one
+(by then the caches of decoded masks and values, two tasks per layer, are full; the growth from
+task 0 is reported beside it), and its ratio to the mean capacity of tasks 3..T-1.
+
+Run: ``PYTHONPATH=. python bench/torchmem.py --tasks 20 --out torchmem.json``. glibc keeps freed
+blocks below its mmap threshold (which rises to 32 MB after large frees) in the heap, so RSS
+also measures the allocator; ``MALLOC_MMAP_THRESHOLD_=65536`` in the environment makes every
+large tensor its own mapping, returned when freed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import json
+import time
+
+import numpy as np
+import torch
+
+from bitsub_torch.cl.strategies import TinySubNets
+from bitsub_torch.cl.trainer import Trainer
+from bitsub_torch.data.scenarios import Scenario, TaskData
+from bitsub_torch.export import export
+from bitsub_torch.nn.models import alexnet
+
+
+def synthetic(tasks: int, n_train: int, n_val: int, n_test: int, seed: int = 0) -> Scenario:
+    """Tasks of 10 classes: smooth random prototypes (3x32x32) plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(tasks):
+        coarse = rng.standard_normal((10, 3, 8, 8)).astype(np.float32)
+        protos = coarse.repeat(4, axis=2).repeat(4, axis=3)
+
+        def draw(n: int, protos: np.ndarray = protos) -> tuple[np.ndarray, np.ndarray]:
+            y = rng.integers(0, 10, n)
+            x = protos[y] + 1.5 * rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
+            return x.astype(np.float32), y.astype(np.int64)
+
+        xs = [draw(n) for n in (n_train, n_val, n_test)]
+        out.append(TaskData(t, xs[0][0], xs[0][1], xs[1][0], xs[1][1], xs[2][0], xs[2][1],
+                            tuple(range(10))))
+    return Scenario("synthetic-alexnet", (3, 32, 32), 10, out)
+
+
+def status_kib(key: str) -> int:
+    """A field of /proc/self/status in KiB (VmRSS, VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+class Measured(TinySubNets):
+    """TinySubNets that records the model's footprint after each task."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.rows: list[dict] = []
+        self.t0 = time.perf_counter()
+
+    def after_task(self, task, model, data, evaluate) -> None:  # noqa: D102
+        super().after_task(task, model, data, evaluate)
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        gc.collect()
+        live = {}
+        for obj in gc.get_objects():  # live torch tensors, each storage once
+            if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
+                st = obj.untyped_storage()
+                live[st.data_ptr()] = st.nbytes()
+        memory = sum(getattr(la, "memory", None).nbytes() for la in model.masked_layers().values()
+                     if getattr(la, "memory", None) is not None)
+        self.rows.append({
+            "task": task,
+            "state_dict": buf.getbuffer().nbytes,
+            "memory": memory,
+            "store": self.store.nbytes(),
+            "live_tensors": sum(live.values()),
+            "rss": status_kib("VmRSS") * 1024,
+            "peak_rss": status_kib("VmHWM") * 1024,
+            "bank": self.log[task]["bank"],
+            "seconds": time.perf_counter() - self.t0,
+        })
+        print(json.dumps(self.rows[-1]), flush=True)
+
+
+def main() -> None:
+    """Run the measurement and print / write the summary."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", type=int, default=20)
+    ap.add_argument("--train", type=int, default=256, help="training samples per task")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--width", type=float, default=1.0, help="alexnet width (1.0: the paper's)")
+    ap.add_argument("--out", default=None, help="write the rows and summary as JSON here")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    scenario = synthetic(args.tasks, args.train, 128, 128)
+    model = alexnet((3, 32, 32), 10, num_tasks=1, width=args.width)  # grows to the scenario
+    strategy = Measured()
+    trainer = Trainer(model, strategy, scenario, epochs=args.epochs, batch_size=64,
+                      progress=False, eval_batch_size=256)
+    res = trainer.run()
+    cap = export(model, strategy).capacity()
+    rows = strategy.rows
+    for row, by in zip(rows, cap.by_task, strict=True):
+        row["capacity_bits"] = int(by["fields"] + by["codebooks"] + by["masks"])
+    later = rows[min(2, len(rows) - 2) + 1:]
+    mean_cap = float(np.mean([r["capacity_bits"] for r in later])) / 8
+    summary = {"tasks": args.tasks, "weights": int(cap.dense_bits // 32),
+               "acc": res.acc, "bwt": res.bwt, "mean_capacity_bytes": mean_cap}
+    # From task `first` on: the caches of decoded masks and values (two tasks per layer) are full.
+    first = min(2, len(rows) - 2)
+    summary["growth_from_task"] = first
+    for key in ("state_dict", "memory", "live_tensors", "rss", "peak_rss"):
+        growth = (rows[-1][key] - rows[first][key]) / (len(rows) - 1 - first)
+        summary[f"{key}_growth_per_task"] = growth
+        summary[f"{key}_growth_over_capacity"] = growth / mean_cap
+        summary[f"{key}_growth_from_task0_per_task"] = (rows[-1][key] - rows[0][key]) / (
+            len(rows) - 1)
+    summary["dense_float32_copy_bytes"] = int(cap.dense_bits // 8)
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"rows": rows, "summary": summary, "argv": vars(args)}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
