@@ -43,6 +43,7 @@ from bitsub.atomic import write_bytes
 from bitsub_torch.cl import metrics
 from bitsub_torch.cl.protocol import Protocol
 from bitsub_torch.cl.strategies.base import Strategy
+from bitsub_torch.data.streaming import TaskDataset, batch_loader
 
 __all__ = ["Results", "Trainer", "config_differences"]
 
@@ -172,6 +173,11 @@ class Trainer:
     score_lr : float, optional
         Learning rate of the mask scores of score-based strategies (default: ``lr``, as in the
         reference code of WSN).
+    workers : int
+        DataLoader worker processes gathering the training batches (0: in this process). The
+        batches are the same whatever the number; not part of `config`.
+    pin_memory : bool
+        Page-locked batches for asynchronous copies to a CUDA device (ignored without CUDA).
     """
 
     def __init__(
@@ -194,6 +200,8 @@ class Trainer:
         run_config: dict | None = None,
         protocol: Protocol | None = None,
         score_lr: float | None = None,
+        workers: int = 0,
+        pin_memory: bool = False,
     ):
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a Strategy, got {type(strategy).__name__}")
@@ -208,6 +216,7 @@ class Trainer:
                 "build the model with num_tasks=len(scenario.tasks)"
             )
         for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1),
+                                 ("workers", workers, 0),
                                  ("eval_batch_size", eval_batch_size, 1), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -246,6 +255,8 @@ class Trainer:
         self.run_config = dict(run_config or {})
         self.protocol = protocol
         self.score_lr = None if score_lr is None else float(score_lr)
+        self.workers = workers
+        self.pin_memory = bool(pin_memory)
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:
@@ -276,7 +287,7 @@ class Trainer:
         if split not in ("val", "test", "train"):
             raise ValueError(f"split must be 'val', 'test' or 'train', got {split!r}")
         data = self.scenario.tasks[task]
-        x = np.asarray(getattr(data, f"x_{split}"), dtype=np.float32)
+        x = getattr(data, f"x_{split}")  # an ndarray or a streaming view: sliced per batch
         y = np.asarray(getattr(data, f"y_{split}"), dtype=np.int64)
         if len(y) == 0:
             return float("nan")
@@ -284,7 +295,8 @@ class Trainer:
         model.eval()
         correct = 0
         for start in range(0, len(y), self.eval_batch_size):
-            xb = torch.from_numpy(x[start : start + self.eval_batch_size]).to(self.device)
+            xb = np.ascontiguousarray(x[start : start + self.eval_batch_size], dtype=np.float32)
+            xb = torch.from_numpy(xb).to(self.device)
             pred = model(xb, task).argmax(dim=1).cpu().numpy()
             correct += int(np.sum(pred == y[start : start + self.eval_batch_size]))
         model.train(was_training)
@@ -321,20 +333,25 @@ class Trainer:
             starts.pop()  # a batch of one breaks BatchNorm's batch statistics
         return starts
 
-    def _batches(self, task: int, phase: int) -> Any:
-        """Training batches of ``task``, epoch after epoch, each epoch in its seeded order."""
-        data = self.scenario.tasks[task]
-        x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
-        y = torch.from_numpy(np.ascontiguousarray(data.y_train, dtype=np.int64))
-        n = len(y)
+    def _order(self, task: int, phase: int, n: int) -> Any:
+        """Index vectors of the training batches, epoch after epoch, in the seeded orders."""
         starts = self._starts(n)
         epoch = 0
         while True:
             order = np.random.default_rng((self.seed, task, phase, epoch)).permutation(n)
             for start in starts:
-                idx = torch.from_numpy(order[start : start + self.batch_size])
-                yield x[idx].to(self.device), y[idx].to(self.device)
+                yield order[start : start + self.batch_size]
             epoch += 1
+
+    def _batches(self, task: int, phase: int) -> Any:
+        """Training batches of ``task`` through a DataLoader (`bitsub_torch.data.streaming`)."""
+        data = self.scenario.tasks[task]
+        loader = batch_loader(TaskDataset(data.x_train, data.y_train),
+                              self._order(task, phase, len(data.y_train)),
+                              workers=self.workers, pin_memory=self.pin_memory)
+        for xb, yb in loader:
+            yield (xb.to(self.device, non_blocking=self.pin_memory),
+                   yb.to(self.device, non_blocking=self.pin_memory))
 
     def _steps(self, task: int, opt: torch.optim.Optimizer, batches: Any, count: int,
                bar: Any) -> None:
@@ -355,12 +372,13 @@ class Trainer:
     def _val_score(self, task: int) -> tuple[float, float]:
         """(accuracy, -mean loss) of the task on its validation split: larger is better."""
         data = self.scenario.tasks[task]
-        x = np.asarray(data.x_val, dtype=np.float32)
+        x = data.x_val
         y = torch.from_numpy(np.asarray(data.y_val, dtype=np.int64))
         self.model.eval()
         correct, loss = 0, 0.0
         for start in range(0, len(y), self.eval_batch_size):
-            xb = torch.from_numpy(x[start : start + self.eval_batch_size]).to(self.device)
+            xb = np.ascontiguousarray(x[start : start + self.eval_batch_size], dtype=np.float32)
+            xb = torch.from_numpy(xb).to(self.device)
             yb = y[start : start + self.eval_batch_size].to(self.device)
             out = self.model(xb, task)
             correct += int((out.argmax(dim=1) == yb).sum())
