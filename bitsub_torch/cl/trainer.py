@@ -419,6 +419,15 @@ class Trainer:
         self.model.load_state_dict(best_state)
         return steps
 
+    def train_task(self, task: int) -> list[int]:
+        """Train one task (all its phases and strategy hooks), without testing or checkpoints.
+
+        For callers that drive the stream themselves (`bitsub_torch.avalanche`); call
+        ``strategy.setup(model, scenario)`` once first, as `run` does. Returns the optimizer
+        steps of each phase.
+        """
+        return self._train_task(task)
+
     def _train_task(self, task: int) -> list[int]:
         data = self.scenario.tasks[task]
         torch.manual_seed(self.seed * 1_000_003 + task)

@@ -60,7 +60,8 @@ from bitsub_torch.data.files import (
 )
 from bitsub_torch.data.streaming import LazyRows, held_bytes
 
-__all__ = ["EAGER", "SCENARIOS", "LazyRows", "Scenario", "TaskData", "get_scenario", "read_idx"]
+__all__ = ["EAGER", "SCENARIOS", "LazyRows", "Scenario", "TaskData", "get_scenario", "read_idx",
+           "task_data"]
 
 FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -205,6 +206,25 @@ def _lazy_task(
         y_test=np.ascontiguousarray(y_te - first_class, dtype=np.int64),
         classes=tuple(int(c) for c in classes),
     )
+
+
+def task_data(
+    task_id: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: tuple[int, ...],
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+) -> TaskData:
+    """A task from eager arrays, its validation split drawn as the built-in scenarios draw it.
+
+    ``y_train`` / ``y_test`` are task-local labels; ``classes`` the original ids.
+    """
+    return _task(task_id, x_train, y_train, x_test, y_test, classes, seed=seed,
+                 val_fraction=val_fraction)
 
 
 def _permuted(

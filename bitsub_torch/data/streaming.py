@@ -50,11 +50,11 @@ class LazyRows:
         if not isinstance(base, np.ndarray) or base.ndim < 1:
             raise TypeError("base must be a NumPy array with at least one axis")
         self.base = base
-        self.rows = None if rows is None else np.asarray(rows).astype(_index(len(base)))
+        self.rows = None if rows is None else np.asarray(rows).astype(_index(len(base)), copy=False)
         if columns is not None:
             if base.ndim != 2:
                 raise ValueError(f"a column permutation needs a 2-D base, got {base.shape}")
-            columns = np.asarray(columns).astype(_index(base.shape[1]))
+            columns = np.asarray(columns).astype(_index(base.shape[1]), copy=False)
             if sorted(columns.tolist()) != list(range(base.shape[1])):
                 raise ValueError("columns must be a permutation of the base's columns")
         self.columns = columns
@@ -106,6 +106,8 @@ class LazyRows:
                 picked = self.rows[key]
             else:
                 key = np.asarray(key)
+                if key.size == 0 and key.dtype != bool:
+                    key = key.astype(np.intp)  # ``[]`` selects no rows, as for an ndarray
                 if key.dtype == bool and key.shape != self.rows.shape:
                     raise IndexError(f"boolean index of shape {key.shape} for {len(self)} rows")
                 picked = self.rows[key]
