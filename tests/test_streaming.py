@@ -122,3 +122,18 @@ def test_trainer_results_do_not_depend_on_streaming_or_workers():
                           progress=False, workers=workers)
         rows.append(trainer.run().accuracy_matrix)
     assert np.array_equal(rows[0], rows[1]) and np.array_equal(rows[0], rows[2])
+
+
+@pytest.mark.parametrize("strategy,flags,match", [
+    ("wsn", ["--workers", "-1"], "--workers must be an int >= 0"),
+    ("er", ["--workers", "2"], "--workers and --pin-memory are for the task-incremental"),
+])
+def test_cli_rejects_bad_workers_before_writing(tmp_path, capsys, strategy, flags, match):
+    from bitsub_torch.cli import train_main
+
+    out = tmp_path / "run"
+    rc = train_main(["--strategy", strategy, "--scenario", "splitdigits", "--out", str(out),
+                     "--no-progress", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and match in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
