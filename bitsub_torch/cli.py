@@ -184,6 +184,11 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--nproc", type=int, default=1, help="train data-parallel on N processes "
                    "(torchrun --nproc-per-node N -m bitsub_torch.train); --batch-size is global")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader worker processes gathering the training batches (default 0: "
+                   "in the training process; the batches are the same whatever the number)")
+    p.add_argument("--pin-memory", action="store_true",
+                   help="page-locked training batches for asynchronous copies to a CUDA device")
     # one-model (class-incremental) strategies: esacl, er, derpp, prune-retrain
     p.add_argument("--setting", default=None, choices=("class-il", "task-il"),
                    help="one-model strategies: the headline setting of results.json (both "
@@ -217,6 +222,8 @@ def train(
     progress: bool = True,
     activation_bits: Sequence[int] | None = None,
     distributed: Any = None,
+    workers: int = 0,
+    pin_memory: bool = False,
 ) -> dict[str, Any] | None:
     """Train, export and write the run's files to ``out`` (resuming from its checkpoints).
 
@@ -248,6 +255,8 @@ def train(
         activation_bits = tuple(int(b) for b in activation_bits)
     if score_lr is not None:
         check_positive("score_lr", score_lr)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"--workers must be an int >= 0, got {workers!r}")
     out = Path(out)
     check_out(out)
     torch.set_num_threads(threads)
@@ -272,8 +281,8 @@ def train(
                       protocol=None if epochs is not None else Protocol(), score_lr=score_lr,
                       batch_size=batch_size, lr=lr,
                       optimizer=optimizer, seed=seed, checkpoint_dir=out / "checkpoints",
-                      progress=progress and writer, run_config=json_safe(
-                          {k: config[k] for k in RUN_ONLY}),
+                      progress=progress and writer, workers=workers, pin_memory=pin_memory,
+                      run_config=json_safe({k: config[k] for k in RUN_ONLY}),
                       device=getattr(distributed, "device", "cpu"), distributed=distributed)
 
     if writer:
@@ -453,6 +462,9 @@ def train_main(argv: Sequence[str] | None = None, distributed: Any = None) -> in
             if distributed is None:
                 return launch(args.nproc, sys.argv[1:] if argv is None else list(argv))
         if _one_model(args.strategy):
+            if args.workers or args.pin_memory:
+                raise ValueError("--workers and --pin-memory are for the task-incremental "
+                                 "strategies, not the one-model ones")
             return _train_one_model(args, strategy_args)
         if (args.setting is not None or args.buffer is not None or args.sparsity is not None
                 or args.export_bits == "auto"):
@@ -467,6 +479,7 @@ def train_main(argv: Sequence[str] | None = None, distributed: Any = None) -> in
             strategy_args=strategy_args, val_fraction=args.val_fraction, threads=args.threads,
             progress=not args.no_progress, activation_bits=args.activation_bits,
             distributed=distributed,
+            workers=args.workers, pin_memory=args.pin_memory,
         )
         if report is not None:
             print(format_report(report))

@@ -583,3 +583,15 @@ def naive_read_rule(history, task, shape):
                 out.reshape(-1)[i] = values[k]
                 k += 1
     return out
+
+
+def naive_lazy_rows_gather(base, rows, columns):
+    """The eager twin of `bitsub_torch.data.streaming.LazyRows`: ``base[rows][:, columns]``,
+    element by element."""
+    rows = range(len(base)) if rows is None else rows
+    cols = range(base.shape[1]) if columns is None else columns
+    out = np.zeros((len(rows), base.shape[1]), dtype=base.dtype)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            out[i, j] = base[r, c]
+    return out

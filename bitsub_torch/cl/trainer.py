@@ -48,6 +48,7 @@ from bitsub.atomic import write_bytes
 from bitsub_torch.cl import metrics
 from bitsub_torch.cl.protocol import Protocol
 from bitsub_torch.cl.strategies.base import Strategy
+from bitsub_torch.data.streaming import TaskDataset, batch_loader
 
 __all__ = ["Results", "Trainer", "config_differences"]
 
@@ -180,6 +181,11 @@ class Trainer:
     distributed : Distributed, optional
         Train data-parallel over a torch.distributed process group (see
         `bitsub_torch.cl.distributed`); ``batch_size`` is the global batch.
+    workers : int
+        DataLoader worker processes gathering the training batches (0: in this process). The
+        batches are the same whatever the number; not part of `config`.
+    pin_memory : bool
+        Page-locked batches for asynchronous copies to a CUDA device (ignored without CUDA).
     """
 
     def __init__(
@@ -203,6 +209,8 @@ class Trainer:
         protocol: Protocol | None = None,
         score_lr: float | None = None,
         distributed: Any = None,
+        workers: int = 0,
+        pin_memory: bool = False,
     ):
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a Strategy, got {type(strategy).__name__}")
@@ -219,6 +227,7 @@ class Trainer:
                 )
             model.grow(len(tasks))  # heads grow as tasks arrive
         for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1),
+                                 ("workers", workers, 0),
                                  ("eval_batch_size", eval_batch_size, 1), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -263,6 +272,8 @@ class Trainer:
                              f"processes ({distributed.world_size}): it is the global batch")
         # the model as built: its state grows with the tasks (coded masks, stored values, scores)
         self._shapes = {k: list(v.shape) for k, v in self.model.state_dict().items()}
+        self.workers = workers
+        self.pin_memory = bool(pin_memory)
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:
@@ -293,7 +304,7 @@ class Trainer:
         if split not in ("val", "test", "train"):
             raise ValueError(f"split must be 'val', 'test' or 'train', got {split!r}")
         data = self.scenario.tasks[task]
-        x = np.asarray(getattr(data, f"x_{split}"), dtype=np.float32)
+        x = getattr(data, f"x_{split}")  # an ndarray or a streaming view: sliced per batch
         y = np.asarray(getattr(data, f"y_{split}"), dtype=np.int64)
         if len(y) == 0:
             return float("nan")
@@ -301,7 +312,8 @@ class Trainer:
         model.eval()
         correct = 0
         for start in range(0, len(y), self.eval_batch_size):
-            xb = torch.from_numpy(x[start : start + self.eval_batch_size]).to(self.device)
+            xb = np.ascontiguousarray(x[start : start + self.eval_batch_size], dtype=np.float32)
+            xb = torch.from_numpy(xb).to(self.device)
             pred = model(xb, task).argmax(dim=1).cpu().numpy()
             correct += int(np.sum(pred == y[start : start + self.eval_batch_size]))
         model.train(was_training)
@@ -341,28 +353,34 @@ class Trainer:
             starts.pop()
         return starts
 
-    def _batches(self, task: int, phase: int) -> Any:
-        """Training batches of ``task``, epoch after epoch, each epoch in its seeded order.
-
-        Yields ``(x, y, n)``: the batch (this rank's share of it when distributed) and the size
-        ``n`` of the global batch.
-        """
-        data = self.scenario.tasks[task]
-        x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
-        y = torch.from_numpy(np.ascontiguousarray(data.y_train, dtype=np.int64))
-        n = len(y)
+    def _order(self, task: int, phase: int, n: int) -> Any:
+        """Index vectors of the training batches, epoch after epoch, in the seeded orders."""
         starts = self._starts(n)
         epoch = 0
         while True:
             order = np.random.default_rng((self.seed, task, phase, epoch)).permutation(n)
             for start in starts:
-                idx = order[start : start + self.batch_size]
-                count = len(idx)
-                if self.distributed is not None:
-                    idx = self.distributed.shard(idx)
-                idx = torch.from_numpy(idx)
-                yield x[idx].to(self.device), y[idx].to(self.device), count
+                yield order[start : start + self.batch_size]
             epoch += 1
+
+    def _batches(self, task: int, phase: int) -> Any:
+        """Training batches of ``task`` through a DataLoader (`bitsub_torch.data.streaming`).
+
+        Yields ``(x, y, n)``: the batch (this rank's share of it when distributed) and the size
+        ``n`` of the global batch.
+        """
+        data = self.scenario.tasks[task]
+        n = len(data.y_train)
+        dist = self.distributed
+        shares = self._order(task, phase, n)
+        if dist is not None:
+            shares = (dist.shard(idx) for idx in shares)
+        sizes = (len(idx) for idx in self._order(task, phase, n))  # the same seeded sequence
+        loader = batch_loader(TaskDataset(data.x_train, data.y_train), shares,
+                              workers=self.workers, pin_memory=self.pin_memory)
+        for (xb, yb), size in zip(loader, sizes):
+            yield (xb.to(self.device, non_blocking=self.pin_memory),
+                   yb.to(self.device, non_blocking=self.pin_memory), size)
 
     def _steps(self, task: int, opt: torch.optim.Optimizer, batches: Any, count: int,
                bar: Any) -> None:
@@ -388,12 +406,13 @@ class Trainer:
     def _val_score(self, task: int) -> tuple[float, float]:
         """(accuracy, -mean loss) of the task on its validation split: larger is better."""
         data = self.scenario.tasks[task]
-        x = np.asarray(data.x_val, dtype=np.float32)
+        x = data.x_val
         y = torch.from_numpy(np.asarray(data.y_val, dtype=np.int64))
         self.model.eval()
         correct, loss = 0, 0.0
         for start in range(0, len(y), self.eval_batch_size):
-            xb = torch.from_numpy(x[start : start + self.eval_batch_size]).to(self.device)
+            xb = np.ascontiguousarray(x[start : start + self.eval_batch_size], dtype=np.float32)
+            xb = torch.from_numpy(xb).to(self.device)
             yb = y[start : start + self.eval_batch_size].to(self.device)
             out = self.model(xb, task)
             correct += int((out.argmax(dim=1) == yb).sum())
@@ -435,6 +454,15 @@ class Trainer:
             decays, bad = decays + 1, 0
         self.model.load_state_dict(best_state)
         return steps
+
+    def train_task(self, task: int) -> list[int]:
+        """Train one task (all its phases and strategy hooks), without testing or checkpoints.
+
+        For callers that drive the stream themselves (`bitsub_torch.avalanche`); call
+        ``strategy.setup(model, scenario)`` once first, as `run` does. Returns the optimizer
+        steps of each phase.
+        """
+        return self._train_task(task)
 
     def _train_task(self, task: int) -> list[int]:
         data = self.scenario.tasks[task]

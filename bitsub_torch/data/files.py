@@ -131,7 +131,9 @@ def load_idx_dataset(
             raise ValueError(f"{dataset}: labels in {found[f'{split}_labels']} must lie in 0..9")
         if len(x) == 0:
             raise ValueError(f"{dataset}: {found[f'{split}_images']} holds no images")
-        xs.append(x.reshape(len(x), -1).astype(np.float32) / 255.0)
+        x = x.reshape(len(x), -1).astype(np.float32)
+        x /= 255.0  # in place: the same float32 division as ``x / 255.0``, one array less
+        xs.append(x)
         ys.append(y.astype(np.int64))
     if xs[0].shape[1] != xs[1].shape[1]:
         raise ValueError(

@@ -60,22 +60,28 @@ from bitsub_torch.data.files import (
     load_tinyimagenet,
     read_idx,
 )
+from bitsub_torch.data.streaming import LazyRows, held_bytes
 
-__all__ = ["SCENARIOS", "Scenario", "TaskData", "get_scenario", "read_idx"]
+__all__ = ["EAGER", "SCENARIOS", "LazyRows", "Scenario", "TaskData", "get_scenario", "read_idx",
+           "task_data"]
 
 FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 @dataclass
 class TaskData:
-    """One task of a scenario: float32 inputs and task-local int64 labels per split."""
+    """One task of a scenario: float32 inputs and task-local int64 labels per split.
+
+    The inputs are ndarrays, or `LazyRows` views of the scenario's base arrays in a streaming
+    scenario (index them batch by batch; ``np.asarray`` materialises a split).
+    """
 
     task_id: int
-    x_train: np.ndarray
+    x_train: np.ndarray | LazyRows
     y_train: np.ndarray
-    x_val: np.ndarray
+    x_val: np.ndarray | LazyRows
     y_val: np.ndarray
-    x_test: np.ndarray
+    x_test: np.ndarray | LazyRows
     y_test: np.ndarray
     classes: tuple[int, ...]
 
@@ -88,6 +94,11 @@ class Scenario:
     input_shape: tuple[int, ...]
     num_classes: int
     tasks: list[TaskData]
+
+    def held_bytes(self) -> int:
+        """Bytes of data the tasks hold: shared base arrays once, plus views' indices."""
+        return held_bytes(*(getattr(t, f"{a}_{s}") for t in self.tasks
+                            for a in ("x", "y") for s in ("train", "val", "test")))
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -106,13 +117,32 @@ def _fixed_test_split(y: np.ndarray, test_fraction: float) -> tuple[np.ndarray, 
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _standardise(x_train: np.ndarray, *others: np.ndarray, per_channel: bool) -> list[np.ndarray]:
-    """Standardise with the training images' mean and std (scalar, or per channel on axis 1)."""
+_CHUNK = 4096  # rows per step of the standardisation (bounds its float64 temporaries)
+
+
+def _standardise(x_train: np.ndarray, *others: np.ndarray, per_channel: bool,
+                 overwrite: bool = False) -> list[np.ndarray]:
+    """Standardise with the training images' mean and std (scalar, or per channel on axis 1).
+
+    Row chunk by row chunk, so that no float64 copy of a whole array is made; ``overwrite``
+    writes the float32 results into the (float32) inputs instead of new arrays.
+    """
     axes = (0, *range(2, x_train.ndim)) if per_channel else None
     mean = x_train.mean(axis=axes, dtype=np.float64, keepdims=per_channel)
-    std = x_train.std(axis=axes, dtype=np.float64, keepdims=per_channel)
+    squares = 0.0
+    for start in range(0, len(x_train), _CHUNK):
+        d = x_train[start : start + _CHUNK] - mean
+        squares = squares + np.sum(d * d, axis=axes, keepdims=per_channel)
+    count = x_train.size // (x_train.shape[1] if per_channel else 1)
+    std = np.sqrt(squares / max(count, 1))
     std = np.where(std > 0, std, 1.0)
-    return [((x - mean) / std).astype(np.float32) for x in (x_train, *others)]
+    out = []
+    for x in (x_train, *others):
+        y = x if overwrite and x.dtype == np.float32 else np.empty(x.shape, np.float32)
+        for start in range(0, len(x), _CHUNK):
+            y[start : start + _CHUNK] = (x[start : start + _CHUNK] - mean) / std
+        out.append(y)
+    return out
 
 
 def _val_split(n_labels: np.ndarray, fraction: float, seed: int, task: int) -> np.ndarray:
@@ -150,23 +180,79 @@ def _task(
     )
 
 
+def _lazy_task(
+    task_id: int,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    train_rows: np.ndarray | None,
+    test_rows: np.ndarray | None,
+    columns: np.ndarray | None,
+    first_class: int,
+    classes: tuple[int, ...],
+    *,
+    seed: int,
+    val_fraction: float,
+) -> TaskData:
+    """The task `_task` would build from ``base[rows][:, columns]``, as `LazyRows` views."""
+    x_train, y_train, x_test, y_test = data
+    train_rows = np.arange(len(y_train)) if train_rows is None else train_rows
+    y_tr = y_train[train_rows] - first_class
+    y_te = y_test if test_rows is None else y_test[test_rows]
+    is_val = _val_split(y_tr, val_fraction, seed, task_id)
+    return TaskData(
+        task_id=task_id,
+        x_train=LazyRows(x_train, train_rows[~is_val], columns),
+        y_train=np.ascontiguousarray(y_tr[~is_val], dtype=np.int64),
+        x_val=LazyRows(x_train, train_rows[is_val], columns),
+        y_val=np.ascontiguousarray(y_tr[is_val], dtype=np.int64),
+        x_test=LazyRows(x_test, test_rows, columns),
+        y_test=np.ascontiguousarray(y_te - first_class, dtype=np.int64),
+        classes=tuple(int(c) for c in classes),
+    )
+
+
+def task_data(
+    task_id: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: tuple[int, ...],
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+) -> TaskData:
+    """A task from eager arrays, its validation split drawn as the built-in scenarios draw it.
+
+    ``y_train`` / ``y_test`` are task-local labels; ``classes`` the original ids.
+    """
+    return _task(task_id, x_train, y_train, x_test, y_test, classes, seed=seed,
+                 val_fraction=val_fraction)
+
+
 def _permuted(
     name: str,
     data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     tasks: int,
     seed: int,
     val_fraction: float,
+    streaming: bool = False,
 ) -> Scenario:
     """Every task sees all classes with its own fixed pixel permutation (task 0 included)."""
     x_train, y_train, x_test, y_test = data
     n_classes = int(max(y_train.max(), y_test.max())) + 1
+    classes = tuple(range(n_classes))
+    if streaming:
+        data = (np.ascontiguousarray(x_train, dtype=np.float32), y_train,
+                np.ascontiguousarray(x_test, dtype=np.float32), y_test)
     out = []
     for t in range(tasks):
         perm = np.random.default_rng([seed, t]).permutation(x_train.shape[1])
-        out.append(
-            _task(t, x_train[:, perm], y_train, x_test[:, perm], y_test, tuple(range(n_classes)),
-                  seed=seed, val_fraction=val_fraction)
-        )
+        if streaming:
+            out.append(_lazy_task(t, data, None, None, perm, 0, classes, seed=seed,
+                                  val_fraction=val_fraction))
+        else:
+            out.append(_task(t, x_train[:, perm], y_train, x_test[:, perm], y_test, classes,
+                             seed=seed, val_fraction=val_fraction))
     return Scenario(name, (x_train.shape[1],), n_classes, out)
 
 
@@ -177,25 +263,32 @@ def _split(
     per_task: int,
     seed: int,
     val_fraction: float,
+    streaming: bool = False,
 ) -> Scenario:
     """Task t holds classes t*per_task .. t*per_task + per_task - 1, relabelled 0..per_task-1."""
     x_train, y_train, x_test, y_test = data
+    if streaming:
+        data = (np.ascontiguousarray(x_train, dtype=np.float32), y_train,
+                np.ascontiguousarray(x_test, dtype=np.float32), y_test)
     out = []
     for t in range(tasks):
         classes = tuple(range(t * per_task, (t + 1) * per_task))
         tr = np.isin(y_train, classes)
         te = np.isin(y_test, classes)
-        out.append(
-            _task(t, x_train[tr], y_train[tr] - t * per_task, x_test[te], y_test[te] - t * per_task,
-                  classes, seed=seed, val_fraction=val_fraction)
-        )
+        if streaming:
+            out.append(_lazy_task(t, data, np.flatnonzero(tr), np.flatnonzero(te), None,
+                                  t * per_task, classes, seed=seed, val_fraction=val_fraction))
+        else:
+            out.append(_task(t, x_train[tr], y_train[tr] - t * per_task, x_test[te],
+                             y_test[te] - t * per_task, classes, seed=seed,
+                             val_fraction=val_fraction))
     return Scenario(name, tuple(x_train.shape[1:]), per_task, out)
 
 
 def _mnist(data_dir: str | os.PathLike | None):
     x_train, y_train, x_test, y_test = load_idx_dataset(data_dir, "MNIST",
                                                         ("MNIST/raw", "mnist", "raw"))
-    x_train, x_test = _standardise(x_train, x_test, per_channel=False)
+    x_train, x_test = _standardise(x_train, x_test, per_channel=False, overwrite=True)
     return x_train, y_train, x_test, y_test
 
 
@@ -204,13 +297,13 @@ def _fmnist(data_dir: str | os.PathLike | None):
         data_dir = FASHION_MNIST_DEFAULT_DIR
     subdirs = ("FashionMNIST/raw", "fashion-mnist", "raw")
     x_train, y_train, x_test, y_test = load_idx_dataset(data_dir, "Fashion-MNIST", subdirs)
-    x_train, x_test = _standardise(x_train, x_test, per_channel=False)
+    x_train, x_test = _standardise(x_train, x_test, per_channel=False, overwrite=True)
     return x_train, y_train, x_test, y_test
 
 
 def _cifar100(data_dir: str | os.PathLike | None):
     x_train, y_train, x_test, y_test = load_cifar100(data_dir)
-    x_train, x_test = _standardise(x_train, x_test, per_channel=True)
+    x_train, x_test = _standardise(x_train, x_test, per_channel=True, overwrite=True)
     return x_train, y_train, x_test, y_test
 
 
@@ -261,62 +354,62 @@ def _mnist1d() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------ registry
 
 
-Builder = Callable[[int, int, "str | os.PathLike | None", float], Scenario]
+Builder = Callable[[int, int, "str | os.PathLike | None", float, bool], Scenario]
 
 
-def _b_pmnist5k(tasks, seed, data_dir, vf):
-    return _permuted("pmnist5k", _mnist5k(), tasks, seed, vf)
+def _b_pmnist5k(tasks, seed, data_dir, vf, streaming):
+    return _permuted("pmnist5k", _mnist5k(), tasks, seed, vf, streaming)
 
 
-def _b_splitdigits(tasks, seed, data_dir, vf):
-    return _split("splitdigits", _digits(), tasks, 2, seed, vf)
+def _b_splitdigits(tasks, seed, data_dir, vf, streaming):
+    return _split("splitdigits", _digits(), tasks, 2, seed, vf, streaming)
 
 
-def _b_mnist1d(tasks, seed, data_dir, vf):
-    return _split("mnist1d", _mnist1d(), tasks, 2, seed, vf)
+def _b_mnist1d(tasks, seed, data_dir, vf, streaming):
+    return _split("mnist1d", _mnist1d(), tasks, 2, seed, vf, streaming)
 
 
-def _b_pmnist(tasks, seed, data_dir, vf):
-    return _permuted("pmnist", _mnist(data_dir), tasks, seed, vf)
+def _b_pmnist(tasks, seed, data_dir, vf, streaming):
+    return _permuted("pmnist", _mnist(data_dir), tasks, seed, vf, streaming)
 
 
-def _b_splitmnist(tasks, seed, data_dir, vf):
-    return _split("splitmnist", _mnist(data_dir), tasks, 2, seed, vf)
+def _b_splitmnist(tasks, seed, data_dir, vf, streaming):
+    return _split("splitmnist", _mnist(data_dir), tasks, 2, seed, vf, streaming)
 
 
-def _b_pfmnist(tasks, seed, data_dir, vf):
-    return _permuted("pfmnist", _fmnist(data_dir), tasks, seed, vf)
+def _b_pfmnist(tasks, seed, data_dir, vf, streaming):
+    return _permuted("pfmnist", _fmnist(data_dir), tasks, seed, vf, streaming)
 
 
-def _b_splitfmnist(tasks, seed, data_dir, vf):
-    return _split("splitfmnist", _fmnist(data_dir), tasks, 2, seed, vf)
+def _b_splitfmnist(tasks, seed, data_dir, vf, streaming):
+    return _split("splitfmnist", _fmnist(data_dir), tasks, 2, seed, vf, streaming)
 
 
-def _b_splitfmnist2d(tasks, seed, data_dir, vf):
+def _b_splitfmnist2d(tasks, seed, data_dir, vf, streaming):
     x_train, y_train, x_test, y_test = _fmnist(data_dir)
     images = (x_train.reshape(-1, 1, 28, 28), y_train, x_test.reshape(-1, 1, 28, 28), y_test)
-    return _split("splitfmnist2d", images, tasks, 2, seed, vf)
+    return _split("splitfmnist2d", images, tasks, 2, seed, vf, streaming)
 
 
-def _b_splitmnist5k(tasks, seed, data_dir, vf):
-    return _split("splitmnist5k", _mnist5k(), tasks, 2, seed, vf)
+def _b_splitmnist5k(tasks, seed, data_dir, vf, streaming):
+    return _split("splitmnist5k", _mnist5k(), tasks, 2, seed, vf, streaming)
 
 
-def _b_scifar10(tasks, seed, data_dir, vf):
+def _b_scifar10(tasks, seed, data_dir, vf, streaming):
     from bitsub_torch.data.cifar10 import load_cifar10
 
-    return _split("scifar10", load_cifar10(data_dir), tasks, 2, seed, vf)
+    return _split("scifar10", load_cifar10(data_dir), tasks, 2, seed, vf, streaming)
 
 
-def _b_scifar100(tasks, seed, data_dir, vf):
-    return _split("scifar100", _cifar100(data_dir), tasks, 10, seed, vf)
+def _b_scifar100(tasks, seed, data_dir, vf, streaming):
+    return _split("scifar100", _cifar100(data_dir), tasks, 10, seed, vf, streaming)
 
 
-def _b_tinyimagenet(tasks, seed, data_dir, vf):
-    return _split("tinyimagenet", _tinyimagenet(data_dir, tasks, 5), tasks, 5, seed, vf)
+def _b_tinyimagenet(tasks, seed, data_dir, vf, streaming):
+    return _split("tinyimagenet", _tinyimagenet(data_dir, tasks, 5), tasks, 5, seed, vf, streaming)
 
 
-def _b_mixed(tasks, seed, data_dir, vf):
+def _b_mixed(tasks, seed, data_dir, vf, streaming):
     from bitsub_torch.data.mixed import mixed_tasks
 
     sources = {"mnist": _mnist5k(), "digits": _digits()}
@@ -350,7 +443,11 @@ _REGISTRY: dict[str, tuple[Builder, int, int | None]] = {
 _PIP_NAMES = {"sklearn": "scikit-learn", "PIL": "pillow", "mlxtend": "mlxtend",
               "mnist1d": "mnist1d"}
 
-#: Scenario names -> builder ``(tasks, seed, data_dir, val_fraction) -> Scenario``.
+#: Scenarios small enough to stay eager by default (``get_scenario(streaming=None)``); ``mixed``
+#: is always eager (at most 2,000 training samples per task).
+EAGER = frozenset({"splitdigits", "mnist1d", "mixed"})
+
+#: Scenario names -> builder ``(tasks, seed, data_dir, val_fraction, streaming) -> Scenario``.
 SCENARIOS: dict[str, Builder] = {name: entry[0] for name, entry in _REGISTRY.items()}
 
 
@@ -361,6 +458,7 @@ def get_scenario(
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
     val_fraction: float = 0.1,
+    streaming: bool | None = None,
 ) -> Scenario:
     """Build a named scenario.
 
@@ -378,6 +476,11 @@ def get_scenario(
         Directory holding the files of the scenarios read from disk.
     val_fraction : float
         Fraction of each task's training data held out (stratified) for validation, in [0, 1).
+    streaming : bool, optional
+        True: the tasks' inputs are `LazyRows` views of the shared base arrays (gathered batch
+        by batch; the memory does not grow with the number of tasks); False: one eager float32
+        copy per task and split. Default: streaming, except the small scenarios of ``EAGER``.
+        Both give the same values bit for bit.
 
     Returns
     -------
@@ -396,8 +499,12 @@ def get_scenario(
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
         raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
+    if streaming is not None and not isinstance(streaming, bool):
+        raise TypeError(f"streaming must be a bool or None, got {type(streaming).__name__}")
+    if streaming is None:
+        streaming = name not in EAGER
     try:
-        return builder(int(tasks), int(seed), data_dir, float(val_fraction))
+        return builder(int(tasks), int(seed), data_dir, float(val_fraction), streaming)
     except ModuleNotFoundError as exc:
         package = _PIP_NAMES.get(exc.name or "", exc.name)
         raise ModuleNotFoundError(

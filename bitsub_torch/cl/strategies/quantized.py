@@ -246,27 +246,29 @@ class QuantizedStrategy(Strategy):
         """A few epochs of Adam on the task's shared weights and private parameters."""
         if epochs <= 0:
             return
-        x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
-        y = torch.from_numpy(np.ascontiguousarray(data.y_train, dtype=np.int64))
+        # The rows are gathered batch by batch (a streaming task is never materialised whole).
+        x, y = data.x_train, np.ascontiguousarray(data.y_train, dtype=np.int64)
         rng = np.random.default_rng(seed)
+        keep = np.arange(len(y))
         if samples is not None and samples < len(y):
-            keep = torch.from_numpy(np.sort(rng.choice(len(y), samples, replace=False)))
-            x, y = x[keep], y[keep]
+            keep = np.sort(rng.choice(len(y), samples, replace=False))
         dev = next(model.parameters()).device
         params = list(model.shared_parameters()) + list(model.private_parameters(task))
         opt = torch.optim.Adam(params, lr=lr)
         was_training = model.training
         model.train()
-        n = len(y)
+        n = len(keep)
         for _ in range(epochs):
             order = rng.permutation(n)
             starts = list(range(0, n, batch_size))
             if n > 1 and n - starts[-1] == 1:
                 starts.pop()  # a batch of one breaks BatchNorm's batch statistics
             for s in starts:
-                idx = torch.from_numpy(order[s : s + batch_size])
+                idx = keep[order[s : s + batch_size]]
+                xb = torch.from_numpy(np.ascontiguousarray(x[idx], dtype=np.float32))
+                yb = torch.from_numpy(y[idx])
                 opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x[idx].to(dev), task), y[idx].to(dev))
+                loss = F.cross_entropy(model(xb.to(dev), task), yb.to(dev))
                 loss.backward()
                 opt.step()
         model.train(was_training)

@@ -50,9 +50,9 @@ __all__ = ["TinySubNets"]
 
 def _features(x: Any, limit: int) -> np.ndarray:
     """At most ``limit`` samples, evenly spaced (deterministic), flattened."""
-    x = np.asarray(x, dtype=np.float32)
-    if len(x) > limit:
+    if len(x) > limit:  # gather the rows first: a streaming task is not materialised whole
         x = x[np.linspace(0, len(x) - 1, limit).astype(np.int64)]
+    x = np.asarray(x, dtype=np.float32)
     return x.reshape(len(x), -1)
 
 
