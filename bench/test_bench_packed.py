@@ -178,8 +178,8 @@ def test_load(benchmark, model, tmp_path, impl):
     TIMES[("load", impl)] = benchmark.stats.stats.median
 
 
-@pytest.fixture(scope="module")
-def mixed_model():
+def build_mixed():
+    """The mixed layout: each task writes a random half and reuses a random half of the rest."""
     rng = np.random.default_rng(1)
     pm = PackedModel(word_bits=32, prefix_bits=PREFIX)
     pm.add_layer("fc", SHAPE)
@@ -197,6 +197,11 @@ def mixed_model():
                     bank="new" if new_bank and t else None)
         written |= write
     return pm
+
+
+@pytest.fixture(scope="module")
+def mixed_model():
+    return build_mixed()
 
 
 @pytest.mark.parametrize("impl", ["bitsub", "h5py"])

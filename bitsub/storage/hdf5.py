@@ -79,8 +79,10 @@ from bitsub.model.packed import (
     TaskLayer,
     words_hash,
 )
-from bitsub.model.placement import PackedCodes
+from bitsub.model.placement import PackedCodes, PackedMask
 from bitsub.model.readrule import bank_packed_codes
+from bitsub.model.rebuild import SLACK
+from bitsub.storage.crc import crc32_segments
 from bitsub.storage.masks import decode_packed_mask
 
 __all__ = ["FORMAT_VERSION", "load", "save", "stored_task_bytes"]
@@ -240,8 +242,8 @@ def save(pm: PackedModel, path: str | os.PathLike[str]) -> int:
 # ------------------------------------------------------------------------ load
 
 
-def _check_seal(data: bytes, where: str) -> tuple[int, int]:
-    """Check the seal of a file image; return the index's (offset, size)."""
+def _check_seal(data: memoryview, where: str) -> tuple[int, tuple[int, int]]:
+    """Check the seal of a file image but the body's crc; return it and the index's location."""
     if len(data) < 12:
         raise FormatError(f"{where}: truncated: {len(data)} bytes, not even a bitsub header")
     if data[:8] != MAGIC:
@@ -271,13 +273,18 @@ def _check_seal(data: bytes, where: str) -> tuple[int, int]:
     if length < USERBLOCK or any(data[end + _HEAD_CRC.size : USERBLOCK]):
         raise FormatError(f"{where}: bytes {end + _HEAD_CRC.size}..{USERBLOCK} of the header "
                           "are not zero: the file is corrupted")
-    if zlib.crc32(memoryview(data)[USERBLOCK:]) != body_crc:
-        raise FormatError(f"{where}: checksum mismatch over bytes {USERBLOCK}..{length}: "
-                          "the file is corrupted")
-    if not (USERBLOCK <= off and size > 0 and off + size <= length):
-        raise FormatError(f"{where}: header index ({off}, {size}) lies outside the file's "
+    return body_crc, (off, size)
+
+
+def _body_mismatch(data: memoryview) -> FormatError:
+    return FormatError(f"checksum mismatch over bytes {USERBLOCK}..{len(data)}: "
+                       "the file is corrupted")
+
+
+def _check_index_location(data: memoryview, off: int, size: int) -> None:
+    if not (USERBLOCK <= off and size > 0 and off + size <= len(data)):
+        raise FormatError(f"header index ({off}, {size}) lies outside the file's "
                           "data: the file is corrupted")
-    return off, size
 
 
 def _int(value: Any, where: str, low: int, high: int) -> int:
@@ -309,9 +316,9 @@ def _shape(value: Any, where: str, ndims: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _read_index(data: bytes, off: int, size: int) -> dict[str, Any]:
+def _read_index(data: memoryview, off: int, size: int) -> dict[str, Any]:
     try:
-        doc = json.loads(data[off : off + size])
+        doc = json.loads(bytes(data[off : off + size]))
     except (ValueError, RecursionError) as exc:
         raise FormatError(f"/{INDEX}: not JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("model"), dict):
@@ -324,51 +331,81 @@ def _read_index(data: bytes, off: int, size: int) -> dict[str, Any]:
 
 
 class _Cursor:
-    """Consecutive slices of one task's payload; errors name the task."""
+    """Consecutive slices of one task's payload (``data[pos:end]``); errors name the task."""
 
-    def __init__(self, data: bytes, where: str) -> None:
-        self.data, self.pos, self.where = data, 0, where
+    def __init__(self, data: memoryview, pos: int, end: int, where: str) -> None:
+        self.data, self.pos, self.end, self.where = data, pos, end, where
 
-    def take(self, n: int, what: str) -> bytes:
-        if n > len(self.data) - self.pos:
+    def take(self, n: int, what: str) -> memoryview:
+        if n > self.end - self.pos:
             raise FormatError(f"{self.where}: {what} runs past the end of the payload")
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
 
-def _locate_tasks(model: dict[str, Any], data: bytes, index: tuple[int, int]) -> list[bytes]:
-    """Each task's payload bytes (consecutive slices of ``/payload``), checked by their crc32.
+def _locate_tasks(model: dict[str, Any], data: memoryview, index: tuple[int, int]
+                  ) -> tuple[list[int], int, int]:
+    """Where each task's payload starts in the file (and the end of the last), and the payload.
 
     The payload must lie after the seal, inside the file, apart from the index, and the tasks'
-    sizes must add up to it exactly.
+    sizes must add up to it exactly. Returns (cuts, payload offset, payload size): task t's
+    payload is ``data[cuts[t]:cuts[t + 1]]``.
     """
     off, size = _list(model.get("payload"), "payload location", 2)
     size = _int(size, "payload size", 0, len(data))
     off = _int(off, "payload offset", USERBLOCK if size else 0, len(data) - size)
     if size and off < index[0] + index[1] and index[0] < off + size:
         raise FormatError(f"/{PAYLOAD} and /{INDEX} overlap in the file: the file is corrupted")
-    blobs, pos = [], off
-    view = memoryview(data)  # slices without copies
+    tasks = _list(model.get("tasks"), "tasks")
+    if len(tasks) > MAX_TASKS or not all(isinstance(e, dict) for e in tasks):
+        raise FormatError("tasks: expected a list of objects")
+    cuts = [off]
+    for t, entry in enumerate(tasks):
+        cuts.append(cuts[-1] + _int(entry.get("bytes"), f"task {t}: bytes", 0,
+                                    off + size - cuts[-1]))
+    if cuts[-1] != off + size:
+        raise FormatError(f"/{PAYLOAD}: {off + size - cuts[-1]} bytes belong to no task")
+    return cuts, off, size
+
+
+def _verify(data: memoryview, body_crc: int, index: tuple[int, int]
+            ) -> tuple[dict[str, Any], list[int]]:
+    """The checked index and the tasks' payload cuts, after every crc32 is verified.
+
+    One pass over the file computes the crc32 of each task's payload and of the whole body
+    (combined: :mod:`bitsub.storage.crc`). Where the index itself cannot be read, the body's
+    crc decides the message: corruption, or content that is wrong behind a valid seal.
+    """
+    try:
+        _check_index_location(data, *index)
+        model = _read_index(data, *index)
+        cuts, off, size = _locate_tasks(model, data, index)
+    except FormatError:
+        if zlib.crc32(data[USERBLOCK:]) != body_crc:
+            raise _body_mismatch(data) from None
+        raise
+    if size:
+        segments, whole = crc32_segments(data, [USERBLOCK, *cuts, len(data)])
+    else:  # no payload bytes (it may lie anywhere, at offset 0)
+        whole = crc32_segments(data, [USERBLOCK, len(data)])[1]
+        segments = [0] * (len(cuts) + 1)
+    if whole != body_crc:
+        raise _body_mismatch(data)
     for t, entry in enumerate(model["tasks"]):
-        n = _int(entry.get("bytes"), f"task {t}: bytes", 0, off + size - pos)
-        blob = view[pos : pos + n]
-        pos += n
-        if zlib.crc32(blob) != entry.get("crc"):
+        if segments[t + 1] != entry.get("crc"):
             raise FormatError(f"task {t}: checksum mismatch: the file is corrupted")
-        blobs.append(blob)
-    if pos != off + size:
-        raise FormatError(f"/{PAYLOAD}: {off + size - pos} bytes belong to no task")
-    return blobs
+    return model, cuts
 
 
-def _task_layer(pm: PackedModel, cur: _Cursor, spec: Any, where: str, name: str,
-                earlier: list[np.ndarray], new: np.ndarray
+def _task_layer(pm: PackedModel, cur: _Cursor, buf: np.ndarray, spec: Any, where: str,
+                name: str, earlier: list[np.ndarray], new: np.ndarray
                 ) -> tuple[TaskLayer, np.ndarray, bytes, int, tuple[int, bytes, np.ndarray]]:
-    """Decode one layer of a task's payload into a TaskLayer (checked again by add_task).
+    """Decode one layer of a task's payload into a TaskLayer (checked again by add_banks).
 
     ``earlier``: the packed masks of the bank's earlier tasks in this layer; ``new``: packed,
-    the positions no earlier task of the bank wrote. Returns the TaskLayer, the packed mask, its
+    the positions no earlier task of the bank wrote. ``buf``: the file (``cur.data``'s array).
+    Returns the TaskLayer (packed masks, and codes left in ``buf``), the packed mask, its
     stored bytes and reference, and (write reference, its stored bytes, the packed write mask).
     """
     shape = pm.shape(name)
@@ -389,13 +426,12 @@ def _task_layer(pm: PackedModel, cur: _Cursor, spec: Any, where: str, name: str,
     if mref:
         ref = earlier[-1] if mref == 1 else np.bitwise_or.reduce(earlier)
         context = np.unpackbits(ref, count=n_pos).view(bool).reshape(shape)
-    enc = bytes(cur.take(_int(mlen, f"{where} mask bytes", 0, len(cur.data)), "the mask"))
+    enc = bytes(cur.take(_int(mlen, f"{where} mask bytes", 0, cur.end), "the mask"))
     try:
         mask = decode_packed_mask(enc, context, shape)
     except (ValueError, TypeError) as exc:  # FormatError is a ValueError
         raise FormatError(f"{where}: bad mask encoding: {exc}") from None
-    wdata = bytes(cur.take(_int(wlen, f"{where} write bytes", 0, len(cur.data)),
-                           "the write mask"))
+    wdata = bytes(cur.take(_int(wlen, f"{where} write bytes", 0, cur.end), "the write mask"))
     if wref != 2 and wdata:
         raise FormatError(f"{where}: write reference {WRITE_REFERENCES[wref]!r} stores no bytes")
     new = new & mask
@@ -410,26 +446,27 @@ def _task_layer(pm: PackedModel, cur: _Cursor, spec: Any, where: str, name: str,
             raise FormatError(f"{where}: bad write mask encoding: {exc}") from None
     if (write & ~mask).any():
         raise FormatError(f"{where}: fields outside the task's mask")
-    write_bool = np.unpackbits(write, count=n_pos).view(bool)
-    count = int(np.count_nonzero(write_bool))
+    count = int(np.bitwise_count(write).sum(dtype=np.int64))
     if count != n:
         raise FormatError(f"{where}: the write mask has {count} positions, the index says {n}")
-    mask_bool = np.unpackbits(mask, count=n_pos).view(bool).reshape(shape)
+    masks = {"mask": PackedMask(mask), "write": PackedMask(write)}
     if b == RAW_BITS:
         raw = np.frombuffer(cur.take(4 * n, "the raw fields"), "<f4")
         values = np.zeros(n_pos, np.float32)
-        values[write_bool] = raw
-        tl = TaskLayer(mask_bool, write_bool.reshape(shape), values=values.reshape(shape), bits=b)
+        values[np.unpackbits(write, count=n_pos).view(bool)] = raw
+        tl = TaskLayer(**masks, values=values.reshape(shape), bits=b)
     elif b:
-        codes = PackedCodes(np.frombuffer(cur.take(packed_size(n, b), "the codes"), np.uint8), n)
+        start = cur.pos
+        cur.take(packed_size(n, b), "the codes")
         cb = np.frombuffer(cur.take(4 * k, "the codebook"), "<f4")
-        tl = TaskLayer(mask_bool, write_bool.reshape(shape), bits=b, codebook=cb, codes=codes)
+        tl = TaskLayer(**masks, bits=b, codebook=cb, codes=PackedCodes(buf, n, start))
     else:
-        tl = TaskLayer(mask_bool, write_bool.reshape(shape))
+        tl = TaskLayer(**masks)
     return tl, mask, enc, mref, (wref, wdata, write)
 
 
-def _build(model: dict[str, Any], data: bytes, index: tuple[int, int]) -> PackedModel:
+def _build(model: dict[str, Any], data: memoryview, buf: np.ndarray, cuts: list[int]
+           ) -> PackedModel:
     word_bits = _int(model.get("word_bits"), "word_bits", 32, 64)
     if word_bits not in (32, 64):
         raise FormatError(f"word_bits = {word_bits}, expected 32 or 64")
@@ -448,14 +485,11 @@ def _build(model: dict[str, Any], data: bytes, index: tuple[int, int]) -> Packed
         pm.set_network(model.get("network"))
     except (ValueError, TypeError, KeyError) as exc:
         raise FormatError(f"network: not a valid network: {exc}") from None
-    tasks = _list(model.get("tasks"), "tasks")
-    if len(tasks) > MAX_TASKS or not all(isinstance(e, dict) for e in tasks):
-        raise FormatError("tasks: expected a list of objects")
+    tasks = model["tasks"]  # a list of dicts (_locate_tasks)
     hashes = _list(model.get("hashes"), "hashes")
-    blobs = _locate_tasks(model, data, index)
     members: list[list[int]] = []  # bank -> its tasks
     written: list[list[np.ndarray]] = []  # bank -> layer -> packed union of writes so far
-    codings = []
+    codings, all_layers, banks, privates = [], [], [], []
     for t, entry in enumerate(tasks):
         where = f"task {t}"
         bank = _int(entry.get("bank"), f"{where} bank", 0, len(members))
@@ -465,14 +499,15 @@ def _build(model: dict[str, Any], data: bytes, index: tuple[int, int]) -> Packed
                             for n in names])
         earlier = members[bank]
         specs = _list(entry.get("layers"), f"{where} layers", len(names))
-        cur = _Cursor(blobs[t], where)
-        layers, packed_masks = {}, {}
+        cur = _Cursor(data, cuts[t], cuts[t + 1], where)
+        layers, codings_t = {}, []
         for i, name in enumerate(names):
             tl, mask, enc, mref, wcode = _task_layer(
-                pm, cur, specs[i], f"{where} layer {i}", name,
+                pm, cur, buf, specs[i], f"{where} layer {i}", name,
                 [codings[u][i][0] for u in earlier], ~written[bank][i])
             layers[name] = tl
-            packed_masks[name] = (mask, enc, mref, wcode)
+            codings_t.append((mask, enc, mref, wcode))
+            written[bank][i] |= wcode[2]
         private = {}
         for j, spec in enumerate(_list(entry.get("private"), f"{where} private")):
             key, shape = _list(spec, f"{where} private[{j}]", 2)
@@ -482,30 +517,58 @@ def _build(model: dict[str, Any], data: bytes, index: tuple[int, int]) -> Packed
                 raise FormatError(f"{where}: private name {key!r} repeated")
             raw = cur.take(4 * math.prod(shape), f"private {key!r}")
             private[key] = np.frombuffer(raw, "<f4").reshape(shape)
-        if cur.pos != len(cur.data):
-            raise FormatError(f"{where}: {len(cur.data) - cur.pos} bytes of the payload are "
+        if cur.pos != cur.end:
+            raise FormatError(f"{where}: {cur.end - cur.pos} bytes of the payload are "
                               "not described by the index")
-        codings_t = [packed_masks[name] for name in names]
-        try:
-            pm.add_task(layers, private, bank=bank if earlier else "new")
-        except (ValueError, TypeError) as exc:
-            raise FormatError(f"{where}: inconsistent task: {exc}") from None
-        for i in range(len(names)):
-            written[bank][i] |= codings_t[i][3][2]  # the packed write mask add_task took
         members[bank].append(t)
         codings.append(codings_t)
+        all_layers.append(layers)
+        banks.append(bank)
+        privates.append(private)
+    try:
+        pm.add_banks(all_layers, banks, privates)
+    except (ValueError, TypeError) as exc:
+        raise FormatError(f"inconsistent tasks: {exc}") from None
     if len(hashes) != pm.banks:
         raise FormatError(f"hashes: {len(hashes)} banks listed, the tasks use {pm.banks}")
     for k, row in enumerate(hashes):
         row = _list(row, f"hashes[{k}]", len(names))
         for i, name in enumerate(names):
-            if words_hash(pm.words(name, k)) != _int(row[i], f"hashes[{k}]", 0, (1 << 64) - 1):
+            if pm.words_hash(name, k) != _int(row[i], f"hashes[{k}]", 0, (1 << 64) - 1):
                 raise FormatError(f"bank {k}, layer {name!r}: the rebuilt words do not match "
                                   "their stored hash: the file is corrupted")
     for t, rows in enumerate(codings):
         for name, (_, enc, mref, (wref, wdata, _)) in zip(names, rows):
-            pm.keep_stored_coding(t, name, bytes(enc), mref, (wref, bytes(wdata)))
+            pm.keep_stored_coding(t, name, enc, mref, (wref, wdata))
     return pm
+
+
+def _read_file(p: Path) -> tuple[np.ndarray, memoryview]:
+    """The file's bytes: a page-aligned writable array (SLACK bytes more) and a view of them.
+
+    Page-aligned: the kernel copies a page-aligned file offset into a page-aligned address
+    at about twice the speed of a misaligned one. Writable: numba dispatches read-only arrays
+    slower. The slack lets the rebuild read the last code stream eight bytes at a time.
+    """
+    with open(p, "rb", buffering=0) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        raw = np.empty(size + SLACK + 4096, np.uint8)
+        skip = -raw.ctypes.data % 4096
+        buf = raw[skip : skip + size + SLACK]
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            k = fh.readinto(view[got:size])
+            if not k:
+                break
+            got += k
+        rest = fh.read()  # a file that grew meanwhile is read to its end (the seal checks length)
+    if rest:
+        buf = np.concatenate([buf[:got], np.frombuffer(rest, np.uint8),
+                              np.zeros(SLACK, np.uint8)])
+        got += len(rest)
+    buf[got:] = 0
+    return buf, memoryview(buf)[:got]
 
 
 def load(path: str | os.PathLike[str]) -> PackedModel:
@@ -523,16 +586,11 @@ def load(path: str | os.PathLike[str]) -> PackedModel:
     where = str(p)
     if p.is_dir():
         raise IsADirectoryError(f"{where} is a directory; give a file written by save")
-    with open(p, "rb") as fh:
-        # a writable buffer: the packed codes are read in place (numba dispatches read-only
-        # arrays slower); a file that grew meanwhile is read to its end (the seal checks length)
-        data = bytearray(os.fstat(fh.fileno()).st_size)
-        del data[fh.readinto(data):]
-        data += fh.read()
-    index = _check_seal(data, where)
+    buf, data = _read_file(p)
+    body_crc, index = _check_seal(data, where)
     try:
-        model = _read_index(data, *index)
-        pm = _build(model, data, index)
+        model, cuts = _verify(data, body_crc, index)
+        pm = _build(model, data, buf, cuts)
     except FormatError as exc:
         raise FormatError(f"{where}: {exc}") from None
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError,
