@@ -55,7 +55,7 @@ from bitsub.model.placement import (
     prepare_layer,
 )
 from bitsub.model.readrule import codes_of, decode_weights, resolve_fields, words_hash
-from bitsub.model.rebuild import build_banks
+from bitsub.model.rebuild import build_banks, gather_codes
 
 if TYPE_CHECKING:
     from bitsub.model.capacity import Capacity
@@ -386,6 +386,31 @@ class PackedModel:
         self._banks.extend(new)
         self.file_bytes = None
         return list(range(first_task, len(self._tasks)))
+
+    def bank_codes(self, bank: int, layer: str) -> dict[int, np.ndarray]:
+        """The codes of every task of ``bank`` that writes fields in ``layer``, packed.
+
+        Task t's entry is ``pack_bits(codes(t, layer), bits(t, layer))`` (for raw float32
+        fields, the codes as big-endian uint32), all gathered from the words in one pass
+        (:func:`bitsub.model.rebuild.gather_codes`): how a file stores them.
+        """
+        self._check_layer(layer)
+        k = check_index(bank, "bank")
+        if not 0 <= k < len(self._banks):
+            raise IndexError(f"no bank {k}; there are {len(self._banks)}")
+        tasks = self._banks[k].tasks
+        n = math.prod(self._shapes[layer])
+        writes = np.zeros((len(tasks), (n + 7) // 8), np.uint8)
+        bits = []
+        for p, t in enumerate(tasks):
+            rec = self._tasks[t]
+            bits.append(rec.bits.get(layer, 0) or 1)
+            if rec.fields.get(layer, 0):
+                writes[p] = rec.writes[layer]
+        out, starts = gather_codes(self._banks[k].words[layer], writes, bits,
+                                   self._prefix_bits, self._word_bits)
+        return {t: out[starts[p] : starts[p + 1]] for p, t in enumerate(tasks)
+                if self._tasks[t].fields.get(layer, 0)}
 
     def words_hash(self, layer: str, bank: int) -> int:
         """:func:`bitsub.model.readrule.words_hash` of the bank's words of ``layer`` (cached)."""

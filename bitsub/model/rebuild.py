@@ -29,7 +29,7 @@ from bitsub.model.placement import RAW_BITS, Bank, PreparedLayer
 from bitsub.model.readrule import sum_mix
 from bitsub.threads import engine_threads, split
 
-__all__ = ["SLACK", "build_banks", "build_words", "popcount"]
+__all__ = ["SLACK", "build_banks", "build_words", "gather_codes", "popcount"]
 
 SLACK = 8  # readable bytes needed after the end of each code stream
 PARALLEL_MIN_BYTES = 1 << 13  # write-mask bytes per part below which one thread does it all
@@ -280,3 +280,117 @@ def build_banks(shapes: dict[str, tuple[int, ...]], members: list[list[int]],
             bank.words[name], bank.used[name], bank.hashes[name] = words, used, h
         banks.append(bank)
     return banks
+
+
+@numba.njit(**NJIT)
+def _append(out, bpos, acc, nacc, p, value, nbits):
+    # append the nbits (<= 56) low bits of value to task p's stream, whole bytes written out
+    a = (acc[p] << np.uint64(nbits)) | value
+    na = nacc[p] + nbits
+    while na >= 8:
+        na -= 8
+        out[bpos[p]] = np.uint8((a >> np.uint64(na)) & np.uint64(0xFF))
+        bpos[p] += 1
+    acc[p] = a & ((np.uint64(1) << np.uint64(na)) - np.uint64(1))
+    nacc[p] = na
+
+
+@numba.njit(**NJIT)
+def _gather_kernel(words, writes, bits, prefix_bits, word_bits, q0, q1, popc, set_at, out,
+                   bytepos0):
+    # The inverse of _build_kernel over positions 8 * q0 .. 8 * q1: task p's codes, in position
+    # order, appended to its stream in out from byte bytepos0[p] (each part starts on a byte
+    # boundary of every stream; the last bits of a stream are flushed). Returns the number of
+    # fields whose prefix is not the task's (0 for words built by add_task or add_banks).
+    n_tasks = writes.shape[0]
+    acc = np.zeros(n_tasks, np.uint64)
+    nacc = np.zeros(n_tasks, np.int64)
+    bpos = bytepos0.copy()
+    uacc = np.zeros(8, np.int64)
+    top = np.int64(word_bits - prefix_bits)
+    one = np.uint64(1)
+    wrong = 0
+    for q in range(q0, q1):
+        u = np.int64(0)
+        uniform = True
+        base = q * 8
+        for p in range(n_tasks):
+            wb = writes[p, q]
+            if wb == 0:
+                continue
+            b = bits[p]
+            ub = np.uint64(b)
+            fmask = (one << np.uint64(prefix_bits + b)) - one
+            cmask = (one << ub) - one
+            want = np.uint64(p + 1)
+            if uniform and wb == 255 and b <= 7:
+                s = np.uint64(max(top - u - b, 0))
+                value = np.uint64(0)
+                for k in range(8):
+                    f = (np.uint64(words[base + k]) >> s) & fmask
+                    wrong += (f >> ub) != want
+                    value = (value << ub) | (f & cmask)
+                _append(out, bpos, acc, nacc, p, value, 8 * b)
+                u += prefix_bits + b
+            else:
+                if uniform:
+                    uniform = False
+                    for k in range(8):
+                        uacc[k] = u
+                for j in range(popc[wb]):
+                    k = set_at[wb, j]
+                    s = np.uint64(max(top - uacc[k] - b, 0))
+                    f = (np.uint64(words[base + k]) >> s) & fmask
+                    wrong += (f >> ub) != want
+                    _append(out, bpos, acc, nacc, p, f & cmask, b)
+                    uacc[k] += prefix_bits + b
+    for p in range(n_tasks):
+        if nacc[p]:
+            out[bpos[p]] = np.uint8((acc[p] << np.uint64(8 - nacc[p])) & np.uint64(0xFF))
+    return wrong
+
+
+def gather_codes(words: np.ndarray, writes: np.ndarray, bits: Sequence[int], prefix_bits: int,
+                 word_bits: int) -> tuple[np.ndarray, list[int]]:
+    """Every task's codes of one bank and layer, packed: the inverse of :func:`build_words`.
+
+    ``writes`` and ``bits`` as there (a row of zeros for a task that writes nothing). Returns
+    one byte array holding task p's stream (``popcount(writes[p])`` codes of ``bits[p]`` bits,
+    most significant bit first as :func:`bitsub.pack_bits`; raw fields as big-endian uint32)
+    from byte ``starts[p]``, and the starts (with the end appended). Every field read is
+    checked to carry its task's prefix (RuntimeError otherwise: the words and the write masks
+    disagree, which no model built by ``add_task`` or ``add_banks`` can do).
+    """
+    n_tasks, n_bytes = writes.shape
+    b = np.asarray(bits, np.int64)
+    counts = np.bitwise_count(writes).sum(axis=1, dtype=np.int64)
+    sizes = (counts * b + 7) // 8
+    starts = np.zeros(n_tasks + 1, np.int64)
+    starts[1:] = np.cumsum(sizes)
+    out = np.empty(int(starts[-1]), np.uint8)
+    if not words.flags.writeable:
+        words = words.view()
+        words.flags.writeable = True  # numba (cache=True) dispatches read-only arrays slower
+    # split where every task's stream is at a byte boundary (else one part)
+    cuts = [0]
+    k = engine_threads() if n_bytes >= 2 * PARALLEL_MIN_BYTES else 1
+    window = 1 << 12
+    for j in range(1, k):
+        q = j * n_bytes // k
+        base = np.bitwise_count(writes[:, :q]).sum(axis=1, dtype=np.int64)
+        near = np.cumsum(np.bitwise_count(writes[:, q : q + window]), axis=1,
+                         dtype=np.int64) + base[:, None]
+        aligned = np.flatnonzero((near * b[:, None] % 8 == 0).all(axis=0))
+        if aligned.size and cuts[-1] < q + aligned[0] + 1 < n_bytes:
+            cuts.append(int(q + aligned[0] + 1))
+    cuts.append(n_bytes)
+    parts = []
+    for q0, q1 in zip(cuts, cuts[1:]):
+        done = (np.bitwise_count(writes[:, :q0]).sum(axis=1, dtype=np.int64) * b) // 8
+        parts.append((words, writes, b, prefix_bits, word_bits, q0, q1, _POPCOUNT, _SET_AT,
+                      out, starts[:-1] + done))
+    wrong = sum(int(w) for w in split(_gather_kernel, parts))
+    if wrong:
+        raise RuntimeError(f"{wrong} fields do not carry the prefix of the task whose write "
+                           "mask holds them")
+    return out, starts.tolist()

@@ -54,7 +54,6 @@ Format 3 files (one word per position) are refused with a message saying how to 
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -66,7 +65,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from bitsub.atomic import write_bytes
+from bitsub.atomic import atomic_path
 from bitsub.codecs.bitfield import packed_size
 from bitsub.errors import FormatError
 from bitsub.model.packed import (
@@ -77,13 +76,12 @@ from bitsub.model.packed import (
     WRITE_REFERENCES,
     PackedModel,
     TaskLayer,
-    words_hash,
 )
 from bitsub.model.placement import PackedCodes, PackedMask
-from bitsub.model.readrule import bank_packed_codes
 from bitsub.model.rebuild import SLACK
-from bitsub.storage.crc import crc32_segments
+from bitsub.storage.crc import crc32_combine, crc32_segments
 from bitsub.storage.masks import decode_packed_mask
+from bitsub.threads import engine_threads, split
 
 __all__ = ["FORMAT_VERSION", "load", "save", "stored_task_bytes"]
 
@@ -103,11 +101,12 @@ MAX_TASKS = 1 << 20
 # ------------------------------------------------------------------------ save
 
 
-def _task_payload(pm: PackedModel, t: int, cache: dict[tuple[int, str], dict[int, bytes]]
-                  ) -> tuple[dict[str, Any], list[bytes]]:
+def _task_payload(pm: PackedModel, t: int, cache: dict[tuple[int, str], dict[int, np.ndarray]]
+                  ) -> tuple[dict[str, Any], list[Any]]:
     """The index entry (without its location) and the byte parts of task t's payload.
 
-    ``cache``: (bank, layer) -> the packed codes of the bank's tasks, filled on first use.
+    ``cache``: (bank, layer) -> the packed codes of the bank's tasks
+    (:meth:`PackedModel.bank_codes`), filled on first use.
     """
     layers, parts = [], []
     bank = pm.bank(t)
@@ -116,16 +115,17 @@ def _task_payload(pm: PackedModel, t: int, cache: dict[tuple[int, str], dict[int
         enc = pm.encoded_mask(t, name)
         wref, wdata = pm.write_coding(t, name)
         k = 0
-        if b == RAW_BITS:
-            cdata, cb = pm.codes(t, name).astype("<u4").tobytes(), b""
-        elif b:
+        cdata: Any = b""
+        cb = b""
+        if b:
             if (bank, name) not in cache:
-                cache[bank, name] = _bank_codes(pm, bank, name)
+                cache[bank, name] = pm.bank_codes(bank, name)
             cdata = cache[bank, name][t]
+        if b == RAW_BITS:
+            cdata = cdata.view(">u4").astype("<u4").view(np.uint8)
+        elif b:
             cbook = pm.codebook(t, name)
             k, cb = int(cbook.size), cbook.astype("<f4").tobytes()
-        else:
-            cdata = cb = b""
         parts += [enc, wdata, cdata, cb]
         layers.append([b, n, pm.mask_reference(t, name), len(enc), wref, len(wdata), k])
     private = []
@@ -135,90 +135,122 @@ def _task_payload(pm: PackedModel, t: int, cache: dict[tuple[int, str], dict[int
     return {"bank": pm.bank(t), "layers": layers, "private": private}, parts
 
 
-def _bank_codes(pm: PackedModel, bank: int, name: str) -> dict[int, bytes]:
-    """``pack_bits(pm.codes(t, name), bits)`` of every coded task t of the bank, in one pass."""
-    tasks = pm.bank_tasks(bank)
-    size = 1 << pm.prefix_bits
-    bits_by_prefix, counts = np.zeros(size, np.int64), np.zeros(size, np.int64)
-    for p, u in enumerate(tasks, start=1):
-        bits_by_prefix[p] = b = pm.bits(u, name)
-        counts[p] = pm.fields(u, name) if 1 <= b <= MAX_CODE_BITS else 0  # raw: pm.codes
-    offsets = np.zeros(size + 1, np.int64)
-    offsets[1:] = np.cumsum([packed_size(int(c), int(b)) for c, b in zip(counts, bits_by_prefix)])
-    out = np.zeros(int(offsets[-1]), np.uint8)
-    words = pm.words(name, bank).view()
-    # numba (cache=True) dispatches read-only arrays far slower; the kernel only reads them
-    words.flags.writeable = True
-    found = bank_packed_codes(words, pm.prefix_bits, pm.word_bits, bits_by_prefix, counts,
-                              offsets, out)
-    want = [0] + [pm.fields(u, name) for u in tasks] + [0] * (size - 1 - len(tasks))
-    if found.tolist() != want:  # cannot happen for a model built by add_task or accepted by load
-        raise RuntimeError(f"bank {bank}, layer {name!r}: fields per prefix {found.tolist()}, "
-                           f"expected {want}")
-    return {u: out[offsets[p] : offsets[p + 1]].tobytes()
-            for p, u in enumerate(tasks, start=1) if counts[p]}
-
-
 def stored_task_bytes(pm: PackedModel, t: int) -> int:
     """Bytes of task t's payload in a format 4 file (what ``capacity`` counts, private included)."""
-    return sum(len(p) for p in _task_payload(pm, t, {})[1])
+    total = 0
+    for name in pm.layers:
+        b, n = pm.bits(t, name), pm.fields(t, name)
+        total += len(pm.encoded_mask(t, name)) + len(pm.write_coding(t, name)[1])
+        if b == RAW_BITS:
+            total += 4 * n
+        elif b:
+            total += packed_size(n, b) + 4 * pm.codebook(t, name).size
+    return total + sum(4 * arr.size for arr in pm.private(t).values())
 
 
 def _canon(doc: Any) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _write_h5(pm: PackedModel, target: Any) -> tuple[int, int]:
-    """Write the HDF5 image; return the (offset, size) of the index dataset."""
+def _crc_parts(parts: list[Any]) -> int:
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return crc
+
+
+def _task_crcs(tasks: list[list[Any]]) -> list[int]:
+    """The crc32 of each task's payload (its parts one after the other), on the engine threads."""
+    k = min(engine_threads(), len(tasks))
+    sizes = np.cumsum([sum(memoryview(p).nbytes for p in parts) for parts in tasks])
+    edges = [0, *(int(np.searchsorted(sizes, j * sizes[-1] / k)) + 1 for j in range(1, k)),
+             len(tasks)] if k > 1 and sizes[-1] >= 1 << 20 else [0, len(tasks)]
+    groups = [(tasks[a:b],) for a, b in zip(edges, edges[1:]) if b > a]
+    return [c for cs in split(lambda ts: [_crc_parts(p) for p in ts], groups) for c in cs]
+
+
+def _pwrite_all(fd: int, data: Any, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _write_file(pm: PackedModel, tmp: Path) -> int:
+    """Write the whole file to ``tmp`` (not yet fsync'ed); return its size.
+
+    HDF5 writes the structure with the payload's space allocated but not filled; the payload's
+    parts then go straight to their place in the file (no copy of them is assembled in memory),
+    and the seal is computed from the tasks' crc32 and the few other bytes, read back.
+    """
     from bitsub.version import __version__
 
-    entries, blobs = [], []
-    cache: dict[tuple[int, str], dict[int, bytes]] = {}
+    entries, tasks = [], []
+    cache: dict[tuple[int, str], dict[int, np.ndarray]] = {}
     for t in pm.tasks:
         entry, parts = _task_payload(pm, t, cache)
-        blob = b"".join(parts)
-        entry["crc"] = zlib.crc32(blob)
+        entry["bytes"] = sum(memoryview(p).nbytes for p in parts)
         entries.append(entry)
-        blobs.append(blob)
-    hashes = [[words_hash(pm.words(name, k)) for name in pm.layers] for k in range(pm.banks)]
-    for t, blob in enumerate(blobs):
-        entries[t]["bytes"] = len(blob)
-    payload = b"".join(blobs)
+        tasks.append(parts)
+    crcs = _task_crcs(tasks) if tasks else []
+    payload_crc = 0
+    for entry, crc in zip(entries, crcs):
+        entry["crc"] = crc
+        payload_crc = crc32_combine(payload_crc, crc, entry["bytes"])
+    total = sum(e["bytes"] for e in entries)
+    hashes = [[pm.words_hash(name, k) for name in pm.layers] for k in range(pm.banks)]
     # libver="latest": the compact object headers of HDF5 1.8+, about 1 KiB less per file
-    with h5py.File(target, "w", userblock_size=USERBLOCK, libver="latest") as f:
+    with h5py.File(tmp, "w", userblock_size=USERBLOCK, libver="latest") as f:
         f.attrs["encoding-type"] = ROOT_TYPE
         f.attrs["encoding-version"] = FORMAT_VERSION
-        ds = f.create_dataset(PAYLOAD, data=np.frombuffer(payload, np.uint8))
-        off = ds.id.get_offset()
-        if off is None and payload:  # cannot happen: contiguous data is written at creation
-            raise RuntimeError("HDF5 did not store the payload contiguously")
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # contiguous space, placed now
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # and not written: the payload goes there
+        ds = h5py.h5d.create(f.id, PAYLOAD.encode(), h5py.h5t.STD_U8LE,
+                             h5py.h5s.create_simple((total,)), dcpl=dcpl)
+        off = ds.get_offset() if total else None
+        if off is None and total:  # cannot happen: early allocation places the data
+            raise RuntimeError("HDF5 did not place the payload contiguously")
         model = {"word_bits": pm.word_bits, "prefix_bits": pm.prefix_bits,
                  "network": pm.network, "bitsub_version": __version__,
                  "layers": [[name, list(pm.shape(name))] for name in pm.layers],
                  "tasks": entries, "hashes": hashes,
-                 "payload": [0 if off is None else int(off), len(payload)]}
+                 "payload": [0 if off is None else int(off), total]}
         text = json.dumps({"format": FORMAT_VERSION, "model": model,
                            "crc": zlib.crc32(_canon(model))}).encode()
-        ds = f.create_dataset(INDEX, data=np.frombuffer(text, np.uint8))
+        ix = f.create_dataset(INDEX, data=np.frombuffer(text, np.uint8))
         f.flush()
-        index = (ds.id.get_offset(), ds.id.get_storage_size())
+        index = (ix.id.get_offset(), ix.id.get_storage_size())
     if index[0] is None:  # cannot happen
         raise RuntimeError("HDF5 did not store the index contiguously")
-    return index
-
-
-def _seal_image(buf: Any, index: tuple[int, int]) -> None:
-    """Write the seal into the user block of a complete file image (a writable buffer)."""
-    head = _HEAD.pack(MAGIC, FORMAT_VERSION, len(buf), zlib.crc32(buf[USERBLOCK:]), *index)
-    head += _HEAD_CRC.pack(zlib.crc32(head))
-    buf[:USERBLOCK] = head + bytes(USERBLOCK - len(head))
+    fd = os.open(tmp, os.O_RDWR)
+    try:
+        length = os.fstat(fd).st_size
+        start = USERBLOCK if off is None else int(off)
+        if start + total > length:  # cannot happen: HDF5 sizes the file to hold the payload
+            raise RuntimeError("HDF5 wrote a file too short for its payload")
+        pos = start
+        for parts in tasks:
+            for part in parts:
+                _pwrite_all(fd, part, pos)
+                pos += memoryview(part).nbytes
+        crc = zlib.crc32(os.pread(fd, start - USERBLOCK, USERBLOCK))
+        crc = crc32_combine(crc, payload_crc, total)
+        tail = os.pread(fd, length - pos, pos)
+        crc = crc32_combine(crc, zlib.crc32(tail), len(tail))
+        head = _HEAD.pack(MAGIC, FORMAT_VERSION, length, crc, *index)
+        head += _HEAD_CRC.pack(zlib.crc32(head))
+        _pwrite_all(fd, head + bytes(USERBLOCK - len(head)), 0)
+    finally:
+        os.close(fd)
+    return length
 
 
 def save(pm: PackedModel, path: str | os.PathLike[str]) -> int:
     """Write ``pm`` to one HDF5 file at ``path``, atomically; return the file's size in bytes.
 
-    The file is written to a temporary file beside ``path``, flushed and fsync'ed, then renamed
-    over ``path`` (through :func:`bitsub.atomic.write_bytes`). A crash at any point leaves either
+    The file is written to a temporary file beside ``path``, fsync'ed, then renamed over
+    ``path`` (through :func:`bitsub.atomic.atomic_path`). A crash at any point leaves either
     the previous file or the new one at ``path``, never a partial one. Sets ``pm.file_bytes``.
     """
     if not isinstance(pm, PackedModel):
@@ -226,15 +258,8 @@ def save(pm: PackedModel, path: str | os.PathLike[str]) -> int:
     target = Path(os.fspath(path))
     if target.is_dir():
         raise IsADirectoryError(f"{target} is a directory; give a file path")
-    image = io.BytesIO()
-    index = _write_h5(pm, image)
-    buf = image.getbuffer()
-    _seal_image(buf, index)
-    try:
-        write_bytes(target, buf)
-        size = len(buf)
-    finally:
-        buf.release()
+    with atomic_path(target) as tmp:
+        size = _write_file(pm, tmp)
     pm.file_bytes = size
     return size
 
