@@ -199,8 +199,10 @@ def _write_file(pm: PackedModel, tmp: Path) -> int:
         payload_crc = crc32_combine(payload_crc, crc, entry["bytes"])
     total = sum(e["bytes"] for e in entries)
     hashes = [[pm.words_hash(name, k) for name in pm.layers] for k in range(pm.banks)]
-    # libver="latest": the compact object headers of HDF5 1.8+, about 1 KiB less per file
-    with h5py.File(tmp, "w", userblock_size=USERBLOCK, libver="latest") as f:
+    # libver="latest": the compact object headers of HDF5 1.8+, about 1 KiB less per file;
+    # meta_block_size=0: no 2 KiB block reserved for metadata ahead of the early-placed payload
+    with h5py.File(tmp, "w", userblock_size=USERBLOCK, libver="latest",
+                   meta_block_size=0) as f:
         f.attrs["encoding-type"] = ROOT_TYPE
         f.attrs["encoding-version"] = FORMAT_VERSION
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
