@@ -15,9 +15,9 @@ Baselines (same data, same run):
   costs).
 
 bitsub's file (format 4) holds only the codes, codebooks and masks; its load checks the seal
-and every crc, decodes the masks, rebuilds the words through ``add_task`` (which checks every
-field; the codes are written straight from their packed bytes) and compares them with their
-stored hashes. ``load-mixed`` is the other end of the
+and every crc, decodes the masks, rebuilds each bank's words in one pass through ``add_banks``
+(which checks every field, reading the codes straight from the file's bytes) and compares them
+with their stored hashes. ``load-mixed`` is the other end of the
 layouts: each task writes a random half of the positions and reuses a random half of its
 bank's earlier ones, so write masks and masks are coded in context.
 For the one-core figure, run it under ``taskset -c 0``.

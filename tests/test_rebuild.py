@@ -1,5 +1,6 @@
 """Fast paths of format 4: codes gathered from the words into packed bytes (save), fields
-written straight from packed codes (load), each against the plain path bit for bit."""
+written straight from packed codes (load, through add_task or whole banks through add_banks),
+the file's crc32 from parts, each against the plain path bit for bit."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bitsub import PackedModel, TaskLayer, pack_bits
-from bitsub.codecs.bitfield import packed_size
 from bitsub.model.placement import PackedCodes, PackedMask
-from bitsub.model.readrule import bank_packed_codes
 from bitsub.model.rebuild import SLACK
 from tests.naive import naive_codes_of, naive_pack_bits
 from tests.test_packed import run_random_sequence
@@ -21,24 +20,10 @@ from tests.test_packed import run_random_sequence
 SHAPES = {"a": (3, 5), "b": (2, 2, 2, 1), "c": (1, 17)}
 
 
-def gather(pm, bank, name, counts=None):
-    """bank_packed_codes through the public API: (found per prefix, {task: bytes})."""
-    tasks = pm.bank_tasks(bank)
-    size = 1 << pm.prefix_bits
-    bits_by_prefix = np.zeros(size, np.int64)
-    want = np.zeros(size, np.int64)
-    for p, u in enumerate(tasks, start=1):
-        bits_by_prefix[p] = b = pm.bits(u, name)
-        want[p] = pm.fields(u, name) if b <= 16 else 0
-    counts = want if counts is None else np.asarray(counts, np.int64)
-    sizes = [packed_size(int(c), int(b)) for c, b in zip(counts, bits_by_prefix)]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    out = np.full(int(offsets[-1]) + 3, 0xAB, np.uint8)  # guard bytes past the end
-    found = bank_packed_codes(np.array(pm.words(name, bank)), pm.prefix_bits, pm.word_bits,
-                              bits_by_prefix, counts, offsets, out)
-    assert out[-3:].tolist() == [0xAB] * 3  # nothing written past the streams
-    return found, {u: out[offsets[p] : offsets[p + 1]].tolist()
-                   for p, u in enumerate(tasks, start=1)}
+def gather(pm, bank, name):
+    """PackedModel.bank_codes as lists: {task: packed bytes} for every task of the bank."""
+    got = {t: data.tolist() for t, data in pm.bank_codes(bank, name).items()}
+    return {t: got.get(t, []) for t in pm.bank_tasks(bank)}
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -49,25 +34,25 @@ def test_bank_codes_match_pack_bits_and_naive(seed, word_bits, prefix_bits, n_ta
     for bank in range(pm.banks):
         tasks = pm.bank_tasks(bank)
         for name in pm.layers:
-            found, got = gather(pm, bank, name)
-            assert found.tolist() == ([0] + [pm.fields(u, name) for u in tasks]
-                                      + [0] * ((1 << pm.prefix_bits) - 1 - len(tasks)))
+            got = gather(pm, bank, name)
             bits_of_prefix = [0] + [pm.bits(u, name) for u in tasks]
             for p, t in enumerate(tasks, start=1):
                 b = pm.bits(t, name)
-                if not 1 <= b <= 16:
-                    assert got[t] == []  # raw fields and empty layers: nothing packed
-                    continue
-                assert got[t] == pack_bits(pm.codes(t, name), b).tolist()
                 _, codes = naive_codes_of(pm.words(name, bank), pm.word_bits, pm.prefix_bits,
                                           bits_of_prefix, p)
-                assert got[t] == naive_pack_bits(codes, b)
+                if b == 0:
+                    assert got[t] == []
+                elif b == 32:  # raw fields: big-endian uint32
+                    assert got[t] == np.asarray(codes, ">u4").view(np.uint8).tolist()
+                else:
+                    assert got[t] == pack_bits(pm.codes(t, name), b).tolist()
+                    assert got[t] == naive_pack_bits(codes, b)
 
 
 @given(bits=st.lists(st.integers(1, 16), min_size=1, max_size=3), side=st.integers(1, 40),
        seed=st.integers(0, 2**32 - 1))
 @settings(max_examples=40, deadline=None)
-def test_every_bit_width_and_short_counts(bits, side, seed):
+def test_every_bit_width(bits, side, seed):
     rng = np.random.default_rng(seed)
     pm = PackedModel(word_bits=64, prefix_bits=2)
     pm.add_layer("fc", (1, side))
@@ -78,16 +63,9 @@ def test_every_bit_width_and_short_counts(bits, side, seed):
         pm.add_task({"fc": TaskLayer(write, write, bits=b, codebook=np.arange(1 << b, dtype=float),
                                      codes=c)}, bank=0 if t else "new")
         codes[t] = c[write]
-    found, got = gather(pm, 0, "fc")
+    got = gather(pm, 0, "fc")
     for t, b in enumerate(bits):
-        assert found[t + 1] == codes[t].size
         assert got[t] == naive_pack_bits(codes[t], b)
-    # smaller counts: the walk still counts every field, writes only the first counts[p]
-    counts = [0] + [max(0, c.size - 1) for c in codes.values()] + [0] * (3 - len(bits))
-    found, got = gather(pm, 0, "fc", counts)
-    for t, b in enumerate(bits):
-        assert found[t + 1] == codes[t].size
-        assert got[t] == naive_pack_bits(codes[t][: counts[t + 1]], b)
 
 
 def test_empty_and_full_masks():
@@ -98,20 +76,20 @@ def test_empty_and_full_masks():
     pm.add_task({"fc": TaskLayer(full, full, bits=3, codebook=np.arange(8.0), codes=codes)})
     pm.add_task({"fc": TaskLayer(empty, empty)})
     pm.add_task({"fc": TaskLayer(full, full, bits=5, codebook=np.arange(32.0), codes=codes * 3)})
-    found, got = gather(pm, 0, "fc")
-    assert found.tolist() == [0, 63, 0, 63, 0, 0, 0, 0]
-    assert got == {0: naive_pack_bits(codes, 3), 1: [], 2: naive_pack_bits(codes * 3, 5)}
+    assert gather(pm, 0, "fc") == {0: naive_pack_bits(codes, 3), 1: [],
+                                   2: naive_pack_bits(codes * 3, 5)}
 
 
-def test_fields_of_a_missing_prefix_are_reported():
-    # a word whose prefix names no task of the bank: counted in found[0], nothing indexed
-    # prefix 1 with its 2-bit code 3, then prefix 3, which no task of the bank has
+def test_words_that_disagree_with_the_write_masks_are_reported():
+    # prefix 1 with its 2-bit code 3, then prefix 3 where the write masks say task 2 wrote
+    from bitsub.model.rebuild import gather_codes
+
     words = np.array([0b01 << 30 | 0b11 << 28 | 0b11 << 26], np.uint32)
-    bits_by_prefix = np.array([0, 2, 0, 0], np.int64)
-    out = np.zeros(1, np.uint8)
-    found = bank_packed_codes(words, 2, 32, bits_by_prefix, np.array([0, 1, 0, 0]),
-                              np.array([0, 0, 1, 1, 1]), out)
-    assert found.tolist() == [1, 1, 0, 0] and out.tolist() == [0b11 << 6]
+    writes = np.array([[0x80], [0x80]], np.uint8)
+    with pytest.raises(RuntimeError, match=r"fields per task \[1, 0\] and 1 others"):
+        gather_codes(words, writes, [2, 2], 2, 32)
+    out, starts = gather_codes(words & np.uint32(0xF << 28), writes[:1], [2], 2, 32)
+    assert out.tolist() == [0b11 << 6] and starts == [0, 1]
 
 
 # ------------------------------------------------ load: fields written from packed codes

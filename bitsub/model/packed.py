@@ -17,7 +17,7 @@ The model is data plus read accessors; the work lives beside it: :mod:`bitsub.mo
 masks are coded against a bank's earlier tasks), :mod:`bitsub.model.capacity` and
 :mod:`bitsub.storage.hdf5` (imported only inside ``capacity()`` and ``save()``).
 
-Length: the module and its class are about 600-700 lines because the class is the one public face
+Length: the module and its class are about 600-850 lines because the class is the one public face
 of the model: some fifty short accessors, each with its checks and docstring.
 """
 

@@ -296,54 +296,71 @@ def _append(out, bpos, acc, nacc, p, value, nbits):
 
 
 @numba.njit(**NJIT)
-def _gather_kernel(words, writes, bits, prefix_bits, word_bits, q0, q1, popc, set_at, out,
-                   bytepos0):
+def _gather_kernel(words, writes, bits, prefix_bits, word_bits, q0, q1, out, bytepos0, room,
+                   found):
     # The inverse of _build_kernel over positions 8 * q0 .. 8 * q1: task p's codes, in position
     # order, appended to its stream in out from byte bytepos0[p] (each part starts on a byte
-    # boundary of every stream; the last bits of a stream are flushed). Returns the number of
-    # fields whose prefix is not the task's (0 for words built by add_task or add_banks).
+    # boundary of every stream; the last bits of a stream are flushed). found[p] counts the
+    # fields of prefix p + 1 met (the caller compares with the write masks). Returns the number
+    # of fields whose prefix names no task or that run past their word (0 for valid words).
+    # No task gets more than room[p] codes (its write mask's count in the range): words that
+    # disagree with the masks cannot write past a stream.
+    # A byte where every task wrote all eight positions or none (the regular layout) takes one
+    # shift per task; any other walks each word's fields from the top.
     n_tasks = writes.shape[0]
     acc = np.zeros(n_tasks, np.uint64)
     nacc = np.zeros(n_tasks, np.int64)
     bpos = bytepos0.copy()
-    uacc = np.zeros(8, np.int64)
     top = np.int64(word_bits - prefix_bits)
     one = np.uint64(1)
+    pmask = (one << np.uint64(prefix_bits)) - one
     wrong = 0
     for q in range(q0, q1):
-        u = np.int64(0)
-        uniform = True
         base = q * 8
+        uniform = True
         for p in range(n_tasks):
             wb = writes[p, q]
-            if wb == 0:
-                continue
-            b = bits[p]
-            ub = np.uint64(b)
-            fmask = (one << np.uint64(prefix_bits + b)) - one
-            cmask = (one << ub) - one
-            want = np.uint64(p + 1)
-            if uniform and wb == 255 and b <= 7:
+            if (wb != 0 and wb != 255) or (wb == 255 and bits[p] > 7):
+                uniform = False
+                break
+        if uniform:
+            u = np.int64(0)
+            for p in range(n_tasks):
+                if writes[p, q] == 0:
+                    continue
+                b = bits[p]
+                ub = np.uint64(b)
+                fmask = (one << np.uint64(prefix_bits + b)) - one
+                cmask = (one << ub) - one
+                want = np.uint64(p + 1)
                 s = np.uint64(max(top - u - b, 0))
                 value = np.uint64(0)
                 for k in range(8):
                     f = (np.uint64(words[base + k]) >> s) & fmask
                     wrong += (f >> ub) != want
                     value = (value << ub) | (f & cmask)
-                _append(out, bpos, acc, nacc, p, value, 8 * b)
+                if found[p] + 8 <= room[p]:
+                    _append(out, bpos, acc, nacc, p, value, 8 * b)
+                found[p] += 8
                 u += prefix_bits + b
-            else:
-                if uniform:
-                    uniform = False
-                    for k in range(8):
-                        uacc[k] = u
-                for j in range(popc[wb]):
-                    k = set_at[wb, j]
-                    s = np.uint64(max(top - uacc[k] - b, 0))
-                    f = (np.uint64(words[base + k]) >> s) & fmask
-                    wrong += (f >> ub) != want
-                    _append(out, bpos, acc, nacc, p, f & cmask, b)
-                    uacc[k] += prefix_bits + b
+            continue
+        for k in range(min(8, words.size - base)):
+            w = np.uint64(words[base + k])
+            left = np.int64(word_bits)
+            while left >= prefix_bits:
+                left -= prefix_bits
+                p = np.int64((w >> np.uint64(left)) & pmask) - 1
+                if p < 0:
+                    break
+                if p >= n_tasks or bits[p] > left:
+                    wrong += 1
+                    break
+                b = bits[p]
+                left -= b
+                c = (w >> np.uint64(left)) & ((one << np.uint64(b)) - one)
+                if found[p] < room[p]:
+                    _append(out, bpos, acc, nacc, p, c, b)
+                found[p] += 1
     for p in range(n_tasks):
         if nacc[p]:
             out[bpos[p]] = np.uint8((acc[p] << np.uint64(8 - nacc[p])) & np.uint64(0xFF))
@@ -386,11 +403,14 @@ def gather_codes(words: np.ndarray, writes: np.ndarray, bits: Sequence[int], pre
     cuts.append(n_bytes)
     parts = []
     for q0, q1 in zip(cuts, cuts[1:]):
-        done = (np.bitwise_count(writes[:, :q0]).sum(axis=1, dtype=np.int64) * b) // 8
-        parts.append((words, writes, b, prefix_bits, word_bits, q0, q1, _POPCOUNT, _SET_AT,
-                      out, starts[:-1] + done))
+        done = np.bitwise_count(writes[:, :q0]).sum(axis=1, dtype=np.int64)
+        room = np.bitwise_count(writes[:, q0:q1]).sum(axis=1, dtype=np.int64)
+        parts.append((words, writes, b, prefix_bits, word_bits, q0, q1, out,
+                      starts[:-1] + done * b // 8, room, np.zeros(n_tasks, np.int64)))
     wrong = sum(int(w) for w in split(_gather_kernel, parts))
-    if wrong:
-        raise RuntimeError(f"{wrong} fields do not carry the prefix of the task whose write "
-                           "mask holds them")
+    found = sum(part[-1] for part in parts)
+    if wrong or not np.array_equal(found, counts):
+        # the buffer may be partly written: the caller gets nothing
+        raise RuntimeError(f"the words hold fields per task {found.tolist()} and {wrong} "
+                           f"others, the write masks say {counts.tolist()}")
     return out, starts.tolist()

@@ -38,18 +38,25 @@ Inside the HDF5 file (readable with plain h5py, no bitsub needed):
   rebuilt words. ``c`` is the crc32 of the canonical JSON of ``model``.
 
 :func:`load` reads the whole file, checks the seal, then reads the model through the index,
-never through the HDF5 library, so untrusted bytes reach no C parser. It checks the index's
-every field, the payloads' crc32, decodes each mask after checking its declared shape against
-the layer's (bounding what a decoder allocates), and rebuilds the words through
-:meth:`PackedModel.add_task`, which refuses fields outside a task's mask, codes outside its
-codebook, words without room, reused positions no earlier task wrote and values that are not
-finite or above 2**60. The stored codes go to ``add_task`` still packed
-(:class:`bitsub.model.placement.PackedCodes`), which writes each field straight from them; save
-gathers every task's codes of a bank and layer from the words into packed bytes in one pass
-(:func:`bitsub.model.readrule.bank_packed_codes`). The rebuilt words are compared with the
-stored hashes before the model is returned, so no kernel ever indexes with unverified words.
+never through the HDF5 library, so untrusted bytes reach no C parser. It reads the index (its
+own crc32 first), then checks the seal's crc32 and every task's in one pass over the file (the
+tasks' crc32 combined into the whole's: :mod:`bitsub.storage.crc`), checks the index's every
+field, decodes each mask after checking its declared shape against the layer's (bounding what a
+decoder allocates), and rebuilds the words through :meth:`PackedModel.add_banks`, which writes
+each bank's words of a layer in one pass straight from the packed masks and codes in the file's
+buffer (:mod:`bitsub.model.rebuild`), refusing what ``add_task`` refuses: fields outside a task's
+mask, codes outside its codebook, words without room, reused positions no earlier task wrote
+and values that are not finite or above 2**60. The same pass sums the words' hash, which is
+compared with the stored one before the model is returned, so no kernel ever indexes with
+unverified words. :func:`save` gathers every task's codes of a bank and layer from the words in
+one pass (:meth:`PackedModel.bank_codes`), lets HDF5 write the file's structure with the
+payload's space placed but not filled, writes the payload's parts straight into it and the
+seal from the tasks' crc32.
 Format 3 files (one word per position) are refused with a message saying how to convert them
 (re-export from the training run's checkpoints).
+
+Length: a little over 600 lines: the format's one writer and one reader stay beside the byte
+layout they share (seal, index, payload order), so the layout is defined in one place.
 """
 
 from __future__ import annotations
