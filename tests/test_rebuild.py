@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from bitsub import PackedModel, TaskLayer, pack_bits
 from bitsub.model.placement import PackedCodes, PackedMask
+from bitsub.model.readrule import bank_packed_codes
 from bitsub.model.rebuild import SLACK
 from tests.naive import naive_codes_of, naive_pack_bits
 from tests.test_packed import run_random_sequence
@@ -80,16 +81,15 @@ def test_empty_and_full_masks():
                                    2: naive_pack_bits(codes * 3, 5)}
 
 
-def test_words_that_disagree_with_the_write_masks_are_reported():
-    # prefix 1 with its 2-bit code 3, then prefix 3 where the write masks say task 2 wrote
-    from bitsub.model.rebuild import gather_codes
-
+def test_fields_of_a_missing_prefix_are_reported():
+    # a word whose prefix names no task of the bank: counted in found[0], nothing indexed
+    # prefix 1 with its 2-bit code 3, then prefix 3, which no task of the bank has
     words = np.array([0b01 << 30 | 0b11 << 28 | 0b11 << 26], np.uint32)
-    writes = np.array([[0x80], [0x80]], np.uint8)
-    with pytest.raises(RuntimeError, match=r"fields per task \[1, 0\] and 1 others"):
-        gather_codes(words, writes, [2, 2], 2, 32)
-    out, starts = gather_codes(words & np.uint32(0xF << 28), writes[:1], [2], 2, 32)
-    assert out.tolist() == [0b11 << 6] and starts == [0, 1]
+    bits_by_prefix = np.array([0, 2, 0, 0], np.int64)
+    out = np.zeros(1, np.uint8)
+    found = bank_packed_codes(words, 2, 32, bits_by_prefix, np.array([0, 1, 0, 0]),
+                              np.array([0, 0, 1, 1, 1]), out)
+    assert found.tolist() == [1, 1, 0, 0] and out.tolist() == [0b11 << 6]
 
 
 # ------------------------------------------------ load: fields written from packed codes
@@ -273,10 +273,10 @@ def test_add_banks_builds_the_model_add_task_builds(seed, word_bits, prefix_bits
 
 @pytest.mark.parametrize("n, density, bits", [(200_003, 1.0, 4), (200_003, 0.5, 3),
                                               (150_001, 0.9, 16), (9, 1.0, 7)])
-def test_build_and_gather_large_layers_over_threads(n, density, bits):
-    # large enough to be split over the engine threads, odd bit-widths: the gather's split
-    # points must be byte boundaries of every stream
-    from bitsub.model.rebuild import build_words, gather_codes
+def test_build_large_layers_over_threads(n, density, bits):
+    # large enough to be split over the engine threads, odd bit-widths: each part starts its
+    # streams mid-byte
+    from bitsub.model.rebuild import build_words
 
     rng = np.random.default_rng(n)
     writes = np.stack([np.packbits(rng.random(n) < density) for _ in range(3)])
@@ -291,8 +291,13 @@ def test_build_and_gather_large_layers_over_threads(n, density, bits):
     from tests.naive import naive_words_hash
 
     assert h == naive_words_hash(words)
-    out, ends = gather_codes(words, writes, widths, 2, 64)
-    assert out.tobytes() == data[:-SLACK].tobytes() and ends[:-1] == starts
+    # the streams gathered back from the words (the save's kernel)
+    counts = np.array([0, *(int(np.bitwise_count(w).sum()) for w in writes)], np.int64)
+    widths4 = np.array([0, *widths], np.int64)
+    offsets = np.concatenate([[0], np.cumsum((counts * widths4 + 7) // 8)]).astype(np.int64)
+    out = np.zeros(int(offsets[-1]), np.uint8)
+    found = bank_packed_codes(words, 2, 64, widths4, counts, offsets, out)
+    assert found.tolist() == counts.tolist() and out.tobytes() == data[:-SLACK].tobytes()
     # the used bits: every written field counted
     want = sum(np.unpackbits(w, count=n).astype(np.int64) * (2 + b)
                for w, b in zip(writes, widths))

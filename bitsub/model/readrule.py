@@ -14,7 +14,7 @@ from bitsub.codecs.bitfield import read_field
 from bitsub.config import NJIT
 from bitsub.threads import engine_threads, split
 
-__all__ = ["PARALLEL_MIN", "codes_of", "decode_weights", "resolve_fields",
+__all__ = ["PARALLEL_MIN", "bank_packed_codes", "codes_of", "decode_weights", "resolve_fields",
            "sum_mix", "word_mix", "words_hash"]
 
 
@@ -41,6 +41,57 @@ def codes_of(words, write, prefix, prefix_bits, word_bits, bits_by_prefix, out):
                     break
                 used += b
     return j
+
+
+@numba.njit(**NJIT)
+def bank_packed_codes(words, prefix_bits, word_bits, bits_by_prefix, counts, offsets, out):
+    """Every task's codes of one bank and layer, packed, in one pass over the words.
+
+    A field with prefix p at position i is the field task p wrote there, so walking each word's
+    fields once sends every code to its task's stream: task p's ``counts[p]`` codes go, packed
+    at ``bits_by_prefix[p]`` bits as :func:`bitsub.pack_bits` packs them, into
+    ``out[offsets[p]:offsets[p + 1]]`` (``packed_size(counts[p], bits)`` bytes; prefixes with
+    no codes have an empty range). Returns the number of fields found per prefix (codes past
+    ``counts[p]`` are counted, not written; the caller compares).
+    """
+    n_p = bits_by_prefix.size
+    acc = np.zeros(n_p, np.uint64)
+    nacc = np.zeros(n_p, np.uint64)
+    pos = offsets[:n_p].copy()
+    found = np.zeros(n_p, np.int64)
+    eight = np.uint64(8)
+    byte = np.uint64(0xFF)
+    pmask = (np.uint64(1) << np.uint64(prefix_bits)) - np.uint64(1)
+    for i in range(words.size):
+        # the word in a register, its fields cut off from the top by shifts
+        w = np.uint64(words[i])
+        left = np.int64(word_bits)  # bits of w not yet walked
+        while left >= prefix_bits:
+            left -= prefix_bits
+            p = np.int64((w >> np.uint64(left)) & pmask)
+            if p == 0:
+                break
+            b = bits_by_prefix[p]
+            if b == 0 or b > left:  # cannot happen in words built by add_task
+                found[0] += 1
+                break
+            left -= b
+            c = (w >> np.uint64(left)) & ((np.uint64(1) << np.uint64(b)) - np.uint64(1))
+            if found[p] < counts[p]:
+                ub = np.uint64(b)
+                a = (acc[p] << ub) | c
+                na = nacc[p] + ub
+                while na >= eight:
+                    na -= eight
+                    out[pos[p]] = np.uint8((a >> na) & byte)
+                    pos[p] += 1
+                acc[p] = a
+                nacc[p] = na
+            found[p] += 1
+    for p in range(1, n_p):
+        if nacc[p] > np.uint64(0):
+            out[pos[p]] = np.uint8((acc[p] << (eight - nacc[p])) & byte)
+    return found
 
 
 def _resolve_kernel_py(words, mask, prefix, prefix_bits, word_bits, bits_by_prefix, task_by_prefix,
