@@ -267,6 +267,16 @@ def test_save_overwrites_atomically_and_cleans_up(tmp_path, monkeypatch):
     assert_same_model(bigger, bitsub.load(path))
 
 
+def test_the_same_model_saves_to_the_same_bytes(tmp_path):
+    pm = reuse_model()
+    pm.save(tmp_path / "a.h5")
+    back = bitsub.load(tmp_path / "a.h5")
+    back.save(tmp_path / "b.h5")
+    pm.save(tmp_path / "c.h5")
+    a = (tmp_path / "a.h5").read_bytes()
+    assert a == (tmp_path / "b.h5").read_bytes() == (tmp_path / "c.h5").read_bytes()
+
+
 def test_save_to_new_file_that_fails_leaves_nothing(tmp_path, monkeypatch):
     pm, _ = small_model()
 

@@ -215,6 +215,7 @@ def _write_file(pm: PackedModel, tmp: Path) -> int:
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # contiguous space, placed now
         dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # and not written: the payload goes there
+        dcpl.set_obj_track_times(False)  # no timestamps: the same model, the same bytes
         ds = h5py.h5d.create(f.id, PAYLOAD.encode(), h5py.h5t.STD_U8LE,
                              h5py.h5s.create_simple((total,)), dcpl=dcpl)
         off = ds.get_offset() if total else None
