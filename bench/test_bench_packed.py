@@ -15,9 +15,9 @@ Baselines (same data, same run):
   costs).
 
 bitsub's file (format 4) holds only the codes, codebooks and masks; its load checks the seal
-and every crc, decodes the masks, rebuilds the words through ``add_task`` (which checks every
-field; the codes are written straight from their packed bytes) and compares them with their
-stored hashes. ``load-mixed`` is the other end of the
+and every crc, decodes the masks, rebuilds each bank's words in one pass through ``add_banks``
+(which checks every field, reading the codes straight from the file's bytes) and compares them
+with their stored hashes. ``load-mixed`` is the other end of the
 layouts: each task writes a random half of the positions and reuses a random half of its
 bank's earlier ones, so write masks and masks are coded in context.
 For the one-core figure, run it under ``taskset -c 0``.
@@ -178,8 +178,8 @@ def test_load(benchmark, model, tmp_path, impl):
     TIMES[("load", impl)] = benchmark.stats.stats.median
 
 
-@pytest.fixture(scope="module")
-def mixed_model():
+def build_mixed():
+    """The mixed layout: each task writes a random half and reuses a random half of the rest."""
     rng = np.random.default_rng(1)
     pm = PackedModel(word_bits=32, prefix_bits=PREFIX)
     pm.add_layer("fc", SHAPE)
@@ -197,6 +197,11 @@ def mixed_model():
                     bank="new" if new_bank and t else None)
         written |= write
     return pm
+
+
+@pytest.fixture(scope="module")
+def mixed_model():
+    return build_mixed()
 
 
 @pytest.mark.parametrize("impl", ["bitsub", "h5py"])

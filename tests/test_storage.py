@@ -267,13 +267,24 @@ def test_save_overwrites_atomically_and_cleans_up(tmp_path, monkeypatch):
     assert_same_model(bigger, bitsub.load(path))
 
 
+def test_the_same_model_saves_to_the_same_bytes(tmp_path):
+    pm = reuse_model()
+    pm.save(tmp_path / "a.h5")
+    back = bitsub.load(tmp_path / "a.h5")
+    back.save(tmp_path / "b.h5")
+    pm.save(tmp_path / "c.h5")
+    a = (tmp_path / "a.h5").read_bytes()
+    assert a == (tmp_path / "b.h5").read_bytes() == (tmp_path / "c.h5").read_bytes()
+
+
 def test_save_to_new_file_that_fails_leaves_nothing(tmp_path, monkeypatch):
     pm, _ = small_model()
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(storage, "_write_h5", boom)
+    # interrupted while the payload goes into the temporary file HDF5 has written
+    monkeypatch.setattr(storage, "_pwrite_all", boom)
     with pytest.raises(KeyboardInterrupt):
         pm.save(tmp_path / "new.h5")
     assert list(tmp_path.iterdir()) == []
@@ -349,27 +360,13 @@ def test_crash_while_writing_the_file_keeps_the_previous_one(tmp_path, monkeypat
     path = tmp_path / "m.h5"
     pm.save(path)
     before = path.read_bytes()
-    real_open = open
+    real_pwrite = os.pwrite
 
-    class HalfWriter:
-        def __init__(self, fh):
-            self.fh = fh
+    def half_pwrite(fd, data, offset):  # the disk fills up halfway through the payload
+        real_pwrite(fd, bytes(data)[: len(data) // 2], offset)
+        raise OSError("no space left on device")
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
-        def write(self, data):
-            self.fh.write(bytes(data)[: len(data) // 2])
-            self.fh.flush()
-            raise OSError("no space left on device")
-
-    def half_open(*a, **k):
-        return HalfWriter(real_open(*a, **k))
-
-    monkeypatch.setattr(atomic, "open", half_open, raising=False)
+    monkeypatch.setattr(storage.os, "pwrite", half_pwrite)
     with pytest.raises(OSError, match="no space"):
         small_model(seed=12)[0].save(path)
     monkeypatch.undo()

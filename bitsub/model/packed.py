@@ -17,7 +17,7 @@ The model is data plus read accessors; the work lives beside it: :mod:`bitsub.mo
 masks are coded against a bank's earlier tasks), :mod:`bitsub.model.capacity` and
 :mod:`bitsub.storage.hdf5` (imported only inside ``capacity()`` and ``save()``).
 
-Length: the module and its class are about 600-700 lines because the class is the one public face
+Length: the module and its class are about 600-850 lines because the class is the one public face
 of the model: some fifty short accessors, each with its checks and docstring.
 """
 
@@ -27,7 +27,7 @@ import copy
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,14 @@ from bitsub.model.placement import (
     place_fields,
     prepare_layer,
 )
-from bitsub.model.readrule import codes_of, decode_weights, resolve_fields, words_hash
+from bitsub.model.readrule import (
+    bank_packed_codes,
+    codes_of,
+    decode_weights,
+    resolve_fields,
+    words_hash,
+)
+from bitsub.model.rebuild import build_banks
 
 if TYPE_CHECKING:
     from bitsub.model.capacity import Capacity
@@ -308,6 +315,122 @@ class PackedModel:
         self._tasks.append(task)
         self.file_bytes = None  # the model no longer is what a file holds
         return tid
+
+    def add_banks(
+        self,
+        tasks: Sequence[Mapping[str, TaskLayer]],
+        banks: Sequence[int],
+        private: Sequence[Mapping[str, np.ndarray] | None] | None = None,
+    ) -> list[int]:
+        """Add tasks into new banks at once; return their ids.
+
+        Task j goes into the ``banks[j]``-th new bank (numbered 0, 1, ... in order of first
+        use), after the bank's earlier tasks in the list. The model is the one that
+        :meth:`add_task` builds from the same tasks in order (``bank="new"`` for the first task
+        of each bank, that bank after), with the same checks, but each bank's words of a layer
+        are written in one pass over the positions (:func:`bitsub.model.rebuild.build_banks`)
+        instead of one per task. The fast way in for masks given as
+        :class:`~bitsub.model.placement.PackedMask` and codes as
+        :class:`~bitsub.model.placement.PackedCodes` (how a file holds them: nothing is
+        unpacked); :meth:`words_hash` of the new banks is computed in the same pass.
+
+        Raises
+        ------
+        ValueError, TypeError
+            As :meth:`add_task` would for any of the tasks, or bank numbers out of order. A
+            failed call leaves the model unchanged.
+        """
+        tasks = list(tasks)
+        bank_of = [check_index(b, "banks entries") for b in banks]
+        private = [None] * len(tasks) if private is None else list(private)
+        if not len(bank_of) == len(private) == len(tasks):
+            raise ValueError(f"{len(tasks)} tasks, {len(bank_of)} banks and {len(private)} "
+                             "private dicts: give one of each per task")
+        members: list[list[int]] = []
+        for j, k in enumerate(bank_of):
+            if k == len(members):
+                members.append([])
+            elif not 0 <= k < len(members):
+                raise ValueError(f"banks[{j}] = {k}: new banks are numbered 0, 1, ... in order "
+                                 f"of first use (next: {len(members)})")
+            members[k].append(j)
+            if len(members[k]) > self.max_tasks_per_bank:
+                raise ValueError(f"new bank {k} would hold more than {self.max_tasks_per_bank} "
+                                 f"tasks, the most that {self._prefix_bits}-bit prefixes allow")
+        prepared = []
+        for layers in tasks:
+            if not isinstance(layers, Mapping):
+                raise TypeError("tasks must be dicts str -> TaskLayer")
+            pls = {}
+            for name, tl in layers.items():
+                if not isinstance(name, str) or name not in self._shapes:
+                    raise ValueError(f"no layer {name!r}; add it with add_layer first")
+                if not isinstance(tl, TaskLayer):
+                    raise TypeError(f"layers[{name!r}] must be a TaskLayer, got "
+                                    f"{type(tl).__name__}")
+                pls[name] = prepare_layer(name, tl, self._shapes[name], self._prefix_bits,
+                                          self._word_bits, packed=True)
+            prepared.append(pls)
+        privs = [check_private(p) for p in private]
+        new = build_banks(self._shapes, members, prepared, self._prefix_bits, self._word_bits)
+
+        # Everything checked: from here on nothing can fail.
+        first_bank, first_task = len(self._banks), len(self._tasks)
+        for j, pls in enumerate(prepared):
+            k = bank_of[j]
+            bank = new[k]
+            task = _Task(bank=first_bank + k, prefix=len(bank.tasks) + 1, bits={}, fields={},
+                         codebooks={}, masks={}, private=privs[j], encoded_masks={})
+            for pl in pls.values():
+                task.bits[pl.name] = pl.bits
+                task.fields[pl.name] = pl.n_write
+                task.codebooks[pl.name] = pl.codebook
+                task.masks[pl.name] = np.array(pl.mask_bits)
+                task.writes[pl.name] = np.array(pl.write_bits)
+            bank.tasks.append(first_task + j)
+            self._tasks.append(task)
+        self._banks.extend(new)
+        self.file_bytes = None
+        return list(range(first_task, len(self._tasks)))
+
+    def bank_codes(self, bank: int, layer: str) -> dict[int, np.ndarray]:
+        """The codes of every task of ``bank`` that writes fields in ``layer``, packed.
+
+        Task t's entry is ``pack_bits(codes(t, layer), bits(t, layer))`` (for raw float32
+        fields, the codes as big-endian uint32), all gathered from the words in one pass
+        (:func:`bitsub.model.readrule.bank_packed_codes`): how a file stores them.
+        """
+        self._check_layer(layer)
+        k = check_index(bank, "bank")
+        if not 0 <= k < len(self._banks):
+            raise IndexError(f"no bank {k}; there are {len(self._banks)}")
+        tasks = self._banks[k].tasks
+        size = 1 << self._prefix_bits
+        bits_by_prefix, counts = np.zeros(size, np.int64), np.zeros(size, np.int64)
+        for p, t in enumerate(tasks, start=1):
+            bits_by_prefix[p] = self._tasks[t].bits.get(layer, 0)
+            counts[p] = self._tasks[t].fields.get(layer, 0)
+        offsets = np.zeros(size + 1, np.int64)
+        offsets[1:] = np.cumsum((counts * bits_by_prefix + 7) // 8)
+        out = np.empty(int(offsets[-1]), np.uint8)
+        found = bank_packed_codes(self._banks[k].words[layer], self._prefix_bits,
+                                  self._word_bits, bits_by_prefix, counts, offsets, out)
+        if not np.array_equal(found, counts):  # cannot happen for a model built by add_task
+            raise RuntimeError(f"bank {k}, layer {layer!r}: fields per prefix "
+                               f"{found.tolist()}, expected {counts.tolist()}")
+        return {t: out[offsets[p] : offsets[p + 1]] for p, t in enumerate(tasks, start=1)
+                if counts[p]}
+
+    def words_hash(self, layer: str, bank: int) -> int:
+        """:func:`bitsub.model.readrule.words_hash` of the bank's words of ``layer`` (cached)."""
+        self._check_layer(layer)
+        k = check_index(bank, "bank")
+        if not 0 <= k < len(self._banks):
+            raise IndexError(f"no bank {k}; there are {len(self._banks)}")
+        hashes = self._banks[k].hashes
+        if layer not in hashes:
+            hashes[layer] = words_hash(self._banks[k].words[layer])
+        return hashes[layer]
 
     # --------------------------------------------------------------------- reading
 

@@ -7,9 +7,10 @@ fields into the bank's words.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numba
@@ -19,7 +20,8 @@ from bitsub.codecs.bitfield import field_shift, packed_size, write_field
 from bitsub.config import NJIT
 from bitsub.quant.kmeans import kmeans_1d
 
-__all__ = ["MAX_CODE_BITS", "MAX_VALUE", "RAW_BITS", "Bank", "PackedCodes", "PreparedLayer",
+__all__ = ["MAX_CODE_BITS", "MAX_VALUE", "RAW_BITS", "Bank", "PackedCodes", "PackedMask",
+           "PreparedLayer",
            "TaskLayer", "bank_problem", "check_index", "check_private", "check_values",
            "choose_bank", "place_fields", "prepare_layer", "reuse_problem"]
 
@@ -38,9 +40,9 @@ class TaskLayer:
 
     Parameters
     ----------
-    mask : array_like of bool, layer shape
+    mask : array_like of bool, layer shape, or PackedMask
         Positions the task uses (its weight is 0 elsewhere).
-    write : array_like of bool, layer shape
+    write : array_like of bool, layer shape, or PackedMask
         Positions where the task writes new fields; a subset of ``mask``. Positions in ``mask``
         but not in ``write`` reuse what the latest earlier task of the same bank wrote there.
     values : array_like of float, layer shape, optional
@@ -85,6 +87,20 @@ class PackedCodes:
 
     data: Any
     count: int
+    #: None: ``data`` is exactly the packed codes. An int: they begin at byte ``start`` of
+    #: ``data``, which may hold other bytes around them (a whole file read into memory).
+    start: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class PackedMask:
+    """A mask as ``np.packbits`` of its flat bool array (C order), for ``TaskLayer``.
+
+    ``data``: 1-D uint8, ``ceil(positions / 8)`` bytes, the pad bits of the last byte zero.
+    :meth:`bitsub.model.packed.PackedModel.add_banks` uses it as it is, without unpacking.
+    """
+
+    data: Any
 
 
 @dataclass
@@ -94,6 +110,7 @@ class Bank:
     words: dict[str, np.ndarray]  # layer -> 1-D word array
     used: dict[str, np.ndarray]  # layer -> 1-D uint8, bits occupied per word (cache of words)
     tasks: list[int]  # task ids by prefix - 1
+    hashes: dict[str, int] = field(default_factory=dict)  # layer -> words_hash (a cache)
 
 
 @dataclass
@@ -110,6 +127,9 @@ class PreparedLayer:
     codes: np.ndarray  # unsigned ints: one per written position (compact) or per position
     compact: bool
     packed: bool = False  # codes holds pack_bits bytes of the compact codes
+    start: int = 0  # packed: the codes begin at byte start of codes
+    mask_bits: np.ndarray | None = None  # np.packbits of mask (prepare_layer(packed=True))
+    write_bits: np.ndarray | None = None
 
 
 
@@ -237,6 +257,7 @@ def _unwritten_reuse(used, mask, write):
 def place_fields(bank: Bank, pl: PreparedLayer, prefix: int, prefix_bits: int,
                  word_bits: int) -> None:
     """Write the checked layer's fields into the bank's words (room was checked)."""
+    bank.hashes.pop(pl.name, None)
     if pl.n_write and pl.packed:
         _write_packed_fields(bank.words[pl.name], bank.used[pl.name], pl.write, pl.codes,
                              prefix, prefix_bits, pl.bits, word_bits)
@@ -255,7 +276,32 @@ def check_index(value: object, name: str) -> int:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
 
 
+def _check_packed_mask(pm: PackedMask, shape: tuple[int, ...], what: str) -> np.ndarray:
+    data = np.asarray(pm.data)
+    n = math.prod(shape)
+    if data.dtype != np.uint8 or data.shape != ((n + 7) // 8,):
+        raise TypeError(f"{what}: a PackedMask of the layer shape {shape} is {(n + 7) // 8} "
+                        f"uint8 bytes, got {data.dtype} {data.shape}")
+    if n % 8 and data[-1] & (0xFF >> (n % 8)):
+        raise ValueError(f"{what}: the pad bits of a PackedMask must be zero")
+    return data
+
+
+def _as_packed(arr: object, shape: tuple[int, ...], what: str) -> np.ndarray:
+    # np.packbits of a mask given as a PackedMask (checked, not copied) or a bool array
+    if isinstance(arr, PackedMask):
+        return _check_packed_mask(arr, shape, what)
+    return np.packbits(_as_bool(arr, shape, what))
+
+
+def _popcount(packed: np.ndarray) -> int:
+    return int(np.bitwise_count(packed).sum(dtype=np.int64))
+
+
 def _as_bool(arr: object, shape: tuple[int, ...], what: str) -> np.ndarray:
+    if isinstance(arr, PackedMask):
+        data = _check_packed_mask(arr, shape, what)
+        return np.unpackbits(data, count=math.prod(shape)).view(bool)
     a = np.asarray(arr)
     if a.dtype != np.bool_:
         if a.dtype.kind not in "iu" or (a.size and not np.isin(a, (0, 1)).all()):
@@ -266,7 +312,10 @@ def _as_bool(arr: object, shape: tuple[int, ...], what: str) -> np.ndarray:
     return np.ascontiguousarray(a).reshape(-1)
 
 
-def _check_packed(pc: PackedCodes, n: int, bits: int, what: str) -> tuple[np.ndarray, int]:
+def _check_packed(pc: PackedCodes, n: int, bits: int, what: str, whole: bool = False
+                  ) -> tuple[np.ndarray, int]:
+    # (array, start): the codes as an array of their own (start 0), or with ``whole`` the
+    # given array with the start of the codes in it (no copy)
     data = np.asarray(pc.data)
     if data.dtype != np.uint8 or data.ndim != 1:
         raise TypeError(f"{what}: packed codes must be a 1-D uint8 array, got {data.dtype} "
@@ -274,13 +323,23 @@ def _check_packed(pc: PackedCodes, n: int, bits: int, what: str) -> tuple[np.nda
     count = check_index(pc.count, f"{what}: packed codes count")
     if count != n:
         raise ValueError(f"{what}: {count} packed codes for {n} written positions")
-    if data.size != packed_size(n, bits):
-        raise ValueError(f"{what}: {n} codes of {bits} bits take {packed_size(n, bits)} "
-                         f"bytes, got {data.size}")
+    size = packed_size(n, bits)
+    if pc.start is None:
+        start = 0
+        if data.size != size:
+            raise ValueError(f"{what}: {n} codes of {bits} bits take {size} bytes, got "
+                             f"{data.size}")
+    else:
+        start = check_index(pc.start, f"{what}: packed codes start")
+        if not 0 <= start <= data.size - size:
+            raise ValueError(f"{what}: {n} codes of {bits} bits take {size} bytes from byte "
+                             f"{start}, the array holds {data.size}")
+        if not whole:
+            data, start = data[start : start + size], 0
     if not data.flags.writeable or not data.flags.c_contiguous:
         # numba (cache=True) dispatches read-only arrays far slower; a copy costs n * bits / 8
         data = np.array(data)
-    return data, count
+    return data, start
 
 
 def check_private(private: object) -> dict[str, np.ndarray]:
@@ -311,12 +370,29 @@ def check_values(values: np.ndarray, what: str) -> None:
 
 
 def prepare_layer(name: str, tl: TaskLayer, shape: tuple[int, ...], prefix_bits: int,
-                  word_bits: int) -> PreparedLayer:
-    """Check one layer of a task being added; its mask, write mask, bit-width, codebook, codes."""
+                  word_bits: int, packed: bool = False) -> PreparedLayer:
+    """Check one layer of a task being added; its mask, write mask, bit-width, codebook, codes.
+
+    ``packed``: for :meth:`PackedModel.add_banks`: the masks are kept packed (``mask_bits``,
+    ``write_bits``; ``mask`` and ``write`` are None) and packed codes stay in the array they
+    were given in (``start``).
+    """
     what = f"layer {name!r}"
-    mask = _as_bool(tl.mask, shape, f"{what}: mask")
-    write = _as_bool(tl.write, shape, f"{what}: write")
-    outside, n_reuse, n = _mask_stats(mask, write)
+    mask_bits = write_bits = None
+    if packed:
+        mask_bits = _as_packed(tl.mask, shape, f"{what}: mask")
+        write_bits = _as_packed(tl.write, shape, f"{what}: write")
+        outside = _popcount(write_bits & ~mask_bits)
+        n_reuse = _popcount(mask_bits & ~write_bits)
+        n = _popcount(write_bits)
+        mask = write = None
+        if not isinstance(tl.codes, PackedCodes) and (tl.codes is not None
+                                                       or tl.values is not None):
+            write = np.unpackbits(write_bits, count=math.prod(shape)).view(bool)
+    else:
+        mask = _as_bool(tl.mask, shape, f"{what}: mask")
+        write = _as_bool(tl.write, shape, f"{what}: write")
+        outside, n_reuse, n = _mask_stats(mask, write)
     if outside:
         raise ValueError(f"{what}: write must be a subset of mask (write implies mask); "
                          f"{outside} written positions are outside the mask")
@@ -345,19 +421,22 @@ def prepare_layer(name: str, tl: TaskLayer, shape: tuple[int, ...], prefix_bits:
         if k > 1 << bits:
             raise ValueError(f"{what}: a codebook of {k} entries does not fit {bits} bits")
         if isinstance(tl.codes, PackedCodes):
-            data, count = _check_packed(tl.codes, n, bits, what)
-            # every code of a full-size codebook fits: only a smaller one needs the pass
-            high = _packed_max(data, bits, n) if k < 1 << bits else 0
+            data, start = _check_packed(tl.codes, n, bits, what, whole=packed)
+            # every code of a full-size codebook fits: only a smaller one needs the pass (the
+            # packed path checks them as it writes them)
+            high = _packed_max(data, bits, n) if k < 1 << bits and not packed else 0
             if high >= k:
                 raise ValueError(f"{what}: codes must be in 0..{k - 1} (codebook size)")
             codebook.flags.writeable = False
             if n == 0:
                 return PreparedLayer(name, mask, write, 0, n_reuse, 0, np.zeros(0, np.float32),
-                                     np.zeros(0, np.uint32), True)
+                                     np.zeros(0, np.uint32), True, mask_bits=mask_bits,
+                                     write_bits=write_bits)
             if prefix_bits + bits > word_bits:
                 raise ValueError(f"{what}: a field of {prefix_bits} + {bits} bits does not fit "
                                  f"a {word_bits}-bit word")
-            return PreparedLayer(name, mask, write, n, n_reuse, bits, codebook, data, True, True)
+            return PreparedLayer(name, mask, write, n, n_reuse, bits, codebook, data, True, True,
+                                 start, mask_bits, write_bits)
         codes = np.asarray(tl.codes)
         if codes.dtype.kind not in "iu":
             raise TypeError(f"{what}: codes must be an integer array, got {codes.dtype}")
@@ -412,14 +491,15 @@ def prepare_layer(name: str, tl: TaskLayer, shape: tuple[int, ...], prefix_bits:
     if n == 0:
         # Nothing written: no fields, no codebook.
         return PreparedLayer(name, mask, write, 0, n_reuse, 0, np.zeros(0, np.float32),
-                              codes, True)
+                             codes, True, mask_bits=mask_bits, write_bits=write_bits)
     if prefix_bits + bits > word_bits:
         hint = " (raw float32 fields need word_bits=64)" if bits == RAW_BITS else ""
         raise ValueError(f"{what}: a field of {prefix_bits} + {bits} bits does not fit "
                          f"a {word_bits}-bit word{hint}")
     if codebook is not None:
         codebook.flags.writeable = False
-    return PreparedLayer(name, mask, write, n, n_reuse, bits, codebook, codes, compact)
+    return PreparedLayer(name, mask, write, n, n_reuse, bits, codebook, codes, compact,
+                         mask_bits=mask_bits, write_bits=write_bits)
 
 def bank_problem(banks: list[Bank], k: int, prepared: list[PreparedLayer], prefix_bits: int,
                  word_bits: int) -> str | None:

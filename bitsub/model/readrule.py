@@ -15,7 +15,7 @@ from bitsub.config import NJIT
 from bitsub.threads import engine_threads, split
 
 __all__ = ["PARALLEL_MIN", "bank_packed_codes", "codes_of", "decode_weights", "resolve_fields",
-           "words_hash"]
+           "sum_mix", "word_mix", "words_hash"]
 
 
 @numba.njit(**NJIT)
@@ -158,9 +158,12 @@ _HASH_K2 = np.uint64(0xBF58476D1CE4E5B9)
 
 
 @numba.njit(**NJIT)
-def _word_mix(word, i):
-    # A bijection of the word for a fixed position i: changing any one word always changes the
-    # sum of the mixes (see words_hash).
+def word_mix(word, i):
+    """The term of word ``word`` at position ``i`` in :func:`words_hash` (a uint64).
+
+    A bijection of the word for a fixed position i: changing any one word always changes the
+    sum of the mixes.
+    """
     m = np.uint64(word) + (np.uint64(i) + np.uint64(1)) * _HASH_K1
     m ^= m >> np.uint64(31)
     m *= _HASH_K2
@@ -169,12 +172,15 @@ def _word_mix(word, i):
 
 
 @numba.njit(**NJIT)
-def _sum_mix(words, start):
-    # sum of _word_mix over words (positions start, start + 1, ...); a loop over a whole array
-    # that the compiler vectorizes (written inline over a range of a larger array, it does not)
+def sum_mix(words, start):
+    """Sum of :func:`word_mix` over ``words`` at positions start, start + 1, ... (uint64).
+
+    A loop over a whole array, which the compiler vectorizes (written inline over a range of a
+    larger array, it does not).
+    """
     h = np.uint64(0)
     for k in range(words.size):
-        h += _word_mix(words[k], start + k)
+        h += word_mix(words[k], start + k)
     return h
 
 
@@ -234,4 +240,4 @@ def words_hash(words: np.ndarray) -> int:
         except ValueError:
             words = words.copy()
     parts = [(words[a:b], a) for a, b in _ranges(words.size)]
-    return sum(int(h) for h in split(_sum_mix, parts)) % (1 << 64)
+    return sum(int(h) for h in split(sum_mix, parts)) % (1 << 64)

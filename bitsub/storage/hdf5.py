@@ -38,23 +38,29 @@ Inside the HDF5 file (readable with plain h5py, no bitsub needed):
   rebuilt words. ``c`` is the crc32 of the canonical JSON of ``model``.
 
 :func:`load` reads the whole file, checks the seal, then reads the model through the index,
-never through the HDF5 library, so untrusted bytes reach no C parser. It checks the index's
-every field, the payloads' crc32, decodes each mask after checking its declared shape against
-the layer's (bounding what a decoder allocates), and rebuilds the words through
-:meth:`PackedModel.add_task`, which refuses fields outside a task's mask, codes outside its
-codebook, words without room, reused positions no earlier task wrote and values that are not
-finite or above 2**60. The stored codes go to ``add_task`` still packed
-(:class:`bitsub.model.placement.PackedCodes`), which writes each field straight from them; save
-gathers every task's codes of a bank and layer from the words into packed bytes in one pass
-(:func:`bitsub.model.readrule.bank_packed_codes`). The rebuilt words are compared with the
-stored hashes before the model is returned, so no kernel ever indexes with unverified words.
+never through the HDF5 library, so untrusted bytes reach no C parser. It reads the index (its
+own crc32 first), then checks the seal's crc32 and every task's in one pass over the file (the
+tasks' crc32 combined into the whole's: :mod:`bitsub.storage.crc`), checks the index's every
+field, decodes each mask after checking its declared shape against the layer's (bounding what a
+decoder allocates), and rebuilds the words through :meth:`PackedModel.add_banks`, which writes
+each bank's words of a layer in one pass straight from the packed masks and codes in the file's
+buffer (:mod:`bitsub.model.rebuild`), refusing what ``add_task`` refuses: fields outside a task's
+mask, codes outside its codebook, words without room, reused positions no earlier task wrote
+and values that are not finite or above 2**60. The same pass sums the words' hash, which is
+compared with the stored one before the model is returned, so no kernel ever indexes with
+unverified words. :func:`save` gathers every task's codes of a bank and layer from the words in
+one pass (:meth:`PackedModel.bank_codes`), lets HDF5 write the file's structure with the
+payload's space placed but not filled, writes the payload's parts straight into it and the
+seal from the tasks' crc32.
 Format 3 files (one word per position) are refused with a message saying how to convert them
 (re-export from the training run's checkpoints).
+
+Length: a little over 600 lines: the format's one writer and one reader stay beside the byte
+layout they share (seal, index, payload order), so the layout is defined in one place.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -66,7 +72,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from bitsub.atomic import write_bytes
+from bitsub.atomic import atomic_path
 from bitsub.codecs.bitfield import packed_size
 from bitsub.errors import FormatError
 from bitsub.model.packed import (
@@ -77,11 +83,12 @@ from bitsub.model.packed import (
     WRITE_REFERENCES,
     PackedModel,
     TaskLayer,
-    words_hash,
 )
-from bitsub.model.placement import PackedCodes
-from bitsub.model.readrule import bank_packed_codes
+from bitsub.model.placement import PackedCodes, PackedMask
+from bitsub.model.rebuild import SLACK
+from bitsub.storage.crc import crc32_combine, crc32_segments
 from bitsub.storage.masks import decode_packed_mask
+from bitsub.threads import engine_threads, split
 
 __all__ = ["FORMAT_VERSION", "load", "save", "stored_task_bytes"]
 
@@ -101,11 +108,12 @@ MAX_TASKS = 1 << 20
 # ------------------------------------------------------------------------ save
 
 
-def _task_payload(pm: PackedModel, t: int, cache: dict[tuple[int, str], dict[int, bytes]]
-                  ) -> tuple[dict[str, Any], list[bytes]]:
+def _task_payload(pm: PackedModel, t: int, cache: dict[tuple[int, str], dict[int, np.ndarray]]
+                  ) -> tuple[dict[str, Any], list[Any]]:
     """The index entry (without its location) and the byte parts of task t's payload.
 
-    ``cache``: (bank, layer) -> the packed codes of the bank's tasks, filled on first use.
+    ``cache``: (bank, layer) -> the packed codes of the bank's tasks
+    (:meth:`PackedModel.bank_codes`), filled on first use.
     """
     layers, parts = [], []
     bank = pm.bank(t)
@@ -114,16 +122,17 @@ def _task_payload(pm: PackedModel, t: int, cache: dict[tuple[int, str], dict[int
         enc = pm.encoded_mask(t, name)
         wref, wdata = pm.write_coding(t, name)
         k = 0
-        if b == RAW_BITS:
-            cdata, cb = pm.codes(t, name).astype("<u4").tobytes(), b""
-        elif b:
+        cdata: Any = b""
+        cb = b""
+        if b:
             if (bank, name) not in cache:
-                cache[bank, name] = _bank_codes(pm, bank, name)
+                cache[bank, name] = pm.bank_codes(bank, name)
             cdata = cache[bank, name][t]
+        if b == RAW_BITS:
+            cdata = cdata.view(">u4").astype("<u4").view(np.uint8)
+        elif b:
             cbook = pm.codebook(t, name)
             k, cb = int(cbook.size), cbook.astype("<f4").tobytes()
-        else:
-            cdata = cb = b""
         parts += [enc, wdata, cdata, cb]
         layers.append([b, n, pm.mask_reference(t, name), len(enc), wref, len(wdata), k])
     private = []
@@ -133,90 +142,125 @@ def _task_payload(pm: PackedModel, t: int, cache: dict[tuple[int, str], dict[int
     return {"bank": pm.bank(t), "layers": layers, "private": private}, parts
 
 
-def _bank_codes(pm: PackedModel, bank: int, name: str) -> dict[int, bytes]:
-    """``pack_bits(pm.codes(t, name), bits)`` of every coded task t of the bank, in one pass."""
-    tasks = pm.bank_tasks(bank)
-    size = 1 << pm.prefix_bits
-    bits_by_prefix, counts = np.zeros(size, np.int64), np.zeros(size, np.int64)
-    for p, u in enumerate(tasks, start=1):
-        bits_by_prefix[p] = b = pm.bits(u, name)
-        counts[p] = pm.fields(u, name) if 1 <= b <= MAX_CODE_BITS else 0  # raw: pm.codes
-    offsets = np.zeros(size + 1, np.int64)
-    offsets[1:] = np.cumsum([packed_size(int(c), int(b)) for c, b in zip(counts, bits_by_prefix)])
-    out = np.zeros(int(offsets[-1]), np.uint8)
-    words = pm.words(name, bank).view()
-    # numba (cache=True) dispatches read-only arrays far slower; the kernel only reads them
-    words.flags.writeable = True
-    found = bank_packed_codes(words, pm.prefix_bits, pm.word_bits, bits_by_prefix, counts,
-                              offsets, out)
-    want = [0] + [pm.fields(u, name) for u in tasks] + [0] * (size - 1 - len(tasks))
-    if found.tolist() != want:  # cannot happen for a model built by add_task or accepted by load
-        raise RuntimeError(f"bank {bank}, layer {name!r}: fields per prefix {found.tolist()}, "
-                           f"expected {want}")
-    return {u: out[offsets[p] : offsets[p + 1]].tobytes()
-            for p, u in enumerate(tasks, start=1) if counts[p]}
-
-
 def stored_task_bytes(pm: PackedModel, t: int) -> int:
     """Bytes of task t's payload in a format 4 file (what ``capacity`` counts, private included)."""
-    return sum(len(p) for p in _task_payload(pm, t, {})[1])
+    total = 0
+    for name in pm.layers:
+        b, n = pm.bits(t, name), pm.fields(t, name)
+        total += len(pm.encoded_mask(t, name)) + len(pm.write_coding(t, name)[1])
+        if b == RAW_BITS:
+            total += 4 * n
+        elif b:
+            total += packed_size(n, b) + 4 * pm.codebook(t, name).size
+    return total + sum(4 * arr.size for arr in pm.private(t).values())
 
 
 def _canon(doc: Any) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _write_h5(pm: PackedModel, target: Any) -> tuple[int, int]:
-    """Write the HDF5 image; return the (offset, size) of the index dataset."""
+def _crc_parts(parts: list[Any]) -> int:
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return crc
+
+
+def _task_crcs(tasks: list[list[Any]]) -> list[int]:
+    """The crc32 of each task's payload (its parts one after the other), on the engine threads."""
+    k = min(engine_threads(), len(tasks))
+    sizes = np.cumsum([sum(memoryview(p).nbytes for p in parts) for parts in tasks])
+    edges = [0, *(int(np.searchsorted(sizes, j * sizes[-1] / k)) + 1 for j in range(1, k)),
+             len(tasks)] if k > 1 and sizes[-1] >= 1 << 20 else [0, len(tasks)]
+    groups = [(tasks[a:b],) for a, b in zip(edges, edges[1:]) if b > a]
+    return [c for cs in split(lambda ts: [_crc_parts(p) for p in ts], groups) for c in cs]
+
+
+def _pwrite_all(fd: int, data: Any, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _write_file(pm: PackedModel, tmp: Path) -> int:
+    """Write the whole file to ``tmp`` (not yet fsync'ed); return its size.
+
+    HDF5 writes the structure with the payload's space allocated but not filled; the payload's
+    parts then go straight to their place in the file (no copy of them is assembled in memory),
+    and the seal is computed from the tasks' crc32 and the few other bytes, read back.
+    """
     from bitsub.version import __version__
 
-    entries, blobs = [], []
-    cache: dict[tuple[int, str], dict[int, bytes]] = {}
+    entries, tasks = [], []
+    cache: dict[tuple[int, str], dict[int, np.ndarray]] = {}
     for t in pm.tasks:
         entry, parts = _task_payload(pm, t, cache)
-        blob = b"".join(parts)
-        entry["crc"] = zlib.crc32(blob)
+        entry["bytes"] = sum(memoryview(p).nbytes for p in parts)
         entries.append(entry)
-        blobs.append(blob)
-    hashes = [[words_hash(pm.words(name, k)) for name in pm.layers] for k in range(pm.banks)]
-    for t, blob in enumerate(blobs):
-        entries[t]["bytes"] = len(blob)
-    payload = b"".join(blobs)
-    # libver="latest": the compact object headers of HDF5 1.8+, about 1 KiB less per file
-    with h5py.File(target, "w", userblock_size=USERBLOCK, libver="latest") as f:
+        tasks.append(parts)
+    crcs = _task_crcs(tasks) if tasks else []
+    payload_crc = 0
+    for entry, crc in zip(entries, crcs):
+        entry["crc"] = crc
+        payload_crc = crc32_combine(payload_crc, crc, entry["bytes"])
+    total = sum(e["bytes"] for e in entries)
+    hashes = [[pm.words_hash(name, k) for name in pm.layers] for k in range(pm.banks)]
+    # libver="latest": the compact object headers of HDF5 1.8+, about 1 KiB less per file;
+    # meta_block_size=0: no 2 KiB block reserved for metadata ahead of the early-placed payload
+    with h5py.File(tmp, "w", userblock_size=USERBLOCK, libver="latest",
+                   meta_block_size=0) as f:
         f.attrs["encoding-type"] = ROOT_TYPE
         f.attrs["encoding-version"] = FORMAT_VERSION
-        ds = f.create_dataset(PAYLOAD, data=np.frombuffer(payload, np.uint8))
-        off = ds.id.get_offset()
-        if off is None and payload:  # cannot happen: contiguous data is written at creation
-            raise RuntimeError("HDF5 did not store the payload contiguously")
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # contiguous space, placed now
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # and not written: the payload goes there
+        dcpl.set_obj_track_times(False)  # no timestamps: the same model, the same bytes
+        ds = h5py.h5d.create(f.id, PAYLOAD.encode(), h5py.h5t.STD_U8LE,
+                             h5py.h5s.create_simple((total,)), dcpl=dcpl)
+        off = ds.get_offset() if total else None
+        if off is None and total:  # cannot happen: early allocation places the data
+            raise RuntimeError("HDF5 did not place the payload contiguously")
         model = {"word_bits": pm.word_bits, "prefix_bits": pm.prefix_bits,
                  "network": pm.network, "bitsub_version": __version__,
                  "layers": [[name, list(pm.shape(name))] for name in pm.layers],
                  "tasks": entries, "hashes": hashes,
-                 "payload": [0 if off is None else int(off), len(payload)]}
+                 "payload": [0 if off is None else int(off), total]}
         text = json.dumps({"format": FORMAT_VERSION, "model": model,
                            "crc": zlib.crc32(_canon(model))}).encode()
-        ds = f.create_dataset(INDEX, data=np.frombuffer(text, np.uint8))
+        ix = f.create_dataset(INDEX, data=np.frombuffer(text, np.uint8))
         f.flush()
-        index = (ds.id.get_offset(), ds.id.get_storage_size())
+        index = (ix.id.get_offset(), ix.id.get_storage_size())
     if index[0] is None:  # cannot happen
         raise RuntimeError("HDF5 did not store the index contiguously")
-    return index
-
-
-def _seal_image(buf: Any, index: tuple[int, int]) -> None:
-    """Write the seal into the user block of a complete file image (a writable buffer)."""
-    head = _HEAD.pack(MAGIC, FORMAT_VERSION, len(buf), zlib.crc32(buf[USERBLOCK:]), *index)
-    head += _HEAD_CRC.pack(zlib.crc32(head))
-    buf[:USERBLOCK] = head + bytes(USERBLOCK - len(head))
+    fd = os.open(tmp, os.O_RDWR)
+    try:
+        length = os.fstat(fd).st_size
+        start = USERBLOCK if off is None else int(off)
+        if start + total > length:  # cannot happen: HDF5 sizes the file to hold the payload
+            raise RuntimeError("HDF5 wrote a file too short for its payload")
+        pos = start
+        for parts in tasks:
+            for part in parts:
+                _pwrite_all(fd, part, pos)
+                pos += memoryview(part).nbytes
+        crc = zlib.crc32(os.pread(fd, start - USERBLOCK, USERBLOCK))
+        crc = crc32_combine(crc, payload_crc, total)
+        tail = os.pread(fd, length - pos, pos)
+        crc = crc32_combine(crc, zlib.crc32(tail), len(tail))
+        head = _HEAD.pack(MAGIC, FORMAT_VERSION, length, crc, *index)
+        head += _HEAD_CRC.pack(zlib.crc32(head))
+        _pwrite_all(fd, head + bytes(USERBLOCK - len(head)), 0)
+    finally:
+        os.close(fd)
+    return length
 
 
 def save(pm: PackedModel, path: str | os.PathLike[str]) -> int:
     """Write ``pm`` to one HDF5 file at ``path``, atomically; return the file's size in bytes.
 
-    The file is written to a temporary file beside ``path``, flushed and fsync'ed, then renamed
-    over ``path`` (through :func:`bitsub.atomic.write_bytes`). A crash at any point leaves either
+    The file is written to a temporary file beside ``path``, fsync'ed, then renamed over
+    ``path`` (through :func:`bitsub.atomic.atomic_path`). A crash at any point leaves either
     the previous file or the new one at ``path``, never a partial one. Sets ``pm.file_bytes``.
     """
     if not isinstance(pm, PackedModel):
@@ -224,15 +268,8 @@ def save(pm: PackedModel, path: str | os.PathLike[str]) -> int:
     target = Path(os.fspath(path))
     if target.is_dir():
         raise IsADirectoryError(f"{target} is a directory; give a file path")
-    image = io.BytesIO()
-    index = _write_h5(pm, image)
-    buf = image.getbuffer()
-    _seal_image(buf, index)
-    try:
-        write_bytes(target, buf)
-        size = len(buf)
-    finally:
-        buf.release()
+    with atomic_path(target) as tmp:
+        size = _write_file(pm, tmp)
     pm.file_bytes = size
     return size
 
@@ -240,8 +277,8 @@ def save(pm: PackedModel, path: str | os.PathLike[str]) -> int:
 # ------------------------------------------------------------------------ load
 
 
-def _check_seal(data: bytes, where: str) -> tuple[int, int]:
-    """Check the seal of a file image; return the index's (offset, size)."""
+def _check_seal(data: memoryview, where: str) -> tuple[int, tuple[int, int]]:
+    """Check the seal of a file image but the body's crc; return it and the index's location."""
     if len(data) < 12:
         raise FormatError(f"{where}: truncated: {len(data)} bytes, not even a bitsub header")
     if data[:8] != MAGIC:
@@ -271,13 +308,18 @@ def _check_seal(data: bytes, where: str) -> tuple[int, int]:
     if length < USERBLOCK or any(data[end + _HEAD_CRC.size : USERBLOCK]):
         raise FormatError(f"{where}: bytes {end + _HEAD_CRC.size}..{USERBLOCK} of the header "
                           "are not zero: the file is corrupted")
-    if zlib.crc32(memoryview(data)[USERBLOCK:]) != body_crc:
-        raise FormatError(f"{where}: checksum mismatch over bytes {USERBLOCK}..{length}: "
-                          "the file is corrupted")
-    if not (USERBLOCK <= off and size > 0 and off + size <= length):
-        raise FormatError(f"{where}: header index ({off}, {size}) lies outside the file's "
+    return body_crc, (off, size)
+
+
+def _body_mismatch(data: memoryview) -> FormatError:
+    return FormatError(f"checksum mismatch over bytes {USERBLOCK}..{len(data)}: "
+                       "the file is corrupted")
+
+
+def _check_index_location(data: memoryview, off: int, size: int) -> None:
+    if not (USERBLOCK <= off and size > 0 and off + size <= len(data)):
+        raise FormatError(f"header index ({off}, {size}) lies outside the file's "
                           "data: the file is corrupted")
-    return off, size
 
 
 def _int(value: Any, where: str, low: int, high: int) -> int:
@@ -309,9 +351,9 @@ def _shape(value: Any, where: str, ndims: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _read_index(data: bytes, off: int, size: int) -> dict[str, Any]:
+def _read_index(data: memoryview, off: int, size: int) -> dict[str, Any]:
     try:
-        doc = json.loads(data[off : off + size])
+        doc = json.loads(bytes(data[off : off + size]))
     except (ValueError, RecursionError) as exc:
         raise FormatError(f"/{INDEX}: not JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("model"), dict):
@@ -324,51 +366,81 @@ def _read_index(data: bytes, off: int, size: int) -> dict[str, Any]:
 
 
 class _Cursor:
-    """Consecutive slices of one task's payload; errors name the task."""
+    """Consecutive slices of one task's payload (``data[pos:end]``); errors name the task."""
 
-    def __init__(self, data: bytes, where: str) -> None:
-        self.data, self.pos, self.where = data, 0, where
+    def __init__(self, data: memoryview, pos: int, end: int, where: str) -> None:
+        self.data, self.pos, self.end, self.where = data, pos, end, where
 
-    def take(self, n: int, what: str) -> bytes:
-        if n > len(self.data) - self.pos:
+    def take(self, n: int, what: str) -> memoryview:
+        if n > self.end - self.pos:
             raise FormatError(f"{self.where}: {what} runs past the end of the payload")
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
 
-def _locate_tasks(model: dict[str, Any], data: bytes, index: tuple[int, int]) -> list[bytes]:
-    """Each task's payload bytes (consecutive slices of ``/payload``), checked by their crc32.
+def _locate_tasks(model: dict[str, Any], data: memoryview, index: tuple[int, int]
+                  ) -> tuple[list[int], int, int]:
+    """Where each task's payload starts in the file (and the end of the last), and the payload.
 
     The payload must lie after the seal, inside the file, apart from the index, and the tasks'
-    sizes must add up to it exactly.
+    sizes must add up to it exactly. Returns (cuts, payload offset, payload size): task t's
+    payload is ``data[cuts[t]:cuts[t + 1]]``.
     """
     off, size = _list(model.get("payload"), "payload location", 2)
     size = _int(size, "payload size", 0, len(data))
     off = _int(off, "payload offset", USERBLOCK if size else 0, len(data) - size)
     if size and off < index[0] + index[1] and index[0] < off + size:
         raise FormatError(f"/{PAYLOAD} and /{INDEX} overlap in the file: the file is corrupted")
-    blobs, pos = [], off
-    view = memoryview(data)  # slices without copies
+    tasks = _list(model.get("tasks"), "tasks")
+    if len(tasks) > MAX_TASKS or not all(isinstance(e, dict) for e in tasks):
+        raise FormatError("tasks: expected a list of objects")
+    cuts = [off]
+    for t, entry in enumerate(tasks):
+        cuts.append(cuts[-1] + _int(entry.get("bytes"), f"task {t}: bytes", 0,
+                                    off + size - cuts[-1]))
+    if cuts[-1] != off + size:
+        raise FormatError(f"/{PAYLOAD}: {off + size - cuts[-1]} bytes belong to no task")
+    return cuts, off, size
+
+
+def _verify(data: memoryview, body_crc: int, index: tuple[int, int]
+            ) -> tuple[dict[str, Any], list[int]]:
+    """The checked index and the tasks' payload cuts, after every crc32 is verified.
+
+    One pass over the file computes the crc32 of each task's payload and of the whole body
+    (combined: :mod:`bitsub.storage.crc`). Where the index itself cannot be read, the body's
+    crc decides the message: corruption, or content that is wrong behind a valid seal.
+    """
+    try:
+        _check_index_location(data, *index)
+        model = _read_index(data, *index)
+        cuts, off, size = _locate_tasks(model, data, index)
+    except FormatError:
+        if zlib.crc32(data[USERBLOCK:]) != body_crc:
+            raise _body_mismatch(data) from None
+        raise
+    if size:
+        segments, whole = crc32_segments(data, [USERBLOCK, *cuts, len(data)])
+    else:  # no payload bytes (it may lie anywhere, at offset 0)
+        whole = crc32_segments(data, [USERBLOCK, len(data)])[1]
+        segments = [0] * (len(cuts) + 1)
+    if whole != body_crc:
+        raise _body_mismatch(data)
     for t, entry in enumerate(model["tasks"]):
-        n = _int(entry.get("bytes"), f"task {t}: bytes", 0, off + size - pos)
-        blob = view[pos : pos + n]
-        pos += n
-        if zlib.crc32(blob) != entry.get("crc"):
+        if segments[t + 1] != entry.get("crc"):
             raise FormatError(f"task {t}: checksum mismatch: the file is corrupted")
-        blobs.append(blob)
-    if pos != off + size:
-        raise FormatError(f"/{PAYLOAD}: {off + size - pos} bytes belong to no task")
-    return blobs
+    return model, cuts
 
 
-def _task_layer(pm: PackedModel, cur: _Cursor, spec: Any, where: str, name: str,
-                earlier: list[np.ndarray], new: np.ndarray
+def _task_layer(pm: PackedModel, cur: _Cursor, buf: np.ndarray, spec: Any, where: str,
+                name: str, earlier: list[np.ndarray], new: np.ndarray
                 ) -> tuple[TaskLayer, np.ndarray, bytes, int, tuple[int, bytes, np.ndarray]]:
-    """Decode one layer of a task's payload into a TaskLayer (checked again by add_task).
+    """Decode one layer of a task's payload into a TaskLayer (checked again by add_banks).
 
     ``earlier``: the packed masks of the bank's earlier tasks in this layer; ``new``: packed,
-    the positions no earlier task of the bank wrote. Returns the TaskLayer, the packed mask, its
+    the positions no earlier task of the bank wrote. ``buf``: the file (``cur.data``'s array).
+    Returns the TaskLayer (packed masks, and codes left in ``buf``), the packed mask, its
     stored bytes and reference, and (write reference, its stored bytes, the packed write mask).
     """
     shape = pm.shape(name)
@@ -389,13 +461,12 @@ def _task_layer(pm: PackedModel, cur: _Cursor, spec: Any, where: str, name: str,
     if mref:
         ref = earlier[-1] if mref == 1 else np.bitwise_or.reduce(earlier)
         context = np.unpackbits(ref, count=n_pos).view(bool).reshape(shape)
-    enc = bytes(cur.take(_int(mlen, f"{where} mask bytes", 0, len(cur.data)), "the mask"))
+    enc = bytes(cur.take(_int(mlen, f"{where} mask bytes", 0, cur.end), "the mask"))
     try:
         mask = decode_packed_mask(enc, context, shape)
     except (ValueError, TypeError) as exc:  # FormatError is a ValueError
         raise FormatError(f"{where}: bad mask encoding: {exc}") from None
-    wdata = bytes(cur.take(_int(wlen, f"{where} write bytes", 0, len(cur.data)),
-                           "the write mask"))
+    wdata = bytes(cur.take(_int(wlen, f"{where} write bytes", 0, cur.end), "the write mask"))
     if wref != 2 and wdata:
         raise FormatError(f"{where}: write reference {WRITE_REFERENCES[wref]!r} stores no bytes")
     new = new & mask
@@ -410,26 +481,27 @@ def _task_layer(pm: PackedModel, cur: _Cursor, spec: Any, where: str, name: str,
             raise FormatError(f"{where}: bad write mask encoding: {exc}") from None
     if (write & ~mask).any():
         raise FormatError(f"{where}: fields outside the task's mask")
-    write_bool = np.unpackbits(write, count=n_pos).view(bool)
-    count = int(np.count_nonzero(write_bool))
+    count = int(np.bitwise_count(write).sum(dtype=np.int64))
     if count != n:
         raise FormatError(f"{where}: the write mask has {count} positions, the index says {n}")
-    mask_bool = np.unpackbits(mask, count=n_pos).view(bool).reshape(shape)
+    masks = {"mask": PackedMask(mask), "write": PackedMask(write)}
     if b == RAW_BITS:
         raw = np.frombuffer(cur.take(4 * n, "the raw fields"), "<f4")
         values = np.zeros(n_pos, np.float32)
-        values[write_bool] = raw
-        tl = TaskLayer(mask_bool, write_bool.reshape(shape), values=values.reshape(shape), bits=b)
+        values[np.unpackbits(write, count=n_pos).view(bool)] = raw
+        tl = TaskLayer(**masks, values=values.reshape(shape), bits=b)
     elif b:
-        codes = PackedCodes(np.frombuffer(cur.take(packed_size(n, b), "the codes"), np.uint8), n)
+        start = cur.pos
+        cur.take(packed_size(n, b), "the codes")
         cb = np.frombuffer(cur.take(4 * k, "the codebook"), "<f4")
-        tl = TaskLayer(mask_bool, write_bool.reshape(shape), bits=b, codebook=cb, codes=codes)
+        tl = TaskLayer(**masks, bits=b, codebook=cb, codes=PackedCodes(buf, n, start))
     else:
-        tl = TaskLayer(mask_bool, write_bool.reshape(shape))
+        tl = TaskLayer(**masks)
     return tl, mask, enc, mref, (wref, wdata, write)
 
 
-def _build(model: dict[str, Any], data: bytes, index: tuple[int, int]) -> PackedModel:
+def _build(model: dict[str, Any], data: memoryview, buf: np.ndarray, cuts: list[int]
+           ) -> PackedModel:
     word_bits = _int(model.get("word_bits"), "word_bits", 32, 64)
     if word_bits not in (32, 64):
         raise FormatError(f"word_bits = {word_bits}, expected 32 or 64")
@@ -448,14 +520,11 @@ def _build(model: dict[str, Any], data: bytes, index: tuple[int, int]) -> Packed
         pm.set_network(model.get("network"))
     except (ValueError, TypeError, KeyError) as exc:
         raise FormatError(f"network: not a valid network: {exc}") from None
-    tasks = _list(model.get("tasks"), "tasks")
-    if len(tasks) > MAX_TASKS or not all(isinstance(e, dict) for e in tasks):
-        raise FormatError("tasks: expected a list of objects")
+    tasks = model["tasks"]  # a list of dicts (_locate_tasks)
     hashes = _list(model.get("hashes"), "hashes")
-    blobs = _locate_tasks(model, data, index)
     members: list[list[int]] = []  # bank -> its tasks
     written: list[list[np.ndarray]] = []  # bank -> layer -> packed union of writes so far
-    codings = []
+    codings, all_layers, banks, privates = [], [], [], []
     for t, entry in enumerate(tasks):
         where = f"task {t}"
         bank = _int(entry.get("bank"), f"{where} bank", 0, len(members))
@@ -465,14 +534,15 @@ def _build(model: dict[str, Any], data: bytes, index: tuple[int, int]) -> Packed
                             for n in names])
         earlier = members[bank]
         specs = _list(entry.get("layers"), f"{where} layers", len(names))
-        cur = _Cursor(blobs[t], where)
-        layers, packed_masks = {}, {}
+        cur = _Cursor(data, cuts[t], cuts[t + 1], where)
+        layers, codings_t = {}, []
         for i, name in enumerate(names):
             tl, mask, enc, mref, wcode = _task_layer(
-                pm, cur, specs[i], f"{where} layer {i}", name,
+                pm, cur, buf, specs[i], f"{where} layer {i}", name,
                 [codings[u][i][0] for u in earlier], ~written[bank][i])
             layers[name] = tl
-            packed_masks[name] = (mask, enc, mref, wcode)
+            codings_t.append((mask, enc, mref, wcode))
+            written[bank][i] |= wcode[2]
         private = {}
         for j, spec in enumerate(_list(entry.get("private"), f"{where} private")):
             key, shape = _list(spec, f"{where} private[{j}]", 2)
@@ -482,30 +552,58 @@ def _build(model: dict[str, Any], data: bytes, index: tuple[int, int]) -> Packed
                 raise FormatError(f"{where}: private name {key!r} repeated")
             raw = cur.take(4 * math.prod(shape), f"private {key!r}")
             private[key] = np.frombuffer(raw, "<f4").reshape(shape)
-        if cur.pos != len(cur.data):
-            raise FormatError(f"{where}: {len(cur.data) - cur.pos} bytes of the payload are "
+        if cur.pos != cur.end:
+            raise FormatError(f"{where}: {cur.end - cur.pos} bytes of the payload are "
                               "not described by the index")
-        codings_t = [packed_masks[name] for name in names]
-        try:
-            pm.add_task(layers, private, bank=bank if earlier else "new")
-        except (ValueError, TypeError) as exc:
-            raise FormatError(f"{where}: inconsistent task: {exc}") from None
-        for i in range(len(names)):
-            written[bank][i] |= codings_t[i][3][2]  # the packed write mask add_task took
         members[bank].append(t)
         codings.append(codings_t)
+        all_layers.append(layers)
+        banks.append(bank)
+        privates.append(private)
+    try:
+        pm.add_banks(all_layers, banks, privates)
+    except (ValueError, TypeError) as exc:
+        raise FormatError(f"inconsistent tasks: {exc}") from None
     if len(hashes) != pm.banks:
         raise FormatError(f"hashes: {len(hashes)} banks listed, the tasks use {pm.banks}")
     for k, row in enumerate(hashes):
         row = _list(row, f"hashes[{k}]", len(names))
         for i, name in enumerate(names):
-            if words_hash(pm.words(name, k)) != _int(row[i], f"hashes[{k}]", 0, (1 << 64) - 1):
+            if pm.words_hash(name, k) != _int(row[i], f"hashes[{k}]", 0, (1 << 64) - 1):
                 raise FormatError(f"bank {k}, layer {name!r}: the rebuilt words do not match "
                                   "their stored hash: the file is corrupted")
     for t, rows in enumerate(codings):
         for name, (_, enc, mref, (wref, wdata, _)) in zip(names, rows):
-            pm.keep_stored_coding(t, name, bytes(enc), mref, (wref, bytes(wdata)))
+            pm.keep_stored_coding(t, name, enc, mref, (wref, wdata))
     return pm
+
+
+def _read_file(p: Path) -> tuple[np.ndarray, memoryview]:
+    """The file's bytes: a page-aligned writable array (SLACK bytes more) and a view of them.
+
+    Page-aligned: the kernel copies a page-aligned file offset into a page-aligned address
+    at about twice the speed of a misaligned one. Writable: numba dispatches read-only arrays
+    slower. The slack lets the rebuild read the last code stream eight bytes at a time.
+    """
+    with open(p, "rb", buffering=0) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        raw = np.empty(size + SLACK + 4096, np.uint8)
+        skip = -raw.ctypes.data % 4096
+        buf = raw[skip : skip + size + SLACK]
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            k = fh.readinto(view[got:size])
+            if not k:
+                break
+            got += k
+        rest = fh.read()  # a file that grew meanwhile is read to its end (the seal checks length)
+    if rest:
+        buf = np.concatenate([buf[:got], np.frombuffer(rest, np.uint8),
+                              np.zeros(SLACK, np.uint8)])
+        got += len(rest)
+    buf[got:] = 0
+    return buf, memoryview(buf)[:got]
 
 
 def load(path: str | os.PathLike[str]) -> PackedModel:
@@ -523,16 +621,11 @@ def load(path: str | os.PathLike[str]) -> PackedModel:
     where = str(p)
     if p.is_dir():
         raise IsADirectoryError(f"{where} is a directory; give a file written by save")
-    with open(p, "rb") as fh:
-        # a writable buffer: the packed codes are read in place (numba dispatches read-only
-        # arrays slower); a file that grew meanwhile is read to its end (the seal checks length)
-        data = bytearray(os.fstat(fh.fileno()).st_size)
-        del data[fh.readinto(data):]
-        data += fh.read()
-    index = _check_seal(data, where)
+    buf, data = _read_file(p)
+    body_crc, index = _check_seal(data, where)
     try:
-        model = _read_index(data, *index)
-        pm = _build(model, data, index)
+        model, cuts = _verify(data, body_crc, index)
+        pm = _build(model, data, buf, cuts)
     except FormatError as exc:
         raise FormatError(f"{where}: {exc}") from None
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError,

@@ -1,0 +1,282 @@
+"""Rebuilding a bank's words from its tasks' stored fields, one pass per layer.
+
+What a file stores per task and layer (:mod:`bitsub.storage.hdf5`) is a write mask and the codes
+of the written positions, packed at the task's bit-width. A bank's word at position i is the
+fields of the bank's tasks that wrote i, in prefix order, from the most significant bit down:
+``[prefix 1][code][prefix 2][code]...``. :func:`build_words` writes every word of one bank and
+layer in one pass over the positions, reading each task's codes as it goes (instead of one pass
+per task through :meth:`bitsub.model.packed.PackedModel.add_task`), and in the same pass checks
+every field (a code below its codebook's size, room left in the word) and sums the words' hash
+(:func:`bitsub.model.readrule.words_hash`), so the words are verified as they are made.
+
+Code streams are read eight bytes at a time (one load for up to eight codes): the caller gives
+one byte buffer holding every task's stream (``pack_bits`` order, most significant bit first)
+with at least :data:`SLACK` readable bytes after each stream's end; the bits read past a stream
+are never used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+
+from bitsub.codecs.bitfield import pack_bits, packed_size
+from bitsub.config import NJIT
+from bitsub.model.placement import RAW_BITS, Bank, PreparedLayer
+from bitsub.model.readrule import sum_mix
+from bitsub.threads import engine_threads, split
+
+__all__ = ["SLACK", "build_banks", "build_words", "popcount"]
+
+SLACK = 8  # readable bytes needed after the end of each code stream
+PARALLEL_MIN_BYTES = 1 << 13  # write-mask bytes per part below which one thread does it all
+
+_POPCOUNT = np.array([bin(v).count("1") for v in range(256)], np.int64)
+# _SET_AT[v, j]: the position (0 = most significant bit) of the j-th set bit of byte v
+_SET_AT = np.zeros((256, 8), np.int64)
+for _v in range(256):
+    _SET_AT[_v, : _POPCOUNT[_v]] = [k for k in range(8) if _v >> (7 - k) & 1]
+
+
+@numba.njit(**NJIT)
+def _be64(data, o):
+    # the eight bytes data[o .. o + 7] as a big-endian uint64
+    # unsigned indices: no negative-index wraparound, so the eight loads fuse into one
+    u = np.uint64(o)
+    v = np.uint64(0)
+    for k in range(8):
+        v = (v << np.uint64(8)) | np.uint64(data[u + np.uint64(k)])
+    return v
+
+
+@numba.njit(**NJIT)
+def _place(wacc, uacc, k, head, c, b, step, top, limit):
+    # one field into lane k: (fields without room, codes >= limit), each 0 or 1
+    s = top - uacc[k] - b
+    wacc[k] |= (head | c) << np.uint64(max(s, 0))
+    uacc[k] += step + b
+    return np.int64(s < 0), np.int64(c >= limit)
+
+
+@numba.njit(**NJIT)
+def _build_kernel(words, used, writes, data, bitpos0, bits, limits, prefix_bits, word_bits,
+                  q0, q1, popc, set_at, bad_by_task):
+    # Words and used bits of positions 8 * q0 .. 8 * q1 (clipped to words.size). Task p
+    # (prefix p + 1) wrote where bit i of writes[p] is set; its codes start at bit bitpos0[p]
+    # of data. Returns (hash of the words, fields without room) of the range; bad_by_task[p]
+    # counts task p's codes >= limits[p].
+    # The eight positions of a write-mask byte are built together (wacc, uacc); while every
+    # task so far wrote all eight or none (the regular layout), they have the same used bits
+    # u and a task writing all eight places its fields with one shift.
+    n = words.size
+    n_tasks = writes.shape[0]
+    wacc = np.zeros(8, np.uint64)
+    uacc = np.zeros(8, np.int64)
+    bitpos = bitpos0.copy()
+    step = np.int64(prefix_bits)
+    top = np.int64(word_bits - prefix_bits)
+    h = np.uint64(0)
+    full = 0
+    one = np.uint64(1)
+    chunk = 512  # bytes of write mask per hashed chunk of words
+    for c0 in range(q0, q1, chunk):
+        c1 = min(c0 + chunk, q1)
+        for q in range(c0, c1):
+            for k in range(8):
+                wacc[k] = 0
+            u = np.int64(0)
+            uniform = True
+            for p in range(n_tasks):
+                wb = writes[p, q]
+                if wb == 0:
+                    continue
+                b = bits[p]
+                ub = np.uint64(b)
+                cmask = (one << ub) - one
+                head = np.uint64(p + 1) << ub
+                limit = np.uint64(limits[p])
+                cnt = popc[wb]
+                pos = bitpos[p]
+                bad = 0
+                if uniform and cnt == 8 and b <= 7:
+                    # all eight codes in one load, one shift for all
+                    v = _be64(data, pos >> 3) << np.uint64(pos & 7)
+                    s = top - u - b
+                    full += 8 * np.int64(s < 0)
+                    sh = np.uint64(max(s, 0))
+                    for k in range(8):
+                        c = (v >> np.uint64(64 - (k + 1) * b)) & cmask
+                        bad += c >= limit
+                        wacc[k] |= (head | c) << sh
+                    u += step + b
+                else:
+                    if uniform:
+                        uniform = False
+                        for k in range(8):
+                            uacc[k] = u
+                    if cnt * b <= 57:
+                        # every code of this byte in one load: bits pos .. pos + cnt * b - 1
+                        v = _be64(data, pos >> 3) << np.uint64(pos & 7)
+                        for j in range(cnt):
+                            c = (v >> np.uint64(64 - (j + 1) * b)) & cmask
+                            f, e = _place(wacc, uacc, set_at[wb, j], head, c, b, step, top,
+                                          limit)
+                            full += f
+                            bad += e
+                    else:
+                        for j in range(cnt):
+                            pj = pos + j * b
+                            c = (_be64(data, pj >> 3) << np.uint64(pj & 7)) >> np.uint64(64 - b)
+                            f, e = _place(wacc, uacc, set_at[wb, j], head, c, b, step, top,
+                                          limit)
+                            full += f
+                            bad += e
+                bitpos[p] = pos + cnt * b
+                bad_by_task[p] += bad
+            base = q * 8
+            for k in range(min(8, n - base)):
+                words[base + k] = wacc[k]
+                used[base + k] = u if uniform else uacc[k]
+        lo = c0 * 8
+        hi = min(c1 * 8, n)
+        h += sum_mix(words[lo:hi], lo)
+    return h, full
+
+
+def build_words(writes: np.ndarray, data: np.ndarray, starts: Sequence[int],
+                bits: Sequence[int], limits: Sequence[int], prefix_bits: int, word_bits: int,
+                n_positions: int) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, int]:
+    """One bank's words of one layer, from its tasks' packed write masks and code streams.
+
+    Parameters
+    ----------
+    writes : ndarray of uint8, (tasks, ceil(n_positions / 8))
+        Row p: ``np.packbits`` of the flat write mask of the task with prefix p + 1 (pad bits
+        zero). Rows of tasks that write nothing are all zero.
+    data : ndarray of uint8, 1-D, writable
+        Holds every task's codes: task p's ``popcount(writes[p])`` codes of ``bits[p]`` bits
+        start at byte ``starts[p]``, most significant bit first, and the stream is followed by at
+        least :data:`SLACK` bytes of ``data`` (the caller checks both).
+    bits, limits : per task
+        Bit-width (1..16, or 32 for raw fields as big-endian uint32) and the bound its codes must
+        stay below (the codebook's size; ``2**32`` for no bound).
+
+    Returns
+    -------
+    (words, used, hash, bad, full)
+        The word array (uint32 or uint64), the bits used per word (uint8), their
+        :func:`bitsub.model.readrule.words_hash`, per task the number of codes at or above its
+        bound, and the number of fields that did not fit their word (all 0 for valid input).
+    """
+    n_bytes = writes.shape[1]
+    n_tasks = writes.shape[0]
+    dtype = np.uint32 if word_bits == 32 else np.uint64
+    words = np.empty(n_positions, dtype)
+    used = np.empty(n_positions, np.uint8)
+    bitpos = np.array([8 * s for s in starts], np.int64)
+    b = np.asarray(bits, np.int64)
+    lim = np.asarray(limits, np.int64)
+    k = engine_threads() if n_bytes >= 2 * PARALLEL_MIN_BYTES else 1
+    cuts = [j * n_bytes // k for j in range(k)] + [n_bytes]
+    parts = []
+    for q0, q1 in zip(cuts, cuts[1:]):
+        before = np.bitwise_count(writes[:, :q0]).sum(axis=1, dtype=np.int64)
+        parts.append((words, used, writes, data, bitpos + before * b, b, lim, prefix_bits,
+                      word_bits, q0, q1, _POPCOUNT, _SET_AT, np.zeros(n_tasks, np.int64)))
+    h, full = 0, 0
+    bad = np.zeros(n_tasks, np.int64)
+    for part, (ph, pfull) in zip(parts, split(_build_kernel, parts)):
+        h, full = h + int(ph), full + int(pfull)
+        bad += part[-1]
+    return words, used, h % (1 << 64), bad, full
+
+
+def popcount(packed: np.ndarray) -> int:
+    """Number of set bits of a uint8 array."""
+    return int(np.bitwise_count(packed).sum(dtype=np.int64))
+
+
+def _first_set(packed: np.ndarray) -> int:
+    # index of the first set bit of a packed bit array (one exists)
+    q = int(np.flatnonzero(packed)[0])
+    return 8 * q + 7 - int(packed[q]).bit_length() + 1
+
+
+def _streams(layers: list[PreparedLayer | None]) -> tuple[np.ndarray, list[int]]:
+    # One buffer holding every task's code stream with SLACK bytes after each, and the starts:
+    # the array the packed codes came in when they all share one with room after them (a file
+    # read into memory: no copy), else a new one.
+    coded = [pl for pl in layers if pl is not None and pl.n_write]
+    if coded and all(pl.packed and pl.codes is coded[0].codes for pl in coded):
+        data = coded[0].codes
+        if all(pl.start + packed_size(pl.n_write, pl.bits) + SLACK <= data.size for pl in coded):
+            return data, [pl.start if pl is not None and pl.n_write else 0 for pl in layers]
+    parts, starts, pos = [], [], 0
+    for pl in layers:
+        starts.append(pos)
+        if pl is None or not pl.n_write:
+            continue
+        if pl.packed:
+            part = pl.codes[pl.start : pl.start + packed_size(pl.n_write, pl.bits)]
+        else:
+            codes = pl.codes if pl.compact else pl.codes[pl.write]
+            part = (np.asarray(codes, ">u4").view(np.uint8) if pl.bits == RAW_BITS
+                    else pack_bits(codes, pl.bits))
+        parts.append(part)
+        pos += part.size
+    parts.append(np.zeros(SLACK, np.uint8))
+    return np.concatenate(parts), starts
+
+
+def build_banks(shapes: dict[str, tuple[int, ...]], members: list[list[int]],
+                prepared: list[dict[str, PreparedLayer]], prefix_bits: int,
+                word_bits: int) -> list[Bank]:
+    """New banks holding tasks prepared with ``prepare_layer(..., packed=True)``.
+
+    ``members[k]``: the indices into ``prepared`` of bank k's tasks, in prefix order (the
+    caller fills ``Bank.tasks``). Checks what ``add_task`` checks when it adds each task in
+    turn to its bank: reused positions written by an earlier task of the bank, room in every
+    word, codes below their codebook's size. Raises ValueError, naming the bank, layer and task
+    (its index into ``prepared``).
+    """
+    banks = []
+    for k, idx in enumerate(members):
+        bank = Bank(words={}, used={}, tasks=[])
+        for name, shape in shapes.items():
+            n = math.prod(shape)
+            layers = [prepared[j].get(name) for j in idx]
+            writes = np.zeros((len(idx), (n + 7) // 8), np.uint8)
+            written = writes[0].copy()
+            for p, pl in enumerate(layers):
+                if pl is None:
+                    continue
+                if pl.n_reuse:
+                    lost = pl.mask_bits & ~pl.write_bits & ~written
+                    if lost.any():
+                        i = _first_set(lost)
+                        where = tuple(int(x) for x in np.unravel_index(i, shape))
+                        raise ValueError(
+                            f"task {idx[p]}, layer {name!r}: position {where} is in mask but not "
+                            f"in write, and no earlier task of bank {k} wrote it "
+                            f"({popcount(lost)} such positions); add it to write")
+                if pl.n_write:
+                    writes[p] = pl.write_bits
+                    written |= pl.write_bits
+            data, starts = _streams(layers)
+            bits = [pl.bits if pl is not None and pl.n_write else 1 for pl in layers]
+            limits = [pl.codebook.size if pl is not None and pl.codebook is not None
+                      and pl.n_write else 1 << 32 for pl in layers]
+            words, used, h, bad, full = build_words(writes, data, starts, bits, limits,
+                                                    prefix_bits, word_bits, n)
+            if full:
+                raise ValueError(f"layer {name!r}: {full} fields of bank {k} do not fit their "
+                                 f"{word_bits}-bit words; lower the bit-widths")
+            for p in np.flatnonzero(bad):
+                raise ValueError(f"task {idx[p]}, layer {name!r}: codes must be in "
+                                 f"0..{limits[p] - 1} (codebook size)")
+            bank.words[name], bank.used[name], bank.hashes[name] = words, used, h
+        banks.append(bank)
+    return banks
