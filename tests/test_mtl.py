@@ -288,6 +288,11 @@ def test_adapmtl_follows_the_ramp_at_equal_budgets():
     for strategy in ("magnitude", "snip", "adapmtl-uniform"):
         _, r = train_mtl(MTLConfig(strategy=strategy, **base), sc, progress=False)
         assert r["history"][-1]["iteration"] == 20, strategy
+    # thetas learning from the unweighted relative losses: other thetas, the same schedule
+    _, r = train_mtl(MTLConfig(strategy="adapmtl", weighted_thetas=False, **base), sc,
+                     progress=False)
+    assert r["thresholds_frozen_at"] == 8 + ramp
+    assert 0.8 <= r["sparsity"]["overall"] <= 0.8 + 3 / n
 
 
 class _Stop(Exception):

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--theta-decay", type=float, default=1.0,
                    help="initial L2 decay on theta, what raises the thresholds; adapted to the "
                    "sparsity schedule")
+    p.add_argument("--unweighted-thetas", action="store_true",
+                   help="the thetas learn from the relative task losses without the adaptive "
+                   "weights (the weights always learn from the weighted loss)")
     p.add_argument("--ramp", type=float, default=0.5,
                    help="fraction of AdapMTL's pruning phase by which the sparsity schedule "
                    "reaches the target (default 0.5)")
@@ -154,6 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
         theta_init=args.theta_init, theta_lr=args.theta_lr,
         theta_decay=args.theta_decay, threshold=args.threshold, ramp=args.ramp,
+        weighted_thetas=not args.unweighted_thetas,
         granularity=args.granularity,
         warmup=args.warmup, window=args.window, finetune=args.finetune, rounds=args.rounds,
         width=args.width).resolved()  # checks the arguments before anything is written

@@ -3,8 +3,9 @@
 Every conv / linear weight is a *prunable* layer (:class:`SparseConv2d`, :class:`SparseLinear`)
 that belongs to one *component*: ``"backbone"`` or the name of the task whose head holds it.
 Its effective weight is ``where(mask, W, 0)``, and when a soft threshold is attached (AdapMTL)
-``S(W, theta) = sign(W) relu(|W| - sigmoid(theta))`` on top (STR's soft threshold); biases are
-never pruned. Sparsity is counted over the effective weights of the prunable layers.
+``S(W, theta) = sign(W) relu(|W| - sigmoid(theta))`` on top (STR's soft threshold; or its hard
+variant, see :class:`SoftThreshold`); biases are never pruned. Sparsity is counted over the
+effective weights of the prunable layers.
 
 The effective weight is the one the forward pass uses and the one export stores, so a packed
 file decoded back into the network reproduces its outputs bit for bit.

@@ -5,18 +5,19 @@ same total number of training iterations, ``iterations + finetune``:
 
 - ``dense``: ``iterations`` without pruning; the reference of Delta_T.
 - ``adapmtl``: the dense model of the same seed is the warm-up; then one phase of ``finetune``
-  iterations with a soft threshold per component (backbone, each head) and adaptive loss
-  weighting. The thetas learn from the task losses against an L2 decay whose strength follows a
-  sparsity schedule: each iteration it grows by ``DECAY_STEP`` while the overall sparsity is under
-  the cubic ramp ``s_t = s (1 - (1 - t / R)^3)`` (``R = ramp x finetune``) and shrinks by it while
-  the sparsity is over, so that the target is reached at the end of the ramp, late, and not
-  through a decay tuned to one budget. Each component's theta settles where its task-loss
-  gradient balances the common decay: a component the losses need keeps a lower threshold.
-  Once the overall sparsity reaches the target (at the end of the ramp at the latest: then a
-  common shift of every theta makes up what is missing), the threshold is folded into the
-  weights (``W <- S(W, theta)``), the mask fixed and the thetas frozen; the rest of the phase
-  fine-tunes the weights (with a soft threshold left in place, weight decay would keep pushing
-  weights under it).
+  iterations with a threshold ``sigmoid(theta)`` per component (backbone, each head) and adaptive
+  loss weighting. The thetas learn by Adam from the task losses, each divided by the dense
+  model's loss on the same 256 training examples (relative losses, as Delta_T is relative),
+  against their L2 decay (STR's mechanism): a component the losses need keeps a lower
+  threshold than the others. After every step a common shift of all the thetas (the smallest,
+  found by bisection) puts the overall sparsity on the cubic ramp
+  ``s_t = s (1 - (1 - t / R)^3)``, ``R = ramp x finetune``: the schedule sets how much is
+  pruned when, the learned thetas where. At the end of the ramp the overall sparsity is the
+  target; the thresholds are folded into the weights, the mask fixed and the thetas frozen,
+  and the rest of the phase fine-tunes the weights. ``threshold="hard"`` (default) keeps the
+  weights above a threshold unchanged in the forward pass and gives the soft threshold's
+  gradients (straight-through); ``"soft"`` is STR's ``S(W, theta)``, whose shrinkage of every
+  kept weight the short CPU budget cannot train away.
 - ``adapmtl-uniform``: the same with one theta for every layer (no adaptive thresholds).
 - ``adapmtl-noweighting``: the same without adaptive loss weighting.
 - ``magnitude``: the dense model of the same seed, one-shot global magnitude pruning, then
@@ -81,7 +82,7 @@ class MTLConfig:
     phase of AdapMTL, the fine-tuning of magnitude / imp) a half, ``warmup`` (start of adaptive
     weighting) the end of the dense warm-up (``iterations``), ``window`` a tenth. ``ramp`` is
     the fraction of AdapMTL's pruning phase by which the sparsity schedule reaches the target;
-    ``theta_decay`` is the initial strength of the theta decay that the schedule adapts.
+    ``theta_decay`` is the L2 decay on the thetas, ``threshold`` one of ``THRESHOLDS``.
     """
 
     strategy: str = "adapmtl"
@@ -96,6 +97,7 @@ class MTLConfig:
     theta_lr: float = 0.01
     theta_decay: float = 1.0
     threshold: str = "hard"
+    weighted_thetas: bool = True
     ramp: float = 0.5
     granularity: str = "component"
     warmup: int | None = None
@@ -302,8 +304,15 @@ class _Run:
             w = self.weighting.update(self.clock, {t: v.item() for t, v in losses.items()})
             loss = sum(w[t] * v / self.scale[t] for t, v in losses.items())
             opt.zero_grad(set_to_none=True)
+            live = thetas and self.frozen_at is None
+            if live and not self.c.weighted_thetas:
+                plain = sum(v / self.scale[t] for t, v in losses.items())
+                grads = torch.autograd.grad(plain, thetas, retain_graph=True, allow_unused=True)
             loss.backward()
-            if self.frozen_at is not None:
+            if live and not self.c.weighted_thetas:
+                for p, g in zip(thetas, grads):
+                    p.grad = g
+            if not live:
                 for p in thetas:
                     p.grad = None  # frozen: Adam skips a parameter without gradient
             opt.step()
