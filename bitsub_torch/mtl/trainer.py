@@ -267,7 +267,7 @@ class _Run:
         lo, hi = -1.0, 1.0
         while reach(lo) and lo > -64:
             lo *= 2
-        while not reach(hi):
+        while not reach(hi) and hi < 64:  # sigmoid(theta) < 1: |w| >= 1 is never pruned
             hi *= 2
         for _ in range(30):
             mid = (lo + hi) / 2
