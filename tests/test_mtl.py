@@ -267,6 +267,34 @@ def test_adapmtl_reaches_the_target_and_freezes(tmp_path):
                   cache=tmp_path / "cache", progress=False)
 
 
+def test_adapmtl_follows_the_ramp_at_equal_budgets():
+    sc = _tiny_scenes(24)
+    base = dict(scenario="scenes", sparsity=0.8, iterations=8, finetune=12, ramp=0.5,
+                batch_size=4, width=4)
+    _, res = train_mtl(MTLConfig(strategy="adapmtl", **base), sc, progress=False)
+    n = sum(m.weight.numel() for _, m in build_model(sc, width=4).prunable())
+    ramp = 6
+    assert res["thresholds_frozen_at"] == 8 + ramp
+    for h in res["history"]:
+        k = h["iteration"] - 8
+        if 0 < k <= ramp:  # on the cubic ramp, just reaching it (the common shift is minimal)
+            goal = 0.8 * (1 - (1 - k / ramp) ** 3)
+            assert goal <= h["overall"] <= goal + 3 / n, h
+        if k >= ramp:
+            assert h["overall"] == res["sparsity"]["overall"]
+    assert 0.8 <= res["sparsity"]["overall"] <= 0.8 + 3 / n
+    # every pruning strategy trains iterations + finetune iterations in all
+    assert res["history"][-1]["iteration"] == 20
+    for strategy in ("magnitude", "snip", "adapmtl-uniform"):
+        _, r = train_mtl(MTLConfig(strategy=strategy, **base), sc, progress=False)
+        assert r["history"][-1]["iteration"] == 20, strategy
+    # thetas learning from the unweighted relative losses: other thetas, the same schedule
+    _, r = train_mtl(MTLConfig(strategy="adapmtl", weighted_thetas=False, **base), sc,
+                     progress=False)
+    assert r["thresholds_frozen_at"] == 8 + ramp
+    assert 0.8 <= r["sparsity"]["overall"] <= 0.8 + 3 / n
+
+
 class _Stop(Exception):
     pass
 
@@ -306,7 +334,8 @@ def test_resume_mid_phase_matches_an_uninterrupted_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [dict(strategy="lth"), dict(sparsity=1.0), dict(iterations=0),
-                                 dict(lr=0.0)])
+                                 dict(lr=0.0), dict(ramp=0.0), dict(ramp=1.5),
+                                 dict(threshold="sharp"), dict(theta_decay=0.0)])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         MTLConfig(**bad).resolved()
@@ -345,6 +374,37 @@ def test_soft_threshold_matches_naive(shape, theta, seed):
     np.testing.assert_allclose(got, want, rtol=0, atol=4 * np.finfo(np.float32).eps)
     near = np.abs(np.abs(w) - 1 / (1 + np.exp(-theta))) < 1e-6  # a tie may round either way
     assert ((got == 0) == (want == 0))[~near].all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.sampled_from([(1,), (3, 5), (2, 1, 3, 3)]), theta=st.floats(-8, 3),
+       seed=st.integers(0, 2**16))
+def test_hard_threshold_forward_and_straight_through_gradients(shape, theta, seed):
+    from bitsub_torch.mtl.model import SoftThreshold, SparseLinear
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(shape).astype(np.float32) * 0.1
+    c = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    out = {}
+    for hard in (True, False):
+        layer = SparseLinear(1, 1, "backbone")
+        layer.weight = torch.nn.Parameter(torch.from_numpy(w.copy()))
+        layer.mask = torch.ones(shape, dtype=torch.bool)
+        th = SoftThreshold(["backbone"], theta, hard=hard)
+        layer.attach(th, "backbone")
+        eff = layer.sparse_weight()
+        (eff * c).sum().backward()
+        out[hard] = (eff.detach().numpy(), layer.weight.grad.numpy(),
+                     float(th.theta["backbone"].grad))
+    s = float(torch.sigmoid(torch.tensor(float(theta))))  # the float32 threshold
+    kept = np.abs(w) > s
+    # forward: the kept weights unchanged, the others exactly +0.0
+    assert np.array_equal(out[True][0], np.where(kept, w, np.float32(0)))
+    assert not np.signbit(out[True][0][~kept]).any()
+    # backward: the soft threshold's gradients, bit for bit
+    assert np.array_equal(out[True][1], out[False][1])
+    assert np.array_equal(out[True][1], np.where(kept, c.numpy(), np.float32(0)))
+    assert out[True][2] == out[False][2]
 
 
 def test_adaptive_bits_exports_exactly_what_it_evaluated(tmp_path):

@@ -43,22 +43,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, default=0.9, help="target overall sparsity")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--iterations", type=int, default=None, help="training iterations "
-                   "(scenario default: 600)")
+    p.add_argument("--iterations", type=int, default=None, help="training iterations of the "
+                   "dense model, AdapMTL's warm-up (scenario default: 600)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--theta-init", type=float, default=-5.0)
-    p.add_argument("--theta-lr", type=float, default=0.02)
-    p.add_argument("--theta-decay", type=float, default=2.0,
-                   help="L2 decay on theta: what raises the thresholds (see the README)")
+    p.add_argument("--theta-init", type=float, default=-8.0,
+                   help="initial theta of every component (threshold sigmoid(theta))")
+    p.add_argument("--theta-lr", type=float, default=0.01)
+    p.add_argument("--threshold", choices=("hard", "soft"), default="hard",
+                   help="forward pass of AdapMTL's thresholds: weights above it kept (hard, "
+                   "straight-through gradients of the soft threshold) or shrunk by it (soft, "
+                   "STR's S(W, theta))")
+    p.add_argument("--theta-decay", type=float, default=1.0,
+                   help="initial L2 decay on theta, what raises the thresholds; adapted to the "
+                   "sparsity schedule")
+    p.add_argument("--unweighted-thetas", action="store_true",
+                   help="the thetas learn from the relative task losses without the adaptive "
+                   "weights (the weights always learn from the weighted loss)")
+    p.add_argument("--ramp", type=float, default=0.5,
+                   help="fraction of AdapMTL's pruning phase by which the sparsity schedule "
+                   "reaches the target (default 0.5)")
     p.add_argument("--granularity", choices=("component", "layer"), default="component",
                    help="one theta per component (AdapMTL) or per layer")
     p.add_argument("--warmup", type=int, default=None,
-                   help="iteration where adaptive weighting starts (default: a quarter)")
+                   help="iteration where adaptive weighting starts (default: the end of the "
+                   "dense warm-up, --iterations)")
     p.add_argument("--window", type=int, default=None,
                    help="loss-fluctuation window (default: a tenth of the iterations)")
     p.add_argument("--finetune", type=int, default=None,
-                   help="fine-tuning iterations of magnitude / imp (default: half)")
+                   help="iterations after the dense model: AdapMTL's pruning phase, the "
+                   "fine-tuning of magnitude / imp (default: half of --iterations)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of imp")
     p.add_argument("--width", type=int, default=16, help="channels of the network")
     p.add_argument("--bits", type=int, default=None,
@@ -142,7 +156,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         strategy=args.strategy, scenario=args.scenario, sparsity=args.sparsity, seed=args.seed,
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
         theta_init=args.theta_init, theta_lr=args.theta_lr,
-        theta_decay=args.theta_decay, granularity=args.granularity,
+        theta_decay=args.theta_decay, threshold=args.threshold, ramp=args.ramp,
+        weighted_thetas=not args.unweighted_thetas,
+        granularity=args.granularity,
         warmup=args.warmup, window=args.window, finetune=args.finetune, rounds=args.rounds,
         width=args.width).resolved()  # checks the arguments before anything is written
     cache = args.cache_dir or Path(os.environ.get("BITSUB_CACHE",

@@ -3,8 +3,9 @@
 Every conv / linear weight is a *prunable* layer (:class:`SparseConv2d`, :class:`SparseLinear`)
 that belongs to one *component*: ``"backbone"`` or the name of the task whose head holds it.
 Its effective weight is ``where(mask, W, 0)``, and when a soft threshold is attached (AdapMTL)
-``S(W, theta) = sign(W) relu(|W| - sigmoid(theta))`` on top (STR's soft threshold); biases are
-never pruned. Sparsity is counted over the effective weights of the prunable layers.
+``S(W, theta) = sign(W) relu(|W| - sigmoid(theta))`` on top (STR's soft threshold; or its hard
+variant, see :class:`SoftThreshold`); biases are never pruned. Sparsity is counted over the
+effective weights of the prunable layers.
 
 The effective weight is the one the forward pass uses and the one export stores, so a packed
 file decoded back into the network reproduces its outputs bit for bit.
@@ -27,10 +28,16 @@ BACKBONE = "backbone"
 
 
 class SoftThreshold(nn.Module):
-    """The learnable thetas; ``threshold(key) = sigmoid(theta[key])``."""
+    """The learnable thetas; ``threshold(key) = sigmoid(theta[key])``.
 
-    def __init__(self, keys: Sequence[str], init: float) -> None:
+    ``hard=True``: the forward pass keeps the weights above the threshold unchanged
+    (``W 1[|W| > sigmoid(theta)]``) while the gradients are the soft threshold's (a
+    straight-through estimator), so theta learns exactly as with STR's soft threshold.
+    """
+
+    def __init__(self, keys: Sequence[str], init: float, hard: bool = False) -> None:
         super().__init__()
+        self.hard = bool(hard)
         # ParameterDict keys may not contain dots: layer names are stored with "/".
         self.theta = nn.ParameterDict(
             {k.replace(".", "/"): nn.Parameter(torch.tensor(float(init))) for k in keys})
@@ -63,7 +70,12 @@ class _Prunable:
         w = torch.where(self.mask, self.weight, torch.zeros((), dtype=self.weight.dtype))
         if self._thresholds is not None:
             s = self._thresholds.threshold(self.theta_key)
-            w = torch.sign(w) * F.relu(w.abs() - s)
+            soft = torch.sign(w) * F.relu(w.abs() - s)
+            if not self._thresholds.hard:
+                return soft
+            # forward: the hard threshold; backward: the soft one (soft - soft is exactly 0)
+            keep = torch.where(w.abs() > s, w, torch.zeros((), dtype=w.dtype))
+            w = keep.detach() + (soft - soft.detach())
         return w
 
 
@@ -123,8 +135,11 @@ class MTLNet(nn.Module):
         """``"backbone"`` then the task names."""
         return [BACKBONE] + self.task_names
 
-    def attach_thresholds(self, granularity: str = "component", init: float = -5.0) -> None:
+    def attach_thresholds(self, granularity: str = "component", init: float = -5.0,
+                          hard: bool = False) -> None:
         """Give every prunable layer a soft threshold: one theta per component / layer / all.
+
+        ``hard``: see :class:`SoftThreshold`.
 
         Raises
         ------
@@ -140,7 +155,7 @@ class MTLNet(nn.Module):
             keys = {n: n for n, _ in layers}
         else:
             keys = {n: "all" for n, _ in layers}
-        self.thresholds = SoftThreshold(sorted(set(keys.values())), init)
+        self.thresholds = SoftThreshold(sorted(set(keys.values())), init, hard)
         for n, m in layers:
             m.attach(self.thresholds, keys[n])
 

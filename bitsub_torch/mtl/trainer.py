@@ -1,21 +1,31 @@
 """The multi-task trainer: joint batches, the pruning strategies, checkpoints, results.
 
-Strategies (``STRATEGIES``), all at the same target overall sparsity:
+Strategies (``STRATEGIES``), all at the same target overall sparsity and, except ``dense``, the
+same total number of training iterations, ``iterations + finetune``:
 
-- ``dense``: no pruning; the reference of Delta_T.
-- ``adapmtl``: a soft threshold per component (backbone, each head), adaptive loss weighting
-  after ``warmup`` iterations, thetas frozen once the overall sparsity reaches the target
-  (weights go on training). At that point the threshold is folded into the weights
-  (``W <- S(W, theta)``) and the mask fixed, so that the sparsity stays at the target: with the
-  soft threshold left in place, weight decay would keep pushing weights under it.
+- ``dense``: ``iterations`` without pruning; the reference of Delta_T.
+- ``adapmtl``: the dense model of the same seed is the warm-up; then one phase of ``finetune``
+  iterations with a threshold ``sigmoid(theta)`` per component (backbone, each head) and adaptive
+  loss weighting. The thetas learn by Adam from the task losses, each divided by the dense
+  model's loss on the same 256 training examples (relative losses, as Delta_T is relative),
+  against their L2 decay (STR's mechanism): a component the losses need keeps a lower
+  threshold than the others. After every step a common shift of all the thetas (the smallest,
+  found by bisection) puts the overall sparsity on the cubic ramp
+  ``s_t = s (1 - (1 - t / R)^3)``, ``R = ramp x finetune``: the schedule sets how much is
+  pruned when, the learned thetas where. At the end of the ramp the overall sparsity is the
+  target; the thresholds are folded into the weights, the mask fixed and the thetas frozen,
+  and the rest of the phase fine-tunes the weights. ``threshold="hard"`` (default) keeps the
+  weights above a threshold unchanged in the forward pass and gives the soft threshold's
+  gradients (straight-through); ``"soft"`` is STR's ``S(W, theta)``, whose shrinkage of every
+  kept weight the short CPU budget cannot train away.
 - ``adapmtl-uniform``: the same with one theta for every layer (no adaptive thresholds).
 - ``adapmtl-noweighting``: the same without adaptive loss weighting.
 - ``magnitude``: the dense model of the same seed, one-shot global magnitude pruning, then
   ``finetune`` iterations with the mask fixed.
 - ``imp``: the dense model, ``rounds`` rounds of global magnitude pruning to
   ``1 - (1 - s)^(r / rounds)``, each followed by ``finetune // rounds`` iterations.
-- ``snip``: SNIP's connection sensitivity on one batch at initialisation, then ``iterations``
-  with the mask fixed.
+- ``snip``: SNIP's connection sensitivity on one batch at initialisation, then
+  ``iterations + finetune`` iterations with the mask fixed.
 
 Every iteration draws one batch of training examples and sums the per-task losses on it (times
 the adaptive weights when they are on). The optimiser is Adam with betas (0.5, 0.999) and L2
@@ -50,13 +60,17 @@ from bitsub_torch.mtl.objectives import (
 )
 from bitsub_torch.mtl.pruning import magnitude_prune, snip_prune
 
-__all__ = ["DEFAULT_ITERATIONS", "STRATEGIES", "MTLConfig", "evaluate", "train_mtl"]
+__all__ = ["DEFAULT_ITERATIONS", "STRATEGIES", "THRESHOLDS", "MTLConfig", "evaluate",
+           "train_mtl"]
 
 STRATEGIES = ("adapmtl", "dense", "magnitude", "imp", "snip", "adapmtl-uniform",
               "adapmtl-noweighting")
-#: Training iterations per scenario (batch 16); sized for a shared 2-core CPU.
+#: AdapMTL's forward pass: the weights above the threshold kept ("hard", straight-through
+#: gradients of the soft threshold) or shrunk by it ("soft", STR's S(W, theta)).
+THRESHOLDS = ("hard", "soft")
 #: A checkpoint is written every this many iterations of a phase (and at its end).
 CHECKPOINT_EVERY = 200
+#: Training iterations per scenario (batch 16); sized for a shared 2-core CPU.
 DEFAULT_ITERATIONS = {"scenes": 600, "multimnist": 600, "multifashion": 600}
 
 
@@ -64,8 +78,11 @@ DEFAULT_ITERATIONS = {"scenes": 600, "multimnist": 600, "multifashion": 600}
 class MTLConfig:
     """Everything that defines a run (hashed for the dense cache and checked on resume).
 
-    Iteration counts left as None are scaled to ``iterations``: ``warmup`` (start of adaptive
-    weighting) a quarter, ``window`` a tenth, ``finetune`` a half.
+    Iteration counts left as None are scaled to ``iterations``: ``finetune`` (the pruning
+    phase of AdapMTL, the fine-tuning of magnitude / imp) a half, ``warmup`` (start of adaptive
+    weighting) the end of the dense warm-up (``iterations``), ``window`` a tenth. ``ramp`` is
+    the fraction of AdapMTL's pruning phase by which the sparsity schedule reaches the target;
+    ``theta_decay`` is the L2 decay on the thetas, ``threshold`` one of ``THRESHOLDS``.
     """
 
     strategy: str = "adapmtl"
@@ -76,9 +93,12 @@ class MTLConfig:
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    theta_init: float = -5.0
-    theta_lr: float = 0.02
-    theta_decay: float = 2.0
+    theta_init: float = -8.0
+    theta_lr: float = 0.01
+    theta_decay: float = 1.0
+    threshold: str = "hard"
+    weighted_thetas: bool = True
+    ramp: float = 0.5
     granularity: str = "component"
     warmup: int | None = None
     window: int | None = None
@@ -100,11 +120,15 @@ class MTLConfig:
                         ("rounds", self.rounds), ("width", self.width)):
             if v < 1:
                 raise ValueError(f"--{name} must be >= 1, got {v}")
-        if self.lr <= 0 or self.theta_lr <= 0:
-            raise ValueError("--lr and --theta-lr must be > 0")
+        if self.lr <= 0 or self.theta_lr <= 0 or self.theta_decay <= 0:
+            raise ValueError("--lr, --theta-lr and --theta-decay must be > 0")
+        if self.threshold not in THRESHOLDS:
+            raise ValueError(f"threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
+        if not 0.0 < self.ramp <= 1.0:
+            raise ValueError(f"--ramp must be in (0, 1], got {self.ramp}")
         c = MTLConfig(**asdict(self))
         c.iterations = it
-        c.warmup = it // 4 if self.warmup is None else self.warmup
+        c.warmup = it if self.warmup is None else self.warmup
         c.window = max(1, it // 10) if self.window is None else self.window
         c.finetune = it // 2 if self.finetune is None else self.finetune
         if c.warmup < 0 or c.window < 1 or c.finetune < 0:
@@ -135,13 +159,16 @@ class _Run:
         self.model = build_model(scenario, width=config.width)
         if config.strategy.startswith("adapmtl"):
             gran = "uniform" if config.strategy == "adapmtl-uniform" else config.granularity
-            self.model.attach_thresholds(gran, config.theta_init)
+            self.model.attach_thresholds(gran, config.theta_init,
+                                         hard=config.threshold == "hard")
         self.weighting = AdaptiveWeights(
             self.model.task_names, config.warmup, config.window,
             enabled=config.strategy in ("adapmtl", "adapmtl-uniform"))
         self.done: list[str] = []
         self.history: list[dict[str, Any]] = []
         self.frozen_at: int | None = None
+        # AdapMTL's task losses are divided by the dense model's (relative losses)
+        self.scale = dict.fromkeys(self.model.task_names, 1.0)
         self.resume: dict[str, Any] | None = None
         self.clock = 0  # iterations over all phases, for the history
         self.x, self.ys = scenario.split("train")
@@ -158,7 +185,7 @@ class _Run:
                  "phase": phase, "iteration": iteration, "model": self.model.state_dict(),
                  "opt": None if opt is None else opt.state_dict(),
                  "weighting": self.weighting.state_dict(), "history": self.history,
-                 "frozen_at": self.frozen_at, "clock": self.clock}
+                 "frozen_at": self.frozen_at, "clock": self.clock, "scale": self.scale}
         with atomic_path(path) as f:
             torch.save(state, f)
 
@@ -175,6 +202,7 @@ class _Run:
         self.weighting.load_state_dict(state["weighting"])
         self.done, self.history = list(state["done"]), list(state["history"])
         self.frozen_at, self.clock = state["frozen_at"], state["clock"]
+        self.scale = dict(state["scale"])
         if self.frozen_at is not None:
             self.model.detach_thresholds()  # the saved weights are folded already
         self.resume = {"phase": state["phase"], "iteration": state["iteration"],
@@ -203,13 +231,58 @@ class _Run:
         rng = np.random.default_rng([self.c.seed, key, i])
         return rng.integers(0, len(self.x), self.c.batch_size)
 
+    def _thetas(self) -> dict[str, float]:
+        if self.model.thresholds is None:
+            return {}
+        return {k: float(p.detach()) for k, p in self.model.thresholds.theta.items()}
+
     def _record(self) -> None:
         sp = self.model.sparsity()
         self.history.append({"iteration": self.clock, "overall": sp["overall"],
-                             **sp["components"], "weights": self.weighting.weights()})
+                             **sp["components"], "weights": self.weighting.weights(),
+                             "thetas": self._thetas()})
 
-    def phase(self, name: str, iters: int) -> None:
-        """Train for ``iters`` iterations as phase ``name`` (skipped when already done)."""
+    def _schedule(self, i: int, ramp: int) -> None:
+        """AdapMTL's pruning schedule after iteration ``i`` of a ramp of ``ramp`` iterations.
+
+        A common shift of every theta puts the overall sparsity on the cubic ramp; at its end
+        the thresholds are folded.
+        """
+        goal = self.c.sparsity * (1.0 - (1.0 - min(1.0, (i + 1) / ramp)) ** 3)
+        self._shift_to(goal)
+        if i + 1 >= ramp:
+            self._freeze()
+
+    def _shift_to(self, goal: float) -> None:
+        """Shift every theta by the same amount (bisection) so the sparsity just reaches goal."""
+        thetas = list(self.model.thresholds.parameters())
+        base = [p.detach().clone() for p in thetas]
+
+        def reach(delta: float) -> bool:
+            with torch.no_grad():
+                for p, b in zip(thetas, base):
+                    p.copy_(b + delta)
+            return self.model.sparsity()["overall"] >= goal
+
+        lo, hi = -1.0, 1.0
+        while reach(lo) and lo > -64:
+            lo *= 2
+        while not reach(hi) and hi < 64:  # sigmoid(theta) < 1: |w| >= 1 is never pruned
+            hi *= 2
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if reach(mid) else (mid, hi)
+        reach(hi)
+
+    def _freeze(self) -> None:
+        self.frozen_at = self.clock
+        self.model.fold_thresholds()
+
+    def phase(self, name: str, iters: int, ramp: int | None = None) -> None:
+        """Train for ``iters`` iterations as phase ``name`` (skipped when already done).
+
+        With ``ramp``, AdapMTL's thetas are trained and pruned by :meth:`_schedule`.
+        """
         if name in self.done:
             return
         opt = self._optimizer()
@@ -229,18 +302,23 @@ class _Run:
             opt.param_groups[0]["lr"] = lr
             losses = self._joint_loss(self._batch(name, i))
             w = self.weighting.update(self.clock, {t: v.item() for t, v in losses.items()})
-            loss = sum(w[t] * v for t, v in losses.items())
+            loss = sum(w[t] * v / self.scale[t] for t, v in losses.items())
             opt.zero_grad(set_to_none=True)
+            live = thetas and self.frozen_at is None
+            if live and not self.c.weighted_thetas:
+                plain = sum(v / self.scale[t] for t, v in losses.items())
+                grads = torch.autograd.grad(plain, thetas, retain_graph=True, allow_unused=True)
             loss.backward()
-            if self.frozen_at is not None:
+            if live and not self.c.weighted_thetas:
+                for p, g in zip(thetas, grads):
+                    p.grad = g
+            if not live:
                 for p in thetas:
                     p.grad = None  # frozen: Adam skips a parameter without gradient
             opt.step()
             self.clock += 1
-            if thetas and self.frozen_at is None:
-                if self.model.sparsity()["overall"] >= self.c.sparsity:
-                    self.frozen_at = self.clock
-                    self.model.fold_thresholds()
+            if ramp is not None and self.frozen_at is None:
+                self._schedule(i, ramp)
             if i % record_every == 0:
                 self._record()
                 bar.set_postfix(loss=f"{loss.item():.3f}",
@@ -250,6 +328,15 @@ class _Run:
         self._record()
         self.done.append(name)
         self._save(name, iters, None)
+
+    def warm_start(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from the dense model's weights (the thetas keep their initial value)."""
+        self.model.load_state_dict({**self.model.state_dict(), **state})
+        self.clock = self.c.iterations
+        if self.model.thresholds is not None:
+            idx = np.random.default_rng([self.c.seed, 7]).integers(0, len(self.x), 256)
+            with torch.no_grad():
+                self.scale = {t: max(float(v), 1e-12) for t, v in self._joint_loss(idx).items()}
 
     def step(self, name: str, action) -> None:
         """A one-off step (a pruning) as phase ``name``."""
@@ -318,9 +405,9 @@ def train_mtl(config: MTLConfig, scenario, out: str | Path | None = None,
     dense_metrics = None
     if c.strategy == "dense":
         run.phase("train", c.iterations)
-    elif c.strategy in ("magnitude", "imp"):
+    elif c.strategy != "snip":
         state, dense_metrics, reference = _dense_reference(c, scenario, cache, progress)
-        run.step("dense", lambda: run.model.load_state_dict(state))
+        run.step("dense", lambda: run.warm_start(state))
         if c.strategy == "magnitude":
             run.step("prune", lambda: magnitude_prune(run.model, c.sparsity))
             run.phase("finetune", c.finetune)
@@ -328,14 +415,14 @@ def train_mtl(config: MTLConfig, scenario, out: str | Path | None = None,
             target = 1.0 - (1.0 - c.sparsity) ** (r / c.rounds)
             run.step(f"prune{r}", lambda t=target: magnitude_prune(run.model, t))
             run.phase(f"finetune{r}", max(1, c.finetune // c.rounds))
-    elif c.strategy == "snip":
+    else:
         def snip() -> None:
             idx = np.random.default_rng([c.seed, 99]).integers(0, len(run.x), 4 * c.batch_size)
             snip_prune(run.model, lambda: sum(run._joint_loss(idx).values()), c.sparsity)
         run.step("snip", snip)
-        run.phase("train", c.iterations)
-    else:
-        run.phase("train", c.iterations)
+        run.phase("train", c.iterations + c.finetune)
+    if c.strategy.startswith("adapmtl"):
+        run.phase("prune", c.finetune, ramp=max(1, round(c.ramp * c.finetune)))
     train_s = time.perf_counter() - t0
     metrics = evaluate(run.model, scenario)
     if c.strategy == "dense":
