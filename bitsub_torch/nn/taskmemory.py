@@ -298,6 +298,8 @@ class TaskMemory(nn.Module):
         coded = self._get("write", task)
         if coded is None:
             raise KeyError(f"task {task} has no stored values")
+        if not self._meta(task)[3]:  # wrote nothing in this layer
+            return np.zeros(self.shape, np.bool_)
         mask = self.mask(task)
         if self._meta(task)[4]:
             mask = mask & ~self._written_before(task)
@@ -307,7 +309,7 @@ class TaskMemory(nn.Module):
         # The positions the stored tasks of ``task``'s bank before it wrote.
         bank = self._meta(task)[1]
         earlier = [t for t in self.tasks() if t < task and self._meta(t)[1] == bank
-                   and self._get("write", t) is not None]
+                   and self._meta(t)[3]]
         if not earlier:
             return np.zeros(self.shape, np.bool_)
         last = earlier[-1]
