@@ -23,6 +23,10 @@ Data-parallel (``distributed``, a `bitsub_torch.cl.distributed.Distributed`): tr
 through DistributedDataParallel on each rank's share of every global batch, the ranks agree on
 early stopping and on every mask decision through the hooks of that module, and rank 0 alone
 writes checkpoints.
+
+Length: the module is the `Trainer` (whose docstring says why it is long) plus the `Results`
+record and the configuration comparison that guards a resume; splitting them would scatter one
+concept, the run and its checkpoints, over modules.
 """
 
 from __future__ import annotations
