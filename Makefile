@@ -25,8 +25,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,rounds
 
-# The README's results table: 4 scenarios x 9 methods x 3 seeds, each task trained to convergence
-# (108 runs, many hours on 2 shared cores: see the README; a subset with SCENARIOS=..., STRATEGIES=...,
+# The README's results table: 5 scenarios x 9 methods x 3 seeds, each task trained to convergence
+# (135 runs, many hours on 2 shared cores: see the README; a subset with SCENARIOS=..., STRATEGIES=...,
 # SEEDS=...).
 # Resumable: run it again after an interruption. Needs Fashion-MNIST in
 # /usr/share/datasets/fashion-mnist (Debian: apt-get install dataset-fashion-mnist) or DATA_DIR.
