@@ -182,7 +182,7 @@ def test_sfw_anchor_task_centres_later_polytopes_on_the_previous_weights():
     for group, layer in zip(opts[0].param_groups, net.masked_layers().values()):
         w = layer.weight.detach()
         assert torch.equal(group["anchor"], w)
-        n_active = int(layer.masks[0].sum())
+        n_active = int(layer.task_mask(0).sum())
         assert group["k"] == max(1, round(0.05 * n_active))
         assert group["radius"] == pytest.approx(0.5 * float(w.norm()) / group["k"] ** 0.5)
     # the origin (default): no anchor, the radius fixed from the initial norm

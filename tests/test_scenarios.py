@@ -240,7 +240,8 @@ def test_fashion_mnist_default_dir(tmp_path, monkeypatch):
     flat, images = get_scenario("splitfmnist", tasks=2), get_scenario("splitfmnist2d", tasks=2)
     assert images.input_shape == (1, 28, 28)
     for a, b in zip(flat.tasks, images.tasks):
-        np.testing.assert_array_equal(b.x_train.reshape(len(b.x_train), -1), a.x_train)
+        np.testing.assert_array_equal(np.asarray(b.x_train).reshape(len(b.x_train), -1),
+                                      np.asarray(a.x_train))
         np.testing.assert_array_equal(b.y_test, a.y_test)
     monkeypatch.setattr(scenarios, "FASHION_MNIST_DEFAULT_DIR", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="data_dir"):
