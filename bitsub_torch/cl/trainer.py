@@ -32,6 +32,7 @@ concept, the run and its checkpoints, over modules.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import os
@@ -379,7 +380,8 @@ class Trainer:
         shares = self._order(task, phase, n)
         if dist is not None:
             shares = (dist.shard(idx) for idx in shares)
-        sizes = (len(idx) for idx in self._order(task, phase, n))  # the same seeded sequence
+        # the global batch sizes repeat epoch after epoch: derived, not re-drawn
+        sizes = itertools.cycle([min(self.batch_size, n - start) for start in self._starts(n)])
         loader = batch_loader(TaskDataset(data.x_train, data.y_train), shares,
                               workers=self.workers, pin_memory=self.pin_memory)
         for (xb, yb), size in zip(loader, sizes):
