@@ -35,114 +35,173 @@ SLACK = 8  # readable bytes needed after the end of each code stream
 PARALLEL_MIN_BYTES = 1 << 13  # write-mask bytes per part below which one thread does it all
 
 _POPCOUNT = np.array([bin(v).count("1") for v in range(256)], np.int64)
-# _SET_AT[v, j]: the position (0 = most significant bit) of the j-th set bit of byte v
-_SET_AT = np.zeros((256, 8), np.int64)
-for _v in range(256):
-    _SET_AT[_v, : _POPCOUNT[_v]] = [k for k in range(8) if _v >> (7 - k) & 1]
+
+
+CHUNK_BYTES = 512  # write-mask bytes (4096 positions) per chunk: the scratch stays in cache
 
 
 @numba.njit(**NJIT)
-def _be64(data, o):
-    # the eight bytes data[o .. o + 7] as a big-endian uint64
-    # unsigned indices: no negative-index wraparound, so the eight loads fuse into one
-    u = np.uint64(o)
-    v = np.uint64(0)
-    for k in range(8):
-        v = (v << np.uint64(8)) | np.uint64(data[u + np.uint64(k)])
-    return v
+def _unpack(data, bitpos, count, b, out):
+    # out[0 : count] = the count codes of b bits (1..16, or 32: big-endian uint32) that start
+    # at bit bitpos of data, most significant bit first; reads at most 2 bytes past the last
+    # code's byte (the caller's SLACK)
+    o = bitpos >> 3
+    r = bitpos & 7
+    if b == 32:  # raw fields, byte-aligned (every stream starts on a byte)
+        for k in range(count):
+            j = o + 4 * k
+            out[k] = ((np.uint32(data[j]) << np.uint32(24))
+                      | (np.uint32(data[j + 1]) << np.uint32(16))
+                      | (np.uint32(data[j + 2]) << np.uint32(8)) | np.uint32(data[j + 3]))
+    elif b == 8 and r == 0:
+        for k in range(count):
+            out[k] = data[o + k]
+    elif b == 4 and r == 0:
+        for k in range(count >> 1):
+            x = data[o + k]
+            out[2 * k] = x >> 4
+            out[2 * k + 1] = x & 15
+        if count & 1:
+            out[count - 1] = data[o + (count >> 1)] >> 4
+    elif b == 2 and r == 0:
+        for k in range(count >> 2):
+            x = data[o + k]
+            out[4 * k] = x >> 6
+            out[4 * k + 1] = (x >> 4) & 3
+            out[4 * k + 2] = (x >> 2) & 3
+            out[4 * k + 3] = x & 3
+        for k in range(count & ~3, count):
+            out[k] = (data[o + (k >> 2)] >> (6 - 2 * (k & 3))) & 3
+    elif b == 1 and r == 0:
+        for k in range(count):
+            out[k] = (data[o + (k >> 3)] >> (7 - (k & 7))) & 1
+    elif b <= 7:
+        # eight codes (b bytes) per big-endian 8-byte load
+        cmask = (np.uint64(1) << np.uint64(b)) - np.uint64(1)
+        groups = count >> 3
+        for g in range(groups):
+            j = np.uint64(o + g * b)  # unsigned: the eight loads fuse into one
+            v = np.uint64(0)
+            for k in range(8):
+                v = (v << np.uint64(8)) | np.uint64(data[j + np.uint64(k)])
+            v <<= np.uint64(r)
+            for k in range(8):
+                out[8 * g + k] = (v >> np.uint64(64 - (k + 1) * b)) & cmask
+        cmask2 = (1 << b) - 1
+        for k in range(8 * groups, count):
+            bp = bitpos + k * b
+            j2 = bp >> 3
+            v2 = (np.int64(data[j2]) << 8) | np.int64(data[j2 + 1])
+            out[k] = (v2 >> (16 - (bp & 7) - b)) & cmask2
+    else:
+        cmask = (1 << b) - 1
+        for k in range(count):
+            bp = bitpos + k * b
+            j = bp >> 3
+            v = (np.int64(data[j]) << 16) | (np.int64(data[j + 1]) << 8) | np.int64(data[j + 2])
+            out[k] = (v >> (24 - (bp & 7) - b)) & cmask
 
 
 @numba.njit(**NJIT)
-def _place(wacc, uacc, k, head, c, b, step, top, limit):
-    # one field into lane k: (fields without room, codes >= limit), each 0 or 1
-    s = top - uacc[k] - b
-    wacc[k] |= (head | c) << np.uint64(max(s, 0))
-    uacc[k] += step + b
-    return np.int64(s < 0), np.int64(c >= limit)
+def _expand(wrow, c0, m, dense, w, out):
+    # Positions 8 * c0 .. 8 * c0 + m - 1: w[i] = 1 where the task wrote (bit i of the packed
+    # row wrow from byte c0), out[i] = its next code from dense (in order), else any value;
+    # dense has one readable element after the codes, w room for m rounded up to 8
+    for q in range((m + 7) >> 3):
+        x = wrow[c0 + q]
+        for k in range(8):
+            w[8 * q + k] = (x >> (7 - k)) & 1
+    j = 0
+    for i in range(m):
+        out[i] = dense[j]
+        j += w[i]
 
 
 @numba.njit(**NJIT)
 def _build_kernel(words, used, writes, data, bitpos0, bits, limits, prefix_bits, word_bits,
-                  q0, q1, popc, set_at, bad_by_task):
+                  q0, q1, popc, bad_by_task):
     # Words and used bits of positions 8 * q0 .. 8 * q1 (clipped to words.size). Task p
     # (prefix p + 1) wrote where bit i of writes[p] is set; its codes start at bit bitpos0[p]
     # of data. Returns (hash of the words, fields without room) of the range; bad_by_task[p]
     # counts task p's codes >= limits[p].
-    # The eight positions of a write-mask byte are built together (wacc, uacc); while every
-    # task so far wrote all eight or none (the regular layout), they have the same used bits
-    # u and a task writing all eight places its fields with one shift.
+    # By chunks of CHUNK_BYTES mask bytes, built in scratch arrays that stay in cache: per task
+    # its codes of the chunk are unpacked in one run; where every task so far wrote all or none
+    # of the chunk's positions (the regular layout), all of them have the same used bits and
+    # a task's fields go in with one shift; elsewhere the codes are spread over the written
+    # positions and each position keeps its own used bits (branch-free loops). The chunk's
+    # words are then copied out (first touch of the output) and hashed from the scratch.
     n = words.size
     n_tasks = writes.shape[0]
-    wacc = np.zeros(8, np.uint64)
-    uacc = np.zeros(8, np.int64)
+    cpos = 8 * CHUNK_BYTES
+    acc = np.empty(cpos, words.dtype)
+    uacc = np.empty(cpos, np.int64)
+    dense = np.zeros(cpos + 1, np.uint32)
+    spread = np.empty(cpos, np.uint32)
+    w = np.empty(cpos, np.uint8)
     bitpos = bitpos0.copy()
     step = np.int64(prefix_bits)
     top = np.int64(word_bits - prefix_bits)
     h = np.uint64(0)
     full = 0
-    one = np.uint64(1)
-    chunk = 512  # bytes of write mask per hashed chunk of words
-    for c0 in range(q0, q1, chunk):
-        c1 = min(c0 + chunk, q1)
-        for q in range(c0, c1):
-            for k in range(8):
-                wacc[k] = 0
-            u = np.int64(0)
-            uniform = True
-            for p in range(n_tasks):
-                wb = writes[p, q]
-                if wb == 0:
-                    continue
-                b = bits[p]
-                ub = np.uint64(b)
-                cmask = (one << ub) - one
-                head = np.uint64(p + 1) << ub
-                limit = np.uint64(limits[p])
-                cnt = popc[wb]
-                pos = bitpos[p]
+    for c0 in range(q0, q1, CHUNK_BYTES):
+        c1 = min(c0 + CHUNK_BYTES, q1)
+        i0 = 8 * c0
+        m = min(8 * c1, n) - i0
+        u = np.int64(0)
+        uniform = True
+        started = False
+        for p in range(n_tasks):
+            cnt = np.int64(0)
+            for q in range(c0, c1):
+                cnt += popc[writes[p, q]]
+            if cnt == 0:
+                continue
+            b = np.int64(bits[p])
+            _unpack(data, bitpos[p], cnt, b, dense)
+            bitpos[p] += cnt * b
+            limit = np.uint32(min(limits[p], 0xFFFFFFFF))
+            if limits[p] < (np.int64(1) << b):
                 bad = 0
-                if uniform and cnt == 8 and b <= 7:
-                    # all eight codes in one load, one shift for all
-                    v = _be64(data, pos >> 3) << np.uint64(pos & 7)
-                    s = top - u - b
-                    full += 8 * np.int64(s < 0)
-                    sh = np.uint64(max(s, 0))
-                    for k in range(8):
-                        c = (v >> np.uint64(64 - (k + 1) * b)) & cmask
-                        bad += c >= limit
-                        wacc[k] |= (head | c) << sh
-                    u += step + b
-                else:
-                    if uniform:
-                        uniform = False
-                        for k in range(8):
-                            uacc[k] = u
-                    if cnt * b <= 57:
-                        # every code of this byte in one load: bits pos .. pos + cnt * b - 1
-                        v = _be64(data, pos >> 3) << np.uint64(pos & 7)
-                        for j in range(cnt):
-                            c = (v >> np.uint64(64 - (j + 1) * b)) & cmask
-                            f, e = _place(wacc, uacc, set_at[wb, j], head, c, b, step, top,
-                                          limit)
-                            full += f
-                            bad += e
-                    else:
-                        for j in range(cnt):
-                            pj = pos + j * b
-                            c = (_be64(data, pj >> 3) << np.uint64(pj & 7)) >> np.uint64(64 - b)
-                            f, e = _place(wacc, uacc, set_at[wb, j], head, c, b, step, top,
-                                          limit)
-                            full += f
-                            bad += e
-                bitpos[p] = pos + cnt * b
+                for k in range(cnt):
+                    bad += np.int64(dense[k] >= limit)
                 bad_by_task[p] += bad
-            base = q * 8
-            for k in range(min(8, n - base)):
-                words[base + k] = wacc[k]
-                used[base + k] = u if uniform else uacc[k]
-        lo = c0 * 8
-        hi = min(c1 * 8, n)
-        h += sum_mix(words[lo:hi], lo)
+            head = np.uint64(p + 1) << np.uint64(b)
+            if uniform and cnt == m:
+                s = top - u - b
+                if s < 0:
+                    full += m
+                sh = np.uint64(max(s, 0))
+                if started:
+                    for i in range(m):
+                        acc[i] |= (head | np.uint64(dense[i])) << sh
+                else:
+                    for i in range(m):
+                        acc[i] = (head | np.uint64(dense[i])) << sh
+                    started = True
+                u += step + b
+                continue
+            if not started:
+                acc[:m] = 0
+                started = True
+            if uniform:
+                uniform = False
+                uacc[:m] = u
+            _expand(writes[p], c0, m, dense, w, spread)
+            for i in range(m):
+                s = top - uacc[i] - b
+                wi = np.int64(w[i])
+                full += wi & np.int64(s < 0)
+                keep = np.uint64(0) - np.uint64(wi)
+                acc[i] |= ((head | np.uint64(spread[i])) << np.uint64(max(s, 0))) & keep
+                uacc[i] += (step + b) * wi
+        if not started:
+            acc[:m] = 0
+        words[i0 : i0 + m] = acc[:m]
+        if uniform:
+            used[i0 : i0 + m] = u
+        else:
+            used[i0 : i0 + m] = uacc[:m]
+        h += sum_mix(acc[:m], i0)
     return h, full
 
 
@@ -185,7 +244,7 @@ def build_words(writes: np.ndarray, data: np.ndarray, starts: Sequence[int],
     for q0, q1 in zip(cuts, cuts[1:]):
         before = np.bitwise_count(writes[:, :q0]).sum(axis=1, dtype=np.int64)
         parts.append((words, used, writes, data, bitpos + before * b, b, lim, prefix_bits,
-                      word_bits, q0, q1, _POPCOUNT, _SET_AT, np.zeros(n_tasks, np.int64)))
+                      word_bits, q0, q1, _POPCOUNT, np.zeros(n_tasks, np.int64)))
     h, full = 0, 0
     bad = np.zeros(n_tasks, np.int64)
     for part, (ph, pfull) in zip(parts, split(_build_kernel, parts)):
