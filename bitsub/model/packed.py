@@ -55,13 +55,12 @@ from bitsub.model.placement import (
     prepare_layer,
 )
 from bitsub.model.readrule import (
-    bank_packed_codes,
     codes_of,
     decode_weights,
     resolve_fields,
     words_hash,
 )
-from bitsub.model.rebuild import build_banks
+from bitsub.model.rebuild import build_banks, gather_codes
 
 if TYPE_CHECKING:
     from bitsub.model.capacity import Capacity
@@ -398,28 +397,22 @@ class PackedModel:
 
         Task t's entry is ``pack_bits(codes(t, layer), bits(t, layer))`` (for raw float32
         fields, the codes as big-endian uint32), all gathered from the words in one pass
-        (:func:`bitsub.model.readrule.bank_packed_codes`): how a file stores them.
+        (:func:`bitsub.model.rebuild.gather_codes`): how a file stores them.
         """
         self._check_layer(layer)
         k = check_index(bank, "bank")
         if not 0 <= k < len(self._banks):
             raise IndexError(f"no bank {k}; there are {len(self._banks)}")
         tasks = self._banks[k].tasks
-        size = 1 << self._prefix_bits
-        bits_by_prefix, counts = np.zeros(size, np.int64), np.zeros(size, np.int64)
-        for p, t in enumerate(tasks, start=1):
-            bits_by_prefix[p] = self._tasks[t].bits.get(layer, 0)
-            counts[p] = self._tasks[t].fields.get(layer, 0)
-        offsets = np.zeros(size + 1, np.int64)
-        offsets[1:] = np.cumsum((counts * bits_by_prefix + 7) // 8)
-        out = np.empty(int(offsets[-1]), np.uint8)
-        found = bank_packed_codes(self._banks[k].words[layer], self._prefix_bits,
-                                  self._word_bits, bits_by_prefix, counts, offsets, out)
-        if not np.array_equal(found, counts):  # cannot happen for a model built by add_task
-            raise RuntimeError(f"bank {k}, layer {layer!r}: fields per prefix "
-                               f"{found.tolist()}, expected {counts.tolist()}")
-        return {t: out[offsets[p] : offsets[p + 1]] for p, t in enumerate(tasks, start=1)
-                if counts[p]}
+        words = self._banks[k].words[layer]
+        writes = np.zeros((len(tasks), (words.size + 7) // 8), np.uint8)
+        bits = []
+        for p, t in enumerate(tasks):
+            bits.append(self._tasks[t].bits.get(layer, 0))
+            if self._tasks[t].fields.get(layer, 0):
+                writes[p] = self._tasks[t].writes[layer]
+        streams = gather_codes(words, writes, bits, self._prefix_bits, self._word_bits)
+        return {t: streams[p] for p, t in enumerate(tasks) if self._tasks[t].fields.get(layer, 0)}
 
     def words_hash(self, layer: str, bank: int) -> int:
         """:func:`bitsub.model.readrule.words_hash` of the bank's words of ``layer`` (cached)."""

@@ -29,7 +29,7 @@ from bitsub.model.placement import RAW_BITS, Bank, PreparedLayer
 from bitsub.model.readrule import sum_mix
 from bitsub.threads import engine_threads, split
 
-__all__ = ["SLACK", "build_banks", "build_words", "popcount"]
+__all__ = ["SLACK", "build_banks", "build_words", "gather_codes", "popcount"]
 
 SLACK = 8  # readable bytes needed after the end of each code stream
 PARALLEL_MIN_BYTES = 1 << 13  # write-mask bytes per part below which one thread does it all
@@ -186,6 +186,21 @@ def _build_kernel(words, used, writes, data, bitpos0, bits, limits, prefix_bits,
             if uniform:
                 uniform = False
                 uacc[:m] = u
+            if 4 * cnt < m:  # few fields: visit only the written positions
+                j = 0
+                for q in range(c0, c1):
+                    x = writes[p, q]
+                    if x == 0:
+                        continue
+                    for k in range(8):
+                        if (x >> (7 - k)) & 1:
+                            i = 8 * (q - c0) + k
+                            s = top - uacc[i] - b
+                            full += np.int64(s < 0)
+                            acc[i] |= (head | np.uint64(dense[j])) << np.uint64(max(s, 0))
+                            uacc[i] += step + b
+                            j += 1
+                continue
             _expand(writes[p], c0, m, dense, w, spread)
             for i in range(m):
                 s = top - uacc[i] - b
@@ -203,6 +218,195 @@ def _build_kernel(words, used, writes, data, bitpos0, bits, limits, prefix_bits,
             used[i0 : i0 + m] = uacc[:m]
         h += sum_mix(acc[:m], i0)
     return h, full
+
+
+@numba.njit(**NJIT)
+def _pack_run(out, dense, cnt, b, p, pos, acc, nacc, side, n_side):
+    # Append dense[0 : cnt] at b bits to task p's stream: full bytes go to out[pos[p]], ...;
+    # the first byte this part emits goes to side instead (it may hold an earlier part's bits)
+    k = 0
+    if n_side[p] == 0:  # the first byte is not yet out: code by code until it is
+        while k < cnt and n_side[p] == 0:
+            a = (acc[p] << np.uint64(b)) | np.uint64(dense[k])
+            na = nacc[p] + b
+            k += 1
+            while na >= 8:
+                na -= 8
+                byte = np.uint8((a >> np.uint64(na)) & np.uint64(0xFF))
+                if n_side[p] == 0:
+                    side[p, 0, 0] = pos[p]
+                    side[p, 0, 1] = byte
+                    n_side[p] = 1
+                else:
+                    out[pos[p]] = byte
+                pos[p] += 1
+            acc[p] = a
+            nacc[p] = na
+    o = pos[p]
+    if nacc[p] == 0 and b == 4:
+        half = (cnt - k) >> 1
+        for j in range(half):
+            out[o + j] = np.uint8((dense[k + 2 * j] << 4) | dense[k + 2 * j + 1])
+        k += 2 * half
+        pos[p] = o + half
+    elif nacc[p] == 0 and b == 8:
+        for j in range(cnt - k):
+            out[o + j] = np.uint8(dense[k + j])
+        pos[p] = o + cnt - k
+        k = cnt
+    a = acc[p]
+    na = nacc[p]
+    o = pos[p]
+    ub = np.uint64(b)
+    for j in range(k, cnt):
+        a = (a << ub) | np.uint64(dense[j])
+        na += b
+        while na >= 8:
+            na -= 8
+            out[o] = np.uint8((a >> np.uint64(na)) & np.uint64(0xFF))
+            o += 1
+    acc[p] = a
+    nacc[p] = na
+    pos[p] = o
+
+
+@numba.njit(**NJIT)
+def _gather_kernel(words, writes, bits, prefix_bits, word_bits, q0, q1, popc, out, pos, side):
+    # The inverse of _build_kernel over positions 8 * q0 .. 8 * q1: task p's codes of the range
+    # are packed into out from byte pos[p] (its bits before the range: side[p, 0] is the first
+    # byte this part emits, side[p, 1] its last, partial one, each (index, value), index -1 for
+    # none; the caller merges them). Returns the number of fields whose prefix is not their
+    # task's (0 for words built by add_task).
+    n = words.size
+    n_tasks = writes.shape[0]
+    cpos = 8 * CHUNK_BYTES
+    uacc = np.empty(cpos, np.int64)
+    dense = np.empty(cpos + 1, np.uint32)
+    w = np.empty(cpos, np.uint8)
+    acc = np.zeros(n_tasks, np.uint64)
+    nacc = np.zeros(n_tasks, np.int64)
+    n_side = np.zeros(n_tasks, np.int64)
+    for p in range(n_tasks):
+        nacc[p] = pos[p] & 7  # bits of the first byte that an earlier part holds
+        pos[p] >>= 3
+        side[p, 0, 0] = -1
+        side[p, 1, 0] = -1
+    step = np.int64(prefix_bits)
+    top = np.int64(word_bits - prefix_bits)
+    pmask = (np.uint64(1) << np.uint64(prefix_bits)) - np.uint64(1)
+    wrong = 0
+    for c0 in range(q0, q1, CHUNK_BYTES):
+        c1 = min(c0 + CHUNK_BYTES, q1)
+        i0 = 8 * c0
+        m = min(8 * c1, n) - i0
+        u = np.int64(0)
+        uniform = True
+        for p in range(n_tasks):
+            cnt = np.int64(0)
+            for q in range(c0, c1):
+                cnt += popc[writes[p, q]]
+            if cnt == 0:
+                continue
+            b = np.int64(bits[p])
+            cmask = (np.uint64(1) << np.uint64(b)) - np.uint64(1)
+            head = np.uint64(p + 1)
+            if uniform and cnt == m:
+                s = top - u - b
+                if s < 0:
+                    return np.int64(m)
+                sh = np.uint64(s)
+                shp = np.uint64(s + b)
+                bad = 0
+                for i in range(m):
+                    v = np.uint64(words[i0 + i])
+                    dense[i] = (v >> sh) & cmask
+                    bad += np.int64(((v >> shp) & pmask) != head)
+                wrong += bad
+                u += step + b
+            else:
+                if uniform:
+                    uniform = False
+                    uacc[:m] = u
+                if 4 * cnt < m:  # few fields: visit only the written positions
+                    j = 0
+                    bad = 0
+                    for q in range(c0, c1):
+                        x = writes[p, q]
+                        if x == 0:
+                            continue
+                        for k in range(8):
+                            if (x >> (7 - k)) & 1:
+                                i = 8 * (q - c0) + k
+                                s = top - uacc[i] - b
+                                v = np.uint64(words[i0 + i])
+                                sh = np.uint64(max(s, 0))
+                                dense[j] = (v >> sh) & cmask
+                                bad += np.int64((((v >> (sh + np.uint64(b))) & pmask) != head)
+                                                | (s < 0))
+                                j += 1
+                                uacc[i] += step + b
+                    wrong += bad
+                    _pack_run(out, dense, cnt, b, p, pos, acc, nacc, side, n_side)
+                    continue
+                for q in range((m + 7) >> 3):
+                    x = writes[p, c0 + q]
+                    for k in range(8):
+                        w[8 * q + k] = (x >> (7 - k)) & 1
+                j = 0
+                bad = 0
+                for i in range(m):
+                    s = top - uacc[i] - b
+                    wi = np.int64(w[i])
+                    v = np.uint64(words[i0 + i])
+                    sh = np.uint64(max(s, 0))
+                    dense[j] = (v >> sh) & cmask
+                    bad += wi & np.int64((((v >> (sh + np.uint64(b))) & pmask) != head)
+                                         | (s < 0))
+                    j += wi
+                    uacc[i] += (step + b) * wi
+                wrong += bad
+            _pack_run(out, dense, cnt, b, p, pos, acc, nacc, side, n_side)
+    for p in range(n_tasks):
+        if nacc[p] > 0:
+            side[p, 1, 0] = pos[p]
+            side[p, 1, 1] = np.int64((acc[p] << np.uint64(8 - nacc[p])) & np.uint64(0xFF))
+    return wrong
+
+
+def gather_codes(words: np.ndarray, writes: np.ndarray, bits: Sequence[int],
+                 prefix_bits: int, word_bits: int) -> list[np.ndarray]:
+    """Every task's codes of one bank and layer, packed: the inverse of :func:`build_words`.
+
+    ``writes``: as for :func:`build_words` (row p: the packed write mask of the task with
+    prefix p + 1); ``bits``: per task, its bit-width (any value for a task writing nothing).
+    Entry p is ``pack_bits`` of task p's codes in position order at ``bits[p]`` bits (raw
+    fields: big-endian uint32), gathered from the words in one pass split over the engine
+    threads. Raises RuntimeError if a field's prefix is not its task's (words not built by
+    ``add_task``: cannot happen).
+    """
+    n_tasks, n_bytes = writes.shape
+    b = np.asarray(bits, np.int64)
+    counts = np.bitwise_count(writes).sum(axis=1, dtype=np.int64)
+    sizes = (counts * b + 7) // 8
+    offsets = np.zeros(n_tasks + 1, np.int64)
+    offsets[1:] = np.cumsum(sizes)
+    out = np.empty(int(offsets[-1]), np.uint8)
+    k = engine_threads() if n_bytes >= 2 * PARALLEL_MIN_BYTES else 1
+    cuts = [j * n_bytes // k for j in range(k)] + [n_bytes]
+    parts = []
+    for q0, q1 in zip(cuts, cuts[1:]):
+        before = np.bitwise_count(writes[:, :q0]).sum(axis=1, dtype=np.int64)
+        parts.append((words, writes, b, prefix_bits, word_bits, q0, q1, _POPCOUNT, out,
+                      8 * offsets[:-1] + before * b, np.zeros((n_tasks, 2, 2), np.int64)))
+    wrong = sum(int(x) for x in split(_gather_kernel, parts))
+    if wrong:
+        raise RuntimeError(f"{wrong} fields of the words do not carry their task's prefix")
+    edges = [(int(i), int(v)) for part in parts for i, v in part[-1].reshape(-1, 2) if i >= 0]
+    for i, _ in edges:
+        out[i] = 0
+    for i, v in edges:
+        out[i] |= v
+    return [out[offsets[p] : offsets[p + 1]] for p in range(n_tasks)]
 
 
 def build_words(writes: np.ndarray, data: np.ndarray, starts: Sequence[int],
