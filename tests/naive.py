@@ -595,3 +595,32 @@ def naive_lazy_rows_gather(base, rows, columns):
         for j, c in enumerate(cols):
             out[i, j] = base[r, c]
     return out
+
+
+# ------------------------------------------------ words rebuilt at load (bitsub.model.rebuild)
+
+
+def naive_build_words(writes, codes, bits, prefix_bits, word_bits):
+    """One bank's words as Python ints, field by field: the twin of ``rebuild.build_words``.
+
+    ``writes[p]``: the flat bool write mask of the task with prefix p + 1; ``codes[p]``: its
+    codes in position order (as ints). Each position's fields are appended from the most
+    significant bit down, ``[prefix][code]``, in prefix order, as a string of bits. Returns
+    (words, used, full): ``full`` counts the fields that did not fit (their words are then
+    not compared).
+    """
+    n = len(writes[0]) if writes else 0
+    text = [""] * n
+    taken = [0] * len(writes)
+    full = 0
+    for p, (write, b) in enumerate(zip(writes, bits)):
+        for i in range(n):
+            if write[i]:
+                field = format(p + 1, "b").zfill(prefix_bits) + format(
+                    int(codes[p][taken[p]]), "b").zfill(b)
+                taken[p] += 1
+                if len(text[i]) + len(field) > word_bits:
+                    full += 1
+                text[i] += field
+    words = [int(t.ljust(word_bits, "0")[:word_bits], 2) for t in text]
+    return words, [len(t) for t in text], full
