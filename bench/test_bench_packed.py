@@ -33,6 +33,8 @@ import pytest
 
 import bitsub
 from bitsub import PackedModel, TaskLayer
+from bitsub.storage.crc import crc32_segments
+from bitsub.threads import engine_threads, split
 
 SIDE = int(os.environ.get("BITSUB_BENCH_PACKED_SIDE", "4096"))
 SHAPE = (SIDE, SIDE)
@@ -178,6 +180,39 @@ def test_load(benchmark, model, tmp_path, impl):
     TIMES[("load", impl)] = benchmark.stats.stats.median
 
 
+def floor_words(pm):
+    """Fresh memory for every bank's words, first touched on the engine threads (as the load)."""
+    out = []
+    for _ in range(pm.banks):
+        words = np.empty(SIDE * SIDE, np.uint32)
+        halves = np.array_split(words, engine_threads())
+        split(lambda a: a.fill(0), [(h,) for h in halves])
+        out.append(words)
+    return out
+
+
+@pytest.mark.parametrize("part", ["read", "crc32", "words"])
+def test_load_floor(benchmark, model, tmp_path, part):
+    """What any load of this file must do, each part timed alone: read the file's bytes into
+    fresh memory, check its crc32 (zlib, split over the engine threads as the load does),
+    and allocate and first-touch the words it rebuilds (2 banks x 64 MiB)."""
+    path = tmp_path / "m.h5"
+    model.save(path)
+    data = memoryview(np.fromfile(path, np.uint8))
+    if part == "read":
+        def fn():
+            return np.fromfile(path, np.uint8)
+    elif part == "crc32":
+        def fn():
+            return crc32_segments(data, [512, len(data)])
+    else:
+        def fn():
+            return floor_words(model)
+    benchmark.group = "load floor"
+    benchmark.pedantic(fn, rounds=9, iterations=1, warmup_rounds=2)
+    TIMES[("floor", part)] = benchmark.stats.stats.median
+
+
 def build_mixed():
     """The mixed layout: each task writes a random half and reuses a random half of the rest."""
     rng = np.random.default_rng(1)
@@ -245,6 +280,16 @@ def ratio_table():
             if t:
                 line += f"  vs {base} {ours / t:5.2f}x time"
         print(line)
+    base = TIMES.get(("load", "h5py"))
+    parts = {part: TIMES.get(("floor", part)) for part in ("read", "crc32", "words")}
+    if base and all(parts.values()):
+        floor = sum(parts.values())
+        print("load floor, x h5py load: "
+              + "  ".join(f"{part} {t / base:5.2f}x" for part, t in parts.items())
+              + f"  sum {floor / base:5.2f}x ({floor * 1e3:.1f} ms)")
+        if TIMES.get(("load", "bitsub")):
+            print(f"load = {TIMES[('load', 'bitsub')] / base:5.2f}x h5py, of which the floor "
+                  f"(read + crc32 + words) {floor / base:5.2f}x")
     if TIMES.get(("load-mixed", "bitsub")) and TIMES.get(("load", "bitsub")):
         ratio = TIMES[("load-mixed", "bitsub")] / TIMES[("load", "bitsub")]
         print(f"load-mixed / load (bitsub, bar <= 3x): {ratio:5.2f}x")

@@ -384,8 +384,11 @@ class PackedModel:
                 task.bits[pl.name] = pl.bits
                 task.fields[pl.name] = pl.n_write
                 task.codebooks[pl.name] = pl.codebook
-                task.masks[pl.name] = np.array(pl.mask_bits)
-                task.writes[pl.name] = np.array(pl.write_bits)
+                mask = np.array(pl.mask_bits)
+                task.masks[pl.name] = mask
+                # one copy where the write mask is the mask (the file's "mask" reference)
+                task.writes[pl.name] = (mask if pl.write_bits is pl.mask_bits
+                                        else np.array(pl.write_bits))
             bank.tasks.append(first_task + j)
             self._tasks.append(task)
         self._banks.extend(new)

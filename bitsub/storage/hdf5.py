@@ -87,7 +87,7 @@ from bitsub.model.packed import (
 from bitsub.model.placement import PackedCodes, PackedMask
 from bitsub.model.rebuild import SLACK
 from bitsub.storage.crc import crc32_combine, crc32_segments
-from bitsub.storage.masks import decode_packed_mask
+from bitsub.storage.masks import decode_packed_mask, write_mask
 from bitsub.threads import engine_threads, split
 
 __all__ = ["FORMAT_VERSION", "load", "save", "stored_task_bytes"]
@@ -434,12 +434,13 @@ def _verify(data: memoryview, body_crc: int, index: tuple[int, int]
 
 
 def _task_layer(pm: PackedModel, cur: _Cursor, buf: np.ndarray, spec: Any, where: str,
-                name: str, earlier: list[np.ndarray], new: np.ndarray
+                name: str, earlier: list[np.ndarray], written: np.ndarray
                 ) -> tuple[TaskLayer, np.ndarray, bytes, int, tuple[int, bytes, np.ndarray]]:
     """Decode one layer of a task's payload into a TaskLayer (checked again by add_banks).
 
-    ``earlier``: the packed masks of the bank's earlier tasks in this layer; ``new``: packed,
-    the positions no earlier task of the bank wrote. ``buf``: the file (``cur.data``'s array).
+    ``earlier``: the packed masks of the bank's earlier tasks in this layer; ``written``:
+    packed, the positions the bank's earlier tasks wrote, updated in place with this task's
+    write mask. ``buf``: the file (``cur.data``'s array).
     Returns the TaskLayer (packed masks, and codes left in ``buf``), the packed mask, its
     stored bytes and reference, and (write reference, its stored bytes, the packed write mask).
     """
@@ -457,31 +458,27 @@ def _task_layer(pm: PackedModel, cur: _Cursor, buf: np.ndarray, spec: Any, where
     if mref and not earlier:
         raise FormatError(f"{where}: the mask is coded against {MASK_REFERENCES[mref]!r} masks, "
                           "but the task is the first of its bank")
-    context = None
+    context = ref = None
     if mref:
         ref = earlier[-1] if mref == 1 else np.bitwise_or.reduce(earlier)
         context = np.unpackbits(ref, count=n_pos).view(bool).reshape(shape)
     enc = bytes(cur.take(_int(mlen, f"{where} mask bytes", 0, cur.end), "the mask"))
     try:
-        mask = decode_packed_mask(enc, context, shape)
+        mask = decode_packed_mask(enc, context, shape, ref)
     except (ValueError, TypeError) as exc:  # FormatError is a ValueError
         raise FormatError(f"{where}: bad mask encoding: {exc}") from None
     wdata = bytes(cur.take(_int(wlen, f"{where} write bytes", 0, cur.end), "the write mask"))
     if wref != 2 and wdata:
         raise FormatError(f"{where}: write reference {WRITE_REFERENCES[wref]!r} stores no bytes")
-    new = new & mask
-    if wref == 0:
-        write = new
-    elif wref == 1:
-        write = mask
-    else:
+    diff = None
+    if wref == 2:
         try:
-            write = new ^ decode_packed_mask(wdata, None, shape)
+            diff = decode_packed_mask(wdata, None, shape)
         except (ValueError, TypeError) as exc:
             raise FormatError(f"{where}: bad write mask encoding: {exc}") from None
-    if (write & ~mask).any():
+    write, count, outside = write_mask(mask, written, wref, diff)  # written |= write
+    if outside:
         raise FormatError(f"{where}: fields outside the task's mask")
-    count = int(np.bitwise_count(write).sum(dtype=np.int64))
     if count != n:
         raise FormatError(f"{where}: the write mask has {count} positions, the index says {n}")
     masks = {"mask": PackedMask(mask), "write": PackedMask(write)}
@@ -539,10 +536,9 @@ def _build(model: dict[str, Any], data: memoryview, buf: np.ndarray, cuts: list[
         for i, name in enumerate(names):
             tl, mask, enc, mref, wcode = _task_layer(
                 pm, cur, buf, specs[i], f"{where} layer {i}", name,
-                [codings[u][i][0] for u in earlier], ~written[bank][i])
+                [codings[u][i][0] for u in earlier], written[bank][i])
             layers[name] = tl
             codings_t.append((mask, enc, mref, wcode))
-            written[bank][i] |= wcode[2]
         private = {}
         for j, spec in enumerate(_list(entry.get("private"), f"{where} private")):
             key, shape = _list(spec, f"{where} private[{j}]", 2)

@@ -11,40 +11,57 @@ from bitsub.codecs.maskcodec import SCHEME_NAMES, decode_mask, decode_stream, pa
 from bitsub.config import NJIT
 from bitsub.errors import FormatError
 
-__all__ = ["decode_packed_mask"]
+__all__ = ["decode_packed_mask", "write_mask"]
+
+
+def _deposit_table() -> np.ndarray:
+    # _DEPOSIT[c, v]: the popcount(c) low bits of v placed, most significant first, at the set
+    # bits of c, most significant first (a byte-wide "parallel bit deposit")
+    table = np.zeros((256, 256), np.uint8)
+    for c in range(256):
+        at = [7 - k for k in range(8) if c >> (7 - k) & 1]
+        k = len(at)
+        for v in range(1 << k):
+            table[c, v] = sum(1 << at[j] for j in range(k) if v >> (k - 1 - j) & 1)
+    return table
+
+
+_DEPOSIT = _deposit_table()
 
 
 @numba.njit(**NJIT)
-def _merge_context_streams(ctx, s0, s1, out):
-    # A mask coded in a context (maskcodec): positions where ctx is 0 take the bits of s0 in
-    # order, the others those of s1. Writes np.packbits of the mask into out. The caller pads s0
-    # and s1 with one element beyond their counts (len(s0) = count(~ctx) + 1, len(s1) =
-    # count(ctx) + 1), so that both loads below stay in bounds and the choice is branch-free.
-    n = ctx.size
-    j0 = 0
-    j1 = 0
-    for byte in range(out.size):
-        v = np.uint8(0)
-        for k in range(8):
-            i = byte * 8 + k
-            bit = np.uint8(0)
-            if i < n:
-                c = ctx[i]
-                bit = np.uint8(s1[j1]) if c else np.uint8(s0[j0])
-                j1 += np.int64(c)
-                j0 += 1 - np.int64(c)
-            v = (v << np.uint8(1)) | bit
-        out[byte] = v
+def _take(stream, pos, k):
+    # the k (0..8) bits of the packed stream from bit pos, as an integer; 1 byte of slack
+    j = pos >> 3
+    v = (np.int64(stream[j]) << 8) | np.int64(stream[j + 1])
+    return ((v << (pos & 7)) >> (16 - k)) & ((1 << k) - 1)
 
 
-def decode_packed_mask(enc: bytes, context: np.ndarray | None,
-                       shape: tuple[int, ...]) -> np.ndarray:
+@numba.njit(**NJIT)
+def _merge_context_streams(ctx, s0, s1, out, popc, deposit):
+    # A mask coded in a context (maskcodec): positions where the context is 0 take the bits of
+    # stream 0 in order, the others those of stream 1. All packed (np.packbits order): ctx the
+    # context, s0 and s1 the streams followed by at least 2 zero bytes; writes the mask's
+    # packed bits into out, a byte at a time (pad bits from stream 0's zero padding).
+    p0 = 0
+    p1 = 0
+    for q in range(out.size):
+        c = np.int64(ctx[q])
+        k1 = popc[c]
+        out[q] = deposit[c, _take(s1, p1, k1)] | deposit[255 - c, _take(s0, p0, 8 - k1)]
+        p1 += k1
+        p0 += 8 - k1
+
+
+def decode_packed_mask(enc: bytes, context: np.ndarray | None, shape: tuple[int, ...],
+                       context_bits: np.ndarray | None = None) -> np.ndarray:
     """``np.packbits`` of the flat mask that ``enc`` codes, which must have ``shape``.
 
     The declared shape is checked against ``shape`` before anything is decoded, so a crafted
     header cannot make the decoder allocate more than the layer's size. A constant mask (a task
     using all or none of a layer) is packed straight from its header. ``context``: the bool
-    context (``shape``) the mask was coded with, or None.
+    context (``shape``) the mask was coded with, or None; ``context_bits``: optionally,
+    ``np.packbits`` of it (saves packing it again).
 
     Raises
     ------
@@ -71,6 +88,49 @@ def decode_packed_mask(enc: bytes, context: np.ndarray | None,
     bits = [decode_stream(p, size) for p, size in zip(streams, sizes)]
     if [b.size for b in bits] != sizes:  # cannot happen: the decoder checks it
         raise FormatError("mask streams do not match the context")
-    out = np.empty((ctx.size + 7) // 8, np.uint8)
-    _merge_context_streams(ctx, *(np.append(b, False) for b in bits), out)
+    out = np.empty((n + 7) // 8, np.uint8)
+    packed = [np.concatenate([np.packbits(b), np.zeros(2, np.uint8)]) for b in bits]
+    ctx_bits = np.packbits(ctx.reshape(-1)) if context_bits is None else context_bits
+    _merge_context_streams(ctx_bits, *packed, out, _POP8, _DEPOSIT)
     return out
+
+
+@numba.njit(**NJIT)
+def _write_kernel(mask, written, diff, ref, out):
+    # out = the write mask (packed) that reference ref implies, written |= out; returns
+    # (its set bits, its set bits outside mask)
+    count = 0
+    outside = 0
+    for q in range(mask.size):
+        m = mask[q]
+        if ref == 0:
+            v = m & ~written[q]
+        elif ref == 1:
+            v = m
+        else:
+            v = (m & ~written[q]) ^ diff[q]
+        out[q] = v
+        written[q] |= v
+        count += _POP8[v]
+        outside += _POP8[v & ~m]
+    return count, outside
+
+
+_POP8 = np.array([bin(v).count("1") for v in range(256)], np.int64)
+
+
+def write_mask(mask: np.ndarray, written: np.ndarray, reference: int,
+               diff: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
+    """A task's packed write mask from its stored reference, in one pass over the layer.
+
+    ``mask``: the task's packed mask; ``written``: the packed union of what the bank's earlier
+    tasks wrote in the layer, updated in place (``|=`` the write mask); ``reference``: index
+    into ``WRITE_REFERENCES`` (0: ``"new"``, the mask minus ``written``; 1: ``"mask"``; 2:
+    ``"coded"``, ``"new"`` xor the decoded ``diff``). Returns (write mask, its positions, its
+    positions outside ``mask``); for ``"mask"`` the write mask is ``mask`` itself.
+    """
+    out = mask if reference == 1 else np.empty_like(mask)
+    zeros = np.zeros(0, np.uint8)
+    count, outside = _write_kernel(mask, written, zeros if diff is None else diff,
+                                   int(reference), out)
+    return out, int(count), int(outside)
