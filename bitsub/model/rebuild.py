@@ -9,10 +9,17 @@ per task through :meth:`bitsub.model.packed.PackedModel.add_task`), and in the s
 every field (a code below its codebook's size, room left in the word) and sums the words' hash
 (:func:`bitsub.model.readrule.words_hash`), so the words are verified as they are made.
 
-Code streams are read eight bytes at a time (one load for up to eight codes): the caller gives
-one byte buffer holding every task's stream (``pack_bits`` order, most significant bit first)
-with at least :data:`SLACK` readable bytes after each stream's end; the bits read past a stream
-are never used.
+The positions are walked in chunks of :data:`CHUNK_BYTES` write-mask bytes, built in scratch
+arrays that stay in cache: per task, its codes of the chunk are unpacked in one run; where every
+task so far wrote all or none of the chunk (the regular layout) a task's fields go in with one
+shift for the whole chunk, elsewhere with branch-free loops per position (or visiting only the
+written positions when a task wrote few); the chunk's words are then copied to the output (its
+first touch) and hashed from the scratch. Large layers are split over the engine threads.
+:func:`gather_codes` (save) is the inverse, chunk by chunk the same way.
+
+The caller gives one byte buffer holding every task's code stream (``pack_bits`` order, most
+significant bit first) with at least :data:`SLACK` readable bytes after each stream's end; the
+bits read past a stream are never used.
 """
 
 from __future__ import annotations
