@@ -497,6 +497,40 @@ def _task_layer(pm: PackedModel, cur: _Cursor, buf: np.ndarray, spec: Any, where
     return tl, mask, enc, mref, (wref, wdata, write)
 
 
+def _decode_task(pm: PackedModel, data: memoryview, buf: np.ndarray, cuts: list[int], t: int,
+                 entry: dict[str, Any], earlier: list[list[Any]], written: list[np.ndarray]
+                 ) -> tuple[dict[str, TaskLayer], list[Any], dict[str, np.ndarray]]:
+    """Task t's layers, their stored codings and its private arrays, from its payload.
+
+    ``earlier``: the codings of the bank's earlier tasks; ``written``: per layer, the packed
+    union of what they wrote, updated in place.
+    """
+    where = f"task {t}"
+    names = pm.layers
+    specs = _list(entry.get("layers"), f"{where} layers", len(names))
+    cur = _Cursor(data, cuts[t], cuts[t + 1], where)
+    layers, codings_t = {}, []
+    for i, name in enumerate(names):
+        tl, mask, enc, mref, wcode = _task_layer(
+            pm, cur, buf, specs[i], f"{where} layer {i}", name,
+            [rows[i][0] for rows in earlier], written[i])
+        layers[name] = tl
+        codings_t.append((mask, enc, mref, wcode))
+    private = {}
+    for j, spec in enumerate(_list(entry.get("private"), f"{where} private")):
+        key, shape = _list(spec, f"{where} private[{j}]", 2)
+        key = _str(key, f"{where} private[{j}] name")
+        shape = _shape(shape, f"{where} private[{j}]", tuple(range(9)))
+        if key in private:
+            raise FormatError(f"{where}: private name {key!r} repeated")
+        raw = cur.take(4 * math.prod(shape), f"private {key!r}")
+        private[key] = np.frombuffer(raw, "<f4").reshape(shape)
+    if cur.pos != cur.end:
+        raise FormatError(f"{where}: {cur.end - cur.pos} bytes of the payload are "
+                          "not described by the index")
+    return layers, codings_t, private
+
+
 def _build(model: dict[str, Any], data: memoryview, buf: np.ndarray, cuts: list[int]
            ) -> PackedModel:
     word_bits = _int(model.get("word_bits"), "word_bits", 32, 64)
@@ -519,42 +553,49 @@ def _build(model: dict[str, Any], data: memoryview, buf: np.ndarray, cuts: list[
         raise FormatError(f"network: not a valid network: {exc}") from None
     tasks = model["tasks"]  # a list of dicts (_locate_tasks)
     hashes = _list(model.get("hashes"), "hashes")
+    # The banks' numbers first (task order), then each bank's tasks decoded in order, the banks
+    # on the engine threads (a bank's masks depend on its earlier tasks only); the error
+    # raised is the one of the first task that has one, as when decoding in task order.
     members: list[list[int]] = []  # bank -> its tasks
-    written: list[list[np.ndarray]] = []  # bank -> layer -> packed union of writes so far
-    codings, all_layers, banks, privates = [], [], [], []
+    banks: list[int] = []
+    failures: list[tuple[int, BaseException]] = []
     for t, entry in enumerate(tasks):
-        where = f"task {t}"
-        bank = _int(entry.get("bank"), f"{where} bank", 0, len(members))
+        try:
+            bank = _int(entry.get("bank"), f"task {t} bank", 0, len(members))
+        except FormatError as exc:
+            failures.append((t, exc))
+            break
         if bank == len(members):
             members.append([])
-            written.append([np.zeros((math.prod(pm.shape(n)) + 7) // 8, np.uint8)
-                            for n in names])
-        earlier = members[bank]
-        specs = _list(entry.get("layers"), f"{where} layers", len(names))
-        cur = _Cursor(data, cuts[t], cuts[t + 1], where)
-        layers, codings_t = {}, []
-        for i, name in enumerate(names):
-            tl, mask, enc, mref, wcode = _task_layer(
-                pm, cur, buf, specs[i], f"{where} layer {i}", name,
-                [codings[u][i][0] for u in earlier], written[bank][i])
-            layers[name] = tl
-            codings_t.append((mask, enc, mref, wcode))
-        private = {}
-        for j, spec in enumerate(_list(entry.get("private"), f"{where} private")):
-            key, shape = _list(spec, f"{where} private[{j}]", 2)
-            key = _str(key, f"{where} private[{j}] name")
-            shape = _shape(shape, f"{where} private[{j}]", tuple(range(9)))
-            if key in private:
-                raise FormatError(f"{where}: private name {key!r} repeated")
-            raw = cur.take(4 * math.prod(shape), f"private {key!r}")
-            private[key] = np.frombuffer(raw, "<f4").reshape(shape)
-        if cur.pos != cur.end:
-            raise FormatError(f"{where}: {cur.end - cur.pos} bytes of the payload are "
-                              "not described by the index")
         members[bank].append(t)
+        banks.append(bank)
+    sizes = [math.prod(pm.shape(n)) for n in names]
+
+    def decode_bank(k: int) -> tuple[dict[int, Any], tuple[int, BaseException] | None]:
+        written = [np.zeros((n + 7) // 8, np.uint8) for n in sizes]  # packed union of writes
+        done: dict[int, Any] = {}
+        for t in members[k]:
+            try:
+                done[t] = _decode_task(pm, data, buf, cuts, t, tasks[t],
+                                       [done[u][1] for u in members[k] if u < t], written)
+            except Exception as exc:  # raised below, in task order
+                return done, (t, exc)
+        return done, None
+
+    parts = [(k,) for k in range(len(members))]
+    decoded: dict[int, Any] = {}
+    for done, failure in (split(decode_bank, parts) if sum(sizes) >= 1 << 16
+                          else [decode_bank(*p) for p in parts]):
+        decoded.update(done)
+        if failure is not None:
+            failures.append(failure)
+    if failures:
+        raise min(failures, key=lambda f: f[0])[1]
+    codings, all_layers, privates = [], [], []
+    for t in range(len(tasks)):
+        layers, codings_t, private = decoded[t]
         codings.append(codings_t)
         all_layers.append(layers)
-        banks.append(bank)
         privates.append(private)
     try:
         pm.add_banks(all_layers, banks, privates)
