@@ -382,9 +382,12 @@ def prepare_layer(name: str, tl: TaskLayer, shape: tuple[int, ...], prefix_bits:
     if packed:
         mask_bits = _as_packed(tl.mask, shape, f"{what}: mask")
         write_bits = _as_packed(tl.write, shape, f"{what}: write")
-        outside = _popcount(write_bits & ~mask_bits)
-        n_reuse = _popcount(mask_bits & ~write_bits)
         n = _popcount(write_bits)
+        if write_bits is mask_bits:  # one array given for both (a file's "mask" reference)
+            outside = n_reuse = 0
+        else:
+            outside = _popcount(write_bits & ~mask_bits)
+            n_reuse = _popcount(mask_bits & ~write_bits)
         mask = write = None
         if not isinstance(tl.codes, PackedCodes) and (tl.codes is not None
                                                        or tl.values is not None):
