@@ -42,9 +42,10 @@ never through the HDF5 library, so untrusted bytes reach no C parser. It reads t
 own crc32 first), then checks the seal's crc32 and every task's in one pass over the file (the
 tasks' crc32 combined into the whole's: :mod:`bitsub.storage.crc`), checks the index's every
 field, decodes each mask after checking its declared shape against the layer's (bounding what a
-decoder allocates), and rebuilds the words through :meth:`PackedModel.add_banks`, which writes
-each bank's words of a layer in one pass straight from the packed masks and codes in the file's
-buffer (:mod:`bitsub.model.rebuild`), refusing what ``add_task`` refuses: fields outside a task's
+decoder allocates; each bank's tasks in order, the banks on the engine threads), and rebuilds
+the words through :meth:`PackedModel.add_banks`, which writes each bank's words of a layer in
+one pass straight from the packed masks and codes in the file's buffer
+(:mod:`bitsub.model.rebuild`), refusing what ``add_task`` refuses: fields outside a task's
 mask, codes outside its codebook, words without room, reused positions no earlier task wrote
 and values that are not finite or above 2**60. The same pass sums the words' hash, which is
 compared with the stored one before the model is returned, so no kernel ever indexes with
