@@ -31,6 +31,7 @@ concept, the run and its checkpoints, over modules.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -111,6 +112,44 @@ def _nan_to_none(v: Any) -> Any:
     if isinstance(v, np.integer):
         return int(v)
     return v
+
+
+def _share_tensors(state: Any, reference: dict[str, torch.Tensor]) -> Any:
+    """``state`` with each tensor bitwise equal to a tensor of ``reference`` replaced by that one.
+
+    Bitwise equal: same dtype, shape and bytes. The quantizing strategies' `FieldStore` holds the
+    same coded masks, write sets, codes and codebooks as the model's `TaskMemory` buffers;
+    torch.save writes a storage once however many times it is referenced, so the checkpoint
+    stores them once and loads them back with the same bytes.
+    """
+    def tensors(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from tensors(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from tensors(v)
+
+    def key(t: torch.Tensor) -> tuple:
+        raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        return t.dtype, tuple(t.shape), t.device, hashlib.sha256(raw).digest()
+
+    wanted = {(t.dtype, tuple(t.shape), t.device) for t in tensors(state) if t.numel()}
+    index = {key(t): t for t in reference.values() if isinstance(t, torch.Tensor) and t.numel()
+             and (t.dtype, tuple(t.shape), t.device) in wanted}
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return index.get(key(value), value) if value.numel() else value
+        if isinstance(value, dict):
+            return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(swap(v) for v in value)
+        return value
+
+    return swap(state)
 
 
 def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -514,11 +553,12 @@ class Trainer:
         if self.checkpoint_dir is None or not getattr(self.distributed, "writer", True):
             return  # rank 0 alone writes
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        model_state = self.model.state_dict()
         state = {
             "task": task,
             "config": self.config(),
-            "model": self.model.state_dict(),
-            "strategy": self.strategy.state_dict(),
+            "model": model_state,
+            "strategy": _share_tensors(self.strategy.state_dict(), model_state),
             "rows": torch.from_numpy(rows.copy()),
             "random_init": torch.from_numpy(random_init.copy()),
             "timings": timings,
