@@ -316,7 +316,7 @@ def _coded(x: np.ndarray, table: np.ndarray) -> np.ndarray | LazyRows:
     The same values in a quarter of the bytes; ``x`` stays where its values are not all in
     ``table``.
     """
-    codes = encode_table(x, table, _CHUNK)
+    codes = encode_table(x, table)
     return x if codes is None else LazyRows(codes, table=table)
 
 

@@ -148,7 +148,7 @@ class LazyRows:
         return out if dtype is None else out.astype(dtype, copy=False)
 
 
-def encode_table(x: np.ndarray, table: np.ndarray, chunk: int = 4096) -> np.ndarray | None:
+def encode_table(x: np.ndarray, table: np.ndarray, chunk: int = 512) -> np.ndarray | None:
     """uint8 codes ``c`` with ``table[c]`` equal to ``x`` bit for bit, or None if there are none.
 
     ``table``: at most 256 values, strictly increasing (NaN-free). Row chunk by row chunk, so
