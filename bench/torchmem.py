@@ -21,9 +21,11 @@ plus noise, a fixed generator. Growth per task is the mean increase from task 2 
 (by then the caches of decoded masks and values, two tasks per layer, are full; the growth from
 task 0 is reported beside it), and its ratio to the mean capacity of tasks 3..T-1.
 
-Run: ``PYTHONPATH=. python bench/torchmem.py --tasks 20 --out torchmem.json``. glibc keeps freed
-blocks below its mmap threshold (which rises to 32 MB after large frees) in the heap, so RSS
-also measures the allocator; ``MALLOC_MMAP_THRESHOLD_=65536`` in the environment makes every
+Run: ``PYTHONPATH=. python bench/torchmem.py --tasks 20 --out torchmem.json`` (``--width 0.5
+--tasks 6`` for a quick look). glibc keeps freed blocks below its mmap threshold (which rises to
+32 MB after large frees) in the heap, so RSS also measures the allocator: the trainer calls
+``malloc_trim(0)`` after every task (`bitsub_torch.cl.trainer.release_freed_memory`), after the
+row of that task is recorded; ``MALLOC_MMAP_THRESHOLD_=65536`` in the environment makes every
 large tensor its own mapping, returned when freed.
 """
 
