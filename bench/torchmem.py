@@ -117,6 +117,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--width", type=float, default=1.0, help="alexnet width (1.0: the paper's)")
     ap.add_argument("--out", default=None, help="write the rows and summary as JSON here")
+    ap.add_argument("--no-trim", action="store_true",
+                    help="do not let the trainer call malloc_trim after each task")
     args = ap.parse_args()
     torch.manual_seed(0)
     scenario = synthetic(args.tasks, args.train, 128, 128)
@@ -124,6 +126,7 @@ def main() -> None:
     strategy = Measured()
     trainer = Trainer(model, strategy, scenario, epochs=args.epochs, batch_size=64,
                       progress=False, eval_batch_size=256)
+    trainer.release_memory = not args.no_trim
     res = trainer.run()
     cap = export(model, strategy).capacity()
     rows = strategy.rows

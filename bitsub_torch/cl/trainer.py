@@ -256,6 +256,9 @@ class Trainer:
         Page-locked batches for asynchronous copies to a CUDA device (ignored without CUDA).
     """
 
+    #: Call `release_freed_memory` (glibc's malloc_trim) after every task; it changes no value.
+    release_memory = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -669,7 +672,8 @@ class Trainer:
             timings["eval"][task] = time.perf_counter() - t1
             if self.checkpoint_dir is not None:
                 self._save(task, rows, random_init, timings)
-            release_freed_memory()
+            if self.release_memory:
+                release_freed_memory()
         timings["total"] = time.perf_counter() - t_start
         return Results(
             accuracy_matrix=rows,
