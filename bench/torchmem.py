@@ -24,9 +24,9 @@ task 0 is reported beside it), and its ratio to the mean capacity of tasks 3..T-
 Run: ``PYTHONPATH=. python bench/torchmem.py --tasks 20 --out torchmem.json`` (``--width 0.5
 --tasks 6`` for a quick look). glibc keeps freed blocks below its mmap threshold (which rises to
 32 MB after large frees) in the heap, so RSS also measures the allocator: the trainer calls
-``malloc_trim(0)`` after every task (`bitsub_torch.cl.trainer.release_freed_memory`), after the
-row of that task is recorded; ``MALLOC_MMAP_THRESHOLD_=65536`` in the environment makes every
-large tensor its own mapping, returned when freed.
+``malloc_trim(0)`` after every task (`bitsub_torch.cl.trainer.release_freed_memory`; after the
+row of that task is recorded; ``--no-trim`` turns it off); ``MALLOC_MMAP_THRESHOLD_=65536`` in
+the environment makes every large tensor its own mapping, returned when freed.
 """
 
 from __future__ import annotations

@@ -123,8 +123,9 @@ def release_freed_memory() -> bool:
 
     The trainer calls it after every task. glibc keeps freed blocks below its mmap threshold
     (which rises up to 32 MB after large frees: a layer's dense temporaries fall below it) in
-    the heap, where they stay resident, and fragmentation makes the heap creep up task after
-    task; trimming returns the free pages. It changes no value. Returns False where the C
+    the heap, where they stay resident; trimming returns the free pages between tasks (the next
+    task faults them in again, so it does not lower the peak: ``MALLOC_MMAP_THRESHOLD_=65536``
+    in the environment does, see the README). It changes no value. Returns False where the C
     library has no ``malloc_trim`` (not glibc).
     """
     if not _TRIM:
