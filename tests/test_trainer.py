@@ -258,10 +258,9 @@ def test_checkpoint_stores_the_coded_task_memory_once_and_resumes_identically(tm
     # the checkpoint holds each once (one storage), so every non-empty store tensor loads as a
     # view of a model tensor's storage, and saving them apart (as before) is larger by their bytes.
     path = tmp_path / "task_001.pt"
+    _assert_store_shares_model_storages(path)
     state = torch.load(path, weights_only=True)
-    model_ptrs = {t.untyped_storage().data_ptr() for t in _tensors(state["model"]) if t.numel()}
     store = [t for t in _tensors(state["strategy"]["store"]) if t.numel()]
-    assert store and all(t.untyped_storage().data_ptr() in model_ptrs for t in store)
     shared = sum(t.numel() * t.element_size() for t in store)
     apart = {**state, "strategy": {k: (v if k != "store" else
                                        _clone_tensors(v)) for k, v in state["strategy"].items()}}
@@ -273,6 +272,7 @@ def test_checkpoint_stores_the_coded_task_memory_once_and_resumes_identically(tm
     model_c, trainer_c = make(again, tmp_path)
     res_c = trainer_c.run()
     assert again.trained == [2]
+    _assert_store_shares_model_storages(tmp_path / "task_002.pt")  # also after a resume
     np.testing.assert_array_equal(res_c.accuracy_matrix, res_a.accuracy_matrix)
     sa, sc = model_a.state_dict(), model_c.state_dict()
     assert sa.keys() == sc.keys()
@@ -280,6 +280,13 @@ def test_checkpoint_stores_the_coded_task_memory_once_and_resumes_identically(tm
         assert sa[key].dtype == sc[key].dtype and torch.equal(sa[key], sc[key]), key
     ta, tc = list(_tensors(trainer_a.strategy.state_dict())), list(_tensors(again.state_dict()))
     assert len(ta) == len(tc) and all(torch.equal(x, y) for x, y in zip(ta, tc, strict=True))
+
+
+def _assert_store_shares_model_storages(path):
+    state = torch.load(path, weights_only=True)
+    model_ptrs = {t.untyped_storage().data_ptr() for t in _tensors(state["model"]) if t.numel()}
+    store = [t for t in _tensors(state["strategy"]["store"]) if t.numel()]
+    assert store and all(t.untyped_storage().data_ptr() in model_ptrs for t in store)
 
 
 def _clone_tensors(value):
