@@ -21,10 +21,12 @@ plus noise, a fixed generator. Growth per task is the mean increase from task 2 
 (by then the caches of decoded masks and values, two tasks per layer, are full; the growth from
 task 0 is reported beside it), and its ratio to the mean capacity of tasks 3..T-1.
 
-Run: ``PYTHONPATH=. python bench/torchmem.py --tasks 20 --out torchmem.json``. glibc keeps freed
-blocks below its mmap threshold (which rises to 32 MB after large frees) in the heap, so RSS
-also measures the allocator; ``MALLOC_MMAP_THRESHOLD_=65536`` in the environment makes every
-large tensor its own mapping, returned when freed.
+Run: ``PYTHONPATH=. python bench/torchmem.py --tasks 20 --out torchmem.json`` (``--width 0.5
+--tasks 6`` for a quick look). glibc keeps freed blocks below its mmap threshold (which rises to
+32 MB after large frees) in the heap, so RSS also measures the allocator: the trainer calls
+``malloc_trim(0)`` after every task (`bitsub_torch.cl.trainer.release_freed_memory`; after the
+row of that task is recorded; ``--no-trim`` turns it off); ``MALLOC_MMAP_THRESHOLD_=65536`` in
+the environment makes every large tensor its own mapping, returned when freed.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--width", type=float, default=1.0, help="alexnet width (1.0: the paper's)")
     ap.add_argument("--out", default=None, help="write the rows and summary as JSON here")
+    ap.add_argument("--no-trim", action="store_true",
+                    help="do not let the trainer call malloc_trim after each task")
     args = ap.parse_args()
     torch.manual_seed(0)
     scenario = synthetic(args.tasks, args.train, 128, 128)
@@ -122,6 +126,7 @@ def main() -> None:
     strategy = Measured()
     trainer = Trainer(model, strategy, scenario, epochs=args.epochs, batch_size=64,
                       progress=False, eval_batch_size=256)
+    trainer.release_memory = not args.no_trim
     res = trainer.run()
     cap = export(model, strategy).capacity()
     rows = strategy.rows

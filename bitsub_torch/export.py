@@ -237,10 +237,9 @@ def packed_predictions(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
     out = [np.zeros(0, np.int64)]
-    for i in range(0, len(x), batch_size):
-        logits = pm.forward(task, np.ascontiguousarray(x[i : i + batch_size]))
+    for i in range(0, len(x), batch_size):  # batch by batch: x may be a streaming view
+        logits = pm.forward(task, np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32))
         out.append(np.asarray(logits).argmax(axis=1).astype(np.int64))
     return np.concatenate(out)
 

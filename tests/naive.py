@@ -585,15 +585,15 @@ def naive_read_rule(history, task, shape):
     return out
 
 
-def naive_lazy_rows_gather(base, rows, columns):
-    """The eager twin of `bitsub_torch.data.streaming.LazyRows`: ``base[rows][:, columns]``,
-    element by element."""
+def naive_lazy_rows_gather(base, rows, columns, table=None):
+    """The eager twin of `bitsub_torch.data.streaming.LazyRows`: ``base[rows][:, columns]``
+    (through ``table`` when given), element by element."""
     rows = range(len(base)) if rows is None else rows
     cols = range(base.shape[1]) if columns is None else columns
-    out = np.zeros((len(rows), base.shape[1]), dtype=base.dtype)
+    out = np.zeros((len(rows), base.shape[1]), dtype=base.dtype if table is None else table.dtype)
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
-            out[i, j] = base[r, c]
+            out[i, j] = base[r, c] if table is None else table[int(base[r, c])]
     return out
 
 

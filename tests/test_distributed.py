@@ -170,3 +170,57 @@ def test_nproc_errors_before_launching(tmp_path, capsys):
                        "--out", str(tmp_path)]) == 2
     assert "one-model" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------- backend choice
+# NCCL needs GPUs, which CI does not have: the choice and the NCCL-only arguments are checked with
+# torch.cuda and torch.distributed's entry points replaced by recorders (no process group is made).
+
+
+def test_choose_backend_nccl_with_cuda_else_gloo():
+    import torch
+
+    from bitsub_torch.cl.distributed import choose_backend
+
+    assert choose_backend(True, 4, 1) == ("nccl", torch.device("cuda", 1))
+    assert choose_backend(True, 2, 3) == ("nccl", torch.device("cuda", 1))  # round robin
+    assert choose_backend(False, 0, 0) == ("gloo", torch.device("cpu"))
+    assert choose_backend(True, 0, 0) == ("gloo", torch.device("cpu"))  # CUDA but no device
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_from_environment_joins_with_the_chosen_backend(monkeypatch, cuda):
+    import torch
+    import torch.distributed as tdist
+
+    from bitsub_torch.cl.distributed import Distributed
+
+    calls: dict = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("set_device", d))
+    monkeypatch.setattr(tdist, "is_initialized", lambda: False)
+
+    def init(backend, **kwargs):
+        calls["init"] = (backend, kwargs)
+
+    monkeypatch.setattr(tdist, "init_process_group", init)
+    monkeypatch.setattr(tdist, "get_rank", lambda: 3)
+    monkeypatch.setattr(tdist, "get_world_size", lambda: 4)
+    monkeypatch.setattr(tdist, "barrier", lambda **kw: calls.setdefault("barrier", kw))
+    for key, value in {"LOCAL_RANK": "3", "RANK": "3", "WORLD_SIZE": "4",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)
+    d = Distributed.from_environment(timeout_s=5)
+    assert (d.rank, d.world_size) == (3, 4)
+    backend, kwargs = calls["init"]
+    d.barrier()
+    if cuda:
+        gpu = torch.device("cuda", 1)
+        assert (d.backend, d.device, backend) == ("nccl", gpu, "nccl")
+        assert kwargs["device_id"] == gpu and calls["set_device"] == gpu
+        assert d._object_device() == gpu and calls["barrier"] == {"device_ids": [1]}
+    else:
+        assert (d.backend, d.device, backend) == ("gloo", torch.device("cpu"), "gloo")
+        assert "device_id" not in kwargs and "set_device" not in calls
+        assert d._object_device() is None and calls["barrier"] == {}

@@ -227,6 +227,23 @@ def test_mnist_from_idx(tmp_path, gz, dotted):
     assert p.num_classes == 10
 
 
+@pytest.mark.parametrize("name", ["pmnist", "splitmnist", "pfmnist", "splitfmnist"])
+def test_idx_scenarios_stream_from_uint8_codes_with_the_eager_values(tmp_path, monkeypatch, name):
+    write_mnist(tmp_path, gz=False, n_train=300, n_test=50, seed=5)
+    monkeypatch.setattr(scenarios, "FASHION_MNIST_DEFAULT_DIR", tmp_path)
+    lazy = get_scenario(name, tasks=2, data_dir=tmp_path, seed=1)
+    eager = get_scenario(name, tasks=2, data_dir=tmp_path, seed=1, streaming=False)
+    for a, b in zip(lazy.tasks, eager.tasks):
+        for split in ("train", "val", "test"):
+            x = getattr(a, f"x_{split}")
+            assert x.base.dtype == np.uint8 and x.table.shape == (256,)  # a byte per pixel
+            got, want = np.asarray(x), getattr(b, f"x_{split}")
+            assert got.dtype == want.dtype == np.float32 and got.tobytes() == want.tobytes()
+    # the base codes and their table are shared by every task's views
+    assert lazy.tasks[0].x_train.base is lazy.tasks[1].x_val.base
+    assert lazy.held_bytes() < 300 * 784 * 2
+
+
 def test_mnist_torchvision_layout(tmp_path):
     write_mnist(tmp_path / "MNIST" / "raw", gz=True)
     check_scenario(get_scenario("pmnist", data_dir=tmp_path, tasks=1), 1)

@@ -8,7 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitsub_torch.data.scenarios import get_scenario
-from bitsub_torch.data.streaming import LazyRows, TaskDataset, batch_loader, held_bytes
+from bitsub_torch.data.streaming import (
+    LazyRows,
+    TaskDataset,
+    batch_loader,
+    encode_table,
+    held_bytes,
+)
 from tests.naive import naive_lazy_rows_gather
 
 SPLITS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
@@ -83,6 +89,56 @@ def test_lazy_rows_against_naive(data):
     assert not np.shares_memory(view[:], base)  # what a caller gets is its own copy
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_coded_lazy_rows_against_naive(data):
+    n = data.draw(st.integers(0, 6))
+    f = data.draw(st.integers(1, 4))
+    k = data.draw(st.integers(1, 256))
+    table = np.sort(np.random.default_rng(k).standard_normal(k)).astype(np.float32)
+    base = np.asarray(data.draw(st.lists(st.integers(0, k - 1), min_size=n * f,
+                                         max_size=n * f)), np.uint8).reshape(n, f)
+    rows = data.draw(st.none() | st.lists(st.integers(0, n - 1), max_size=8)) if n else None
+    cols = data.draw(st.none() | st.permutations(range(f)))
+    view = LazyRows(base, rows, cols, table)
+    want = naive_lazy_rows_gather(base, rows, cols, table)
+    assert view.dtype == np.float32 and view.shape == want.shape
+    assert view.nbytes == want.nbytes
+    assert same_bits(np.asarray(view), want)
+    for key in (slice(None), np.arange(len(want))[::-1], np.zeros(0, np.int64)):
+        assert same_bits(view[key], want[key])
+    if len(want):
+        assert same_bits(view[0], want[0]) and same_bits(view[:, f - 1], want[:, f - 1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_encode_table_codes_exactly_or_refuses(data):
+    k = data.draw(st.integers(1, 256))
+    table = np.unique(np.random.default_rng(k).standard_normal(k).astype(np.float32))
+    n = data.draw(st.integers(0, 9))
+    idx = np.asarray(data.draw(st.lists(st.integers(0, len(table) - 1), min_size=3 * n,
+                                        max_size=3 * n)), np.int64).reshape(n, 3)
+    x = table[idx]
+    codes = encode_table(x, table, chunk=data.draw(st.integers(1, 4)))
+    assert codes is not None and codes.dtype == np.uint8 and same_bits(table[codes], x)
+    if n:  # one value off the table by one ulp: no exact coding
+        y = x.copy()
+        y[n - 1, 2] = np.nextafter(y[n - 1, 2], np.float32(np.inf))
+        assert encode_table(y, table) is None
+    assert encode_table(x, table[::-1]) is None if len(table) > 1 else True  # not increasing
+    assert encode_table(x, np.zeros(257, np.float32)) is None
+
+
+def test_encode_table_compares_bits_not_values():
+    table = np.array([-1.0, 0.0, 1.0], np.float32)
+    assert same_bits(encode_table(np.array([[1.0, 0.0]], np.float32), table),
+                     np.array([[2, 1]], np.uint8))
+    # -0.0 == 0.0, but a decoded 0.0 would not be the same bits
+    assert encode_table(np.array([[1.0, -0.0]], np.float32), table) is None
+    assert encode_table(np.array([[np.nan]], np.float32), table) is None
+
+
 def test_lazy_rows_rejects_bad_arguments():
     base = np.zeros((3, 4), np.float32)
     with pytest.raises(ValueError, match="permutation"):
@@ -91,6 +147,10 @@ def test_lazy_rows_rejects_bad_arguments():
         LazyRows(np.zeros((3, 2, 2)), None, [0, 1])
     with pytest.raises(TypeError):
         LazyRows([1, 2, 3])
+    with pytest.raises(ValueError, match="codes below"):
+        LazyRows(np.array([[0, 3]], np.uint8), None, None, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="unsigned codes"):
+        LazyRows(np.zeros((2, 2), np.float32), None, None, np.zeros(3, np.float32))
 
 
 @pytest.mark.parametrize("workers", [0, 2])

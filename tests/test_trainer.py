@@ -1,5 +1,6 @@
 """The trainer: re-tested accuracy matrix, seeds, checkpoints and resume after an interruption."""
 
+import io
 import json
 import math
 
@@ -223,3 +224,76 @@ def test_strategy_arguments_are_recorded_with_defaults():
     assert WSN(0.25).arguments() == WSN(density=0.25).arguments() == {"density": 0.25}
     assert PackNet(keep=0.3).arguments() == {"keep": 0.3, "retrain_epochs": 1}
     assert Finetune().arguments() == {}
+
+
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+
+
+def test_checkpoint_stores_the_coded_task_memory_once_and_resumes_identically(tmp_path):
+    from bitsub_torch.cl.strategies import TinySubNets
+
+    class CountingTSN(Counting, TinySubNets):
+        pass
+
+    def tsn():
+        return CountingTSN(0.5, post_prune_iters=0, kl_threshold=math.inf)
+
+    model_a, trainer_a = make(tsn())
+    res_a = trainer_a.run()
+    killed = tsn()
+    killed.stop_at = 2
+    _, trainer_b = make(killed, tmp_path)
+    with pytest.raises(Interrupt):
+        trainer_b.run()
+
+    # The strategy's FieldStore and the model's TaskMemory buffers hold the same coded arrays:
+    # the checkpoint holds each once (one storage), so every non-empty store tensor loads as a
+    # view of a model tensor's storage, and saving them apart (as before) is larger by their bytes.
+    path = tmp_path / "task_001.pt"
+    _assert_store_shares_model_storages(path)
+    state = torch.load(path, weights_only=True)
+    store = [t for t in _tensors(state["strategy"]["store"]) if t.numel()]
+    shared = sum(t.numel() * t.element_size() for t in store)
+    apart = {**state, "strategy": {k: (v if k != "store" else
+                                       _clone_tensors(v)) for k, v in state["strategy"].items()}}
+    buf = io.BytesIO()
+    torch.save(apart, buf)
+    assert buf.getbuffer().nbytes - path.stat().st_size >= shared
+
+    again = tsn()
+    model_c, trainer_c = make(again, tmp_path)
+    res_c = trainer_c.run()
+    assert again.trained == [2]
+    _assert_store_shares_model_storages(tmp_path / "task_002.pt")  # also after a resume
+    np.testing.assert_array_equal(res_c.accuracy_matrix, res_a.accuracy_matrix)
+    sa, sc = model_a.state_dict(), model_c.state_dict()
+    assert sa.keys() == sc.keys()
+    for key in sa:
+        assert sa[key].dtype == sc[key].dtype and torch.equal(sa[key], sc[key]), key
+    ta, tc = list(_tensors(trainer_a.strategy.state_dict())), list(_tensors(again.state_dict()))
+    assert len(ta) == len(tc) and all(torch.equal(x, y) for x, y in zip(ta, tc, strict=True))
+
+
+def _assert_store_shares_model_storages(path):
+    state = torch.load(path, weights_only=True)
+    model_ptrs = {t.untyped_storage().data_ptr() for t in _tensors(state["model"]) if t.numel()}
+    store = [t for t in _tensors(state["strategy"]["store"]) if t.numel()]
+    assert store and all(t.untyped_storage().data_ptr() in model_ptrs for t in store)
+
+
+def _clone_tensors(value):
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _clone_tensors(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone_tensors(v) for v in value)
+    return value

@@ -64,7 +64,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Distributed", "check_nproc", "launch", "packed_digest"]
+__all__ = ["Distributed", "check_nproc", "choose_backend", "launch", "packed_digest"]
 
 
 def packed_digest(pm: Any) -> str:
@@ -87,6 +87,17 @@ def _strategy_bytes(strategy: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(strategy.state_dict(), buf)
     return buf.getvalue()
+
+
+def choose_backend(cuda_available: bool, device_count: int, local_rank: int,
+                   ) -> tuple[str, torch.device]:
+    """The backend and device of a rank: NCCL on ``cuda:LOCAL_RANK`` when CUDA is there, else gloo.
+
+    Ranks beyond the GPUs of the machine share them round robin (``local_rank % device_count``).
+    """
+    if cuda_available and device_count > 0:
+        return "nccl", torch.device("cuda", int(local_rank) % int(device_count))
+    return "gloo", torch.device("cpu")
 
 
 def check_nproc(nproc: Any, distributed: Distributed | None, one_model: bool) -> int:
@@ -159,11 +170,10 @@ class Distributed:
     def from_environment(cls, timeout_s: float = 1800.0) -> Distributed:
         """Join the process group torchrun describes: NCCL on GPUs if there are any, else gloo."""
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
-            backend, device = "nccl", torch.device("cuda", local % torch.cuda.device_count())
+        cuda = torch.cuda.is_available()
+        backend, device = choose_backend(cuda, torch.cuda.device_count() if cuda else 0, local)
+        if backend == "nccl":
             torch.cuda.set_device(device)
-        else:
-            backend, device = "gloo", torch.device("cpu")
         if not dist.is_initialized():
             os.environ.setdefault("RANK", "0")
             os.environ.setdefault("WORLD_SIZE", "1")

@@ -31,6 +31,8 @@ concept, the run and its checkpoints, over modules.
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import io
 import itertools
 import json
@@ -55,7 +57,7 @@ from bitsub_torch.cl.protocol import Protocol
 from bitsub_torch.cl.strategies.base import Strategy
 from bitsub_torch.data.streaming import TaskDataset, batch_loader
 
-__all__ = ["Results", "Trainer", "config_differences"]
+__all__ = ["Results", "Trainer", "config_differences", "release_freed_memory"]
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _CKPT = re.compile(r"^task_(\d{3,})\.pt$")
@@ -111,6 +113,68 @@ def _nan_to_none(v: Any) -> Any:
     if isinstance(v, np.integer):
         return int(v)
     return v
+
+
+_TRIM: list = []  # glibc's malloc_trim, looked up once ([None] where there is none)
+
+
+def release_freed_memory() -> bool:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim(0)``).
+
+    The trainer calls it after every task. glibc keeps freed blocks below its mmap threshold
+    (which rises up to 32 MB after large frees: a layer's dense temporaries fall below it) in
+    the heap, where they stay resident; trimming returns the free pages between tasks (the next
+    task faults them in again, so it does not lower the peak: ``MALLOC_MMAP_THRESHOLD_=65536``
+    in the environment does, see the README). It changes no value. Returns False where the C
+    library has no ``malloc_trim`` (not glibc).
+    """
+    if not _TRIM:
+        try:
+            _TRIM.append(ctypes.CDLL(None).malloc_trim)
+        except (OSError, AttributeError):
+            _TRIM.append(None)
+    if _TRIM[0] is None:
+        return False
+    _TRIM[0](0)
+    return True
+
+
+def _share_tensors(state: Any, reference: dict[str, torch.Tensor]) -> Any:
+    """``state`` with each tensor bitwise equal to a tensor of ``reference`` replaced by that one.
+
+    Bitwise equal: same dtype, shape and bytes. The quantizing strategies' `FieldStore` holds the
+    same coded masks, write sets, codes and codebooks as the model's `TaskMemory` buffers;
+    torch.save writes a storage once however many times it is referenced, so the checkpoint
+    stores them once and loads them back with the same bytes.
+    """
+    def tensors(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from tensors(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from tensors(v)
+
+    def key(t: torch.Tensor) -> tuple:
+        raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        return t.dtype, tuple(t.shape), t.device, hashlib.sha256(raw).digest()
+
+    wanted = {(t.dtype, tuple(t.shape), t.device) for t in tensors(state) if t.numel()}
+    index = {key(t): t for t in reference.values() if isinstance(t, torch.Tensor) and t.numel()
+             and (t.dtype, tuple(t.shape), t.device) in wanted}
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return index.get(key(value), value) if value.numel() else value
+        if isinstance(value, dict):
+            return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(swap(v) for v in value)
+        return value
+
+    return swap(state)
 
 
 def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -192,6 +256,9 @@ class Trainer:
     pin_memory : bool
         Page-locked batches for asynchronous copies to a CUDA device (ignored without CUDA).
     """
+
+    #: Call `release_freed_memory` (glibc's malloc_trim) after every task; it changes no value.
+    release_memory = True
 
     def __init__(
         self,
@@ -514,11 +581,12 @@ class Trainer:
         if self.checkpoint_dir is None or not getattr(self.distributed, "writer", True):
             return  # rank 0 alone writes
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        model_state = self.model.state_dict()
         state = {
             "task": task,
             "config": self.config(),
-            "model": self.model.state_dict(),
-            "strategy": self.strategy.state_dict(),
+            "model": model_state,
+            "strategy": _share_tensors(self.strategy.state_dict(), model_state),
             "rows": torch.from_numpy(rows.copy()),
             "random_init": torch.from_numpy(random_init.copy()),
             "timings": timings,
@@ -605,6 +673,8 @@ class Trainer:
             timings["eval"][task] = time.perf_counter() - t1
             if self.checkpoint_dir is not None:
                 self._save(task, rows, random_init, timings)
+            if self.release_memory:
+                release_freed_memory()
         timings["total"] = time.perf_counter() - t_start
         return Results(
             accuracy_matrix=rows,

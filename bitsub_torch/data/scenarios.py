@@ -60,7 +60,7 @@ from bitsub_torch.data.files import (
     load_tinyimagenet,
     read_idx,
 )
-from bitsub_torch.data.streaming import LazyRows, held_bytes
+from bitsub_torch.data.streaming import LazyRows, encode_table, held_bytes
 
 __all__ = ["EAGER", "SCENARIOS", "LazyRows", "Scenario", "TaskData", "get_scenario", "read_idx",
            "task_data"]
@@ -192,19 +192,25 @@ def _lazy_task(
     seed: int,
     val_fraction: float,
 ) -> TaskData:
-    """The task `_task` would build from ``base[rows][:, columns]``, as `LazyRows` views."""
+    """The task `_task` would build from ``base[rows][:, columns]``, as `LazyRows` views.
+
+    The bases may be ndarrays or whole-array `LazyRows` of codes (`_coded`): the views share
+    their codes and table.
+    """
     x_train, y_train, x_test, y_test = data
+    tables = [x.table if isinstance(x, LazyRows) else None for x in (x_train, x_test)]
+    x_train, x_test = (x.base if isinstance(x, LazyRows) else x for x in (x_train, x_test))
     train_rows = np.arange(len(y_train)) if train_rows is None else train_rows
     y_tr = y_train[train_rows] - first_class
     y_te = y_test if test_rows is None else y_test[test_rows]
     is_val = _val_split(y_tr, val_fraction, seed, task_id)
     return TaskData(
         task_id=task_id,
-        x_train=LazyRows(x_train, train_rows[~is_val], columns),
+        x_train=LazyRows(x_train, train_rows[~is_val], columns, tables[0]),
         y_train=np.ascontiguousarray(y_tr[~is_val], dtype=np.int64),
-        x_val=LazyRows(x_train, train_rows[is_val], columns),
+        x_val=LazyRows(x_train, train_rows[is_val], columns, tables[0]),
         y_val=np.ascontiguousarray(y_tr[is_val], dtype=np.int64),
-        x_test=LazyRows(x_test, test_rows, columns),
+        x_test=LazyRows(x_test, test_rows, columns, tables[1]),
         y_test=np.ascontiguousarray(y_te - first_class, dtype=np.int64),
         classes=tuple(int(c) for c in classes),
     )
@@ -229,6 +235,21 @@ def task_data(
                  val_fraction=val_fraction)
 
 
+def _streamed(data: tuple) -> tuple:
+    # float32 bases for the views (coded bases, `_coded`, stay as they are)
+    x_train, y_train, x_test, y_test = data
+    x_train, x_test = (x if isinstance(x, LazyRows) else np.ascontiguousarray(x, np.float32)
+                       for x in (x_train, x_test))
+    return x_train, y_train, x_test, y_test
+
+
+def _materialised(data: tuple) -> tuple:
+    # the eager copies start from plain arrays (a coded base decoded: the same values)
+    x_train, y_train, x_test, y_test = data
+    x_train, x_test = (np.asarray(x) if isinstance(x, LazyRows) else x for x in (x_train, x_test))
+    return x_train, y_train, x_test, y_test
+
+
 def _permuted(
     name: str,
     data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
@@ -238,12 +259,10 @@ def _permuted(
     streaming: bool = False,
 ) -> Scenario:
     """Every task sees all classes with its own fixed pixel permutation (task 0 included)."""
+    data = _streamed(data) if streaming else _materialised(data)
     x_train, y_train, x_test, y_test = data
     n_classes = int(max(y_train.max(), y_test.max())) + 1
     classes = tuple(range(n_classes))
-    if streaming:
-        data = (np.ascontiguousarray(x_train, dtype=np.float32), y_train,
-                np.ascontiguousarray(x_test, dtype=np.float32), y_test)
     out = []
     for t in range(tasks):
         perm = np.random.default_rng([seed, t]).permutation(x_train.shape[1])
@@ -266,10 +285,8 @@ def _split(
     streaming: bool = False,
 ) -> Scenario:
     """Task t holds classes t*per_task .. t*per_task + per_task - 1, relabelled 0..per_task-1."""
+    data = _streamed(data) if streaming else _materialised(data)
     x_train, y_train, x_test, y_test = data
-    if streaming:
-        data = (np.ascontiguousarray(x_train, dtype=np.float32), y_train,
-                np.ascontiguousarray(x_test, dtype=np.float32), y_test)
     out = []
     for t in range(tasks):
         classes = tuple(range(t * per_task, (t + 1) * per_task))
@@ -285,20 +302,47 @@ def _split(
     return Scenario(name, tuple(x_train.shape[1:]), per_task, out)
 
 
-def _mnist(data_dir: str | os.PathLike | None):
-    x_train, y_train, x_test, y_test = load_idx_dataset(data_dir, "MNIST",
-                                                        ("MNIST/raw", "mnist", "raw"))
-    x_train, x_test = _standardise(x_train, x_test, per_channel=False, overwrite=True)
+def _pixel_values() -> np.ndarray:
+    # The 256 values an 8-bit pixel becomes before standardisation, by the same float32
+    # operations as `load_idx_dataset`'s.
+    x = np.arange(256, dtype=np.uint8).reshape(1, 256).astype(np.float32)
+    x /= 255.0
+    return x
+
+
+def _coded(x: np.ndarray, table: np.ndarray) -> np.ndarray | LazyRows:
+    """``x`` as a whole-array `LazyRows` of uint8 codes into ``table``, or ``x`` itself.
+
+    The same values in a quarter of the bytes; ``x`` stays where its values are not all in
+    ``table``.
+    """
+    codes = encode_table(x, table)
+    return x if codes is None else LazyRows(codes, table=table)
+
+
+def _idx_standardised(data_dir: str | os.PathLike | None, dataset: str,
+                      subdirs: tuple[str, ...], coded: bool) -> tuple:
+    # MNIST or Fashion-MNIST, standardised. ``coded``: the images as uint8 codes into the
+    # table of the 256 standardised pixel values (standardised by the same operations as the
+    # images, so the decoded values are the float32 arrays' bit for bit; checked).
+    x_train, y_train, x_test, y_test = load_idx_dataset(data_dir, dataset, subdirs)
+    x_train, x_test, table = _standardise(x_train, x_test, _pixel_values(), per_channel=False,
+                                          overwrite=True)
+    if coded:
+        x_train = _coded(x_train, table.reshape(-1))
+        x_test = _coded(x_test, table.reshape(-1))
     return x_train, y_train, x_test, y_test
 
 
-def _fmnist(data_dir: str | os.PathLike | None):
+def _mnist(data_dir: str | os.PathLike | None, coded: bool = False):
+    return _idx_standardised(data_dir, "MNIST", ("MNIST/raw", "mnist", "raw"), coded)
+
+
+def _fmnist(data_dir: str | os.PathLike | None, coded: bool = False):
     if data_dir is None and FASHION_MNIST_DEFAULT_DIR.is_dir():
         data_dir = FASHION_MNIST_DEFAULT_DIR
-    subdirs = ("FashionMNIST/raw", "fashion-mnist", "raw")
-    x_train, y_train, x_test, y_test = load_idx_dataset(data_dir, "Fashion-MNIST", subdirs)
-    x_train, x_test = _standardise(x_train, x_test, per_channel=False, overwrite=True)
-    return x_train, y_train, x_test, y_test
+    return _idx_standardised(data_dir, "Fashion-MNIST",
+                             ("FashionMNIST/raw", "fashion-mnist", "raw"), coded)
 
 
 def _cifar100(data_dir: str | os.PathLike | None):
@@ -370,19 +414,19 @@ def _b_mnist1d(tasks, seed, data_dir, vf, streaming):
 
 
 def _b_pmnist(tasks, seed, data_dir, vf, streaming):
-    return _permuted("pmnist", _mnist(data_dir), tasks, seed, vf, streaming)
+    return _permuted("pmnist", _mnist(data_dir, streaming), tasks, seed, vf, streaming)
 
 
 def _b_splitmnist(tasks, seed, data_dir, vf, streaming):
-    return _split("splitmnist", _mnist(data_dir), tasks, 2, seed, vf, streaming)
+    return _split("splitmnist", _mnist(data_dir, streaming), tasks, 2, seed, vf, streaming)
 
 
 def _b_pfmnist(tasks, seed, data_dir, vf, streaming):
-    return _permuted("pfmnist", _fmnist(data_dir), tasks, seed, vf, streaming)
+    return _permuted("pfmnist", _fmnist(data_dir, streaming), tasks, seed, vf, streaming)
 
 
 def _b_splitfmnist(tasks, seed, data_dir, vf, streaming):
-    return _split("splitfmnist", _fmnist(data_dir), tasks, 2, seed, vf, streaming)
+    return _split("splitfmnist", _fmnist(data_dir, streaming), tasks, 2, seed, vf, streaming)
 
 
 def _b_splitfmnist2d(tasks, seed, data_dir, vf, streaming):

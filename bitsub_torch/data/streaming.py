@@ -12,6 +12,11 @@ index vectors, whatever N.
 given sequence of index batches: the batches are chosen by the caller (the trainer's seeded order),
 so worker processes (``workers``) and pinned memory change the speed, never the batches.
 ``numpy.asarray`` of a `LazyRows` materialises it (for the code that needs a whole split at once).
+
+Compact bases: when the values take few distinct values (standardised 8-bit pixels take 256),
+the base can hold small integer codes and the view a ``table`` of the values: a gather returns
+``table[codes]``, the same float32 values bit for bit, from a base a quarter of the size
+(`encode_table` builds and checks the codes).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["LazyRows", "TaskDataset", "batch_loader", "held_bytes"]
+__all__ = ["LazyRows", "TaskDataset", "batch_loader", "encode_table", "held_bytes"]
 
 
 def _index(n: int) -> np.dtype:
@@ -41,14 +46,25 @@ class LazyRows:
         The rows of ``base`` in this view, in order (default all).
     columns : array of int, optional
         A permutation of axis 1 applied to every gathered row (``base`` must be 2-D).
+    table : 1-D np.ndarray, optional
+        The values of the codes: ``base`` holds unsigned integer codes below ``len(table)``
+        and the view's values are ``table[base[rows]][:, columns]`` (dtype ``table.dtype``).
 
     Indexing with an int, a slice, an integer or boolean array (optionally followed by indices
     of the other axes) returns a NumPy array; ``np.asarray(view)`` materialises the whole view.
     """
 
-    def __init__(self, base: np.ndarray, rows: Any = None, columns: Any = None):
+    def __init__(self, base: np.ndarray, rows: Any = None, columns: Any = None,
+                 table: np.ndarray | None = None):
         if not isinstance(base, np.ndarray) or base.ndim < 1:
             raise TypeError("base must be a NumPy array with at least one axis")
+        if table is not None:
+            table = np.asarray(table)
+            if table.ndim != 1 or base.dtype.kind != "u" or (
+                    base.size and int(base.max()) >= len(table)):
+                raise ValueError("a table needs 1-D values and a base of unsigned codes below "
+                                 "its length")
+        self.table = table
         self.base = base
         self.rows = None if rows is None else np.asarray(rows).astype(_index(len(base)), copy=False)
         if columns is not None:
@@ -68,8 +84,8 @@ class LazyRows:
 
     @property
     def dtype(self) -> np.dtype:
-        """The base's dtype."""
-        return self.base.dtype
+        """The dtype of the values (the table's, else the base's)."""
+        return self.base.dtype if self.table is None else self.table.dtype
 
     @property
     def ndim(self) -> int:
@@ -84,12 +100,12 @@ class LazyRows:
     @property
     def nbytes(self) -> int:
         """Bytes of the materialised view (as an ndarray's ``nbytes``)."""
-        return self.size * self.base.itemsize
+        return self.size * self.dtype.itemsize
 
     @property
     def index_bytes(self) -> int:
-        """Bytes this view holds besides the shared base: its row and column indices."""
-        return sum(a.nbytes for a in (self.rows, self.columns) if a is not None)
+        """Bytes this view holds besides the shared base: its row and column indices, table."""
+        return sum(a.nbytes for a in (self.rows, self.columns, self.table) if a is not None)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -114,9 +130,9 @@ class LazyRows:
             out = np.take(self.base, picked, axis=0)
         if self.columns is not None:
             out = np.take(out, self.columns, axis=out.ndim - 1)
-        elif self.rows is None:
+        elif self.rows is None and self.table is None:
             out = np.array(out)  # a copy: callers may write to what they get
-        return out
+        return out if self.table is None else self.table[out]
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if not isinstance(key, tuple):
@@ -130,6 +146,28 @@ class LazyRows:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self._gather(slice(None))
         return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def encode_table(x: np.ndarray, table: np.ndarray, chunk: int = 512) -> np.ndarray | None:
+    """uint8 codes ``c`` with ``table[c]`` equal to ``x`` bit for bit, or None if there are none.
+
+    ``table``: at most 256 values, strictly increasing (NaN-free). Row chunk by row chunk, so
+    that only ``x`` and the codes are held whole.
+    """
+    table = np.asarray(table)
+    if table.ndim != 1 or not 0 < len(table) <= 256 or table.dtype != x.dtype:
+        return None
+    if not (np.all(np.isfinite(table)) and np.all(table[1:] > table[:-1])):
+        return None
+    raw = table.view(np.dtype(f"u{table.itemsize}"))
+    codes = np.empty(x.shape, np.uint8)
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk]
+        c = np.searchsorted(table, part).clip(0, len(table) - 1).astype(np.uint8)
+        if not np.array_equal(raw[c], part.view(raw.dtype)):
+            return None
+        codes[start : start + chunk] = c
+    return codes
 
 
 def held_bytes(*arrays: Any) -> int:
