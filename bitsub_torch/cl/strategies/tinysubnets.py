@@ -18,9 +18,13 @@ Per task t:
    stays >= the trained accuracy minus ``post_prune_delta``; a layer whose step is refused is
    done. At most ``post_prune_iters`` evaluations.
 4. **Adaptive quantization** (Algorithm 1): `bitsub.adaptive_bitwidth` over t's own weights, from
-   ``min_bits`` up until the validation accuracy is within ``delta`` of the post-pruned model's,
-   then per layer down (``per_layer=True``). The codes are stored; t reads exactly those values
-   from now on, and later tasks reuse them frozen.
+   ``min_bits`` up until the quantized sub-network is within ``delta`` of the unquantized one,
+   then per layer down (``per_layer=True``). What "within delta" is measured on is
+   ``quant_criterion``: ``"agreement"`` (the default) is the fraction of t's training images
+   whose predicted class the quantized sub-network keeps (labels unused; the validation split
+   stays untouched by the search and measures what quantization cost), ``"val"`` the paper's
+   validation accuracy against the post-pruned model's. The codes are stored; t reads exactly
+   those values from now on, and later tasks reuse them frozen.
 
 Masks are Huffman-coded by the engine at export (``bitsub.encode_mask``); :meth:`mask_bits`
 reports the size of t's mask coded in the context of its bank's earlier masks.
@@ -71,8 +75,19 @@ class TinySubNets(QuantizedStrategy):
         capacity at 10 tasks (a c-dense mask costs about H(c) bits per position and task
         before context coding).
     delta : float
-        Algorithm 1's accuracy threshold (fraction; 0.01 = 1 point) on the validation split.
-        Default 0.002, chosen with ``density``.
+        Algorithm 1's threshold (fraction; 0.01 = 1 point): the largest share of the training
+        images whose prediction quantization may change (``quant_criterion="agreement"``), or
+        the largest validation-accuracy drop (``"val"``). Default 0.002, chosen with
+        ``quant_criterion`` (0.0005 tied on validation accuracy at more capacity).
+    quant_criterion : {"agreement", "val"}
+        What the bit-width search is scored on (see the module docstring). Default
+        ``"agreement"``, chosen on validation (permuted MNIST-5k, 6 tasks, seeds 0 and 1, a grid
+        of ``delta`` x ``density``; see the README): scored on the validation split, the search
+        accepts codes on the very images that then measure it, so their cost on unseen images
+        is hidden (the validation accuracy rose through quantization there, by 0.125 and 0.167
+        point on the two seeds; it fell by 0.083 and 0.125 with ``"agreement"``).
+    agreement_samples : int
+        At most this many training images (evenly spaced) score ``"agreement"``.
     min_bits, max_bits : int
         Bit-width search range (1..8).
     per_layer : bool
@@ -111,6 +126,8 @@ class TinySubNets(QuantizedStrategy):
         density: float = 0.15,
         *,
         delta: float = 0.002,
+        quant_criterion: str = "agreement",
+        agreement_samples: int = 10000,
         min_bits: int = 1,
         max_bits: int = 8,
         per_layer: bool = True,
@@ -137,6 +154,12 @@ class TinySubNets(QuantizedStrategy):
         )
         topk_count(1, density)  # validates
         self.density = float(density)
+        if quant_criterion not in ("agreement", "val"):
+            raise ValueError(
+                f"quant_criterion must be 'agreement' or 'val', got {quant_criterion!r}"
+            )
+        self.quant_criterion = quant_criterion
+        self.agreement_samples = check_int(agreement_samples, "agreement_samples", 1)
         self.post_prune_iters = check_int(post_prune_iters, "post_prune_iters", 0)
         self.post_prune_step = check_float(post_prune_step, "post_prune_step", 0.0, 1.0)
         if self.post_prune_step == 0.0:
@@ -206,15 +229,23 @@ class TinySubNets(QuantizedStrategy):
         trained = float(evaluate(model, task, split))
         masks, pruned_acc, removed = self._post_prune(task, model, masks, evaluate, split, trained)
         write = {n: masks[n] & cur.trainable[n] for n in layers}
-        result = self._quantize(task, model, write, evaluate, split, pruned_acc)
+        if self.quant_criterion == "agreement" and len(data.y_train):
+            judge, base = self._agreement(task, model, data), 1.0
+        else:
+            judge, base = evaluate, pruned_acc
+        result = self._quantize(task, model, write, judge, split, base)
         self._commit(task, model, masks, write, result)
         stored = float(evaluate(model, task, split))
+        agreement = None
+        if result is not None and judge is not evaluate:
+            agreement = float(result.accuracy)
         self.log[task].update(
             {
                 "val_trained": trained,
                 "val_post_pruned": pruned_acc,
                 "val_stored": stored,
-                "val_quantized": None if result is None else float(result.accuracy),
+                "val_quantized": None if result is None else stored,
+                "agreement": agreement,
                 "post_pruned": int(removed),
                 "bits": {n: int(b) for n, b in self.bits(task).items()},
                 "written": {n: int(write[n].sum()) for n in layers},
@@ -222,6 +253,36 @@ class TinySubNets(QuantizedStrategy):
             }
         )
         super().after_task(task, model, data, evaluate)
+
+    # ------------------------------------------------------------------ quantization criterion
+    def _agreement(self, task: int, model: nn.Module, data: Any) -> Evaluate:
+        """``judge(model, task, split)``: share of the pool whose prediction is unchanged.
+
+        The pool is at most ``agreement_samples`` of the task's training images (evenly spaced);
+        the reference is the model's prediction now, before quantization. No label is read.
+        """
+        x = data.x_train
+        n = len(data.y_train)
+        idx = np.unique(np.linspace(0, n - 1, min(n, self.agreement_samples)).astype(np.int64))
+        dev = next(model.parameters()).device
+
+        def predict(m: nn.Module) -> torch.Tensor:
+            was_training = m.training
+            m.eval()
+            out = []
+            with torch.no_grad():
+                for s in range(0, len(idx), 1024):
+                    xb = np.ascontiguousarray(x[idx[s : s + 1024]], dtype=np.float32)
+                    out.append(m(torch.from_numpy(xb).to(dev), task).argmax(dim=1).cpu())
+            m.train(was_training)
+            return torch.cat(out)
+
+        reference = predict(model)
+
+        def judge(m: nn.Module, t: int, split: str) -> float:  # noqa: ARG001 (the pool is fixed)
+            return float((predict(m) == reference).double().mean())
+
+        return judge
 
     # ------------------------------------------------------------------ post-pruning
     def _post_prune(
@@ -349,6 +410,8 @@ class TinySubNets(QuantizedStrategy):
         return {
             **super()._settings(),
             "density": self.density,
+            "quant_criterion": self.quant_criterion,
+            "agreement_samples": self.agreement_samples,
             "post_prune_iters": self.post_prune_iters,
             "post_prune_step": self.post_prune_step,
             "post_prune_delta": self.post_prune_delta,
