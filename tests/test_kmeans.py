@@ -189,7 +189,7 @@ def test_k_max_is_accepted():
 
 
 def _prefix(x):
-    d = km._Distinct(np.sort(x), float(np.median(x)))
+    d = km._Distinct.of_sorted(np.sort(x), float(np.median(x)))
     return d
 
 

@@ -31,7 +31,9 @@ import numba
 import numpy as np
 
 from bitsub.config import NJIT
+from bitsub.quant.bins import cell_prefix, cell_stats, value_range
 from bitsub.quant.dp import distinct_prefix, partition, partition_band
+from bitsub.threads import engine_threads, split
 from bitsub.validate import check_int
 
 __all__ = ["kmeans_1d", "quantize"]
@@ -52,6 +54,16 @@ _AUTO_REFINE = 4
 _AUTO_TAU_DIV = 64.0
 _AUTO_BAND = 8
 _AUTO_MAX_RECENTRE = 20
+# "auto" from n values on: fine cells instead of the sort (about _AUTO_PER_CELL values a cell,
+# at most _AUTO_MAX_CELLS cells), kept when no cell's own SSE exceeds _AUTO_CELL_SSE times the
+# estimated SSE per cluster (else the sorted path runs).
+_AUTO_BINS_MIN_N = 1 << 17
+_AUTO_PER_CELL = 16
+_AUTO_MIN_CELLS = 1 << 12
+_AUTO_MAX_CELLS = 1 << 16
+_AUTO_CELL_SSE = 1e-4
+# Values per thread below which the nearest-centroid assignment is not split.
+_ASSIGN_SPLIT_MIN = 1 << 16
 
 
 # ------------------------------------------------------------------------ kernels
@@ -202,16 +214,30 @@ def _finish(
     after = table[np.minimum(np.arange(cells) + 2, cells)]
     sure = np.where(before == after, table[:-1], -1)
     sure[-1] = -1  # where the top value lands when rounding carries it past the last edge
-    _assign_nearest(values.reshape(-1), mids, table, sure, float(lo), scale, first, codes)
+    flat = values.reshape(-1)
+    n = flat.size
+    parts = max(1, min(engine_threads(), n // _ASSIGN_SPLIT_MIN))
+    step = -(-n // parts)
+    split(lambda a, b: _assign_nearest(flat[a:b], mids, table, sure, float(lo), scale, first,
+                                       codes[a:b]),
+          [(a, min(n, a + step)) for a in range(0, n, step)])
     return cent, codes.reshape(values.shape)
 
 
 class _Distinct:
-    """Sorted distinct values of x (centred) with prefix counts, sums and sums of squares."""
+    """Sorted groups of values (centred): prefix counts, sums and sums of squares, and u.
 
-    def __init__(self, x: np.ndarray, center: float) -> None:
-        self.w, self.s, self.q, self.u = distinct_prefix(x, center)
+    Built from sorted values (:meth:`of_sorted`: one group per distinct value, ``u`` the
+    values) or from fine bins (:func:`_binned`: one group per non-empty cell, ``u`` its mean).
+    """
+
+    def __init__(self, w: np.ndarray, s: np.ndarray, q: np.ndarray, u: np.ndarray) -> None:
+        self.w, self.s, self.q, self.u = w, s, q, u
         self.m = self.u.size
+
+    @classmethod
+    def of_sorted(cls, x: np.ndarray, center: float) -> _Distinct:
+        return cls(*distinct_prefix(x, center))
 
     def means(self, t: np.ndarray) -> np.ndarray:
         return (self.s[t[1:]] - self.s[t[:-1]]) / (self.w[t[1:]] - self.w[t[:-1]])
@@ -297,6 +323,26 @@ def _auto(d: _Distinct, k: int) -> np.ndarray:
     return c
 
 
+def _binned(flat: np.ndarray, k: int, lo: float, hi: float) -> tuple[_Distinct, float] | None:
+    """Fine cells of the values as groups for :func:`_auto` and their centre, or None.
+
+    None when some cell holds more spread than a small fraction of the estimated SSE per
+    cluster (outliers stretching the range, say): then the cells are too coarse for the
+    contract of ``"auto"`` and the sorted path runs.
+    """
+    n = flat.size
+    cells = 1 << int(math.ceil(math.log2(max(1.0, n / _AUTO_PER_CELL))))
+    cells = min(max(cells, _AUTO_MIN_CELLS), _AUTO_MAX_CELLS)
+    cnt, sl, ql, width = cell_stats(flat, lo, hi, cells)
+    g = int(np.searchsorted(np.cumsum(cnt), n // 2 + 1))  # the median's cell
+    center = lo + min(g, cells - 1) * width
+    w, s, q, u, own = cell_prefix(cnt, sl, ql, lo, width, center)
+    d = _Distinct(w, s, q, u)
+    if float(own.max()) > _AUTO_CELL_SSE * _sse_per_cluster_estimate(d, k):
+        return None
+    return d, center
+
+
 def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """One-dimensional K-Means: a codebook of k float32 centroids and one code per value.
 
@@ -332,13 +378,26 @@ def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.n
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     arr = _check_values(values)
+    if method == "auto" and arr.size >= _AUTO_BINS_MIN_N and kk > 1:
+        flat = arr.reshape(-1)
+        lo, hi, nan = value_range(flat)
+        if nan or not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("values contain NaN or inf; remove or replace them first")
+        if max(-lo, hi) > float(np.finfo(np.float32).max):
+            raise ValueError("values exceed the float32 range of the codebook; rescale them first")
+        if lo == hi:
+            return _finish(arr, np.array([lo]), kk, lo, hi)
+        binned = _binned(flat, kk, lo, hi)
+        if binned is not None:
+            d, center = binned
+            return _finish(arr, _auto(d, kk) + center, kk, lo, hi)
     x = np.sort(arr.reshape(-1))
     _check_sorted(x)
     center = float(x[x.size // 2])
     lo, hi = float(x[0]), float(x[-1])
     if lo == hi:
         return _finish(arr, np.array([lo]), kk, lo, hi)
-    d = _Distinct(x, center)
+    d = _Distinct.of_sorted(x, center)
     if method == "optimal":
         c = _optimal(d, kk)
     elif method == "lloyd":
