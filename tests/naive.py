@@ -595,3 +595,27 @@ def naive_lazy_rows_gather(base, rows, columns):
         for j, c in enumerate(cols):
             out[i, j] = base[r, c]
     return out
+
+
+# ------------------------------------------------------ fine bins of values (bitsub.quant.bins)
+
+
+def naive_cell_stats(values, lo, hi, cells):
+    """Per-cell count and exact (fsum) sums of offsets from the cell's left edge, and squares.
+
+    Cell of v: ``int((v - lo) * (cells / (hi - lo)))`` clamped to [0, cells - 1]; its left
+    edge ``lo + g * ((hi - lo) / cells)``, in float64 as written.
+    """
+    from math import fsum
+
+    scale = cells / (hi - lo)
+    width = (hi - lo) / cells
+    offsets = [[] for _ in range(cells)]
+    for v in np.asarray(values).reshape(-1):
+        v = float(v)
+        g = min(max(int((v - lo) * scale), 0), cells - 1)
+        offsets[g].append(v - (lo + g * width))
+    cnt = np.array([len(o) for o in offsets], dtype=np.float64)
+    sl = np.array([fsum(o) for o in offsets])
+    ql = np.array([fsum(d * d for d in o) for o in offsets])
+    return cnt, sl, ql, width

@@ -17,6 +17,14 @@ Methods
     The exact DP when k * m * log2(m) is small. Otherwise coarse to fine: the exact DP over
     coarse groups of consecutive distinct values, then exact DPs on finer groups with each
     boundary held within a band around the coarser solution, then Lloyd until no boundary moves.
+    From 2^17 values on (k > 1) the groups are not sorted distinct values but fine cells of the
+    value range (:mod:`bitsub.quant.bins`: one O(n) pass over the unsorted values, about 16 a
+    cell, at most 2^16 cells), whose exact counts, sums and sums of squares stand for their
+    values; every boundary then lies on a cell edge, and the final nearest-centroid assignment
+    moves each value to its nearest centroid. The cells are kept only when none holds more
+    than 1e-4 of the estimated SSE per cluster; else (outliers stretching the range, too few
+    values for k) the sorted path runs. The cell sums depend on how the values are split over
+    the engine threads, so a result may differ in the last bits with ``NUMBA_NUM_THREADS``.
 
 Every method ends with the nearest-centroid assignment to the float32 centroids, so
 ``centroids[codes]`` is each value's nearest codebook entry.
@@ -231,9 +239,12 @@ class _Distinct:
     values) or from fine bins (:func:`_binned`: one group per non-empty cell, ``u`` its mean).
     """
 
-    def __init__(self, w: np.ndarray, s: np.ndarray, q: np.ndarray, u: np.ndarray) -> None:
+    def __init__(
+        self, w: np.ndarray, s: np.ndarray, q: np.ndarray, u: np.ndarray, spread: float = 0.0
+    ) -> None:
         self.w, self.s, self.q, self.u = w, s, q, u
         self.m = self.u.size
+        self.spread = spread  # how wide one group may be: 0 for a value, a cell's width
 
     @classmethod
     def of_sorted(cls, x: np.ndarray, center: float) -> _Distinct:
@@ -271,7 +282,7 @@ def _sse_per_cluster_estimate(d: _Distinct, k: int) -> float:
     cuts = np.unique(np.concatenate([[0], cuts, [d.m]]))
     first = d.u[np.minimum(cuts[:-1], d.m - 1)]
     last = d.u[np.maximum(cuts[1:] - 1, 0)]
-    width = last - first
+    width = last - first + d.spread
     count = d.w[cuts[1:]] - d.w[cuts[:-1]]
     ok = width > 0
     integral = float(np.sum(width[ok] ** (2.0 / 3.0) * (count[ok] / n) ** (1.0 / 3.0)))
@@ -327,17 +338,20 @@ def _binned(flat: np.ndarray, k: int, lo: float, hi: float) -> tuple[_Distinct, 
     """Fine cells of the values as groups for :func:`_auto` and their centre, or None.
 
     None when some cell holds more spread than a small fraction of the estimated SSE per
-    cluster (outliers stretching the range, say): then the cells are too coarse for the
-    contract of ``"auto"`` and the sorted path runs.
+    cluster (outliers stretching the range, say), or the range is too small to be cut (a
+    subnormal width): then the cells are too coarse for the contract of ``"auto"`` and the
+    sorted path runs.
     """
     n = flat.size
     cells = 1 << int(math.ceil(math.log2(max(1.0, n / _AUTO_PER_CELL))))
     cells = min(max(cells, _AUTO_MIN_CELLS), _AUTO_MAX_CELLS)
+    if not math.isfinite(cells / (hi - lo)):  # a subnormal range
+        return None
     cnt, sl, ql, width = cell_stats(flat, lo, hi, cells)
     g = int(np.searchsorted(np.cumsum(cnt), n // 2 + 1))  # the median's cell
     center = lo + min(g, cells - 1) * width
     w, s, q, u, own = cell_prefix(cnt, sl, ql, lo, width, center)
-    d = _Distinct(w, s, q, u)
+    d = _Distinct(w, s, q, u, width)
     if float(own.max()) > _AUTO_CELL_SSE * _sse_per_cluster_estimate(d, k):
         return None
     return d, center
@@ -356,7 +370,8 @@ def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.n
         ``"optimal"``: the exact minimum SSE (dynamic programming over the sorted distinct
         values). ``"lloyd"``: Lloyd's algorithm on the sorted values from quantiles (fast, a
         local optimum). ``"auto"``: exact when cheap, else exact over coarse groups of sorted
-        values refined level by level within bands, then polished by Lloyd.
+        values (or, for 2^17 values and more, of fine cells of their range) refined level by
+        level within bands, then polished by Lloyd; not guaranteed optimal (see the module).
 
     Returns
     -------
