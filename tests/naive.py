@@ -619,3 +619,18 @@ def naive_cell_stats(values, lo, hi, cells):
     sl = np.array([fsum(o) for o in offsets])
     ql = np.array([fsum(d * d for d in o) for o in offsets])
     return cnt, sl, ql, width
+
+
+# ------------------------------------------- mask code-length tables (bitsub.codecs.maskio)
+
+
+def naive_length_table(lengths):
+    """Code lengths as deltas ("0": same, "10": +1, "110": -1, "111" + 5 bits), zero padded."""
+    bits = ""
+    prev = 0
+    for length in [int(v) for v in lengths]:
+        d = length - prev
+        bits += {0: "0", 1: "10", -1: "110"}.get(d, f"111{length:05b}")
+        prev = length
+    bits += "0" * (-len(bits) % 8)
+    return bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8))
