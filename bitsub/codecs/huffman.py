@@ -23,6 +23,7 @@ __all__ = [
     "canonical_codes",
     "check_code_lengths",
     "code_lengths",
+    "code_lengths_kernel",
     "decode_symbols",
     "decode_table",
     "encode_symbols",
@@ -111,17 +112,27 @@ def code_lengths(freqs: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.nda
     if not 1 <= int(max_length) <= 32:
         raise ValueError(f"max_length must be in 1..32, got {max_length}")
     freqs = freqs.astype(np.int64)
-    lengths = np.zeros(freqs.size, dtype=np.uint8)
+    used = int(np.count_nonzero(freqs))
+    if used > 2 ** int(max_length):
+        raise ValueError(f"{used} used symbols need codes longer than max_length={max_length}")
+    return code_lengths_kernel(freqs, int(max_length))
+
+
+@numba.njit(**NJIT)
+def code_lengths_kernel(freqs, max_length):
+    """`code_lengths` without the checks: int64 frequencies >= 0, at most 2**max_length used.
+
+    The used symbols enter package-merge in ascending frequency, ties by symbol (a stable sort).
+    """
+    lengths = np.zeros(freqs.shape[0], dtype=np.uint8)
     used = np.flatnonzero(freqs)
-    if used.size == 1:
-        lengths[used] = 1
-    elif used.size > 1:
-        if used.size > 2 ** int(max_length):
-            raise ValueError(
-                f"{used.size} used symbols need codes longer than max_length={max_length}"
-            )
-        order = used[np.argsort(freqs[used], kind="stable")]
-        lengths[order] = _package_merge(freqs[order], int(max_length))
+    if used.shape[0] == 1:
+        lengths[used[0]] = 1
+    elif used.shape[0] > 1:
+        order = used[np.argsort(freqs[used], kind="mergesort")]
+        got = _package_merge(freqs[order], max_length)
+        for i in range(order.shape[0]):
+            lengths[order[i]] = got[i]
     return lengths
 
 

@@ -10,9 +10,16 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from bitsub.codecs.huffman import MAX_CODE_LENGTH, canonical_codes, code_lengths, write_codes
+from bitsub.codecs.huffman import (
+    MAX_CODE_LENGTH,
+    canonical_codes,
+    code_lengths,
+    code_lengths_kernel,
+    write_codes,
+)
 from bitsub.codecs.maskio import (
     length_table_bits,
+    length_table_kernel,
     segment_bounds,
     segment_count,
     segment_payloads,
@@ -153,16 +160,25 @@ def encode_alt_kernel(values, seg_runs, codes, lengths, esc, out, seg_bits):
 # ------------------------------------------------------------------------------ stream coder
 
 
-def _run_symbol_counts(hist: np.ndarray, big_runs: np.ndarray, m: int) -> np.ndarray:
-    """Symbol frequencies of the runs scheme with alphabet size m, from the run histogram."""
+@numba.njit(**NJIT)
+def _run_symbol_counts(hist, big_runs, extra, m):
+    """Symbol frequencies of the runs scheme: alphabet size m, high parts run >> extra.
+
+    `hist[r]` counts the runs r < len(hist), `big_runs` lists the others.
+    """
     esc = m - 1
-    r = np.arange(hist.size)
-    counts = np.bincount(r % esc, weights=hist, minlength=m).astype(np.int64)
-    counts[esc] += int(np.dot(r // esc, hist))
-    if big_runs.size:
-        counts += np.bincount(big_runs % esc, minlength=m)[:m]
-        counts[esc] += int(np.sum(big_runs // esc))
-    return counts[:m]
+    counts = np.zeros(m, dtype=np.int64)
+    for r in range(hist.shape[0]):
+        h = hist[r]
+        if h:
+            q = r >> extra
+            counts[q % esc] += h
+            counts[esc] += h * (q // esc)
+    for j in range(big_runs.shape[0]):
+        q = big_runs[j] >> extra
+        counts[q % esc] += 1
+        counts[esc] += q // esc
+    return counts
 
 
 def _huffman_cost(counts: np.ndarray) -> tuple[int, np.ndarray]:
@@ -253,17 +269,49 @@ def choose_run_code(hist: np.ndarray, big_runs: np.ndarray, extra_bits=(0,)):
         hist, big_runs, np.array(extras, dtype=np.int64), np.array(sizes, dtype=np.int64)
     )
     # Build the exact code for the two best estimates only.
-    best = None
-    for i in np.argsort(estimates, kind="stable")[:2]:
-        extra, m = extras[i], sizes[i]
-        counts = _run_symbol_counts(np.bincount(np.arange(hist.size) >> extra, weights=hist)
-                                    .astype(np.int64), big_runs >> extra, m)
-        size, lengths = _huffman_cost(counts)
-        size += len(varint(m)) + (extra * n_runs + 7) // 8
-        score = size + int(counts.sum()) / 2048
-        if best is None or score < best[0]:
-            best = (score, size, m, lengths, counts, extra)
-    return best[1:]
+    top = np.argsort(estimates, kind="stable")[:2]
+    i, size, lengths, counts = _exact_run_code(
+        hist, big_runs, np.array(extras, dtype=np.int64)[top],
+        np.array(sizes, dtype=np.int64)[top], n_runs,
+    )
+    return size, sizes[top[i]], lengths, counts, extras[top[i]]
+
+
+@numba.njit(**NJIT)
+def _exact_run_code(hist, big_runs, extras, sizes, n_runs):
+    """The best of the runs codes (extras[i], sizes[i]) by exact size (ties: the first).
+
+    Returns (i, size in bytes, lengths, counts). The size counts the code-length table, the
+    payload bits, the low bits and the M varint; the score adds a byte per 2048 symbols.
+    """
+    best = 0
+    best_score = np.inf
+    best_size = 0
+    best_lengths = np.zeros(0, dtype=np.uint8)
+    best_counts = np.zeros(0, dtype=np.int64)
+    none = np.zeros(0, dtype=np.uint8)
+    for i in range(extras.shape[0]):
+        extra = extras[i]
+        m = sizes[i]
+        counts = _run_symbol_counts(hist, big_runs, extra, m)
+        lengths = code_lengths_kernel(counts, MAX_CODE_LENGTH)
+        payload = 0
+        total = 0
+        for j in range(m):
+            payload += counts[j] * np.int64(lengths[j])
+            total += counts[j]
+        table = length_table_kernel(lengths, none)
+        varint_bytes = 1
+        v = m >> 7
+        while v:
+            varint_bytes += 1
+            v >>= 7
+        size = (table + 7) // 8 + (payload + 7) // 8 + varint_bytes + (extra * n_runs + 7) // 8
+        score = size + total / 2048
+        if score < best_score:
+            best, best_score, best_size = i, score, size
+            best_lengths, best_counts = lengths, counts
+    return best, best_size, best_lengths, best_counts
 
 
 def plan_stream(bits: np.ndarray) -> StreamPlan:

@@ -21,8 +21,9 @@ __all__ = [
     "check_coverage",
     "check_end",
     "length_table_bits",
+    "length_table_kernel",
     "read_length_table",
-    "read_length_table_kernel",
+    "readlength_table_kernel",
     "segment_bounds",
     "segment_count",
     "segment_payloads",
@@ -88,7 +89,7 @@ class Reader:
 
 
 @numba.njit(**NJIT)
-def _length_table_kernel(lengths, out):
+def length_table_kernel(lengths, out):
     """Delta-code `lengths` into `out` (zeroed bytes, MSB-first); returns the bit count.
 
     With an empty `out` only the bits are counted.
@@ -120,14 +121,14 @@ def _length_table_kernel(lengths, out):
 
 def length_table_bits(lengths: np.ndarray) -> int:
     """Bits the code-length table of `lengths` takes (before byte padding)."""
-    return int(_length_table_kernel(np.ascontiguousarray(lengths), np.zeros(0, np.uint8)))
+    return int(length_table_kernel(np.ascontiguousarray(lengths), np.zeros(0, np.uint8)))
 
 
 def write_length_table(lengths: np.ndarray) -> bytes:
     """Code lengths as deltas ("0": same, "10": +1, "110": -1, "111" + 5 bits), zero padded."""
     lengths = np.ascontiguousarray(lengths)
     out = np.zeros(lengths.shape[0] + 1, dtype=np.uint8)  # at most 8 bits a length
-    nbits = _length_table_kernel(lengths, out)
+    nbits = length_table_kernel(lengths, out)
     return out[: (nbits + 7) // 8].tobytes()
 
 
@@ -137,7 +138,7 @@ def _bit(data, bit):
 
 
 @numba.njit(**NJIT)
-def read_length_table_kernel(data, start, end, out):
+def readlength_table_kernel(data, start, end, out):
     """Parse len(out) code lengths from data[start:end]; the end byte, -1 (truncated) or -2."""
     bit = start * 8
     limit = end * 8
@@ -188,7 +189,7 @@ def read_length_table(reader: Reader, count: int) -> np.ndarray:
     """Read and validate `count` code lengths (a complete code within MAX_CODE_LENGTH)."""
     data = np.frombuffer(reader.data, dtype=np.uint8)
     out = np.zeros(count, dtype=np.int64)
-    end = read_length_table_kernel(data, reader.pos, reader.end, out)
+    end = readlength_table_kernel(data, reader.pos, reader.end, out)
     if end == -1:
         raise FormatError("truncated: the code-length table runs past the end of the data")
     if end == -2:
