@@ -42,6 +42,7 @@ __all__ = [
     "ZEROS",
     "StreamPlan",
     "choose_run_code",
+    "code_table",
     "plan_stream",
     "write_stream",
 ]
@@ -59,20 +60,26 @@ NEAR_ENTROPY = 1.02
 _U64 = np.uint64
 
 
+def code_table(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """One uint64 entry per symbol for the encoders: its code << 8 | its length."""
+    return (codes.astype(np.uint64) << _U64(8)) | lengths.astype(np.uint64)
+
+
 @numba.njit(**NJIT)
-def encode_runs_kernel(runs, seg_runs, codes, lengths, esc, extra, out, seg_bits):
+def encode_runs_kernel(runs, seg_runs, table, esc, extra, out, seg_bits):
     """Huffman-code the runs of every segment into `out` (uint32 words, MSB-first).
 
-    A run r is written as its high part q = r >> extra, as q // esc escape symbols (symbol esc)
-    and the symbol q % esc, followed by its `extra` low bits as they are. Each segment's runs
-    (ending at index seg_runs[j]) start on a fresh word; its bit count goes to seg_bits[j].
+    ``table[s]`` is symbol s's code << 8 | its length (`code_table`). A run r is written as its
+    high part q = r >> extra, as q // esc escape symbols (symbol esc) and the symbol q % esc,
+    followed by its `extra` low bits as they are. Each segment's runs (ending at index
+    seg_runs[j]) start on a fresh word; its bit count goes to seg_bits[j].
     """
     acc = _U64(0)
     n_acc = 0
     k = 0
     n_bits = 0
-    esc_code = _U64(codes[esc])
-    esc_len = np.int64(lengths[esc])
+    esc_code = table[esc] >> _U64(8)
+    esc_len = np.int64(table[esc] & _U64(255))
     low_mask = (np.int64(1) << extra) - 1
     start = 0
     for seg in range(seg_runs.shape[0]):
@@ -88,8 +95,9 @@ def encode_runs_kernel(runs, seg_runs, codes, lengths, esc, extra, out, seg_bits
                 n_acc &= 31
                 out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
                 k += f
-            ln = np.int64(lengths[q])
-            acc = (acc << _U64(ln)) | _U64(codes[q])
+            e = table[q]
+            ln = np.int64(e & _U64(255))
+            acc = (acc << _U64(ln)) | (e >> _U64(8))
             n_acc += ln
             n_bits += ln
             # Branch-free flush: always store the top word, advance only when it is full.
@@ -116,8 +124,11 @@ def encode_runs_kernel(runs, seg_runs, codes, lengths, esc, extra, out, seg_bits
 
 
 @numba.njit(**NJIT)
-def encode_alt_kernel(values, seg_runs, codes, lengths, esc, out, seg_bits):
-    """Huffman-code alternating runs, code `parity` for the runs of 0s (0) and of 1s (1)."""
+def encode_alt_kernel(values, seg_runs, table, esc, out, seg_bits):
+    """Huffman-code alternating runs, ``table[parity]`` for the runs of 0s (0) and of 1s (1).
+
+    Entries as in `encode_runs_kernel`.
+    """
     acc = _U64(0)
     n_acc = 0
     k = 0
@@ -130,16 +141,18 @@ def encode_alt_kernel(values, seg_runs, codes, lengths, esc, out, seg_bits):
             e = esc[par]
             while v >= e:
                 v -= e
-                ln = np.int64(lengths[par, e])
-                acc = (acc << _U64(ln)) | _U64(codes[par, e])
+                ee = table[par, e]
+                ln = np.int64(ee & _U64(255))
+                acc = (acc << _U64(ln)) | (ee >> _U64(8))
                 n_acc += ln
                 n_bits += ln
                 f = n_acc >> 5
                 n_acc &= 31
                 out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
                 k += f
-            ln = np.int64(lengths[par, v])
-            acc = (acc << _U64(ln)) | _U64(codes[par, v])
+            ee = table[par, v]
+            ln = np.int64(ee & _U64(255))
+            acc = (acc << _U64(ln)) | (ee >> _U64(8))
             n_acc += ln
             n_bits += ln
             f = n_acc >> 5
@@ -400,36 +413,31 @@ def write_stream(plan: StreamPlan) -> bytes:
         out.append(bytes([plan.extra]))
         out.append(varint(plan.m))
         out.append(write_length_table(plan.lengths))
-        codes = canonical_codes(plan.lengths)
-        lengths8 = plan.lengths.astype(np.uint8)
+        table = code_table(canonical_codes(plan.lengths), plan.lengths)
         n_seg = plan.seg_runs.size
         out.append(bytes([n_seg]))
         total_bits = int(np.dot(plan.counts, plan.lengths.astype(np.int64)))
         total_bits += plan.extra * plan.runs.size
         words = np.zeros(total_bits // 32 + n_seg + 2, dtype=np.uint32)
         seg_bits = np.zeros(n_seg, dtype=np.int64)
-        encode_runs_kernel(
-            plan.runs, plan.seg_runs, codes, lengths8, plan.m - 1, plan.extra, words, seg_bits
-        )
+        encode_runs_kernel(plan.runs, plan.seg_runs, table, plan.m - 1, plan.extra, words, seg_bits)
         payloads = segment_payloads(words, seg_bits)
         out += [varint(len(p)) for p in payloads] + payloads
     elif scheme == RUNS01:
         width = max(plan.codes[0][1], plan.codes[1][1])
-        codes = np.zeros((2, width), dtype=np.uint32)
-        lengths8 = np.zeros((2, width), dtype=np.uint8)
+        table = np.zeros((2, width), dtype=np.uint64)
         total_bits = 0
         for par, (_, m, lengths, counts) in enumerate(plan.codes):
             out.append(varint(m))
             out.append(write_length_table(lengths))
-            codes[par, :m] = canonical_codes(lengths)
-            lengths8[par, :m] = lengths
+            table[par, :m] = code_table(canonical_codes(lengths), lengths)
             total_bits += int(np.dot(counts, lengths.astype(np.int64)))
         n_seg = plan.seg_runs.size
         out.append(bytes([n_seg]))
         words = np.zeros(total_bits // 32 + n_seg + 2, dtype=np.uint32)
         seg_bits = np.zeros(n_seg, dtype=np.int64)
         esc = np.array([plan.codes[0][1] - 1, plan.codes[1][1] - 1], dtype=np.int64)
-        encode_alt_kernel(plan.values, plan.seg_runs, codes, lengths8, esc, words, seg_bits)
+        encode_alt_kernel(plan.values, plan.seg_runs, table, esc, words, seg_bits)
         payloads = segment_payloads(words, seg_bits)
         out += [varint(len(p)) for p in payloads] + payloads
     return b"".join(out)
