@@ -23,7 +23,7 @@ __all__ = [
     "length_table_bits",
     "length_table_kernel",
     "read_length_table",
-    "readlength_table_kernel",
+    "read_length_table_kernel",
     "segment_bounds",
     "segment_count",
     "segment_payloads",
@@ -138,7 +138,7 @@ def _bit(data, bit):
 
 
 @numba.njit(**NJIT)
-def readlength_table_kernel(data, start, end, out):
+def read_length_table_kernel(data, start, end, out):
     """Parse len(out) code lengths from data[start:end]; the end byte, -1 (truncated) or -2."""
     bit = start * 8
     limit = end * 8
@@ -189,7 +189,7 @@ def read_length_table(reader: Reader, count: int) -> np.ndarray:
     """Read and validate `count` code lengths (a complete code within MAX_CODE_LENGTH)."""
     data = np.frombuffer(reader.data, dtype=np.uint8)
     out = np.zeros(count, dtype=np.int64)
-    end = readlength_table_kernel(data, reader.pos, reader.end, out)
+    end = read_length_table_kernel(data, reader.pos, reader.end, out)
     if end == -1:
         raise FormatError("truncated: the code-length table runs past the end of the data")
     if end == -2:
