@@ -389,24 +389,3 @@ def test_very_sparse_masks_use_extra_bits(p):
     assert len(enc) <= 1.02 * entropy + 64
     assert len(enc) < len(zlib.compress(np.packbits(m).tobytes(), 9))
 
-
-# ------------------------------------------------------------- packing scan (maskscan)
-
-
-@settings(max_examples=80, deadline=None)
-@given(st.integers(0, 300), st.integers(0, 7), st.integers(0, 2**32 - 1),
-       st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]))
-def test_pack_scan_matches_packbits(n, offset, seed, p):
-    from bitsub.codecs.maskscan import pack_scan
-
-    rng = np.random.default_rng(seed)
-    raw = (rng.random(n + offset) < p).view(np.uint8)
-    # Any nonzero byte is a true bool; an offset makes the words unaligned.
-    raw = raw * rng.integers(1, 256, raw.size).astype(np.uint8)
-    bits = raw[offset:].view(np.bool_)
-    padded, hist, ones = pack_scan(bits)
-    want = np.packbits(bits != 0, bitorder="little")
-    assert padded.size % 8 == 0 and padded.size >= want.size
-    assert np.array_equal(padded[: want.size], want) and not padded[want.size :].any()
-    assert np.array_equal(hist, np.bincount(want, minlength=256))
-    assert ones == int(np.count_nonzero(bits))

@@ -26,7 +26,7 @@ from bitsub.codecs.maskio import (
     varint,
     write_length_table,
 )
-from bitsub.codecs.maskscan import count_transitions, find_alt_runs, find_runs, pack_scan
+from bitsub.codecs.maskscan import count_transitions, find_alt_runs, find_runs, scan_bytes
 from bitsub.config import NJIT
 
 __all__ = [
@@ -330,8 +330,8 @@ def _exact_run_code(hist, big_runs, extras, sizes, n_runs):
 def plan_stream(bits: np.ndarray) -> StreamPlan:
     """Pick the smallest scheme for a 1-D bool stream; `size` is its estimated byte count."""
     n = bits.size
-    padded, hist, ones = pack_scan(bits)
-    packed = padded[: (n + 7) // 8]
+    packed = np.packbits(bits, bitorder="little")
+    hist, ones = scan_bytes(packed)
     if ones == 0:
         return StreamPlan(ZEROS, 1)
     if ones == n:
@@ -345,7 +345,9 @@ def plan_stream(bits: np.ndarray) -> StreamPlan:
     minority = min(ones, n - ones)
     p = minority / n
     h_bits = -n * (p * np.log2(p) + (1 - p) * np.log2(1 - p))
-    words = padded.view("<u8")
+    words = np.zeros((packed.size + 7) // 8 * 8, dtype=np.uint8)
+    words[: packed.size] = packed
+    words = words.view("<u8")
     n_seg = segment_count(n)
     bounds = segment_bounds(n, n_seg)
     # Alternating runs pay off on clustered masks: far fewer changes of value than an i.i.d.

@@ -1,4 +1,4 @@
-"""Numba scans of a mask stream: packing with a byte histogram, runs, alternating runs, transitions.
+"""Numba scans of a packed mask stream: byte histogram, runs, alternating runs, transitions.
 
 They feed the scheme choice and the encoders of `bitsub.codecs.maskencode`. Streams are packed
 little-endian (position i is bit i % 64 of word i // 64, as ``np.packbits(bitorder="little")``).
@@ -18,57 +18,36 @@ if numba.config.DISABLE_JIT:  # the intrinsic only exists compiled
         return (int(x) & -int(x)).bit_length() - 1
 
 
-__all__ = ["count_transitions", "find_alt_runs", "find_runs", "pack_scan"]
+__all__ = ["count_transitions", "find_alt_runs", "find_runs", "scan_bytes"]
 
 _U64 = np.uint64
 
 
 @numba.njit(**NJIT)
-def _pack_scan_kernel(chunks, tail, out):
-    """Pack 8 bools a byte (little-endian bit order) into `out`; the byte histogram, ones."""
+def scan_bytes(packed):
+    """Histogram of the packed bytes and the number of one bits."""
+    # Four sub-histograms, so that runs of equal bytes do not serialize on one counter.
     sub = np.zeros((4, 256), dtype=np.int64)
-    low7 = _U64(0x7F7F7F7F7F7F7F7F)
-    high = _U64(0x8080808080808080)
-    gather = _U64(0x0102040810204080)  # bit j of the top byte <- byte j (0 or 1)
-    nc = chunks.shape[0]
-    for i in range(nc):
-        x = chunks[i]
-        t = (((x & low7) + low7) | x) & high  # 0x80 in every nonzero byte
-        b = ((t >> _U64(7)) * gather) >> _U64(56)
-        out[i] = np.uint8(b)
-        sub[i & 3, b] += 1
-    if tail.shape[0]:
-        b = 0
-        for j in range(tail.shape[0]):
-            if tail[j]:
-                b |= 1 << j
-        out[nc] = np.uint8(b)
-        sub[0, b] += 1
+    n = packed.shape[0]
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        sub[0, packed[i]] += 1
+        sub[1, packed[i + 1]] += 1
+        sub[2, packed[i + 2]] += 1
+        sub[3, packed[i + 3]] += 1
+    for i in range(n4, n):
+        sub[0, packed[i]] += 1
     hist = np.zeros(256, dtype=np.int64)
     ones = 0
     for b in range(256):
         hist[b] = sub[0, b] + sub[1, b] + sub[2, b] + sub[3, b]
+        bits = 0
         v = b
         while v:
-            ones += (v & 1) * hist[b]
+            bits += v & 1
             v >>= 1
+        ones += bits * hist[b]
     return hist, ones
-
-
-def pack_scan(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """1-D bools packed little-endian, zero padded to whole uint64 words; byte histogram, ones.
-
-    Returns ``(padded, hist, ones)``: ``padded[:ceil(n / 8)]`` is
-    ``np.packbits(bits, bitorder="little")`` and ``padded.view("<u8")`` the words the scans
-    read; ``hist`` counts those ceil(n / 8) bytes (the last one's padding bits as 0).
-    """
-    n = bits.shape[0]
-    n_bytes = (n + 7) // 8
-    padded = np.zeros((n_bytes + 7) // 8 * 8, dtype=np.uint8)
-    u8 = bits.view(np.uint8)
-    head = n - n % 8
-    hist, ones = _pack_scan_kernel(u8[:head].view(np.uint64), u8[head:], padded)
-    return padded, hist, int(ones)
 
 
 @numba.njit(**NJIT)
