@@ -196,23 +196,27 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
     why = check_code_lengths(lengths, 32)
     if why is not None:
         raise ValueError(why)
-    codes = np.zeros(lengths.size, dtype=np.uint32)
-    if lengths.size == 0:
-        return codes
-    bl_count = np.bincount(lengths, minlength=33)
+    return _canonical_kernel(lengths)
+
+
+@numba.njit(**NJIT)
+def _canonical_kernel(lengths):
+    # Deflate's construction: the first code of each length, then consecutive in symbol order.
+    codes = np.zeros(lengths.shape[0], dtype=np.uint32)
+    bl_count = np.zeros(34, dtype=np.int64)
+    for s in range(lengths.shape[0]):
+        bl_count[lengths[s]] += 1
     bl_count[0] = 0
     next_code = np.zeros(34, dtype=np.int64)
     code = 0
     for bits in range(1, 33):
         code = (code + bl_count[bits - 1]) << 1
         next_code[bits] = code
-    used = np.flatnonzero(lengths)
-    order = used[np.lexsort((used, lengths[used]))]
-    ordered_lengths = lengths[order]
-    # Within one length, codes are consecutive in symbol order.
-    first_index = np.searchsorted(ordered_lengths, ordered_lengths, side="left")
-    rank = np.arange(order.size) - first_index
-    codes[order] = (next_code[ordered_lengths] + rank).astype(np.uint32)
+    for s in range(lengths.shape[0]):
+        ln = lengths[s]
+        if ln > 0:
+            codes[s] = np.uint32(next_code[ln])
+            next_code[ln] += 1
     return codes
 
 
