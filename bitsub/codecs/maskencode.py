@@ -67,71 +67,60 @@ def code_table(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 @numba.njit(**NJIT)
 def encode_runs_kernel(runs, seg_runs, table, esc, extra, out, seg_bits):
-    """Huffman-code the runs of one or two segments into the rows of `out` (uint32, MSB-first).
+    """Huffman-code the runs of every segment into `out` (uint32 words, MSB-first).
 
     ``table[s]`` is symbol s's code << 8 | its length (`code_table`). A run r is written as its
     high part q = r >> extra, as q // esc escape symbols (symbol esc) and the symbol q % esc,
-    followed by its `extra` low bits as they are. Segment j (the runs up to index seg_runs[j])
-    goes to row j of `out`; its bit count to seg_bits[j]. The two segments are coded
-    interleaved, a run of each in turn (two independent chains for the CPU to overlap); the
-    loop body is written once inside ``for lane in range(2)``, as in the decoders.
+    followed by its `extra` low bits as they are. Each segment's runs (ending at index
+    seg_runs[j]) start on a fresh word; its bit count goes to seg_bits[j].
     """
+    acc = _U64(0)
+    n_acc = 0
+    k = 0
+    n_bits = 0
     esc_code = table[esc] >> _U64(8)
     esc_len = np.int64(table[esc] & _U64(255))
     low_mask = (np.int64(1) << extra) - 1
-    two = seg_runs.shape[0] == 2
-    acc0, n0, k0, i0, b0 = _U64(0), 0, 0, 0, 0
-    acc1, n1, k1, i1, b1 = _U64(0), 0, 0, seg_runs[0], 0
-    end0 = seg_runs[0]
-    end1 = seg_runs[1] if two else seg_runs[0]
-    while i0 < end0 or i1 < end1:
-        for lane in range(2):
-            if lane == 0:
-                acc, n_acc, k, i, n_bits, end = acc0, n0, k0, i0, b0, end0
-            else:
-                acc, n_acc, k, i, n_bits, end = acc1, n1, k1, i1, b1, end1
-            if i < end:
-                r = np.int64(runs[i])
-                i += 1
-                q = r >> extra
-                while q >= esc:
-                    q -= esc
-                    acc = (acc << _U64(esc_len)) | esc_code
-                    n_acc += esc_len
-                    n_bits += esc_len
-                    f = n_acc >> 5
-                    n_acc &= 31
-                    out[lane, k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
-                    k += f
-                e = table[q]
-                ln = np.int64(e & _U64(255))
-                acc = (acc << _U64(ln)) | (e >> _U64(8))
-                n_acc += ln
-                n_bits += ln
-                # Branch-free flush: always store the top word, advance only when it is full.
+    start = 0
+    for seg in range(seg_runs.shape[0]):
+        for i in range(start, seg_runs[seg]):
+            r = np.int64(runs[i])
+            q = r >> extra
+            while q >= esc:
+                q -= esc
+                acc = (acc << _U64(esc_len)) | esc_code
+                n_acc += esc_len
+                n_bits += esc_len
                 f = n_acc >> 5
                 n_acc &= 31
-                out[lane, k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+                out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
                 k += f
-                if extra > 0:
-                    acc = (acc << _U64(extra)) | _U64(r & low_mask)
-                    n_acc += extra
-                    n_bits += extra
-                    f = n_acc >> 5
-                    n_acc &= 31
-                    out[lane, k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
-                    k += f
-            if lane == 0:
-                acc0, n0, k0, i0, b0 = acc, n_acc, k, i, n_bits
-            else:
-                acc1, n1, k1, i1, b1 = acc, n_acc, k, i, n_bits
-    if n0 > 0:
-        out[0, k0] = np.uint32((acc0 << _U64(32 - n0)) & _U64(0xFFFFFFFF))
-    if n1 > 0:
-        out[1, k1] = np.uint32((acc1 << _U64(32 - n1)) & _U64(0xFFFFFFFF))
-    seg_bits[0] = b0
-    if two:
-        seg_bits[1] = b1
+            e = table[q]
+            ln = np.int64(e & _U64(255))
+            acc = (acc << _U64(ln)) | (e >> _U64(8))
+            n_acc += ln
+            n_bits += ln
+            # Branch-free flush: always store the top word, advance only when it is full.
+            f = n_acc >> 5
+            n_acc &= 31
+            out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+            k += f
+            if extra > 0:
+                acc = (acc << _U64(extra)) | _U64(r & low_mask)
+                n_acc += extra
+                n_bits += extra
+                f = n_acc >> 5
+                n_acc &= 31
+                out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+                k += f
+        start = seg_runs[seg]
+        if n_acc > 0:
+            out[k] = np.uint32((acc << _U64(32 - n_acc)) & _U64(0xFFFFFFFF))
+            k += 1
+            n_acc = 0
+        seg_bits[seg] = n_bits
+        n_bits = 0
+    return k
 
 
 @numba.njit(**NJIT)
@@ -429,11 +418,10 @@ def write_stream(plan: StreamPlan) -> bytes:
         out.append(bytes([n_seg]))
         total_bits = int(np.dot(plan.counts, plan.lengths.astype(np.int64)))
         total_bits += plan.extra * plan.runs.size
-        rows = np.zeros((n_seg, total_bits // 32 + 2), dtype=np.uint32)
+        words = np.zeros(total_bits // 32 + n_seg + 2, dtype=np.uint32)
         seg_bits = np.zeros(n_seg, dtype=np.int64)
-        encode_runs_kernel(plan.runs, plan.seg_runs, table, plan.m - 1, plan.extra, rows, seg_bits)
-        payloads = [row[: (bits + 31) // 32].astype(">u4").tobytes()[: (bits + 7) // 8]
-                    for row, bits in zip(rows, seg_bits.tolist())]
+        encode_runs_kernel(plan.runs, plan.seg_runs, table, plan.m - 1, plan.extra, words, seg_bits)
+        payloads = segment_payloads(words, seg_bits)
         out += [varint(len(p)) for p in payloads] + payloads
     elif scheme == RUNS01:
         width = max(plan.codes[0][1], plan.codes[1][1])
