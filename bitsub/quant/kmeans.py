@@ -17,7 +17,7 @@ Methods
     The exact DP when k * m * log2(m) is small. Otherwise coarse to fine: the exact DP over
     coarse groups of consecutive distinct values, then exact DPs on finer groups with each
     boundary held within a band around the coarser solution, then Lloyd until no boundary moves.
-    From 2^17 values on (k > 1) the groups are not sorted distinct values but fine cells of the
+    From 2^15 values on (k > 1) the groups are not sorted distinct values but fine cells of the
     value range (:mod:`bitsub.quant.bins`: one O(n) pass over the unsorted values, about 16 a
     cell, at most 2^16 cells), whose exact counts, sums and sums of squares stand for their
     values; every boundary then lies on a cell edge, and the final nearest-centroid assignment
@@ -62,10 +62,10 @@ _AUTO_REFINE = 4
 _AUTO_TAU_DIV = 64.0
 _AUTO_BAND = 8
 _AUTO_MAX_RECENTRE = 20
-# "auto" from n values on: fine cells instead of the sort (about _AUTO_PER_CELL values a cell,
-# at most _AUTO_MAX_CELLS cells), kept when no cell's own SSE exceeds _AUTO_CELL_SSE times the
-# estimated SSE per cluster (else the sorted path runs).
-_AUTO_BINS_MIN_N = 1 << 17
+# "auto" from _AUTO_BINS_MIN_N values on: fine cells instead of the sort (about _AUTO_PER_CELL
+# values a cell, at most _AUTO_MAX_CELLS cells), kept when no cell's own SSE exceeds
+# _AUTO_CELL_SSE times the estimated SSE per cluster (else the sorted path runs).
+_AUTO_BINS_MIN_N = 1 << 15
 _AUTO_PER_CELL = 16
 _AUTO_MIN_CELLS = 1 << 12
 _AUTO_MAX_CELLS = 1 << 16
@@ -370,7 +370,7 @@ def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.n
         ``"optimal"``: the exact minimum SSE (dynamic programming over the sorted distinct
         values). ``"lloyd"``: Lloyd's algorithm on the sorted values from quantiles (fast, a
         local optimum). ``"auto"``: exact when cheap, else exact over coarse groups of sorted
-        values (or, for 2^17 values and more, of fine cells of their range) refined level by
+        values (or, for 2^15 values and more, of fine cells of their range) refined level by
         level within bands, then polished by Lloyd; not guaranteed optimal (see the module).
 
     Returns
