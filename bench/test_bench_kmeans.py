@@ -143,7 +143,8 @@ def ratio_table():
         opt = SSE.get((case, "bitsub-optimal"))
         if t_auto is None or t_sk is None or opt is None:
             continue
-        rel = {i: SSE[(case, i)] / opt for i in ("bitsub-auto", "bitsub-lloyd", "sklearn")}
+        rel = {i: SSE.get((case, i), float("nan")) / opt
+               for i in ("bitsub-auto", "bitsub-lloyd", "sklearn")}
         not_above = SSE[(case, "bitsub-auto")] <= SSE[(case, "sklearn")]
         print(
             f"{case:22s} time {t_sk / t_auto:7.1f}x (auto {t_auto * 1e3:8.2f} ms, optimal "

@@ -624,3 +624,42 @@ def naive_build_words(writes, codes, bits, prefix_bits, word_bits):
                 text[i] += field
     words = [int(t.ljust(word_bits, "0")[:word_bits], 2) for t in text]
     return words, [len(t) for t in text], full
+
+
+# ------------------------------------------------------ fine bins of values (bitsub.quant.bins)
+
+
+def naive_cell_stats(values, lo, hi, cells):
+    """Per-cell count and exact (fsum) sums of offsets from the cell's left edge, and squares.
+
+    Cell of v: ``int((v - lo) * (cells / (hi - lo)))`` clamped to [0, cells - 1]; its left
+    edge ``lo + g * ((hi - lo) / cells)``, in float64 as written.
+    """
+    from math import fsum
+
+    scale = cells / (hi - lo)
+    width = (hi - lo) / cells
+    offsets = [[] for _ in range(cells)]
+    for v in np.asarray(values).reshape(-1):
+        v = float(v)
+        g = min(max(int((v - lo) * scale), 0), cells - 1)
+        offsets[g].append(v - (lo + g * width))
+    cnt = np.array([len(o) for o in offsets], dtype=np.float64)
+    sl = np.array([fsum(o) for o in offsets])
+    ql = np.array([fsum(d * d for d in o) for o in offsets])
+    return cnt, sl, ql, width
+
+
+# ------------------------------------------- mask code-length tables (bitsub.codecs.maskio)
+
+
+def naive_length_table(lengths):
+    """Code lengths as deltas ("0": same, "10": +1, "110": -1, "111" + 5 bits), zero padded."""
+    bits = ""
+    prev = 0
+    for length in [int(v) for v in lengths]:
+        d = length - prev
+        bits += {0: "0", 1: "10", -1: "110"}.get(d, f"111{length:05b}")
+        prev = length
+    bits += "0" * (-len(bits) % 8)
+    return bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8))

@@ -7,10 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import bitsub.quant.bins as bins
 import bitsub.quant.dp as dp
 import bitsub.quant.kmeans as km
 from bitsub.quant.kmeans import kmeans_1d, quantize
-from tests.naive import naive_dp_min_sse, naive_kmeans_1d_min_sse, naive_run_sse, naive_sse
+from tests.naive import (
+    naive_cell_stats,
+    naive_dp_min_sse,
+    naive_kmeans_1d_min_sse,
+    naive_run_sse,
+    naive_sse,
+)
 
 METHODS = ["optimal", "auto", "lloyd"]
 
@@ -189,7 +196,7 @@ def test_k_max_is_accepted():
 
 
 def _prefix(x):
-    d = km._Distinct(np.sort(x), float(np.median(x)))
+    d = km._Distinct.of_sorted(np.sort(x), float(np.median(x)))
     return d
 
 
@@ -325,3 +332,136 @@ def test_optimal_sse_agrees_with_ckmeans(name, k):
     check_codebook(x, k, c, codes)
     ulp = float(np.max(np.abs(x))) * 2.0**-24
     assert naive_sse(x, c, codes) <= ours + tol + x.size * ulp**2 * 4
+
+
+# ------------------------------------------------- "auto" on fine cells (bitsub.quant.bins)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from([-3.0, 0.0, 0.5, 7.25]) | st.floats(-1e3, 1e3, width=32),
+             min_size=2, max_size=300),
+    st.sampled_from([1, 3, 16, 257]),
+)
+def test_cell_stats_match_the_naive_cells(vals, cells):
+    x = np.array(vals, dtype=np.float32)
+    lo, hi, nan = bins.value_range(x)
+    assert (lo, hi, nan) == (float(x.min()), float(x.max()), False)
+    if lo == hi:
+        return
+    cnt, sl, ql, width = bins.cell_stats(x, lo, hi, cells)
+    ncnt, nsl, nql, nwidth = naive_cell_stats(x, lo, hi, cells)
+    assert width == nwidth
+    assert np.array_equal(cnt, ncnt)  # the same cell for every value
+    # Both sides compute the same offsets; a running float64 sum of c terms is off by at most
+    # (c - 1) eps times the sum of |terms|, and an offset is within [0, width] up to the
+    # rounding of the cell index and edge (far below a width here), so |offset| <= 2 width.
+    bound = cnt * cnt * EPS
+    assert np.all(np.abs(sl - nsl) <= bound * 2 * width + 2 * EPS * np.abs(nsl) + 1e-300)
+    assert np.all(np.abs(ql - nql) <= bound * 4 * width * width + 2 * EPS * nql + 1e-300)
+
+
+def test_value_range_flags_nan_and_splits_over_threads():
+    x = np.random.default_rng(4).standard_normal(300_000)
+    assert bins.value_range(x) == (float(x.min()), float(x.max()), False)
+    x[200_000] = np.nan
+    assert bins.value_range(x)[2]
+
+
+def test_cell_prefix_matches_the_groups_of_sorted_values():
+    rng = np.random.default_rng(8)
+    x = np.round(rng.standard_normal(5000) * 50) / 16  # point masses: one per cell at most
+    lo, hi = float(x.min()), float(x.max())
+    cells = int(round((hi - lo) * 16)) * 4
+    cnt, sl, ql, width = bins.cell_stats(x, lo, hi, cells)
+    center = float(np.median(x))
+    w, s, q, u, own = bins.cell_prefix(cnt, sl, ql, lo, width, center)
+    d = km._Distinct.of_sorted(np.sort(x), center)
+    assert np.array_equal(w, d.w)
+    tol = 64 * EPS * float(d.q[-1])
+    assert np.all(np.abs(s - d.s) <= tol) and np.all(np.abs(q - d.q) <= tol)
+    assert np.all(np.abs(u - d.u) <= 64 * EPS * (1 + np.abs(d.u)))
+    assert np.all(own <= 64 * EPS * (1 + d.q[-1]))
+
+
+class _Spy:
+    def __init__(self, monkeypatch):
+        self.results = []
+        real = km._binned
+
+        def spy(*args):
+            out = real(*args)
+            self.results.append(out is not None)
+            return out
+
+        monkeypatch.setattr(km, "_binned", spy)
+
+
+@pytest.mark.parametrize("dist", ["normal", "laplace"])
+# k = 256 needs finer cells than 16 values a cell at this n (else the sort runs).
+@pytest.mark.parametrize(("n", "k", "per_cell", "tol"),
+                         [(20000, 2, 16, 2e-4), (20000, 4, 16, 2e-4), (6000, 16, 16, 2e-4),
+                          (40000, 256, 1, 1e-2)])
+def test_auto_on_cells_within_bar_of_optimal(monkeypatch, dist, n, k, per_cell, tol):
+    rng = np.random.default_rng(n + k + 1)
+    x = (rng.standard_normal(n) if dist == "normal" else rng.laplace(size=n)).astype(np.float32)
+    monkeypatch.setattr(km, "_AUTO_BINS_MIN_N", 1000)
+    monkeypatch.setattr(km, "_AUTO_PER_CELL", per_cell)
+    spy = _Spy(monkeypatch)
+    c_opt, codes_opt = kmeans_1d(x, k, method="optimal")
+    c_auto, codes_auto = kmeans_1d(x, k, method="auto")
+    assert spy.results == [True]  # the cells, not the sort
+    check_codebook(x, k, c_auto, codes_auto)
+    sse_opt = naive_sse(x, c_opt, codes_opt)
+    sse_auto = naive_sse(x, c_auto, codes_auto)
+    assert sse_opt <= sse_auto * (1 + 1e-9)
+    assert sse_auto <= sse_opt * (1 + tol)
+
+
+def test_auto_on_cells_at_the_default_size(monkeypatch):
+    n = km._AUTO_BINS_MIN_N
+    x = np.random.default_rng(1).laplace(size=n).astype(np.float32) * 3 + 1e3
+    spy = _Spy(monkeypatch)
+    c, codes = kmeans_1d(x.reshape(64, -1), 4)
+    assert spy.results == [True]
+    assert codes.shape == (64, n // 64)
+    c_opt, codes_opt = kmeans_1d(x, 4, method="optimal")
+    assert naive_sse(x, c, codes) <= naive_sse(x, c_opt, codes_opt) * (1 + 2e-4)
+
+
+def test_auto_falls_back_to_the_sort_when_cells_are_coarse(monkeypatch):
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.standard_normal(20000), [1e4]])  # one outlier stretches the range
+    monkeypatch.setattr(km, "_AUTO_BINS_MIN_N", 1000)
+    spy = _Spy(monkeypatch)
+    c, codes = kmeans_1d(x, 4)
+    assert spy.results == [False]
+    c_opt, codes_opt = kmeans_1d(x, 4, method="optimal")
+    assert naive_sse(x, c, codes) <= naive_sse(x, c_opt, codes_opt) * (1 + 2e-4)
+
+
+def test_auto_on_cells_with_duplicates_constants_and_subnormals(monkeypatch):
+    monkeypatch.setattr(km, "_AUTO_BINS_MIN_N", 1000)
+    rng = np.random.default_rng(3)
+    x = np.round(rng.standard_normal(20000) * 40) / 8  # about 300 distinct values
+    for k in (2, 64, 300):
+        c_opt, codes_opt = kmeans_1d(x, k, method="optimal")
+        c, codes = kmeans_1d(x, k)
+        check_codebook(x[:3000], k, c, codes[:3000])
+        assert naive_sse(x, c, codes) <= naive_sse(x, c_opt, codes_opt) * 1.01 + 1e-12
+    c, codes = kmeans_1d(np.full(5000, 2.5), 4)
+    assert np.all(c == 2.5) and np.all(codes == 0)
+    tiny = rng.integers(0, 5, 5000) * 1e-310  # a subnormal range: the cells cannot be sized
+    c, codes = kmeans_1d(tiny, 8)
+    check_codebook(tiny[:2000], 8, c, codes[:2000])
+    c, codes = kmeans_1d(np.array([0.0, 1.0] * 2500), 1)
+    assert c.tolist() == [0.5] and np.all(codes == 0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e39])
+def test_auto_on_cells_rejects_bad_values(monkeypatch, bad):
+    monkeypatch.setattr(km, "_AUTO_BINS_MIN_N", 1000)
+    x = np.random.default_rng(2).standard_normal(5000)
+    x[4321] = bad
+    with pytest.raises(ValueError, match="NaN or inf|float32 range"):
+        kmeans_1d(x, 4)

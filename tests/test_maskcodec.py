@@ -16,6 +16,7 @@ from bitsub.codecs.maskio import (
     varint,
     write_length_table,
 )
+from tests.naive import naive_length_table
 
 SHAPES = [(), (0,), (1,), (7,), (8,), (9,), (0, 5), (3, 5), (64,), (65,), (100, 37), (2, 3, 4)]
 
@@ -282,6 +283,7 @@ def test_runs_scheme_matches_naive_coder():
 def test_length_table_roundtrip(lengths):
     lengths = np.array(lengths)
     data = write_length_table(lengths)
+    assert data == naive_length_table(lengths)
     assert len(data) == (length_table_bits(lengths) + 7) // 8
     out = np.zeros(lengths.size, dtype=np.int64)
     buf = np.frombuffer(data, dtype=np.uint8)
@@ -386,3 +388,4 @@ def test_very_sparse_masks_use_extra_bits(p):
     entropy = n * -(q * np.log2(q) + (1 - q) * np.log2(1 - q)) / 8
     assert len(enc) <= 1.02 * entropy + 64
     assert len(enc) < len(zlib.compress(np.packbits(m).tobytes(), 9))
+

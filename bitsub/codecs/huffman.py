@@ -23,6 +23,7 @@ __all__ = [
     "canonical_codes",
     "check_code_lengths",
     "code_lengths",
+    "code_lengths_kernel",
     "decode_symbols",
     "decode_table",
     "encode_symbols",
@@ -111,17 +112,27 @@ def code_lengths(freqs: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.nda
     if not 1 <= int(max_length) <= 32:
         raise ValueError(f"max_length must be in 1..32, got {max_length}")
     freqs = freqs.astype(np.int64)
-    lengths = np.zeros(freqs.size, dtype=np.uint8)
+    used = int(np.count_nonzero(freqs))
+    if used > 2 ** int(max_length):
+        raise ValueError(f"{used} used symbols need codes longer than max_length={max_length}")
+    return code_lengths_kernel(freqs, int(max_length))
+
+
+@numba.njit(**NJIT)
+def code_lengths_kernel(freqs, max_length):
+    """`code_lengths` without the checks: int64 frequencies >= 0, at most 2**max_length used.
+
+    The used symbols enter package-merge in ascending frequency, ties by symbol (a stable sort).
+    """
+    lengths = np.zeros(freqs.shape[0], dtype=np.uint8)
     used = np.flatnonzero(freqs)
-    if used.size == 1:
-        lengths[used] = 1
-    elif used.size > 1:
-        if used.size > 2 ** int(max_length):
-            raise ValueError(
-                f"{used.size} used symbols need codes longer than max_length={max_length}"
-            )
-        order = used[np.argsort(freqs[used], kind="stable")]
-        lengths[order] = _package_merge(freqs[order], int(max_length))
+    if used.shape[0] == 1:
+        lengths[used[0]] = 1
+    elif used.shape[0] > 1:
+        order = used[np.argsort(freqs[used], kind="mergesort")]
+        got = _package_merge(freqs[order], max_length)
+        for i in range(order.shape[0]):
+            lengths[order[i]] = got[i]
     return lengths
 
 
@@ -185,23 +196,27 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
     why = check_code_lengths(lengths, 32)
     if why is not None:
         raise ValueError(why)
-    codes = np.zeros(lengths.size, dtype=np.uint32)
-    if lengths.size == 0:
-        return codes
-    bl_count = np.bincount(lengths, minlength=33)
+    return _canonical_kernel(lengths)
+
+
+@numba.njit(**NJIT)
+def _canonical_kernel(lengths):
+    # Deflate's construction: the first code of each length, then consecutive in symbol order.
+    codes = np.zeros(lengths.shape[0], dtype=np.uint32)
+    bl_count = np.zeros(34, dtype=np.int64)
+    for s in range(lengths.shape[0]):
+        bl_count[lengths[s]] += 1
     bl_count[0] = 0
     next_code = np.zeros(34, dtype=np.int64)
     code = 0
     for bits in range(1, 33):
         code = (code + bl_count[bits - 1]) << 1
         next_code[bits] = code
-    used = np.flatnonzero(lengths)
-    order = used[np.lexsort((used, lengths[used]))]
-    ordered_lengths = lengths[order]
-    # Within one length, codes are consecutive in symbol order.
-    first_index = np.searchsorted(ordered_lengths, ordered_lengths, side="left")
-    rank = np.arange(order.size) - first_index
-    codes[order] = (next_code[ordered_lengths] + rank).astype(np.uint32)
+    for s in range(lengths.shape[0]):
+        ln = lengths[s]
+        if ln > 0:
+            codes[s] = np.uint32(next_code[ln])
+            next_code[ln] += 1
     return codes
 
 

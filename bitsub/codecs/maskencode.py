@@ -10,9 +10,16 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from bitsub.codecs.huffman import MAX_CODE_LENGTH, canonical_codes, code_lengths, write_codes
+from bitsub.codecs.huffman import (
+    MAX_CODE_LENGTH,
+    canonical_codes,
+    code_lengths,
+    code_lengths_kernel,
+    write_codes,
+)
 from bitsub.codecs.maskio import (
     length_table_bits,
+    length_table_kernel,
     segment_bounds,
     segment_count,
     segment_payloads,
@@ -35,6 +42,7 @@ __all__ = [
     "ZEROS",
     "StreamPlan",
     "choose_run_code",
+    "code_table",
     "plan_stream",
     "write_stream",
 ]
@@ -52,20 +60,26 @@ NEAR_ENTROPY = 1.02
 _U64 = np.uint64
 
 
+def code_table(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """One uint64 entry per symbol for the encoders: its code << 8 | its length."""
+    return (codes.astype(np.uint64) << _U64(8)) | lengths.astype(np.uint64)
+
+
 @numba.njit(**NJIT)
-def encode_runs_kernel(runs, seg_runs, codes, lengths, esc, extra, out, seg_bits):
+def encode_runs_kernel(runs, seg_runs, table, esc, extra, out, seg_bits):
     """Huffman-code the runs of every segment into `out` (uint32 words, MSB-first).
 
-    A run r is written as its high part q = r >> extra, as q // esc escape symbols (symbol esc)
-    and the symbol q % esc, followed by its `extra` low bits as they are. Each segment's runs
-    (ending at index seg_runs[j]) start on a fresh word; its bit count goes to seg_bits[j].
+    ``table[s]`` is symbol s's code << 8 | its length (`code_table`). A run r is written as its
+    high part q = r >> extra, as q // esc escape symbols (symbol esc) and the symbol q % esc,
+    followed by its `extra` low bits as they are. Each segment's runs (ending at index
+    seg_runs[j]) start on a fresh word; its bit count goes to seg_bits[j].
     """
     acc = _U64(0)
     n_acc = 0
     k = 0
     n_bits = 0
-    esc_code = _U64(codes[esc])
-    esc_len = np.int64(lengths[esc])
+    esc_code = table[esc] >> _U64(8)
+    esc_len = np.int64(table[esc] & _U64(255))
     low_mask = (np.int64(1) << extra) - 1
     start = 0
     for seg in range(seg_runs.shape[0]):
@@ -81,8 +95,9 @@ def encode_runs_kernel(runs, seg_runs, codes, lengths, esc, extra, out, seg_bits
                 n_acc &= 31
                 out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
                 k += f
-            ln = np.int64(lengths[q])
-            acc = (acc << _U64(ln)) | _U64(codes[q])
+            e = table[q]
+            ln = np.int64(e & _U64(255))
+            acc = (acc << _U64(ln)) | (e >> _U64(8))
             n_acc += ln
             n_bits += ln
             # Branch-free flush: always store the top word, advance only when it is full.
@@ -109,8 +124,11 @@ def encode_runs_kernel(runs, seg_runs, codes, lengths, esc, extra, out, seg_bits
 
 
 @numba.njit(**NJIT)
-def encode_alt_kernel(values, seg_runs, codes, lengths, esc, out, seg_bits):
-    """Huffman-code alternating runs, code `parity` for the runs of 0s (0) and of 1s (1)."""
+def encode_alt_kernel(values, seg_runs, table, esc, out, seg_bits):
+    """Huffman-code alternating runs, ``table[parity]`` for the runs of 0s (0) and of 1s (1).
+
+    Entries as in `encode_runs_kernel`.
+    """
     acc = _U64(0)
     n_acc = 0
     k = 0
@@ -123,16 +141,18 @@ def encode_alt_kernel(values, seg_runs, codes, lengths, esc, out, seg_bits):
             e = esc[par]
             while v >= e:
                 v -= e
-                ln = np.int64(lengths[par, e])
-                acc = (acc << _U64(ln)) | _U64(codes[par, e])
+                ee = table[par, e]
+                ln = np.int64(ee & _U64(255))
+                acc = (acc << _U64(ln)) | (ee >> _U64(8))
                 n_acc += ln
                 n_bits += ln
                 f = n_acc >> 5
                 n_acc &= 31
                 out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
                 k += f
-            ln = np.int64(lengths[par, v])
-            acc = (acc << _U64(ln)) | _U64(codes[par, v])
+            ee = table[par, v]
+            ln = np.int64(ee & _U64(255))
+            acc = (acc << _U64(ln)) | (ee >> _U64(8))
             n_acc += ln
             n_bits += ln
             f = n_acc >> 5
@@ -153,16 +173,25 @@ def encode_alt_kernel(values, seg_runs, codes, lengths, esc, out, seg_bits):
 # ------------------------------------------------------------------------------ stream coder
 
 
-def _run_symbol_counts(hist: np.ndarray, big_runs: np.ndarray, m: int) -> np.ndarray:
-    """Symbol frequencies of the runs scheme with alphabet size m, from the run histogram."""
+@numba.njit(**NJIT)
+def _run_symbol_counts(hist, big_runs, extra, m):
+    """Symbol frequencies of the runs scheme: alphabet size m, high parts run >> extra.
+
+    `hist[r]` counts the runs r < len(hist), `big_runs` lists the others.
+    """
     esc = m - 1
-    r = np.arange(hist.size)
-    counts = np.bincount(r % esc, weights=hist, minlength=m).astype(np.int64)
-    counts[esc] += int(np.dot(r // esc, hist))
-    if big_runs.size:
-        counts += np.bincount(big_runs % esc, minlength=m)[:m]
-        counts[esc] += int(np.sum(big_runs // esc))
-    return counts[:m]
+    counts = np.zeros(m, dtype=np.int64)
+    for r in range(hist.shape[0]):
+        h = hist[r]
+        if h:
+            q = r >> extra
+            counts[q % esc] += h
+            counts[esc] += h * (q // esc)
+    for j in range(big_runs.shape[0]):
+        q = big_runs[j] >> extra
+        counts[q % esc] += 1
+        counts[esc] += q // esc
+    return counts
 
 
 def _huffman_cost(counts: np.ndarray) -> tuple[int, np.ndarray]:
@@ -253,17 +282,49 @@ def choose_run_code(hist: np.ndarray, big_runs: np.ndarray, extra_bits=(0,)):
         hist, big_runs, np.array(extras, dtype=np.int64), np.array(sizes, dtype=np.int64)
     )
     # Build the exact code for the two best estimates only.
-    best = None
-    for i in np.argsort(estimates, kind="stable")[:2]:
-        extra, m = extras[i], sizes[i]
-        counts = _run_symbol_counts(np.bincount(np.arange(hist.size) >> extra, weights=hist)
-                                    .astype(np.int64), big_runs >> extra, m)
-        size, lengths = _huffman_cost(counts)
-        size += len(varint(m)) + (extra * n_runs + 7) // 8
-        score = size + int(counts.sum()) / 2048
-        if best is None or score < best[0]:
-            best = (score, size, m, lengths, counts, extra)
-    return best[1:]
+    top = np.argsort(estimates, kind="stable")[:2]
+    i, size, lengths, counts = _exact_run_code(
+        hist, big_runs, np.array(extras, dtype=np.int64)[top],
+        np.array(sizes, dtype=np.int64)[top], n_runs,
+    )
+    return size, sizes[top[i]], lengths, counts, extras[top[i]]
+
+
+@numba.njit(**NJIT)
+def _exact_run_code(hist, big_runs, extras, sizes, n_runs):
+    """The best of the runs codes (extras[i], sizes[i]) by exact size (ties: the first).
+
+    Returns (i, size in bytes, lengths, counts). The size counts the code-length table, the
+    payload bits, the low bits and the M varint; the score adds a byte per 2048 symbols.
+    """
+    best = 0
+    best_score = np.inf
+    best_size = 0
+    best_lengths = np.zeros(0, dtype=np.uint8)
+    best_counts = np.zeros(0, dtype=np.int64)
+    none = np.zeros(0, dtype=np.uint8)
+    for i in range(extras.shape[0]):
+        extra = extras[i]
+        m = sizes[i]
+        counts = _run_symbol_counts(hist, big_runs, extra, m)
+        lengths = code_lengths_kernel(counts, MAX_CODE_LENGTH)
+        payload = 0
+        total = 0
+        for j in range(m):
+            payload += counts[j] * np.int64(lengths[j])
+            total += counts[j]
+        table = length_table_kernel(lengths, none)
+        varint_bytes = 1
+        v = m >> 7
+        while v:
+            varint_bytes += 1
+            v >>= 7
+        size = (table + 7) // 8 + (payload + 7) // 8 + varint_bytes + (extra * n_runs + 7) // 8
+        score = size + total / 2048
+        if score < best_score:
+            best, best_score, best_size = i, score, size
+            best_lengths, best_counts = lengths, counts
+    return best, best_size, best_lengths, best_counts
 
 
 def plan_stream(bits: np.ndarray) -> StreamPlan:
@@ -352,36 +413,31 @@ def write_stream(plan: StreamPlan) -> bytes:
         out.append(bytes([plan.extra]))
         out.append(varint(plan.m))
         out.append(write_length_table(plan.lengths))
-        codes = canonical_codes(plan.lengths)
-        lengths8 = plan.lengths.astype(np.uint8)
+        table = code_table(canonical_codes(plan.lengths), plan.lengths)
         n_seg = plan.seg_runs.size
         out.append(bytes([n_seg]))
         total_bits = int(np.dot(plan.counts, plan.lengths.astype(np.int64)))
         total_bits += plan.extra * plan.runs.size
         words = np.zeros(total_bits // 32 + n_seg + 2, dtype=np.uint32)
         seg_bits = np.zeros(n_seg, dtype=np.int64)
-        encode_runs_kernel(
-            plan.runs, plan.seg_runs, codes, lengths8, plan.m - 1, plan.extra, words, seg_bits
-        )
+        encode_runs_kernel(plan.runs, plan.seg_runs, table, plan.m - 1, plan.extra, words, seg_bits)
         payloads = segment_payloads(words, seg_bits)
         out += [varint(len(p)) for p in payloads] + payloads
     elif scheme == RUNS01:
         width = max(plan.codes[0][1], plan.codes[1][1])
-        codes = np.zeros((2, width), dtype=np.uint32)
-        lengths8 = np.zeros((2, width), dtype=np.uint8)
+        table = np.zeros((2, width), dtype=np.uint64)
         total_bits = 0
         for par, (_, m, lengths, counts) in enumerate(plan.codes):
             out.append(varint(m))
             out.append(write_length_table(lengths))
-            codes[par, :m] = canonical_codes(lengths)
-            lengths8[par, :m] = lengths
+            table[par, :m] = code_table(canonical_codes(lengths), lengths)
             total_bits += int(np.dot(counts, lengths.astype(np.int64)))
         n_seg = plan.seg_runs.size
         out.append(bytes([n_seg]))
         words = np.zeros(total_bits // 32 + n_seg + 2, dtype=np.uint32)
         seg_bits = np.zeros(n_seg, dtype=np.int64)
         esc = np.array([plan.codes[0][1] - 1, plan.codes[1][1] - 1], dtype=np.int64)
-        encode_alt_kernel(plan.values, plan.seg_runs, codes, lengths8, esc, words, seg_bits)
+        encode_alt_kernel(plan.values, plan.seg_runs, table, esc, words, seg_bits)
         payloads = segment_payloads(words, seg_bits)
         out += [varint(len(p)) for p in payloads] + payloads
     return b"".join(out)

@@ -21,6 +21,7 @@ __all__ = [
     "check_coverage",
     "check_end",
     "length_table_bits",
+    "length_table_kernel",
     "read_length_table",
     "read_length_table_kernel",
     "segment_bounds",
@@ -87,30 +88,48 @@ class Reader:
 # ------------------------------------------------------------------------ code-length tables
 
 
+@numba.njit(**NJIT)
+def length_table_kernel(lengths, out):
+    """Delta-code `lengths` into `out` (zeroed bytes, MSB-first); returns the bit count.
+
+    With an empty `out` only the bits are counted.
+    """
+    bit = 0
+    prev = 0
+    write = out.shape[0] > 0
+    for i in range(lengths.shape[0]):
+        length = np.int64(lengths[i])
+        d = length - prev
+        if d == 0:
+            code, nb = 0, 1
+        elif d == 1:
+            code, nb = 2, 2
+        elif d == -1:
+            code, nb = 6, 3
+        else:
+            code, nb = (7 << 5) | (length & 31), 8
+        if write:
+            for j in range(nb - 1, -1, -1):
+                if (code >> j) & 1:
+                    out[bit >> 3] |= np.uint8(0x80 >> (bit & 7))
+                bit += 1
+        else:
+            bit += nb
+        prev = length
+    return bit
+
+
 def length_table_bits(lengths: np.ndarray) -> int:
     """Bits the code-length table of `lengths` takes (before byte padding)."""
-    d = np.diff(lengths.astype(np.int64), prepend=0)
-    return int(np.sum(np.where(d == 0, 1, np.where(d == 1, 2, np.where(d == -1, 3, 8)))))
+    return int(length_table_kernel(np.ascontiguousarray(lengths), np.zeros(0, np.uint8)))
 
 
 def write_length_table(lengths: np.ndarray) -> bytes:
     """Code lengths as deltas ("0": same, "10": +1, "110": -1, "111" + 5 bits), zero padded."""
-    bits = []
-    prev = 0
-    for length in lengths.tolist():
-        d = length - prev
-        if d == 0:
-            bits.append("0")
-        elif d == 1:
-            bits.append("10")
-        elif d == -1:
-            bits.append("110")
-        else:
-            bits.append(f"111{length:05b}")
-        prev = length
-    s = "".join(bits)
-    s += "0" * (-len(s) % 8)
-    return int(s, 2).to_bytes(len(s) // 8, "big") if s else b""
+    lengths = np.ascontiguousarray(lengths)
+    out = np.zeros(lengths.shape[0] + 1, dtype=np.uint8)  # at most 8 bits a length
+    nbits = length_table_kernel(lengths, out)
+    return out[: (nbits + 7) // 8].tobytes()
 
 
 @numba.njit(**NJIT)

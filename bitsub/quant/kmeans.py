@@ -17,6 +17,14 @@ Methods
     The exact DP when k * m * log2(m) is small. Otherwise coarse to fine: the exact DP over
     coarse groups of consecutive distinct values, then exact DPs on finer groups with each
     boundary held within a band around the coarser solution, then Lloyd until no boundary moves.
+    From 2^15 values on (k > 1) the groups are not sorted distinct values but fine cells of the
+    value range (:mod:`bitsub.quant.bins`: one O(n) pass over the unsorted values, about 16 a
+    cell, at most 2^16 cells), whose exact counts, sums and sums of squares stand for their
+    values; every boundary then lies on a cell edge, and the final nearest-centroid assignment
+    moves each value to its nearest centroid. The cells are kept only when none holds more
+    than 1e-4 of the estimated SSE per cluster; else (outliers stretching the range, too few
+    values for k) the sorted path runs. The cell sums depend on how the values are split over
+    the engine threads, so a result may differ in the last bits with ``NUMBA_NUM_THREADS``.
 
 Every method ends with the nearest-centroid assignment to the float32 centroids, so
 ``centroids[codes]`` is each value's nearest codebook entry.
@@ -31,7 +39,9 @@ import numba
 import numpy as np
 
 from bitsub.config import NJIT
+from bitsub.quant.bins import cell_prefix, cell_stats, value_range
 from bitsub.quant.dp import distinct_prefix, partition, partition_band
+from bitsub.threads import engine_threads, split
 from bitsub.validate import check_int
 
 __all__ = ["kmeans_1d", "quantize"]
@@ -52,6 +62,16 @@ _AUTO_REFINE = 4
 _AUTO_TAU_DIV = 64.0
 _AUTO_BAND = 8
 _AUTO_MAX_RECENTRE = 20
+# "auto" from _AUTO_BINS_MIN_N values on: fine cells instead of the sort (about _AUTO_PER_CELL
+# values a cell, at most _AUTO_MAX_CELLS cells), kept when no cell's own SSE exceeds
+# _AUTO_CELL_SSE times the estimated SSE per cluster (else the sorted path runs).
+_AUTO_BINS_MIN_N = 1 << 15
+_AUTO_PER_CELL = 16
+_AUTO_MIN_CELLS = 1 << 12
+_AUTO_MAX_CELLS = 1 << 16
+_AUTO_CELL_SSE = 1e-4
+# Values per thread below which the nearest-centroid assignment is not split.
+_ASSIGN_SPLIT_MIN = 1 << 16
 
 
 # ------------------------------------------------------------------------ kernels
@@ -202,16 +222,33 @@ def _finish(
     after = table[np.minimum(np.arange(cells) + 2, cells)]
     sure = np.where(before == after, table[:-1], -1)
     sure[-1] = -1  # where the top value lands when rounding carries it past the last edge
-    _assign_nearest(values.reshape(-1), mids, table, sure, float(lo), scale, first, codes)
+    flat = values.reshape(-1)
+    n = flat.size
+    parts = max(1, min(engine_threads(), n // _ASSIGN_SPLIT_MIN))
+    step = -(-n // parts)
+    split(lambda a, b: _assign_nearest(flat[a:b], mids, table, sure, float(lo), scale, first,
+                                       codes[a:b]),
+          [(a, min(n, a + step)) for a in range(0, n, step)])
     return cent, codes.reshape(values.shape)
 
 
 class _Distinct:
-    """Sorted distinct values of x (centred) with prefix counts, sums and sums of squares."""
+    """Sorted groups of values (centred): prefix counts, sums and sums of squares, and u.
 
-    def __init__(self, x: np.ndarray, center: float) -> None:
-        self.w, self.s, self.q, self.u = distinct_prefix(x, center)
+    Built from sorted values (:meth:`of_sorted`: one group per distinct value, ``u`` the
+    values) or from fine bins (:func:`_binned`: one group per non-empty cell, ``u`` its mean).
+    """
+
+    def __init__(
+        self, w: np.ndarray, s: np.ndarray, q: np.ndarray, u: np.ndarray, spread: float = 0.0
+    ) -> None:
+        self.w, self.s, self.q, self.u = w, s, q, u
         self.m = self.u.size
+        self.spread = spread  # how wide one group may be: 0 for a value, a cell's width
+
+    @classmethod
+    def of_sorted(cls, x: np.ndarray, center: float) -> _Distinct:
+        return cls(*distinct_prefix(x, center))
 
     def means(self, t: np.ndarray) -> np.ndarray:
         return (self.s[t[1:]] - self.s[t[:-1]]) / (self.w[t[1:]] - self.w[t[:-1]])
@@ -245,7 +282,7 @@ def _sse_per_cluster_estimate(d: _Distinct, k: int) -> float:
     cuts = np.unique(np.concatenate([[0], cuts, [d.m]]))
     first = d.u[np.minimum(cuts[:-1], d.m - 1)]
     last = d.u[np.maximum(cuts[1:] - 1, 0)]
-    width = last - first
+    width = last - first + d.spread
     count = d.w[cuts[1:]] - d.w[cuts[:-1]]
     ok = width > 0
     integral = float(np.sum(width[ok] ** (2.0 / 3.0) * (count[ok] / n) ** (1.0 / 3.0)))
@@ -297,6 +334,29 @@ def _auto(d: _Distinct, k: int) -> np.ndarray:
     return c
 
 
+def _binned(flat: np.ndarray, k: int, lo: float, hi: float) -> tuple[_Distinct, float] | None:
+    """Fine cells of the values as groups for :func:`_auto` and their centre, or None.
+
+    None when some cell holds more spread than a small fraction of the estimated SSE per
+    cluster (outliers stretching the range, say), or the range is too small to be cut (a
+    subnormal width): then the cells are too coarse for the contract of ``"auto"`` and the
+    sorted path runs.
+    """
+    n = flat.size
+    cells = 1 << int(math.ceil(math.log2(max(1.0, n / _AUTO_PER_CELL))))
+    cells = min(max(cells, _AUTO_MIN_CELLS), _AUTO_MAX_CELLS)
+    if not math.isfinite(cells / (hi - lo)):  # a subnormal range
+        return None
+    cnt, sl, ql, width = cell_stats(flat, lo, hi, cells)
+    g = int(np.searchsorted(np.cumsum(cnt), n // 2 + 1))  # the median's cell
+    center = lo + min(g, cells - 1) * width
+    w, s, q, u, own = cell_prefix(cnt, sl, ql, lo, width, center)
+    d = _Distinct(w, s, q, u, width)
+    if float(own.max()) > _AUTO_CELL_SSE * _sse_per_cluster_estimate(d, k):
+        return None
+    return d, center
+
+
 def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """One-dimensional K-Means: a codebook of k float32 centroids and one code per value.
 
@@ -310,7 +370,8 @@ def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.n
         ``"optimal"``: the exact minimum SSE (dynamic programming over the sorted distinct
         values). ``"lloyd"``: Lloyd's algorithm on the sorted values from quantiles (fast, a
         local optimum). ``"auto"``: exact when cheap, else exact over coarse groups of sorted
-        values refined level by level within bands, then polished by Lloyd.
+        values (or, for 2^15 values and more, of fine cells of their range) refined level by
+        level within bands, then polished by Lloyd; not guaranteed optimal (see the module).
 
     Returns
     -------
@@ -332,13 +393,26 @@ def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.n
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     arr = _check_values(values)
+    if method == "auto" and arr.size >= _AUTO_BINS_MIN_N and kk > 1:
+        flat = arr.reshape(-1)
+        lo, hi, nan = value_range(flat)
+        if nan or not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("values contain NaN or inf; remove or replace them first")
+        if max(-lo, hi) > float(np.finfo(np.float32).max):
+            raise ValueError("values exceed the float32 range of the codebook; rescale them first")
+        if lo == hi:
+            return _finish(arr, np.array([lo]), kk, lo, hi)
+        binned = _binned(flat, kk, lo, hi)
+        if binned is not None:
+            d, center = binned
+            return _finish(arr, _auto(d, kk) + center, kk, lo, hi)
     x = np.sort(arr.reshape(-1))
     _check_sorted(x)
     center = float(x[x.size // 2])
     lo, hi = float(x[0]), float(x[-1])
     if lo == hi:
         return _finish(arr, np.array([lo]), kk, lo, hi)
-    d = _Distinct(x, center)
+    d = _Distinct.of_sorted(x, center)
     if method == "optimal":
         c = _optimal(d, kk)
     elif method == "lloyd":
