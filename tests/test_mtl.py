@@ -288,13 +288,13 @@ def test_adapmtl_follows_the_ramp_at_equal_budgets():
     for strategy in ("magnitude", "snip", "adapmtl-uniform"):
         _, r = train_mtl(MTLConfig(strategy=strategy, **base), sc, progress=False)
         assert r["history"][-1]["iteration"] == 20, strategy
-    # thetas learning from the unweighted relative losses: other thetas, the same schedule
-    _, r = train_mtl(MTLConfig(strategy="adapmtl", weighted_thetas=False, **base), sc,
+    # thetas learning from the weighted relative losses: the same schedule
+    _, r = train_mtl(MTLConfig(strategy="adapmtl", weighted_thetas=True, **base), sc,
                      progress=False)
     assert r["thresholds_frozen_at"] == 8 + ramp
     assert 0.8 <= r["sparsity"]["overall"] <= 0.8 + 3 / n
-    # the thetas descending the loss per pruned weight: the same schedule, other thetas
-    _, r2 = train_mtl(MTLConfig(strategy="adapmtl", theta_gradient="per-weight", **base), sc,
+    # the thetas descending STR's loss gradient against the decay: the same schedule, other thetas
+    _, r2 = train_mtl(MTLConfig(strategy="adapmtl", theta_gradient="loss", **base), sc,
                       progress=False)
     assert r2["thresholds_frozen_at"] == 8 + ramp
     assert 0.8 <= r2["sparsity"]["overall"] <= 0.8 + 3 / n

@@ -6,18 +6,24 @@ same total number of training iterations, ``iterations + finetune``:
 - ``dense``: ``iterations`` without pruning; the reference of Delta_T.
 - ``adapmtl``: the dense model of the same seed is the warm-up; then one phase of ``finetune``
   iterations with a threshold ``sigmoid(theta)`` per component (backbone, each head) and adaptive
-  loss weighting. The thetas learn by Adam from the task losses, each divided by the dense
-  model's loss on the same 256 training examples (relative losses, as Delta_T is relative),
-  against their L2 decay (STR's mechanism): a component the losses need keeps a lower
-  threshold than the others. After every step a common shift of all the thetas (the smallest,
-  found by bisection) puts the overall sparsity on the cubic ramp
-  ``s_t = s (1 - (1 - t / R)^3)``, ``R = ramp x finetune``: the schedule sets how much is
-  pruned when, the learned thetas where. At the end of the ramp the overall sparsity is the
-  target; the thresholds are folded into the weights, the mask fixed and the thetas frozen,
-  and the rest of the phase fine-tunes the weights. ``threshold="hard"`` (default) keeps the
-  weights above a threshold unchanged in the forward pass and gives the soft threshold's
-  gradients (straight-through); ``"soft"`` is STR's ``S(W, theta)``, whose shrinkage of every
-  kept weight the short CPU budget cannot train away.
+  loss weighting. After every step a common shift of all the thetas (the smallest, found by
+  bisection) puts the overall sparsity on the cubic ramp ``s_t = s (1 - (1 - t / R)^3)``,
+  ``R = ramp x finetune``: the schedule sets how much is pruned when, the learned thetas where.
+  The thetas learn by Adam from the task losses, each divided by the dense model's loss on the
+  same 256 training examples (relative losses, as Delta_T is relative), without the adaptive
+  weights (``weighted_thetas=False``: the weights balance the training of the weights, while
+  Delta_T weighs every task alike). With ``theta_gradient="per-weight"`` (default) each
+  theta's gradient is its component's loss per pruned weight, centred over the components
+  (:func:`per_weight_gradient`): the thresholds move until pruning one more weight costs the
+  same in every component. ``"loss"`` is STR's rule, the loss gradient against an L2 decay
+  ``theta_decay``; its updates are almost the same for every theta (Adam normalises each
+  scalar theta's step, and the decay term dominates), so the shift erases them. At the end of
+  the ramp the overall sparsity is the target; the thresholds are folded into the weights,
+  the mask fixed and the thetas frozen, and the rest of the phase fine-tunes the weights.
+  ``threshold="hard"`` (default) keeps the weights above a threshold unchanged in the forward
+  pass and gives the soft threshold's gradients (straight-through); ``"soft"`` is STR's
+  ``S(W, theta)``, whose shrinkage of every kept weight the short CPU budget cannot train
+  away.
 - ``adapmtl-uniform``: the same with one theta for every layer (no adaptive thresholds).
 - ``adapmtl-noweighting``: the same without adaptive loss weighting.
 - ``magnitude``: the dense model of the same seed, one-shot global magnitude pruning, then
@@ -102,8 +108,8 @@ class MTLConfig:
     theta_lr: float = 0.01
     theta_decay: float = 1.0
     threshold: str = "hard"
-    weighted_thetas: bool = True
-    theta_gradient: str = "loss"
+    weighted_thetas: bool = False
+    theta_gradient: str = "per-weight"
     ramp: float = 0.5
     granularity: str = "component"
     warmup: int | None = None
