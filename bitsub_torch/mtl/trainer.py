@@ -168,8 +168,8 @@ def per_weight_gradient(model: MTLNet, band: float = BAND) -> None:
     at least one), is the loss of pruning one more weight under that threshold. The common
     shift of the schedule removes any change shared by every theta, so only the differences
     count: a component whose weights cost more than the average gets a lower threshold, one
-    that costs less a higher one, until every marginal cost is the same, the optimum of the
-    loss at a fixed overall sparsity. With one theta the gradient is 0.
+    that costs less a higher one, until every marginal cost is the same (the first-order
+    condition of the least loss at a fixed overall sparsity). With one theta the gradient is 0.
     """
     th = model.thresholds
     near = dict.fromkeys(th.theta, 0)
