@@ -23,7 +23,7 @@ from bitsub_torch.mtl.objectives import (
     task_metrics,
 )
 from bitsub_torch.mtl.pruning import keep_top, magnitude_prune, snip_prune
-from bitsub_torch.mtl.trainer import MTLConfig, evaluate, train_mtl
+from bitsub_torch.mtl.trainer import MTLConfig, evaluate, per_weight_gradient, train_mtl
 from tests import naive
 
 torch.set_num_threads(1)
@@ -288,11 +288,57 @@ def test_adapmtl_follows_the_ramp_at_equal_budgets():
     for strategy in ("magnitude", "snip", "adapmtl-uniform"):
         _, r = train_mtl(MTLConfig(strategy=strategy, **base), sc, progress=False)
         assert r["history"][-1]["iteration"] == 20, strategy
-    # thetas learning from the unweighted relative losses: other thetas, the same schedule
-    _, r = train_mtl(MTLConfig(strategy="adapmtl", weighted_thetas=False, **base), sc,
+    # thetas learning from the weighted relative losses: the same schedule
+    _, r = train_mtl(MTLConfig(strategy="adapmtl", weighted_thetas=True, **base), sc,
                      progress=False)
     assert r["thresholds_frozen_at"] == 8 + ramp
     assert 0.8 <= r["sparsity"]["overall"] <= 0.8 + 3 / n
+    # the thetas descending STR's loss gradient against the decay: the same schedule, other thetas
+    _, r2 = train_mtl(MTLConfig(strategy="adapmtl", theta_gradient="loss", **base), sc,
+                      progress=False)
+    assert r2["thresholds_frozen_at"] == 8 + ramp
+    assert 0.8 <= r2["sparsity"]["overall"] <= 0.8 + 3 / n
+    assert r2["history"][-1]["thetas"] != res["history"][-1]["thetas"]
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["component", "layer", "uniform"]),
+       st.floats(-3.0, -0.5), st.floats(0.01, 0.5))
+def test_per_weight_gradient_matches_a_loop(seed, granularity, init, band):
+    torch.manual_seed(seed)
+    model = build_model(_tiny_scenes(4), width=4)
+    model.attach_thresholds(granularity, init=init, hard=True)
+    rng = np.random.default_rng(seed)
+    keys = list(model.thresholds.theta)
+    with torch.no_grad():
+        for _, m in model.prunable():
+            m.mask.copy_(torch.from_numpy(rng.random(m.weight.shape) < 0.8))
+        for i, p in enumerate(model.thresholds.theta.values()):
+            p.add_(float(rng.normal(0, 0.3)))
+            p.grad = None if i == 1 else torch.tensor(float(rng.normal()))
+    grads = {k: 0.0 if p.grad is None else float(p.grad)
+             for k, p in model.thresholds.theta.items()}
+    cost = {}
+    for k in keys:
+        theta = model.thresholds.theta[k].detach()
+        lo, hi = float(torch.sigmoid(theta - band)), float(torch.sigmoid(theta + band))
+        n = 0
+        for _, m in model.prunable():
+            if m.theta_key.replace(".", "/") != k:
+                continue
+            w = m.weight.detach().numpy().ravel()
+            for x, keep in zip(w.tolist(), m.mask.numpy().ravel()):
+                n += bool(keep) and lo < abs(x) <= hi
+        cost[k] = grads[k] * 2 * band / max(n, 1)
+    mean = sum(cost.values()) / len(cost)
+    per_weight_gradient(model, band)
+    # the gradients are float32: one rounding of a value at most twice the largest cost
+    ulp = 2.0 ** -23 * 2 * max(abs(v) for v in cost.values())
+    for k, p in model.thresholds.theta.items():
+        assert abs(float(p.grad) - (cost[k] - mean)) <= ulp, k
+    # centred: the gradients cancel, so the common shift of the schedule is unchanged
+    total = sum(float(p.grad) for p in model.thresholds.parameters())
+    assert abs(total) <= len(keys) * ulp
 
 
 class _Stop(Exception):
@@ -335,7 +381,8 @@ def test_resume_mid_phase_matches_an_uninterrupted_run(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("bad", [dict(strategy="lth"), dict(sparsity=1.0), dict(iterations=0),
                                  dict(lr=0.0), dict(ramp=0.0), dict(ramp=1.5),
-                                 dict(threshold="sharp"), dict(theta_decay=0.0)])
+                                 dict(threshold="sharp"), dict(theta_decay=0.0),
+                                 dict(theta_gradient="slope")])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         MTLConfig(**bad).resolved()

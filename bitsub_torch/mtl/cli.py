@@ -55,11 +55,15 @@ def _parser() -> argparse.ArgumentParser:
                    "straight-through gradients of the soft threshold) or shrunk by it (soft, "
                    "STR's S(W, theta))")
     p.add_argument("--theta-decay", type=float, default=1.0,
-                   help="initial L2 decay on theta, what raises the thresholds; adapted to the "
-                   "sparsity schedule")
-    p.add_argument("--unweighted-thetas", action="store_true",
-                   help="the thetas learn from the relative task losses without the adaptive "
-                   "weights (the weights always learn from the weighted loss)")
+                   help="L2 decay on theta (--theta-gradient loss only)")
+    p.add_argument("--weighted-thetas", action="store_true",
+                   help="the thetas learn from the relative task losses times the adaptive "
+                   "weights (default: without them; the weights always learn from the "
+                   "weighted loss)")
+    p.add_argument("--theta-gradient", choices=("loss", "per-weight"), default="per-weight",
+                   help="what the thetas descend: the loss gradient against the L2 decay (loss, "
+                   "STR) or each component's loss per pruned weight, centred over components "
+                   "(per-weight)")
     p.add_argument("--ramp", type=float, default=0.5,
                    help="fraction of AdapMTL's pruning phase by which the sparsity schedule "
                    "reaches the target (default 0.5)")
@@ -157,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
         theta_init=args.theta_init, theta_lr=args.theta_lr,
         theta_decay=args.theta_decay, threshold=args.threshold, ramp=args.ramp,
-        weighted_thetas=not args.unweighted_thetas,
+        weighted_thetas=args.weighted_thetas, theta_gradient=args.theta_gradient,
         granularity=args.granularity,
         warmup=args.warmup, window=args.window, finetune=args.finetune, rounds=args.rounds,
         width=args.width).resolved()  # checks the arguments before anything is written

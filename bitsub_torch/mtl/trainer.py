@@ -6,18 +6,24 @@ same total number of training iterations, ``iterations + finetune``:
 - ``dense``: ``iterations`` without pruning; the reference of Delta_T.
 - ``adapmtl``: the dense model of the same seed is the warm-up; then one phase of ``finetune``
   iterations with a threshold ``sigmoid(theta)`` per component (backbone, each head) and adaptive
-  loss weighting. The thetas learn by Adam from the task losses, each divided by the dense
-  model's loss on the same 256 training examples (relative losses, as Delta_T is relative),
-  against their L2 decay (STR's mechanism): a component the losses need keeps a lower
-  threshold than the others. After every step a common shift of all the thetas (the smallest,
-  found by bisection) puts the overall sparsity on the cubic ramp
-  ``s_t = s (1 - (1 - t / R)^3)``, ``R = ramp x finetune``: the schedule sets how much is
-  pruned when, the learned thetas where. At the end of the ramp the overall sparsity is the
-  target; the thresholds are folded into the weights, the mask fixed and the thetas frozen,
-  and the rest of the phase fine-tunes the weights. ``threshold="hard"`` (default) keeps the
-  weights above a threshold unchanged in the forward pass and gives the soft threshold's
-  gradients (straight-through); ``"soft"`` is STR's ``S(W, theta)``, whose shrinkage of every
-  kept weight the short CPU budget cannot train away.
+  loss weighting. After every step a common shift of all the thetas (the smallest, found by
+  bisection) puts the overall sparsity on the cubic ramp ``s_t = s (1 - (1 - t / R)^3)``,
+  ``R = ramp x finetune``: the schedule sets how much is pruned when, the learned thetas where.
+  The thetas learn by Adam from the task losses, each divided by the dense model's loss on the
+  same 256 training examples (relative losses, as Delta_T is relative), without the adaptive
+  weights (``weighted_thetas=False``: the weights balance the training of the weights, while
+  Delta_T weighs every task alike). With ``theta_gradient="per-weight"`` (default) each
+  theta's gradient is its component's loss per pruned weight, centred over the components
+  (:func:`per_weight_gradient`): the thresholds move until pruning one more weight costs the
+  same in every component. ``"loss"`` is STR's rule, the loss gradient against an L2 decay
+  ``theta_decay``; its updates are almost the same for every theta (Adam normalises each
+  scalar theta's step, and the decay term dominates), so the shift erases them. At the end of
+  the ramp the overall sparsity is the target; the thresholds are folded into the weights,
+  the mask fixed and the thetas frozen, and the rest of the phase fine-tunes the weights.
+  ``threshold="hard"`` (default) keeps the weights above a threshold unchanged in the forward
+  pass and gives the soft threshold's gradients (straight-through); ``"soft"`` is STR's
+  ``S(W, theta)``, whose shrinkage of every kept weight the short CPU budget cannot train
+  away.
 - ``adapmtl-uniform``: the same with one theta for every layer (no adaptive thresholds).
 - ``adapmtl-noweighting``: the same without adaptive loss weighting.
 - ``magnitude``: the dense model of the same seed, one-shot global magnitude pruning, then
@@ -60,14 +66,19 @@ from bitsub_torch.mtl.objectives import (
 )
 from bitsub_torch.mtl.pruning import magnitude_prune, snip_prune
 
-__all__ = ["DEFAULT_ITERATIONS", "STRATEGIES", "THRESHOLDS", "MTLConfig", "evaluate",
-           "train_mtl"]
+__all__ = ["DEFAULT_ITERATIONS", "STRATEGIES", "THETA_GRADIENTS", "THRESHOLDS", "MTLConfig",
+           "evaluate", "per_weight_gradient", "train_mtl"]
 
 STRATEGIES = ("adapmtl", "dense", "magnitude", "imp", "snip", "adapmtl-uniform",
               "adapmtl-noweighting")
 #: AdapMTL's forward pass: the weights above the threshold kept ("hard", straight-through
 #: gradients of the soft threshold) or shrunk by it ("soft", STR's S(W, theta)).
 THRESHOLDS = ("hard", "soft")
+#: What AdapMTL's thetas descend: the loss gradient against an L2 decay ("loss", STR), or the
+#: loss per pruned weight of each component, centred over the components ("per-weight").
+THETA_GRADIENTS = ("loss", "per-weight")
+#: Half-width, in theta, of the band that counts the weights at a threshold ("per-weight").
+BAND = 0.05
 #: A checkpoint is written every this many iterations of a phase (and at its end).
 CHECKPOINT_EVERY = 200
 #: Training iterations per scenario (batch 16); sized for a shared 2-core CPU.
@@ -97,7 +108,8 @@ class MTLConfig:
     theta_lr: float = 0.01
     theta_decay: float = 1.0
     threshold: str = "hard"
-    weighted_thetas: bool = True
+    weighted_thetas: bool = False
+    theta_gradient: str = "per-weight"
     ramp: float = 0.5
     granularity: str = "component"
     warmup: int | None = None
@@ -124,6 +136,9 @@ class MTLConfig:
             raise ValueError("--lr, --theta-lr and --theta-decay must be > 0")
         if self.threshold not in THRESHOLDS:
             raise ValueError(f"threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
+        if self.theta_gradient not in THETA_GRADIENTS:
+            raise ValueError(f"theta gradient must be one of {THETA_GRADIENTS}, got "
+                             f"{self.theta_gradient!r}")
         if not 0.0 < self.ramp <= 1.0:
             raise ValueError(f"--ramp must be in (0, 1], got {self.ramp}")
         c = MTLConfig(**asdict(self))
@@ -142,6 +157,33 @@ def evaluate(model: MTLNet, scenario, split: str = "test") -> dict[str, dict[str
     preds = predict(model, x, scenario.tasks)
     return {t.name: task_metrics(t.kind, preds[t.name], ys[t.name], t.outputs)
             for t in scenario.tasks}
+
+
+def per_weight_gradient(model: MTLNet, band: float = BAND) -> None:
+    """Replace each theta's gradient by its loss per pruned weight, centred over the thetas.
+
+    ``dL/dtheta_k`` (the gradient the backward pass left, zero when None) divided by
+    ``dn_k/dtheta_k``, the number of weights that a rise of theta_k prunes (the unmasked
+    weights with ``sigmoid(theta_k - band) < |w| <= sigmoid(theta_k + band)``, over ``2 band``;
+    at least one), is the loss of pruning one more weight under that threshold. The common
+    shift of the schedule removes any change shared by every theta, so only the differences
+    count: a component whose weights cost more than the average gets a lower threshold, one
+    that costs less a higher one, until every marginal cost is the same (the first-order
+    condition of the least loss at a fixed overall sparsity). With one theta the gradient is 0.
+    """
+    th = model.thresholds
+    near = dict.fromkeys(th.theta, 0)
+    with torch.no_grad():
+        for _, m in model.prunable():
+            k = m.theta_key.replace(".", "/")
+            lo, hi = torch.sigmoid(th.theta[k] - band), torch.sigmoid(th.theta[k] + band)
+            a = torch.where(m.mask, m.weight, torch.zeros((), dtype=m.weight.dtype)).abs()
+            near[k] += int(((a > lo) & (a <= hi)).sum())
+    cost = {k: (0.0 if p.grad is None else float(p.grad)) * 2 * band / max(near[k], 1)
+            for k, p in th.theta.items()}
+    mean = float(np.mean(list(cost.values())))
+    for k, p in th.theta.items():
+        p.grad = torch.tensor(cost[k] - mean, dtype=p.dtype)
 
 
 def _dense_key(c: MTLConfig) -> str:
@@ -216,8 +258,8 @@ class _Run:
         weights = [p for p in self.model.parameters() if id(p) not in ids]
         groups = [{"params": weights, "lr": self.c.lr, "weight_decay": self.c.weight_decay}]
         if thetas:
-            groups.append({"params": thetas, "lr": self.c.theta_lr,
-                           "weight_decay": self.c.theta_decay})
+            decay = self.c.theta_decay if self.c.theta_gradient == "loss" else 0.0
+            groups.append({"params": thetas, "lr": self.c.theta_lr, "weight_decay": decay})
         return torch.optim.Adam(groups, betas=(0.5, 0.999))
 
     def _joint_loss(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
@@ -312,6 +354,8 @@ class _Run:
             if live and not self.c.weighted_thetas:
                 for p, g in zip(thetas, grads):
                     p.grad = g
+            if live and self.c.theta_gradient == "per-weight":
+                per_weight_gradient(self.model)
             if not live:
                 for p in thetas:
                     p.grad = None  # frozen: Adam skips a parameter without gradient
