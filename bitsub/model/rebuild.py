@@ -125,6 +125,22 @@ def _expand(wrow, c0, m, dense, w, out):
 
 
 @numba.njit(**NJIT)
+def _add_fields(acc, uacc, w, spread, m, room, width, head):
+    # One task's fields at the positions i < m where w[i] is 1: code spread[i] under prefix
+    # head, below the uacc[i] bits used so far (room: word bits minus prefix and code bits);
+    # returns the fields that do not fit (branch-free: the loop vectorizes)
+    full = 0
+    for i in range(m):
+        s = room - uacc[i]
+        wi = np.int64(w[i])
+        full += wi & np.int64(s < 0)
+        keep = np.uint64(0) - np.uint64(wi)
+        acc[i] |= ((head | np.uint64(spread[i])) << np.uint64(max(s, 0))) & keep
+        uacc[i] += width * wi
+    return full
+
+
+@numba.njit(**NJIT)
 def _build_kernel(words, used, writes, data, bitpos0, bits, limits, prefix_bits, word_bits,
                   q0, q1, popc, bad_by_task):
     # Words and used bits of positions 8 * q0 .. 8 * q1 (clipped to words.size). Task p
@@ -209,13 +225,7 @@ def _build_kernel(words, used, writes, data, bitpos0, bits, limits, prefix_bits,
                             j += 1
                 continue
             _expand(writes[p], c0, m, dense, w, spread)
-            for i in range(m):
-                s = top - uacc[i] - b
-                wi = np.int64(w[i])
-                full += wi & np.int64(s < 0)
-                keep = np.uint64(0) - np.uint64(wi)
-                acc[i] |= ((head | np.uint64(spread[i])) << np.uint64(max(s, 0))) & keep
-                uacc[i] += (step + b) * wi
+            full += _add_fields(acc, uacc, w, spread, m, top - b, step + b, head)
         if not started:
             acc[:m] = 0
         words[i0 : i0 + m] = acc[:m]
