@@ -1,31 +1,29 @@
 """Data-parallel training (torch DDP over gloo, 2 CPU processes) against one process.
 
-The ranks are forked from the test process and join the process group through the same
-environment torchrun gives them (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``PORT``), running
-``bitsub_torch.train.main``, the entry point of ``torchrun -m bitsub_torch.train``: forked, they
-start without importing torch again and with the engine's kernels already compiled, which keeps
-the test to seconds. Every rank exports the packed file it would write and the ranks all-gather
+The ranks are fresh Python processes started by the test, as torchrun starts them, and join
+the process group through the same environment torchrun gives them (``RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR``/``PORT``), running ``bitsub_torch.train.main``, the entry point of ``torchrun -m
+bitsub_torch.train``; the one-process run before them leaves the engine's kernels in Numba's
+on-disk cache. Every rank exports the packed file it would write and the ranks all-gather
 its SHA-256 (``results.json: distributed.packed_sha256``).
 """
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import os
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import time
-import traceback
 
 import numpy as np
 import pytest
 
 import bitsub
 from bitsub_torch.cli import train_main
-
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the ranks are forked (POSIX)")
 
 SETTING = ["--scenario", "splitdigits", "--no-progress", "--activation-bits"]
 ARGS = ["--strategy", "tinysubnets", "--tasks", "3", "--epochs", "5", *SETTING]
@@ -38,49 +36,60 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_ranks(argv: list[str], world: int = 2) -> list[int]:
-    """Fork ``world`` ranks running ``bitsub_torch.train.main(argv)``; return their pids."""
+_RANK = (
+    "import faulthandler, sys\n"
+    "faulthandler.dump_traceback_later(float(sys.argv[1]))  # where a hung rank waits\n"
+    "from bitsub_torch.train import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+
+
+def _start_ranks(argv: list[str], world: int = 2) -> list[subprocess.Popen]:
+    """Start ``world`` ranks running ``bitsub_torch.train.main(argv)`` as fresh processes.
+
+    Fresh interpreters, as torchrun starts them: a forked rank would inherit the test process's
+    threads and locks (torch's, tqdm's multiprocessing lock), and a rank killed while holding
+    one of those would leave it held in the test process.
+    """
     port = _free_port()
-    pids = []
+    ranks = []
     for rank in range(world):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover (a rank)
-            code = 1
-            try:
-                os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                                  MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-                faulthandler.dump_traceback_later(TIMEOUT_S - 10)  # where a hung rank waits
-                from bitsub_torch.train import main
-
-                code = main(argv)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        pids.append(pid)
-    return pids
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        log = tempfile.TemporaryFile()
+        p = subprocess.Popen([sys.executable, "-c", _RANK, str(TIMEOUT_S - 10), *argv], env=env,
+                             stdout=log, stderr=subprocess.STDOUT)
+        p.log = log
+        ranks.append(p)
+    return ranks
 
 
-def _wait(pids: list[int], timeout: float = TIMEOUT_S) -> list[int]:
+def _tail(p: subprocess.Popen, n: int = 3000) -> str:
+    p.log.seek(0)
+    return p.log.read().decode(errors="replace")[-n:]
+
+
+def _wait(ranks: list[subprocess.Popen], timeout: float = TIMEOUT_S) -> list[int]:
     """Exit statuses of the ranks (killing them all if one hangs past ``timeout``)."""
     deadline = time.time() + timeout
-    codes = {}
-    while len(codes) < len(pids):
-        for pid in pids:
-            if pid not in codes:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    codes[pid] = os.waitstatus_to_exitcode(status)
+    while any(p.poll() is None for p in ranks):
         if time.time() > deadline:
-            for pid in pids:
-                if pid not in codes:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-            pytest.fail(f"ranks still running after {timeout} s (exit statuses so far {codes})")
+            for p in ranks:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            logs = "\n".join(f"--- rank {r}:\n{_tail(p)}" for r, p in enumerate(ranks))
+            for p in ranks:
+                p.log.close()
+            pytest.fail(f"ranks still running after {timeout} s\n{logs}")
         time.sleep(0.01)
-    return [codes[p] for p in pids]
+    codes = [p.returncode for p in ranks]
+    if any(c not in (0, -signal.SIGKILL) for c in codes):
+        print("\n".join(f"--- rank {r} (exit {c}):\n{_tail(p)}"
+                        for r, (c, p) in enumerate(zip(codes, ranks))))
+    for p in ranks:
+        p.log.close()
+    return codes
 
 
 def _results(out) -> dict:
@@ -131,14 +140,14 @@ def bitsub_sha256(path) -> str:
 def test_killed_ranks_resume_to_the_same_result(runs, tmp_path):
     _, two = runs
     argv = [*ARGS, "--out", str(tmp_path)]
-    pids = _start_ranks(argv)
+    ranks = _start_ranks(argv)
     ckpt = tmp_path / "checkpoints" / "task_000.pt"
     deadline = time.time() + TIMEOUT_S
     while not ckpt.exists() and time.time() < deadline:
         time.sleep(0.005)
-    for pid in pids:  # kill -9, as a lost machine would
-        os.kill(pid, signal.SIGKILL)
-    assert _wait(pids) == [-signal.SIGKILL] * 2
+    for p in ranks:  # kill -9, as a lost machine would
+        p.kill()
+    assert _wait(ranks) == [-signal.SIGKILL] * 2
     assert not (tmp_path / "results.json").exists(), "the run finished before the kill"
     assert _wait(_start_ranks(argv)) == [0, 0]
     a, b = _results(two), _results(tmp_path)
