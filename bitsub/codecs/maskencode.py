@@ -72,102 +72,101 @@ def encode_runs_kernel(runs, seg_runs, table, esc, extra, out, seg_bits):
     ``table[s]`` is symbol s's code << 8 | its length (`code_table`). A run r is written as its
     high part q = r >> extra, as q // esc escape symbols (symbol esc) and the symbol q % esc,
     followed by its `extra` low bits as they are. Each segment's runs (ending at index
-    seg_runs[j]) start on a fresh word; its bit count goes to seg_bits[j].
+    seg_runs[j]) start on a fresh word; its bit count goes to seg_bits[j]. The bit buffer, its
+    fill and the word index are unsigned, so Numba skips the negative-index wrap of every store
+    (about half the loop's time).
     """
     acc = _U64(0)
-    n_acc = 0
-    k = 0
-    n_bits = 0
+    n_acc = _U64(0)
+    k = _U64(0)
     esc_code = table[esc] >> _U64(8)
-    esc_len = np.int64(table[esc] & _U64(255))
-    low_mask = (np.int64(1) << extra) - 1
+    esc_len = table[esc] & _U64(255)
+    ex = _U64(extra)
+    uesc = _U64(esc)
+    low_mask = (_U64(1) << ex) - _U64(1)
     start = 0
     for seg in range(seg_runs.shape[0]):
-        for i in range(start, seg_runs[seg]):
-            r = np.int64(runs[i])
-            q = r >> extra
-            while q >= esc:
-                q -= esc
-                acc = (acc << _U64(esc_len)) | esc_code
+        k0 = k
+        stop = seg_runs[seg]
+        for i in range(start, stop):
+            r = _U64(runs[i])
+            q = r >> ex
+            while q >= uesc:
+                q -= uesc
+                acc = (acc << esc_len) | esc_code
                 n_acc += esc_len
-                n_bits += esc_len
-                f = n_acc >> 5
-                n_acc &= 31
-                out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+                # Branch-free flush: always store the top word, advance only when it is full.
+                f = n_acc >> _U64(5)
+                n_acc &= _U64(31)
+                out[k] = np.uint32((acc >> n_acc) & _U64(0xFFFFFFFF))
                 k += f
             e = table[q]
-            ln = np.int64(e & _U64(255))
-            acc = (acc << _U64(ln)) | (e >> _U64(8))
+            ln = e & _U64(255)
+            acc = (acc << ln) | (e >> _U64(8))
             n_acc += ln
-            n_bits += ln
-            # Branch-free flush: always store the top word, advance only when it is full.
-            f = n_acc >> 5
-            n_acc &= 31
-            out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+            f = n_acc >> _U64(5)
+            n_acc &= _U64(31)
+            out[k] = np.uint32((acc >> n_acc) & _U64(0xFFFFFFFF))
             k += f
             if extra > 0:
-                acc = (acc << _U64(extra)) | _U64(r & low_mask)
-                n_acc += extra
-                n_bits += extra
-                f = n_acc >> 5
-                n_acc &= 31
-                out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+                acc = (acc << ex) | (r & low_mask)
+                n_acc += ex
+                f = n_acc >> _U64(5)
+                n_acc &= _U64(31)
+                out[k] = np.uint32((acc >> n_acc) & _U64(0xFFFFFFFF))
                 k += f
-        start = seg_runs[seg]
-        if n_acc > 0:
-            out[k] = np.uint32((acc << _U64(32 - n_acc)) & _U64(0xFFFFFFFF))
-            k += 1
-            n_acc = 0
-        seg_bits[seg] = n_bits
-        n_bits = 0
-    return k
+        start = stop
+        seg_bits[seg] = np.int64(k - k0) * 32 + np.int64(n_acc)
+        if n_acc > _U64(0):
+            out[k] = np.uint32((acc << (_U64(32) - n_acc)) & _U64(0xFFFFFFFF))
+            k += _U64(1)
+            n_acc = _U64(0)
+    return np.int64(k)
 
 
 @numba.njit(**NJIT)
 def encode_alt_kernel(values, seg_runs, table, esc, out, seg_bits):
     """Huffman-code alternating runs, ``table[parity]`` for the runs of 0s (0) and of 1s (1).
 
-    Entries as in `encode_runs_kernel`.
+    Entries as in `encode_runs_kernel`; unsigned state as there.
     """
     acc = _U64(0)
-    n_acc = 0
-    k = 0
-    n_bits = 0
+    n_acc = _U64(0)
+    k = _U64(0)
     start = 0
     for seg in range(seg_runs.shape[0]):
+        k0 = k
         par = 0
-        for i in range(start, seg_runs[seg]):
-            v = np.int64(values[i])
-            e = esc[par]
+        stop = seg_runs[seg]
+        for i in range(start, stop):
+            v = _U64(values[i])
+            e = _U64(esc[par])
             while v >= e:
                 v -= e
                 ee = table[par, e]
-                ln = np.int64(ee & _U64(255))
-                acc = (acc << _U64(ln)) | (ee >> _U64(8))
+                ln = ee & _U64(255)
+                acc = (acc << ln) | (ee >> _U64(8))
                 n_acc += ln
-                n_bits += ln
-                f = n_acc >> 5
-                n_acc &= 31
-                out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+                f = n_acc >> _U64(5)
+                n_acc &= _U64(31)
+                out[k] = np.uint32((acc >> n_acc) & _U64(0xFFFFFFFF))
                 k += f
             ee = table[par, v]
-            ln = np.int64(ee & _U64(255))
-            acc = (acc << _U64(ln)) | (ee >> _U64(8))
+            ln = ee & _U64(255)
+            acc = (acc << ln) | (ee >> _U64(8))
             n_acc += ln
-            n_bits += ln
-            f = n_acc >> 5
-            n_acc &= 31
-            out[k] = np.uint32((acc >> _U64(n_acc)) & _U64(0xFFFFFFFF))
+            f = n_acc >> _U64(5)
+            n_acc &= _U64(31)
+            out[k] = np.uint32((acc >> n_acc) & _U64(0xFFFFFFFF))
             k += f
             par ^= 1
-        start = seg_runs[seg]
-        if n_acc > 0:
-            out[k] = np.uint32((acc << _U64(32 - n_acc)) & _U64(0xFFFFFFFF))
-            k += 1
-            n_acc = 0
-        seg_bits[seg] = n_bits
-        n_bits = 0
-    return k
+        start = stop
+        seg_bits[seg] = np.int64(k - k0) * 32 + np.int64(n_acc)
+        if n_acc > _U64(0):
+            out[k] = np.uint32((acc << (_U64(32) - n_acc)) & _U64(0xFFFFFFFF))
+            k += _U64(1)
+            n_acc = _U64(0)
+    return np.int64(k)
 
 
 # ------------------------------------------------------------------------------ stream coder
@@ -372,10 +371,9 @@ def plan_stream(bits: np.ndarray) -> StreamPlan:
     skewed = p <= 0.3 or 8 * best.size < 0.97 * h_bits
     if skewed and not near and (minority + n_seg) // 8 < best.size:
         invert = ones > n - ones
-        runs, rhist, seg_runs = find_runs(
+        runs, rhist, seg_runs, big_runs = find_runs(
             words, n, invert, bounds[1:], minority, MAX_RUN_SYMBOLS + 1
         )
-        big_runs = runs[runs >= MAX_RUN_SYMBOLS].astype(np.int64) if rhist[-1] else runs[:0]
         # Low bits sent as they are suit long runs (mean 16 and more): try up to log2 of the
         # mean run.
         top = int(np.log2(max((n - minority) / (minority + n_seg), 1.0)))

@@ -18,7 +18,7 @@ if numba.config.DISABLE_JIT:  # the intrinsic only exists compiled
         return (int(x) & -int(x)).bit_length() - 1
 
 
-__all__ = ["count_transitions", "find_alt_runs", "find_runs", "scan_bytes"]
+__all__ = ["count_transitions", "find_alt_runs", "find_runs", "run_histogram", "scan_bytes"]
 
 _U64 = np.uint64
 
@@ -51,57 +51,88 @@ def scan_bytes(packed):
 
 
 @numba.njit(**NJIT)
+def run_histogram(runs, hist_size):
+    """hist[r] counts the runs r < hist_size - 1, hist[-1] the longer ones, listed in `big`.
+
+    Returns (hist, big): four sub-histograms, so that equal runs in a row do not serialize on
+    one counter; `big` (int64) keeps the long runs in stream order.
+    """
+    limit = hist_size - 1
+    sub = np.zeros((4, hist_size), dtype=np.int64)
+    n = runs.shape[0]
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        r0 = min(np.int64(runs[i]), limit)
+        r1 = min(np.int64(runs[i + 1]), limit)
+        r2 = min(np.int64(runs[i + 2]), limit)
+        r3 = min(np.int64(runs[i + 3]), limit)
+        sub[0, r0] += 1
+        sub[1, r1] += 1
+        sub[2, r2] += 1
+        sub[3, r3] += 1
+    for i in range(n4, n):
+        sub[0, min(np.int64(runs[i]), limit)] += 1
+    hist = np.zeros(hist_size, dtype=np.int64)
+    for b in range(hist_size):
+        hist[b] = sub[0, b] + sub[1, b] + sub[2, b] + sub[3, b]
+    n_big = hist[limit]
+    big = np.empty(n_big, dtype=np.int64)
+    if n_big:
+        j = 0
+        for i in range(n):
+            if runs[i] >= limit:
+                big[j] = runs[i]
+                j += 1
+    return hist, big
+
+
+@numba.njit(**NJIT)
 def find_runs(words, n, invert, seg_ends, n_marks, hist_size):
     """The runs of the runs1 / runs0 schemes, their histogram and their count per segment.
 
     `words` hold the stream packed little-endian (position i is bit i % 64 of word i // 64); the
-    minority value is 1 (0 when `invert`), `n_marks` its count. Runs shorter than hist_size - 1
-    are counted in hist[run]; hist[-1] counts the longer ones.
+    minority value is 1 (0 when `invert`), `n_marks` its count. Returns (runs, hist, seg_runs,
+    big) with hist and big as `run_histogram` gives them. Positions and the run index are
+    unsigned, so Numba skips the negative-index wrap of the stores.
     """
     n_seg = seg_ends.shape[0]
     runs = np.empty(n_marks + n_seg, dtype=np.uint32)
-    hist = np.zeros(hist_size, dtype=np.int64)
     seg_runs = np.zeros(n_seg, dtype=np.int64)
-    big = hist_size - 1
-    k = 0
+    k = _U64(0)
     seg = 0
-    seg_end = seg_ends[0]
-    prev = -1
+    seg_end = _U64(seg_ends[0])
+    after = _U64(0)  # the position after the last mark
     n_words = words.shape[0]
+    flip = ~_U64(0) if invert else _U64(0)
+    tail = _U64(n & 63)
     for wi in range(n_words):
-        w = words[wi]
-        if invert:
-            w = ~w
-            if wi == n_words - 1 and (n & 63) != 0:
-                w &= (_U64(1) << _U64(n & 63)) - _U64(1)
-        base = wi * 64
-        while w != 0:
-            p = base + np.int64(trailing_zeros(w))
+        w = words[wi] ^ flip
+        if wi == n_words - 1 and tail != _U64(0):
+            w &= (_U64(1) << tail) - _U64(1)
+        base = _U64(wi) << _U64(6)
+        while w != _U64(0):
+            p = base + _U64(trailing_zeros(w))
             w &= w - _U64(1)
             while p >= seg_end:
-                r = seg_end - prev - 1
-                runs[k] = r
-                k += 1
-                hist[min(r, big)] += 1
-                seg_runs[seg] = k
-                prev = seg_end - 1
+                runs[k] = np.uint32(seg_end - after)
+                k += _U64(1)
+                seg_runs[seg] = np.int64(k)
+                after = seg_end
                 seg += 1
-                seg_end = seg_ends[seg]
-            r = p - prev - 1
-            runs[k] = r
-            k += 1
-            hist[min(r, big)] += 1
-            prev = p
+                seg_end = _U64(seg_ends[seg])
+            runs[k] = np.uint32(p - after)
+            k += _U64(1)
+            after = p + _U64(1)
     while seg < n_seg:
-        seg_end = seg_ends[seg]
-        r = seg_end - prev - 1
-        runs[k] = r
-        k += 1
-        hist[min(r, big)] += 1
-        seg_runs[seg] = k
-        prev = seg_end - 1
+        seg_end = _U64(seg_ends[seg])
+        runs[k] = np.uint32(seg_end - after)
+        k += _U64(1)
+        seg_runs[seg] = np.int64(k)
+        after = seg_end
         seg += 1
-    return runs[:k], hist, seg_runs
+    runs = runs[: np.int64(k)]
+    hist, big = run_histogram(runs, hist_size)
+    return runs, hist, seg_runs, big
 
 
 @numba.njit(**NJIT, inline="always")
