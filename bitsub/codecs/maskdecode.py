@@ -2,7 +2,7 @@
 
 One kernel a scheme (runs1 / runs0, runs01 here; bytes in `bitsub.codecs.maskbytes`), each
 decoding one or two segments interleaved so that the CPU overlaps their table look-ups; the runs
-look-up table gives up to two runs at once (`pair_table`). Kernels check the stream and the
+look-up table gives up to four runs at once (`run_groups`). Kernels check the stream and the
 mask's bounds before they write, and the callers check where each stream ended
 (`bitsub.codecs.maskio.check_end`).
 """
@@ -50,43 +50,66 @@ __all__ = [
     "decode_alt_kernel",
     "decode_runs_kernel",
     "decode_stream",
+    "GROUP_OFFSET_BITS",
+    "GROUP_RUNS",
     "long_symbol",
-    "pair_table",
+    "run_groups",
     "parse_stream",
 ]
 
 _U64 = np.uint64
 
 
+# A run-groups entry (`run_groups`) holds up to GROUP_RUNS runs, as the offsets of their minority
+# bits from the group's start (each below 2**GROUP_OFFSET_BITS).
+GROUP_RUNS = 4
+GROUP_OFFSET_BITS = 10
+
+
 @numba.njit(**NJIT)
-def _pair_table_kernel(table, table_bits, lone, pairs):
+def _run_groups_kernel(table, table_bits, esc, extra):
     out = np.zeros(table.shape[0], dtype=np.int64)
     mask = table.shape[0] - 1
+    limit = (1 << GROUP_OFFSET_BITS) - 1
+    offsets = np.zeros(GROUP_RUNS, dtype=np.int64)
     for v in range(table.shape[0]):
-        len1 = np.int64(table[v] & 31)
-        if len1 == 0:
+        total = 0
+        after = 0
+        cnt = 0
+        while cnt < GROUP_RUNS:
+            e = np.int64(table[(v << total) & mask])
+            ln = e & 31
+            if e == 0 or total + ln + extra > table_bits or e >> 5 == esc:
+                break
+            # The run's extra low bits follow its code, inside the same table_bits.
+            low = ((v << (total + ln)) & mask) >> (table_bits - extra)
+            r = ((e >> 5) << extra) | low
+            if after + r > limit:
+                break
+            offsets[cnt] = after + r
+            after += r + 1
+            total += ln + extra
+            cnt += 1
+        if cnt == 0:
             continue
-        s1 = np.int64(table[v] >> 5)
-        nxt = np.int64(table[(v << len1) & mask])
-        len2 = nxt & 31
-        s2 = nxt >> 5
-        if pairs and len2 > 0 and len1 + len2 <= table_bits and s1 != lone and s2 != lone:
-            out[v] = (len1 + len2) | len1 << 5 | s1 << 10 | (s2 + 1) << 22
-        else:
-            out[v] = len1 | len1 << 5 | s1 << 10
+        for j in range(cnt, GROUP_RUNS):
+            offsets[j] = offsets[cnt - 1]
+        out[v] = total | after << 5
+        for j in range(GROUP_RUNS):
+            out[v] |= offsets[j] << (16 + GROUP_OFFSET_BITS * j)
     return out
 
 
-def pair_table(table: np.ndarray, table_bits: int, lone: int, pairs: bool = True) -> np.ndarray:
-    """Two-symbol look-up table from a one-symbol `decode_table` table.
+def run_groups(table: np.ndarray, table_bits: int, esc: int, extra: int) -> np.ndarray:
+    """Multi-run look-up table of the runs schemes from a one-symbol `decode_table` table.
 
-    Entry for the next `table_bits` bits: ``total | len1 << 5 | s1 << 10 | adv2 << 22`` where s1
-    is the first symbol (of length len1) and, when a second symbol s2 also fits in the bits,
-    adv2 = s2 + 1 and total = len1 + its length; otherwise adv2 = 0 and total = len1. 0 marks a
-    first code longer than `table_bits`. Symbol `lone` (an escape; -1 for none) never pairs, and
-    nothing pairs unless `pairs`.
+    Entry for the next `table_bits` bits: ``total | advance << 5 | o1 << 16 | o2 << 26 | o3 << 36
+    | o4 << 46``: the runs (up to `GROUP_RUNS`) whose codes and `extra` low bits all fit in those
+    bits, in stream order, none the escape `esc`, as the offsets o1 <= o2 <= ... of their minority
+    bits from the current position (the unused ones repeat the last), `advance` the position
+    after the last of them and `total` the bits they take. 0 where not even one run fits.
     """
-    return _pair_table_kernel(table, int(table_bits), int(lone), bool(pairs))
+    return _run_groups_kernel(table, int(table_bits), int(esc), int(extra))
 
 
 @numba.njit(**NJIT, inline="always")
@@ -116,12 +139,15 @@ def long_symbol(acc, table_bits, max_length, first, count, offset, symbols):
 
 
 @numba.njit(**NJIT)
-def decode_runs_kernel(words, wb, bounds, out, value, esc, extra, pairs, table_bits, max_length,
-                       first, count, offset, symbols):
+def decode_runs_kernel(words, wb, bounds, out, value, esc, extra, groups, table, table_bits,
+                       max_length, first, count, offset, symbols):
     """Decode runs segments (out[bounds[i]:bounds[i + 1]]) into out (pre-filled with the majority).
 
-    Each look-up in `pairs` (see `pair_table`) yields up to two runs when `extra` is 0. Returns
-    the bits read from each stream, or a negative error code in the first slot.
+    Each look-up in `groups` (see `run_groups`) yields up to four runs, taken at once when their
+    last minority bit lies before the segment's end; escapes, codes longer than `table_bits` and
+    the segment's last run go one by one through `table`. Returns the bits read from each
+    stream, or a negative error code in the first slot. Indices into `out` and `words` are
+    unsigned (each is checked against its bound first): Numba then skips the negative-index wrap.
     """
     shift = _U64(64 - table_bits)
     esc_span = esc << extra
@@ -138,62 +164,57 @@ def decode_runs_kernel(words, wb, bounds, out, value, esc, extra, pairs, table_b
                 if n < 32:
                     if k >= kend:
                         return ERR_OVERRUN, 0
-                    acc |= _U64(words[k]) << _U64(32 - n)
+                    acc |= _U64(words[_U64(k)]) << _U64(32 - n)
                     k += 1
                     n += 32
-                e = pairs[acc >> shift]
-                if e != 0:
-                    total = e & 31
-                    ln = (e >> 5) & 31
-                    s = (e >> 10) & 0xFFF
-                    adv2 = e >> 22
+                v = acc >> shift
+                g = groups[v]
+                if g != 0 and pos + ((g >> 5) & 2047) <= stop:
+                    # Unused offsets repeat the last: no branch on the count.
+                    out[_U64(pos + ((g >> 16) & 1023))] = value
+                    out[_U64(pos + ((g >> 26) & 1023))] = value
+                    out[_U64(pos + ((g >> 36) & 1023))] = value
+                    out[_U64(pos + (g >> 46))] = value
+                    pos += (g >> 5) & 2047
+                    ln = g & 31
+                    acc <<= _U64(ln)
+                    n -= ln
                 else:
-                    s, ln = long_symbol(acc, table_bits, max_length, first, count, offset, symbols)
-                    if ln == 0:
-                        return ERR_CODE, 0
-                    total = ln
-                    adv2 = 0
-                if s == esc:
-                    pos += esc_span
-                    if pos > stop:
-                        return ERR_RUN, 0
-                    consume = ln
-                else:
-                    if extra > 0:
-                        # The run's low bits follow its code as they are.
-                        acc <<= _U64(ln)
-                        n -= ln
-                        if n < extra:
-                            if k >= kend:
-                                return ERR_OVERRUN, 0
-                            acc |= _U64(words[k]) << _U64(32 - n)
-                            k += 1
-                            n += 32
-                        s = (s << extra) | np.int64(acc >> _U64(64 - extra))
-                        acc <<= _U64(extra)
-                        n -= extra
-                        consume = 0
-                        ln = 0
+                    e = table[v]
+                    if e != 0:
+                        s = np.int64(e >> 5)
+                        ln = np.int64(e & 31)
                     else:
-                        consume = total
-                    pos += s
-                    if pos >= stop:
+                        s, ln = long_symbol(acc, table_bits, max_length, first, count, offset,
+                                            symbols)
+                        if ln == 0:
+                            return ERR_CODE, 0
+                    acc <<= _U64(ln)
+                    n -= ln
+                    if s == esc:
+                        pos += esc_span
                         if pos > stop:
                             return ERR_RUN, 0
-                        done = True
-                        consume = ln
                     else:
-                        out[pos] = value
-                        pos += 1 + adv2
-                        if pos > stop:
-                            if pos - 1 > stop:
+                        if extra > 0:
+                            # The run's low bits follow its code as they are.
+                            if n < extra:
+                                if k >= kend:
+                                    return ERR_OVERRUN, 0
+                                acc |= _U64(words[_U64(k)]) << _U64(32 - n)
+                                k += 1
+                                n += 32
+                            s = (s << extra) | np.int64(acc >> _U64(64 - extra))
+                            acc <<= _U64(extra)
+                            n -= extra
+                        pos += s
+                        if pos >= stop:
+                            if pos > stop:
                                 return ERR_RUN, 0
                             done = True
                         else:
-                            # adv2 = 0 rewrites the bit just written; no branch on the pair.
-                            out[pos - 1] = value
-                acc <<= _U64(consume)
-                n -= consume
+                            out[_U64(pos)] = value
+                            pos += 1
             if lane == 0:
                 acc0, n0, k0, pos0, done0 = acc, n, k, pos, done
             else:
@@ -352,15 +373,14 @@ def _decode_alt(parsed, n: int) -> np.ndarray:
 
 def _decode_runs(parsed, n: int) -> np.ndarray:
     scheme, m, lengths, payloads, extra = parsed
-    table = decode_table(lengths)
+    # A full-size table even for short codes: more runs a look-up.
+    table = decode_table(lengths, TABLE_BITS)
     words, wb = _lanes(payloads)
     value = scheme == RUNS1
     out = np.zeros(n, dtype=np.bool_) if value else np.ones(n, dtype=np.bool_)
-    # Pairs only without extra bits (those follow each run's code).
-    pairs = pair_table(table[0], table[1], m - 1, extra == 0)
+    groups = run_groups(table[0], table[1], m - 1, extra)
     ends = decode_runs_kernel(
-        words, wb, segment_bounds(n, len(payloads)), out, value, m - 1, extra, pairs,
-        *table[1:],
+        words, wb, segment_bounds(n, len(payloads)), out, value, m - 1, extra, groups, *table,
     )
     _check_ends(ends, payloads, "runs payload")
     return out
