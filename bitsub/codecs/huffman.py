@@ -26,6 +26,7 @@ __all__ = [
     "code_lengths_kernel",
     "decode_symbols",
     "decode_table",
+    "decode_table_kernel",
     "encode_symbols",
     "stream_words",
     "write_codes",
@@ -305,8 +306,11 @@ class DecodeTable(tuple):
 
 
 @numba.njit(**NJIT)
-def _build_decode_table(lengths, table_bits, max_length):
-    """`decode_table`'s arrays in one pass (NumPy calls on a few hundred symbols cost more)."""
+def decode_table_kernel(lengths, table_bits, max_length):
+    """`decode_table`'s arrays in one pass (NumPy calls on a few hundred symbols cost more).
+
+    For kernels that build several tables at once; `decode_table` is the checked entry.
+    """
     n = lengths.shape[0]
     count = np.zeros(max_length + 1, dtype=np.int64)
     for s in range(n):
@@ -355,7 +359,7 @@ def decode_table(
     max_length = longest if max_length is None else max(int(max_length), longest)
     if table_bits is None:
         table_bits = min(max_length, TABLE_BITS)
-    table, first, count, offset, sorted_symbols = _build_decode_table(
+    table, first, count, offset, sorted_symbols = decode_table_kernel(
         lengths, int(table_bits), max_length
     )
     return DecodeTable((table, table_bits, max_length, first, count, offset, sorted_symbols))

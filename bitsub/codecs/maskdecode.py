@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from bitsub.codecs.huffman import TABLE_BITS, decode_table
+from bitsub.codecs.huffman import TABLE_BITS, decode_table, decode_table_kernel
 from bitsub.codecs.maskbytes import (
     BYTE_BITS,
     TRIPLE_TABLE_BITS,
@@ -52,6 +52,7 @@ __all__ = [
     "decode_stream",
     "GROUP_OFFSET_BITS",
     "GROUP_RUNS",
+    "alt_tables",
     "long_symbol",
     "run_groups",
     "parse_stream",
@@ -246,7 +247,7 @@ def decode_alt_kernel(words, wb, bounds, out, esc, table, table_bits, max_length
                 if n < 32:
                     if k >= kend:
                         return ERR_OVERRUN, 0
-                    acc |= _U64(words[k]) << _U64(32 - n)
+                    acc |= _U64(words[_U64(k)]) << _U64(32 - n)
                     k += 1
                     n += 32
                 e = table[par, acc >> shift]
@@ -265,7 +266,9 @@ def decode_alt_kernel(words, wb, bounds, out, esc, table, table_bits, max_length
                 if pos + r + (off if is_esc else 0) > stop:
                     return ERR_RUN, 0
                 if par == 1:
-                    out[pos : pos + r] = True
+                    # A loop, not a slice: Numba's slice set costs more on runs this short.
+                    for i in range(_U64(pos), _U64(pos + r)):
+                        out[i] = True
                 pos += r
                 if not is_esc:
                     done = pos == stop
@@ -347,25 +350,48 @@ def _lanes(payloads: list) -> tuple[np.ndarray, np.ndarray]:
     return buf.view(">u4").astype(np.uint32), wb
 
 
+@numba.njit(**NJIT)
+def alt_tables(lengths0, lengths1, max_table_bits):
+    """Both codes' `decode_table` arrays stacked (row 0: runs of 0s), in one call.
+
+    Returns (table, first, count, offset, symbols, table_bits, max_length): the longest code of
+    either sets max_length, table_bits is min(max_length, max_table_bits).
+    """
+    max_length = 1
+    for lengths in (lengths0, lengths1):
+        for i in range(lengths.shape[0]):
+            max_length = max(max_length, np.int64(lengths[i]))
+    table_bits = min(max_length, max_table_bits)
+    width = max(lengths0.shape[0], lengths1.shape[0])
+    table = np.empty((2, 1 << table_bits), dtype=np.int32)
+    first = np.empty((2, max_length + 1), dtype=np.int64)
+    count = np.empty((2, max_length + 1), dtype=np.int64)
+    offset = np.empty((2, max_length + 1), dtype=np.int64)
+    symbols = np.zeros((2, width), dtype=np.int32)
+    for par in range(2):
+        t, f, c, o, s = decode_table_kernel(lengths1 if par else lengths0, table_bits, max_length)
+        table[par] = t
+        first[par] = f
+        count[par] = c
+        offset[par] = o
+        symbols[par, : s.shape[0]] = s
+    return table, first, count, offset, symbols, table_bits, max_length
+
+
 def _decode_alt(parsed, n: int) -> np.ndarray:
     _, codes, payloads = parsed
     if not codes[0][1].any():
         raise FormatError("invalid code-length table: no run of 0s has a code")
     check_coverage(n, payloads, max(codes[0][0], codes[1][0]) - 1)
-    max_length = max(max(int(lengths.max()), 1) for _, lengths in codes)
-    table_bits = min(max_length, TABLE_BITS)
-    tables = [decode_table(lengths, table_bits, max_length) for _, lengths in codes]
-    width = max(m for m, _ in codes)
-    symbols = np.zeros((2, width), dtype=np.int32)
-    for par, t in enumerate(tables):
-        symbols[par, : t[6].size] = t[6]
-    stacked = [np.stack([t[i] for t in tables]) for i in (0, 3, 4, 5)]
+    table, first, count, offset, symbols, table_bits, max_length = alt_tables(
+        codes[0][1], codes[1][1], TABLE_BITS
+    )
     esc = np.array([codes[0][0] - 1, codes[1][0] - 1], dtype=np.int64)
     words, wb = _lanes(payloads)
     out = np.zeros(n, dtype=np.bool_)
     ends = decode_alt_kernel(
-        words, wb, segment_bounds(n, len(payloads)), out, esc, stacked[0], table_bits,
-        max_length, stacked[1], stacked[2], stacked[3], symbols,
+        words, wb, segment_bounds(n, len(payloads)), out, esc, table, table_bits, max_length,
+        first, count, offset, symbols,
     )
     _check_ends(ends, payloads, "runs payload")
     return out
