@@ -663,3 +663,71 @@ def naive_length_table(lengths):
         prev = length
     bits += "0" * (-len(bits) % 8)
     return bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8))
+
+
+# ------------------------ mask runs: scans, group tables (bitsub.codecs.maskscan, maskdecode)
+
+
+def naive_find_runs(bits, minority, seg_ends, hist_size):
+    """Runs of majority bits before each minority bit and before each segment's end (a virtual
+    minority bit there), as lists: (runs, hist, seg_runs, big); hist[r] counts runs r below
+    hist_size - 1, hist[-1] the rest, which big lists in order; seg_runs[j] = runs up to the
+    end of segment j."""
+    runs, seg_runs = [], []
+    start = 0
+    for end in seg_ends:
+        run = 0
+        for b in bits[start:end]:
+            if b == minority:
+                runs.append(run)
+                run = 0
+            else:
+                run += 1
+        runs.append(run)
+        seg_runs.append(len(runs))
+        start = end
+    hist = [0] * hist_size
+    for r in runs:
+        hist[min(r, hist_size - 1)] += 1
+    big = [r for r in runs if r >= hist_size - 1]
+    return runs, hist, seg_runs, big
+
+
+def naive_run_groups(code, table_bits, esc, extra, max_runs=4, max_offset=1023):
+    """For each table_bits-bit string v (MSB first): the runs decoded from its start while their
+    codes and `extra` low bits fit, up to max_runs, none the escape `esc`, and the offsets of
+    their minority bits (each at most max_offset). Returns a list of (bits used, offsets)."""
+    inverse = {c: s for s, c in code.items()}
+    out = []
+    for v in range(1 << table_bits):
+        text = format(v, f"0{table_bits}b")
+        used, after, offsets = 0, 0, []
+        while len(offsets) < max_runs:
+            cur = ""
+            while cur not in inverse and used + len(cur) < table_bits:
+                cur += text[used + len(cur)]
+            if cur not in inverse or inverse[cur] == esc or used + len(cur) + extra > table_bits:
+                break
+            low = text[used + len(cur) : used + len(cur) + extra]
+            run = (inverse[cur] << extra) | (int(low, 2) if extra else 0)
+            if after + run > max_offset:
+                break
+            offsets.append(after + run)
+            after += run + 1
+            used += len(cur) + extra
+        out.append((used, offsets))
+    return out
+
+
+def naive_alt_payload(values, codes, escapes):
+    """Payload of the runs01 scheme (one segment): values alternate between code 0 (runs of 0s)
+    and code 1; each as escapes (symbol escapes[parity], worth that much) and the rest."""
+    out = ""
+    for i, v in enumerate(values):
+        par = i % 2
+        while v >= escapes[par]:
+            out += codes[par][escapes[par]]
+            v -= escapes[par]
+        out += codes[par][v]
+    out += "0" * (-len(out) % 8)
+    return bytes(int(out[i : i + 8], 2) for i in range(0, len(out), 8))
