@@ -218,18 +218,24 @@ def _estimate_run_codes(hist, big_runs, extras, sizes):
     """
     out = np.empty(extras.shape[0])
     n_runs = big_runs.shape[0]
+    # The run values that occur, once (most of a long histogram is empty).
+    used = np.empty(hist.shape[0], dtype=np.int64)
+    n_used = 0
     for r in range(hist.shape[0]):
         n_runs += hist[r]
+        if hist[r]:
+            used[n_used] = r
+            n_used += 1
     for i in range(extras.shape[0]):
         extra = extras[i]
         m = sizes[i]
         esc = m - 1
         counts = np.zeros(m, dtype=np.int64)
-        for r in range(hist.shape[0]):
-            if hist[r]:
-                q = r >> extra
-                counts[q % esc] += hist[r]
-                counts[esc] += hist[r] * (q // esc)
+        for t in range(n_used):
+            r = used[t]
+            q = r >> extra
+            counts[q % esc] += hist[r]
+            counts[esc] += hist[r] * (q // esc)
         for j in range(big_runs.shape[0]):
             q = big_runs[j] >> extra
             counts[q % esc] += 1
