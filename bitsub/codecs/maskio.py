@@ -70,18 +70,28 @@ class Reader:
 
     def u8(self, what: str) -> int:
         """The next byte."""
-        return self.take(1, what)[0]
+        pos = self.pos
+        if pos >= self.end:
+            raise FormatError(f"truncated: {what} needs 1 bytes at offset {pos}")
+        self.pos = pos + 1
+        return self.data[pos]
 
     def varint(self, what: str, limit: int) -> int:
         """The next varint, refused above `limit`."""
+        data, pos, end = self.data, self.pos, self.end
         value = 0
         for i in range(10):
-            byte = self.u8(what)
+            if pos >= end:
+                raise FormatError(f"truncated: {what} needs 1 bytes at offset {pos}")
+            byte = data[pos]
+            pos += 1
             value |= (byte & 0x7F) << (7 * i)
             if not byte & 0x80:
+                self.pos = pos
                 if value > limit:
                     raise FormatError(f"{what} is {value}, more than the limit {limit}")
                 return value
+        self.pos = pos
         raise FormatError(f"{what} is not a valid varint")
 
 
