@@ -53,6 +53,7 @@ __all__ = [
     "GROUP_OFFSET_BITS",
     "GROUP_RUNS",
     "alt_tables",
+    "lane_words",
     "long_symbol",
     "run_groups",
     "parse_stream",
@@ -334,20 +335,46 @@ def _check_ends(ends, payloads: list, what: str) -> None:
         check_end(end, payload, what)
 
 
-def _lanes(payloads: list) -> tuple[np.ndarray, np.ndarray]:
-    """The payloads' words back to back, and where each stream's words start (and end).
+@numba.njit(**NJIT)
+def lane_words(first, second, two):
+    """Payload bytes (MSB-first streams) as the kernels read them, in one pass.
 
-    Each stream is laid out as `bitsub.codecs.huffman.stream_words` lays it out (two zero words
-    of padding), in one buffer and one byte swap.
+    `first` and, when `two`, `second` become native uint32 words back to back, each stream
+    followed by two zero words (as `bitsub.codecs.huffman.stream_words` lays one out); returns
+    them and where each stream's words start (and end).
     """
+    sizes = np.zeros(2, dtype=np.int64)
+    sizes[0] = (first.shape[0] + 3) // 4 + 2
+    if two:
+        sizes[1] = (second.shape[0] + 3) // 4 + 2
+    words = np.empty(sizes[0] + sizes[1], dtype=np.uint32)
     wb = np.zeros(3, dtype=np.int64)
-    sizes = [(len(p) + 3) // 4 + 2 for p in payloads]
     wb[1] = sizes[0]
-    wb[2] = wb[1] + (sizes[1] if len(sizes) == 2 else 0)
-    buf = np.zeros(4 * int(wb[2]), dtype=np.uint8)
-    for start, p in zip(wb[:2].tolist(), payloads):
-        buf[4 * start : 4 * start + len(p)] = np.frombuffer(p, dtype=np.uint8)
-    return buf.view(">u4").astype(np.uint32), wb
+    wb[2] = sizes[0] + sizes[1]
+    for lane in range(2 if two else 1):
+        src = second if lane else first
+        start = wb[lane]
+        full = src.shape[0] // 4
+        for i in range(full):
+            j = 4 * i
+            words[start + i] = (
+                (np.uint32(src[j]) << np.uint32(24)) | (np.uint32(src[j + 1]) << np.uint32(16))
+                | (np.uint32(src[j + 2]) << np.uint32(8)) | np.uint32(src[j + 3])
+            )
+        for i in range(full, wb[lane + 1] - start):
+            w = np.uint32(0)
+            for j in range(4):
+                if 4 * i + j < src.shape[0]:
+                    w |= np.uint32(src[4 * i + j]) << np.uint32(24 - 8 * j)
+            words[start + i] = w
+    return words, wb
+
+
+def _lanes(payloads: list) -> tuple[np.ndarray, np.ndarray]:
+    """The payloads' words back to back, and where each stream's words start (and end)."""
+    first = np.frombuffer(payloads[0], dtype=np.uint8)
+    two = len(payloads) == 2
+    return lane_words(first, np.frombuffer(payloads[1], dtype=np.uint8) if two else first, two)
 
 
 @numba.njit(**NJIT)
