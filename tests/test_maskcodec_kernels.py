@@ -23,6 +23,7 @@ from bitsub.codecs.maskdecode import (
     alt_tables,
     decode_alt_kernel,
     decode_runs_kernel,
+    lane_words,
     run_groups,
 )
 from bitsub.codecs.maskencode import code_table, encode_alt_kernel, encode_runs_kernel
@@ -235,3 +236,16 @@ def test_alt_tables_match_decode_table(m0, m1):
         for got, ref in zip((tab, first, count, offset), (want[0], want[3], want[4], want[5])):
             np.testing.assert_array_equal(got[par], ref)
         np.testing.assert_array_equal(symbols[par, : want[6].size], want[6])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=23), st.binary(max_size=23), st.booleans())
+def test_lane_words_match_stream_words(first, second, two):
+    """lane_words against stream_words per payload (MSB-first words, two zero words after)."""
+    payloads = [first, second] if two else [first]
+    want_words, want_wb = lanes(payloads)
+    as_array = [np.frombuffer(p, dtype=np.uint8) for p in (first, second)]
+    words, wb = lane_words(as_array[0], as_array[1], two)
+    assert words.dtype == np.uint32
+    np.testing.assert_array_equal(words, want_words)
+    np.testing.assert_array_equal(wb, want_wb)
