@@ -267,31 +267,51 @@ def choose_run_code(hist: np.ndarray, big_runs: np.ndarray, extra_bits=(0,)):
     `extra` low bits as they are; the choice is over M and over `extra_bits`. The size counts
     the code-length table, the payload bits and the M varint.
     """
-    used = np.flatnonzero(hist)
-    hist = np.ascontiguousarray(hist[: (int(used[-1]) + 1 if used.size else 0)], dtype=np.int64)
-    big_runs = np.ascontiguousarray(big_runs, dtype=np.int64)
-    n_runs = int(hist.sum()) + big_runs.size
-    max_run = max(int(big_runs.max(initial=0)), hist.size - 1)
-    extras = []
-    sizes = []
-    for extra in sorted(set(extra_bits)):
+    extras = np.array(sorted(set(extra_bits)), dtype=np.int64)
+    size, m, lengths, counts, extra = _choose_run_code_kernel(
+        np.ascontiguousarray(hist, dtype=np.int64), np.ascontiguousarray(big_runs, dtype=np.int64),
+        extras,
+    )
+    return int(size), int(m), lengths, counts, int(extra)
+
+
+@numba.njit(**NJIT)
+def _choose_run_code_kernel(hist, big_runs, extra_bits):
+    """`choose_run_code` in one call; `extra_bits` sorted, without repeats."""
+    used = hist.shape[0]
+    while used > 0 and hist[used - 1] == 0:
+        used -= 1
+    hist = hist[:used]
+    n_runs = big_runs.shape[0]
+    for r in range(used):
+        n_runs += hist[r]
+    max_run = used - 1
+    for j in range(big_runs.shape[0]):
+        max_run = max(max_run, big_runs[j])
+    # Candidates: for each extra, M = 4, 8, 16, ... below max_q + 2, and min(max_q + 2, MAX).
+    extras = np.empty(extra_bits.shape[0] * 16, dtype=np.int64)
+    sizes = np.empty(extra_bits.shape[0] * 16, dtype=np.int64)
+    k = 0
+    for e in range(extra_bits.shape[0]):
+        extra = extra_bits[e]
         max_q = max_run >> extra
-        candidates = {min(max_q + 2, MAX_RUN_SYMBOLS)}
+        last = min(max_q + 2, MAX_RUN_SYMBOLS)
         m = 4
         while m <= MAX_RUN_SYMBOLS and m < max_q + 2:
-            candidates.add(m)
+            if m != last:
+                extras[k] = extra
+                sizes[k] = m
+                k += 1
             m *= 2
-        extras += [extra] * len(candidates)
-        sizes += sorted(candidates)
-    estimates = _estimate_run_codes(
-        hist, big_runs, np.array(extras, dtype=np.int64), np.array(sizes, dtype=np.int64)
-    )
-    # Build the exact code for the two best estimates only.
-    top = np.argsort(estimates, kind="stable")[:2]
-    i, size, lengths, counts = _exact_run_code(
-        hist, big_runs, np.array(extras, dtype=np.int64)[top],
-        np.array(sizes, dtype=np.int64)[top], n_runs,
-    )
+        extras[k] = extra
+        sizes[k] = last
+        k += 1
+    extras = extras[:k]
+    sizes = sizes[:k]
+    estimates = _estimate_run_codes(hist, big_runs, extras, sizes)
+    # Build the exact code for the two best estimates only (stable order on ties).
+    top = np.argsort(estimates, kind="mergesort")[:2]
+    i, size, lengths, counts = _exact_run_code(hist, big_runs, extras[top], sizes[top], n_runs)
     return size, sizes[top[i]], lengths, counts, extras[top[i]]
 
 
@@ -350,8 +370,11 @@ def plan_stream(bits: np.ndarray) -> StreamPlan:
     minority = min(ones, n - ones)
     p = minority / n
     h_bits = -n * (p * np.log2(p) + (1 - p) * np.log2(1 - p))
-    words = np.zeros((packed.size + 7) // 8 * 8, dtype=np.uint8)
-    words[: packed.size] = packed
+    if packed.size % 8:
+        words = np.zeros((packed.size + 7) // 8 * 8, dtype=np.uint8)
+        words[: packed.size] = packed
+    else:
+        words = packed  # whole words already (n a multiple of 64): no copy
     words = words.view("<u8")
     n_seg = segment_count(n)
     bounds = segment_bounds(n, n_seg)
