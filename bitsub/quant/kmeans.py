@@ -14,9 +14,13 @@ Methods
     is k - 1 binary searches for the midpoints between centroids and an update is k prefix-sum
     differences, so an iteration costs O(k log n).
 ``"auto"``
-    The exact DP when k * m * log2(m) is small. Otherwise coarse to fine: the exact DP over
-    coarse groups of consecutive distinct values, then exact DPs on finer groups with each
-    boundary held within a band around the coarser solution, then Lloyd until no boundary moves.
+    The exact DP when its cost (about k * m * log2(m) run costs) fits a budget: 10^6 run
+    costs, and below 2^15 values at most 4 a value, so that the DP does not outweigh the
+    O(n) passes on small inputs. Otherwise coarse to fine: the exact DP over coarse groups of
+    consecutive distinct values, then exact DPs on finer groups with each boundary held within
+    a band around the coarser solution, then Lloyd until no boundary moves. When even 4k
+    coarse groups exceed the budget (large k for n), the top level is a lean one of about 2k
+    to 3k groups, each holding at most half of a cluster's estimated SSE.
     From 2^15 values on (k > 1) the groups are not sorted distinct values but fine cells of the
     value range (:mod:`bitsub.quant.bins`: one O(n) pass over the unsorted values, about 16 a
     cell, at most 2^16 cells), whose exact counts, sums and sums of squares stand for their
@@ -64,7 +68,7 @@ _AUTO_BAND = 8
 _AUTO_MAX_RECENTRE = 20
 _AUTO_LEAN_GROUPS_PER_K = 2
 _AUTO_LEAN_MAX = 3
-_AUTO_LEAN_TAU_DIV = 8.0
+_AUTO_LEAN_TAU_DIV = 2.0
 # "auto": run costs of the exact DP allowed per value (the budget is at most _AUTO_EXACT_WORK).
 _AUTO_WORK_PER_VALUE = 4.0
 # "auto" from _AUTO_BINS_MIN_N values on: fine cells instead of the sort (about _AUTO_PER_CELL
@@ -235,25 +239,19 @@ def _panter_dite(w, u, spread, k):
     step = n / nb
     integral = 0.0
     prev = 0
+    cut = 0
     for i in range(1, nb + 1):
-        if i < nb:  # the first prefix count at or above i n / nb (a left binary search)
+        if i < nb:  # the first prefix count at or above i n / nb
             target = i * step
-            a = 0
-            b = m + 1
-            while a < b:
-                mid = (a + b) >> 1
-                if w[mid] < target:
-                    a = mid + 1
-                else:
-                    b = mid
-            cut = a
+            while w[cut] < target:
+                cut += 1
         else:
             cut = m
         if cut <= prev:
             continue
-        width = u[cut - 1] - u[min(prev, m - 1)] + spread
+        width = u[cut - 1] - u[prev] + spread
         if width > 0.0:
-            integral += width ** (2.0 / 3.0) * ((w[cut] - w[prev]) / n) ** (1.0 / 3.0)
+            integral += np.cbrt(width * width * ((w[cut] - w[prev]) / n))
         prev = cut
     return n / (12.0 * k * k) * integral**3 / k
 
@@ -308,15 +306,16 @@ def _append(out, used, b):
 
 
 @numba.njit(**NJIT)
-def _levels(w, s, q, k, top, tau, refine, lean_max, lean_tau):
+def _levels(w, s, q, k, top, tau, refine, lean_max, lean_top, lean_tau):
     """The levels of groups for :func:`_auto`, finest (the m groups of w, s, q) first.
 
     Level L + 1 merges level L's groups (:func:`_merge_groups`) up to ``refine`` times as many
     values, with the SSE cap ``tau * (size / top)^3``, up to about ``top`` values a group; a
     level of at most 2k groups is not kept. With ``lean_max`` > 0 and more than ``lean_max``
-    groups at the top, one more level merges them up to ``top`` values and SSE ``lean_tau``
-    (kept when it has more than k groups). Returns the boundaries of all levels in one array
-    and the offsets of each level's in it.
+    groups at the top, one more level merges them up to ``lean_top`` values and SSE ``lean_tau``
+    (kept when it has more than k groups). A level with more than 3/4 of the groups of the
+    level below takes its place (the finest stays). Returns the boundaries of all levels in
+    one array and the offsets of each level's in it.
     """
     m = w.size - 1
     cur = np.arange(m + 1)
@@ -333,13 +332,19 @@ def _levels(w, s, q, k, top, tau, refine, lean_max, lean_tau):
         b = _merge_groups(w, s, q, cur, target, tau * min(1.0, target / top) ** 3)
         if b.size - 1 <= 2 * k:
             break
+        if nl > 1 and 4 * (b.size - 1) > 3 * (cur.size - 1):
+            nl -= 1  # hardly coarser: it takes the place of the level below
+            used = offs[nl]
         out, used = _append(out, used, b)
         nl += 1
         offs[nl] = used
         cur = b
     if lean_max > 0 and cur.size - 1 > lean_max:
-        b = _merge_groups(w, s, q, cur, top, lean_tau)
+        b = _merge_groups(w, s, q, cur, lean_top, lean_tau)
         if b.size - 1 > k:
+            if nl > 1 and 4 * (b.size - 1) > 3 * (cur.size - 1):
+                nl -= 1
+                used = offs[nl]
             out, used = _append(out, used, b)
             nl += 1
             offs[nl] = used
@@ -477,16 +482,20 @@ def _auto(d: _Distinct, k: int) -> np.ndarray:
 
     Groups of consecutive distinct values are capped by a count and by their own SSE (a small
     fraction of the estimated SSE per cluster), so that they stay small in the sparse tails,
-    where optimal clusters hold few values. The top level is solved exactly when that fits the
-    work budget (``_AUTO_WORK_PER_VALUE`` run costs a value, at most ``_AUTO_EXACT_WORK``), else
-    by the band DP from the companded start (:func:`_compand_starts`), recentred until no
-    boundary rests on a band's edge; each lower level is re-solved exactly with every boundary
-    held within ``_AUTO_BAND`` groups of the level above (bands move and the DP reruns while a
-    boundary sits on an edge). Lloyd on the distinct values polishes the result.
+    where optimal clusters hold few values. The top level is solved exactly; it has as many
+    groups as the work budget allows (``_AUTO_WORK_PER_VALUE`` run costs a value below 2^15
+    values, at most ``_AUTO_EXACT_WORK``), at least 4k; when 4k groups exceed the budget and
+    the top holds more than 3k groups, one more merged level goes on top (the "lean" top, about
+    2k groups: up to ``n / 2k`` values and ``1 / _AUTO_LEAN_TAU_DIV`` of the estimated SSE per
+    cluster a group). Each lower level is re-solved exactly with every boundary held within
+    ``_AUTO_BAND`` groups of the level above (bands move and the DP reruns while a boundary
+    sits on an edge). Lloyd on the distinct values polishes the result.
     """
     m = d.m
     n = float(d.w[-1])
-    work = min(_AUTO_EXACT_WORK, _AUTO_WORK_PER_VALUE * n)
+    work = _AUTO_EXACT_WORK
+    if n < _AUTO_BINS_MIN_N:
+        work = min(work, _AUTO_WORK_PER_VALUE * n)
     if m <= k or _dp_work(k, m) <= work:
         return _optimal(d, k)
     groups = _AUTO_GROUPS_PER_K * k
@@ -495,14 +504,12 @@ def _auto(d: _Distinct, k: int) -> np.ndarray:
     est = _sse_per_cluster_estimate(d, k)
     tau = est / _AUTO_TAU_DIV
     lean = _dp_work(k, groups) > work
-    if lean:
-        groups = _AUTO_LEAN_GROUPS_PER_K * k
     top = max(1.0, n / groups)
-    if lean:
+    if lean:  # one more level of about _AUTO_LEAN_GROUPS_PER_K * k groups on top
         flat, offs = _levels(d.w, d.s, d.q, k, top, tau, _AUTO_REFINE, _AUTO_LEAN_MAX * k,
-                             est / _AUTO_LEAN_TAU_DIV)
+                             n / (_AUTO_LEAN_GROUPS_PER_K * k), est / _AUTO_LEAN_TAU_DIV)
     else:
-        flat, offs = _levels(d.w, d.s, d.q, k, top, tau, _AUTO_REFINE, 0, 0.0)
+        flat, offs = _levels(d.w, d.s, d.q, k, top, tau, _AUTO_REFINE, 0, 0.0, 0.0)
     b = flat[offs[-2]:offs[-1]]
     t = partition(d.w[b], d.s[b], d.q[b], k)
     t = _refine_levels(d.w, d.s, d.q, flat, offs, t, _AUTO_BAND, _AUTO_MAX_RECENTRE)
