@@ -558,7 +558,7 @@ def test_refine_band_matches_the_naive_band_dp(vals, k, data):
                                         max_size=2 * (k + 1))), dtype=np.int64)
     lo_start, hi_start = idx - reach[: k + 1], idx + reach[k + 1:]
     # One pass: the band DP's answer against the textbook DP over the same bands.
-    t1 = km._refine_band(d.w, d.s, d.q, idx, lo_start, hi_start, 1)
+    t1 = dp.refine_band(d.w, d.s, d.q, idx, lo_start, hi_start, 1)
     want_t, want = naive_refine_band(d.w, d.s, d.q, idx, lo_start, hi_start, 1)
     assert t1[0] == 0 and t1[-1] == m and np.all(np.diff(t1) > 0)
     got = float(dp.run_costs(d.w, d.s, d.q, t1).sum())
@@ -566,12 +566,12 @@ def test_refine_band_matches_the_naive_band_dp(vals, k, data):
     assert abs(got - want) <= tol, (got, want)
     # Recentred: a feasible split, never worse than the first pass (each pass's bands hold the
     # previous answer).
-    t = km._refine_band(d.w, d.s, d.q, idx, lo_start, hi_start, 20)
+    t = dp.refine_band(d.w, d.s, d.q, idx, lo_start, hi_start, 20)
     assert t[0] == 0 and t[-1] == m and np.all(np.diff(t) > 0)
     assert float(dp.run_costs(d.w, d.s, d.q, t).sum()) <= got + tol
     # Bands over everything: the exact optimum.
     j = np.arange(k + 1)
-    t_all = km._refine_band(d.w, d.s, d.q, idx, j, m - k + j, 1)
+    t_all = dp.refine_band(d.w, d.s, d.q, idx, j, m - k + j, 1)
     t_naive, best = naive_band_dp(d.w, d.s, d.q, j.tolist(), (m - k + j).tolist())
     assert abs(float(dp.run_costs(d.w, d.s, d.q, t_all).sum()) - best) <= tol
 

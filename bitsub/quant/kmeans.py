@@ -44,7 +44,7 @@ import numpy as np
 
 from bitsub.config import NJIT
 from bitsub.quant.bins import cell_prefix, cell_stats, value_range
-from bitsub.quant.dp import distinct_prefix, partition, partition_band
+from bitsub.quant.dp import distinct_prefix, partition, refine_band
 from bitsub.threads import engine_threads, split
 from bitsub.validate import check_int
 
@@ -181,51 +181,6 @@ def _assign_nearest(values, mids, table, sure, base, scale, first, codes):
 
 
 @numba.njit(**NJIT)
-def _refine_band(w, s, q, idx, lo_start, hi_start, max_recentre):
-    """Exact DP with boundary j held in [lo_start[j], hi_start[j]] around idx[j].
-
-    When a boundary ends on the edge of its band, the band is moved by its width and the DP
-    run again (at most ``max_recentre`` times), until none does: a local optimum over all joint
-    moves within the bands.
-    """
-    m = w.size - 1
-    k = idx.size - 1
-    t = np.empty(k + 1, dtype=np.int64)
-    for j in range(k + 1):  # within [j, m - k + j], then strictly increasing both ways
-        t[j] = min(max(idx[j], j), m - k + j)
-    t[0] = 0
-    t[k] = m
-    for j in range(1, k + 1):
-        t[j] = max(t[j], t[j - 1] + 1)
-    for j in range(k - 1, -1, -1):
-        t[j] = min(t[j], t[j + 1] - 1)
-    below = np.empty(k + 1, dtype=np.int64)
-    above = np.empty(k + 1, dtype=np.int64)
-    for j in range(k + 1):
-        below[j] = max(t[j] - lo_start[j], 1)
-        above[j] = max(hi_start[j] - t[j], 1)
-    lo = np.empty(k + 1, dtype=np.int64)
-    hi = np.empty(k + 1, dtype=np.int64)
-    for _ in range(max_recentre):
-        for j in range(k + 1):
-            lo[j] = max(j, t[j] - below[j])
-            hi[j] = min(m - k + j, t[j] + above[j])
-        for j in range(1, k + 1):
-            lo[j] = max(lo[j], lo[j - 1])
-        for j in range(k - 1, -1, -1):
-            hi[j] = min(hi[j], hi[j + 1])
-        t = partition_band(w, s, q, lo, hi)
-        edge = False
-        for j in range(k + 1):
-            if (t[j] == lo[j] and lo[j] > j) or (t[j] == hi[j] and hi[j] < m - k + j):
-                edge = True
-                break
-        if not edge:
-            break
-    return t
-
-
-@numba.njit(**NJIT)
 def _panter_dite(w, u, spread, k):
     """:func:`_sse_per_cluster_estimate` over groups (prefix counts w, ascending values u).
 
@@ -356,7 +311,7 @@ def _refine_levels(w, s, q, flat, offs, t, band, max_recentre):
     """Boundaries ``t`` on the top level of :func:`_levels` carried down to the finest level.
 
     On each level the exact DP reruns with every boundary held within ``band`` groups (of the
-    level above) either side of where it was (:func:`_refine_band`).
+    level above) either side of where it was (:func:`~bitsub.quant.dp.refine_band`).
     """
     nl = offs.size - 1
     for lev in range(nl - 2, -1, -1):
@@ -367,9 +322,9 @@ def _refine_levels(w, s, q, flat, offs, t, band, max_recentre):
         lo = np.searchsorted(fine, coarse[np.maximum(t - band, 0)])
         hi = np.searchsorted(fine, coarse[np.minimum(t + band, mc)])
         if lev == 0:  # the finest level: the groups of w, s, q themselves
-            t = _refine_band(w, s, q, pos, lo, hi, max_recentre)
+            t = refine_band(w, s, q, pos, lo, hi, max_recentre)
         else:
-            t = _refine_band(w[fine], s[fine], q[fine], pos, lo, hi, max_recentre)
+            t = refine_band(w[fine], s[fine], q[fine], pos, lo, hi, max_recentre)
     return t
 
 
@@ -473,8 +428,10 @@ def _sse_per_cluster_estimate(d: _Distinct, k: int) -> float:
 
 
 def _dp_work(k: int, m: int) -> float:
-    """About how many run costs the exact DP evaluates for k runs of m groups."""
-    return 2.0 * m + max(0, k - 2) * m * max(1.0, math.log2(m))
+    """Run costs the exact DP evaluates for k runs of m groups: k m log2(m), 2m for k <= 2."""
+    if k <= 2:
+        return 2.0 * m
+    return k * m * max(1.0, math.log2(m))
 
 
 def _auto(d: _Distinct, k: int) -> np.ndarray:
