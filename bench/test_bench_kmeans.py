@@ -12,6 +12,10 @@ The table gives, per case, sklearn time / auto time and auto, lloyd and sklearn 
 SSE. Bars: auto within 0.1% (k <= 16) or 1% (k = 256) of the optimum, >= 10x faster than
 sklearn, SSE not above sklearn's.
 
+``test_kmeans_cpu``: n = 1e4 in CPU time rather than wall time (a loaded machine stretches wall
+times, and scikit-learn's OpenMP threads most): auto's thread CPU time, median of 15 calls,
+against scikit-learn's process CPU time on one thread (threadpoolctl), min of 3.
+
 ``test_optimal_vs_ckmeans``: ``kmeans_1d(method="optimal")`` beside ``ckmeans.ckmeans``
 (Ckmeans.1d.dp's dynamic program in Rust; it stops at k = 255) at n = 1e6 (capped by the
 environment variable), k in {4, 16, 255}, on N(0,1), Laplace and tight clusters far from zero;
@@ -20,6 +24,7 @@ difference of the two partitions.
 """
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -36,6 +41,7 @@ DISTS = ["normal", "laplace"]
 CK_DISTS = ["normal", "laplace", "clusters"]
 IMPLS = ["bitsub-optimal", "bitsub-auto", "bitsub-lloyd", "sklearn"]
 TIMES: dict[tuple, float] = {}  # (case, impl) -> median seconds
+CPU: dict[str, tuple] = {}  # case -> (auto CPU seconds, sklearn one-thread CPU seconds)
 SSE: dict[tuple, float] = {}
 
 _data: dict[tuple, np.ndarray] = {}
@@ -118,9 +124,37 @@ def test_optimal_vs_ckmeans(benchmark, dist, k, impl):
     SSE[(case, impl)] = err
 
 
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("dist", DISTS)
+def test_kmeans_cpu(dist, k):
+    """n = 1e4 in CPU time, which load barely moves: auto's thread CPU time (median of 15)
+    against scikit-learn's process CPU time on one thread (threadpoolctl; min of 3)."""
+    from threadpoolctl import threadpool_limits
+
+    x = values(dist, 10_000)
+    kmeans_1d(x, k)  # warm the JIT
+    ours = []
+    for _ in range(15):
+        t = time.thread_time()
+        kmeans_1d(x, k)
+        ours.append(time.thread_time() - t)
+    theirs = []
+    with threadpool_limits(1):
+        for _ in range(3):
+            t = time.process_time()
+            run_sklearn(x, k)
+            theirs.append(time.process_time() - t)
+    CPU[f"{dist}-n10000-k{k}"] = (float(np.median(ours)), min(theirs))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def ratio_table():
     yield
+    if CPU:
+        print("\ncase: sklearn one-thread CPU time / auto CPU time (n = 1e4)")
+    for case, (ours, theirs) in CPU.items():
+        print(f"{case:22s} cpu {theirs / ours:7.1f}x (auto {ours * 1e3:6.3f} ms, sklearn "
+              f"{theirs * 1e3:7.1f} ms)")
     ck = sorted({c for c, i in TIMES if i == "ckmeans"})
     if ck:
         print("\ncase: bitsub optimal time / ckmeans time; "

@@ -248,6 +248,151 @@ def naive_dp_min_sse(values, k):
     return best[n]
 
 
+def naive_panter_dite(w, u, spread, k):
+    """Panter-Dite SSE per cluster from groups (prefix counts w, ascending values u), numpy.
+
+    Bins at the 16 k quantiles by count; a bin of c values from a to b adds
+    ``cbrt((b - a + spread)^2 c / n)`` to the integral of f^(1/3) (an exact fsum here); the
+    estimate is ``n / (12 k^2) * integral^3 / k``.
+    """
+    from math import fsum
+
+    w = np.asarray(w, dtype=np.float64)
+    u = np.asarray(u, dtype=np.float64)
+    n = float(w[-1])
+    nb = 16 * k
+    cuts = np.searchsorted(w, np.arange(1, nb) * (n / nb), side="left")
+    cuts = np.unique(np.concatenate([[0], cuts, [u.size]]))
+    width = u[cuts[1:] - 1] - u[cuts[:-1]] + spread
+    count = w[cuts[1:]] - w[cuts[:-1]]
+    ok = width > 0
+    integral = fsum(np.cbrt(width[ok] * width[ok] * (count[ok] / n)).tolist())
+    return n / (12.0 * k * k) * integral**3 / k
+
+
+def naive_lookup(cent, lo, scale, cells):
+    """Midpoints, first indices and the grid tables of the nearest-centroid lookup, numpy.
+
+    ``cent`` ascending float32; the grid edges are ``lo + g / scale`` (all ``lo`` when scale
+    is 0); ``table[g]`` counts the midpoints below edge g; ``sure[g]`` is ``table[g]`` when
+    edges g - 1 and g + 2 (clamped) see the same count, else -1, and -1 in the last cell.
+    """
+    uniq, first = np.unique(np.asarray(cent, dtype=np.float32), return_index=True)
+    mids = 0.5 * (uniq[:-1].astype(np.float64) + uniq[1:].astype(np.float64))
+    g = np.arange(cells + 1)
+    edges = lo + g / scale if scale > 0 else np.full(cells + 1, float(lo))
+    table = np.searchsorted(mids, edges, side="left")
+    before = table[np.maximum(g[:-1] - 1, 0)]
+    after = table[np.minimum(g[:-1] + 2, cells)]
+    sure = np.where(before == after, table[:-1], -1)
+    sure[-1] = -1
+    return mids, first, table, sure
+
+
+def naive_merge_groups(w, s, q, b, target, tau):
+    """Greedy merge of consecutive groups (boundaries b): a merged group is closed before a
+    group when it already holds ``target`` values, or when taking that group in would lift its
+    SSE (read from the prefix sums) above ``tau``."""
+    out = [int(b[0])]
+    for i in range(1, len(b) - 1):
+        g0, e = out[-1], int(b[i + 1])
+        full = w[b[i]] - w[g0] >= target
+        cs = s[e] - s[g0]
+        if full or (q[e] - q[g0]) - cs * cs / (w[e] - w[g0]) > tau:
+            out.append(int(b[i]))
+    out.append(int(b[-1]))
+    return out
+
+
+def naive_levels(w, s, q, k, top, tau, refine, lean_max, lean_top, lean_tau):
+    """The levels of "auto" as a list of boundary lists, finest (every group) first.
+
+    Level sizes grow by ``refine`` up to ``top`` values (SSE cap ``tau * (size / top)^3``);
+    a level of at most 2k groups ends the climb; a level with more than 3/4 of the groups of
+    the one below replaces it (never the finest). With ``lean_max`` > 0 and more groups than
+    that at the top, one more merge (``lean_top`` values, cap ``lean_tau``), kept when it
+    has more than k groups.
+    """
+    levels = [list(range(len(w)))]
+    target = 1.0
+
+    def add(b):
+        if len(levels) > 1 and 4 * (len(b) - 1) > 3 * (len(levels[-1]) - 1):
+            levels.pop()
+        levels.append(b)
+
+    while target < top and len(levels) < 62:
+        target *= refine
+        b = naive_merge_groups(w, s, q, levels[-1], target, tau * min(1.0, target / top) ** 3)
+        if len(b) - 1 <= 2 * k:
+            break
+        add(b)
+    if lean_max > 0 and len(levels[-1]) - 1 > lean_max:
+        b = naive_merge_groups(w, s, q, levels[-1], lean_top, lean_tau)
+        if len(b) - 1 > k:
+            add(b)
+    return levels
+
+
+def naive_band_dp(w, s, q, lo, hi):
+    """Least-SSE boundaries with boundary j in [lo[j], hi[j]]: the textbook DP over the bands.
+
+    A run's SSE is read from the prefix sums (clamped at 0); O(k W^2) for bands of width W.
+    """
+    k = len(lo) - 1
+
+    def cost(a, b):
+        cs = s[b] - s[a]
+        return max(q[b] - q[a] - cs * cs / (w[b] - w[a]), 0.0)
+
+    best = {0: (0.0, None)}
+    layers = [best]
+    for j in range(1, k + 1):
+        cur = {}
+        for i in range(lo[j], hi[j] + 1):
+            cands = [(best[a][0] + cost(a, i), a) for a in best if a < i]
+            if cands:
+                cur[i] = min(cands)
+        best = cur
+        layers.append(best)
+    t = [0] * (k + 1)
+    t[k] = hi[k]
+    for j in range(k, 0, -1):
+        t[j - 1] = layers[j][t[j]][1]
+    return t, layers[k][t[k]][0]
+
+
+def naive_refine_band(w, s, q, idx, lo_start, hi_start, max_recentre):
+    """"auto"'s band refinement in plain Python: boundary j starts at idx[j] (made feasible:
+    within [j, m - k + j], strictly increasing) with a band reaching lo_start[j] below and
+    hi_start[j] above (at least 1 each way); the band DP (:func:`naive_band_dp`) reruns with
+    the bands moved onto its answer while an answer rests on an inner band edge, at most
+    ``max_recentre`` times. Returns the boundaries and their SSE."""
+    m = len(w) - 1
+    k = len(idx) - 1
+    t = [min(max(int(idx[j]), j), m - k + j) for j in range(k + 1)]
+    t[0], t[k] = 0, m
+    for j in range(1, k + 1):
+        t[j] = max(t[j], t[j - 1] + 1)
+    for j in range(k - 1, -1, -1):
+        t[j] = min(t[j], t[j + 1] - 1)
+    below = [max(t[j] - int(lo_start[j]), 1) for j in range(k + 1)]
+    above = [max(int(hi_start[j]) - t[j], 1) for j in range(k + 1)]
+    sse = None
+    for _ in range(max_recentre):
+        lo = [max(j, t[j] - below[j]) for j in range(k + 1)]
+        hi = [min(m - k + j, t[j] + above[j]) for j in range(k + 1)]
+        for j in range(1, k + 1):
+            lo[j] = max(lo[j], lo[j - 1])
+        for j in range(k - 1, -1, -1):
+            hi[j] = min(hi[j], hi[j + 1])
+        t, sse = naive_band_dp(w, s, q, lo, hi)
+        if not any((t[j] == lo[j] and lo[j] > j) or (t[j] == hi[j] and hi[j] < m - k + j)
+                   for j in range(k + 1)):
+            break
+    return t, sse
+
+
 # -------------------------------------------------------- packed model (bitsub.model.packed)
 
 

@@ -12,9 +12,14 @@ import bitsub.quant.dp as dp
 import bitsub.quant.kmeans as km
 from bitsub.quant.kmeans import kmeans_1d, quantize
 from tests.naive import (
+    naive_band_dp,
     naive_cell_stats,
     naive_dp_min_sse,
     naive_kmeans_1d_min_sse,
+    naive_levels,
+    naive_lookup,
+    naive_panter_dite,
+    naive_refine_band,
     naive_run_sse,
     naive_sse,
 )
@@ -465,3 +470,161 @@ def test_auto_on_cells_rejects_bad_values(monkeypatch, bad):
     x[4321] = bad
     with pytest.raises(ValueError, match="NaN or inf|float32 range"):
         kmeans_1d(x, 4)
+
+
+# ------------------------------------------ "auto" below 2^15 values: budget, levels, lean top
+
+# Values with duplicates, a constant stretch, wide and subnormal magnitudes.
+group_values = st.lists(
+    st.sampled_from([-3.0, -1.0, 0.0, 0.5, 2.0, 1e-310, -2e-310, 7.25])
+    | st.floats(-1e3, 1e3, allow_nan=False, width=32)
+    | st.floats(-1e-305, 1e-305, allow_nan=False),
+    min_size=1,
+    max_size=120,
+)
+
+
+def _groups(vals):
+    x = np.sort(np.array(vals, dtype=np.float64))
+    return km._Distinct.of_sorted(x, float(x[x.size // 2]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(group_values, st.integers(1, 40), st.sampled_from([0.0, 1e-3, 0.25]))
+def test_panter_dite_matches_the_naive_estimate(vals, k, spread):
+    d = _groups(vals)
+    got = km._panter_dite(d.w, d.u, spread, k)
+    want = naive_panter_dite(d.w, d.u, spread, k)
+    # The kernel adds up to 16k cube roots in order (each within 1 ulp of numpy's): the sum is
+    # off by at most (16k + 2) eps relative, its cube by three times that, a few more ops.
+    rtol = (3 * (16 * k + 2) + 8) * EPS
+    assert abs(got - want) <= rtol * abs(want) + 1e-300
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.floats(-50, 50, width=32) | st.sampled_from([0.0, 1.5, 1e-40]), min_size=1,
+             max_size=40),
+    st.floats(-60, 60, width=32),
+    st.sampled_from([0.0, 1e-300, 0.01, 3.7, 1e6]),
+    st.sampled_from([1, 2, 3, 64, 4096]),
+)
+def test_lookup_tables_match_the_naive_tables(cents, lo, scale, cells):
+    cent = np.maximum.accumulate(np.sort(np.array(cents, dtype=np.float32)))
+    got = km._lookup(cent, float(lo), float(scale), cells)
+    want = naive_lookup(cent, float(lo), float(scale), cells)
+    for g, w_ in zip(got, want):
+        assert np.array_equal(g, w_)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    group_values,
+    st.integers(1, 12),
+    st.sampled_from([1.0, 2.5, 9.0, 40.0]),
+    st.sampled_from([0.0, 1e-6, 0.5, 1e9]),
+    st.sampled_from([2.0, 4.0]),
+    st.booleans(),
+)
+def test_levels_match_the_naive_levels(vals, k, top, tau, refine, lean):
+    d = _groups(vals)
+    lean_max, lean_top, lean_tau = (3 * k, 2 * top, 4 * tau) if lean else (0, 0.0, 0.0)
+    flat, offs = km._levels(d.w, d.s, d.q, k, top, tau, refine, lean_max, lean_top, lean_tau)
+    want = naive_levels(d.w, d.s, d.q, k, top, tau, refine, lean_max, lean_top, lean_tau)
+    got = [flat[offs[i]:offs[i + 1]].tolist() for i in range(offs.size - 1)]
+    assert got == want
+
+
+def _band_tolerance(d, k):
+    # A run's cost read from prefix sums no larger than Q is off by at most ~8 eps Q; two
+    # partitions' computed sums of k runs, each off by k times that, then differ by twice it.
+    return 2 * k * 8 * EPS * float(abs(d.q[-1])) + 1e-300
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    group_values,
+    st.integers(1, 6),
+    st.data(),
+)
+def test_refine_band_matches_the_naive_band_dp(vals, k, data):
+    d = _groups(vals)
+    m = d.m
+    if m < k:
+        return
+    idx = np.array(sorted(data.draw(st.lists(st.integers(-2, m + 2), min_size=k + 1,
+                                             max_size=k + 1))), dtype=np.int64)
+    reach = np.array(data.draw(st.lists(st.integers(0, 6), min_size=2 * (k + 1),
+                                        max_size=2 * (k + 1))), dtype=np.int64)
+    lo_start, hi_start = idx - reach[: k + 1], idx + reach[k + 1:]
+    # One pass: the band DP's answer against the textbook DP over the same bands.
+    t1 = dp.refine_band(d.w, d.s, d.q, idx, lo_start, hi_start, 1)
+    want_t, want = naive_refine_band(d.w, d.s, d.q, idx, lo_start, hi_start, 1)
+    assert t1[0] == 0 and t1[-1] == m and np.all(np.diff(t1) > 0)
+    got = float(dp.run_costs(d.w, d.s, d.q, t1).sum())
+    tol = _band_tolerance(d, k)
+    assert abs(got - want) <= tol, (got, want)
+    # Recentred: a feasible split, never worse than the first pass (each pass's bands hold the
+    # previous answer).
+    t = dp.refine_band(d.w, d.s, d.q, idx, lo_start, hi_start, 20)
+    assert t[0] == 0 and t[-1] == m and np.all(np.diff(t) > 0)
+    assert float(dp.run_costs(d.w, d.s, d.q, t).sum()) <= got + tol
+    # Bands over everything: the exact optimum.
+    j = np.arange(k + 1)
+    t_all = dp.refine_band(d.w, d.s, d.q, idx, j, m - k + j, 1)
+    t_naive, best = naive_band_dp(d.w, d.s, d.q, j.tolist(), (m - k + j).tolist())
+    assert abs(float(dp.run_costs(d.w, d.s, d.q, t_all).sum()) - best) <= tol
+
+
+@settings(max_examples=60, deadline=None)
+@given(group_values, st.integers(1, 9))
+def test_auto_coarse_and_lean_paths_on_odd_inputs(vals, k):
+    """Tiny budgets force the coarse-to-fine path and the lean top on tiny, odd inputs."""
+    x = np.array(vals, dtype=np.float64)
+    saved = km._AUTO_WORK_PER_VALUE, km._AUTO_EXACT_WORK
+    km._AUTO_WORK_PER_VALUE, km._AUTO_EXACT_WORK = 1e-3, 1e-3
+    try:
+        c, codes = kmeans_1d(x, k)
+    finally:
+        km._AUTO_WORK_PER_VALUE, km._AUTO_EXACT_WORK = saved
+    check_codebook(x, k, c, codes)
+    distinct = np.unique(x)
+    if distinct.size <= k:  # every distinct value its own centroid (rounded to float32)
+        assert np.array_equal(c[: distinct.size], distinct.astype(np.float32))
+        own = float(np.sum((x - x.astype(np.float32)) ** 2))
+        assert naive_sse(x, c, codes) <= own * (1 + 1e-9) + 1e-300
+    c_opt, codes_opt = kmeans_1d(x, k, method="optimal")
+    sse_opt = naive_sse(x, c_opt, codes_opt)
+    assert naive_sse(x, c, codes) >= sse_opt * (1 - 1e-9) - 1e-300
+
+
+class _LevelsSpy:
+    def __init__(self, monkeypatch):
+        self.lean = []
+        real = km._levels
+
+        def spy(*args):
+            self.lean.append(args[7] > 0)
+            return real(*args)
+
+        monkeypatch.setattr(km, "_levels", spy)
+
+
+@pytest.mark.parametrize("dist", ["normal", "laplace"])
+@pytest.mark.parametrize(("n", "k", "lean", "tol"),
+                         [(10000, 2, None, 2e-4), (10000, 8, False, 2e-4),
+                          (10000, 16, False, 2e-4), (3001, 64, True, 1e-2),
+                          (10000, 256, True, 1e-2), (30000, 256, True, 1e-2)])
+def test_auto_below_the_cells_within_bar_of_optimal(monkeypatch, dist, n, k, lean, tol):
+    """The sorted path at the bench's smallest size: budget 4 n, the lean top for large k."""
+    rng = np.random.default_rng(7 * n + k)
+    x = (rng.standard_normal(n) if dist == "normal" else rng.laplace(size=n)).astype(np.float32)
+    spy = _LevelsSpy(monkeypatch)
+    c_opt, codes_opt = kmeans_1d(x, k, method="optimal")
+    c, codes = kmeans_1d(x, k)
+    assert spy.lean == ([] if lean is None else [lean])  # k = 2: the exact DP (O(m))
+    check_codebook(x[:2000], k, c, codes[:2000])
+    sse_opt = naive_sse(x, c_opt, codes_opt)
+    sse = naive_sse(x, c, codes)
+    assert sse_opt <= sse * (1 + 1e-9)
+    assert sse <= sse_opt * (1 + tol)

@@ -16,6 +16,10 @@ Backtracking needs every layer's argmin row. Those rows are non-decreasing, so a
 argmins is stored as a unary code of its increments (a one per step up, a zero per entry: at
 most 2m bits); with k * m too large even for that, every c-th DP row is kept and the rows in
 between are recomputed during the backtrack.
+
+:func:`partition_band` runs the DP with every boundary held in a band, and :func:`refine_band`
+moves the bands onto its answer until no boundary rests on a band's edge (the refinement step
+of ``kmeans_1d(method="auto")``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ __all__ = [
     "partition",
     "partition_band",
     "partition_checkpointed",
+    "refine_band",
     "rows_step",
     "run_costs",
 ]
@@ -395,6 +400,51 @@ def partition_band(w, s, q, lo, hi):
     t[k] = hi[k]
     for j in range(k, 0, -1):
         t[j - 1] = args[j, t[j] - lo[j]]
+    return t
+
+
+@numba.njit(**NJIT)
+def refine_band(w, s, q, idx, lo_start, hi_start, max_recentre):
+    """Exact DP with boundary j held in [lo_start[j], hi_start[j]] around idx[j].
+
+    When a boundary ends on the edge of its band, the band is moved by its width and the DP
+    run again (at most ``max_recentre`` times), until none does: a local optimum over all joint
+    moves within the bands.
+    """
+    m = w.size - 1
+    k = idx.size - 1
+    t = np.empty(k + 1, dtype=np.int64)
+    for j in range(k + 1):  # within [j, m - k + j], then strictly increasing both ways
+        t[j] = min(max(idx[j], j), m - k + j)
+    t[0] = 0
+    t[k] = m
+    for j in range(1, k + 1):
+        t[j] = max(t[j], t[j - 1] + 1)
+    for j in range(k - 1, -1, -1):
+        t[j] = min(t[j], t[j + 1] - 1)
+    below = np.empty(k + 1, dtype=np.int64)
+    above = np.empty(k + 1, dtype=np.int64)
+    for j in range(k + 1):
+        below[j] = max(t[j] - lo_start[j], 1)
+        above[j] = max(hi_start[j] - t[j], 1)
+    lo = np.empty(k + 1, dtype=np.int64)
+    hi = np.empty(k + 1, dtype=np.int64)
+    for _ in range(max_recentre):
+        for j in range(k + 1):
+            lo[j] = max(j, t[j] - below[j])
+            hi[j] = min(m - k + j, t[j] + above[j])
+        for j in range(1, k + 1):
+            lo[j] = max(lo[j], lo[j - 1])
+        for j in range(k - 1, -1, -1):
+            hi[j] = min(hi[j], hi[j + 1])
+        t = partition_band(w, s, q, lo, hi)
+        edge = False
+        for j in range(k + 1):
+            if (t[j] == lo[j] and lo[j] > j) or (t[j] == hi[j] and hi[j] < m - k + j):
+                edge = True
+                break
+        if not edge:
+            break
     return t
 
 

@@ -14,9 +14,13 @@ Methods
     is k - 1 binary searches for the midpoints between centroids and an update is k prefix-sum
     differences, so an iteration costs O(k log n).
 ``"auto"``
-    The exact DP when k * m * log2(m) is small. Otherwise coarse to fine: the exact DP over
-    coarse groups of consecutive distinct values, then exact DPs on finer groups with each
-    boundary held within a band around the coarser solution, then Lloyd until no boundary moves.
+    The exact DP when its cost (about k * m * log2(m) run costs) fits a budget: 10^6 run
+    costs, and below 2^15 values at most 4 a value, so that the DP does not outweigh the
+    O(n) passes on small inputs. Otherwise coarse to fine: the exact DP over coarse groups of
+    consecutive distinct values, then exact DPs on finer groups with each boundary held within
+    a band around the coarser solution, then Lloyd until no boundary moves. When even 4k
+    coarse groups exceed the budget (large k for n), the top level is a lean one of about 2k
+    to 3k groups, each holding at most half of a cluster's estimated SSE.
     From 2^15 values on (k > 1) the groups are not sorted distinct values but fine cells of the
     value range (:mod:`bitsub.quant.bins`: one O(n) pass over the unsorted values, about 16 a
     cell, at most 2^16 cells), whose exact counts, sums and sums of squares stand for their
@@ -40,7 +44,7 @@ import numpy as np
 
 from bitsub.config import NJIT
 from bitsub.quant.bins import cell_prefix, cell_stats, value_range
-from bitsub.quant.dp import distinct_prefix, partition, partition_band
+from bitsub.quant.dp import distinct_prefix, partition, refine_band
 from bitsub.threads import engine_threads, split
 from bitsub.validate import check_int
 
@@ -62,6 +66,11 @@ _AUTO_REFINE = 4
 _AUTO_TAU_DIV = 64.0
 _AUTO_BAND = 8
 _AUTO_MAX_RECENTRE = 20
+_AUTO_LEAN_GROUPS_PER_K = 2
+_AUTO_LEAN_MAX = 3
+_AUTO_LEAN_TAU_DIV = 2.0
+# "auto": run costs of the exact DP allowed per value (the budget is at most _AUTO_EXACT_WORK).
+_AUTO_WORK_PER_VALUE = 4.0
 # "auto" from _AUTO_BINS_MIN_N values on: fine cells instead of the sort (about _AUTO_PER_CELL
 # values a cell, at most _AUTO_MAX_CELLS cells), kept when no cell's own SSE exceeds
 # _AUTO_CELL_SSE times the estimated SSE per cluster (else the sorted path runs).
@@ -171,6 +180,154 @@ def _assign_nearest(values, mids, table, sure, base, scale, first, codes):
         codes[i] = first[c]
 
 
+@numba.njit(**NJIT)
+def _panter_dite(w, u, spread, k):
+    """:func:`_sse_per_cluster_estimate` over groups (prefix counts w, ascending values u).
+
+    The groups are cut at the 16 k quantiles by count; a bin from value a to value b (plus
+    ``spread``, the width of one group) holding c of the n values adds
+    ``(b - a + spread)^(2/3) (c / n)^(1/3)`` to the integral of f^(1/3).
+    """
+    m = u.size
+    n = w[m]
+    nb = 16 * k
+    step = n / nb
+    integral = 0.0
+    prev = 0
+    cut = 0
+    for i in range(1, nb + 1):
+        if i < nb:  # the first prefix count at or above i n / nb
+            target = i * step
+            while w[cut] < target:
+                cut += 1
+        else:
+            cut = m
+        if cut <= prev:
+            continue
+        width = u[cut - 1] - u[prev] + spread
+        if width > 0.0:
+            integral += np.cbrt(width * width * ((w[cut] - w[prev]) / n))
+        prev = cut
+    return n / (12.0 * k * k) * integral**3 / k
+
+
+@numba.njit(**NJIT)
+def _lookup(cent, lo, scale, cells):
+    """Tables for :func:`_assign_nearest` from the ascending float32 codebook ``cent``.
+
+    Returns the midpoints between its distinct entries (float64), ``first`` (the first index
+    of each distinct entry), and over the grid of ``cells`` cells from ``lo`` (cell width
+    1 / scale, or every edge at ``lo`` when scale is 0) ``table`` (midpoints below each of
+    the cells + 1 edges) and ``sure`` (see :func:`_assign_nearest`).
+    """
+    nu = 1
+    for i in range(1, cent.size):
+        if cent[i] != cent[i - 1]:
+            nu += 1
+    first = np.empty(nu, dtype=np.int64)
+    mids = np.empty(nu - 1)
+    first[0] = 0
+    j = 0
+    for i in range(1, cent.size):
+        if cent[i] != cent[i - 1]:
+            mids[j] = 0.5 * (np.float64(cent[i - 1]) + np.float64(cent[i]))
+            j += 1
+            first[j] = i
+    table = np.empty(cells + 1, dtype=np.int64)
+    c = 0
+    for g in range(cells + 1):
+        e = lo + g / scale if scale > 0.0 else lo
+        while c < nu - 1 and mids[c] < e:
+            c += 1
+        table[g] = c
+    sure = np.empty(cells, dtype=np.int64)
+    for g in range(cells):
+        before = table[max(g - 1, 0)]
+        after = table[min(g + 2, cells)]
+        sure[g] = table[g] if before == after else -1
+    sure[cells - 1] = -1  # where the top value lands when rounding carries it past the last edge
+    return mids, first, table, sure
+
+
+@numba.njit(**NJIT)
+def _append(out, used, b):
+    """``b`` written at ``out[used:]``, growing ``out`` when full; the array and its new fill."""
+    if used + b.size > out.size:
+        grown = np.empty(2 * (used + b.size), dtype=np.int64)
+        grown[:used] = out[:used]
+        out = grown
+    out[used:used + b.size] = b
+    return out, used + b.size
+
+
+@numba.njit(**NJIT)
+def _levels(w, s, q, k, top, tau, refine, lean_max, lean_top, lean_tau):
+    """The levels of groups for :func:`_auto`, finest (the m groups of w, s, q) first.
+
+    Level L + 1 merges level L's groups (:func:`_merge_groups`) up to ``refine`` times as many
+    values, with the SSE cap ``tau * (size / top)^3``, up to about ``top`` values a group; a
+    level of at most 2k groups is not kept. With ``lean_max`` > 0 and more than ``lean_max``
+    groups at the top, one more level merges them up to ``lean_top`` values and SSE ``lean_tau``
+    (kept when it has more than k groups). A level with more than 3/4 of the groups of the
+    level below takes its place (the finest stays). Returns the boundaries of all levels in
+    one array and the offsets of each level's in it.
+    """
+    m = w.size - 1
+    cur = np.arange(m + 1)
+    out = np.empty(2 * (m + 1), dtype=np.int64)
+    offs = np.zeros(64, dtype=np.int64)
+    nl = 0
+    used = 0
+    out, used = _append(out, used, cur)
+    nl += 1
+    offs[nl] = used
+    target = 1.0
+    while target < top and nl < 62:
+        target *= refine
+        b = _merge_groups(w, s, q, cur, target, tau * min(1.0, target / top) ** 3)
+        if b.size - 1 <= 2 * k:
+            break
+        if nl > 1 and 4 * (b.size - 1) > 3 * (cur.size - 1):
+            nl -= 1  # hardly coarser: it takes the place of the level below
+            used = offs[nl]
+        out, used = _append(out, used, b)
+        nl += 1
+        offs[nl] = used
+        cur = b
+    if lean_max > 0 and cur.size - 1 > lean_max:
+        b = _merge_groups(w, s, q, cur, lean_top, lean_tau)
+        if b.size - 1 > k:
+            if nl > 1 and 4 * (b.size - 1) > 3 * (cur.size - 1):
+                nl -= 1
+                used = offs[nl]
+            out, used = _append(out, used, b)
+            nl += 1
+            offs[nl] = used
+    return out[:used], offs[: nl + 1]
+
+
+@numba.njit(**NJIT)
+def _refine_levels(w, s, q, flat, offs, t, band, max_recentre):
+    """Boundaries ``t`` on the top level of :func:`_levels` carried down to the finest level.
+
+    On each level the exact DP reruns with every boundary held within ``band`` groups (of the
+    level above) either side of where it was (:func:`~bitsub.quant.dp.refine_band`).
+    """
+    nl = offs.size - 1
+    for lev in range(nl - 2, -1, -1):
+        coarse = flat[offs[lev + 1]:offs[lev + 2]]
+        fine = flat[offs[lev]:offs[lev + 1]]
+        mc = coarse.size - 1
+        pos = np.searchsorted(fine, coarse[t])
+        lo = np.searchsorted(fine, coarse[np.maximum(t - band, 0)])
+        hi = np.searchsorted(fine, coarse[np.minimum(t + band, mc)])
+        if lev == 0:  # the finest level: the groups of w, s, q themselves
+            t = refine_band(w, s, q, pos, lo, hi, max_recentre)
+        else:
+            t = refine_band(w[fine], s[fine], q[fine], pos, lo, hi, max_recentre)
+    return t
+
+
 # ------------------------------------------------------------------------ Python layer
 
 
@@ -206,22 +363,12 @@ def _finish(
         cent = np.concatenate([cent, np.full(k - cent.size, cent[-1], dtype=np.float32)])
     # Assign over the distinct centroids, then map to the first index of each value, so that
     # a code never names a later duplicate.
-    uniq, first = np.unique(cent, return_index=True)
-    mids = 0.5 * (uniq[:-1].astype(np.float64) + uniq[1:].astype(np.float64))
     codes = np.empty(values.size, dtype=np.uint8 if k <= 256 else np.uint16)
     cells = min(max(4096, 64 * k), 1 << 20)
     scale = cells / (hi - lo) if hi > lo else 0.0
     if not math.isfinite(scale):  # a subnormal range: one cell, and the walk does the rest
         scale = 0.0
-    if scale > 0.0:
-        edges = lo + np.arange(cells + 1) / scale
-    else:
-        edges = np.full(cells + 1, lo)
-    table = np.searchsorted(mids, edges, side="left").astype(np.int64)
-    before = table[np.maximum(np.arange(cells) - 1, 0)]
-    after = table[np.minimum(np.arange(cells) + 2, cells)]
-    sure = np.where(before == after, table[:-1], -1)
-    sure[-1] = -1  # where the top value lands when rounding carries it past the last edge
+    mids, first, table, sure = _lookup(cent, float(lo), scale, cells)
     flat = values.reshape(-1)
     n = flat.size
     parts = max(1, min(engine_threads(), n // _ASSIGN_SPLIT_MIN))
@@ -277,16 +424,14 @@ def _sse_per_cluster_estimate(d: _Distinct, k: int) -> float:
     High-rate theory: the optimal SSE is about ``n / (12 k^2) * (integral of f^(1/3))^3`` and
     every cluster contributes about the same share of it.
     """
-    n = float(d.w[-1])
-    cuts = np.searchsorted(d.w, np.linspace(0.0, n, 16 * k + 1)[1:-1])
-    cuts = np.unique(np.concatenate([[0], cuts, [d.m]]))
-    first = d.u[np.minimum(cuts[:-1], d.m - 1)]
-    last = d.u[np.maximum(cuts[1:] - 1, 0)]
-    width = last - first + d.spread
-    count = d.w[cuts[1:]] - d.w[cuts[:-1]]
-    ok = width > 0
-    integral = float(np.sum(width[ok] ** (2.0 / 3.0) * (count[ok] / n) ** (1.0 / 3.0)))
-    return n / (12.0 * k**2) * integral**3 / k
+    return _panter_dite(d.w, d.u, d.spread, k)
+
+
+def _dp_work(k: int, m: int) -> float:
+    """Run costs the exact DP evaluates for k runs of m groups: k m log2(m), 2m for k <= 2."""
+    if k <= 2:
+        return 2.0 * m
+    return k * m * max(1.0, math.log2(m))
 
 
 def _auto(d: _Distinct, k: int) -> np.ndarray:
@@ -294,42 +439,38 @@ def _auto(d: _Distinct, k: int) -> np.ndarray:
 
     Groups of consecutive distinct values are capped by a count and by their own SSE (a small
     fraction of the estimated SSE per cluster), so that they stay small in the sparse tails,
-    where optimal clusters hold few values. The top level is solved exactly; each lower level
-    is re-solved exactly with every boundary held within ``_AUTO_BAND`` groups of the level
-    above (bands move and the DP reruns while a boundary sits on an edge). Lloyd on the
-    distinct values polishes the result.
+    where optimal clusters hold few values. The top level is solved exactly; it has as many
+    groups as the work budget allows (``_AUTO_WORK_PER_VALUE`` run costs a value below 2^15
+    values, at most ``_AUTO_EXACT_WORK``), at least 4k; when 4k groups exceed the budget and
+    the top holds more than 3k groups, one more merged level goes on top (the "lean" top, about
+    2k groups: up to ``n / 2k`` values and ``1 / _AUTO_LEAN_TAU_DIV`` of the estimated SSE per
+    cluster a group). Each lower level is re-solved exactly with every boundary held within
+    ``_AUTO_BAND`` groups of the level above (bands move and the DP reruns while a boundary
+    sits on an edge). Lloyd on the distinct values polishes the result.
     """
     m = d.m
-    if m <= k or k * m * max(1.0, math.log2(m)) <= _AUTO_EXACT_WORK:
-        return _optimal(d, k)
     n = float(d.w[-1])
+    work = _AUTO_EXACT_WORK
+    if n < _AUTO_BINS_MIN_N:
+        work = min(work, _AUTO_WORK_PER_VALUE * n)
+    if m <= k or _dp_work(k, m) <= work:
+        return _optimal(d, k)
     groups = _AUTO_GROUPS_PER_K * k
-    while k * (2 * groups) * math.log2(2 * groups) <= _AUTO_EXACT_WORK:
+    while _dp_work(k, 2 * groups) <= work:
         groups *= 2
+    est = _sse_per_cluster_estimate(d, k)
+    tau = est / _AUTO_TAU_DIV
+    lean = _dp_work(k, groups) > work
     top = max(1.0, n / groups)
-    tau = _sse_per_cluster_estimate(d, k) / _AUTO_TAU_DIV
-    target = 1.0
-    levels = [np.arange(m + 1, dtype=np.int64)]
-    while target < top:
-        target *= _AUTO_REFINE
-        b = _merge_groups(d.w, d.s, d.q, levels[-1], target, tau * min(1.0, target / top) ** 3)
-        if b.size - 1 <= 2 * k:
-            break
-        levels.append(b)
-    b = levels[-1]
+    if lean:  # one more level of about _AUTO_LEAN_GROUPS_PER_K * k groups on top
+        flat, offs = _levels(d.w, d.s, d.q, k, top, tau, _AUTO_REFINE, _AUTO_LEAN_MAX * k,
+                             n / (_AUTO_LEAN_GROUPS_PER_K * k), est / _AUTO_LEAN_TAU_DIV)
+    else:
+        flat, offs = _levels(d.w, d.s, d.q, k, top, tau, _AUTO_REFINE, 0, 0.0, 0.0)
+    b = flat[offs[-2]:offs[-1]]
     t = partition(d.w[b], d.s[b], d.q[b], k)
-    for lev in range(len(levels) - 2, -1, -1):
-        coarse = levels[lev + 1]
-        fine = levels[lev]
-        mc = coarse.size - 1
-        pos = np.searchsorted(fine, coarse[t])
-        lo = np.searchsorted(fine, coarse[np.maximum(t - _AUTO_BAND, 0)])
-        hi = np.searchsorted(fine, coarse[np.minimum(t + _AUTO_BAND, mc)])
-        if lev == 0 and fine.size == m + 1:
-            t = _refine_band(d.w, d.s, d.q, pos, lo, hi)
-        else:
-            t = _refine_band(d.w[fine], d.s[fine], d.q[fine], pos, lo, hi)
-    c = d.means(levels[0][t])
+    t = _refine_levels(d.w, d.s, d.q, flat, offs, t, _AUTO_BAND, _AUTO_MAX_RECENTRE)
+    c = d.means(t)
     _lloyd_weighted(d.u, d.w, d.s, c, _LLOYD_MAX_ITER)
     return c
 
@@ -420,43 +561,6 @@ def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.n
     else:
         c = _auto(d, kk)
     return _finish(arr, c + center, kk, lo, hi)
-
-
-def _refine_band(
-    w: np.ndarray,
-    s: np.ndarray,
-    q: np.ndarray,
-    idx: np.ndarray,
-    lo_start: np.ndarray,
-    hi_start: np.ndarray,
-) -> np.ndarray:
-    """Exact DP with boundary j held in [lo_start[j], hi_start[j]] around idx[j].
-
-    When a boundary ends on the edge of its band, the band is moved by its width and the DP
-    run again, until none does: a local optimum over all joint moves within the bands.
-    """
-    m = w.size - 1
-    k = idx.size - 1
-    j = np.arange(k + 1)
-    hard_lo = j
-    hard_hi = m - k + j
-    t = np.clip(idx.astype(np.int64), hard_lo, hard_hi)
-    t[0] = 0
-    t[k] = m
-    # Strictly increasing: a feasible start inside every band.
-    t = np.maximum(t, np.maximum.accumulate(t - j) + j)
-    t = np.minimum(t, np.minimum.accumulate((t - j)[::-1])[::-1] + j)
-    below = np.maximum(t - lo_start, 1)
-    above = np.maximum(hi_start - t, 1)
-    for _ in range(_AUTO_MAX_RECENTRE):
-        lo = np.maximum.accumulate(np.maximum(hard_lo, t - below))
-        hi = np.minimum.accumulate(np.minimum(hard_hi, t + above)[::-1])[::-1]
-        t_new = partition_band(w, s, q, lo, hi)
-        edge = ((t_new == lo) & (lo > hard_lo)) | ((t_new == hi) & (hi < hard_hi))
-        t = t_new
-        if not edge.any():
-            break
-    return t
 
 
 def quantize(
