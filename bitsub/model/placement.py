@@ -241,6 +241,41 @@ def _mask_stats(mask, write):
 
 
 @numba.njit(**NJIT)
+def _popcount64(x):
+    # set bits of a uint64 (SWAR: no table, vectorizes)
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@numba.njit(**NJIT)
+def _packed_mask_stats(mask, write):
+    # _mask_stats of two packed masks (same size), eight bytes at a time
+    outside = 0
+    reuse = 0
+    written = 0
+    n = mask.size
+    for g in range(n >> 3):
+        j = np.uint64(8 * g)
+        m = np.uint64(0)
+        w = np.uint64(0)
+        for k in range(8):  # unsigned index: the eight loads fuse into one
+            m = (m << np.uint64(8)) | np.uint64(mask[j + np.uint64(k)])
+            w = (w << np.uint64(8)) | np.uint64(write[j + np.uint64(k)])
+        written += _popcount64(w)
+        outside += _popcount64(w & ~m)
+        reuse += _popcount64(m & ~w)
+    for i in range(n & ~7, n):
+        m = np.uint64(mask[i])
+        w = np.uint64(write[i])
+        written += _popcount64(w)
+        outside += _popcount64(w & ~m)
+        reuse += _popcount64(m & ~w & np.uint64(0xFF))
+    return outside, reuse, written
+
+
+@numba.njit(**NJIT)
 def _unwritten_reuse(used, mask, write):
     # Positions in mask but not in write whose word holds no field: (count, first index).
     # The count branch-free, as _max_at; the branch for the first is taken only on bad input.
@@ -382,12 +417,11 @@ def prepare_layer(name: str, tl: TaskLayer, shape: tuple[int, ...], prefix_bits:
     if packed:
         mask_bits = _as_packed(tl.mask, shape, f"{what}: mask")
         write_bits = _as_packed(tl.write, shape, f"{what}: write")
-        n = _popcount(write_bits)
         if write_bits is mask_bits:  # one array given for both (a file's "mask" reference)
+            n = _popcount(write_bits)
             outside = n_reuse = 0
         else:
-            outside = _popcount(write_bits & ~mask_bits)
-            n_reuse = _popcount(mask_bits & ~write_bits)
+            outside, n_reuse, n = _packed_mask_stats(mask_bits, write_bits)
         mask = write = None
         if not isinstance(tl.codes, PackedCodes) and (tl.codes is not None
                                                        or tl.values is not None):

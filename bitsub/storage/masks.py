@@ -29,28 +29,61 @@ def _deposit_table() -> np.ndarray:
 _DEPOSIT = _deposit_table()
 
 
-@numba.njit(**NJIT)
-def _take(stream, pos, k):
-    # the k (0..8) bits of the packed stream from bit pos, as an integer; 1 byte of slack
-    j = pos >> 3
-    v = (np.int64(stream[j]) << 8) | np.int64(stream[j + 1])
-    return ((v << (pos & 7)) >> (16 - k)) & ((1 << k) - 1)
+def _interleave_table(deposit: np.ndarray) -> np.ndarray:
+    # _INTERLEAVE[256 * c + v]: the byte whose bits at the set bits of c are the popcount(c)
+    # high bits of v and whose other bits are the remaining low bits of v, each most
+    # significant first (both deposits of a context byte in one look-up)
+    table = np.zeros((256, 256), np.uint8)
+    for c in range(256):
+        k0 = 8 - bin(c).count("1")
+        v = np.arange(256)
+        table[c] = deposit[c, v >> k0] | deposit[255 - c, v & ((1 << k0) - 1)]
+    return table.reshape(-1)
+
+
+_INTERLEAVE = _interleave_table(_DEPOSIT)
+STREAM_SLACK = 9  # zero bytes after each packed stream: _window reads 9 bytes
 
 
 @numba.njit(**NJIT)
-def _merge_context_streams(ctx, s0, s1, out, popc, deposit):
+def _window(stream, pos):
+    # the 64 bits of the packed stream from bit pos, the first the most significant
+    j = np.uint64(pos >> 3)
+    v = np.uint64(0)
+    for k in range(8):  # unsigned index: the eight loads fuse into one
+        v = (v << np.uint64(8)) | np.uint64(stream[j + np.uint64(k)])
+    r = np.uint64(pos & 7)
+    return (v << r) | ((np.uint64(stream[j + np.uint64(8)]) << r) >> np.uint64(8))
+
+
+@numba.njit(**NJIT)
+def _merge_context_streams(ctx, s0, s1, out, popc, interleave):
     # A mask coded in a context (maskcodec): positions where the context is 0 take the bits of
     # stream 0 in order, the others those of stream 1. All packed (np.packbits order): ctx the
-    # context, s0 and s1 the streams followed by at least 2 zero bytes; writes the mask's
-    # packed bits into out, a byte at a time (pad bits from stream 0's zero padding).
+    # context, s0 and s1 the streams followed by at least STREAM_SLACK zero bytes; writes the
+    # mask's packed bits into out. Eight output bytes take at most 64 bits of each stream: one
+    # window of each per eight bytes, then per byte the context's bits of each window, shifted
+    # out, and one table look-up that interleaves them (pad bits from stream 0's zero padding).
+    nb = out.size
     p0 = 0
     p1 = 0
-    for q in range(out.size):
-        c = np.int64(ctx[q])
-        k1 = popc[c]
-        out[q] = deposit[c, _take(s1, p1, k1)] | deposit[255 - c, _take(s0, p0, 8 - k1)]
-        p1 += k1
-        p0 += 8 - k1
+    for g in range(0, nb, 8):
+        w1 = _window(s1, p1)
+        w0 = _window(s0, p0)
+        e = min(g + 8, nb)
+        t1 = 0
+        for q in range(g, e):
+            c = np.uint64(ctx[q])
+            k1 = np.uint64(popc[c])
+            k0 = np.uint64(8) - k1
+            v1 = (w1 >> np.uint64(56)) >> k0
+            v0 = (w0 >> np.uint64(56)) >> k1
+            w1 <<= k1
+            w0 <<= k0
+            out[q] = interleave[(c << np.uint64(8)) | (v1 << k0) | v0]
+            t1 += np.int64(k1)
+        p1 += t1
+        p0 += 8 * (e - g) - t1
 
 
 def decode_packed_mask(enc: bytes, context: np.ndarray | None, shape: tuple[int, ...],
@@ -89,9 +122,9 @@ def decode_packed_mask(enc: bytes, context: np.ndarray | None, shape: tuple[int,
     if [b.size for b in bits] != sizes:  # cannot happen: the decoder checks it
         raise FormatError("mask streams do not match the context")
     out = np.empty((n + 7) // 8, np.uint8)
-    packed = [np.concatenate([np.packbits(b), np.zeros(2, np.uint8)]) for b in bits]
+    packed = [np.concatenate([np.packbits(b), np.zeros(STREAM_SLACK, np.uint8)]) for b in bits]
     ctx_bits = np.packbits(ctx.reshape(-1)) if context_bits is None else context_bits
-    _merge_context_streams(ctx_bits, *packed, out, _POP8, _DEPOSIT)
+    _merge_context_streams(ctx_bits, *packed, out, _POP8, _INTERLEAVE)
     return out
 
 
