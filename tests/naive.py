@@ -663,3 +663,19 @@ def naive_length_table(lengths):
         prev = length
     bits += "0" * (-len(bits) % 8)
     return bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8))
+
+
+# ----------------------------------------- packed mask counts at load (bitsub.model.placement)
+
+
+def naive_packed_mask_stats(mask_bits, write_bits):
+    """(written outside mask, in mask but not written, written) of two packed masks, bit by bit:
+    the twin of ``placement._packed_mask_stats``."""
+    outside = reuse = written = 0
+    for m_byte, w_byte in zip(mask_bits.tolist(), write_bits.tolist()):
+        for k in range(8):
+            m, w = (m_byte >> k) & 1, (w_byte >> k) & 1
+            written += w
+            outside += w and not m
+            reuse += m and not w
+    return outside, reuse, written
