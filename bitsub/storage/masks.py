@@ -7,11 +7,11 @@ import math
 import numba
 import numpy as np
 
-from bitsub.codecs.maskcodec import SCHEME_NAMES, decode_mask, decode_stream, parse_mask
+from bitsub.codecs.maskcodec import SCHEME_NAMES, decode_stream, parse_mask
 from bitsub.config import NJIT
 from bitsub.errors import FormatError
 
-__all__ = ["decode_packed_mask", "write_mask"]
+__all__ = ["decode_packed_mask", "unpack_context", "write_mask"]
 
 
 def _deposit_table() -> np.ndarray:
@@ -86,6 +86,59 @@ def _merge_context_streams(ctx, s0, s1, out, popc, interleave):
         p0 += 8 * (e - g) - t1
 
 
+@numba.njit(**NJIT)
+def _pack_bools(bits, out):
+    # out[: ceil(n / 8)] = np.packbits(bits) (bits: n bytes of 0 or 1), eight at a time: the
+    # multiply gathers the low bit of each byte of a little-endian uint64, the first byte's
+    # into the top bit; without the GIL, unlike np.packbits
+    n = bits.size
+    full = n >> 3
+    v = bits[: 8 * full].view(np.uint64)
+    mul = np.uint64(0x8040201008040201)
+    for q in range(full):
+        out[q] = np.uint8((v[q] * mul) >> np.uint64(56))
+    if n & 7:
+        x = 0
+        for k in range(n & 7):
+            x |= np.int64(bits[8 * full + k]) << (7 - k)
+        out[full] = x
+
+
+@numba.njit(**NJIT)
+def _unpack_bools(packed, out):
+    # out[i] = bit i of packed (np.packbits order) for the full bytes of out, eight at a time,
+    # then the rest; without the GIL, unlike np.unpackbits
+    n = out.size
+    full = n >> 3
+    v = out[: 8 * full].view(np.uint64)
+    spread = np.uint64(0x0101010101010101)
+    pick = np.uint64(0x0102040810204080)  # byte k (little-endian) keeps bit 7 - k
+    low7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+    top = np.uint64(0x8080808080808080)
+    for q in range(full):
+        t = (np.uint64(packed[q]) * spread) & pick
+        v[q] = ((t + low7) & top) >> np.uint64(7)
+    for i in range(8 * full, n):
+        out[i] = (packed[i >> 3] >> (7 - (i & 7))) & 1
+
+
+def _packed(bits: np.ndarray, slack: int) -> np.ndarray:
+    # np.packbits of a 1-D bool array followed by slack zero bytes
+    out = np.zeros((bits.size + 7) // 8 + slack, np.uint8)
+    _pack_bools(np.ascontiguousarray(bits).view(np.uint8), out)
+    return out
+
+
+def unpack_context(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The bool array of ``shape`` whose ``np.packbits`` is ``packed``: a context to decode in.
+
+    ``np.unpackbits`` without holding the GIL (the load decodes the banks on threads).
+    """
+    out = np.empty(math.prod(shape), np.bool_)
+    _unpack_bools(packed, out.view(np.uint8))
+    return out.reshape(shape)
+
+
 def decode_packed_mask(enc: bytes, context: np.ndarray | None, shape: tuple[int, ...],
                        context_bits: np.ndarray | None = None) -> np.ndarray:
     """``np.packbits`` of the flat mask that ``enc`` codes, which must have ``shape``.
@@ -112,17 +165,18 @@ def decode_packed_mask(enc: bytes, context: np.ndarray | None, shape: tuple[int,
             if n & 7 and scheme == "ones":
                 packed[-1] = (0xFF << (8 - (n & 7))) & 0xFF
             return packed
-        mask = decode_mask(enc, max_positions=math.prod(shape))
-        if mask.shape != shape or mask.dtype != np.bool_:  # cannot happen: checked above
-            raise FormatError(f"mask of shape {mask.shape}, expected {shape}")
-        return np.packbits(mask.reshape(-1))
+        # decode_mask's steps, without parsing (and checking the crc of) the bytes again
+        bits = decode_stream(streams[0], sizes[0])
+        if bits.shape != (n,) or bits.dtype != np.bool_:  # cannot happen: checked above
+            raise FormatError(f"mask of {bits.size} positions, expected {n}")
+        return _packed(bits, 0)
     # the two streams (context 0, context 1 positions) merged straight into packed bits:
     # decode_mask's boolean scatter costs ~5x more on large masks
     bits = [decode_stream(p, size) for p, size in zip(streams, sizes)]
     if [b.size for b in bits] != sizes:  # cannot happen: the decoder checks it
         raise FormatError("mask streams do not match the context")
     out = np.empty((n + 7) // 8, np.uint8)
-    packed = [np.concatenate([np.packbits(b), np.zeros(STREAM_SLACK, np.uint8)]) for b in bits]
+    packed = [_packed(b, STREAM_SLACK) for b in bits]
     ctx_bits = np.packbits(ctx.reshape(-1)) if context_bits is None else context_bits
     _merge_context_streams(ctx_bits, *packed, out, _POP8, _INTERLEAVE)
     return out
