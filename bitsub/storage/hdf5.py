@@ -461,7 +461,11 @@ def _task_layer(pm: PackedModel, cur: _Cursor, buf: np.ndarray, spec: Any, where
                           "but the task is the first of its bank")
     context = ref = None
     if mref:
-        ref = earlier[-1] if mref == 1 else np.bitwise_or.reduce(earlier)
+        ref = earlier[-1]
+        if mref != 1:  # the union of the earlier masks (ufunc calls: without the GIL)
+            ref = earlier[0].copy()
+            for e in earlier[1:]:
+                np.bitwise_or(ref, e, out=ref)
         context = unpack_context(ref, shape)
     enc = bytes(cur.take(_int(mlen, f"{where} mask bytes", 0, cur.end), "the mask"))
     try:
