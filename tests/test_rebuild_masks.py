@@ -68,3 +68,31 @@ def test_add_banks_refuses_unwritten_reuse_in_packed_masks(n):
         pm.add_banks([layer(first.reshape(1, n), first.reshape(1, n)),
                       layer(second_mask.reshape(1, n), second_write.reshape(1, n))], [0, 0])
     assert pm.tasks == []
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([1, 9, 64, 4099]))
+def test_add_banks_with_the_most_tasks_matches_add_task(seed, n):
+    # a full bank (7 tasks: 3-bit prefixes), random writes and reuse, some tasks writing
+    # nothing: one pass of add_banks from packed masks builds add_task's words
+    rng = np.random.default_rng(seed)
+    pm = PackedModel(word_bits=32, prefix_bits=3)
+    pm.add_layer("fc", (1, n))
+    cb = np.array([0.0, 1.0], np.float32)
+    layers = []
+    written = np.zeros(n, bool)
+    for _ in range(pm.max_tasks_per_bank):
+        write = (rng.random(n) < rng.choice([0.0, 0.5, 1.0])) & ~written
+        mask = write | (written & (rng.random(n) < 0.5))
+        codes = rng.integers(0, 2, (1, n), dtype=np.uint8)
+        pm.add_task({"fc": TaskLayer(mask.reshape(1, n), write.reshape(1, n), bits=1,
+                                     codebook=cb, codes=codes)})
+        layers.append({"fc": TaskLayer(PackedMask(np.packbits(mask)),
+                                       PackedMask(np.packbits(write)), bits=1, codebook=cb,
+                                       codes=codes)})
+        written |= write
+    fast = PackedModel(word_bits=32, prefix_bits=3)
+    fast.add_layer("fc", (1, n))
+    fast.add_banks(layers, [0] * len(layers))
+    assert fast.words("fc", 0).tolist() == pm.words("fc", 0).tolist()
+    assert fast.words_hash("fc", 0) == pm.words_hash("fc", 0)
