@@ -1,5 +1,6 @@
 """Load's mask helpers (bitsub.storage.masks) against the plain NumPy way: masks coded in a
-context merged a byte at a time, and write masks from their stored reference."""
+context merged from packed streams, masks without context packed, contexts unpacked (no GIL),
+and write masks from their stored reference."""
 
 from __future__ import annotations
 
