@@ -876,3 +876,19 @@ def naive_alt_payload(values, codes, escapes):
         out += codes[par][v]
     out += "0" * (-len(out) % 8)
     return bytes(int(out[i : i + 8], 2) for i in range(0, len(out), 8))
+
+
+# ----------------------------------------- packed mask counts at load (bitsub.model.placement)
+
+
+def naive_packed_mask_stats(mask_bits, write_bits):
+    """(written outside mask, in mask but not written, written) of two packed masks, bit by bit:
+    the twin of ``placement._packed_mask_stats``."""
+    outside = reuse = written = 0
+    for m_byte, w_byte in zip(mask_bits.tolist(), write_bits.tolist()):
+        for k in range(8):
+            m, w = (m_byte >> k) & 1, (w_byte >> k) & 1
+            written += w
+            outside += w and not m
+            reuse += m and not w
+    return outside, reuse, written

@@ -241,6 +241,29 @@ def _mask_stats(mask, write):
 
 
 @numba.njit(**NJIT)
+def _packed_mask_stats(mask, write):
+    # _mask_stats of two packed masks (same size), eight bytes at a time (the last group
+    # padded with zero bytes), each count a SWAR popcount (no table: it vectorizes)
+    counts = np.zeros(3, np.int64)  # outside, reuse, written
+    n = mask.size
+    for g in range(0, n, 8):
+        m = np.uint64(0)
+        w = np.uint64(0)
+        for k in range(8):  # unsigned index: the eight loads fuse into one
+            j = np.uint64(min(g + k, n - 1))
+            keep = np.uint64(g + k < n)
+            m = (m << np.uint64(8)) | (np.uint64(mask[j]) * keep)
+            w = (w << np.uint64(8)) | (np.uint64(write[j]) * keep)
+        for c, x in enumerate((w & ~m, m & ~w, w)):
+            x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+            x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2))
+                                                       & np.uint64(0x3333333333333333))
+            x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+            counts[c] += np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+    return counts[0], counts[1], counts[2]
+
+
+@numba.njit(**NJIT)
 def _unwritten_reuse(used, mask, write):
     # Positions in mask but not in write whose word holds no field: (count, first index).
     # The count branch-free, as _max_at; the branch for the first is taken only on bad input.
@@ -292,10 +315,6 @@ def _as_packed(arr: object, shape: tuple[int, ...], what: str) -> np.ndarray:
     if isinstance(arr, PackedMask):
         return _check_packed_mask(arr, shape, what)
     return np.packbits(_as_bool(arr, shape, what))
-
-
-def _popcount(packed: np.ndarray) -> int:
-    return int(np.bitwise_count(packed).sum(dtype=np.int64))
 
 
 def _as_bool(arr: object, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -382,12 +401,11 @@ def prepare_layer(name: str, tl: TaskLayer, shape: tuple[int, ...], prefix_bits:
     if packed:
         mask_bits = _as_packed(tl.mask, shape, f"{what}: mask")
         write_bits = _as_packed(tl.write, shape, f"{what}: write")
-        n = _popcount(write_bits)
         if write_bits is mask_bits:  # one array given for both (a file's "mask" reference)
+            n = _packed_mask_stats(write_bits, write_bits)[2]
             outside = n_reuse = 0
         else:
-            outside = _popcount(write_bits & ~mask_bits)
-            n_reuse = _popcount(mask_bits & ~write_bits)
+            outside, n_reuse, n = _packed_mask_stats(mask_bits, write_bits)
         mask = write = None
         if not isinstance(tl.codes, PackedCodes) and (tl.codes is not None
                                                        or tl.values is not None):

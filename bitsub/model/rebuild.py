@@ -479,6 +479,16 @@ def popcount(packed: np.ndarray) -> int:
     return int(np.bitwise_count(packed).sum(dtype=np.int64))
 
 
+@numba.njit(**NJIT)
+def _any_lost(mask, write, written):
+    # whether a position is in mask, not in write and not in written (packed, same size):
+    # (mask & ~write & ~written).any() in one pass, without the temporaries
+    acc = np.uint8(0)
+    for q in range(mask.size):
+        acc |= mask[q] & ~write[q] & ~written[q]
+    return acc != 0
+
+
 def _first_set(packed: np.ndarray) -> int:
     # index of the first set bit of a packed bit array (one exists)
     q = int(np.flatnonzero(packed)[0])
@@ -533,15 +543,14 @@ def build_banks(shapes: dict[str, tuple[int, ...]], members: list[list[int]],
             for p, pl in enumerate(layers):
                 if pl is None:
                     continue
-                if pl.n_reuse:
+                if pl.n_reuse and _any_lost(pl.mask_bits, pl.write_bits, written):
                     lost = pl.mask_bits & ~pl.write_bits & ~written
-                    if lost.any():
-                        i = _first_set(lost)
-                        where = tuple(int(x) for x in np.unravel_index(i, shape))
-                        raise ValueError(
-                            f"task {idx[p]}, layer {name!r}: position {where} is in mask but not "
-                            f"in write, and no earlier task of bank {k} wrote it "
-                            f"({popcount(lost)} such positions); add it to write")
+                    i = _first_set(lost)
+                    where = tuple(int(x) for x in np.unravel_index(i, shape))
+                    raise ValueError(
+                        f"task {idx[p]}, layer {name!r}: position {where} is in mask but not "
+                        f"in write, and no earlier task of bank {k} wrote it "
+                        f"({popcount(lost)} such positions); add it to write")
                 if pl.n_write:
                     writes[p] = pl.write_bits
                     written |= pl.write_bits

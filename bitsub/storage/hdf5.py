@@ -88,7 +88,7 @@ from bitsub.model.packed import (
 from bitsub.model.placement import PackedCodes, PackedMask
 from bitsub.model.rebuild import SLACK
 from bitsub.storage.crc import crc32_combine, crc32_segments
-from bitsub.storage.masks import decode_packed_mask, write_mask
+from bitsub.storage.masks import decode_packed_mask, unpack_context, write_mask
 from bitsub.threads import engine_threads, split
 
 __all__ = ["FORMAT_VERSION", "load", "save", "stored_task_bytes"]
@@ -461,8 +461,12 @@ def _task_layer(pm: PackedModel, cur: _Cursor, buf: np.ndarray, spec: Any, where
                           "but the task is the first of its bank")
     context = ref = None
     if mref:
-        ref = earlier[-1] if mref == 1 else np.bitwise_or.reduce(earlier)
-        context = np.unpackbits(ref, count=n_pos).view(bool).reshape(shape)
+        ref = earlier[-1]
+        if mref != 1:  # the union of the earlier masks (ufunc calls: without the GIL)
+            ref = earlier[0].copy()
+            for e in earlier[1:]:
+                np.bitwise_or(ref, e, out=ref)
+        context = unpack_context(ref, shape)
     enc = bytes(cur.take(_int(mlen, f"{where} mask bytes", 0, cur.end), "the mask"))
     try:
         mask = decode_packed_mask(enc, context, shape, ref)

@@ -7,11 +7,11 @@ import math
 import numba
 import numpy as np
 
-from bitsub.codecs.maskcodec import SCHEME_NAMES, decode_mask, decode_stream, parse_mask
+from bitsub.codecs.maskcodec import SCHEME_NAMES, decode_stream, parse_mask
 from bitsub.config import NJIT
 from bitsub.errors import FormatError
 
-__all__ = ["decode_packed_mask", "write_mask"]
+__all__ = ["decode_packed_mask", "unpack_context", "write_mask"]
 
 
 def _deposit_table() -> np.ndarray:
@@ -29,28 +29,114 @@ def _deposit_table() -> np.ndarray:
 _DEPOSIT = _deposit_table()
 
 
-@numba.njit(**NJIT)
-def _take(stream, pos, k):
-    # the k (0..8) bits of the packed stream from bit pos, as an integer; 1 byte of slack
-    j = pos >> 3
-    v = (np.int64(stream[j]) << 8) | np.int64(stream[j + 1])
-    return ((v << (pos & 7)) >> (16 - k)) & ((1 << k) - 1)
+def _interleave_table(deposit: np.ndarray) -> np.ndarray:
+    # _INTERLEAVE[256 * c + v]: the byte whose bits at the set bits of c are the popcount(c)
+    # high bits of v and whose other bits are the remaining low bits of v, each most
+    # significant first (both deposits of a context byte in one look-up)
+    table = np.zeros((256, 256), np.uint8)
+    for c in range(256):
+        k0 = 8 - bin(c).count("1")
+        v = np.arange(256)
+        table[c] = deposit[c, v >> k0] | deposit[255 - c, v & ((1 << k0) - 1)]
+    return table.reshape(-1)
+
+
+_INTERLEAVE = _interleave_table(_DEPOSIT)
+STREAM_SLACK = 9  # zero bytes after each packed stream: _window reads 9 bytes
 
 
 @numba.njit(**NJIT)
-def _merge_context_streams(ctx, s0, s1, out, popc, deposit):
+def _window(stream, pos):
+    # the 64 bits of the packed stream from bit pos, the first the most significant
+    j = np.uint64(pos >> 3)
+    v = np.uint64(0)
+    for k in range(8):  # unsigned index: the eight loads fuse into one
+        v = (v << np.uint64(8)) | np.uint64(stream[j + np.uint64(k)])
+    r = np.uint64(pos & 7)
+    return (v << r) | ((np.uint64(stream[j + np.uint64(8)]) << r) >> np.uint64(8))
+
+
+@numba.njit(**NJIT)
+def _merge_context_streams(ctx, s0, s1, out, popc, interleave):
     # A mask coded in a context (maskcodec): positions where the context is 0 take the bits of
     # stream 0 in order, the others those of stream 1. All packed (np.packbits order): ctx the
-    # context, s0 and s1 the streams followed by at least 2 zero bytes; writes the mask's
-    # packed bits into out, a byte at a time (pad bits from stream 0's zero padding).
+    # context, s0 and s1 the streams followed by at least STREAM_SLACK zero bytes; writes the
+    # mask's packed bits into out. Eight output bytes take at most 64 bits of each stream: one
+    # window of each per eight bytes, then per byte the context's bits of each window, shifted
+    # out, and one table look-up that interleaves them (pad bits from stream 0's zero padding).
+    nb = out.size
     p0 = 0
     p1 = 0
-    for q in range(out.size):
-        c = np.int64(ctx[q])
-        k1 = popc[c]
-        out[q] = deposit[c, _take(s1, p1, k1)] | deposit[255 - c, _take(s0, p0, 8 - k1)]
-        p1 += k1
-        p0 += 8 - k1
+    for g in range(0, nb, 8):
+        w1 = _window(s1, p1)
+        w0 = _window(s0, p0)
+        e = min(g + 8, nb)
+        t1 = 0
+        for q in range(g, e):
+            c = np.uint64(ctx[q])
+            k1 = np.uint64(popc[c])
+            k0 = np.uint64(8) - k1
+            v1 = (w1 >> np.uint64(56)) >> k0
+            v0 = (w0 >> np.uint64(56)) >> k1
+            w1 <<= k1
+            w0 <<= k0
+            out[q] = interleave[(c << np.uint64(8)) | (v1 << k0) | v0]
+            t1 += np.int64(k1)
+        p1 += t1
+        p0 += 8 * (e - g) - t1
+
+
+@numba.njit(**NJIT)
+def _pack_bools(bits, out):
+    # out[: ceil(n / 8)] = np.packbits(bits) (bits: n bytes of 0 or 1), eight at a time: the
+    # multiply gathers the low bit of each byte of a little-endian uint64, the first byte's
+    # into the top bit; without the GIL, unlike np.packbits
+    n = bits.size
+    full = n >> 3
+    v = bits[: 8 * full].view(np.uint64)
+    mul = np.uint64(0x8040201008040201)
+    for q in range(full):
+        out[q] = np.uint8((v[q] * mul) >> np.uint64(56))
+    if n & 7:
+        x = 0
+        for k in range(n & 7):
+            x |= np.int64(bits[8 * full + k]) << (7 - k)
+        out[full] = x
+
+
+@numba.njit(**NJIT)
+def _unpack_bools(packed, out):
+    # out[i] = bit i of packed (np.packbits order) for the full bytes of out, eight at a time,
+    # then the rest; without the GIL, unlike np.unpackbits
+    n = out.size
+    full = n >> 3
+    v = out[: 8 * full].view(np.uint64)
+    spread = np.uint64(0x0101010101010101)
+    pick = np.uint64(0x0102040810204080)  # byte k (little-endian) keeps bit 7 - k
+    low7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+    top = np.uint64(0x8080808080808080)
+    for q in range(full):
+        t = (np.uint64(packed[q]) * spread) & pick
+        v[q] = ((t + low7) & top) >> np.uint64(7)
+    for i in range(8 * full, n):
+        out[i] = (packed[i >> 3] >> (7 - (i & 7))) & 1
+
+
+def _packed(bits: np.ndarray, slack: int) -> np.ndarray:
+    # np.packbits of a 1-D bool array followed by slack zero bytes
+    out = np.zeros((bits.size + 7) // 8 + slack, np.uint8)
+    _pack_bools(np.ascontiguousarray(bits).view(np.uint8), out)
+    return out
+
+
+def unpack_context(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The bool array of ``shape`` whose ``np.packbits`` is ``packed``: a context to decode in.
+
+    ``np.unpackbits`` without holding the GIL (the load decodes the banks on threads).
+    """
+    out = np.empty(math.prod(shape), np.bool_)
+    _unpack_bools(packed, out.view(np.uint8))
+    return out.reshape(shape)
 
 
 def decode_packed_mask(enc: bytes, context: np.ndarray | None, shape: tuple[int, ...],
@@ -79,19 +165,20 @@ def decode_packed_mask(enc: bytes, context: np.ndarray | None, shape: tuple[int,
             if n & 7 and scheme == "ones":
                 packed[-1] = (0xFF << (8 - (n & 7))) & 0xFF
             return packed
-        mask = decode_mask(enc, max_positions=math.prod(shape))
-        if mask.shape != shape or mask.dtype != np.bool_:  # cannot happen: checked above
-            raise FormatError(f"mask of shape {mask.shape}, expected {shape}")
-        return np.packbits(mask.reshape(-1))
+        # decode_mask's steps, without parsing (and checking the crc of) the bytes again
+        bits = decode_stream(streams[0], sizes[0])
+        if bits.shape != (n,) or bits.dtype != np.bool_:  # cannot happen: checked above
+            raise FormatError(f"mask of {bits.size} positions, expected {n}")
+        return _packed(bits, 0)
     # the two streams (context 0, context 1 positions) merged straight into packed bits:
     # decode_mask's boolean scatter costs ~5x more on large masks
     bits = [decode_stream(p, size) for p, size in zip(streams, sizes)]
     if [b.size for b in bits] != sizes:  # cannot happen: the decoder checks it
         raise FormatError("mask streams do not match the context")
     out = np.empty((n + 7) // 8, np.uint8)
-    packed = [np.concatenate([np.packbits(b), np.zeros(2, np.uint8)]) for b in bits]
+    packed = [_packed(b, STREAM_SLACK) for b in bits]
     ctx_bits = np.packbits(ctx.reshape(-1)) if context_bits is None else context_bits
-    _merge_context_streams(ctx_bits, *packed, out, _POP8, _DEPOSIT)
+    _merge_context_streams(ctx_bits, *packed, out, _POP8, _INTERLEAVE)
     return out
 
 
