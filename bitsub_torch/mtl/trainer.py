@@ -112,8 +112,8 @@ class MTLConfig:
     theta_decay: float = 1.0
     threshold: str = "hard"
     weighted_thetas: bool = False
-    theta_gradient: str = "per-weight"
-    ramp: float = 0.5
+    theta_gradient: str = "fisher"
+    ramp: float = 0.3
     granularity: str = "component"
     warmup: int | None = None
     window: int | None = None
