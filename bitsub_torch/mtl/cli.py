@@ -60,13 +60,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="the thetas learn from the relative task losses times the adaptive "
                    "weights (default: without them; the weights always learn from the "
                    "weighted loss)")
-    p.add_argument("--theta-gradient", choices=THETA_GRADIENTS, default="fisher",
+    p.add_argument("--theta-gradient", choices=THETA_GRADIENTS, default="per-weight",
                    help="what the thetas descend: the loss gradient against the L2 decay (loss, "
                    "STR), each component's loss per pruned weight (per-weight) or the Fisher "
                    "saliency of its next pruned weights (fisher), both centred over components")
-    p.add_argument("--ramp", type=float, default=0.3,
+    p.add_argument("--ramp", type=float, default=0.5,
                    help="fraction of AdapMTL's pruning phase by which the sparsity schedule "
-                   "reaches the target (default 0.3)")
+                   "reaches the target (default 0.5)")
     p.add_argument("--granularity", choices=("component", "layer"), default="component",
                    help="one theta per component (AdapMTL) or per layer")
     p.add_argument("--warmup", type=int, default=None,

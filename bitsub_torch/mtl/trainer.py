@@ -12,15 +12,15 @@ same total number of training iterations, ``iterations + finetune``:
   The thetas learn by Adam from the task losses, each divided by the dense model's loss on the
   same 256 training examples (relative losses, as Delta_T is relative), without the adaptive
   weights (``weighted_thetas=False``: the weights balance the training of the weights, while
-  Delta_T weighs every task alike). With ``theta_gradient="fisher"`` (default) each theta's
+  Delta_T weighs every task alike). With ``theta_gradient="fisher"`` each theta's
   gradient is the cost of the next weights its rise would prune, the Fisher saliency ``w^2
   E[g^2] / 2`` (Optimal Brain Damage with a running mean of the squared gradients of the
   relative losses) of its component's weights just above the threshold, centred over the
   components (:func:`fisher_gradient`): the thresholds move until pruning one more weight
   costs the same in every component (a backbone weight's gradient sums every task's).
-  ``"per-weight"`` measures that cost by the theta's own loss gradient per weight in a band
-  around the threshold (:func:`per_weight_gradient`), a shrinkage of every kept weight rather
-  than a pruning of the next ones. ``"loss"`` is STR's rule, the loss gradient against an L2
+  ``"per-weight"`` (default) measures that cost by the theta's own loss gradient per weight
+  in a band around the threshold (:func:`per_weight_gradient`), a shrinkage of every kept
+  weight rather than a pruning of the next ones. ``"loss"`` is STR's rule, the loss gradient against an L2
   decay ``theta_decay``; its updates are almost the same for every theta (Adam normalises
   each scalar theta's step, and the decay term dominates), so the shift erases them. At the end of
   the ramp the overall sparsity is the target; the thresholds are folded into the weights,
@@ -117,8 +117,8 @@ class MTLConfig:
     theta_decay: float = 1.0
     threshold: str = "hard"
     weighted_thetas: bool = False
-    theta_gradient: str = "fisher"
-    ramp: float = 0.3
+    theta_gradient: str = "per-weight"
+    ramp: float = 0.5
     granularity: str = "component"
     warmup: int | None = None
     window: int | None = None
