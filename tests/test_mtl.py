@@ -23,7 +23,13 @@ from bitsub_torch.mtl.objectives import (
     task_metrics,
 )
 from bitsub_torch.mtl.pruning import keep_top, magnitude_prune, snip_prune
-from bitsub_torch.mtl.trainer import MTLConfig, evaluate, per_weight_gradient, train_mtl
+from bitsub_torch.mtl.trainer import (
+    MTLConfig,
+    evaluate,
+    fisher_gradient,
+    per_weight_gradient,
+    train_mtl,
+)
 from tests import naive
 
 torch.set_num_threads(1)
@@ -293,6 +299,11 @@ def test_adapmtl_follows_the_ramp_at_equal_budgets():
                      progress=False)
     assert r["thresholds_frozen_at"] == 8 + ramp
     assert 0.8 <= r["sparsity"]["overall"] <= 0.8 + 3 / n
+    # the Fisher saliency rule (thetas per layer): the same schedule
+    _, r3 = train_mtl(MTLConfig(strategy="adapmtl", theta_gradient="fisher",
+                                granularity="layer", **base), sc, progress=False)
+    assert r3["thresholds_frozen_at"] == 8 + ramp
+    assert 0.8 <= r3["sparsity"]["overall"] <= 0.8 + 3 / n
     # the thetas descending STR's loss gradient against the decay: the same schedule, other thetas
     _, r2 = train_mtl(MTLConfig(strategy="adapmtl", theta_gradient="loss", **base), sc,
                       progress=False)
@@ -339,6 +350,47 @@ def test_per_weight_gradient_matches_a_loop(seed, granularity, init, band):
     # centred: the gradients cancel, so the common shift of the schedule is unchanged
     total = sum(float(p.grad) for p in model.thresholds.parameters())
     assert abs(total) <= len(keys) * ulp
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["component", "layer", "uniform"]),
+       st.floats(-3.0, -0.5), st.floats(0.01, 0.5))
+def test_fisher_gradient_matches_a_loop(seed, granularity, init, band):
+    torch.manual_seed(seed)
+    model = build_model(_tiny_scenes(4), width=4)
+    model.attach_thresholds(granularity, init=init, hard=True)
+    rng = np.random.default_rng(seed)
+    keys = list(model.thresholds.theta)
+    fisher = {}
+    with torch.no_grad():
+        for i, (name, m) in enumerate(model.prunable()):
+            m.mask.copy_(torch.from_numpy(rng.random(m.weight.shape) < 0.8))
+            if i != 1:  # a layer without a running mean counts its weights, at no cost
+                fisher[name] = torch.from_numpy(rng.random(m.weight.shape)).float()
+        for p in model.thresholds.theta.values():
+            p.add_(float(rng.normal(0, 0.3)))
+    total, count = dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0)
+    for name, m in model.prunable():
+        k = m.theta_key.replace(".", "/")
+        theta = model.thresholds.theta[k].detach()
+        lo = float(torch.sigmoid(theta))
+        hi = float(torch.sigmoid(theta + 2 * band))
+        w = m.weight.detach().numpy().ravel().tolist()
+        f = fisher[name].numpy().ravel().tolist() if name in fisher else [0.0] * len(w)
+        for x, keep, fx in zip(w, m.mask.numpy().ravel(), f):
+            if bool(keep) and lo < abs(x) <= hi:
+                total[k] += 0.5 * x * x * fx
+                count[k] += 1
+    cost = {k: total[k] / count[k] if count[k] else 0.0 for k in keys}
+    mean = sum(cost.values()) / len(cost)
+    fisher_gradient(model, fisher, band)
+    # float32 gradients: one rounding of a value at most twice the largest cost (and the
+    # float64 sums differ from the loop's only in their order)
+    ulp = 2.0 ** -23 * 2 * max(abs(v) for v in cost.values()) + 1e-12
+    for k, p in model.thresholds.theta.items():
+        assert abs(float(p.grad) - (cost[k] - mean)) <= ulp, k
+    # centred: the common shift of the schedule is unchanged
+    assert abs(sum(float(p.grad) for p in model.thresholds.parameters())) <= len(keys) * ulp
 
 
 class _Stop(Exception):

@@ -32,7 +32,7 @@ __all__ = ["evaluate_mtl_file", "main", "markdown_table", "plot_sparsity"]
 
 def _parser() -> argparse.ArgumentParser:
     from bitsub_torch.data.multitask import MTL_SCENARIOS
-    from bitsub_torch.mtl.trainer import STRATEGIES
+    from bitsub_torch.mtl.trainer import STRATEGIES, THETA_GRADIENTS
 
     p = argparse.ArgumentParser(
         prog="bitsub-mtl",
@@ -60,10 +60,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="the thetas learn from the relative task losses times the adaptive "
                    "weights (default: without them; the weights always learn from the "
                    "weighted loss)")
-    p.add_argument("--theta-gradient", choices=("loss", "per-weight"), default="per-weight",
+    p.add_argument("--theta-gradient", choices=THETA_GRADIENTS, default="per-weight",
                    help="what the thetas descend: the loss gradient against the L2 decay (loss, "
-                   "STR) or each component's loss per pruned weight, centred over components "
-                   "(per-weight)")
+                   "STR), each component's loss per pruned weight (per-weight) or the Fisher "
+                   "saliency of its next pruned weights (fisher), both centred over components")
     p.add_argument("--ramp", type=float, default=0.5,
                    help="fraction of AdapMTL's pruning phase by which the sparsity schedule "
                    "reaches the target (default 0.5)")

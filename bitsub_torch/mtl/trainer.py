@@ -12,13 +12,18 @@ same total number of training iterations, ``iterations + finetune``:
   The thetas learn by Adam from the task losses, each divided by the dense model's loss on the
   same 256 training examples (relative losses, as Delta_T is relative), without the adaptive
   weights (``weighted_thetas=False``: the weights balance the training of the weights, while
-  Delta_T weighs every task alike). With ``theta_gradient="per-weight"`` (default) each
-  theta's gradient is its component's loss per pruned weight, centred over the components
-  (:func:`per_weight_gradient`): the thresholds move until pruning one more weight costs the
-  same in every component. ``"loss"`` is STR's rule, the loss gradient against an L2 decay
-  ``theta_decay``; its updates are almost the same for every theta (Adam normalises each
-  scalar theta's step, and the decay term dominates), so the shift erases them. At the end of
-  the ramp the overall sparsity is the target; the thresholds are folded into the weights,
+  Delta_T weighs every task alike). With ``theta_gradient="fisher"`` each theta's
+  gradient is the cost of the next weights its rise would prune, the Fisher saliency ``w^2
+  E[g^2] / 2`` (Optimal Brain Damage with a running mean of the squared gradients of the
+  relative losses) of its component's weights just above the threshold, centred over the
+  components (:func:`fisher_gradient`): the thresholds move until pruning one more weight
+  costs the same in every component (a backbone weight's gradient sums every task's).
+  ``"per-weight"`` (default) measures that cost by the theta's own loss gradient per weight in a
+  band around the threshold (:func:`per_weight_gradient`), a shrinkage of every kept weight
+  rather than a pruning of the next ones. ``"loss"`` is STR's rule, the loss gradient against an
+  L2 decay ``theta_decay``; its updates are almost the same for every theta (Adam normalises
+  each scalar theta's step, and the decay term dominates), so the shift erases them. At the end
+  of the ramp the overall sparsity is the target; the thresholds are folded into the weights,
   the mask fixed and the thetas frozen, and the rest of the phase fine-tunes the weights.
   ``threshold="hard"`` (default) keeps the weights above a threshold unchanged in the forward
   pass and gives the soft threshold's gradients (straight-through); ``"soft"`` is STR's
@@ -67,7 +72,7 @@ from bitsub_torch.mtl.objectives import (
 from bitsub_torch.mtl.pruning import magnitude_prune, snip_prune
 
 __all__ = ["DEFAULT_ITERATIONS", "STRATEGIES", "THETA_GRADIENTS", "THRESHOLDS", "MTLConfig",
-           "evaluate", "per_weight_gradient", "train_mtl"]
+           "evaluate", "fisher_gradient", "per_weight_gradient", "train_mtl"]
 
 STRATEGIES = ("adapmtl", "dense", "magnitude", "imp", "snip", "adapmtl-uniform",
               "adapmtl-noweighting")
@@ -75,8 +80,11 @@ STRATEGIES = ("adapmtl", "dense", "magnitude", "imp", "snip", "adapmtl-uniform",
 #: gradients of the soft threshold) or shrunk by it ("soft", STR's S(W, theta)).
 THRESHOLDS = ("hard", "soft")
 #: What AdapMTL's thetas descend: the loss gradient against an L2 decay ("loss", STR), or the
-#: loss per pruned weight of each component, centred over the components ("per-weight").
-THETA_GRADIENTS = ("loss", "per-weight")
+#: loss per pruned weight of each component, centred over the components ("per-weight"), or the
+#: Fisher saliency of the next weights to be pruned, centred ("fisher").
+THETA_GRADIENTS = ("loss", "per-weight", "fisher")
+#: Decay of the running mean of the squared weight gradients ("fisher").
+FISHER_BETA = 0.98
 #: Half-width, in theta, of the band that counts the weights at a threshold ("per-weight").
 BAND = 0.05
 #: A checkpoint is written every this many iterations of a phase (and at its end).
@@ -186,6 +194,36 @@ def per_weight_gradient(model: MTLNet, band: float = BAND) -> None:
         p.grad = torch.tensor(cost[k] - mean, dtype=p.dtype)
 
 
+def fisher_gradient(model: MTLNet, fisher: dict[str, torch.Tensor], band: float = BAND) -> None:
+    """Set each theta's gradient to the Fisher saliency of its next pruned weights, centred.
+
+    ``fisher[name]`` is a running mean of the squared loss gradient of layer ``name``'s
+    weights. The cost of component k is the mean of ``w^2 F / 2`` (the second-order loss
+    increase of zeroing w, Optimal Brain Damage with the empirical Fisher) over its weights that
+    a rise of theta_k by ``2 band`` would prune: unmasked, ``sigmoid(theta_k) < |w| <=
+    sigmoid(theta_k + 2 band)`` (0 when there are none). The gradient is the cost minus the mean
+    cost: the thresholds move until the next weight costs the same in every component. A weight
+    of the backbone is read by every task, so its gradient, hence its cost, sums every task's.
+    """
+    th = model.thresholds
+    total = dict.fromkeys(th.theta, 0.0)
+    count = dict.fromkeys(th.theta, 0)
+    with torch.no_grad():
+        for name, m in model.prunable():
+            k = m.theta_key.replace(".", "/")
+            lo, hi = torch.sigmoid(th.theta[k]), torch.sigmoid(th.theta[k] + 2 * band)
+            a = torch.where(m.mask, m.weight, torch.zeros((), dtype=m.weight.dtype)).abs()
+            sel = (a > lo) & (a <= hi)
+            f = fisher.get(name)
+            if f is not None:
+                total[k] += float((0.5 * m.weight.double() ** 2 * f.double())[sel].sum())
+            count[k] += int(sel.sum())
+    cost = {k: total[k] / count[k] if count[k] else 0.0 for k in th.theta}
+    mean = float(np.mean(list(cost.values())))
+    for k, p in th.theta.items():
+        p.grad = torch.tensor(cost[k] - mean, dtype=p.dtype)
+
+
 def _dense_key(c: MTLConfig) -> str:
     fields = (c.scenario, c.seed, c.iterations, c.batch_size, c.lr, c.weight_decay, c.width, 3)
     return hashlib.sha256(repr(fields).encode()).hexdigest()[:12]
@@ -213,6 +251,9 @@ class _Run:
         self.scale = dict.fromkeys(self.model.task_names, 1.0)
         self.resume: dict[str, Any] | None = None
         self.clock = 0  # iterations over all phases, for the history
+        # running mean of the squared weight gradients (theta_gradient "fisher"), and its count
+        self.fisher: dict[str, torch.Tensor] = {}
+        self.fisher_n = 0
         self.x, self.ys = scenario.split("train")
 
     # ----------------------------------------------------------------------- checkpoints
@@ -227,7 +268,8 @@ class _Run:
                  "phase": phase, "iteration": iteration, "model": self.model.state_dict(),
                  "opt": None if opt is None else opt.state_dict(),
                  "weighting": self.weighting.state_dict(), "history": self.history,
-                 "frozen_at": self.frozen_at, "clock": self.clock, "scale": self.scale}
+                 "frozen_at": self.frozen_at, "clock": self.clock, "scale": self.scale,
+                 "fisher": self.fisher, "fisher_n": self.fisher_n}
         with atomic_path(path) as f:
             torch.save(state, f)
 
@@ -245,6 +287,7 @@ class _Run:
         self.done, self.history = list(state["done"]), list(state["history"])
         self.frozen_at, self.clock = state["frozen_at"], state["clock"]
         self.scale = dict(state["scale"])
+        self.fisher, self.fisher_n = dict(state.get("fisher", {})), int(state.get("fisher_n", 0))
         if self.frozen_at is not None:
             self.model.detach_thresholds()  # the saved weights are folded already
         self.resume = {"phase": state["phase"], "iteration": state["iteration"],
@@ -347,13 +390,22 @@ class _Run:
             loss = sum(w[t] * v / self.scale[t] for t, v in losses.items())
             opt.zero_grad(set_to_none=True)
             live = thetas and self.frozen_at is None
+            fisher = live and self.c.theta_gradient == "fisher"
+            layers = [(n, m.weight) for n, m in self.model.prunable()] if fisher else []
             if live and not self.c.weighted_thetas:
                 plain = sum(v / self.scale[t] for t, v in losses.items())
-                grads = torch.autograd.grad(plain, thetas, retain_graph=True, allow_unused=True)
+                grads = torch.autograd.grad(plain, thetas + [w for _, w in layers],
+                                            retain_graph=True, allow_unused=True)
             loss.backward()
             if live and not self.c.weighted_thetas:
                 for p, g in zip(thetas, grads):
                     p.grad = g
+                wgrads = grads[len(thetas):]
+            else:
+                wgrads = [w.grad for _, w in layers]
+            if fisher:
+                self._update_fisher([n for n, _ in layers], wgrads)
+                fisher_gradient(self.model, self._fisher_mean())
             if live and self.c.theta_gradient == "per-weight":
                 per_weight_gradient(self.model)
             if not live:
@@ -372,6 +424,23 @@ class _Run:
         self._record()
         self.done.append(name)
         self._save(name, iters, None)
+
+    def _update_fisher(self, names: list[str], grads) -> None:
+        """Fold this iteration's squared weight gradients into the running mean."""
+        b = FISHER_BETA
+        with torch.no_grad():
+            for n, g in zip(names, grads):
+                if g is None:
+                    continue
+                prev = self.fisher.get(n)
+                sq = g.detach() ** 2
+                self.fisher[n] = (1 - b) * sq if prev is None else b * prev + (1 - b) * sq
+        self.fisher_n += 1
+
+    def _fisher_mean(self) -> dict[str, torch.Tensor]:
+        """The bias-corrected running means (as Adam corrects its second moment)."""
+        corr = 1.0 - FISHER_BETA ** max(1, self.fisher_n)
+        return {n: f / corr for n, f in self.fisher.items()}
 
     def warm_start(self, state: dict[str, torch.Tensor]) -> None:
         """Start from the dense model's weights (the thetas keep their initial value)."""
