@@ -74,6 +74,9 @@ class TinySubNets(QuantizedStrategy):
         capacity stays <= 23% (see ``bitsub_torch.experiments.DEFAULTS``): masks dominate the
         capacity at 10 tasks (a c-dense mask costs about H(c) bits per position and task
         before context coding).
+    layer_density : dict of str to float, optional
+        Per-layer densities replacing ``density`` for the named task layers (e.g.
+        ``{"fc2": 0.5}``); the other layers keep ``density``.
     delta : float
         Algorithm 1's threshold (fraction; 0.01 = 1 point): the largest share of the training
         images whose prediction quantization may change (``quant_criterion="agreement"``), or
@@ -125,6 +128,7 @@ class TinySubNets(QuantizedStrategy):
         self,
         density: float = 0.15,
         *,
+        layer_density: dict[str, float] | None = None,
         delta: float = 0.002,
         quant_criterion: str = "agreement",
         agreement_samples: int = 10000,
@@ -154,6 +158,15 @@ class TinySubNets(QuantizedStrategy):
         )
         topk_count(1, density)  # validates
         self.density = float(density)
+        if layer_density is not None and not isinstance(layer_density, dict):
+            raise ValueError(
+                f"layer_density must be a dict of layer name to density, got {layer_density!r}"
+            )
+        self.layer_density: dict[str, float] | None = None
+        if layer_density is not None:
+            for value in layer_density.values():
+                topk_count(1, value)  # validates
+            self.layer_density = {str(k): float(v) for k, v in layer_density.items()}
         if quant_criterion not in ("agreement", "val"):
             raise ValueError(
                 f"quant_criterion must be 'agreement' or 'val', got {quant_criterion!r}"
@@ -199,12 +212,22 @@ class TinySubNets(QuantizedStrategy):
             else:
                 divergence = scored[0][0]
                 bank, reason = store.open_bank(), "kl"
+        layers = model.masked_layers()
+        unknown = sorted(set(self.layer_density or {}) - set(layers))
+        if unknown:
+            raise ValueError(
+                f"layer_density names unknown layers {unknown}; the task layers are {list(layers)}"
+            )
         trainable = {n: ~store.has_field(bank, n) for n in store.shapes}
         self._begin(task, model, bank, trainable)
-        for layer in model.masked_layers().values():
+        for name, layer in layers.items():
             layer.clear_task_mask(task)
-            layer.start_scores(task, self.density)
+            layer.start_scores(task, self.layer_density_of(name))
         self.log[task] = {"bank": int(bank), "bank_reason": reason, "kl": float(divergence)}
+
+    def layer_density_of(self, name: str) -> float:
+        """The density of task layer ``name``: its ``layer_density`` entry, else ``density``."""
+        return (self.layer_density or {}).get(name, self.density)
 
     def _bank_divergence(self, summary: dict[str, np.ndarray], bank: int, task: int) -> float:
         """Divergence of a task's summary from the pooled distribution of a bank's tasks."""
@@ -222,7 +245,7 @@ class TinySubNets(QuantizedStrategy):
         layers = model.masked_layers()
         masks = {}
         for name, layer in layers.items():
-            masks[name] = layer.score_mask(self.density)
+            masks[name] = layer.score_mask(self.layer_density_of(name))
             layer.stop_scores()
             layer.set_task_mask(task, masks[name])
         split = val_split(data)
@@ -410,6 +433,7 @@ class TinySubNets(QuantizedStrategy):
         return {
             **super()._settings(),
             "density": self.density,
+            "layer_density": None if self.layer_density is None else dict(self.layer_density),
             "quant_criterion": self.quant_criterion,
             "agreement_samples": self.agreement_samples,
             "post_prune_iters": self.post_prune_iters,
