@@ -14,6 +14,8 @@ defaults: the convergence protocol of `bitsub_torch.cl.protocol`, the trainer wi
 accuracy matrix, export to a packed model, re-test of every task from ``model.h5`` with bitsub's
 NumPy forward) into ``OUT/<scenario>/<method>/seed<k>/``, so an interrupted table resumes where it
 stopped: finished runs are read back, a run cut short continues from its last finished task.
+``--no-train`` trains nothing and writes nothing in the run directories: it only reads finished
+runs back (e.g. another table's runs linked into ``OUT``) and writes the table.
 From the packed file it then measures the capacity and writes ``OUT/table.json`` (one row per
 run) and ``OUT/table.md`` (mean +- sample std over the seeds present, with their number).
 
