@@ -16,6 +16,10 @@ NumPy forward) into ``OUT/<scenario>/<method>/seed<k>/``, so an interrupted tabl
 stopped: finished runs are read back, a run cut short continues from its last finished task.
 ``--no-train`` trains nothing and writes nothing in the run directories: it only reads finished
 runs back (e.g. another table's runs linked into ``OUT``) and writes the table.
+
+Length: one concept, the table, from its runs to its Markdown: the scenario and method tables,
+the runner (training or reading back finished runs), the per-run summary of a packed file and
+the formatting with its bars; splitting them would only move private helpers across modules.
 From the packed file it then measures the capacity and writes ``OUT/table.json`` (one row per
 run) and ``OUT/table.md`` (mean +- sample std over the seeds present, with their number).
 
