@@ -75,7 +75,8 @@ class TinySubNets(QuantizedStrategy):
         most, because they write few weights of their own (about 9% of task 9's mask at c
         0.15); the wider codes of a smaller ``delta`` cost capacity that buys more here as
         positions. Masks dominate the capacity (a c-dense mask costs about H(c) bits per
-        position and task before context coding).
+        position and task before context coding); on permuted Fashion-MNIST (seed 0) this
+        default cost more capacity than c 0.15 / ``delta`` 0.002 (28.7% against 26.8%).
     layer_density : dict of str to float, optional
         Per-layer densities replacing ``density`` for the named task layers (e.g.
         ``{"fc2": 0.5}``); the other layers keep ``density``.
