@@ -14,6 +14,12 @@ defaults: the convergence protocol of `bitsub_torch.cl.protocol`, the trainer wi
 accuracy matrix, export to a packed model, re-test of every task from ``model.h5`` with bitsub's
 NumPy forward) into ``OUT/<scenario>/<method>/seed<k>/``, so an interrupted table resumes where it
 stopped: finished runs are read back, a run cut short continues from its last finished task.
+``--no-train`` trains nothing and writes nothing in the run directories: it only reads finished
+runs back (e.g. another table's runs linked into ``OUT``) and writes the table.
+
+Length: one concept, the table, from its runs to its Markdown: the scenario and method tables,
+the runner (training or reading back finished runs), the per-run summary of a packed file and
+the formatting with its bars; splitting them would only move private helpers across modules.
 From the packed file it then measures the capacity and writes ``OUT/table.json`` (one row per
 run) and ``OUT/table.md`` (mean +- sample std over the seeds present, with their number).
 
@@ -274,6 +280,7 @@ def run(
     threads: int = 1,
     progress: bool = False,
     log: Any = None,
+    train_runs: bool = True,
 ) -> dict[str, Any]:
     """Train, export and re-test every (scenario, method, seed); write ``table.json``/``.md``.
 
@@ -301,6 +308,12 @@ def run(
         Progress bars.
     log : callable, optional
         Called with one line of text after each run (default: print to stderr).
+    train_runs : bool
+        False: train nothing and write nothing in the run directories; every run must be
+        finished (``results.json`` and ``model.h5`` present, made with the same strategy,
+        scenario, seed, number of tasks and data directory), and is only read back and
+        re-evaluated (``--no-train``: a table over finished runs, some of them possibly links
+        to another table's directories).
 
     Returns
     -------
@@ -360,9 +373,13 @@ def run(
             for k in seeds:
                 run_dir = out / scenario / _slug(display) / f"seed{k}"
                 t0 = time.perf_counter()
-                report = train(strategy=strategy, scenario=scenario, out=run_dir, tasks=n_tasks,
-                               seed=k, data_dir=data_dir, strategy_args=args, threads=threads,
-                               progress=progress, **NETWORKS.get(scenario, {}), **given)
+                if train_runs:
+                    report = train(strategy=strategy, scenario=scenario, out=run_dir,
+                                   tasks=n_tasks, seed=k, data_dir=data_dir, strategy_args=args,
+                                   threads=threads, progress=progress,
+                                   **NETWORKS.get(scenario, {}), **given)
+                else:
+                    report = _finished(run_dir, strategy, scenario, k, n_tasks, data_dir)
                 wall = time.perf_counter() - t0
                 pm = bitsub.load(run_dir / "model.h5")
                 val = evaluate_file(run_dir / "model.h5", scenario, seed=k, data_dir=data_dir,
@@ -395,6 +412,30 @@ def run(
                 write_bytes(out / "table.json", json.dumps(json_safe(table), indent=2).encode())
                 write_bytes(out / "table.md", format_table(table).encode())
     return json_safe({"config": config, "rows": rows, "paper_pmnist": PAPER_PMNIST})
+
+
+def _finished(run_dir: Path, strategy: str, scenario: str, seed: int, tasks: int | None,
+              data_dir: str | os.PathLike | None) -> dict[str, Any]:
+    """The ``results.json`` of a finished run, checked to be the run asked for; reads only."""
+    files = [run_dir / "results.json", run_dir / "model.h5"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"run {run_dir} is not finished (no {', '.join(missing)}): run it "
+                         "without --no-train first")
+    try:
+        report = json.loads(files[0].read_text())
+        used = report["config"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{files[0]} is not a results.json of bitsub-train ({exc})") from None
+    want = {"strategy": strategy, "scenario": scenario, "seed": seed,
+            "data_dir": None if data_dir is None else str(data_dir)}
+    if tasks is not None:
+        want["tasks"] = tasks
+    differ = [f"{key} {used.get(key)!r} (asked {value!r})" for key, value in want.items()
+              if used.get(key) != value]
+    if differ:
+        raise ValueError(f"run {run_dir} was made with other arguments: {'; '.join(differ)}")
+    return report
 
 
 def json_safe(v: Any) -> Any:
@@ -553,6 +594,9 @@ def _parser() -> argparse.ArgumentParser:
                    '\'{"tinysubnets": {"density": 0.15}}\'')
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true", help="progress bars")
+    p.add_argument("--no-train", action="store_true",
+                   help="only read back finished runs and write the table: nothing is trained "
+                   "and nothing is written in the run directories")
     return p
 
 
@@ -566,7 +610,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--strategy-args must be a JSON object of objects")
         table = run(args.scenarios, args.strategies, out=args.out, seed=args.seeds,
                     epochs=args.epochs, tasks=args.tasks, data_dir=args.data_dir,
-                    strategy_args=overrides, threads=args.threads, progress=args.progress)
+                    strategy_args=overrides, threads=args.threads, progress=args.progress,
+                    train_runs=not args.no_train)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"experiments: error: {exc}", file=sys.stderr)
         return 2

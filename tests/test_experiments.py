@@ -161,3 +161,39 @@ def test_cnn_rows_run_the_conv_network(tmp_path, monkeypatch):
         pm = bitsub.load(out / "splitfmnist2d" / r["strategy"] / "seed0" / "model.h5")
         assert any(name.startswith("conv") for name in pm.layers)
     assert "## splitfmnist2d (2 tasks, alexnet at width 0.1)" in (out / "table.md").read_text()
+
+
+def _snapshot(root):
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_no_train_reads_finished_runs_through_links_and_writes_nothing_in_them(table, tmp_path):
+    out, result, _ = table
+    # a second table whose method directories are links to the first table's finished runs
+    (tmp_path / "splitdigits").mkdir()
+    for method in ("wsn", "independent"):
+        (tmp_path / "splitdigits" / method).symlink_to(out / "splitdigits" / method)
+    before = _snapshot(out / "splitdigits")
+    again = experiments.run(["splitdigits"], ["WSN", "Independent"], out=tmp_path, tasks=2,
+                            epochs=1, seed=0, log=lambda line: None, train_runs=False)
+    assert _snapshot(out / "splitdigits") == before
+    first = {r["method"]: r for r in result["rows"]}
+    for row in again["rows"]:
+        for key in ("acc", "bwt", "bwt_file", "val_acc_file", "capacity", "bits", "file_bytes"):
+            assert row[key] == first[row["method"]][key], (row["method"], key)
+    assert "| WSN | 1 |" in (tmp_path / "table.md").read_text()
+    # an unfinished run, or one made with another seed, is refused before anything is written
+    with pytest.raises(ValueError, match="is not finished"):
+        experiments.run(["splitdigits"], ["PackNet"], out=tmp_path, tasks=2, epochs=1, seed=0,
+                        log=lambda line: None, train_runs=False)
+    other = tmp_path / "other"
+    (other / "splitdigits" / "wsn").mkdir(parents=True)
+    (other / "splitdigits" / "wsn" / "seed3").symlink_to(out / "splitdigits" / "wsn" / "seed0")
+    with pytest.raises(ValueError, match="other arguments: seed 0"):
+        experiments.run(["splitdigits"], ["WSN"], out=other, tasks=2, epochs=1, seed=3,
+                        log=lambda line: None, train_runs=False)
+    assert not (tmp_path / "splitdigits" / "packnet").exists()
+    assert experiments.main(["--no-train", "--out", str(tmp_path), "--scenarios", "splitdigits",
+                             "--strategies", "packnet", "--seeds", "0", "--tasks", "2",
+                             "--epochs", "1"]) == 2
