@@ -36,6 +36,7 @@ import gc
 import io
 import json
 import time
+import tracemalloc
 
 import numpy as np
 import torch
@@ -66,6 +67,63 @@ def synthetic(tasks: int, n_train: int, n_val: int, n_test: int, seed: int = 0) 
     return Scenario("synthetic-alexnet", (3, 32, 32), 10, out)
 
 
+def mallinfo() -> dict:
+    """glibc's heap statistics (``mallinfo2``): heap bytes, mmapped bytes, in use, free."""
+    try:
+        import ctypes
+
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost")]
+
+        fn = ctypes.CDLL(None).mallinfo2
+        fn.restype = Info
+        info = fn()
+    except (OSError, AttributeError):
+        return {}
+    return {"heap": info.arena, "mmapped": info.hblkhd, "in_use": info.uordblks,
+            "free": info.fordblks}
+
+
+def numba_overloads() -> dict[str, int]:
+    """Compiled specialisations of every Numba dispatcher alive (name -> count)."""
+    try:
+        from numba.core.dispatcher import Dispatcher
+    except ImportError:
+        return {}
+    out: dict[str, int] = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, Dispatcher):
+            name = f"{obj.py_func.__module__}.{obj.py_func.__qualname__}"
+            out[name] = out.get(name, 0) + len(obj.overloads)
+    return out
+
+
+class Peaks:
+    """Peak RSS per phase: VmHWM is reset (``/proc/self/clear_refs``) after each phase."""
+
+    def __init__(self) -> None:
+        self.overall = 0
+        self.phases: dict[str, int] = {}
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.can_reset = True
+        except OSError:
+            self.can_reset = False
+
+    def mark(self, phase: str) -> None:
+        """Close ``phase``: record its peak and its end RSS, reset the high water mark."""
+        peak = status_kib("VmHWM") * 1024
+        self.overall = max(self.overall, peak)
+        self.phases[phase] = peak
+        self.phases[phase + "_end"] = status_kib("VmRSS") * 1024
+        if self.can_reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+
+
 def status_kib(key: str) -> int:
     """A field of /proc/self/status in KiB (VmRSS, VmHWM)."""
     with open("/proc/self/status") as f:
@@ -82,9 +140,29 @@ class Measured(TinySubNets):
         super().__init__(*args, **kwargs)
         self.rows: list[dict] = []
         self.t0 = time.perf_counter()
+        self.diagnose = False
+        self.peaks: Peaks | None = None
+        self._types: dict[str, int] = {}
+        self._overloads: dict[str, int] = {}
+
+    def before_task(self, task, model, data) -> None:  # noqa: D102
+        if self.peaks is not None:
+            self.peaks.mark("eval")  # the previous task's test row (or the random-init row)
+        super().before_task(task, model, data)
+
+    def prune(self, task, model, data, evaluate) -> None:  # noqa: D102
+        if self.peaks is not None:
+            self.peaks.mark("train")
+        super().prune(task, model, data, evaluate)
+        if self.peaks is not None:
+            self.peaks.mark("prune")
 
     def after_task(self, task, model, data, evaluate) -> None:  # noqa: D102
+        if self.peaks is not None:
+            self.peaks.mark("retrain")
         super().after_task(task, model, data, evaluate)
+        if self.peaks is not None:
+            self.peaks.mark("after_task")
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
         gc.collect()
@@ -106,7 +184,40 @@ class Measured(TinySubNets):
             "bank": self.log[task]["bank"],
             "seconds": time.perf_counter() - self.t0,
         })
+        if self.peaks is not None:
+            self.rows[-1]["peak_rss"] = self.peaks.overall
+            self.rows[-1]["phases"] = dict(self.peaks.phases)
+        if self.diagnose:
+            self._diagnose()
         print(json.dumps(self.rows[-1]), flush=True)
+
+
+    def _diagnose(self) -> None:
+        row = self.rows[-1]
+        row["malloc"] = mallinfo()
+        over = numba_overloads()
+        row["numba_overloads"] = sum(over.values())
+        row["numba_new"] = {k: v - self._overloads.get(k, 0) for k, v in over.items()
+                            if v != self._overloads.get(k, 0)}
+        self._overloads = over
+        types: dict[str, int] = {}
+        for obj in gc.get_objects():
+            name = type(obj).__name__
+            types[name] = types.get(name, 0) + 1
+        grew = {k: v - self._types.get(k, 0) for k, v in types.items()
+                if v - self._types.get(k, 0) > 0}
+        row["objects_grew"] = dict(sorted(grew.items(), key=lambda kv: -kv[1])[:8])
+        self._types = types
+        if tracemalloc.is_tracing():
+            cur, _ = tracemalloc.get_traced_memory()
+            row["traced"] = cur
+            snap = tracemalloc.take_snapshot()
+            if self._snap is not None:
+                top = snap.compare_to(self._snap, "lineno")[:6]
+                row["traced_grew"] = [f"{d.size_diff} {d.traceback}" for d in top]
+            self._snap = snap
+        print(json.dumps({k: row[k] for k in row if k not in ("phases",)}), flush=True)
+        print(json.dumps(row.get("phases", {})), flush=True)
 
 
 def main() -> None:
@@ -119,11 +230,23 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the rows and summary as JSON here")
     ap.add_argument("--no-trim", action="store_true",
                     help="do not let the trainer call malloc_trim after each task")
+    ap.add_argument("--phases", action="store_true",
+                    help="peak RSS per phase (train, prune, retrain, after_task, eval)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="also record glibc heap statistics, Numba compilations, object counts")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="with --diagnose: trace Python and NumPy allocations (slow)")
     args = ap.parse_args()
     torch.manual_seed(0)
     scenario = synthetic(args.tasks, args.train, 128, 128)
     model = alexnet((3, 32, 32), 10, num_tasks=1, width=args.width)  # grows to the scenario
     strategy = Measured()
+    strategy.diagnose = args.diagnose
+    strategy._snap = None
+    if args.phases:
+        strategy.peaks = Peaks()
+    if args.tracemalloc:
+        tracemalloc.start(8)
     trainer = Trainer(model, strategy, scenario, epochs=args.epochs, batch_size=64,
                       progress=False, eval_batch_size=256)
     trainer.release_memory = not args.no_trim
