@@ -22,11 +22,12 @@ plus noise, a fixed generator. Growth per task is the mean increase from task 2 
 task 0 is reported beside it), and its ratio to the mean capacity of tasks 3..T-1.
 
 Run: ``PYTHONPATH=. python bench/torchmem.py --tasks 20 --out torchmem.json`` (``--width 0.5
---tasks 6`` for a quick look). glibc keeps freed blocks below its mmap threshold (which rises to
-32 MB after large frees) in the heap, so RSS also measures the allocator: the trainer calls
-``malloc_trim(0)`` after every task (`bitsub_torch.cl.trainer.release_freed_memory`; after the
-row of that task is recorded; ``--no-trim`` turns it off); ``MALLOC_MMAP_THRESHOLD_=65536`` in
-the environment makes every large tensor its own mapping, returned when freed.
+--tasks 6`` for a quick look). The process sets glibc's allocator as ``bitsub-train`` does
+(`bitsub_torch.allocator`: mmap threshold fixed at 64 KiB; ``--system-malloc`` leaves it as it is).
+``--phases`` adds the peak RSS of each phase of a task (VmHWM reset through
+``/proc/self/clear_refs``), ``--diagnose`` glibc's heap statistics (``mallinfo2``), the Numba
+specialisations compiled so far, the growth of object counts by type and of large NumPy arrays
+by dtype and shape, and with ``--tracemalloc`` the Python and NumPy allocation sites that grew.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import tracemalloc
 import numpy as np
 import torch
 
+from bitsub_torch.allocator import tune_allocator
 from bitsub_torch.cl.strategies import TinySubNets
 from bitsub_torch.cl.trainer import Trainer
 from bitsub_torch.data.scenarios import Scenario, TaskData
@@ -144,6 +146,7 @@ class Measured(TinySubNets):
         self.peaks: Peaks | None = None
         self._types: dict[str, int] = {}
         self._overloads: dict[str, int] = {}
+        self._shapes: dict[str, int] = {}
 
     def before_task(self, task, model, data) -> None:  # noqa: D102
         if self.peaks is not None:
@@ -208,6 +211,26 @@ class Measured(TinySubNets):
                 if v - self._types.get(k, 0) > 0}
         row["objects_grew"] = dict(sorted(grew.items(), key=lambda kv: -kv[1])[:8])
         self._types = types
+        arrays: dict[int, np.ndarray] = {}  # NumPy arrays owning their data, held by containers
+        for obj in gc.get_objects():
+            for ref in gc.get_referents(obj):
+                if type(ref) is np.ndarray and ref.base is None and ref.nbytes >= 65536:
+                    arrays[id(ref)] = ref
+        shapes: dict[str, int] = {}
+        for a in arrays.values():
+            key = f"{a.dtype}{list(a.shape)}"
+            shapes[key] = shapes.get(key, 0) + 1
+        try:
+            from numba.core.runtime import rtsys
+
+            stats = rtsys.get_allocation_stats()  # counted with NUMBA_NRT_STATS=1
+            row["numba_nrt_live"] = stats.alloc - stats.free
+        except (ImportError, RuntimeError, AttributeError):
+            pass
+        row["numpy_large"] = sum(a.nbytes for a in arrays.values())
+        row["numpy_new"] = {k: v - self._shapes.get(k, 0) for k, v in shapes.items()
+                            if v != self._shapes.get(k, 0)}
+        self._shapes = shapes
         if tracemalloc.is_tracing():
             cur, _ = tracemalloc.get_traced_memory()
             row["traced"] = cur
@@ -228,8 +251,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--width", type=float, default=1.0, help="alexnet width (1.0: the paper's)")
     ap.add_argument("--out", default=None, help="write the rows and summary as JSON here")
-    ap.add_argument("--no-trim", action="store_true",
-                    help="do not let the trainer call malloc_trim after each task")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc's allocator as it is (default: as bitsub-train sets it, "
+                    "bitsub_torch.allocator)")
     ap.add_argument("--phases", action="store_true",
                     help="peak RSS per phase (train, prune, retrain, after_task, eval)")
     ap.add_argument("--diagnose", action="store_true",
@@ -237,6 +261,8 @@ def main() -> None:
     ap.add_argument("--tracemalloc", action="store_true",
                     help="with --diagnose: trace Python and NumPy allocations (slow)")
     args = ap.parse_args()
+    allocator = tune_allocator(opt_out=args.system_malloc)
+    print(f"allocator: {allocator}", flush=True)
     torch.manual_seed(0)
     scenario = synthetic(args.tasks, args.train, 128, 128)
     model = alexnet((3, 32, 32), 10, num_tasks=1, width=args.width)  # grows to the scenario
@@ -246,10 +272,9 @@ def main() -> None:
     if args.phases:
         strategy.peaks = Peaks()
     if args.tracemalloc:
-        tracemalloc.start(8)
+        tracemalloc.start(4)
     trainer = Trainer(model, strategy, scenario, epochs=args.epochs, batch_size=64,
                       progress=False, eval_batch_size=256)
-    trainer.release_memory = not args.no_trim
     res = trainer.run()
     cap = export(model, strategy).capacity()
     rows = strategy.rows
@@ -257,7 +282,7 @@ def main() -> None:
         row["capacity_bits"] = int(by["fields"] + by["codebooks"] + by["masks"])
     later = rows[min(2, len(rows) - 2) + 1:]
     mean_cap = float(np.mean([r["capacity_bits"] for r in later])) / 8
-    summary = {"tasks": args.tasks, "weights": int(cap.dense_bits // 32),
+    summary = {"allocator": allocator, "tasks": args.tasks, "weights": int(cap.dense_bits // 32),
                "acc": res.acc, "bwt": res.bwt, "mean_capacity_bytes": mean_cap}
     # From task `first` on: the caches of decoded masks and values (two tasks per layer) are full.
     first = min(2, len(rows) - 2)
