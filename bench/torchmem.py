@@ -147,6 +147,7 @@ class Measured(TinySubNets):
         self._types: dict[str, int] = {}
         self._overloads: dict[str, int] = {}
         self._shapes: dict[str, int] = {}
+        self._maps: dict[int, int] = {}
 
     def before_task(self, task, model, data) -> None:  # noqa: D102
         if self.peaks is not None:
@@ -227,6 +228,16 @@ class Measured(TinySubNets):
             row["numba_nrt_live"] = stats.alloc - stats.free
         except (ImportError, RuntimeError, AttributeError):
             pass
+        maps: dict[int, int] = {}  # anonymous mappings by size (glibc's mmapped blocks among them)
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 5:
+                    lo, hi = (int(v, 16) for v in parts[0].split("-"))
+                    maps[hi - lo] = maps.get(hi - lo, 0) + 1
+        row["maps_new"] = {k: v - self._maps.get(k, 0) for k, v in maps.items()
+                           if v != self._maps.get(k, 0)}
+        self._maps = maps
         row["numpy_large"] = sum(a.nbytes for a in arrays.values())
         row["numpy_new"] = {k: v - self._shapes.get(k, 0) for k, v in shapes.items()
                             if v != self._shapes.get(k, 0)}
