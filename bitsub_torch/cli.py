@@ -29,6 +29,10 @@ in one line and exit status 130 (the same command then resumes).
 ``bitsub-train --nproc N`` (``torchrun --nproc-per-node N -m bitsub_torch.train``) trains
 data-parallel at the same global ``--batch-size`` (`bitsub_torch.cl.distributed`).
 
+Run as a command, ``bitsub-train`` first fixes glibc's mmap threshold at 64 KiB so that freed
+tensors go back to the system (`bitsub_torch.allocator`; ``--system-malloc`` or
+``BITSUB_MALLOC=system`` opts out); called as ``train_main(argv)`` from Python it does not.
+
 Length: two tools (training, single-process or one rank of a data-parallel run, and re-testing)
 share their checks and the report; each function is short.
 
