@@ -3,7 +3,9 @@
     python bench/peak_rss.py --strategy wsn --scenario pfmnist --data-dir DIR --epochs 1 --out OUT
 
 takes ``bitsub-train``'s arguments and prints ``VmRSS`` after importing torch, numba and bitsub
-and ``VmHWM`` (the peak) after the run, both from ``/proc/self/status``.
+and ``VmHWM`` (the peak) after the run, both from ``/proc/self/status``. The run is this
+process's command, as ``bitsub-train`` is: the allocator is set as ``bitsub-train`` sets it
+(`bitsub_torch.allocator`; ``--system-malloc`` leaves it as it is).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def main() -> int:
     from bitsub_torch.cli import train_main
 
     after_imports = status("VmRSS")
-    rc = train_main(sys.argv[1:])
+    rc = train_main()  # this process's command line, as bitsub-train
     print(f"RSS after imports {after_imports:.0f} MiB; peak RSS (VmHWM) {status('VmHWM'):.0f} "
           f"MiB; exit status {rc}", file=sys.stderr)
     return rc

@@ -22,11 +22,12 @@ plus noise, a fixed generator. Growth per task is the mean increase from task 2 
 task 0 is reported beside it), and its ratio to the mean capacity of tasks 3..T-1.
 
 Run: ``PYTHONPATH=. python bench/torchmem.py --tasks 20 --out torchmem.json`` (``--width 0.5
---tasks 6`` for a quick look). glibc keeps freed blocks below its mmap threshold (which rises to
-32 MB after large frees) in the heap, so RSS also measures the allocator: the trainer calls
-``malloc_trim(0)`` after every task (`bitsub_torch.cl.trainer.release_freed_memory`; after the
-row of that task is recorded; ``--no-trim`` turns it off); ``MALLOC_MMAP_THRESHOLD_=65536`` in
-the environment makes every large tensor its own mapping, returned when freed.
+--tasks 6`` for a quick look). The process sets glibc's allocator as ``bitsub-train`` does
+(`bitsub_torch.allocator`: mmap threshold fixed at 64 KiB; ``--system-malloc`` leaves it as it is).
+``--phases`` adds the peak RSS of each phase of a task (VmHWM reset through
+``/proc/self/clear_refs``), ``--diagnose`` glibc's heap statistics (``mallinfo2``), the Numba
+specialisations compiled so far, the growth of object counts by type and of large NumPy arrays
+by dtype and shape, and with ``--tracemalloc`` the Python and NumPy allocation sites that grew.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ import gc
 import io
 import json
 import time
+import tracemalloc
 
 import numpy as np
 import torch
 
+from bitsub_torch.allocator import tune_allocator
 from bitsub_torch.cl.strategies import TinySubNets
 from bitsub_torch.cl.trainer import Trainer
 from bitsub_torch.data.scenarios import Scenario, TaskData
@@ -66,6 +69,63 @@ def synthetic(tasks: int, n_train: int, n_val: int, n_test: int, seed: int = 0) 
     return Scenario("synthetic-alexnet", (3, 32, 32), 10, out)
 
 
+def mallinfo() -> dict:
+    """glibc's heap statistics (``mallinfo2``): heap bytes, mmapped bytes, in use, free."""
+    try:
+        import ctypes
+
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost")]
+
+        fn = ctypes.CDLL(None).mallinfo2
+        fn.restype = Info
+        info = fn()
+    except (OSError, AttributeError):
+        return {}
+    return {"heap": info.arena, "mmapped": info.hblkhd, "in_use": info.uordblks,
+            "free": info.fordblks}
+
+
+def numba_overloads() -> dict[str, int]:
+    """Compiled specialisations of every Numba dispatcher alive (name -> count)."""
+    try:
+        from numba.core.dispatcher import Dispatcher
+    except ImportError:
+        return {}
+    out: dict[str, int] = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, Dispatcher):
+            name = f"{obj.py_func.__module__}.{obj.py_func.__qualname__}"
+            out[name] = out.get(name, 0) + len(obj.overloads)
+    return out
+
+
+class Peaks:
+    """Peak RSS per phase: VmHWM is reset (``/proc/self/clear_refs``) after each phase."""
+
+    def __init__(self) -> None:
+        self.overall = 0
+        self.phases: dict[str, int] = {}
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.can_reset = True
+        except OSError:
+            self.can_reset = False
+
+    def mark(self, phase: str) -> None:
+        """Close ``phase``: record its peak and its end RSS, reset the high water mark."""
+        peak = status_kib("VmHWM") * 1024
+        self.overall = max(self.overall, peak)
+        self.phases[phase] = peak
+        self.phases[phase + "_end"] = status_kib("VmRSS") * 1024
+        if self.can_reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+
+
 def status_kib(key: str) -> int:
     """A field of /proc/self/status in KiB (VmRSS, VmHWM)."""
     with open("/proc/self/status") as f:
@@ -82,9 +142,31 @@ class Measured(TinySubNets):
         super().__init__(*args, **kwargs)
         self.rows: list[dict] = []
         self.t0 = time.perf_counter()
+        self.diagnose = False
+        self.peaks: Peaks | None = None
+        self._types: dict[str, int] = {}
+        self._overloads: dict[str, int] = {}
+        self._shapes: dict[str, int] = {}
+        self._maps: dict[int, int] = {}
+
+    def before_task(self, task, model, data) -> None:  # noqa: D102
+        if self.peaks is not None:
+            self.peaks.mark("eval")  # the previous task's test row (or the random-init row)
+        super().before_task(task, model, data)
+
+    def prune(self, task, model, data, evaluate) -> None:  # noqa: D102
+        if self.peaks is not None:
+            self.peaks.mark("train")
+        super().prune(task, model, data, evaluate)
+        if self.peaks is not None:
+            self.peaks.mark("prune")
 
     def after_task(self, task, model, data, evaluate) -> None:  # noqa: D102
+        if self.peaks is not None:
+            self.peaks.mark("retrain")
         super().after_task(task, model, data, evaluate)
+        if self.peaks is not None:
+            self.peaks.mark("after_task")
         buf = io.BytesIO()
         torch.save(model.state_dict(), buf)
         gc.collect()
@@ -106,7 +188,70 @@ class Measured(TinySubNets):
             "bank": self.log[task]["bank"],
             "seconds": time.perf_counter() - self.t0,
         })
+        if self.peaks is not None:
+            self.rows[-1]["peak_rss"] = self.peaks.overall
+            self.rows[-1]["phases"] = dict(self.peaks.phases)
+        if self.diagnose:
+            self._diagnose()
         print(json.dumps(self.rows[-1]), flush=True)
+
+
+    def _diagnose(self) -> None:
+        row = self.rows[-1]
+        row["malloc"] = mallinfo()
+        over = numba_overloads()
+        row["numba_overloads"] = sum(over.values())
+        row["numba_new"] = {k: v - self._overloads.get(k, 0) for k, v in over.items()
+                            if v != self._overloads.get(k, 0)}
+        self._overloads = over
+        types: dict[str, int] = {}
+        for obj in gc.get_objects():
+            name = type(obj).__name__
+            types[name] = types.get(name, 0) + 1
+        grew = {k: v - self._types.get(k, 0) for k, v in types.items()
+                if v - self._types.get(k, 0) > 0}
+        row["objects_grew"] = dict(sorted(grew.items(), key=lambda kv: -kv[1])[:8])
+        self._types = types
+        arrays: dict[int, np.ndarray] = {}  # NumPy arrays owning their data, held by containers
+        for obj in gc.get_objects():
+            for ref in gc.get_referents(obj):
+                if type(ref) is np.ndarray and ref.base is None and ref.nbytes >= 65536:
+                    arrays[id(ref)] = ref
+        shapes: dict[str, int] = {}
+        for a in arrays.values():
+            key = f"{a.dtype}{list(a.shape)}"
+            shapes[key] = shapes.get(key, 0) + 1
+        try:
+            from numba.core.runtime import rtsys
+
+            stats = rtsys.get_allocation_stats()  # counted with NUMBA_NRT_STATS=1
+            row["numba_nrt_live"] = stats.alloc - stats.free
+        except (ImportError, RuntimeError, AttributeError):
+            pass
+        maps: dict[int, int] = {}  # anonymous mappings by size (glibc's mmapped blocks among them)
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 5:
+                    lo, hi = (int(v, 16) for v in parts[0].split("-"))
+                    maps[hi - lo] = maps.get(hi - lo, 0) + 1
+        row["maps_new"] = {k: v - self._maps.get(k, 0) for k, v in maps.items()
+                           if v != self._maps.get(k, 0)}
+        self._maps = maps
+        row["numpy_large"] = sum(a.nbytes for a in arrays.values())
+        row["numpy_new"] = {k: v - self._shapes.get(k, 0) for k, v in shapes.items()
+                            if v != self._shapes.get(k, 0)}
+        self._shapes = shapes
+        if tracemalloc.is_tracing():
+            cur, _ = tracemalloc.get_traced_memory()
+            row["traced"] = cur
+            snap = tracemalloc.take_snapshot()
+            if self._snap is not None:
+                top = snap.compare_to(self._snap, "lineno")[:6]
+                row["traced_grew"] = [f"{d.size_diff} {d.traceback}" for d in top]
+            self._snap = snap
+        print(json.dumps({k: row[k] for k in row if k not in ("phases",)}), flush=True)
+        print(json.dumps(row.get("phases", {})), flush=True)
 
 
 def main() -> None:
@@ -117,16 +262,30 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--width", type=float, default=1.0, help="alexnet width (1.0: the paper's)")
     ap.add_argument("--out", default=None, help="write the rows and summary as JSON here")
-    ap.add_argument("--no-trim", action="store_true",
-                    help="do not let the trainer call malloc_trim after each task")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc's allocator as it is (default: as bitsub-train sets it, "
+                    "bitsub_torch.allocator)")
+    ap.add_argument("--phases", action="store_true",
+                    help="peak RSS per phase (train, prune, retrain, after_task, eval)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="also record glibc heap statistics, Numba compilations, object counts")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="with --diagnose: trace Python and NumPy allocations (slow)")
     args = ap.parse_args()
+    allocator = tune_allocator(opt_out=args.system_malloc)
+    print(f"allocator: {allocator}", flush=True)
     torch.manual_seed(0)
     scenario = synthetic(args.tasks, args.train, 128, 128)
     model = alexnet((3, 32, 32), 10, num_tasks=1, width=args.width)  # grows to the scenario
     strategy = Measured()
+    strategy.diagnose = args.diagnose
+    strategy._snap = None
+    if args.phases:
+        strategy.peaks = Peaks()
+    if args.tracemalloc:
+        tracemalloc.start(4)
     trainer = Trainer(model, strategy, scenario, epochs=args.epochs, batch_size=64,
                       progress=False, eval_batch_size=256)
-    trainer.release_memory = not args.no_trim
     res = trainer.run()
     cap = export(model, strategy).capacity()
     rows = strategy.rows
@@ -134,7 +293,7 @@ def main() -> None:
         row["capacity_bits"] = int(by["fields"] + by["codebooks"] + by["masks"])
     later = rows[min(2, len(rows) - 2) + 1:]
     mean_cap = float(np.mean([r["capacity_bits"] for r in later])) / 8
-    summary = {"tasks": args.tasks, "weights": int(cap.dense_bits // 32),
+    summary = {"allocator": allocator, "tasks": args.tasks, "weights": int(cap.dense_bits // 32),
                "acc": res.acc, "bwt": res.bwt, "mean_capacity_bytes": mean_cap}
     # From task `first` on: the caches of decoded masks and values (two tasks per layer) are full.
     first = min(2, len(rows) - 2)

@@ -29,6 +29,10 @@ in one line and exit status 130 (the same command then resumes).
 ``bitsub-train --nproc N`` (``torchrun --nproc-per-node N -m bitsub_torch.train``) trains
 data-parallel at the same global ``--batch-size`` (`bitsub_torch.cl.distributed`).
 
+Run as a command, ``bitsub-train`` first fixes glibc's mmap threshold at 64 KiB so that freed
+tensors go back to the system (`bitsub_torch.allocator`; ``--system-malloc`` or
+``BITSUB_MALLOC=system`` opts out); called as ``train_main(argv)`` from Python it does not.
+
 Length: two tools (training, single-process or one rank of a data-parallel run, and re-testing)
 share their checks and the report; each function is short.
 
@@ -189,6 +193,10 @@ def _train_parser() -> argparse.ArgumentParser:
                    "in the training process; the batches are the same whatever the number)")
     p.add_argument("--pin-memory", action="store_true",
                    help="page-locked training batches for asynchronous copies to a CUDA device")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="leave glibc's allocator as it is (default: its mmap threshold is fixed "
+                   "at 64 KiB so that freed tensors go back to the system, "
+                   "bitsub_torch.allocator; also BITSUB_MALLOC=system)")
     # one-model (class-incremental) strategies: esacl, er, derpp, prune-retrain
     p.add_argument("--setting", default=None, choices=("class-il", "task-il"),
                    help="one-model strategies: the headline setting of results.json (both "
@@ -446,6 +454,10 @@ def train_main(argv: Sequence[str] | None = None, distributed: Any = None) -> in
     writer = distributed is None or distributed.writer
     who = "bitsub-train" if writer else f"bitsub-train (rank {distributed.rank})"
     try:
+        if argv is None:  # this process is the command: its allocator is ours to set
+            from bitsub_torch.allocator import tune_allocator
+
+            tune_allocator(opt_out=args.system_malloc)
         try:
             strategy_args = json.loads(args.strategy_args)
         except json.JSONDecodeError as exc:

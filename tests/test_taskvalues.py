@@ -136,3 +136,23 @@ def test_bad_construction():
         FieldStore({"a": (2,)}, prefix_bits=9)
     with pytest.raises(ValueError, match="at least one layer"):
         FieldStore({})
+
+
+def test_decoding_caches_hold_two_entries_per_layer():
+    # A count over all layers let the largest layer's entries accumulate task after task (its
+    # bytes grew up to 2 x layers x the largest layer); the caches keep 2 entries per layer.
+    shapes = {"small": (2, 3), "big": (40, 50)}
+    store = FieldStore(shapes, word_bits=32, prefix_bits=3)
+    rng = np.random.default_rng(0)
+    bank = store.open_bank()
+    for task in range(6):
+        store.add_task(task, bank, _random_task(rng, store, bank, 2))
+        for t in range(task + 1):  # what evaluating every finished task reads
+            store.values(t, "big")
+            store.mask(t, "big")
+    for cache in (store._masks, store._values, store._unions):
+        per_layer = {name: sum(1 for key in cache if key[1] == name) for name in shapes}
+        assert max(per_layer.values()) <= 2, per_layer
+        assert sum(a.nbytes for a in cache.values()) <= 2 * sum(np.prod(s) * 4 for s in
+                                                                 shapes.values())
+    assert sum(1 for key in store._masks if key[1] == "big") == 2

@@ -279,9 +279,12 @@ class FieldStore:
         return hit
 
     def _remember(self, cache: OrderedDict, key: tuple[int, str], value: np.ndarray) -> None:
+        # _CACHE entries per layer, so a cache holds at most _CACHE x the layer's positions for
+        # each layer (a count over all layers let the largest layers' entries accumulate)
         cache[key] = value
-        while len(cache) > _CACHE * len(self.shapes):
-            cache.popitem(last=False)
+        same = [k for k in cache if k[1] == key[1]]
+        for old in same[: len(same) - _CACHE]:
+            del cache[old]
 
     # ------------------------------------------------------------------ bit accounting
     def used_bits(self, bank: int, layer: str) -> np.ndarray:

@@ -31,7 +31,6 @@ concept, the run and its checkpoints, over modules.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import io
 import itertools
@@ -57,7 +56,7 @@ from bitsub_torch.cl.protocol import Protocol
 from bitsub_torch.cl.strategies.base import Strategy
 from bitsub_torch.data.streaming import TaskDataset, batch_loader
 
-__all__ = ["Results", "Trainer", "config_differences", "release_freed_memory"]
+__all__ = ["Results", "Trainer", "config_differences"]
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _CKPT = re.compile(r"^task_(\d{3,})\.pt$")
@@ -113,30 +112,6 @@ def _nan_to_none(v: Any) -> Any:
     if isinstance(v, np.integer):
         return int(v)
     return v
-
-
-_TRIM: list = []  # glibc's malloc_trim, looked up once ([None] where there is none)
-
-
-def release_freed_memory() -> bool:
-    """Give the C heap's free pages back to the system (glibc's ``malloc_trim(0)``).
-
-    The trainer calls it after every task. glibc keeps freed blocks below its mmap threshold
-    (which rises up to 32 MB after large frees: a layer's dense temporaries fall below it) in
-    the heap, where they stay resident; trimming returns the free pages between tasks (the next
-    task faults them in again, so it does not lower the peak: ``MALLOC_MMAP_THRESHOLD_=65536``
-    in the environment does, see the README). It changes no value. Returns False where the C
-    library has no ``malloc_trim`` (not glibc).
-    """
-    if not _TRIM:
-        try:
-            _TRIM.append(ctypes.CDLL(None).malloc_trim)
-        except (OSError, AttributeError):
-            _TRIM.append(None)
-    if _TRIM[0] is None:
-        return False
-    _TRIM[0](0)
-    return True
 
 
 def _share_tensors(state: Any, reference: dict[str, torch.Tensor]) -> Any:
@@ -256,9 +231,6 @@ class Trainer:
     pin_memory : bool
         Page-locked batches for asynchronous copies to a CUDA device (ignored without CUDA).
     """
-
-    #: Call `release_freed_memory` (glibc's malloc_trim) after every task; it changes no value.
-    release_memory = True
 
     def __init__(
         self,
@@ -673,8 +645,6 @@ class Trainer:
             timings["eval"][task] = time.perf_counter() - t1
             if self.checkpoint_dir is not None:
                 self._save(task, rows, random_init, timings)
-            if self.release_memory:
-                release_freed_memory()
         timings["total"] = time.perf_counter() - t_start
         return Results(
             accuracy_matrix=rows,
