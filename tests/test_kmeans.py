@@ -628,3 +628,24 @@ def test_auto_below_the_cells_within_bar_of_optimal(monkeypatch, dist, n, k, lea
     sse = naive_sse(x, c, codes)
     assert sse_opt <= sse * (1 + 1e-9)
     assert sse <= sse_opt * (1 + tol)
+
+
+@pytest.mark.parametrize("method", ["auto", "optimal", "lloyd"])
+def test_distinct_values_at_most_k_are_the_codebook_exactly(method):
+    """A value 1e-17 beside a centre of -3 is lost by the centred prefix sums; with at most k
+    distinct values the codebook is the values themselves (found by hypothesis in CI)."""
+    x = np.array([-3.0, -3.0, 1.1881602466376988e-17])
+    c, codes = kmeans_1d(x, 2, method=method)
+    assert np.array_equal(c, np.array([-3.0, 1.1881602466376988e-17], dtype=np.float32))
+    assert codes.tolist() == [0, 0, 1]
+
+
+def test_binned_path_keeps_few_distinct_values_exactly():
+    """From 2^15 values on, values in at most k cells go the sorted way and stay exact."""
+    x = np.full(40000, 1000.0)
+    x[::3] = 1000.0000001
+    x[::7] = -1e-20
+    c, codes = kmeans_1d(x, 4)
+    want = np.unique(x).astype(np.float32)
+    assert np.array_equal(c[:3], want) and c[3] == want[-1]
+    assert np.array_equal(c[codes], x.astype(np.float32))

@@ -481,7 +481,7 @@ def _binned(flat: np.ndarray, k: int, lo: float, hi: float) -> tuple[_Distinct, 
     None when some cell holds more spread than a small fraction of the estimated SSE per
     cluster (outliers stretching the range, say), or the range is too small to be cut (a
     subnormal width): then the cells are too coarse for the contract of ``"auto"`` and the
-    sorted path runs.
+    sorted path runs; also when at most k cells hold values (k or fewer distinct ones?).
     """
     n = flat.size
     cells = 1 << int(math.ceil(math.log2(max(1.0, n / _AUTO_PER_CELL))))
@@ -489,6 +489,8 @@ def _binned(flat: np.ndarray, k: int, lo: float, hi: float) -> tuple[_Distinct, 
     if not math.isfinite(cells / (hi - lo)):  # a subnormal range
         return None
     cnt, sl, ql, width = cell_stats(flat, lo, hi, cells)
+    if np.count_nonzero(cnt) <= k:  # maybe at most k distinct values: the sort keeps them exact
+        return None
     g = int(np.searchsorted(np.cumsum(cnt), n // 2 + 1))  # the median's cell
     center = lo + min(g, cells - 1) * width
     w, s, q, u, own = cell_prefix(cnt, sl, ql, lo, width, center)
@@ -554,6 +556,10 @@ def kmeans_1d(values: np.ndarray, k: int, *, method: str = "auto") -> tuple[np.n
     if lo == hi:
         return _finish(arr, np.array([lo]), kk, lo, hi)
     d = _Distinct.of_sorted(x, center)
+    if d.m <= kk:
+        # Each distinct value its own centroid, from the values: centred sums lose 1e-17 at -3.
+        distinct = np.concatenate(([x[0]], x[1:][x[1:] != x[:-1]]))
+        return _finish(arr, distinct.astype(np.float64), kk, lo, hi)
     if method == "optimal":
         c = _optimal(d, kk)
     elif method == "lloyd":
