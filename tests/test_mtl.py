@@ -312,15 +312,19 @@ def test_adapmtl_follows_the_ramp_at_equal_budgets():
     assert r2["history"][-1]["thetas"] != res["history"][-1]["thetas"]
 
 
+def _thresholded_model(seed, granularity, init):
+    """A tiny scenes model with thresholds attached, a generator of the seed, and theta keys."""
+    torch.manual_seed(seed)
+    model = build_model(_tiny_scenes(4), width=4)
+    model.attach_thresholds(granularity, init=init, hard=True)
+    return model, np.random.default_rng(seed), list(model.thresholds.theta)
+
+
 @settings(max_examples=20, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.sampled_from(["component", "layer", "uniform"]),
        st.floats(-3.0, -0.5), st.floats(0.01, 0.5))
 def test_per_weight_gradient_matches_a_loop(seed, granularity, init, band):
-    torch.manual_seed(seed)
-    model = build_model(_tiny_scenes(4), width=4)
-    model.attach_thresholds(granularity, init=init, hard=True)
-    rng = np.random.default_rng(seed)
-    keys = list(model.thresholds.theta)
+    model, rng, keys = _thresholded_model(seed, granularity, init)
     with torch.no_grad():
         for _, m in model.prunable():
             m.mask.copy_(torch.from_numpy(rng.random(m.weight.shape) < 0.8))
@@ -356,11 +360,7 @@ def test_per_weight_gradient_matches_a_loop(seed, granularity, init, band):
 @given(st.integers(0, 2**31 - 1), st.sampled_from(["component", "layer", "uniform"]),
        st.floats(-3.0, -0.5), st.floats(0.01, 0.5))
 def test_fisher_gradient_matches_a_loop(seed, granularity, init, band):
-    torch.manual_seed(seed)
-    model = build_model(_tiny_scenes(4), width=4)
-    model.attach_thresholds(granularity, init=init, hard=True)
-    rng = np.random.default_rng(seed)
-    keys = list(model.thresholds.theta)
+    model, rng, keys = _thresholded_model(seed, granularity, init)
     fisher = {}
     with torch.no_grad():
         for i, (name, m) in enumerate(model.prunable()):
