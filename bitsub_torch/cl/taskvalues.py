@@ -278,6 +278,12 @@ class FieldStore:
             self._remember(self._unions, key, hit)
         return hit
 
+    def release_caches(self) -> None:
+        """Drop the decoded masks, unions and values (re-decoded when next needed)."""
+        self._masks.clear()
+        self._values.clear()
+        self._unions.clear()
+
     def _remember(self, cache: OrderedDict, key: tuple[int, str], value: np.ndarray) -> None:
         # _CACHE entries per layer, so a cache holds at most _CACHE x the layer's positions for
         # each layer (a count over all layers let the largest layers' entries accumulate)

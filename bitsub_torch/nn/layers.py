@@ -98,6 +98,11 @@ class MaskedLayerMixin:
         self._mask_cache: OrderedDict[int, tuple[int, torch.Tensor]] = OrderedDict()
         self._values_cache: OrderedDict[int, tuple[int, torch.Tensor]] = OrderedDict()
 
+    def release_caches(self) -> None:
+        """Drop the decoded masks and values of the layer and its `TaskMemory` (decoded on use)."""
+        self._fresh_caches()
+        self.memory.release_caches()
+
     # ------------------------------------------------------------------ checks
     def _check_task(self, task: int) -> int:
         return check_int(task, "task", 0, self.num_tasks - 1)

@@ -104,6 +104,15 @@ class TaskMemory(nn.Module):
         self._values: OrderedDict[int, np.ndarray] = OrderedDict()
         self._unions: OrderedDict[int, np.ndarray] = OrderedDict()
 
+    def release_caches(self) -> None:
+        """Drop the decoded masks, unions and values (they are decoded again when next needed).
+
+        Pending (not yet coded) masks are state, not cache: they stay. Nothing computed changes.
+        """
+        self._masks.clear()
+        self._values.clear()
+        self._unions.clear()
+
     # ------------------------------------------------------------------ buffers
     def _get(self, kind: str, task: int) -> torch.Tensor | None:
         return self._buffers.get(f"{kind}{task}")
@@ -383,7 +392,7 @@ class TaskMemory(nn.Module):
         """Pickle / deepcopy without the caches (pending masks are sealed first)."""
         self.seal()
         state = dict(self.__dict__)
-        for key in ("_pending", "_masks", "_values"):
+        for key in ("_pending", "_masks", "_values", "_unions"):
             state.pop(key, None)
         return state
 
