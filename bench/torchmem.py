@@ -88,6 +88,27 @@ def mallinfo() -> dict:
             "free": info.fordblks}
 
 
+def pymalloc_arenas() -> int:
+    """Bytes of Python's small-object arenas in use (``sys._debugmallocstats``, read from fd 2)."""
+    import os
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(2)
+        try:
+            os.dup2(f.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        for line in f.read().decode().splitlines():
+            if "bytes/arena" in line:
+                return int(line.split("=")[1].replace(",", ""))
+    return -1
+
+
 def numba_overloads() -> dict[str, int]:
     """Compiled specialisations of every Numba dispatcher alive (name -> count)."""
     try:
@@ -161,6 +182,19 @@ class Measured(TinySubNets):
         if self.peaks is not None:
             self.peaks.mark("prune")
 
+    def _quantize(self, *args, **kwargs):  # noqa: D102 (phases inside after_task)
+        if self.peaks is not None:
+            self.peaks.mark("masks")
+        out = super()._quantize(*args, **kwargs)
+        if self.peaks is not None:
+            self.peaks.mark("quantize")
+        return out
+
+    def _commit(self, *args, **kwargs) -> None:  # noqa: D102
+        super()._commit(*args, **kwargs)
+        if self.peaks is not None:
+            self.peaks.mark("commit")
+
     def after_task(self, task, model, data, evaluate) -> None:  # noqa: D102
         if self.peaks is not None:
             self.peaks.mark("retrain")
@@ -199,6 +233,9 @@ class Measured(TinySubNets):
     def _diagnose(self) -> None:
         row = self.rows[-1]
         row["malloc"] = mallinfo()
+        row["rss_anon"] = status_kib("RssAnon") * 1024
+        row["rss_file"] = status_kib("RssFile") * 1024
+        row["pymalloc_arenas"] = pymalloc_arenas()
         over = numba_overloads()
         row["numba_overloads"] = sum(over.values())
         row["numba_new"] = {k: v - self._overloads.get(k, 0) for k, v in over.items()
