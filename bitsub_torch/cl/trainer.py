@@ -537,20 +537,20 @@ class Trainer:
         self.strategy.after_task(task, self.model, data, self.evaluate)
         if self.distributed is not None:  # rank 0's masks, fields, bit-widths and banks
             self.distributed.sync(self.model, self.strategy)
-        # The task's private parameters (head, norms, biases) keep no gradient: without this
-        # every finished task held one (4 bytes per private parameter, per task).
-        self.model.zero_grad(set_to_none=True)
         self.release_memory()
         return steps
 
     def release_memory(self) -> None:
-        """Drop the decoded masks and values the model's layers and the strategy's store cache.
+        """Drop gradients and the decoded masks and values that layers and strategy cache.
 
-        They are decoded again from the coded task memory when next needed; no value changes.
-        The trainer calls it after a strategy's ``before_task``, after each task and after each
-        re-test of every task, so the caches of one phase are not resident through the next
-        (they hold dense copies of a few tasks per layer, up to ~40 bytes per weight position).
+        The caches are decoded again from the coded task memory when next needed; no value
+        changes. The trainer calls it after a strategy's ``before_task``, after each task and
+        after each re-test of every task, so the caches of one phase are not resident through
+        the next (dense copies of a few tasks per layer: up to ~40 bytes per weight position).
+        Gradients are set to None: each task's optimizer starts from none, and without this
+        every finished task's private head and norms kept theirs (4 bytes per parameter).
         """
+        self.model.zero_grad(set_to_none=True)
         for module in self.model.modules():
             release = getattr(module, "release_caches", None)
             if callable(release):

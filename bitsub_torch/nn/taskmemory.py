@@ -104,6 +104,10 @@ class TaskMemory(nn.Module):
         self._values: OrderedDict[int, np.ndarray] = OrderedDict()
         self._unions: OrderedDict[int, np.ndarray] = OrderedDict()
 
+    def cached_nbytes(self) -> int:
+        """Bytes of the decoded masks, unions and values held in the caches (not pending masks)."""
+        return sum(a.nbytes for c in (self._masks, self._values, self._unions) for a in c.values())
+
     def release_caches(self) -> None:
         """Drop the decoded masks, unions and values (they are decoded again when next needed).
 
