@@ -24,6 +24,8 @@ task 0 is reported beside it), and its ratio to the mean capacity of tasks 3..T-
 Run: ``PYTHONPATH=. python bench/torchmem.py --tasks 20 --out torchmem.json`` (``--width 0.5
 --tasks 6`` for a quick look). The process sets glibc's allocator as ``bitsub-train`` does
 (`bitsub_torch.allocator`: mmap threshold fixed at 64 KiB; ``--system-malloc`` leaves it as it is).
+``--warm`` runs every K-Means path once before task 0, so that Numba compiles its kernels there
+and not at the first task whose bit-width search takes a path (a one-off, not per task).
 ``--phases`` adds the peak RSS of each phase of a task (VmHWM reset through
 ``/proc/self/clear_refs``), ``--diagnose`` glibc's heap statistics (``mallinfo2``), the Numba
 specialisations compiled so far, the growth of object counts by type and of large NumPy arrays
@@ -67,6 +69,20 @@ def synthetic(tasks: int, n_train: int, n_val: int, n_test: int, seed: int = 0) 
         out.append(TaskData(t, xs[0][0], xs[0][1], xs[1][0], xs[1][1], xs[2][0], xs[2][1],
                             tuple(range(10))))
     return Scenario("synthetic-alexnet", (3, 32, 32), 10, out)
+
+
+def warm_kernels() -> None:
+    """Run `bitsub.kmeans_1d` once on each of its paths, so Numba compiles them before task 0.
+
+    Which path a task's bit-width search takes depends on how many values it writes and at how
+    many bits: a path first taken at task 13 compiles (or loads from Numba's cache) its kernels
+    then, 1-3 MiB each time, once per process whatever the number of tasks.
+    """
+    from bitsub.quant.kmeans import kmeans_1d
+
+    rng = np.random.default_rng(0)
+    for n, k in ((1000, 2), (1000, 4), (20000, 16), (300000, 64), (300000, 256)):
+        kmeans_1d(rng.standard_normal(n).astype(np.float32), k)
 
 
 def mallinfo() -> dict:
@@ -220,6 +236,7 @@ class Measured(TinySubNets):
             "rss": status_kib("VmRSS") * 1024,
             "peak_rss": status_kib("VmHWM") * 1024,
             "bank": self.log[task]["bank"],
+            "numba_overloads": sum(numba_overloads().values()),  # compiled specialisations
             "seconds": time.perf_counter() - self.t0,
         })
         if self.peaks is not None:
@@ -306,11 +323,16 @@ def main() -> None:
                     help="peak RSS per phase (train, prune, retrain, after_task, eval)")
     ap.add_argument("--diagnose", action="store_true",
                     help="also record glibc heap statistics, Numba compilations, object counts")
+    ap.add_argument("--warm", action="store_true",
+                    help="compile the K-Means kernels of every path before task 0 (one-off "
+                    "compilations are then not counted as per-task growth)")
     ap.add_argument("--tracemalloc", action="store_true",
                     help="with --diagnose: trace Python and NumPy allocations (slow)")
     args = ap.parse_args()
     allocator = tune_allocator(opt_out=args.system_malloc)
     print(f"allocator: {allocator}", flush=True)
+    if args.warm:
+        warm_kernels()
     torch.manual_seed(0)
     scenario = synthetic(args.tasks, args.train, 128, 128)
     model = alexnet((3, 32, 32), 10, num_tasks=1, width=args.width)  # grows to the scenario
