@@ -32,7 +32,7 @@ __all__ = ["evaluate_mtl_file", "main", "markdown_table", "plot_sparsity"]
 
 def _parser() -> argparse.ArgumentParser:
     from bitsub_torch.data.multitask import MTL_SCENARIOS
-    from bitsub_torch.mtl.trainer import STRATEGIES, THETA_GRADIENTS
+    from bitsub_torch.mtl.trainer import DEFAULT_ITERATIONS, STRATEGIES, THETA_GRADIENTS
 
     p = argparse.ArgumentParser(
         prog="bitsub-mtl",
@@ -43,8 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, default=0.9, help="target overall sparsity")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
+    budgets = ", ".join(f"{k} {v}" for k, v in sorted(DEFAULT_ITERATIONS.items()))
     p.add_argument("--iterations", type=int, default=None, help="training iterations of the "
-                   "dense model, AdapMTL's warm-up (scenario default: 600)")
+                   "dense model, AdapMTL's warm-up; the default is the scenario's budget, about "
+                   f"3 passes or more over its training split ({budgets}); every pruning method "
+                   "trains --iterations + --finetune in all")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--theta-init", type=float, default=-8.0,
