@@ -30,6 +30,7 @@ from bitsub_torch.mtl.trainer import (
     fisher_gradient,
     per_weight_gradient,
     positive_task_sum,
+    pruned_loss_gradient,
     train_mtl,
 )
 from tests import naive
@@ -311,6 +312,11 @@ def test_adapmtl_follows_the_ramp_at_equal_budgets():
                       progress=False)
     assert r4["thresholds_frozen_at"] == 8 + ramp
     assert 0.8 <= r4["sparsity"]["overall"] <= 0.8 + 3 / n
+    # the measured loss per pruned weight: the same schedule
+    _, r5 = train_mtl(MTLConfig(strategy="adapmtl", theta_gradient="pruned-loss", **base), sc,
+                      progress=False)
+    assert r5["thresholds_frozen_at"] == 8 + ramp
+    assert 0.8 <= r5["sparsity"]["overall"] <= 0.8 + 3 / n
     # the thetas descending STR's loss gradient against the decay: the same schedule, other thetas
     _, r2 = train_mtl(MTLConfig(strategy="adapmtl", theta_gradient="loss", **base), sc,
                       progress=False)
@@ -361,6 +367,44 @@ def test_per_weight_gradient_matches_a_loop(seed, granularity, init, band):
     # centred: the gradients cancel, so the common shift of the schedule is unchanged
     total = sum(float(p.grad) for p in model.thresholds.parameters())
     assert abs(total) <= len(keys) * ulp
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["component", "layer"]),
+       st.floats(-3.0, -1.0), st.floats(0.05, 0.5))
+def test_pruned_loss_gradient_matches_a_loop(seed, granularity, init, band):
+    model, rng, keys = _thresholded_model(seed, granularity, init)
+    sc = _tiny_scenes(4)
+    x, ys = sc.split("train")
+
+    def loss():
+        with torch.no_grad():
+            outs = model(torch.from_numpy(x))
+            return sum(float(task_loss(t.kind, outs[t.name], torch.from_numpy(ys[t.name])))
+                       for t in sc.tasks)
+
+    def zeros():
+        with torch.no_grad():
+            return sum(int((m.sparse_weight() == 0).sum()) for _, m in model.prunable())
+
+    with torch.no_grad():
+        for p in model.thresholds.theta.values():
+            p.add_(float(rng.normal(0, 0.3)))
+    before = {k: float(p.detach()) for k, p in model.thresholds.theta.items()}
+    base, z0 = loss(), zeros()
+    cost = {}
+    for k in keys:  # one theta raised at a time, by hand
+        with torch.no_grad():
+            model.thresholds.theta[k].add_(2 * band)
+        cost[k] = (loss() - base) / max(zeros() - z0, 1)
+        with torch.no_grad():
+            model.thresholds.theta[k].fill_(before[k])
+    mean = sum(cost.values()) / len(cost)
+    pruned_loss_gradient(model, loss, band)
+    assert {k: float(p.detach()) for k, p in model.thresholds.theta.items()} == before
+    ulp = 2.0 ** -23 * 2 * max(abs(v) for v in cost.values())
+    for k, p in model.thresholds.theta.items():
+        assert abs(float(p.grad) - (cost[k] - mean)) <= ulp, k
 
 
 def test_positive_task_sum_counts_each_task_harm_without_credit():

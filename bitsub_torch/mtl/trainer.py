@@ -52,6 +52,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ from bitsub_torch.mtl.pruning import magnitude_prune, snip_prune
 
 __all__ = ["DEFAULT_ITERATIONS", "STRATEGIES", "THETA_GRADIENTS", "THRESHOLDS", "MTLConfig",
            "evaluate", "fisher_gradient", "per_weight_gradient", "positive_task_sum",
+           "pruned_loss_gradient",
            "train_mtl"]
 
 STRATEGIES = ("adapmtl", "dense", "magnitude", "imp", "snip", "adapmtl-uniform",
@@ -83,7 +85,7 @@ THRESHOLDS = ("hard", "soft")
 #: What AdapMTL's thetas descend: the loss gradient against an L2 decay ("loss", STR), or the
 #: loss per pruned weight of each component, centred over the components ("per-weight"), or the
 #: Fisher saliency of the next weights to be pruned, centred ("fisher").
-THETA_GRADIENTS = ("loss", "per-weight", "per-task", "fisher")
+THETA_GRADIENTS = ("loss", "per-weight", "per-task", "pruned-loss", "fisher")
 #: Decay of the running mean of the squared weight gradients ("fisher").
 FISHER_BETA = 0.98
 #: Half-width, in theta, of the band that counts the weights at a threshold ("per-weight").
@@ -199,6 +201,41 @@ def per_weight_gradient(model: MTLNet, band: float = BAND) -> None:
     mean = float(np.mean(list(cost.values())))
     for k, p in th.theta.items():
         p.grad = torch.tensor(cost[k] - mean, dtype=p.dtype)
+
+
+def pruned_loss_gradient(model: MTLNet, loss_fn, band: float = BAND) -> None:
+    """Set each theta's gradient to the measured loss per weight its rise prunes, centred.
+
+    For each theta k, ``loss_fn()`` (the loss of the current batch, a float) is evaluated with
+    theta_k raised by ``2 band`` and the others unchanged; the rise's loss difference divided by
+    the number of effective weights it zeroes (at least one) is the cost of pruning the next
+    weights of that component, measured rather than inferred from the soft threshold's
+    gradient (which is the cost of shrinking every kept weight). A component read by every task
+    (the backbone) costs what it costs all of them together. The gradient is the cost minus the
+    mean over the thetas; the thetas are left as they were.
+    """
+    th = model.thresholds
+    keys = list(th.theta)
+    with torch.no_grad():
+        base_loss = float(loss_fn())
+        base_zero = _zeros(model)
+        cost = {}
+        for k in keys:
+            p = th.theta[k]
+            kept = p.detach().clone()
+            p.add_(2 * band)
+            try:
+                pruned = _zeros(model) - base_zero
+                cost[k] = (float(loss_fn()) - base_loss) / max(pruned, 1)
+            finally:
+                p.copy_(kept)  # exactly back (adding and subtracting may round)
+    mean = float(np.mean(list(cost.values())))
+    for k, p in th.theta.items():
+        p.grad = torch.tensor(cost[k] - mean, dtype=p.dtype)
+
+
+def _zeros(model: MTLNet) -> int:
+    return sum(int((m.sparse_weight() == 0).sum()) for _, m in model.prunable())
 
 
 def positive_task_sum(task_grads: list[tuple[torch.Tensor | None, ...]]
@@ -335,6 +372,11 @@ class _Run:
         return {t.name: task_loss(t.kind, outs[t.name], torch.from_numpy(self.ys[t.name][idx]))
                 for t in self.sc.tasks}
 
+    def _theta_loss(self, idx: np.ndarray, weights: dict[str, float]) -> float:
+        """The loss the thetas learn from on batch ``idx``: weighted relative task losses."""
+        return sum(float(v) * weights[t] / self.scale[t]
+                   for t, v in self._joint_loss(idx).items())
+
     def _batch(self, phase: str, i: int) -> np.ndarray:
         # One generator per (seed, phase, iteration): a resumed run draws the same batches.
         key = int(hashlib.sha256(phase.encode()).hexdigest()[:8], 16)
@@ -439,6 +481,10 @@ class _Run:
                 fisher_gradient(self.model, self._fisher_mean())
             if live and self.c.theta_gradient in ("per-weight", "per-task"):
                 per_weight_gradient(self.model)
+            if live and self.c.theta_gradient == "pruned-loss":
+                ws = w if self.c.weighted_thetas else dict.fromkeys(w, 1.0)
+                pruned_loss_gradient(self.model, partial(self._theta_loss, self._batch(name, i),
+                                                         ws))
             if not live:
                 for p in thetas:
                     p.grad = None  # frozen: Adam skips a parameter without gradient
