@@ -32,7 +32,12 @@ __all__ = ["evaluate_mtl_file", "main", "markdown_table", "plot_sparsity"]
 
 def _parser() -> argparse.ArgumentParser:
     from bitsub_torch.data.multitask import MTL_SCENARIOS
-    from bitsub_torch.mtl.trainer import DEFAULT_ITERATIONS, STRATEGIES, THETA_GRADIENTS
+    from bitsub_torch.mtl.trainer import (
+        DEFAULT_ITERATIONS,
+        DEFAULT_THETA_GRADIENT,
+        STRATEGIES,
+        THETA_GRADIENTS,
+    )
 
     p = argparse.ArgumentParser(
         prog="bitsub-mtl",
@@ -63,10 +68,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="the thetas learn from the relative task losses times the adaptive "
                    "weights (default: without them; the weights always learn from the "
                    "weighted loss)")
-    p.add_argument("--theta-gradient", choices=THETA_GRADIENTS, default="per-weight",
+    rules = ", ".join(f"{k} {v}" for k, v in sorted(DEFAULT_THETA_GRADIENT.items()))
+    p.add_argument("--theta-gradient", choices=THETA_GRADIENTS, default=None,
                    help="what the thetas descend: the loss gradient against the L2 decay (loss, "
-                   "STR), each component's loss per pruned weight (per-weight) or the Fisher "
-                   "saliency of its next pruned weights (fisher), both centred over components")
+                   "STR); each component's loss per pruned weight, centred over components: "
+                   "from the soft threshold's gradient (per-weight; per-task: each task's "
+                   "harm without the others' credit) or measured by raising each theta "
+                   "(pruned-loss); or the Fisher saliency of its next pruned weights (fisher). "
+                   f"Default: the scenario's ({rules})")
     p.add_argument("--ramp", type=float, default=0.5,
                    help="fraction of AdapMTL's pruning phase by which the sparsity schedule "
                    "reaches the target (default 0.5)")
