@@ -18,13 +18,18 @@ same total number of training iterations, ``iterations + finetune``:
   relative losses) of its component's weights just above the threshold, centred over the
   components (:func:`fisher_gradient`): the thresholds move until pruning one more weight
   costs the same in every component (a backbone weight's gradient sums every task's).
-  ``"per-weight"`` (default) measures that cost by the theta's own loss gradient per weight in a
-  band around the threshold (:func:`per_weight_gradient`), a shrinkage of every kept weight
-  rather than a pruning of the next ones. ``"loss"`` is STR's rule, the loss gradient against an
-  L2 decay ``theta_decay``; its updates are almost the same for every theta (Adam normalises
-  each scalar theta's step, and the decay term dominates), so the shift erases them. At the end
-  of the ramp the overall sparsity is the target; the thresholds are folded into the weights,
-  the mask fixed and the thetas frozen, and the rest of the phase fine-tunes the weights.
+  ``"pruned-loss"`` (the scenes default, ``DEFAULT_THETA_GRADIENT``) measures that cost: the
+  batch loss change when one theta is raised, per weight the rise zeroes
+  (:func:`pruned_loss_gradient`). ``"per-weight"`` (the default of the other scenarios) infers it
+  from the theta's own loss gradient per weight in a band around the threshold
+  (:func:`per_weight_gradient`), a shrinkage of every kept weight rather than a pruning of the
+  next ones; ``"per-task"`` is the same with the sum over tasks of the positive parts of each
+  task's gradient (:func:`positive_task_sum`). ``"loss"`` is STR's rule, the loss gradient
+  against an L2 decay ``theta_decay``; its updates are almost the same for every theta (Adam
+  normalises each scalar theta's step, and the decay term dominates), so the shift erases them.
+  At the end of the ramp the overall sparsity is the target; the thresholds are folded into
+  the weights, the mask fixed and the thetas frozen, and the rest of the phase fine-tunes the
+  weights.
   ``threshold="hard"`` (default) keeps the weights above a threshold unchanged in the forward
   pass and gives the soft threshold's gradients (straight-through); ``"soft"`` is STR's
   ``S(W, theta)``, whose shrinkage of every kept weight the short CPU budget cannot train
