@@ -24,15 +24,13 @@ from bitsub_torch.mtl.objectives import (
     task_metrics,
 )
 from bitsub_torch.mtl.pruning import keep_top, magnitude_prune, snip_prune
-from bitsub_torch.mtl.trainer import (
-    MTLConfig,
-    evaluate,
+from bitsub_torch.mtl.thetas import (
     fisher_gradient,
     per_weight_gradient,
     positive_task_sum,
     pruned_loss_gradient,
-    train_mtl,
 )
+from bitsub_torch.mtl.trainer import MTLConfig, evaluate, train_mtl
 from tests import naive
 
 torch.set_num_threads(1)

@@ -32,12 +32,8 @@ __all__ = ["evaluate_mtl_file", "main", "markdown_table", "plot_sparsity"]
 
 def _parser() -> argparse.ArgumentParser:
     from bitsub_torch.data.multitask import MTL_SCENARIOS
-    from bitsub_torch.mtl.trainer import (
-        DEFAULT_ITERATIONS,
-        DEFAULT_THETA_GRADIENT,
-        STRATEGIES,
-        THETA_GRADIENTS,
-    )
+    from bitsub_torch.mtl.thetas import THETA_GRADIENTS
+    from bitsub_torch.mtl.trainer import DEFAULT_ITERATIONS, DEFAULT_THETA_GRADIENT, STRATEGIES
 
     p = argparse.ArgumentParser(
         prog="bitsub-mtl",

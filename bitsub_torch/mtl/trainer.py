@@ -76,24 +76,24 @@ from bitsub_torch.mtl.objectives import (
     task_metrics,
 )
 from bitsub_torch.mtl.pruning import magnitude_prune, snip_prune
+from bitsub_torch.mtl.thetas import (
+    THETA_GRADIENTS,
+    fisher_gradient,
+    per_weight_gradient,
+    positive_task_sum,
+    pruned_loss_gradient,
+)
 
-__all__ = ["DEFAULT_ITERATIONS", "DEFAULT_THETA_GRADIENT", "STRATEGIES", "THETA_GRADIENTS",
-           "THRESHOLDS", "MTLConfig", "evaluate", "fisher_gradient", "per_weight_gradient",
-           "positive_task_sum", "pruned_loss_gradient", "train_mtl"]
+__all__ = ["DEFAULT_ITERATIONS", "DEFAULT_THETA_GRADIENT", "STRATEGIES", "THRESHOLDS",
+           "MTLConfig", "evaluate", "train_mtl"]
 
 STRATEGIES = ("adapmtl", "dense", "magnitude", "imp", "snip", "adapmtl-uniform",
               "adapmtl-noweighting")
 #: AdapMTL's forward pass: the weights above the threshold kept ("hard", straight-through
 #: gradients of the soft threshold) or shrunk by it ("soft", STR's S(W, theta)).
 THRESHOLDS = ("hard", "soft")
-#: What AdapMTL's thetas descend: the loss gradient against an L2 decay ("loss", STR), or the
-#: loss per pruned weight of each component, centred over the components ("per-weight"), or the
-#: Fisher saliency of the next weights to be pruned, centred ("fisher").
-THETA_GRADIENTS = ("loss", "per-weight", "per-task", "pruned-loss", "fisher")
 #: Decay of the running mean of the squared weight gradients ("fisher").
 FISHER_BETA = 0.98
-#: Half-width, in theta, of the band that counts the weights at a threshold ("per-weight").
-BAND = 0.05
 #: A checkpoint is written every this many iterations of a phase (and at its end).
 CHECKPOINT_EVERY = 200
 #: The budget is a property of the scenario: the dense model's training iterations (batch 16),
@@ -186,116 +186,6 @@ def evaluate(model: MTLNet, scenario, split: str = "test") -> dict[str, dict[str
     preds = predict(model, x, scenario.tasks)
     return {t.name: task_metrics(t.kind, preds[t.name], ys[t.name], t.outputs)
             for t in scenario.tasks}
-
-
-def per_weight_gradient(model: MTLNet, band: float = BAND) -> None:
-    """Replace each theta's gradient by its loss per pruned weight, centred over the thetas.
-
-    ``dL/dtheta_k`` (the gradient the backward pass left, zero when None) divided by
-    ``dn_k/dtheta_k``, the number of weights that a rise of theta_k prunes (the unmasked
-    weights with ``sigmoid(theta_k - band) < |w| <= sigmoid(theta_k + band)``, over ``2 band``;
-    at least one), is the loss of pruning one more weight under that threshold. The common
-    shift of the schedule removes any change shared by every theta, so only the differences
-    count: a component whose weights cost more than the average gets a lower threshold, one
-    that costs less a higher one, until every marginal cost is the same (the first-order
-    condition of the least loss at a fixed overall sparsity). With one theta the gradient is 0.
-    """
-    th = model.thresholds
-    near = dict.fromkeys(th.theta, 0)
-    with torch.no_grad():
-        for _, m in model.prunable():
-            k = m.theta_key.replace(".", "/")
-            lo, hi = torch.sigmoid(th.theta[k] - band), torch.sigmoid(th.theta[k] + band)
-            a = torch.where(m.mask, m.weight, torch.zeros((), dtype=m.weight.dtype)).abs()
-            near[k] += int(((a > lo) & (a <= hi)).sum())
-    cost = {k: (0.0 if p.grad is None else float(p.grad)) * 2 * band / max(near[k], 1)
-            for k, p in th.theta.items()}
-    mean = float(np.mean(list(cost.values())))
-    for k, p in th.theta.items():
-        p.grad = torch.tensor(cost[k] - mean, dtype=p.dtype)
-
-
-def pruned_loss_gradient(model: MTLNet, loss_fn, band: float = BAND) -> None:
-    """Set each theta's gradient to the measured loss per weight its rise prunes, centred.
-
-    For each theta k, ``loss_fn()`` (the loss of the current batch, a float) is evaluated with
-    theta_k raised by ``2 band`` and the others unchanged; the rise's loss difference divided by
-    the number of effective weights it zeroes (at least one) is the cost of pruning the next
-    weights of that component, measured rather than inferred from the soft threshold's
-    gradient (which is the cost of shrinking every kept weight). A component read by every task
-    (the backbone) costs what it costs all of them together. The gradient is the cost minus the
-    mean over the thetas; the thetas are left as they were.
-    """
-    th = model.thresholds
-    keys = list(th.theta)
-    with torch.no_grad():
-        base_loss = float(loss_fn())
-        base_zero = _zeros(model)
-        cost = {}
-        for k in keys:
-            p = th.theta[k]
-            kept = p.detach().clone()
-            p.add_(2 * band)
-            try:
-                pruned = _zeros(model) - base_zero
-                cost[k] = (float(loss_fn()) - base_loss) / max(pruned, 1)
-            finally:
-                p.copy_(kept)  # exactly back (adding and subtracting may round)
-    mean = float(np.mean(list(cost.values())))
-    for k, p in th.theta.items():
-        p.grad = torch.tensor(cost[k] - mean, dtype=p.dtype)
-
-
-def _zeros(model: MTLNet) -> int:
-    return sum(int((m.sparse_weight() == 0).sum()) for _, m in model.prunable())
-
-
-def positive_task_sum(task_grads: list[tuple[torch.Tensor | None, ...]]
-                      ) -> list[torch.Tensor | None]:
-    """Each theta's gradient as the sum over tasks of the positive parts of the tasks' own.
-
-    ``task_grads[t][k]`` is the gradient of task t's relative loss with respect to theta k
-    (None where task t does not read component k). A rise of a threshold that harms one task
-    is a cost to that task even when it helps another: the cost of a component read by several
-    tasks (the backbone) counts the harm to every one of them, without the credit of the others'
-    gains (``"per-task"``; the sum of the signed gradients lets them cancel). None where no task
-    reads the theta.
-    """
-    out: list[torch.Tensor | None] = []
-    for per_theta in zip(*task_grads):
-        parts = [g.clamp(min=0) for g in per_theta if g is not None]
-        out.append(torch.stack(parts).sum(0) if parts else None)
-    return out
-
-
-def fisher_gradient(model: MTLNet, fisher: dict[str, torch.Tensor], band: float = BAND) -> None:
-    """Set each theta's gradient to the Fisher saliency of its next pruned weights, centred.
-
-    ``fisher[name]`` is a running mean of the squared loss gradient of layer ``name``'s
-    weights. The cost of component k is the mean of ``w^2 F / 2`` (the second-order loss
-    increase of zeroing w, Optimal Brain Damage with the empirical Fisher) over its weights that
-    a rise of theta_k by ``2 band`` would prune: unmasked, ``sigmoid(theta_k) < |w| <=
-    sigmoid(theta_k + 2 band)`` (0 when there are none). The gradient is the cost minus the mean
-    cost: the thresholds move until the next weight costs the same in every component. A weight
-    of the backbone is read by every task, so its gradient, hence its cost, sums every task's.
-    """
-    th = model.thresholds
-    total = dict.fromkeys(th.theta, 0.0)
-    count = dict.fromkeys(th.theta, 0)
-    with torch.no_grad():
-        for name, m in model.prunable():
-            k = m.theta_key.replace(".", "/")
-            lo, hi = torch.sigmoid(th.theta[k]), torch.sigmoid(th.theta[k] + 2 * band)
-            a = torch.where(m.mask, m.weight, torch.zeros((), dtype=m.weight.dtype)).abs()
-            sel = (a > lo) & (a <= hi)
-            f = fisher.get(name)
-            if f is not None:
-                total[k] += float((0.5 * m.weight.double() ** 2 * f.double())[sel].sum())
-            count[k] += int(sel.sum())
-    cost = {k: total[k] / count[k] if count[k] else 0.0 for k in th.theta}
-    mean = float(np.mean(list(cost.values())))
-    for k, p in th.theta.items():
-        p.grad = torch.tensor(cost[k] - mean, dtype=p.dtype)
 
 
 def _dense_key(c: MTLConfig) -> str:
