@@ -20,16 +20,17 @@ from bitsub_torch.mtl.objectives import (
     AdaptiveWeights,
     delta_t,
     predict,
+    task_loss,
     task_metrics,
 )
 from bitsub_torch.mtl.pruning import keep_top, magnitude_prune, snip_prune
-from bitsub_torch.mtl.trainer import (
-    MTLConfig,
-    evaluate,
+from bitsub_torch.mtl.thetas import (
     fisher_gradient,
     per_weight_gradient,
-    train_mtl,
+    positive_task_sum,
+    pruned_loss_gradient,
 )
+from bitsub_torch.mtl.trainer import MTLConfig, evaluate, train_mtl
 from tests import naive
 
 torch.set_num_threads(1)
@@ -304,6 +305,16 @@ def test_adapmtl_follows_the_ramp_at_equal_budgets():
                                 granularity="layer", **base), sc, progress=False)
     assert r3["thresholds_frozen_at"] == 8 + ramp
     assert 0.8 <= r3["sparsity"]["overall"] <= 0.8 + 3 / n
+    # the per-task rule: the same schedule
+    _, r4 = train_mtl(MTLConfig(strategy="adapmtl", theta_gradient="per-task", **base), sc,
+                      progress=False)
+    assert r4["thresholds_frozen_at"] == 8 + ramp
+    assert 0.8 <= r4["sparsity"]["overall"] <= 0.8 + 3 / n
+    # the measured loss per pruned weight: the same schedule
+    _, r5 = train_mtl(MTLConfig(strategy="adapmtl", theta_gradient="pruned-loss", **base), sc,
+                      progress=False)
+    assert r5["thresholds_frozen_at"] == 8 + ramp
+    assert 0.8 <= r5["sparsity"]["overall"] <= 0.8 + 3 / n
     # the thetas descending STR's loss gradient against the decay: the same schedule, other thetas
     _, r2 = train_mtl(MTLConfig(strategy="adapmtl", theta_gradient="loss", **base), sc,
                       progress=False)
@@ -354,6 +365,80 @@ def test_per_weight_gradient_matches_a_loop(seed, granularity, init, band):
     # centred: the gradients cancel, so the common shift of the schedule is unchanged
     total = sum(float(p.grad) for p in model.thresholds.parameters())
     assert abs(total) <= len(keys) * ulp
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["component", "layer"]),
+       st.floats(-3.0, -1.0), st.floats(0.05, 0.5))
+def test_pruned_loss_gradient_matches_a_loop(seed, granularity, init, band):
+    model, rng, keys = _thresholded_model(seed, granularity, init)
+    sc = _tiny_scenes(4)
+    x, ys = sc.split("train")
+
+    def loss():
+        with torch.no_grad():
+            outs = model(torch.from_numpy(x))
+            return sum(float(task_loss(t.kind, outs[t.name], torch.from_numpy(ys[t.name])))
+                       for t in sc.tasks)
+
+    def zeros():
+        with torch.no_grad():
+            return sum(int((m.sparse_weight() == 0).sum()) for _, m in model.prunable())
+
+    with torch.no_grad():
+        for p in model.thresholds.theta.values():
+            p.add_(float(rng.normal(0, 0.3)))
+    before = {k: float(p.detach()) for k, p in model.thresholds.theta.items()}
+    base, z0 = loss(), zeros()
+    cost = {}
+    for k in keys:  # one theta raised at a time, by hand
+        with torch.no_grad():
+            model.thresholds.theta[k].add_(2 * band)
+        cost[k] = (loss() - base) / max(zeros() - z0, 1)
+        with torch.no_grad():
+            model.thresholds.theta[k].fill_(before[k])
+    mean = sum(cost.values()) / len(cost)
+    pruned_loss_gradient(model, loss, band)
+    assert {k: float(p.detach()) for k, p in model.thresholds.theta.items()} == before
+    ulp = 2.0 ** -23 * 2 * max(abs(v) for v in cost.values())
+    for k, p in model.thresholds.theta.items():
+        assert abs(float(p.grad) - (cost[k] - mean)) <= ulp, k
+
+
+def test_positive_task_sum_counts_each_task_harm_without_credit():
+    t = torch.tensor
+    # two tasks, three thetas: the shared one (both read it), one head each
+    got = positive_task_sum([(t(0.5), t(-2.0), None), (t(-1.0), None, t(3.0))])
+    assert [None if g is None else float(g) for g in got] == [0.5, 0.0, 3.0]
+    got = positive_task_sum([(t(0.25), None), (t(0.5), None)])
+    assert float(got[0]) == 0.75 and got[1] is None
+
+
+def test_per_task_thetas_see_each_task_separately():
+    # the backbone's theta is read by every task: its gradient is the sum of the positive
+    # parts of the tasks' own gradients, computed here one task at a time
+    sc = _tiny_scenes(8)
+    torch.manual_seed(0)
+    model = build_model(sc, width=4)
+    model.attach_thresholds("component", init=-3.0, hard=True)
+    x, ys = sc.split("train")
+    outs = model(torch.from_numpy(x[:4]))
+    thetas = list(model.thresholds.parameters())
+    per = []
+    for task in sc.tasks:
+        loss = task_loss(task.kind, outs[task.name], torch.from_numpy(ys[task.name][:4]))
+        per.append(torch.autograd.grad(loss, thetas, retain_graph=True, allow_unused=True))
+    got = positive_task_sum(per)
+    keys = list(model.thresholds.theta)
+    for i, k in enumerate(keys):
+        readers = [g[i] for g in per if g is not None and g[i] is not None]
+        if k == "backbone":
+            assert len(readers) == len(sc.tasks)
+        else:
+            assert len(readers) == 1
+        want = sum(max(float(g), 0.0) for g in readers)
+        # float32 sums of at most three terms: two roundings of at most the sum of magnitudes
+        assert abs(float(got[i]) - want) <= 2.0 ** -23 * 2 * sum(abs(float(g)) for g in readers)
 
 
 @settings(max_examples=20, deadline=None)
@@ -429,6 +514,18 @@ def test_resume_mid_phase_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     assert res["resumed"]
     for (n, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_budgets_are_the_scenarios():
+    # multimnist: 1,800 dense iterations of batch 16 (2.9 passes over its 10,000 pairs), the
+    # pruning phase a half, its window a tenth; scenes keeps 600 (4.8 passes over 2,000 scenes)
+    mm = MTLConfig(strategy="adapmtl", scenario="multimnist").resolved()
+    assert (mm.iterations, mm.finetune, mm.warmup, mm.window) == (1800, 900, 1800, 180)
+    assert mm.iterations * mm.batch_size >= 2.5 * 10000
+    sc = MTLConfig(strategy="magnitude", scenario="scenes").resolved()
+    assert (sc.iterations, sc.finetune, sc.window) == (600, 300, 60)
+    fixed = MTLConfig(scenario="multimnist", iterations=40).resolved()
+    assert (fixed.iterations, fixed.finetune) == (40, 20)
 
 
 @pytest.mark.parametrize("bad", [dict(strategy="lth"), dict(sparsity=1.0), dict(iterations=0),

@@ -32,7 +32,8 @@ __all__ = ["evaluate_mtl_file", "main", "markdown_table", "plot_sparsity"]
 
 def _parser() -> argparse.ArgumentParser:
     from bitsub_torch.data.multitask import MTL_SCENARIOS
-    from bitsub_torch.mtl.trainer import STRATEGIES, THETA_GRADIENTS
+    from bitsub_torch.mtl.thetas import THETA_GRADIENTS
+    from bitsub_torch.mtl.trainer import DEFAULT_ITERATIONS, DEFAULT_THETA_GRADIENT, STRATEGIES
 
     p = argparse.ArgumentParser(
         prog="bitsub-mtl",
@@ -43,8 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, default=0.9, help="target overall sparsity")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
+    budgets = ", ".join(f"{k} {v}" for k, v in sorted(DEFAULT_ITERATIONS.items()))
     p.add_argument("--iterations", type=int, default=None, help="training iterations of the "
-                   "dense model, AdapMTL's warm-up (scenario default: 600)")
+                   "dense model, AdapMTL's warm-up; the default is the scenario's budget, about "
+                   f"3 passes or more over its training split ({budgets}); every pruning method "
+                   "trains --iterations + --finetune in all")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--theta-init", type=float, default=-8.0,
@@ -60,10 +64,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="the thetas learn from the relative task losses times the adaptive "
                    "weights (default: without them; the weights always learn from the "
                    "weighted loss)")
-    p.add_argument("--theta-gradient", choices=THETA_GRADIENTS, default="per-weight",
+    rules = ", ".join(f"{k} {v}" for k, v in sorted(DEFAULT_THETA_GRADIENT.items()))
+    p.add_argument("--theta-gradient", choices=THETA_GRADIENTS, default=None,
                    help="what the thetas descend: the loss gradient against the L2 decay (loss, "
-                   "STR), each component's loss per pruned weight (per-weight) or the Fisher "
-                   "saliency of its next pruned weights (fisher), both centred over components")
+                   "STR); each component's loss per pruned weight, centred over components: "
+                   "from the soft threshold's gradient (per-weight; per-task: each task's "
+                   "harm without the others' credit) or measured by raising each theta "
+                   "(pruned-loss); or the Fisher saliency of its next pruned weights (fisher). "
+                   f"Default: the scenario's ({rules})")
     p.add_argument("--ramp", type=float, default=0.5,
                    help="fraction of AdapMTL's pruning phase by which the sparsity schedule "
                    "reaches the target (default 0.5)")
