@@ -49,7 +49,10 @@ from bitsub_torch.cl.strategies.base import Evaluate, val_split
 from bitsub_torch.cl.strategies.quantized import QuantizedStrategy
 from bitsub_torch.nn.autograd import topk_count
 
-__all__ = ["TinySubNets"]
+__all__ = ["CRITERIA", "TinySubNets"]
+
+#: What the bit-width search may be scored on (``TinySubNets(quant_criterion=...)``).
+CRITERIA = ("agreement", "train", "val")
 
 
 def _features(x: Any, limit: int) -> np.ndarray:
@@ -171,9 +174,9 @@ class TinySubNets(QuantizedStrategy):
             for value in layer_density.values():
                 topk_count(1, value)  # validates
             self.layer_density = {str(k): float(v) for k, v in layer_density.items()}
-        if quant_criterion not in ("agreement", "val"):
+        if quant_criterion not in CRITERIA:
             raise ValueError(
-                f"quant_criterion must be 'agreement' or 'val', got {quant_criterion!r}"
+                f"quant_criterion must be one of {CRITERIA}, got {quant_criterion!r}"
             )
         self.quant_criterion = quant_criterion
         self.agreement_samples = check_int(agreement_samples, "agreement_samples", 1)
@@ -256,23 +259,27 @@ class TinySubNets(QuantizedStrategy):
         trained = float(evaluate(model, task, split))
         masks, pruned_acc, removed = self._post_prune(task, model, masks, evaluate, split, trained)
         write = {n: masks[n] & cur.trainable[n] for n in layers}
-        if self.quant_criterion == "agreement" and len(data.y_train):
-            judge, base = self._agreement(task, model, data), 1.0
+        if self.quant_criterion in ("agreement", "train") and len(data.y_train):
+            judge, base = self._pool_judge(task, model, data, self.quant_criterion)
         else:
             judge, base = evaluate, pruned_acc
         result = self._quantize(task, model, write, judge, split, base)
         self._commit(task, model, masks, write, result)
         stored = float(evaluate(model, task, split))
-        agreement = None
-        if result is not None and judge is not evaluate:
-            agreement = float(result.accuracy)
+        on_pool = result is not None and judge is not evaluate
+        score = float(result.accuracy) if on_pool else None
         self.log[task].update(
             {
                 "val_trained": trained,
                 "val_post_pruned": pruned_acc,
                 "val_stored": stored,
                 "val_quantized": None if result is None else stored,
-                "agreement": agreement,
+                # the search's score of the stored codes on the training pool: the share of
+                # unchanged predictions ("agreement") or the accuracy ("train", against
+                # pool_trained, the unquantized sub-network's)
+                "agreement": score if self.quant_criterion == "agreement" else None,
+                "pool_stored": score if self.quant_criterion == "train" else None,
+                "pool_trained": base if on_pool and self.quant_criterion == "train" else None,
                 "post_pruned": int(removed),
                 "bits": {n: int(b) for n, b in self.bits(task).items()},
                 "written": {n: int(write[n].sum()) for n in layers},
@@ -282,11 +289,16 @@ class TinySubNets(QuantizedStrategy):
         super().after_task(task, model, data, evaluate)
 
     # ------------------------------------------------------------------ quantization criterion
-    def _agreement(self, task: int, model: nn.Module, data: Any) -> Evaluate:
-        """``judge(model, task, split)``: share of the pool whose prediction is unchanged.
+    def _pool_judge(
+        self, task: int, model: nn.Module, data: Any, criterion: str
+    ) -> tuple[Evaluate, float]:
+        """``(judge, baseline)`` of the search on a pool of the task's training images.
 
-        The pool is at most ``agreement_samples`` of the task's training images (evenly spaced);
-        the reference is the model's prediction now, before quantization. No label is read.
+        The pool is at most ``agreement_samples`` of the task's training images (evenly spaced).
+        ``"agreement"``: ``judge(model, task, split)`` is the share of the pool whose predicted
+        class is unchanged against the model's prediction now, before quantization (no label is
+        read), baseline 1. ``"train"``: the accuracy on the pool (its labels), baseline the
+        unquantized sub-network's accuracy on it.
         """
         x = data.x_train
         n = len(data.y_train)
@@ -304,12 +316,15 @@ class TinySubNets(QuantizedStrategy):
             m.train(was_training)
             return torch.cat(out)
 
-        reference = predict(model)
+        if criterion == "train":
+            reference = torch.from_numpy(np.asarray(data.y_train)[idx].astype(np.int64))
+        else:
+            reference = predict(model)
 
         def judge(m: nn.Module, t: int, split: str) -> float:  # noqa: ARG001 (the pool is fixed)
             return float((predict(m) == reference).double().mean())
 
-        return judge
+        return judge, (judge(model, task, "train") if criterion == "train" else 1.0)
 
     # ------------------------------------------------------------------ post-pruning
     def _post_prune(
