@@ -94,8 +94,9 @@ class TinySubNets(QuantizedStrategy):
         ``{"fc2": 0.5}``); the other layers keep ``density``.
     delta : float
         Algorithm 1's threshold (fraction; 0.01 = 1 point): the largest share of the training
-        images whose prediction quantization may change (``quant_criterion="agreement"``), or
-        the largest validation-accuracy drop (``"val"``). Default 0.005, chosen with
+        images whose prediction quantization may change (``quant_criterion="agreement"``), the
+        largest drop of the accuracy on those images (``"train"``), or the largest
+        validation-accuracy drop (``"val"``). Default 0.005, chosen with
         ``density`` (see there; 0.002 was the default before: 0.0005 and 0.002 tied on
         validation accuracy at 6 tasks, at more capacity for 0.0005).
     quant_criterion : {"agreement", "train", "val"}, optional
