@@ -11,6 +11,7 @@ from torch import nn
 import bitsub
 from bitsub_torch.cl.ops import op_counts
 from bitsub_torch.cl.strategies import STRATEGIES, TinySubNets, get_strategy
+from bitsub_torch.cl.strategies.tinysubnets import CRITERIA, SCENARIO_CRITERION
 from bitsub_torch.cl.trainer import Trainer
 from bitsub_torch.export import export
 from bitsub_torch.nn.actquant import fake_quantize, quantized_inference
@@ -164,9 +165,9 @@ def test_agreement_criterion_bounds_the_changed_training_predictions_and_leaves_
     scenario = digits_tasks(3)
     delta = 0.01
     strategy = Recording(0.5, post_prune_iters=0, kl_threshold=float("inf"), delta=delta)
-    assert strategy.quant_criterion == "agreement"  # the default
     strategy.scenario_tasks = scenario.tasks
     model, res = train(strategy, scenario)
+    assert strategy.quant_criterion == "agreement"  # the default outside SCENARIO_CRITERION
     assert_forget_free(res.accuracy_matrix)
     for t, data in enumerate(scenario.tasks):
         log = strategy.log[t]
@@ -182,6 +183,52 @@ def test_agreement_criterion_bounds_the_changed_training_predictions_and_leaves_
         # The validation split is read twice (trained, stored) and never by the search.
         assert strategy.splits[t] == ["val", "val"]
         assert log["val_quantized"] == log["val_stored"]
+
+
+def test_train_criterion_bounds_the_training_accuracy_drop_and_leaves_val_alone():
+    scenario = digits_tasks(3)
+    delta = 0.01
+    strategy = Recording(0.5, post_prune_iters=0, kl_threshold=float("inf"), delta=delta,
+                         quant_criterion="train")
+    strategy.scenario_tasks = scenario.tasks
+    model, res = train(strategy, scenario)
+    assert_forget_free(res.accuracy_matrix)
+    for t, data in enumerate(scenario.tasks):
+        log = strategy.log[t]
+        y = torch.from_numpy(data.y_train)
+        with torch.no_grad():
+            model.eval()
+            stored = model(torch.from_numpy(data.x_train), t).argmax(1)
+        # Every training image is in the pool (fewer than agreement_samples): the logged scores
+        # are the accuracies of the unquantized and the stored sub-network on the training set.
+        trained_acc = float((strategy.float_pred[t] == y).double().mean())
+        stored_acc = float((stored == y).double().mean())
+        assert log["pool_trained"] == trained_acc
+        assert log["pool_stored"] == stored_acc
+        assert log["agreement"] is None
+        if max(log["bits"].values()) < strategy.max_bits:
+            assert stored_acc >= trained_acc - delta
+        assert strategy.splits[t] == ["val", "val"]
+
+
+def test_quant_criterion_default_is_the_scenarios_and_an_explicit_one_is_kept():
+    assert SCENARIO_CRITERION == {"pfmnist": "train"}
+    model = mlp((64,), 10, 1, width=16)
+    for name, want in (("pfmnist", "train"), ("pmnist5k", "agreement"), ("pdigits", "agreement")):
+        scenario = digits_tasks(1)
+        scenario.name = name
+        strategy = TinySubNets(0.5)
+        assert strategy.quant_criterion is None
+        strategy.setup(model, scenario)
+        assert strategy.quant_criterion == want
+        assert strategy.state_dict()["settings"]["quant_criterion"] == want
+        restored = TinySubNets(0.5)
+        restored.load_state_dict(strategy.state_dict())
+        assert restored.quant_criterion == want
+        for chosen in CRITERIA:
+            explicit = TinySubNets(0.5, quant_criterion=chosen)
+            explicit.setup(model, scenario)
+            assert explicit.quant_criterion == chosen
 
 
 def test_val_criterion_scores_the_search_on_the_validation_split():
