@@ -649,3 +649,16 @@ def test_binned_path_keeps_few_distinct_values_exactly():
     want = np.unique(x).astype(np.float32)
     assert np.array_equal(c[:3], want) and c[3] == want[-1]
     assert np.array_equal(c[codes], x.astype(np.float32))
+
+
+def test_compile_kernels_rejects_an_unknown_method_and_leaves_results_alone():
+    from bitsub.quant.warmup import compile_kernels
+
+    x = np.random.default_rng(5).standard_normal(5000).astype(np.float32)
+    before = kmeans_1d(x, 8)
+    with pytest.raises(ValueError, match="method must be one of"):
+        compile_kernels("kmeans++")
+    compile_kernels("lloyd")
+    compile_kernels("lloyd")  # once per process: the second call returns at once
+    after = kmeans_1d(x, 8)
+    assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitsub.quant.kmeans import METHODS as KMEANS_METHODS
+from bitsub.quant.warmup import compile_kernels
 from bitsub.validate import check_bool, check_float, check_int
 from bitsub_torch.cl.strategies.base import Evaluate, Strategy
 from bitsub_torch.cl.taskvalues import FieldStore, LayerFields
@@ -119,6 +120,8 @@ class QuantizedStrategy(Strategy):
             )
         if self.store is None or self.store.shapes != shapes:
             self.store = FieldStore(shapes, word_bits=self.word_bits, prefix_bits=self.prefix_bits)
+        # Every K-Means path compiled now, not at the first later task whose search takes it.
+        compile_kernels(self.kmeans_method)
         super().setup(model, scenario)
 
     def _require_store(self) -> FieldStore:
