@@ -295,31 +295,18 @@ def test_adapmtl_follows_the_ramp_at_equal_budgets():
     for strategy in ("magnitude", "snip", "adapmtl-uniform"):
         _, r = train_mtl(MTLConfig(strategy=strategy, **base), sc, progress=False)
         assert r["history"][-1]["iteration"] == 20, strategy
-    # thetas learning from the weighted relative losses: the same schedule
-    _, r = train_mtl(MTLConfig(strategy="adapmtl", weighted_thetas=True, **base), sc,
-                     progress=False)
-    assert r["thresholds_frozen_at"] == 8 + ramp
-    assert 0.8 <= r["sparsity"]["overall"] <= 0.8 + 3 / n
-    # the Fisher saliency rule (thetas per layer): the same schedule
-    _, r3 = train_mtl(MTLConfig(strategy="adapmtl", theta_gradient="fisher",
-                                granularity="layer", **base), sc, progress=False)
-    assert r3["thresholds_frozen_at"] == 8 + ramp
-    assert 0.8 <= r3["sparsity"]["overall"] <= 0.8 + 3 / n
-    # the per-task rule: the same schedule
-    _, r4 = train_mtl(MTLConfig(strategy="adapmtl", theta_gradient="per-task", **base), sc,
-                      progress=False)
-    assert r4["thresholds_frozen_at"] == 8 + ramp
-    assert 0.8 <= r4["sparsity"]["overall"] <= 0.8 + 3 / n
-    # the measured loss per pruned weight: the same schedule
-    _, r5 = train_mtl(MTLConfig(strategy="adapmtl", theta_gradient="pruned-loss", **base), sc,
-                      progress=False)
-    assert r5["thresholds_frozen_at"] == 8 + ramp
-    assert 0.8 <= r5["sparsity"]["overall"] <= 0.8 + 3 / n
-    # the thetas descending STR's loss gradient against the decay: the same schedule, other thetas
-    _, r2 = train_mtl(MTLConfig(strategy="adapmtl", theta_gradient="loss", **base), sc,
-                      progress=False)
-    assert r2["thresholds_frozen_at"] == 8 + ramp
-    assert 0.8 <= r2["sparsity"]["overall"] <= 0.8 + 3 / n
+    # the same schedule for every other rule: thetas learning from the weighted relative
+    # losses, the Fisher saliency rule (thetas per layer), the per-task rule, the measured loss
+    # per pruned weight, and STR's loss gradient against the decay (other thetas: below)
+    variants = [{"weighted_thetas": True},
+                {"theta_gradient": "fisher", "granularity": "layer"},
+                {"theta_gradient": "per-task"},
+                {"theta_gradient": "pruned-loss"},
+                {"theta_gradient": "loss"}]
+    for variant in variants:
+        _, r2 = train_mtl(MTLConfig(strategy="adapmtl", **variant, **base), sc, progress=False)
+        assert r2["thresholds_frozen_at"] == 8 + ramp, variant
+        assert 0.8 <= r2["sparsity"]["overall"] <= 0.8 + 3 / n, variant
     assert r2["history"][-1]["thetas"] != res["history"][-1]["thetas"]
 
 
