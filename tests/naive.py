@@ -742,6 +742,28 @@ def naive_lazy_rows_gather(base, rows, columns, table=None):
     return out
 
 
+def naive_idx_standardise(train, test):
+    """MNIST-style 8-bit images standardised by the float32 path that
+    `bitsub_torch.data.scenarios` replaced with codes: the whole images scaled to float32 pixel
+    / 255, the mean ``x.mean(dtype=float64)`` of the training images, their squared deviations
+    summed in steps of 4096 rows, every image written as ``(x - mean) / std`` in float32.
+    Returns (train, test, mean, std)."""
+    xs = []
+    for x in (train, test):
+        x = x.reshape(len(x), -1).astype(np.float32)
+        x /= 255.0
+        xs.append(x)
+    mean = xs[0].mean(dtype=np.float64)
+    squares = 0.0
+    for start in range(0, len(xs[0]), 4096):
+        d = xs[0][start : start + 4096] - mean
+        squares = squares + np.sum(d * d)
+    std = np.sqrt(squares / max(xs[0].size, 1))
+    std = np.where(std > 0, std, 1.0)
+    out = [((x - mean) / std).astype(np.float32) for x in xs]
+    return out[0], out[1], mean, std
+
+
 # ------------------------------------------------ words rebuilt at load (bitsub.model.rebuild)
 
 

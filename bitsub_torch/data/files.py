@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "DataUnpickler", "find_idx", "load_cifar100",
-    "load_data_pickle", "load_idx_dataset", "load_tinyimagenet", "read_idx",
+    "load_data_pickle", "load_idx_dataset", "load_idx_images", "load_tinyimagenet", "read_idx",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -98,10 +98,14 @@ def find_idx(dirs: list[Path], key: str) -> Path | None:
     return None
 
 
-def load_idx_dataset(
+def load_idx_images(
     data_dir: str | os.PathLike | None, dataset: str, subdirs: tuple[str, ...]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """MNIST or Fashion-MNIST from IDX files: images flattened to 784 and scaled to [0, 1]."""
+    """MNIST or Fashion-MNIST from IDX files as stored: images flattened to 784, int64 labels.
+
+    The images keep the file's dtype (uint8 for MNIST and Fashion-MNIST); `load_idx_dataset`
+    scales them to [0, 1].
+    """
     flag = "data_dir= (bitsub-train --data-dir)"
     if data_dir is None:
         raise FileNotFoundError(
@@ -131,9 +135,7 @@ def load_idx_dataset(
             raise ValueError(f"{dataset}: labels in {found[f'{split}_labels']} must lie in 0..9")
         if len(x) == 0:
             raise ValueError(f"{dataset}: {found[f'{split}_images']} holds no images")
-        x = x.reshape(len(x), -1).astype(np.float32)
-        x /= 255.0  # in place: the same float32 division as ``x / 255.0``, one array less
-        xs.append(x)
+        xs.append(x.reshape(len(x), -1))
         ys.append(y.astype(np.int64))
     if xs[0].shape[1] != xs[1].shape[1]:
         raise ValueError(
@@ -141,6 +143,19 @@ def load_idx_dataset(
             f"{xs[1].shape[1]}; the two files must come from the same data set"
         )
     return xs[0], ys[0], xs[1], ys[1]
+
+
+def load_idx_dataset(
+    data_dir: str | os.PathLike | None, dataset: str, subdirs: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST or Fashion-MNIST from IDX files: images flattened to 784 and scaled to [0, 1]."""
+    x_train, y_train, x_test, y_test = load_idx_images(data_dir, dataset, subdirs)
+    xs = []
+    for x in (x_train, x_test):
+        x = x.astype(np.float32)
+        x /= 255.0  # in place: the same float32 division as ``x / 255.0``, one array less
+        xs.append(x)
+    return xs[0], y_train, xs[1], y_test
 
 
 # ------------------------------------------------------------------------------------ CIFAR-100

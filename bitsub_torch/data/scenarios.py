@@ -56,11 +56,11 @@ import numpy as np
 
 from bitsub_torch.data.files import (
     load_cifar100,
-    load_idx_dataset,
+    load_idx_images,
     load_tinyimagenet,
     read_idx,
 )
-from bitsub_torch.data.streaming import LazyRows, encode_table, held_bytes
+from bitsub_torch.data.streaming import LazyRows, held_bytes
 
 __all__ = ["EAGER", "SCENARIOS", "LazyRows", "Scenario", "TaskData", "get_scenario", "read_idx",
            "task_data"]
@@ -310,27 +310,58 @@ def _pixel_values() -> np.ndarray:
     return x
 
 
-def _coded(x: np.ndarray, table: np.ndarray) -> np.ndarray | LazyRows:
-    """``x`` as a whole-array `LazyRows` of uint8 codes into ``table``, or ``x`` itself.
+def _code_chunk(width: int) -> int:
+    # Rows per step of `_code_moments`'s mean: a whole number of NumPy's reduction buffers
+    # (np.getbufsize() elements), so that the steps add the same buffer sums in the same order.
+    step = np.getbufsize() // np.gcd(np.getbufsize(), max(width, 1))
+    return step * max(1, 2**19 // max(step * width, 1))
 
-    The same values in a quarter of the bytes; ``x`` stays where its values are not all in
-    ``table``.
+
+def _code_moments(codes: np.ndarray, values: np.ndarray) -> tuple[np.float64, np.ndarray]:
+    """The mean and std `_standardise` computes from ``values[codes]``, bit for bit, from codes.
+
+    ``values``: the float32 value of each code. No float32 copy of the whole array is made.
+    ``x.mean(dtype=float64)`` is NumPy's buffered reduction: it adds the float64 sum of each
+    buffer of ``np.getbufsize()`` elements to its accumulator in turn. The mean here adds the
+    same buffers' sums in the same order: each step is a whole number of buffers and
+    ``initial=`` carries the accumulator. The sum of squares is `_standardise`'s own loop on the
+    same rows.
     """
-    codes = encode_table(x, table)
-    return x if codes is None else LazyRows(codes, table=table)
+    flat = values.reshape(-1)
+    rows = _code_chunk(codes.shape[1] if codes.ndim > 1 else 1)
+    total = np.float64(0.0)
+    for start in range(0, len(codes), rows):
+        total = np.add.reduce(flat[codes[start : start + rows]], axis=None, dtype=np.float64,
+                              initial=total)
+    mean = np.float64(total / max(codes.size, 1))
+    squares = 0.0
+    for start in range(0, len(codes), _CHUNK):
+        d = flat[codes[start : start + _CHUNK]] - mean
+        squares = squares + np.sum(d * d, axis=None)
+    std = np.sqrt(squares / max(codes.size, 1))
+    return mean, np.where(std > 0, std, 1.0)
 
 
 def _idx_standardised(data_dir: str | os.PathLike | None, dataset: str,
                       subdirs: tuple[str, ...], coded: bool) -> tuple:
-    # MNIST or Fashion-MNIST, standardised. ``coded``: the images as uint8 codes into the
-    # table of the 256 standardised pixel values (standardised by the same operations as the
-    # images, so the decoded values are the float32 arrays' bit for bit; checked).
-    x_train, y_train, x_test, y_test = load_idx_dataset(data_dir, dataset, subdirs)
-    x_train, x_test, table = _standardise(x_train, x_test, _pixel_values(), per_channel=False,
-                                          overwrite=True)
-    if coded:
-        x_train = _coded(x_train, table.reshape(-1))
-        x_test = _coded(x_test, table.reshape(-1))
+    # MNIST or Fashion-MNIST, standardised with the training images' mean and std. 8-bit images
+    # stay the file's bytes: each byte is the code of its standardised value in a table of 256
+    # (`_code_moments`); ``coded`` keeps them as `LazyRows` of the codes, otherwise the
+    # float32 arrays are decoded from them (the same values bit for bit).
+    x_train, y_train, x_test, y_test = load_idx_images(data_dir, dataset, subdirs)
+    if x_train.dtype != np.uint8 or x_test.dtype != np.uint8:  # not 8-bit: scaled as floats
+        x_train, x_test = (x.astype(np.float32) for x in (x_train, x_test))
+        x_train /= 255.0  # as `load_idx_dataset`
+        x_test /= 255.0
+        x_train, x_test = _standardise(x_train, x_test, per_channel=False, overwrite=True)
+        return x_train, y_train, x_test, y_test
+    values = _pixel_values()
+    mean, std = _code_moments(x_train, values)
+    table = np.empty(values.size, np.float32)
+    table[:] = (values.reshape(-1) - mean) / std  # as `_standardise` writes its float32 output
+    x_train, x_test = (LazyRows(x, table=table) for x in (x_train, x_test))
+    if not coded:
+        x_train, x_test = np.asarray(x_train), np.asarray(x_test)
     return x_train, y_train, x_test, y_test
 
 
