@@ -330,24 +330,29 @@ def train(
     with naming(out / "model.h5"):
         pm.save(out / "model.h5")
     export_time = time.perf_counter() - t0
+    if activation_bits is None:
+        activation_bits = ACTIVATION_BITS if getattr(strat, "quantizes", False) else ()
+    input_shape = tuple(sc.input_shape)
+    tests = [(task.x_test, task.y_test) for task in sc.tasks]
+    if not activation_bits:  # only the test splits are read from here on: the rest may go
+        sc = trainer = None
+        gc.collect()
     # Re-test every task from the file alone (bitsub's NumPy forward), and compare predictions.
     t0 = time.perf_counter()
     pm = bitsub.load(out / "model.h5")
     file_acc, agreement = [], []
-    for t, data in enumerate(sc.tasks):
-        pred_file = packed_predictions(pm, t, data.x_test)
-        pred_torch = _torch_predictions(net, t, data.x_test)
-        file_acc.append(float(np.mean(pred_file == data.y_test)))
+    for t, (x_test, y_test) in enumerate(tests):
+        pred_file = packed_predictions(pm, t, x_test)
+        pred_torch = _torch_predictions(net, t, x_test)
+        file_acc.append(float(np.mean(pred_file == y_test)))
         agreement.append(float(np.mean(pred_file == pred_torch)))
     file_time = time.perf_counter() - t0
     cap = pm.capacity()
     # Table 7 (activation quantization, calibrated on val, tested on test) and Table 6 (ops).
     t0 = time.perf_counter()
-    if activation_bits is None:
-        activation_bits = ACTIVATION_BITS if getattr(strat, "quantizes", False) else ()
     act = (activation_accuracy(net, sc.tasks, trainer.evaluate, activation_bits)
            if activation_bits else None)
-    ops = ops_report(net, pm, tuple(sc.input_shape))
+    ops = ops_report(net, pm, input_shape)
     act_time = time.perf_counter() - t0
 
     res = results.to_dict()
@@ -387,7 +392,7 @@ def train(
     # The figure needs only the accuracy matrix: the data, the models and the trainer are let go
     # first, so that matplotlib's import and drawing do not add to them (the peak RSS).
     matrix = results.accuracy_matrix
-    del sc, data, trainer, net, strat, pm, results
+    sc = trainer = net = strat = pm = results = tests = x_test = None
     gc.collect()
     with naming(out / "accuracy_matrix.png"):
         plot_accuracy_matrix(matrix, out / "accuracy_matrix.png", title)
