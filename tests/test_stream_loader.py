@@ -132,3 +132,42 @@ def test_real_fashion_mnist_equals_the_float32_path():
     check_against_float32_path(train, test, table, mean, std)
     got = scenarios._fmnist(d, coded=True)
     assert same_bits(got[0].table, table) and got[0].base.dtype == np.uint8
+
+
+def test_train_lets_the_data_go_before_the_retest_and_the_figure(tmp_path, monkeypatch):
+    import importlib
+    import weakref
+
+    from bitsub_torch import cli
+
+    export = importlib.import_module("bitsub_torch.export")  # the module, not its function
+
+    rng = np.random.default_rng(3)
+    write_images(tmp_path / "data", rng.integers(0, 256, size=(200, 784), dtype=np.uint8),
+                 rng.integers(0, 256, size=(40, 784), dtype=np.uint8))
+    bases = {}
+    get_scenario, packed_predictions = scenarios.get_scenario, export.packed_predictions
+
+    def recorded_scenario(*args, **kwargs):
+        sc = get_scenario(*args, **kwargs)
+        bases["train"] = weakref.ref(sc.tasks[0].x_train.base)
+        bases["test"] = weakref.ref(sc.tasks[0].x_test.base)
+        return sc
+
+    seen = []
+
+    def retest(*args, **kwargs):  # the re-test needs the test images only
+        seen.append(("retest", bases["train"]() is None, bases["test"]() is None))
+        return packed_predictions(*args, **kwargs)
+
+    def figure(*args, **kwargs):
+        seen.append(("figure", bases["train"]() is None, bases["test"]() is None))
+
+    monkeypatch.setattr(scenarios, "get_scenario", recorded_scenario)
+    monkeypatch.setattr(export, "packed_predictions", retest)
+    monkeypatch.setattr(cli, "plot_accuracy_matrix", figure)
+    report = cli.train(strategy="wsn", scenario="splitmnist", tasks=2, epochs=1,
+                       data_dir=tmp_path / "data", out=tmp_path / "run", progress=False,
+                       batch_size=64)
+    assert report["acc"] is not None
+    assert seen == [("retest", True, False)] * 2 + [("figure", True, True)]
