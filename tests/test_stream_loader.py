@@ -20,17 +20,18 @@ REAL_FMNIST = [Path("/usr/share/datasets/fashion-mnist"),
                Path("/tmp/fmnist_deb/usr/share/datasets/fashion-mnist")]
 
 
-def write_idx(path, arr, gz=False):
-    header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
-    raw = header + np.ascontiguousarray(arr, np.uint8).tobytes()
+def write_idx(path, arr, gz=False, dtype=">u1"):
+    type_code = {">u1": 0x08, ">i2": 0x0B}[dtype]
+    header = bytes([0, 0, type_code, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
+    raw = header + np.ascontiguousarray(arr, dtype).tobytes()
     path.write_bytes(gzip.compress(raw) if gz else raw)
 
 
-def write_images(d, train, test, gz=False):
+def write_images(d, train, test, gz=False, dtype=">u1"):
     d.mkdir(parents=True, exist_ok=True)
     for stem, x in (("train", train), ("t10k", test)):
         suffix = ".gz" if gz else ""
-        write_idx(d / f"{stem}-images-idx3-ubyte{suffix}", x.reshape(len(x), 28, 28), gz)
+        write_idx(d / f"{stem}-images-idx3-ubyte{suffix}", x.reshape(len(x), 28, 28), gz, dtype)
         write_idx(d / f"{stem}-labels-idx1-ubyte{suffix}", np.arange(len(x)) % 10, gz)
 
 
@@ -114,6 +115,16 @@ def test_idx_scenario_data_equal_the_float32_path(tmp_path, gz, coded):
     x_train, _, x_test, _ = load_idx_dataset(tmp_path, "MNIST", ())
     assert same_bits(x_train[:7], (train[:7].astype(np.float32) / np.float32(255.0)))
     assert same_bits(load_idx_images(tmp_path, "MNIST", ())[0], train)
+
+
+def test_images_of_other_types_take_the_float32_path(tmp_path):
+    rng = np.random.default_rng(4)
+    train, test = (rng.integers(0, 256, size=(n, 784)) for n in (90, 30))
+    write_images(tmp_path, train, test, dtype=">i2")  # 16-bit pixels: no uint8 codes
+    got = scenarios._mnist(tmp_path, coded=True)
+    want_train, want_test, _, _ = naive_idx_standardise(train.astype(np.int16),
+                                                        test.astype(np.int16))
+    assert same_bits(got[0], want_train) and same_bits(got[2], want_test)
 
 
 def test_scenarios_hold_no_float32_copy_of_the_images(tmp_path):
