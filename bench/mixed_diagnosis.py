@@ -1,0 +1,225 @@
+"""Where TinySubNets loses on ``mixed``: per-task figures read back from finished table runs.
+
+Reads, for each method directory ``RUNS/<method>/seed<k>/`` (as written by
+``python -m bitsub_torch.experiments``), nothing but the run's own files:
+
+- ``results.json``: the final row of the re-tested accuracy matrix (test accuracy of every task
+  after the last task);
+- ``checkpoints/task_<last>.pt``: the strategy's per-task log (bank, why it was chosen, the KL
+  divergence to the bank, validation accuracy of the trained sub-network and of the stored,
+  quantized one, bit-widths, positions written and reused per layer), where the strategy keeps
+  one (TinySubNets, Ada-QPacknet);
+- ``model.h5``: each task's mask density per layer and its bank.
+
+It trains nothing. Per task it prints the mean over the seeds of each method's final test
+accuracy, the differences to the reference method, and the log's figures; then the same
+differences grouped by what the KL gate did to the task (opened a bank, joined one), and the
+mean change of validation accuracy through quantization. Usage::
+
+    PYTHONPATH=. python bench/mixed_diagnosis.py --runs /work/table_runs4/mixed \\
+        --methods tinysubnets ada-qpacknet independent --seeds 0 1 2
+
+``--json FILE`` also writes every figure as JSON.
+
+``--gate THRESHOLD ...`` (with ``--data-dir``) instead replays the KL gate alone, without training:
+for every seed it builds the scenario, summarises each task's training inputs as TinySubNets does
+(at most ``--kl-samples`` evenly spaced samples, a histogram of the pixel values) and prints,
+per threshold, with and without ``kl_revisit``, the bank every task gets and its divergence. The
+gate reads only the data, so these are the decisions a training run with that setting makes
+(a bank that runs out of prefixes also opens a new one; no run here comes near that)::
+
+    PYTHONPATH=. python bench/mixed_diagnosis.py --gate 0.5 0.001 inf --data-dir FMNIST_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def final_row(run: Path) -> list[float]:
+    """Test accuracy of every task after the last one (the re-tested matrix's last row)."""
+    matrix = json.loads((run / "results.json").read_text())["accuracy_matrix"]
+    return [float(a) for a in matrix[-1]]
+
+
+def strategy_log(run: Path) -> dict[int, dict]:
+    """The strategy's per-task log from the last checkpoint ({} if it keeps none)."""
+    import torch
+
+    last = sorted((run / "checkpoints").glob("task_*.pt"))
+    if not last:
+        return {}
+    state = torch.load(last[-1], weights_only=False)["strategy"]
+    log = state.get("log", {}) if isinstance(state, dict) else {}
+    return {int(t): dict(v) for t, v in log.items()}
+
+
+def mask_density(run: Path) -> list[dict[str, float]]:
+    """Per task, the share of each layer's positions its mask uses, from ``model.h5``."""
+    import bitsub
+
+    pm = bitsub.load(run / "model.h5")
+    return [{name: float(np.asarray(pm.mask(t, name)).mean()) for name in pm.layers}
+            for t in pm.tasks]
+
+
+def collect(runs: Path, methods: list[str], seeds: list[int]) -> dict:
+    """Every figure, per method and seed."""
+    out: dict = {}
+    for m in methods:
+        out[m] = {}
+        for k in seeds:
+            run = runs / m / f"seed{k}"
+            out[m][k] = {"final": final_row(run), "log": strategy_log(run),
+                         "density": mask_density(run)}
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def report(data: dict, methods: list[str], seeds: list[int]) -> list[str]:
+    """The printed lines."""
+    ref, other = methods[0], methods[1:]
+    tasks = len(data[ref][seeds[0]]["final"])
+    lines = []
+    head = f"{'task':>4} " + " ".join(f"{m[:12]:>12}" for m in methods)
+    head += " " + " ".join(f"{'d ' + m[:10]:>12}" for m in other)
+    head += f" {'banks/reason':>16} {'KL nats':>22} {'val tr':>6} {'val st':>6}"
+    head += f" {'dens fc1':>8} " + " ".join(f"{'dens ' + m[:4]:>9}" for m in other)
+    head += f" {'own fc1':>8}"
+    lines.append(head)
+    for t in range(tasks):
+        acc = {m: [data[m][k]["final"][t] for k in seeds] for m in methods}
+        logs = [data[ref][k]["log"].get(t, {}) for k in seeds]
+        reasons = "/".join(f"{lg.get('bank', '-')}{lg.get('bank_reason', '-')[0]}" for lg in logs)
+        kls = "/".join(f"{lg.get('kl', float('nan')):.3g}" for lg in logs)
+        val_tr = _mean([lg["val_trained"] for lg in logs if "val_trained" in lg])
+        val_st = _mean([lg["val_stored"] for lg in logs if "val_stored" in lg])
+        dens = _mean([data[ref][k]["density"][t]["fc1"] for k in seeds])
+        odens = [_mean([data[m][k]["density"][t]["fc1"] for k in seeds]) for m in other]
+        own = _mean([lg["written"]["fc1"] / max(1, lg["written"]["fc1"] + lg["reused"]["fc1"])
+                     for lg in logs if "written" in lg and "reused" in lg])
+        row = f"{t:>4} " + " ".join(f"{100 * _mean(acc[m]):12.2f}" for m in methods)
+        row += " " + " ".join(f"{100 * (_mean(acc[ref]) - _mean(acc[m])):+12.2f}" for m in other)
+        row += f" {reasons:>16} {kls:>22} {100 * val_tr:6.2f} {100 * val_st:6.2f}"
+        row += f" {dens:8.3f} " + " ".join(f"{d:9.3f}" for d in odens) + f" {own:8.3f}"
+        lines.append(row)
+    # grouped by the gate's decision on the reference method (per seed)
+    for m in other:
+        groups: dict[str, list[float]] = {}
+        for k in seeds:
+            for t in range(tasks):
+                reason = data[ref][k]["log"].get(t, {}).get("bank_reason", "-")
+                key = "opens a bank" if reason in ("first", "kl", "full") else reason
+                groups.setdefault(key, []).append(
+                    data[ref][k]["final"][t] - data[m][k]["final"][t])
+        parts = [f"{g}: {100 * _mean(v):+.2f} ({len(v)} task-seeds)"
+                 for g, v in sorted(groups.items())]
+        lines.append(f"{ref} - {m} by gate decision: " + "; ".join(parts))
+        per_seed = [100 * (_mean(data[ref][k]["final"]) - _mean(data[m][k]["final"]))
+                    for k in seeds]
+        lines.append(f"{ref} - {m} ACC per seed: " + " / ".join(f"{d:+.2f}" for d in per_seed))
+    for m in methods:
+        drops = []
+        for k in seeds:
+            lg = data[m][k]["log"]
+            if lg and all("val_trained" in lg[t] and "val_stored" in lg[t] for t in lg):
+                drops.append(100 * _mean([lg[t]["val_stored"] - lg[t]["val_trained"] for t in lg]))
+        if drops:
+            lines.append(f"{m}: validation change through quantization (stored - trained), mean "
+                         "over tasks, per seed: " + " / ".join(f"{d:+.3f}" for d in drops))
+        banks = [len({lg.get("bank") for lg in data[m][k]["log"].values()})
+                 for k in seeds if data[m][k]["log"]]
+        if banks:
+            lines.append(f"{m}: banks per seed: " + "/".join(str(b) for b in banks))
+    return lines
+
+
+def _evenly(x: np.ndarray, limit: int) -> np.ndarray:
+    """At most ``limit`` rows, evenly spaced, flattened to float32 (the gate's sample)."""
+    if len(x) > limit:
+        x = x[np.linspace(0, len(x) - 1, limit).astype(np.int64)]
+    x = np.asarray(x, dtype=np.float32)
+    return x.reshape(len(x), -1)
+
+
+def replay_gate(scenario: str, seeds: list[int], thresholds: list[float], data_dir: str | None,
+                kl_samples: int = 2000, tasks: int = 10) -> list[str]:
+    """The KL gate's bank and divergence per task, per seed, threshold and ``kl_revisit``."""
+    from bitsub_torch.cl.divergence import KLGate
+    from bitsub_torch.data.scenarios import get_scenario
+
+    lines = []
+    for k in seeds:
+        sc = get_scenario(scenario, tasks=tasks, seed=k, data_dir=data_dir)
+        feats = [_evenly(t.x_train, kl_samples) for t in sc.tasks]
+        for threshold in thresholds:
+            for revisit in (False, True):
+                gate = KLGate(threshold)
+                summaries = [gate.summarize(f) for f in feats]
+                banks: list[list[int]] = []
+                cells = []
+                for t, summary in enumerate(summaries):
+                    if not banks:
+                        banks.append([t])
+                        cells.append("0f")
+                        continue
+                    candidates = [len(banks) - 1] + (list(range(len(banks) - 1)) if revisit
+                                                     else [])
+                    scored = [(gate.decide(summary, [summaries[u] for u in banks[b]])[1], b)
+                              for b in candidates]
+                    d, best = min(scored)
+                    if d <= gate.threshold:
+                        banks[best].append(t)
+                        tag = "j" if best == candidates[0] else "r"
+                    else:
+                        d, best, tag = scored[0][0], len(banks), "k"
+                        banks.append([t])
+                    cells.append(f"{best}{tag}({d:.3g})")
+                lines.append(f"seed {k} threshold {threshold:g} revisit {int(revisit)}: "
+                             f"{len(banks)} banks: " + " ".join(cells))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=Path, help="the scenario's directory of runs")
+    p.add_argument("--methods", nargs="+",
+                   help="method directories; the first is compared with the others")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--json", type=Path, help="also write every figure here")
+    p.add_argument("--gate", nargs="+", type=float,
+                   help="replay the KL gate alone at these thresholds (no runs read)")
+    p.add_argument("--scenario", default="mixed", help="the scenario of --gate")
+    p.add_argument("--data-dir", help="data directory of --gate")
+    p.add_argument("--kl-samples", type=int, default=2000, help="samples per task of --gate")
+    a = p.parse_args(argv)
+    if a.gate:
+        for line in replay_gate(a.scenario, a.seeds, a.gate, a.data_dir, a.kl_samples):
+            print(line)
+        return 0
+    if not a.runs or not a.methods:
+        p.error("--runs and --methods are needed (or --gate)")
+    missing = [str(a.runs / m / f"seed{k}") for m in a.methods for k in a.seeds
+               if not (a.runs / m / f"seed{k}" / "results.json").is_file()]
+    if missing:
+        p.error(f"no finished run (results.json) in {missing}; run the table for them first")
+    data = collect(a.runs, a.methods, a.seeds)
+    for line in report(data, a.methods, a.seeds):
+        print(line)
+    if a.json:
+        blob = {m: {str(k): {"final": v["final"], "density": v["density"],
+                             "log": {str(t): lg for t, lg in v["log"].items()}}
+                    for k, v in d.items()} for m, d in data.items()}
+        a.json.write_text(json.dumps(blob, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
