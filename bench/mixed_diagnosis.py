@@ -158,10 +158,42 @@ def _evenly(x: np.ndarray, limit: int) -> np.ndarray:
     return x.reshape(len(x), -1)
 
 
+def gate_banks(feats: list[np.ndarray], threshold: float,
+               revisit: bool = False) -> list[tuple[int, str, float]]:
+    """The KL gate's decisions alone: per task ``(bank, reason, divergence)``.
+
+    ``feats``: each task's gate sample in task order. Reasons as in TinySubNets' log:
+    ``"first"``, ``"joins"``, ``"revisits"``, ``"kl"`` (a new bank); a bank never runs out of
+    prefixes here.
+    """
+    from bitsub_torch.cl.divergence import KLGate
+
+    gate = KLGate(threshold)
+    summaries = [gate.summarize(f) for f in feats]
+    banks: list[list[int]] = []
+    out = []
+    for t, summary in enumerate(summaries):
+        if not banks:
+            banks.append([t])
+            out.append((0, "first", 0.0))
+            continue
+        current = len(banks) - 1
+        candidates = [current] + (list(range(current)) if revisit else [])
+        scored = [(gate.decide(summary, [summaries[u] for u in banks[b]])[1], b)
+                  for b in candidates]
+        d, best = min(scored)
+        if d <= gate.threshold:
+            banks[best].append(t)
+            out.append((best, "joins" if best == current else "revisits", d))
+        else:
+            banks.append([t])
+            out.append((len(banks) - 1, "kl", scored[0][0]))
+    return out
+
+
 def replay_gate(scenario: str, seeds: list[int], thresholds: list[float], data_dir: str | None,
                 kl_samples: int = 2000, tasks: int = 10) -> list[str]:
     """The KL gate's bank and divergence per task, per seed, threshold and ``kl_revisit``."""
-    from bitsub_torch.cl.divergence import KLGate
     from bitsub_torch.data.scenarios import get_scenario
 
     lines = []
@@ -170,29 +202,11 @@ def replay_gate(scenario: str, seeds: list[int], thresholds: list[float], data_d
         feats = [_evenly(t.x_train, kl_samples) for t in sc.tasks]
         for threshold in thresholds:
             for revisit in (False, True):
-                gate = KLGate(threshold)
-                summaries = [gate.summarize(f) for f in feats]
-                banks: list[list[int]] = []
-                cells = []
-                for t, summary in enumerate(summaries):
-                    if not banks:
-                        banks.append([t])
-                        cells.append("0f")
-                        continue
-                    candidates = [len(banks) - 1] + (list(range(len(banks) - 1)) if revisit
-                                                     else [])
-                    scored = [(gate.decide(summary, [summaries[u] for u in banks[b]])[1], b)
-                              for b in candidates]
-                    d, best = min(scored)
-                    if d <= gate.threshold:
-                        banks[best].append(t)
-                        tag = "j" if best == candidates[0] else "r"
-                    else:
-                        d, best, tag = scored[0][0], len(banks), "k"
-                        banks.append([t])
-                    cells.append(f"{best}{tag}({d:.3g})")
+                decisions = gate_banks(feats, threshold, revisit)
+                cells = [f"{b}{r[0]}" + ("" if r == "first" else f"({d:.3g})")
+                         for b, r, d in decisions]
                 lines.append(f"seed {k} threshold {threshold:g} revisit {int(revisit)}: "
-                             f"{len(banks)} banks: " + " ".join(cells))
+                             f"{1 + max(b for b, _, _ in decisions)} banks: " + " ".join(cells))
     return lines
 
 
