@@ -9,7 +9,9 @@ Reads, for each method directory ``RUNS/<method>/seed<k>/`` (as written by
   divergence to the bank, validation accuracy of the trained sub-network and of the stored,
   quantized one, bit-widths, positions written and reused per layer), where the strategy keeps
   one (TinySubNets, Ada-QPacknet);
-- ``model.h5``: each task's mask density per layer and its bank.
+- ``model.h5``: each task's mask density per layer and its bank, and the first layer's mask
+  density on the first `SIGNAL` inputs (where mnist1d's 40 features lie; the other 744 inputs
+  are zero on mnist1d tasks) and on the others.
 
 It trains nothing. Per task it prints the mean over the seeds of each method's final test
 accuracy, the differences to the reference method, and the log's figures; then the same
@@ -48,6 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: mnist1d's 40 features fill the first 40 of mixed's 784 inputs; the other 744 are zero there.
+SIGNAL = 40
+
 
 def final_row(run: Path) -> list[float]:
     """Test accuracy of every task after the last one (the re-tested matrix's last row)."""
@@ -72,8 +77,15 @@ def mask_density(run: Path) -> list[dict[str, float]]:
     import bitsub
 
     pm = bitsub.load(run / "model.h5")
-    return [{name: float(np.asarray(pm.mask(t, name)).mean()) for name in pm.layers}
-            for t in pm.tasks]
+    out = []
+    for t in pm.tasks:
+        row = {name: float(np.asarray(pm.mask(t, name)).mean()) for name in pm.layers}
+        first = pm.layers[0]  # (outputs, inputs): its columns are the network's inputs
+        mask = np.asarray(pm.mask(t, first))
+        row["signal"] = float(mask[:, :SIGNAL].mean())
+        row["padding"] = float(mask[:, SIGNAL:].mean())
+        out.append(row)
+    return out
 
 
 def collect(runs: Path, methods: list[str], seeds: list[int]) -> dict:
@@ -101,7 +113,7 @@ def report(data: dict, methods: list[str], seeds: list[int]) -> list[str]:
     head += " " + " ".join(f"{'d ' + m[:10]:>12}" for m in other)
     head += f" {'banks/reason':>16} {'KL nats':>22} {'val tr':>6} {'val st':>6}"
     head += f" {'dens fc1':>8} " + " ".join(f"{'dens ' + m[:4]:>9}" for m in other)
-    head += f" {'own fc1':>8}"
+    head += f" {'own fc1':>8} {'sig/pad':>11}"
     lines.append(head)
     for t in range(tasks):
         acc = {m: [data[m][k]["final"][t] for k in seeds] for m in methods}
@@ -117,7 +129,10 @@ def report(data: dict, methods: list[str], seeds: list[int]) -> list[str]:
         row = f"{t:>4} " + " ".join(f"{100 * _mean(acc[m]):12.2f}" for m in methods)
         row += " " + " ".join(f"{100 * (_mean(acc[ref]) - _mean(acc[m])):+12.2f}" for m in other)
         row += f" {reasons:>16} {kls:>22} {100 * val_tr:6.2f} {100 * val_st:6.2f}"
+        sig = _mean([data[ref][k]["density"][t].get("signal", float("nan")) for k in seeds])
+        pad = _mean([data[ref][k]["density"][t].get("padding", float("nan")) for k in seeds])
         row += f" {dens:8.3f} " + " ".join(f"{d:9.3f}" for d in odens) + f" {own:8.3f}"
+        row += f" {sig:5.3f}/{pad:5.3f}"
         lines.append(row)
     # grouped by the gate's decision on the reference method (per seed)
     for m in other:
