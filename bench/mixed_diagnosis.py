@@ -11,7 +11,8 @@ Reads, for each method directory ``RUNS/<method>/seed<k>/`` (as written by
   one (TinySubNets, Ada-QPacknet);
 - ``model.h5``: each task's mask density per layer and its bank, and the first layer's mask
   density on the first `SIGNAL` inputs (where mnist1d's 40 features lie; the other 744 inputs
-  are zero on mnist1d tasks) and on the others.
+  are zero on mnist1d tasks) and on the others, and there the share of the task's positions
+  that the previous task's mask holds too (*kept s/p*).
 
 It trains nothing. Per task it prints the mean over the seeds of each method's final test
 accuracy, the differences to the reference method, and the log's figures; then the same
@@ -78,12 +79,19 @@ def mask_density(run: Path) -> list[dict[str, float]]:
 
     pm = bitsub.load(run / "model.h5")
     out = []
+    before = None
     for t in pm.tasks:
         row = {name: float(np.asarray(pm.mask(t, name)).mean()) for name in pm.layers}
         first = pm.layers[0]  # (outputs, inputs): its columns are the network's inputs
         mask = np.asarray(pm.mask(t, first))
         row["signal"] = float(mask[:, :SIGNAL].mean())
         row["padding"] = float(mask[:, SIGNAL:].mean())
+        if before is not None:  # share of t's positions there that task t-1's mask also holds
+            for key, cols in (("signal_kept", slice(None, SIGNAL)),
+                              ("padding_kept", slice(SIGNAL, None))):
+                mine = mask[:, cols]
+                row[key] = float((mine & before[:, cols]).sum() / max(1, mine.sum()))
+        before = mask
         out.append(row)
     return out
 
@@ -113,7 +121,7 @@ def report(data: dict, methods: list[str], seeds: list[int]) -> list[str]:
     head += " " + " ".join(f"{'d ' + m[:10]:>12}" for m in other)
     head += f" {'banks/reason':>16} {'KL nats':>22} {'val tr':>6} {'val st':>6}"
     head += f" {'dens fc1':>8} " + " ".join(f"{'dens ' + m[:4]:>9}" for m in other)
-    head += f" {'own fc1':>8} {'sig/pad':>11}"
+    head += f" {'own fc1':>8} {'sig/pad':>11} {'kept s/p':>11}"
     lines.append(head)
     for t in range(tasks):
         acc = {m: [data[m][k]["final"][t] for k in seeds] for m in methods}
@@ -133,6 +141,9 @@ def report(data: dict, methods: list[str], seeds: list[int]) -> list[str]:
         pad = _mean([data[ref][k]["density"][t].get("padding", float("nan")) for k in seeds])
         row += f" {dens:8.3f} " + " ".join(f"{d:9.3f}" for d in odens) + f" {own:8.3f}"
         row += f" {sig:5.3f}/{pad:5.3f}"
+        kept = [_mean([data[ref][k]["density"][t].get(key, float("nan")) for k in seeds])
+                for key in ("signal_kept", "padding_kept")]
+        row += f" {kept[0]:5.3f}/{kept[1]:5.3f}"
         lines.append(row)
     # grouped by the gate's decision on the reference method (per seed)
     for m in other:
