@@ -33,11 +33,12 @@ gate reads only the data, so these are the decisions a training run with that se
 
     PYTHONPATH=. python bench/mixed_diagnosis.py --gate 0.5 0.001 inf --data-dir FMNIST_DIR
 
-``--probe-min-steps N --probe-out DIR`` (with ``--data-dir``, optional ``--strategy-args``)
-trains TinySubNets on the scenario, one run per seed into ``DIR/seed<k>/``, with the
-convergence protocol's step floor raised to N (`bitsub_torch.cl.protocol.Protocol`'s
-``min_steps``; everything else as ``bitsub-train``): a probe of whether the step budget, which
-binds on most mixed tasks at 600 steps, is what the score masks lack. Not a table setting::
+``--probe-min-steps N --probe-out DIR`` (with ``--data-dir``, optional ``--strategy-args`` and
+``--probe-strategy``, default TinySubNets) trains that strategy on the scenario, one run per
+seed into ``DIR/seed<k>/``, with the convergence protocol's step floor raised to N
+(`bitsub_torch.cl.protocol.Protocol`'s ``min_steps``; everything else as ``bitsub-train``): a
+probe of whether the step budget, which binds on most mixed tasks at 600 steps, is what a
+method lacks. Not a table setting::
 
     PYTHONPATH=. python bench/mixed_diagnosis.py --probe-min-steps 1200 --probe-out DIR \
         --seeds 0 1 --data-dir FMNIST_DIR
@@ -237,12 +238,17 @@ def replay_gate(scenario: str, seeds: list[int], thresholds: list[float], data_d
 
 
 def probe_budget(scenario: str, seeds: list[int], min_steps: int, out: Path,
-                 data_dir: str | None, strategy_args: dict, tasks: int = 10) -> None:
-    """TinySubNets runs with the protocol's ``min_steps`` raised (see the module docstring)."""
+                 data_dir: str | None, strategy_args: dict, tasks: int = 10,
+                 strategy: str = "tinysubnets") -> None:
+    """Runs with the protocol's ``min_steps`` raised (see the module docstring)."""
     import functools
 
     from bitsub_torch import cli
     from bitsub_torch.cl import protocol
+    from bitsub_torch.cl.strategies import STRATEGIES
+    from bitsub_torch.experiments import Independent
+
+    STRATEGIES.setdefault("independent", Independent)  # as the table registers it
 
     original = protocol.Protocol
     # cli.train builds ``Protocol()`` from the module at call time; the instance stays an
@@ -250,7 +256,7 @@ def probe_budget(scenario: str, seeds: list[int], min_steps: int, out: Path,
     protocol.Protocol = functools.partial(original, min_steps=min_steps)  # type: ignore[misc]
     try:
         for k in seeds:
-            cli.train(strategy="tinysubnets", scenario=scenario, out=out / f"seed{k}", tasks=tasks,
+            cli.train(strategy=strategy, scenario=scenario, out=out / f"seed{k}", tasks=tasks,
                       seed=k, data_dir=data_dir, strategy_args=strategy_args, progress=False)
     finally:
         protocol.Protocol = original  # type: ignore[misc]
@@ -271,12 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-min-steps", type=int, help="train probe runs with this step floor")
     p.add_argument("--probe-out", type=Path, help="directory of the probe runs")
     p.add_argument("--strategy-args", default="{}", help="JSON arguments of the probe runs")
+    p.add_argument("--probe-strategy", default="tinysubnets",
+                   help="strategy of the probe runs (or independent)")
     a = p.parse_args(argv)
     if a.probe_min_steps is not None:
         if a.probe_out is None or a.probe_min_steps < 1:
             p.error("--probe-min-steps needs a positive number and --probe-out")
         probe_budget(a.scenario, a.seeds, a.probe_min_steps, a.probe_out, a.data_dir,
-                     json.loads(a.strategy_args))
+                     json.loads(a.strategy_args), strategy=a.probe_strategy)
         return 0
     if a.gate:
         for line in replay_gate(a.scenario, a.seeds, a.gate, a.data_dir, a.kl_samples):
