@@ -189,13 +189,16 @@ class TinySubNets(QuantizedStrategy):
         positions of largest ``|score|`` (at most as many as are free) enter the initial mask by
         exchanging score magnitudes (signs kept) with the same number of reused positions of
         smallest ``|score|`` in it; training then moves the scores as usual. Our deviation from
-        the paper (which keeps the scores); see the README.
+        the paper (which keeps the scores). Measured on permuted Fashion-MNIST (6 tasks, seed
+        0; see the README): 0.5 and 1.0 raised the validation accuracy by 0.22 and 0.24 point
+        for 2.7 and 6.3 points of capacity, so it is not a default.
     score_reset : bool
         Redraw every score of every task layer at the start of each task that is not its bank's
         first, from the layers' initial distribution (uniform in +-1/sqrt(fan_in)), so that
         reused and free positions compete on the new task's gradients alone (default False:
         scores persist). Our deviation from the paper; consecutive masks overlap less, which
-        costs mask bits (the masks are coded in the context of the previous one).
+        costs mask bits (the masks are coded in the context of the previous one). Measured on
+        permuted Fashion-MNIST (seed 0): tasks 1 and 2 trained 0.80 and 0.63 point lower.
     kl_threshold : float
         KL gate threshold in nats (``inf`` disables the gate).
     kl_method : {"histogram", "gaussian"}
