@@ -107,11 +107,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {s: {} for s in METHODS.values()}
 #: Variants of a method (display name -> strategy name, its arguments): TinySubNets at WSN's
 #: density (it adds compression to WSN, so it must not lose more than its delta to it), with the
 #: paper's post-pruning (off by default: see the README) and with a replay memory of 100 samples
-#: per task (Table 5 of TinySubNets).
+#: per task (Table 5 of TinySubNets); and with the first layer's masks kept off inputs that are 0
+#: in all of a task's training images (``skip_dead_inputs``, an option: see the README, mixed).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "TinySubNets @ WSN density": ("tinysubnets", {"density": WSN().density}),
     "TinySubNets + post-pruning": ("tinysubnets", {"post_prune_iters": 20}),
     "TinySubNets + replay": ("tinysubnets", {"replay": 100}),
+    "TinySubNets + dead inputs": ("tinysubnets", {"skip_dead_inputs": True}),
+    "TinySubNets + dead inputs + post-pruning": (
+        "tinysubnets", {"skip_dead_inputs": True, "post_prune_iters": 20}),
 }
 
 #: Training settings of the table: None means the CLI's default (the convergence protocol).
