@@ -7,12 +7,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_tinysubnets import digits_tasks
+from test_tsn_scores import train_task0
 
 from bitsub_torch.cl.strategies import TinySubNets
 from bitsub_torch.cl.strategies.tinysubnets import dead_inputs
-from bitsub_torch.cl.trainer import Trainer
 from bitsub_torch.nn.autograd import topk_count
-from bitsub_torch.nn.models import mlp
 
 torch.set_num_threads(1)
 
@@ -54,22 +53,12 @@ def _scenario(dead_cols):
     return scenario
 
 
-def _after_task0(strategy, scenario):
-    torch.manual_seed(0)
-    model = mlp((64,), 10, 2, width=48)
-    trainer = Trainer(model, strategy, scenario, epochs=1, batch_size=32, lr=1e-2,
-                      progress=False)
-    strategy.setup(model, scenario)
-    trainer.train_task(0)
-    return model, trainer
-
-
 @pytest.mark.parametrize("live_cols", [40, 4])  # k below the live positions, and above them
 def test_the_mask_stays_off_dead_inputs_and_the_scores_come_back(live_cols):
     dead_cols = np.arange(live_cols, 64)
     scenario = _scenario(dead_cols)
     strategy = TinySubNets(0.3, skip_dead_inputs=True, kl_threshold=float("inf"))
-    model, trainer = _after_task0(strategy, scenario)
+    model, trainer = train_task0(strategy, scenario)
     name, layer = next(iter(model.masked_layers().items()))
     before = layer.scores.detach().clone()
     assert before[:, dead_cols].abs().min() > 0  # task 0 had them live: scores are nonzero
@@ -91,7 +80,7 @@ def test_the_mask_stays_off_dead_inputs_and_the_scores_come_back(live_cols):
 def test_off_by_default_and_kept_in_the_state():
     scenario = _scenario(np.arange(10, 64))
     strategy = TinySubNets(0.3, kl_threshold=float("inf"))
-    model, trainer = _after_task0(strategy, scenario)
+    model, trainer = train_task0(strategy, scenario)
     assert strategy.skip_dead_inputs is False
     scores = {n: m.scores.detach().clone() for n, m in model.masked_layers().items()}
     strategy.before_task(1, model, scenario.tasks[1])

@@ -117,16 +117,21 @@ def test_redraw_scores_is_the_initial_law_and_seeded():
     assert torch.equal(torch.get_rng_state(), state)  # torch's global stream is untouched
 
 
-def _after_task0(strategy):
-    """Train task 0 of permuted digits, then run before_task(1); returns (model, scenario)."""
-    scenario = digits_tasks(2)
+def train_task0(strategy, scenario):
+    """Set ``strategy`` up on a 2-task MLP and train task 0; returns (model, trainer)."""
     torch.manual_seed(0)
     model = mlp((64,), 10, 2, width=48)
     trainer = Trainer(model, strategy, scenario, epochs=1, batch_size=32, lr=1e-2,
                       progress=False)
     strategy.setup(model, scenario)
     trainer.train_task(0)
-    return model, scenario
+    return model, trainer
+
+
+def _after_task0(strategy):
+    """Train task 0 of permuted digits; returns (model, scenario)."""
+    scenario = digits_tasks(2)
+    return train_task0(strategy, scenario)[0], scenario
 
 
 @pytest.mark.parametrize("share", [0.5, 1.0])
