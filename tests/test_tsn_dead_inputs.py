@@ -10,7 +10,7 @@ from test_tinysubnets import digits_tasks
 from test_tsn_scores import train_task0
 
 from bitsub_torch.cl.strategies import TinySubNets
-from bitsub_torch.cl.strategies.tinysubnets import dead_inputs
+from bitsub_torch.cl.strategies.scores import dead_inputs
 from bitsub_torch.nn.autograd import topk_count
 
 torch.set_num_threads(1)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from test_tinysubnets import digits_tasks
 
 from bitsub_torch.cl.strategies import TinySubNets
-from bitsub_torch.cl.strategies.tinysubnets import admit_free, redraw_scores
+from bitsub_torch.cl.strategies.scores import admit_free, redraw_scores
 from bitsub_torch.cl.trainer import Trainer
 from bitsub_torch.nn.autograd import topk_count, topk_mask_bool
 from bitsub_torch.nn.models import mlp
