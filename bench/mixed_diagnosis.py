@@ -177,14 +177,6 @@ def report(data: dict, methods: list[str], seeds: list[int]) -> list[str]:
     return lines
 
 
-def _evenly(x: np.ndarray, limit: int) -> np.ndarray:
-    """At most ``limit`` rows, evenly spaced, flattened to float32 (the gate's sample)."""
-    if len(x) > limit:
-        x = x[np.linspace(0, len(x) - 1, limit).astype(np.int64)]
-    x = np.asarray(x, dtype=np.float32)
-    return x.reshape(len(x), -1)
-
-
 def gate_banks(feats: list[np.ndarray], threshold: float,
                revisit: bool = False) -> list[tuple[int, str, float]]:
     """The KL gate's decisions alone: per task ``(bank, reason, divergence)``.
@@ -221,12 +213,13 @@ def gate_banks(feats: list[np.ndarray], threshold: float,
 def replay_gate(scenario: str, seeds: list[int], thresholds: list[float], data_dir: str | None,
                 kl_samples: int = 2000, tasks: int = 10) -> list[str]:
     """The KL gate's bank and divergence per task, per seed, threshold and ``kl_revisit``."""
+    from bitsub_torch.cl.divergence import evenly_spaced_rows
     from bitsub_torch.data.scenarios import get_scenario
 
     lines = []
     for k in seeds:
         sc = get_scenario(scenario, tasks=tasks, seed=k, data_dir=data_dir)
-        feats = [_evenly(t.x_train, kl_samples) for t in sc.tasks]
+        feats = [evenly_spaced_rows(t.x_train, kl_samples) for t in sc.tasks]
         for threshold in thresholds:
             for revisit in (False, True):
                 decisions = gate_banks(feats, threshold, revisit)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from test_tinysubnets import digits_tasks, train
 
+from bitsub_torch.cl.divergence import evenly_spaced_rows
 from bitsub_torch.cl.strategies import TinySubNets
 
 torch.set_num_threads(1)
@@ -27,7 +28,7 @@ def test_gate_replay_equals_the_strategys_log(threshold, revisit):
     scenario = digits_tasks(5, shifted=(2, 4))
     strategy = TinySubNets(0.5, post_prune_iters=0, kl_threshold=threshold, kl_revisit=revisit)
     train(strategy, scenario, epochs=1)
-    feats = [diag._evenly(t.x_train, strategy.kl_samples) for t in scenario.tasks]
+    feats = [evenly_spaced_rows(t.x_train, strategy.kl_samples) for t in scenario.tasks]
     replay = diag.gate_banks(feats, threshold, revisit)
     logged = [(strategy.log[t]["bank"], strategy.log[t]["bank_reason"], strategy.log[t]["kl"])
               for t in range(len(scenario.tasks))]

@@ -30,7 +30,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KLGate", "gaussian_kl", "histogram_kl", "task_divergence"]
+__all__ = ["KLGate", "evenly_spaced_rows", "gaussian_kl", "histogram_kl", "task_divergence"]
+
+
+def evenly_spaced_rows(x: Any, limit: int) -> np.ndarray:
+    """At most ``limit`` samples of ``x``, evenly spaced (deterministic), flattened to float32.
+
+    The sample the gate summarises. The rows are gathered first, so a streaming task is not
+    materialised whole.
+    """
+    if len(x) > limit:
+        x = x[np.linspace(0, len(x) - 1, limit).astype(np.int64)]
+    x = np.asarray(x, dtype=np.float32)
+    return x.reshape(len(x), -1)
 
 _METHODS = ("histogram", "gaussian")
 

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from bitsub.validate import check_bool, check_float, check_int
-from bitsub_torch.cl.divergence import KLGate
+from bitsub_torch.cl.divergence import KLGate, evenly_spaced_rows
 from bitsub_torch.cl.strategies.base import Evaluate, val_split
 from bitsub_torch.cl.strategies.quantized import QuantizedStrategy
 from bitsub_torch.cl.strategies.scores import admit_free, dead_inputs, redraw_scores
@@ -65,14 +65,6 @@ CRITERIA = ("agreement", "train", "val")
 #: against 28.7% (10 tasks), at about 0.4 point of validation accuracy.
 SCENARIO_CRITERION: dict[str, str] = {"pfmnist": "train"}
 
-
-
-def _features(x: Any, limit: int) -> np.ndarray:
-    """At most ``limit`` samples, evenly spaced (deterministic), flattened."""
-    if len(x) > limit:  # gather the rows first: a streaming task is not materialised whole
-        x = x[np.linspace(0, len(x) - 1, limit).astype(np.int64)]
-    x = np.asarray(x, dtype=np.float32)
-    return x.reshape(len(x), -1)
 
 
 class TinySubNets(QuantizedStrategy):
@@ -252,9 +244,9 @@ class TinySubNets(QuantizedStrategy):
     def before_task(self, task: int, model: nn.Module, data: Any) -> None:
         """Choose the bank (KL gate), then train through the top-k mask of the scores."""
         store = self._require_store()
-        feats = _features(data.x_train, self.kl_samples)
+        feats = evenly_spaced_rows(data.x_train, self.kl_samples)
         if self.replay:
-            self.memory[task] = _features(data.x_train, self.replay)
+            self.memory[task] = evenly_spaced_rows(data.x_train, self.replay)
         summary = self.gate.summarize(feats)
         self.summaries[task] = summary
         bank = store.current_bank()
@@ -304,10 +296,11 @@ class TinySubNets(QuantizedStrategy):
     def _dead_input_layer(self, layers: dict[str, nn.Module], data: Any) -> Any:
         """(name, dead) of the first task layer when it is a linear layer over the raw inputs."""
         name, layer = next(iter(layers.items()))
-        dead = dead_inputs(data.x_train)
-        if getattr(layer, "in_features", None) != dead.size or not dead.any():
+        width = int(np.prod(np.shape(data.x_train)[1:]))
+        if getattr(layer, "in_features", None) != width:  # not a linear layer over raw inputs
             return None
-        return name, dead
+        dead = dead_inputs(data.x_train)
+        return (name, dead) if dead.any() else None
 
     def _leave_dead_inputs(
         self, name: str, layer: nn.Module, dead: np.ndarray, density: float
