@@ -200,13 +200,12 @@ def gate_banks(feats: list[np.ndarray], threshold: float,
         candidates = [current] + (list(range(current)) if revisit else [])
         scored = [(gate.decide(summary, [summaries[u] for u in banks[b]])[1], b)
                   for b in candidates]
-        d, best = min(scored)
-        if d <= gate.threshold:
-            banks[best].append(t)
-            out.append((best, "joins" if best == current else "revisits", d))
-        else:
-            banks.append([t])
-            out.append((len(banks) - 1, "kl", scored[0][0]))
+        chosen, reason, d = gate.choose_bank(scored)
+        if chosen is None:
+            banks.append([])
+            chosen = len(banks) - 1
+        banks[chosen].append(t)
+        out.append((chosen, reason, d))
     return out
 
 

@@ -122,3 +122,17 @@ def test_bad_inputs_are_refused():
         histogram_kl([1, 2], [1, 2, 3])
     with pytest.raises(ValueError, match="features"):
         gaussian_kl([0.0], [1.0], [0.0, 1.0], [1.0, 1.0])
+
+
+def test_choose_bank_joins_revisits_or_opens():
+    gate = KLGate(threshold=0.5)
+    # the current bank (3) first, then earlier banks that may be revisited
+    assert gate.choose_bank([(0.2, 3), (0.4, 0)]) == (3, "joins", 0.2)
+    assert gate.choose_bank([(0.4, 3), (0.1, 1), (0.3, 0)]) == (1, "revisits", 0.1)
+    # exactly at the threshold still joins; a tie goes to the lower bank
+    assert gate.choose_bank([(0.5, 2)]) == (2, "joins", 0.5)
+    assert gate.choose_bank([(0.3, 2), (0.3, 0)]) == (0, "revisits", 0.3)
+    # every candidate over the threshold: a new bank, reported with the current bank's divergence
+    assert gate.choose_bank([(0.9, 2), (0.6, 0)]) == (None, "kl", 0.9)
+    with pytest.raises(ValueError, match="at least one candidate"):
+        gate.choose_bank([])

@@ -214,6 +214,22 @@ class KLGate:
         d = self.divergence(summary, self.pool(bank_summaries))
         return d > self.threshold, d
 
+    def choose_bank(self, scored: list[tuple[float, int]]) -> tuple[int | None, str, float]:
+        """The gate's choice among candidate banks: ``(bank, reason, divergence)``.
+
+        ``scored`` holds ``(divergence, bank)`` per candidate, the current bank first, then any
+        earlier banks a task may revisit. The candidate of least divergence (ties: the lower
+        bank) is taken when it is within the threshold: reason ``"joins"`` for the current
+        bank, ``"revisits"`` for an earlier one. Otherwise ``bank`` is None (open a new bank),
+        reason ``"kl"``, and the divergence is the current bank's.
+        """
+        if not scored:
+            raise ValueError("choose_bank needs at least one candidate bank")
+        divergence, best = min(scored)
+        if divergence <= self.threshold:
+            return best, ("joins" if best == scored[0][1] else "revisits"), divergence
+        return None, "kl", scored[0][0]
+
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Settings and the fixed histogram edges, for checkpoints."""

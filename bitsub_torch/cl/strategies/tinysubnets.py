@@ -260,13 +260,8 @@ class TinySubNets(QuantizedStrategy):
             if self.kl_revisit:
                 candidates += [b for b in range(store.banks - 1) if not store.bank_full(b)]
             scored = [(self._bank_divergence(summary, b, task), b) for b in candidates]
-            divergence, best = min(scored)
-            if divergence <= self.gate.threshold:
-                reason = "joins" if best == bank else "revisits"
-                bank = best
-            else:
-                divergence = scored[0][0]
-                bank, reason = store.open_bank(), "kl"
+            chosen, reason, divergence = self.gate.choose_bank(scored)
+            bank = store.open_bank() if chosen is None else chosen
         layers = model.masked_layers()
         unknown = sorted(set(self.layer_density or {}) - set(layers))
         if unknown:
