@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitsub_torch.data.files import load_data_pickle
+from bitsub_torch.data.files import load_data_pickle, scale_pixels
 
 __all__ = ["TRAIN_FILES", "load_cifar10"]
 
@@ -39,7 +39,7 @@ def _batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: labels must be integers in 0..9")
     if x.dtype != np.uint8:
         raise ValueError(f"{path}: 'data' must be uint8 pixels, found {x.dtype}")
-    return x.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, y.astype(np.int64)
+    return scale_pixels(x.reshape(-1, 3, 32, 32)), y.astype(np.int64)
 
 
 def load_cifar10(data_dir: str | os.PathLike | None

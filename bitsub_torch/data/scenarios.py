@@ -59,6 +59,7 @@ from bitsub_torch.data.files import (
     load_idx_images,
     load_tinyimagenet,
     read_idx,
+    scale_pixels,
 )
 from bitsub_torch.data.streaming import LazyRows, held_bytes
 
@@ -305,9 +306,7 @@ def _split(
 def _pixel_values() -> np.ndarray:
     # The 256 values an 8-bit pixel becomes before standardisation, by the same float32
     # operations as `load_idx_dataset`'s.
-    x = np.arange(256, dtype=np.uint8).reshape(1, 256).astype(np.float32)
-    x /= 255.0
-    return x
+    return scale_pixels(np.arange(256, dtype=np.uint8).reshape(1, 256))
 
 
 def _code_chunk(width: int) -> int:
@@ -350,9 +349,7 @@ def _idx_standardised(data_dir: str | os.PathLike | None, dataset: str,
     # float32 arrays are decoded from them (the same values bit for bit).
     x_train, y_train, x_test, y_test = load_idx_images(data_dir, dataset, subdirs)
     if x_train.dtype != np.uint8 or x_test.dtype != np.uint8:  # not 8-bit: scaled as floats
-        x_train, x_test = (x.astype(np.float32) for x in (x_train, x_test))
-        x_train /= 255.0  # as `load_idx_dataset`
-        x_test /= 255.0
+        x_train, x_test = scale_pixels(x_train), scale_pixels(x_test)
         x_train, x_test = _standardise(x_train, x_test, per_channel=False, overwrite=True)
         return x_train, y_train, x_test, y_test
     values = _pixel_values()
@@ -395,7 +392,7 @@ def _mnist5k() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
     x, y = mnist_data()
     train, test = _fixed_test_split(y, 0.2)
-    x = x.astype(np.float32) / 255.0
+    x = scale_pixels(x)
     x_train, x_test = _standardise(x[train], x[test], per_channel=False)
     return x_train, y[train].astype(np.int64), x_test, y[test].astype(np.int64)
 
