@@ -67,6 +67,7 @@ from bitsub_torch.checks import (
     naming,
 )
 from bitsub_torch.cl.figures import plot_accuracy_matrix
+from bitsub_torch.cpukernels import PINNED, pin_cpu_kernels
 
 __all__ = ["eval_main", "json_safe", "train", "train_main"]
 
@@ -382,6 +383,8 @@ def train(
                    "trainer": res.get("config", {}),
                    "world_size": getattr(distributed, "world_size", 1)},
         "timings": timings,
+        "cpu_kernels": {"capability": torch.backends.cpu.get_cpu_capability(),
+                        **{k: os.environ.get(k) for k in PINNED}},
     }
     if distributed is not None:
         report["distributed"] = distributed.describe()
@@ -467,9 +470,10 @@ def train_main(argv: Sequence[str] | None = None, distributed: Any = None) -> in
     writer = distributed is None or distributed.writer
     who = "bitsub-train" if writer else f"bitsub-train (rank {distributed.rank})"
     try:
-        if argv is None:  # this process is the command: its allocator is ours to set
+        if argv is None:  # this process is the command: its allocator and kernels are ours
             from bitsub_torch.allocator import tune_allocator
 
+            pin_cpu_kernels()
             tune_allocator(opt_out=args.system_malloc)
         try:
             strategy_args = json.loads(args.strategy_args)

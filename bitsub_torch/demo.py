@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bitsub_torch.cpukernels import pin_cpu_kernels
+
 __all__ = ["main"]
 
 DEMO = {
@@ -44,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tasks", type=int, default=DEMO["tasks"])
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if argv is None:  # this process is the command: its CPU kernels are ours to pin
+        pin_cpu_kernels()
 
     import bitsub
     from bitsub_torch.cli import evaluate_file, format_report, train

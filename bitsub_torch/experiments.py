@@ -64,6 +64,7 @@ import numpy as np
 from bitsub.atomic import write_bytes
 from bitsub_torch.cl.independent import Independent
 from bitsub_torch.cl.strategies.wsn import WSN
+from bitsub_torch.cpukernels import pin_cpu_kernels
 
 __all__ = [
     "DEFAULTS",
@@ -608,6 +609,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: ``python -m bitsub_torch.experiments``."""
     args = _parser().parse_args(argv)
+    if argv is None:  # this process is the command: its CPU kernels are ours to pin
+        pin_cpu_kernels()
     try:
         overrides = json.loads(args.strategy_args)
         if not isinstance(overrides, dict) or not all(

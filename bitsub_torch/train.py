@@ -18,12 +18,17 @@ import os
 import sys
 from collections.abc import Sequence
 
+from bitsub_torch.cpukernels import pin_cpu_kernels
+
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m bitsub_torch.train`` (under torchrun or alone)."""
     from bitsub_torch.cli import train_main
+
+    if argv is None:  # this process is the command: pinned before the process group's first op
+        pin_cpu_kernels()
 
     if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         return train_main(argv)

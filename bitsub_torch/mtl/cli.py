@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bitsub_torch.cpukernels import pin_cpu_kernels
+
 __all__ = ["evaluate_mtl_file", "main", "markdown_table", "plot_sparsity"]
 
 
@@ -211,6 +213,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bitsub-mtl``."""
     args = _parser().parse_args(argv)
+    if argv is None:  # this process is the command: its CPU kernels are ours to pin
+        pin_cpu_kernels()
     try:
         results = run(args)
     except (FileNotFoundError, ValueError, TypeError) as exc:
