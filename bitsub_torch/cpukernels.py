@@ -18,8 +18,8 @@ commands (``bitsub-train``, ``torchrun -m bitsub_torch.train``, ``bitsub-demo``,
 each read once, at the library's first use: the call must come before the first torch
 operation, which is why it is made at the start of a command and never on import (a program
 that imports bitsub keeps torch's kernels as it chose them; it can set the same variables before
-importing torch to reproduce the commands' figures). On these small networks the AVX2 kernels
-cost no measurable time. It does nothing
+importing torch to reproduce the commands' figures). What the AVX2 kernels cost in time is
+measured in the README's Set-up. It does nothing
 
 - with ``BITSUB_CPU_KERNELS=native`` in the environment (the machine's own kernels);
 - for a variable the user already set: theirs wins;
