@@ -178,8 +178,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=None, help="network width (model default)")
     p.add_argument("--strategy-args", default="{}",
                    help='JSON keyword arguments of the strategy, e.g. \'{"density": 0.3}\' '
-                   '(tinysubnets\' quant_criterion defaults to the scenario\'s: "train" on '
-                   'pfmnist, "agreement" elsewhere)')
+                   '(tinysubnets\' post_prune_iters defaults to the scenario\'s: 20 on '
+                   'pfmnist, 0 elsewhere)')
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: for the small MLPs of these scenarios, 2 "

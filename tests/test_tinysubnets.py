@@ -11,7 +11,7 @@ from torch import nn
 import bitsub
 from bitsub_torch.cl.ops import op_counts
 from bitsub_torch.cl.strategies import STRATEGIES, TinySubNets, get_strategy
-from bitsub_torch.cl.strategies.tinysubnets import CRITERIA, SCENARIO_CRITERION
+from bitsub_torch.cl.strategies.tinysubnets import CRITERIA, SCENARIO_DEFAULTS
 from bitsub_torch.cl.trainer import Trainer
 from bitsub_torch.export import export
 from bitsub_torch.nn.actquant import fake_quantize, quantized_inference
@@ -167,7 +167,7 @@ def test_agreement_criterion_bounds_the_changed_training_predictions_and_leaves_
     strategy = Recording(0.5, post_prune_iters=0, kl_threshold=float("inf"), delta=delta)
     strategy.scenario_tasks = scenario.tasks
     model, res = train(strategy, scenario)
-    assert strategy.quant_criterion == "agreement"  # the default outside SCENARIO_CRITERION
+    assert strategy.quant_criterion == "agreement"  # the default outside SCENARIO_DEFAULTS
     assert_forget_free(res.accuracy_matrix)
     for t, data in enumerate(scenario.tasks):
         log = strategy.log[t]
@@ -211,24 +211,28 @@ def test_train_criterion_bounds_the_training_accuracy_drop_and_leaves_val_alone(
         assert strategy.splits[t] == ["val", "val"]
 
 
-def test_quant_criterion_default_is_the_scenarios_and_an_explicit_one_is_kept():
-    assert SCENARIO_CRITERION == {"pfmnist": "train"}
+def test_scenario_defaults_fill_only_what_is_left_at_none():
+    assert SCENARIO_DEFAULTS == {"pfmnist": {"post_prune_iters": 20}}
     model = mlp((64,), 10, 1, width=16)
-    for name, want in (("pfmnist", "train"), ("pmnist5k", "agreement"), ("pdigits", "agreement")):
+    for name, iters in (("pfmnist", 20), ("pmnist5k", 0), ("pdigits", 0)):
         scenario = digits_tasks(1)
         scenario.name = name
         strategy = TinySubNets(0.5)
-        assert strategy.quant_criterion is None
+        assert strategy.quant_criterion is None and strategy.post_prune_iters is None
         strategy.setup(model, scenario)
-        assert strategy.quant_criterion == want
-        assert strategy.state_dict()["settings"]["quant_criterion"] == want
+        assert (strategy.quant_criterion, strategy.post_prune_iters) == ("agreement", iters)
+        settings = strategy.state_dict()["settings"]
+        assert (settings["quant_criterion"], settings["post_prune_iters"]) == ("agreement", iters)
         restored = TinySubNets(0.5)
         restored.load_state_dict(strategy.state_dict())
-        assert restored.quant_criterion == want
+        assert (restored.quant_criterion, restored.post_prune_iters) == ("agreement", iters)
         for chosen in CRITERIA:
-            explicit = TinySubNets(0.5, quant_criterion=chosen)
-            explicit.setup(model, scenario)
-            assert explicit.quant_criterion == chosen
+            for explicit_iters in (0, 3):
+                explicit = TinySubNets(0.5, quant_criterion=chosen,
+                                       post_prune_iters=explicit_iters)
+                explicit.setup(model, scenario)
+                assert (explicit.quant_criterion, explicit.post_prune_iters) == (
+                    chosen, explicit_iters)
 
 
 def test_val_criterion_scores_the_search_on_the_validation_split():
