@@ -18,15 +18,14 @@ Per task t:
    accuracy stays >= the trained accuracy minus ``post_prune_delta``; a layer whose step is refused
    is done. At most ``post_prune_iters`` evaluations.
 4. **Adaptive quantization** (Algorithm 1): `bitsub.adaptive_bitwidth` over t's own weights, from
-   ``min_bits`` up until the quantized sub-network is within ``delta`` of the unquantized one,
-   then per layer down (``per_layer=True``). What "within delta" is measured on is
-   ``quant_criterion``: ``"agreement"`` (the default) is the fraction of t's training images
-   whose predicted class the quantized sub-network keeps (labels unused; the validation split
-   stays untouched by the search and measures what quantization cost), ``"train"`` the
-   accuracy on the same training images against the unquantized sub-network's, ``"val"`` the
-   paper's validation accuracy against the
-   post-pruned model's. The codes are stored; t reads exactly
-   those values from now on, and later tasks reuse them frozen.
+   ``min_bits`` up until the quantized sub-network is within ``delta`` of the unquantized one, then
+   per layer down (``per_layer=True``). What "within delta" is measured on is ``quant_criterion``:
+   ``"agreement"`` (the default) is the fraction of t's training images whose predicted class the
+   quantized sub-network keeps (labels unused; the validation split stays untouched by the search
+   and measures what quantization cost), ``"train"`` the accuracy on the same training images
+   against the unquantized sub-network's, ``"val"`` the paper's validation accuracy against the
+   post-pruned model's. The codes are stored; t reads exactly those values from now on, and later
+   tasks reuse them frozen.
 
 Masks are Huffman-coded by the engine at export (``bitsub.encode_mask``); :meth:`mask_bits`
 reports the size of t's mask coded in the context of its bank's earlier masks.
