@@ -1,0 +1,85 @@
+"""Whether a finished run's BatchNorm statistics fit the network it evaluates (a diagnostic).
+
+Usage::
+
+    PYTHONPATH=. python bench/bn_shift.py RUN_DIR --data-dir FMNIST_DIR [--tasks 2 3]
+
+Loads the last checkpoint of a ``bitsub-train`` run (its scenario, seed, model and width from
+``RUN_DIR/config.json``) and prints, per task, the validation accuracy of the torch model
+
+- as evaluated (each task's BatchNorm running statistics, dropout off);
+- with those statistics gathered again over one pass of the task's training images, dropout
+  off (a plain average, ``momentum=None``);
+- gathered again the same way with dropout on, as training gathers them.
+
+Where the second is far above the first and the third, the statistics that training gathered
+through dropout do not fit the network evaluated without it (README, CNN rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bitsub_torch.data.scenarios import get_scenario
+from bitsub_torch.nn import models
+
+
+def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray, task: int) -> float:
+    """Eval-mode accuracy of ``task`` on (x, y)."""
+    net.eval()
+    with torch.no_grad():
+        pred = net(torch.as_tensor(np.asarray(x, dtype=np.float32)), task).argmax(1).numpy()
+    return float((pred == np.asarray(y)).mean())
+
+
+def regather(net: nn.Module, x: np.ndarray, task: int, dropout: bool, batch: int = 128) -> None:
+    """Gather every BatchNorm's running statistics again over x (plain average)."""
+    net.eval()
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        elif isinstance(m, nn.Dropout):
+            m.train(dropout)
+    with torch.no_grad():
+        for s in range(0, len(x), batch):
+            net(torch.as_tensor(np.asarray(x[s : s + batch], dtype=np.float32)), task)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--tasks", type=int, nargs="*", default=None)
+    args = p.parse_args(argv)
+    cfg = json.loads((args.run / "config.json").read_text())
+    sc = get_scenario(cfg["scenario"], tasks=cfg["tasks"], seed=cfg["seed"],
+                      data_dir=args.data_dir, val_fraction=cfg["val_fraction"])
+    width = {} if cfg["width"] is None else {"width": cfg["width"]}
+    net = getattr(models, cfg["model"])(sc.input_shape, sc.num_classes, len(sc.tasks), **width)
+    last = sorted(glob.glob(str(args.run / "checkpoints" / "task_*.pt")))[-1]
+    state = torch.load(last, weights_only=False)["model"]
+    for task in args.tasks if args.tasks is not None else range(len(sc.tasks)):
+        data = sc.tasks[task]
+        net.load_state_dict(state)
+        as_run = accuracy(net, data.x_val, data.y_val, task)
+        regather(net, data.x_train, task, dropout=False)
+        off = accuracy(net, data.x_val, data.y_val, task)
+        net.load_state_dict(state)
+        regather(net, data.x_train, task, dropout=True)
+        on = accuracy(net, data.x_val, data.y_val, task)
+        print(f"task {task}: val {100 * as_run:.2f}%  statistics regathered, dropout off "
+              f"{100 * off:.2f}%  dropout on {100 * on:.2f}%", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

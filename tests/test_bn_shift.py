@@ -1,0 +1,42 @@
+"""bench/bn_shift.py: regathering BatchNorm statistics with and without dropout."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+_PATH = Path(__file__).resolve().parent.parent / "bench" / "bn_shift.py"
+_SPEC = importlib.util.spec_from_file_location("bn_shift", _PATH)
+bs = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bs)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+        self.bn = nn.BatchNorm1d(3)
+
+    def forward(self, x, task):
+        return self.bn(self.drop(x))
+
+
+def test_regather_takes_the_plain_mean_and_variance_with_dropout_off():
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).normal(2.0, 3.0, (300, 3)).astype(np.float32)
+    net = Net()
+    bs.regather(net, x, 0, dropout=False, batch=100)
+    # three equal batches: the running mean is their mean, the running variance the mean of
+    # their unbiased variances
+    parts = x.reshape(3, 100, 3)
+    np.testing.assert_allclose(net.bn.running_mean.numpy(), parts.mean(axis=1).mean(axis=0),
+                               rtol=1e-5)
+    np.testing.assert_allclose(net.bn.running_var.numpy(), parts.var(axis=1, ddof=1).mean(axis=0),
+                               rtol=1e-4)
+    assert not net.drop.training
+    # with dropout on, the same images give another variance (the variance shift)
+    bs.regather(net, x, 0, dropout=True, batch=100)
+    assert net.drop.training
+    assert (net.bn.running_var.numpy() > 1.2 * parts.var(axis=1, ddof=1).mean(axis=0)).all()
