@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads((args.run / "config.json").read_text())
     sc = get_scenario(cfg["scenario"], tasks=cfg["tasks"], seed=cfg["seed"],
                       data_dir=args.data_dir, val_fraction=cfg["val_fraction"])
-    width = {} if cfg["width"] is None else {"width": cfg["width"]}
-    net = getattr(models, cfg["model"])(sc.input_shape, sc.num_classes, len(sc.tasks), **width)
+    net = models.build(cfg["model"], sc, cfg["width"])
     last = sorted(glob.glob(str(args.run / "checkpoints" / "task_*.pt")))[-1]
     state = torch.load(last, weights_only=False)["model"]
     for task in args.tasks if args.tasks is not None else range(len(sc.tasks)):
@@ -74,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         regather(net, data.x_train, task, dropout=False)
         off = accuracy(net, data.x_val, data.y_val, task)
         net.load_state_dict(state)
+        torch.manual_seed(task)  # the dropout masks, so that the figure repeats
         regather(net, data.x_train, task, dropout=True)
         on = accuracy(net, data.x_val, data.y_val, task)
         print(f"task {task}: val {100 * as_run:.2f}%  statistics regathered, dropout off "

@@ -103,20 +103,6 @@ def _default_model(input_shape: tuple[int, ...]) -> str:
     return "mlp"
 
 
-def _build_model(name: str, scenario: Any, width: float | None) -> Any:
-    from bitsub_torch.nn import models
-    kwargs: dict[str, Any] = {}
-    if width is not None:
-        if name in ("mlp", "resnet18"):
-            if width != int(width) or width < 1:
-                raise ValueError(f"--width for {name} is a whole number of units, got {width}")
-            kwargs["width"] = int(width)
-        else:
-            kwargs["width"] = float(width)
-    build = getattr(models, name)
-    return build(scenario.input_shape, scenario.num_classes, len(scenario.tasks), **kwargs)
-
-
 def _torch_predictions(model: Any, task: int, x: np.ndarray, batch: int = 1024) -> np.ndarray:
     import torch
 
@@ -288,7 +274,9 @@ def train(
     }
     strat = get_strategy(strategy, **strategy_args)
     torch.manual_seed(seed)
-    net = _build_model(model_name, sc, width)
+    from bitsub_torch.nn.models import build
+
+    net = build(model_name, sc, width)
     trainer = Trainer(net, strat, sc, epochs=1 if epochs is None else epochs,
                       protocol=None if epochs is not None else Protocol(), score_lr=score_lr,
                       batch_size=batch_size, lr=lr,

@@ -84,11 +84,12 @@ def pin_cpu_kernels(environ: MutableMapping[str, str] | None = None, *,
     flags = cpu_flags() if flags is None else flags
     if not {"avx2", "fma"} <= flags:
         return "CPU kernels: the machine's own (no AVX2 and FMA found in /proc/cpuinfo)"
-    done = []
+    done, kept = [], []
     for key, value in PINNED.items():
-        if key not in env:
+        if key in env:
+            kept.append(f"{key}={env[key]}")
+        else:
             env[key] = value
             done.append(f"{key}={value}")
-    kept = [f"{k}={env[k]}" for k in PINNED if f"{k}={PINNED[k]}" not in done]
     line = "CPU kernels: " + (", ".join(done) if done else "nothing set")
     return line + (f" (the user's {', '.join(kept)} kept)" if kept else "")

@@ -11,6 +11,7 @@ import pytest
 import bitsub
 from bitsub_torch.cl import trainer as trainer_module
 from bitsub_torch.cli import eval_main, train_main
+from bitsub_torch.cpukernels import ENV, cpu_flags
 
 FAST = ["--scenario", "splitdigits", "--epochs", "3", "--lr", "0.005", "--batch-size", "32",
         "--no-progress", "--threads", "1"]
@@ -54,6 +55,11 @@ def test_train_and_eval_forget_free(tmp_path, capsys, strategy):
     ev = run_eval(capsys, tmp_path / "model.h5", "--seed", "0")
     assert ev["accuracy"] == pytest.approx(r[-1].tolist(), abs=1e-12)
     assert ev["accuracy"] == res["export"]["accuracy"]
+    # the kernels the run used are recorded; the suite pins AVX2 where the CPU has it
+    kernels = res["cpu_kernels"]
+    if {"avx2", "fma"} <= cpu_flags() and os.environ.get(ENV) != "native":
+        assert kernels["capability"] == "AVX2"
+        assert (kernels["ATEN_CPU_CAPABILITY"], kernels["MKL_CBWR"]) == ("avx2", "AVX2")
 
 
 def test_finetune_forgets(tmp_path):

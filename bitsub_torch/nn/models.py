@@ -31,7 +31,7 @@ from bitsub_torch.nn.layers import (
 )
 from bitsub_torch.nn.tasklabels import by_task
 
-__all__ = ["ResNet18", "TaskNetwork", "alexnet", "mlp", "resnet18", "tinynet"]
+__all__ = ["ResNet18", "TaskNetwork", "alexnet", "build", "mlp", "resnet18", "tinynet"]
 
 MaskedLayer = TaskLinear | TaskConv2d
 """A shared layer with a mask per task (not the engine's ``bitsub.TaskLayer`` record)."""
@@ -457,3 +457,22 @@ def resnet18(
 ) -> ResNet18:
     """Reduced ResNet-18 of GPM for 5-datasets (``width`` = base channels, 20 by default)."""
     return ResNet18(input_shape, num_classes, num_tasks, width=width)
+
+
+def build(name: str, scenario: Any, width: float | None = None) -> TaskNetwork:
+    """The network ``name`` (``mlp``, ``alexnet``, ``tinynet``, ``resnet18``) for a scenario.
+
+    Input shape, classes per task and number of tasks come from ``scenario``; ``width`` None is
+    the model's default. ``mlp`` and ``resnet18`` take a whole number of units (ValueError
+    otherwise), the others a float scale. This is what ``bitsub-train --model --width`` builds.
+    """
+    kwargs: dict[str, Any] = {}
+    if width is not None:
+        if name in ("mlp", "resnet18"):
+            if width != int(width) or width < 1:
+                raise ValueError(f"--width for {name} is a whole number of units, got {width}")
+            kwargs["width"] = int(width)
+        else:
+            kwargs["width"] = float(width)
+    factory = {"mlp": mlp, "alexnet": alexnet, "tinynet": tinynet, "resnet18": resnet18}[name]
+    return factory(scenario.input_shape, scenario.num_classes, len(scenario.tasks), **kwargs)
