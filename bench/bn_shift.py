@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from bitsub_torch.data.scenarios import get_scenario
-from bitsub_torch.nn import models
+from bitsub_torch.nn import models, norm_statistics
 
 
 def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray, task: int) -> float:
@@ -40,18 +40,8 @@ def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray, task: int) -> float:
 
 
 def regather(net: nn.Module, x: np.ndarray, task: int, dropout: bool, batch: int = 128) -> None:
-    """Gather every BatchNorm's running statistics again over x (plain average)."""
-    net.eval()
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        elif isinstance(m, nn.Dropout):
-            m.train(dropout)
-    with torch.no_grad():
-        for s in range(0, len(x), batch):
-            net(torch.as_tensor(np.asarray(x[s : s + batch], dtype=np.float32)), task)
+    """Gather every BatchNorm's running statistics of ``task`` again over x (plain average)."""
+    norm_statistics.gather(net, x, task, batch_size=batch, dropout=dropout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -914,3 +914,43 @@ def naive_packed_mask_stats(mask_bits, write_bits):
             outside += w and not m
             reuse += m and not w
     return outside, reuse, written
+
+
+def naive_gathered_statistics(layers, x, batch):
+    """BatchNorm statistics gathered with dropout off, by hand, in float64.
+
+    ``layers``: ``("conv", w)``, ``("linear", w)``, ``("bn", gamma, beta, eps)``, ``("relu",)``,
+    ``("dropout",)`` (the identity: off) and ``("flatten",)``. Each batch of ``batch`` rows (a
+    last one of a single row left out) runs through them; every BatchNorm normalises with the
+    batch's own mean and biased variance and records the mean and the unbiased variance. Returns,
+    per BatchNorm, (mean over batches of the means, mean over batches of the variances).
+    """
+    x = np.asarray(x, np.float64)
+    starts = list(range(0, len(x), batch))
+    if len(starts) > 1 and len(x) - starts[-1] < 2:
+        starts.pop()
+    sums = {}
+    for s in starts:
+        h = x[s : s + batch]
+        for i, layer in enumerate(layers):
+            kind = layer[0]
+            if kind == "conv":
+                h = naive_conv2d(h, np.asarray(layer[1], np.float64))
+            elif kind == "linear":
+                h = h @ np.asarray(layer[1], np.float64).T
+            elif kind == "relu":
+                h = np.maximum(h, 0.0)
+            elif kind == "flatten":
+                h = h.reshape(len(h), -1)
+            elif kind == "bn":
+                axes = (0,) if h.ndim == 2 else (0, 2, 3)
+                count = h.size // h.shape[1]
+                shape = (1, -1) + (1,) * (h.ndim - 2)
+                mean = h.mean(axis=axes)
+                var = ((h - mean.reshape(shape)) ** 2).mean(axis=axes)
+                m, v = sums.get(i, (0.0, 0.0))
+                sums[i] = (m + mean, v + var * count / (count - 1))
+                gamma, beta, eps = (np.asarray(a, np.float64) for a in layer[1:4])
+                h = ((h - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
+                     * gamma.reshape(shape) + beta.reshape(shape))
+    return [(m / len(starts), v / len(starts)) for _, (m, v) in sorted(sums.items())]

@@ -35,8 +35,7 @@ def test_regather_takes_the_plain_mean_and_variance_with_dropout_off():
                                rtol=1e-5)
     np.testing.assert_allclose(net.bn.running_var.numpy(), parts.var(axis=1, ddof=1).mean(axis=0),
                                rtol=1e-4)
-    assert not net.drop.training
+    assert net.drop.training and net.bn.training and net.bn.momentum == 0.1  # modes restored
     # with dropout on, the same images give another variance (the variance shift)
     bs.regather(net, x, 0, dropout=True, batch=100)
-    assert net.drop.training
     assert (net.bn.running_var.numpy() > 1.2 * parts.var(axis=1, ddof=1).mean(axis=0)).all()

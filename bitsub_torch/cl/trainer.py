@@ -55,11 +55,17 @@ from bitsub_torch.cl import metrics
 from bitsub_torch.cl.protocol import Protocol
 from bitsub_torch.cl.strategies.base import Strategy
 from bitsub_torch.data.streaming import TaskDataset, batch_loader
+from bitsub_torch.nn import norm_statistics
 
 __all__ = ["Results", "Trainer", "config_differences"]
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _CKPT = re.compile(r"^task_(\d{3,})\.pt$")
+_NORM_SAMPLE = 1 << 20  # the seed stream of the statistics' sample (training orders use 0, 1)
+# A task's BatchNorm statistics are gathered over this many of its training images (a seeded
+# sample): at 128 images per batch the figures of the CNN rows are those of the whole split
+# (README, "BatchNorm statistics").
+NORM_IMAGES = 2048
 
 
 @dataclass
@@ -316,6 +322,8 @@ class Trainer:
                              f"processes ({distributed.world_size}): it is the global batch")
         # the model as built: its state grows with the tasks (coded masks, stored values, scores)
         self._shapes = {k: list(v.shape) for k, v in self.model.state_dict().items()}
+        self._has_norms = bool(norm_statistics.task_batchnorms(self.model, 0))
+        self._training: int | None = None  # the task in training, while its hooks run
         self.workers = workers
         self.pin_memory = bool(pin_memory)
 
@@ -339,6 +347,10 @@ class Trainer:
             "run": self.run_config,
             "protocol": None if self.protocol is None else self.protocol.to_dict(),
             "score_lr": self.score_lr,
+            # recorded for models with BatchNorm only, so that runs of models without any
+            # (their results unchanged) still resume from checkpoints made before it
+            **({"norm_statistics": {"dropout": False, "images": NORM_IMAGES}}
+               if self._has_norms else {}),
         }
 
     # ------------------------------------------------------------------ evaluation
@@ -362,6 +374,29 @@ class Trainer:
             correct += int(np.sum(pred == y[start : start + self.eval_batch_size]))
         model.train(was_training)
         return correct / len(y)
+
+    def gather_norms(self, task: int) -> None:
+        """Gather task ``task``'s BatchNorm statistics again for the network as it is now.
+
+        Over `NORM_IMAGES` of its training images (the same seeded sample every time), dropout
+        off (`bitsub_torch.nn.norm_statistics`). The trainer calls it before every evaluation of
+        the task being trained (the protocol's validations, the strategy's decisions) and once
+        its training and the strategy's ``after_task`` are over, so the statistics kept are
+        those of the network stored. Nothing happens for a model without BatchNorm.
+        """
+        if not self._has_norms:
+            return
+        n = len(self.scenario.tasks[task].y_train)
+        rows = np.sort(np.random.default_rng((self.seed, task, _NORM_SAMPLE)).permutation(n)
+                       [:NORM_IMAGES])
+        norm_statistics.gather(self.model, self.scenario.tasks[task].x_train, task,
+                               batch_size=max(2, self.batch_size), rows=rows)
+
+    def _evaluate_training(self, model: nn.Module, task: int, split: str = "val") -> float:
+        """`evaluate` for the strategy's hooks: the task being trained gets its statistics first."""
+        if task == self._training and model is self.model and split != "test":
+            self.gather_norms(task)
+        return self.evaluate(model, task, split)
 
     def _test_row(self) -> np.ndarray:
         return np.array(
@@ -450,6 +485,7 @@ class Trainer:
     @torch.no_grad()
     def _val_score(self, task: int) -> tuple[float, float]:
         """(accuracy, -mean loss) of the task on its validation split: larger is better."""
+        self.gather_norms(task)
         data = self.scenario.tasks[task]
         x = data.x_val
         y = torch.from_numpy(np.asarray(data.y_val, dtype=np.int64))
@@ -522,19 +558,22 @@ class Trainer:
         else:
             total = self.protocol.budget(spe)[0] * (2 if retrain > 0 else 1)
         steps = []
+        self._training = task
         with tqdm(
             total=total, desc=f"task {task}", leave=False, disable=not self.progress
         ) as bar:
             opt = self._make_optimizer(params)
             steps.append(self._train_phase(task, opt, 0, self.epochs, bar))
-            self.strategy.prune(task, self.model, data, self.evaluate)
+            self.strategy.prune(task, self.model, data, self._evaluate_training)
             if self.distributed is not None:  # rank 0's pruned masks and weights
                 self.distributed.sync(self.model)
             if retrain > 0:
                 if self.protocol is not None:
                     opt = self._make_optimizer(params)  # the learning rate may have been halved
                 steps.append(self._train_phase(task, opt, 1, retrain, bar))
-        self.strategy.after_task(task, self.model, data, self.evaluate)
+        self.strategy.after_task(task, self.model, data, self._evaluate_training)
+        self._training = None
+        self.gather_norms(task)  # for the network stored: pruned, quantized, fine-tuned
         if self.distributed is not None:  # rank 0's masks, fields, bit-widths and banks
             self.distributed.sync(self.model, self.strategy)
         self.release_memory()
