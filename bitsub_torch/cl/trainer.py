@@ -10,6 +10,12 @@ so a task's training does not depend on how the run got there. This is what lets
 (a new Trainer with the same arguments over the same checkpoint directory) end with the same
 results as an uninterrupted one.
 
+BatchNorm statistics: before every evaluation of the task being trained (the protocol's and the
+strategy's) and once its ``after_task`` is over, the task's BatchNorm running statistics are
+gathered again over `NORM_IMAGES` of its training images with dropout off
+(`Trainer.gather_norms`), so that they are those of the network evaluated and stored, not a
+moving average taken through dropout while the weights moved. Models without BatchNorm skip it.
+
 Checkpoints: after each task, ``task_XXX.pt`` holds the run's full configuration (`Trainer.config`:
 the trainer's arguments, the strategy's arguments, the model's parameter shapes and the caller's
 ``run_config``), the model's state_dict, the strategy's state_dict, the accuracy rows so far,
