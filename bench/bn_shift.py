@@ -2,7 +2,7 @@
 
 Usage::
 
-    PYTHONPATH=. python bench/bn_shift.py RUN_DIR --data-dir FMNIST_DIR [--tasks 2 3]
+    PYTHONPATH=. python bench/bn_shift.py RUN_DIR --data-dir FMNIST_DIR [--tasks 2 3] [--images N]
 
 Loads the last checkpoint of a ``bitsub-train`` run (its scenario, seed, model and width from
 ``RUN_DIR/config.json``) and prints, per task, the validation accuracy of the torch model
@@ -10,7 +10,9 @@ Loads the last checkpoint of a ``bitsub-train`` run (its scenario, seed, model a
 - as evaluated (each task's BatchNorm running statistics, dropout off);
 - with those statistics gathered again over one pass of the task's training images, dropout
   off (a plain average, ``momentum=None``);
-- gathered again the same way with dropout on, as training gathers them.
+- gathered again the same way with dropout on, as training gathers them;
+- with ``--images N``: gathered with dropout off over a seeded sample of N training images
+  only (how many the trainer uses is `bitsub_torch.cl.trainer.NORM_IMAGES`).
 
 Where the second is far above the first and the third, the statistics that training gathered
 through dropout do not fit the network evaluated without it (README, CNN rows).
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", type=Path)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--tasks", type=int, nargs="*", default=None)
+    p.add_argument("--images", type=int, default=None,
+                   help="also gather (dropout off) over a seeded sample of this many images")
     args = p.parse_args(argv)
     cfg = json.loads((args.run / "config.json").read_text())
     sc = get_scenario(cfg["scenario"], tasks=cfg["tasks"], seed=cfg["seed"],
@@ -66,8 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(task)  # the dropout masks, so that the figure repeats
         regather(net, data.x_train, task, dropout=True)
         on = accuracy(net, data.x_val, data.y_val, task)
-        print(f"task {task}: val {100 * as_run:.2f}%  statistics regathered, dropout off "
-              f"{100 * off:.2f}%  dropout on {100 * on:.2f}%", flush=True)
+        line = (f"task {task}: val {100 * as_run:.2f}%  statistics regathered, dropout off "
+                f"{100 * off:.2f}%  dropout on {100 * on:.2f}%")
+        if args.images is not None:
+            net.load_state_dict(state)
+            n = len(data.y_train)
+            rows = np.sort(np.random.default_rng(task).permutation(n)[: args.images])
+            norm_statistics.gather(net, data.x_train, task, batch_size=128, rows=rows)
+            line += (f"  dropout off, {len(rows)} images "
+                     f"{100 * accuracy(net, data.x_val, data.y_val, task):.2f}%")
+        print(line, flush=True)
     return 0
 
 

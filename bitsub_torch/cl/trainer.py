@@ -565,20 +565,22 @@ class Trainer:
             total = self.protocol.budget(spe)[0] * (2 if retrain > 0 else 1)
         steps = []
         self._training = task
-        with tqdm(
-            total=total, desc=f"task {task}", leave=False, disable=not self.progress
-        ) as bar:
-            opt = self._make_optimizer(params)
-            steps.append(self._train_phase(task, opt, 0, self.epochs, bar))
-            self.strategy.prune(task, self.model, data, self._evaluate_training)
-            if self.distributed is not None:  # rank 0's pruned masks and weights
-                self.distributed.sync(self.model)
-            if retrain > 0:
-                if self.protocol is not None:
-                    opt = self._make_optimizer(params)  # the learning rate may have been halved
-                steps.append(self._train_phase(task, opt, 1, retrain, bar))
-        self.strategy.after_task(task, self.model, data, self._evaluate_training)
-        self._training = None
+        try:
+            with tqdm(
+                total=total, desc=f"task {task}", leave=False, disable=not self.progress
+            ) as bar:
+                opt = self._make_optimizer(params)
+                steps.append(self._train_phase(task, opt, 0, self.epochs, bar))
+                self.strategy.prune(task, self.model, data, self._evaluate_training)
+                if self.distributed is not None:  # rank 0's pruned masks and weights
+                    self.distributed.sync(self.model)
+                if retrain > 0:
+                    if self.protocol is not None:
+                        opt = self._make_optimizer(params)  # the learning rate may have been halved
+                    steps.append(self._train_phase(task, opt, 1, retrain, bar))
+            self.strategy.after_task(task, self.model, data, self._evaluate_training)
+        finally:
+            self._training = None
         self.gather_norms(task)  # for the network stored: pruned, quantized, fine-tuned
         if self.distributed is not None:  # rank 0's masks, fields, bit-widths and banks
             self.distributed.sync(self.model, self.strategy)
