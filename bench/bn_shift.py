@@ -41,11 +41,6 @@ def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray, task: int) -> float:
     return float((pred == np.asarray(y)).mean())
 
 
-def regather(net: nn.Module, x: np.ndarray, task: int, dropout: bool, batch: int = 128) -> None:
-    """Gather every BatchNorm's running statistics of ``task`` again over x (plain average)."""
-    norm_statistics.gather(net, x, task, batch_size=batch, dropout=dropout)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
@@ -64,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         data = sc.tasks[task]
         net.load_state_dict(state)
         as_run = accuracy(net, data.x_val, data.y_val, task)
-        regather(net, data.x_train, task, dropout=False)
+        norm_statistics.gather(net, data.x_train, task, dropout=False)
         off = accuracy(net, data.x_val, data.y_val, task)
         net.load_state_dict(state)
         torch.manual_seed(task)  # the dropout masks, so that the figure repeats
-        regather(net, data.x_train, task, dropout=True)
+        norm_statistics.gather(net, data.x_train, task, dropout=True)
         on = accuracy(net, data.x_val, data.y_val, task)
         line = (f"task {task}: val {100 * as_run:.2f}%  statistics regathered, dropout off "
                 f"{100 * off:.2f}%  dropout on {100 * on:.2f}%")

@@ -1,11 +1,15 @@
-"""bench/bn_shift.py: regathering BatchNorm statistics with and without dropout."""
+"""bench/bn_shift.py, and the plain-BatchNorm case of the gathering it reports."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from bitsub_torch.cli import train_main
+from bitsub_torch.nn.norm_statistics import gather
 
 _PATH = Path(__file__).resolve().parent.parent / "bench" / "bn_shift.py"
 _SPEC = importlib.util.spec_from_file_location("bn_shift", _PATH)
@@ -23,11 +27,11 @@ class Net(nn.Module):
         return self.bn(self.drop(x))
 
 
-def test_regather_takes_the_plain_mean_and_variance_with_dropout_off():
+def test_gather_takes_the_plain_mean_and_variance_with_dropout_off():
     torch.manual_seed(0)
     x = np.random.default_rng(0).normal(2.0, 3.0, (300, 3)).astype(np.float32)
     net = Net()
-    bs.regather(net, x, 0, dropout=False, batch=100)
+    gather(net, x, 0, batch_size=100, dropout=False)
     # three equal batches: the running mean is their mean, the running variance the mean of
     # their unbiased variances
     parts = x.reshape(3, 100, 3)
@@ -37,5 +41,20 @@ def test_regather_takes_the_plain_mean_and_variance_with_dropout_off():
                                rtol=1e-4)
     assert net.drop.training and net.bn.training and net.bn.momentum == 0.1  # modes restored
     # with dropout on, the same images give another variance (the variance shift)
-    bs.regather(net, x, 0, dropout=True, batch=100)
+    gather(net, x, 0, batch_size=100, dropout=True)
     assert (net.bn.running_var.numpy() > 1.2 * parts.var(axis=1, ddof=1).mean(axis=0)).all()
+
+
+def test_the_bench_reads_a_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main(["--strategy", "wsn", "--scenario", "splitdigits", "--tasks", "2",
+                       "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert bs.main([str(out), "--tasks", "0", "1", "--images", "50"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["task 0", "task 1"]
+    for line in lines:
+        # the MLP has no BatchNorm: nothing is gathered, all four readings are the same
+        figures = re.findall(r"(\d+\.\d\d)%", line)
+        assert len(figures) == 4 and len(set(figures)) == 1, line
+        assert "50 images" in line

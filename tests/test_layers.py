@@ -1,5 +1,7 @@
 """Task layers, straight-through functions and the papers' networks (bitsub_torch.nn)."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,7 @@ from bitsub_torch.nn.autograd import (
     topk_masked_weight,
 )
 from bitsub_torch.nn.layers import TaskBatchNorm, TaskConv2d, TaskLinear
-from bitsub_torch.nn.models import alexnet, mlp, resnet18, tinynet
+from bitsub_torch.nn.models import alexnet, build, mlp, resnet18, tinynet
 
 torch.set_num_threads(1)
 
@@ -515,3 +517,19 @@ def test_resnet18_has_no_steps_but_private_params():
 def test_network_constructors_validate(call):
     with pytest.raises((ValueError, TypeError)):
         call()
+
+
+def test_build_is_the_factory_with_the_scenarios_shapes():
+    sc = SimpleNamespace(input_shape=(1, 28, 28), num_classes=2, tasks=[0, 1, 2])
+    net = build("alexnet", sc, 0.25)
+    torch.manual_seed(0)
+    ref = alexnet((1, 28, 28), 2, 3, width=0.25)
+    assert {k: v.shape for k, v in net.state_dict().items()} == {
+        k: v.shape for k, v in ref.state_dict().items()}
+    assert net.num_tasks == 3
+    flat = SimpleNamespace(input_shape=(64,), num_classes=10, tasks=[0])
+    assert build("mlp", flat, 32).blocks.fc1.weight.shape == (32, 64)
+    with pytest.raises(ValueError, match="whole number of units"):
+        build("mlp", flat, 0.5)
+    with pytest.raises(ValueError, match="model must be one of mlp, alexnet, tinynet, resnet18"):
+        build("vgg", flat)

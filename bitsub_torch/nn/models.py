@@ -464,8 +464,12 @@ def build(name: str, scenario: Any, width: float | None = None) -> TaskNetwork:
 
     Input shape, classes per task and number of tasks come from ``scenario``; ``width`` None is
     the model's default. ``mlp`` and ``resnet18`` take a whole number of units (ValueError
-    otherwise), the others a float scale. This is what ``bitsub-train --model --width`` builds.
+    otherwise), the others a float scale; another ``name`` is a ValueError. This is what
+    ``bitsub-train --model --width`` builds.
     """
+    factories = {"mlp": mlp, "alexnet": alexnet, "tinynet": tinynet, "resnet18": resnet18}
+    if name not in factories:
+        raise ValueError(f"model must be one of {', '.join(factories)}, got {name!r}")
     kwargs: dict[str, Any] = {}
     if width is not None:
         if name in ("mlp", "resnet18"):
@@ -474,5 +478,5 @@ def build(name: str, scenario: Any, width: float | None = None) -> TaskNetwork:
             kwargs["width"] = int(width)
         else:
             kwargs["width"] = float(width)
-    factory = {"mlp": mlp, "alexnet": alexnet, "tinynet": tinynet, "resnet18": resnet18}[name]
-    return factory(scenario.input_shape, scenario.num_classes, len(scenario.tasks), **kwargs)
+    shape, classes, tasks = scenario.input_shape, scenario.num_classes, len(scenario.tasks)
+    return factories[name](shape, classes, tasks, **kwargs)

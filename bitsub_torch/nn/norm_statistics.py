@@ -84,7 +84,7 @@ def gather(model: nn.Module, x: Any, task: int, *, batch_size: int = 128,
         return 0
     modes = {m: m.training for m in model.modules()}
     momenta = [n.momentum for n in norms]
-    device = next(iter(model.parameters())).device
+    device = next(model.parameters()).device
     try:
         model.eval()
         for m in model.modules():
