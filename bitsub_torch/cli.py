@@ -93,16 +93,6 @@ def json_safe(v: Any) -> Any:
     return v
 
 
-def _default_model(input_shape: tuple[int, ...]) -> str:
-    if len(input_shape) == 1:
-        return "mlp"
-    if len(input_shape) == 3 and input_shape[1:] == (64, 64):
-        return "tinynet"
-    if len(input_shape) == 3:
-        return "alexnet"
-    return "mlp"
-
-
 def _torch_predictions(model: Any, task: int, x: np.ndarray, batch: int = 1024) -> np.ndarray:
     import torch
 
@@ -159,9 +149,11 @@ def _train_parser() -> argparse.ArgumentParser:
                    "as in WSN's reference code)")
     p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
     p.add_argument("--model", default=None, choices=MODELS,
-                   help="network (default: mlp for flat inputs, alexnet for 32x32 images, "
-                   "tinynet for 64x64)")
-    p.add_argument("--width", type=float, default=None, help="network width (model default)")
+                   help="network (default: alexnet at width 0.25 on splitfmnist2d, else mlp "
+                   "for flat inputs, alexnet for 28x28 and 32x32 images, tinynet for 64x64)")
+    p.add_argument("--width", type=float, default=None,
+                   help="network width (default: 0.25 for splitfmnist2d's alexnet, else the "
+                   "model's own; 1 is the full network)")
     p.add_argument("--strategy-args", default="{}",
                    help='JSON keyword arguments of the strategy, e.g. \'{"density": 0.3}\' '
                    '(tinysubnets\' post_prune_iters defaults to the scenario\'s: 20 on '
@@ -263,7 +255,9 @@ def train(
     writer = distributed is None or distributed.writer
     sc = get_scenario(scenario, tasks=tasks, seed=seed, data_dir=data_dir,
                       val_fraction=val_fraction)
-    model_name = model or _default_model(sc.input_shape)
+    from bitsub_torch.nn.models import build, default_network
+
+    model_name, width = default_network(scenario, sc.input_shape, model, width)
     config = {
         "strategy": strategy, "strategy_args": strategy_args, "scenario": scenario,
         "tasks": len(sc.tasks), "epochs": epochs, "seed": seed, "export_bits": export_bits,
@@ -274,8 +268,6 @@ def train(
     }
     strat = get_strategy(strategy, **strategy_args)
     torch.manual_seed(seed)
-    from bitsub_torch.nn.models import build
-
     net = build(model_name, sc, width)
     trainer = Trainer(net, strat, sc, epochs=1 if epochs is None else epochs,
                       protocol=None if epochs is not None else Protocol(), score_lr=score_lr,

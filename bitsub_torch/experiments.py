@@ -7,7 +7,8 @@ Run it as::
 (``--scenarios``, ``--strategies``, ``--seeds``, ``--epochs``, ``--data-dir`` choose what runs).
 For each scenario (``pmnist5k``, ``pfmnist`` and ``mixed`` with 10 tasks, ``splitfmnist`` with
 5 x 2 classes, and the CNN row set: ``splitfmnist2d``, the same tasks as images, on the reduced
-AlexNet of `NETWORKS`), each method (Finetune, PackNet, WSN, Ada-QPacknet, TinySubNets, the
+AlexNet at width 0.25, the network ``bitsub-train`` builds for it without flags:
+`bitsub_torch.nn.models.SCENARIO_NETWORKS`), each method (Finetune, PackNet, WSN, Ada-QPacknet, TinySubNets, the
 variants of `VARIANTS`, and Independent: one independent float32 model per task, the upper bound)
 and each seed it calls :func:`bitsub_torch.cli.train` (the code behind ``bitsub-train``, with its
 defaults: the convergence protocol of `bitsub_torch.cl.protocol`, the trainer with its re-tested
@@ -69,7 +70,6 @@ from bitsub_torch.cpukernels import pin_cpu_kernels
 __all__ = [
     "DEFAULTS",
     "METHODS",
-    "NETWORKS",
     "PAPER_PMNIST",
     "SCENARIOS",
     "VARIANTS",
@@ -84,12 +84,6 @@ __all__ = [
 #: Scenario -> number of tasks of the table.
 SCENARIOS: dict[str, int] = {"pmnist5k": 10, "pfmnist": 10, "splitfmnist": 5, "mixed": 10,
                              "splitfmnist2d": 5}
-
-#: Scenario -> the network of its rows (``bitsub-train --model/--width``), where it is not the
-#: CLI's default MLP: the CNN row set runs the reduced AlexNet (the CLI's default for 28 x 28
-#: images) at a quarter of its width, because at full width (6.5 M task-layer weights) one
-#: training step with score masks took 6.7 s on this 2-core machine under load (0.9 s at 0.25).
-NETWORKS: dict[str, dict[str, Any]] = {"splitfmnist2d": {"model": "alexnet", "width": 0.25}}
 
 #: Method name in the table -> strategy name of the CLI registry.
 METHODS: dict[str, str] = {
@@ -381,8 +375,7 @@ def run(
                 if train_runs:
                     report = train(strategy=strategy, scenario=scenario, out=run_dir,
                                    tasks=n_tasks, seed=k, data_dir=data_dir, strategy_args=args,
-                                   threads=threads, progress=progress,
-                                   **NETWORKS.get(scenario, {}), **given)
+                                   threads=threads, progress=progress, **given)
                 else:
                     report = _finished(run_dir, strategy, scenario, k, n_tasks, data_dir)
                 wall = time.perf_counter() - t0

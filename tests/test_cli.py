@@ -181,3 +181,37 @@ def test_demo_runs_and_retests_from_file(tmp_path, capsys):
     assert "equals the last row of the accuracy matrix: yes" in out
     assert "capacity" in out and "BWT" in out
     check_run_dir(tmp_path, 2)
+
+
+def _write_idx(path, arr):
+    header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
+    path.write_bytes(header + np.ascontiguousarray(arr, dtype=">u1").tobytes())
+
+
+def test_splitfmnist2d_without_flags_builds_the_tables_network(tmp_path, capsys, monkeypatch):
+    # no --model, no --width: the reduced AlexNet at width 0.25 (16 first-conv channels, not
+    # 64), recorded in config.json; a run directory of the full-width network is refused
+    from bitsub_torch.data import scenarios
+
+    rng = np.random.default_rng(0)
+    fm = tmp_path / "fm"
+    fm.mkdir()
+    for split, n in (("train", 60), ("t10k", 20)):
+        _write_idx(fm / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(fm / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
+    monkeypatch.setattr(scenarios, "FASHION_MNIST_DEFAULT_DIR", fm)
+    args = ["--strategy", "packnet", "--scenario", "splitfmnist2d", "--tasks", "1",
+            "--epochs", "1", "--no-progress"]
+    out = tmp_path / "run"
+    assert train_main([*args, "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["model"], config["width"]) == ("alexnet", 0.25)
+    pm = bitsub.load(out / "model.h5")
+    assert pm.shape("conv1")[0] == 16
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "config.json").write_text(json.dumps({**config, "width": None}))
+    capsys.readouterr()
+    assert train_main([*args, "--out", str(full)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "width (None -> 0.25)" in err and "\n" not in err

@@ -141,6 +141,7 @@ def _write_idx(path, arr):
 
 def test_cnn_rows_run_the_conv_network(tmp_path, monkeypatch):
     from bitsub_torch.data import scenarios
+    from bitsub_torch.nn import models
 
     rng = np.random.default_rng(0)
     fm = tmp_path / "fm"
@@ -149,8 +150,9 @@ def test_cnn_rows_run_the_conv_network(tmp_path, monkeypatch):
         _write_idx(fm / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         _write_idx(fm / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
     monkeypatch.setattr(scenarios, "FASHION_MNIST_DEFAULT_DIR", fm)
-    assert experiments.NETWORKS["splitfmnist2d"]["model"] == "alexnet"
-    monkeypatch.setitem(experiments.NETWORKS, "splitfmnist2d", {"model": "alexnet", "width": 0.1})
+    # the table builds what bitsub-train builds without flags: the scenario's network
+    assert models.SCENARIO_NETWORKS["splitfmnist2d"] == ("alexnet", 0.25)
+    monkeypatch.setitem(models.SCENARIO_NETWORKS, "splitfmnist2d", ("alexnet", 0.1))
     out = tmp_path / "table"
     result = experiments.run(["splitfmnist2d"], ["TinySubNets"], out=out, tasks=2,
                              epochs=1, seed=0, log=lambda line: None)

@@ -19,7 +19,15 @@ from bitsub_torch.nn.autograd import (
     topk_masked_weight,
 )
 from bitsub_torch.nn.layers import TaskBatchNorm, TaskConv2d, TaskLinear
-from bitsub_torch.nn.models import alexnet, build, mlp, resnet18, tinynet
+from bitsub_torch.nn.models import (
+    SCENARIO_NETWORKS,
+    alexnet,
+    build,
+    default_network,
+    mlp,
+    resnet18,
+    tinynet,
+)
 
 torch.set_num_threads(1)
 
@@ -533,3 +541,18 @@ def test_build_is_the_factory_with_the_scenarios_shapes():
         build("mlp", flat, 0.5)
     with pytest.raises(ValueError, match="model must be one of mlp, alexnet, tinynet, resnet18"):
         build("vgg", flat)
+
+
+def test_default_network_is_the_scenarios_then_the_input_shapes():
+    assert SCENARIO_NETWORKS == {"splitfmnist2d": ("alexnet", 0.25)}
+    image = (1, 28, 28)
+    assert default_network("splitfmnist2d", image) == ("alexnet", 0.25)
+    assert default_network("splitfmnist2d", image, "alexnet") == ("alexnet", 0.25)
+    assert default_network("splitfmnist2d", image, None, 1.0) == ("alexnet", 1.0)
+    assert default_network("splitfmnist2d", image, "alexnet", 0.5) == ("alexnet", 0.5)
+    assert default_network("splitfmnist2d", image, "tinynet") == ("tinynet", None)
+    assert default_network("pmnist5k", (784,)) == ("mlp", None)
+    assert default_network("pmnist5k", (784,), None, 50) == ("mlp", 50)
+    assert default_network("scifar100", (3, 32, 32)) == ("alexnet", None)
+    assert default_network("tinyimagenet", (3, 64, 64)) == ("tinynet", None)
+    assert default_network("tinyimagenet", (3, 64, 64), "alexnet") == ("alexnet", None)

@@ -200,7 +200,7 @@ def train_one_model(
     sc = get_scenario(scenario, tasks=tasks, seed=seed, data_dir=data_dir,
                       val_fraction=val_fraction)
     _, seen = class_ranges(sc)
-    model_name = model or ("mlp" if len(sc.input_shape) == 1 else "alexnet")
+    model_name, width = models.default_network(scenario, sc.input_shape, model, width)
     if model_name == "resnet18":
         raise ValueError("resnet18's skip connections have no packed export yet: use --model "
                          "mlp, alexnet or tinynet")
