@@ -8,8 +8,9 @@ Run it as::
 For each scenario (``pmnist5k``, ``pfmnist`` and ``mixed`` with 10 tasks, ``splitfmnist`` with
 5 x 2 classes, and the CNN row set: ``splitfmnist2d``, the same tasks as images, on the reduced
 AlexNet at width 0.25, the network ``bitsub-train`` builds for it without flags:
-`bitsub_torch.nn.models.SCENARIO_NETWORKS`), each method (Finetune, PackNet, WSN, Ada-QPacknet, TinySubNets, the
-variants of `VARIANTS`, and Independent: one independent float32 model per task, the upper bound)
+`bitsub_torch.nn.models.SCENARIO_NETWORKS`), each method (Finetune, PackNet, WSN, Ada-QPacknet,
+TinySubNets, the variants of `VARIANTS`, and Independent: one independent float32 model per
+task, the upper bound)
 and each seed it calls :func:`bitsub_torch.cli.train` (the code behind ``bitsub-train``, with its
 defaults: the convergence protocol of `bitsub_torch.cl.protocol`, the trainer with its re-tested
 accuracy matrix, export to a packed model, re-test of every task from ``model.h5`` with bitsub's
