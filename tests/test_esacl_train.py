@@ -189,3 +189,55 @@ def test_sfw_anchor_task_centres_later_polytopes_on_the_previous_weights():
     tr.strategy.sfw_anchor = "origin"
     for group, name in zip(tr._optimizers(True)[0].param_groups, net.masked_layers()):
         assert group["anchor"] is None and group["radius"] == tr.strategy.radius[name]
+
+
+def _write_idx(path, arr):
+    header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
+    path.write_bytes(header + np.ascontiguousarray(arr, dtype=">u1").tobytes())
+
+
+@pytest.mark.parametrize("strategy", ["esacl", "er"])
+def test_one_model_on_the_conv_network_trains_exports_and_retests(tmp_path, capsys,
+                                                                  monkeypatch, strategy):
+    # splitfmnist2d's default network (the reduced AlexNet at width 0.25, BatchNorm behind
+    # dropout): the trainer's MAC count once crashed on it (a batch of one in train mode)
+    from bitsub_torch.data import scenarios
+
+    rng = np.random.default_rng(0)
+    fm = tmp_path / "fm"
+    fm.mkdir()
+    for split, n in (("train", 120), ("t10k", 40)):
+        _write_idx(fm / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(fm / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
+    monkeypatch.setattr(scenarios, "FASHION_MNIST_DEFAULT_DIR", fm)
+    out = tmp_path / "run"
+    assert train_main(["--strategy", strategy, "--scenario", "splitfmnist2d", "--tasks", "2",
+                       "--epochs", "1", "--buffer", "20", "--setting", "class-il",
+                       "--no-progress", "--seed", "0", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["model"], config["width"]) == ("alexnet", 0.25)
+    rep = json.loads((out / "results.json").read_text())
+    assert np.array(rep["class_il"]["accuracy_matrix"]).shape == (2, 2)
+    assert rep["export"]["agreement"] == [1.0, 1.0]
+    assert rep["export"]["class_il"] == rep["class_il"]["accuracy_matrix"][-1]
+    pm = bitsub.load(out / "model.h5")
+    assert pm.shape("conv1")[0] == 16
+
+
+def test_layer_macs_leave_modes_and_batchnorm_statistics_unchanged():
+    from bitsub_torch.cl import rehearsal
+    from bitsub_torch.nn.models import alexnet
+
+    torch.manual_seed(0)
+    net = alexnet((1, 28, 28), 4, 1, width=0.25)
+    net.train()
+    net.blocks.drop1.eval()  # a mixed state must come back as it was
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    modes = {name: m.training for name, m in net.named_modules()}
+    macs, head = rehearsal._layer_macs(net, (1, 28, 28))
+    assert {name: m.training for name, m in net.named_modules()} == modes
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # conv1: 16 output channels of 25 x 25 positions, fan-in 1 x 4 x 4
+    assert macs["conv1"] == 16 * 25 * 25 * 16
+    assert head == net.heads[0].weight.numel()

@@ -77,7 +77,11 @@ def class_ranges(scenario: Any) -> tuple[list[tuple[int, ...]], list[int]]:
 
 
 def _layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[dict[str, int], int]:
-    """Multiply-adds per example of each shared task layer, and of the head."""
+    """Multiply-adds per example of each shared task layer, and of the head.
+
+    One example goes through in eval mode (every module's mode restored after): in train mode a
+    BatchNorm refuses a batch of one and would fold the zeros into its running statistics.
+    """
     macs: dict[str, int] = {}
     hooks = []
     for name, layer in model.masked_layers().items():
@@ -85,10 +89,14 @@ def _layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[dict[st
             per_out = mod.weight[0].numel()  # fan-in of one output unit
             macs[name] = int(out[0].numel()) * int(per_out)
         hooks.append(layer.register_forward_hook(hook))
+    modes = {m: m.training for m in model.modules()}
     try:
+        model.eval()
         with torch.no_grad():
             model(torch.zeros((1, *input_shape)), 0)
     finally:
+        for m, training in modes.items():
+            m.training = training
         for h in hooks:
             h.remove()
     return macs, int(model.heads[0].weight.numel())
