@@ -215,3 +215,61 @@ def test_a_model_without_batchnorm_records_no_statistics_setting():
     trainer = Trainer(mlp((64,), 10, 2, width=8), WSN(), permuted_digits(2), epochs=1,
                       progress=False)
     assert "norm_statistics" not in trainer.config()
+
+
+def split_digit_images(tasks=2):
+    """Split scikit-learn digits as 1 x 8 x 8 images: task t holds classes 2t and 2t + 1."""
+    from sklearn.datasets import load_digits
+
+    from bitsub_torch.data.scenarios import Scenario, TaskData
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16).astype(np.float32).reshape(-1, 1, 8, 8)
+    out = []
+    for t in range(tasks):
+        keep = np.flatnonzero((y == 2 * t) | (y == 2 * t + 1))
+        xt, yt = x[keep], (y[keep] - 2 * t).astype(np.int64)
+        out.append(TaskData(t, xt[:250], yt[:250], xt[250:300], yt[250:300], xt[300:], yt[300:],
+                            (2 * t, 2 * t + 1)))
+    return Scenario("splitdigits8x8", (1, 8, 8), 2, out)
+
+
+@pytest.mark.parametrize("buffer", [40, 0])
+def test_the_one_model_trainer_gathers_statistics_over_its_buffer(buffer):
+    """After every task: dropout off, over the replay buffer (every class seen so far); with an
+    empty buffer, over the task's own training images."""
+    from bitsub_torch.cl import rehearsal
+    from bitsub_torch.cl.strategies import get_strategy
+
+    sc = split_digit_images(2)
+    net = small_cnn(num_tasks=1)  # one head of 10 outputs; the first 4 are the classes
+    after = {}
+
+    class Trainer1(rehearsal.RehearsalTrainer):
+        def gather_norms(self, task):
+            super().gather_norms(task)
+            after[task] = ({k: v.clone() for k, v in self.model.state_dict().items()},
+                           self.buffer.x[: len(self.buffer)].numpy().copy())
+
+    trainer = Trainer1(net, get_strategy("er", buffer=buffer), sc, epochs=1, batch_size=16,
+                       seed=0, progress=False)
+    trainer.run()
+    assert trainer.config()["norm_statistics"] == {"over": "buffer", "dropout": False}
+    for task in (0, 1):
+        state, kept = after[task]
+        net.load_state_dict(state)
+        x = kept if buffer else sc.tasks[task].x_train  # 250 images < NORM_IMAGES: all of them
+        if buffer:
+            assert len(kept) == buffer
+        assert_statistics(net, 0, naive_gathered_statistics(naive_layers(net, 0), x, 16))
+
+
+def test_the_one_model_trainer_without_batchnorm_records_no_statistics_setting():
+    from bitsub_torch.cl.rehearsal import RehearsalTrainer
+    from bitsub_torch.cl.strategies import get_strategy
+    from bitsub_torch.data.scenarios import get_scenario
+
+    sc = get_scenario("splitdigits", tasks=2, seed=0)
+    trainer = RehearsalTrainer(mlp(sc.input_shape, 4, 1, width=8), get_strategy("er", buffer=10),
+                               sc, epochs=1, progress=False)
+    assert "norm_statistics" not in trainer.config()

@@ -23,6 +23,16 @@ Accounting (all in the results):
 - ``memory``: peak resident memory of the process, and the bytes of the training state
   (weights, optimizer state, replay buffer).
 
+BatchNorm (the reduced AlexNet of the image scenarios): once a task's training (and pruning,
+retraining) is over, the running statistics are gathered again with dropout off
+(`bitsub_torch.nn.norm_statistics`) over the replay buffer, a reservoir sample of every example
+seen so far and so of every class the class-IL test asks about (with fewer than two examples in
+the buffer, over `NORM_IMAGES` of the task's own training images). Training's moving average
+is of the last task's batches, taken through dropout: on ``splitfmnist2d`` (EsaCL, seed 0,
+buffer 500) the final model's class-IL validation accuracy read 52.55% with it and 77.40% with
+the buffer's statistics (README). Models without BatchNorm skip it. The gather's forward
+passes are counted in ``train_flops``.
+
 Reproducibility and resume as in `bitsub_torch.cl.trainer`: the data order, the buffer's draws
 and torch's generator are re-seeded per (seed, task, phase, epoch), and a checkpoint after each
 task (model, buffer, strategy, matrices, counters) lets a re-run continue to the same results.
@@ -49,11 +59,16 @@ from bitsub.atomic import atomic_path
 from bitsub_torch.cl import metrics
 from bitsub_torch.cl.esacl import SFW, ExampleStats, magnitude_mask, sam_radius, top_k_mask
 from bitsub_torch.cl.replay import ReservoirBuffer
+from bitsub_torch.nn import norm_statistics
 
 __all__ = ["RehearsalTrainer", "class_ranges"]
 
 _CKPT = re.compile(r"^task_(\d{3,})\.pt$")
 _OPTIMIZERS = ("adam", "adamw", "sgd")
+#: Training images of the task a BatchNorm's statistics are gathered over when the replay buffer
+#: holds fewer than two examples (as `bitsub_torch.cl.trainer.NORM_IMAGES`).
+NORM_IMAGES = 2048
+_NORM_SAMPLE = 1 << 20  # seed stream of that sample
 
 
 def class_ranges(scenario: Any) -> tuple[list[tuple[int, ...]], list[int]]:
@@ -160,6 +175,7 @@ class RehearsalTrainer:
         self.buffer = ReservoirBuffer(strategy.buffer, tuple(scenario.input_shape),
                                       model.num_classes)
         self.layer_macs, self.head_macs = _layer_macs(self.model, tuple(scenario.input_shape))
+        self._has_norms = bool(norm_statistics.task_batchnorms(self.model, 0))
         self.counters = {"flops": 0.0, "flops_dense": 0.0, "examples": 0, "retrain_epochs": 0,
                          "dropped": []}
         self.opt_bytes = 0
@@ -171,7 +187,9 @@ class RehearsalTrainer:
         return {"strategy": s.name, "scenario": getattr(self.scenario, "name", None),
                 "tasks": len(self.scenario.tasks), "epochs": self.epochs,
                 "batch_size": self.batch_size, "lr": self.lr, "optimizer": self.optimizer,
-                "seed": self.seed, "buffer": s.buffer, "sparsity": s.sparsity}
+                "seed": self.seed, "buffer": s.buffer, "sparsity": s.sparsity,
+                **({"norm_statistics": {"over": "buffer", "dropout": False}}
+                   if self._has_norms else {})}
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -376,6 +394,25 @@ class RehearsalTrainer:
                     self._epochs(task, retrain, 1, opts, bar, False)
                     self.counters["retrain_epochs"] += retrain
                     self._set_mask({n: la.task_mask(0) for n, la in self._shared().items()})
+        self.gather_norms(task)
+
+    def gather_norms(self, task: int) -> None:
+        """Gather the BatchNorm statistics again for the network as it is after task ``task``.
+
+        Over the replay buffer (every class seen so far), dropout off; with fewer than two
+        examples in it, over `NORM_IMAGES` of the task's training images (a seeded sample).
+        Nothing happens for a model without BatchNorm.
+        """
+        if not self._has_norms:
+            return
+        if len(self.buffer) >= 2:
+            x, rows = self.buffer.x[: len(self.buffer)].numpy(), None
+        else:
+            x = self.scenario.tasks[task].x_train
+            rows = np.sort(np.random.default_rng((self.seed, task, _NORM_SAMPLE))
+                           .permutation(len(x))[:NORM_IMAGES])
+        norm_statistics.gather(self.model, x, 0, batch_size=self.batch_size, rows=rows)
+        self._count(len(x) if rows is None else len(rows), passes=1.0)
 
     def sparsity(self) -> float:
         """Fraction of the shared weights outside the model's mask (0 for a dense model)."""
