@@ -145,6 +145,41 @@ def test_resume_ends_with_the_same_model(tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_on_a_conv_network_ends_with_the_same_model(tmp_path, monkeypatch):
+    # BatchNorm behind dropout: the regrowth's forward must not depend on the mode the model
+    # was left in (a resumed run builds a fresh model, in train mode)
+    from test_norm_statistics import small_cnn, split_digit_images
+
+    sc = split_digit_images(3)
+
+    def make(ck=None):
+        net = small_cnn(num_tasks=1)
+        return RehearsalTrainer(net, get_strategy("esacl", buffer=30), sc, epochs=1,
+                                batch_size=16, seed=0, progress=False, checkpoint_dir=ck), net
+
+    full, net_full = make()
+    want = full.run()
+    ck = tmp_path / "ck"
+    broken, _ = make(ck)
+    real = RehearsalTrainer._train_task
+
+    def stop_at_2(self, task):
+        if task == 2:
+            raise KeyboardInterrupt
+        return real(self, task)
+
+    monkeypatch.setattr(RehearsalTrainer, "_train_task", stop_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        broken.run()
+    monkeypatch.setattr(RehearsalTrainer, "_train_task", real)
+    resumed, net_res = make(ck)
+    got = resumed.run()
+    for k in ("class_il", "task_il", "sparsity", "train_flops", "examples_processed"):
+        assert got[k] == want[k], k
+    a, b = net_full.state_dict(), net_res.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_task_il_file_refuses_setting(tmp_path, capsys):
     out = tmp_path / "t"
     assert train_main(["--strategy", "finetune", "--scenario", "splitdigits", "--epochs", "1",

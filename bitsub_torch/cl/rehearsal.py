@@ -341,8 +341,11 @@ class RehearsalTrainer:
             self.counters["dropped"].append(int(stats.dropped.sum()))
 
     def _regrow(self, task: int) -> None:
-        # Dense gradient of the task's first batch at the pruned positions (RigL-style growth).
+        # Dense gradient of the task's first batch at the pruned positions (RigL-style growth),
+        # taken in eval mode (dropout off, the BatchNorm statistics gathered after the previous
+        # task), whether or not the run was resumed before this task.
         s, data = self.strategy, self.scenario.tasks[task]
+        self.model.eval()
         masks = {n: layer.task_mask(0) for n, layer in self._shared().items()}
         self._set_mask(None)
         order = np.random.default_rng((self.seed, task, 9)).permutation(len(data.y_train))
