@@ -58,3 +58,38 @@ def test_the_bench_reads_a_run_directory(tmp_path, capsys):
         figures = re.findall(r"(\d+\.\d\d)%", line)
         assert len(figures) == 4 and len(set(figures)) == 1, line
         assert "50 images" in line
+
+
+_ONE = Path(__file__).resolve().parent.parent / "bench" / "bn_shift_one_model.py"
+_SPEC_ONE = importlib.util.spec_from_file_location("bn_shift_one_model", _ONE)
+bso = importlib.util.module_from_spec(_SPEC_ONE)
+_SPEC_ONE.loader.exec_module(bso)
+
+
+def _write_idx(path, arr):
+    header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
+    path.write_bytes(header + np.ascontiguousarray(arr, dtype=">u1").tobytes())
+
+
+def test_the_one_model_bench_reads_back_what_the_trainer_kept(tmp_path, capsys, monkeypatch):
+    # a run made now keeps the buffer's statistics (dropout off): the bench's first reading and
+    # its "buffer, dropout off" reading are the same numbers
+    from bitsub_torch.data import scenarios
+
+    rng = np.random.default_rng(0)
+    fm = tmp_path / "fm"
+    fm.mkdir()
+    for split, n in (("train", 120), ("t10k", 40)):
+        _write_idx(fm / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(fm / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
+    monkeypatch.setattr(scenarios, "FASHION_MNIST_DEFAULT_DIR", fm)
+    out = tmp_path / "run"
+    assert train_main(["--strategy", "er", "--scenario", "splitfmnist2d", "--tasks", "2",
+                       "--epochs", "1", "--buffer", "20", "--setting", "class-il",
+                       "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert bso.main([str(out)]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert len(lines) == 9
+    assert lines["statistics kept"] == lines["buffer, dropout off"]
+    assert len(re.findall(r"\d+\.\d\d%", lines["statistics kept"])) == 4
