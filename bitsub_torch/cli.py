@@ -231,7 +231,7 @@ def train(
     from bitsub_torch.cl.ops import ops_report
     from bitsub_torch.cl.protocol import Protocol
     from bitsub_torch.cl.strategies import get_strategy
-    from bitsub_torch.cl.trainer import Trainer, config_differences
+    from bitsub_torch.cl.trainer import Trainer, added_arguments, config_differences
     from bitsub_torch.data.scenarios import get_scenario
     from bitsub_torch.export import export, packed_predictions
 
@@ -288,7 +288,9 @@ def train(
                 f"{config_path} is not a config.json of bitsub-train ({exc}); delete it or "
                 "choose another --out"
             ) from None
-        changed = config_differences(previous, json_safe(config))
+        now = json_safe(config)
+        changed = config_differences(
+            added_arguments(previous, now, json_safe(type(strat).check_arguments({}))), now)
         if changed:
             raise ValueError(
                 f"{out} holds a run with other arguments ({'; '.join(changed)}): run the "

@@ -1,4 +1,5 @@
 """TinySubNets on scikit-learn digits: forget-free, stored values = exported values, KL banks."""
+import json
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from torch import nn
 
 import bitsub
 from bitsub_torch.cl.ops import op_counts
+from bitsub_torch.cl.protocol import Protocol
 from bitsub_torch.cl.strategies import STRATEGIES, TinySubNets, get_strategy
 from bitsub_torch.cl.strategies.tinysubnets import CRITERIA, SCENARIO_DEFAULTS
 from bitsub_torch.cl.trainer import Trainer
@@ -504,3 +506,75 @@ def test_cli_run_is_forget_free_and_the_file_reproduces_it(tmp_path, name, args,
     assert report["export"]["accuracy"] == last
     assert evaluate_file(tmp_path / "model.h5", "splitdigits")["accuracy"] == last
     assert report["capacity"]["percent"] < 100
+
+
+def test_retraining_trains_the_fixed_mask_only_and_stays_forget_free():
+    """retrain_epochs: the mask is fixed at prune time (the top-k of the scores) and kept; the
+    retraining phase moves only the task's own positions in it; earlier tasks stay bit-equal."""
+    scenario = digits_tasks(2)
+    strategy = TinySubNets(0.5, post_prune_iters=0, kl_threshold=float("inf"), retrain_epochs=1)
+    snaps = probe_forget_free(strategy)
+    seen = {}
+    prune, after_task = strategy.prune, strategy.after_task
+
+    def probed_prune(task, model, data, evaluate):
+        layers = model.masked_layers()
+        top = {n: la.score_mask().clone() for n, la in layers.items()}
+        prune(task, model, data, evaluate)
+        seen[task] = {"top": top,
+                      "mask": {n: la.task_mask(task).clone() for n, la in layers.items()},
+                      "weight": {n: la.weight.detach().clone() for n, la in layers.items()},
+                      "scores": {n: la.scores.detach().clone() for n, la in layers.items()},
+                      "own": {n: torch.as_tensor(np.asarray(strategy._current(task).trainable[n]))
+                              for n in layers}}
+
+    def probed_after_task(task, model, data, evaluate):
+        s = seen[task]
+        for n, la in model.masked_layers().items():
+            moved = la.weight.detach() != s["weight"][n]
+            assert not (moved & ~(s["mask"][n] & s["own"][n])).any(), (task, n)
+            assert torch.equal(la.scores.detach(), s["scores"][n])  # no score trains
+            s.setdefault("moved", 0)
+            s["moved"] += int(moved.sum())
+        return after_task(task, model, data, evaluate)
+
+    strategy.prune, strategy.after_task = probed_prune, probed_after_task
+    # under the protocol (the CLI's default) retraining starts a fresh optimizer, so no
+    # momentum of the first phase moves a position outside the fixed mask
+    torch.manual_seed(0)
+    model = mlp((64,), 10, 2, width=48)
+    res = Trainer(model, strategy, scenario, batch_size=32, lr=1e-2, progress=False,
+                  protocol=Protocol(patience=1, max_epochs=2, min_steps=0, decays=0)).run()
+    assert_states_unchanged(model, snaps)
+    assert res.bwt == 0.0
+    for task in (0, 1):
+        s = seen[task]
+        assert s["moved"] > 0  # the retraining phase ran
+        for n, la in model.masked_layers().items():
+            assert torch.equal(s["mask"][n], s["top"][n])
+            assert torch.equal(la.task_mask(task), s["mask"][n])  # no post-pruning: kept
+    assert strategy.arguments()["retrain_epochs"] == 1
+    assert TinySubNets().retrain_epochs(0) == 0
+
+
+def test_a_run_resumes_across_a_strategy_argument_added_at_its_default(tmp_path, capsys):
+    from bitsub_torch.cli import train_main
+
+    args = ["--strategy", "tinysubnets", "--scenario", "splitdigits", "--tasks", "2",
+            "--epochs", "1", "--no-progress", "--out", str(tmp_path)]
+    assert train_main(args) == 0
+    before = (tmp_path / "model.h5").read_bytes()
+    # a run begun before the option existed: neither config.json nor the checkpoint has it
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["strategy_args"]["retrain_epochs"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ck = tmp_path / "checkpoints" / "task_001.pt"
+    state = torch.load(ck, weights_only=False)
+    del state["config"]["strategy_args"]["retrain_epochs"]
+    torch.save(state, ck)
+    capsys.readouterr()
+    # with the option on: refused, the argument named; at its default: resumed, same file
+    assert train_main([*args, "--strategy-args", '{"retrain_epochs": 1}']) == 2
+    assert "strategy_args.retrain_epochs (not recorded -> 1)" in capsys.readouterr().err
+    assert train_main(args) == 0
+    assert (tmp_path / "model.h5").read_bytes() == before

@@ -46,6 +46,7 @@ import os
 import pickle
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ from bitsub_torch.cl.strategies.base import Strategy
 from bitsub_torch.data.streaming import TaskDataset, batch_loader
 from bitsub_torch.nn import norm_statistics
 
-__all__ = ["Results", "Trainer", "config_differences"]
+__all__ = ["Results", "Trainer", "added_arguments", "config_differences"]
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _CKPT = re.compile(r"^task_(\d{3,})\.pt$")
@@ -187,6 +188,23 @@ def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(new, tuple):
         new = list(new)
     return [] if old == new else [f"{prefix or 'value'} ({old!r} -> {new!r})"]
+
+
+def added_arguments(previous: dict, current: dict, defaults: Mapping[str, Any]) -> dict:
+    """``previous`` (a run's recorded configuration) with the strategy arguments added since.
+
+    Every ``strategy_args`` entry of ``current`` that ``previous`` lacks and whose value is the
+    strategy's default (``defaults``) is filled in: an option added to a strategy after a run
+    began, left at its default (which keeps the old behaviour), does not block resuming that
+    run. Any other difference is left for `config_differences` to name.
+    """
+    if not isinstance(previous, dict) or not isinstance(current, dict):
+        return previous
+    old, new = previous.get("strategy_args"), current.get("strategy_args")
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return previous
+    filled = {k: v for k, v in new.items() if k not in old and k in defaults and defaults[k] == v}
+    return {**previous, "strategy_args": {**old, **filled}} if filled else previous
 
 
 class Trainer:
@@ -669,7 +687,9 @@ class Trainer:
                 f"checkpoint {path} cannot be read ({reason}): delete it to redo that task, or "
                 "use another checkpoint_dir"
             ) from exc
-        changed = config_differences(state["config"], self.config())
+        now = self.config()
+        changed = config_differences(
+            added_arguments(state["config"], now, type(self.strategy).check_arguments({})), now)
         if changed:
             more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
             raise ValueError(

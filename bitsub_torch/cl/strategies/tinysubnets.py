@@ -162,6 +162,15 @@ class TinySubNets(QuantizedStrategy):
         Samples per task kept in a replay memory (0: none, the TSN-wr variant).
     word_bits, prefix_bits, kmeans_method
         See `QuantizedStrategy`.
+    retrain_epochs : int
+        After a task's training, fix its mask (the top-k of its scores) and train its own free
+        positions in that mask again, as PackNet retrains after pruning: under the trainer's
+        protocol a second phase with its own early stopping on validation (the count matters
+        only with fixed ``epochs``); then post-pruning and the bit-width search as before.
+        Default 0 (off, as in the paper). Our addition. Measured on permuted Fashion-MNIST (10
+        tasks, pfmnist's defaults otherwise): validation ACC 88.04 / 87.88% on seeds 0 / 1
+        against 87.76 / 87.67%, at 22.66 / 21.69% capacity; short of the +0.30 point the rule
+        for a new default asked (README, Hyper-parameters, round 4).
     """
 
     name = "tinysubnets"
@@ -192,6 +201,7 @@ class TinySubNets(QuantizedStrategy):
         word_bits: int = 32,
         prefix_bits: int | None = None,
         kmeans_method: str = "auto",
+        retrain_epochs: int = 0,
     ) -> None:
         super().__init__(
             delta=delta,
@@ -236,6 +246,8 @@ class TinySubNets(QuantizedStrategy):
         self.gate = KLGate(kl_threshold, method=kl_method)
         self.summaries: dict[int, dict[str, np.ndarray]] = {}
         self.memory: dict[int, np.ndarray] = {}
+        self.retrain = check_int(retrain_epochs, "retrain_epochs", 0)
+        self._fixed: dict[str, torch.Tensor] | None = None  # masks fixed by prune, this task
 
     # ------------------------------------------------------------------ hooks
     def setup(self, model: nn.Module, scenario: Any) -> None:
@@ -336,13 +348,10 @@ class TinySubNets(QuantizedStrategy):
             summaries = [self.summaries[t] for t in earlier if t in self.summaries]
         return self.gate.decide(summary, summaries)[1]
 
-    def after_task(  # noqa: D102
-        self, task: int, model: nn.Module, data: Any, evaluate: Evaluate
-    ) -> None:
-        cur = self._current(task)
-        layers = model.masked_layers()
+    def _fix_masks(self, model: nn.Module, task: int) -> dict[str, torch.Tensor]:
+        """End score mode: each layer's top-k mask of the scores becomes task ``task``'s mask."""
         masks = {}
-        for name, layer in layers.items():
+        for name, layer in model.masked_layers().items():
             masks[name] = layer.score_mask()  # the density the task trained with
             layer.stop_scores()
             if name in self._dead_scores:
@@ -350,6 +359,24 @@ class TinySubNets(QuantizedStrategy):
                 with torch.no_grad():
                     layer.enable_scores()[where] = kept
             layer.set_task_mask(task, masks[name])
+        return masks
+
+    def retrain_epochs(self, task: int) -> int:
+        """``retrain_epochs``: under the trainer's protocol, a retraining phase if > 0."""
+        return self.retrain
+
+    def prune(self, task: int, model: nn.Module, data: Any, evaluate: Evaluate) -> None:
+        """With ``retrain_epochs``: fix the task's mask now, so that retraining trains under it."""
+        if self.retrain:
+            self._fixed = self._fix_masks(model, task)
+
+    def after_task(  # noqa: D102
+        self, task: int, model: nn.Module, data: Any, evaluate: Evaluate
+    ) -> None:
+        cur = self._current(task)
+        layers = model.masked_layers()
+        masks = self._fixed if self._fixed is not None else self._fix_masks(model, task)
+        self._fixed = None
         split = val_split(data)
         trained = float(evaluate(model, task, split))
         masks, pruned_acc, removed = self._post_prune(task, model, masks, evaluate, split, trained)
