@@ -66,23 +66,10 @@ bso = importlib.util.module_from_spec(_SPEC_ONE)
 _SPEC_ONE.loader.exec_module(bso)
 
 
-def _write_idx(path, arr):
-    header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
-    path.write_bytes(header + np.ascontiguousarray(arr, dtype=">u1").tobytes())
-
-
-def test_the_one_model_bench_reads_back_what_the_trainer_kept(tmp_path, capsys, monkeypatch):
+def test_the_one_model_bench_reads_back_what_the_trainer_kept(tmp_path, capsys,
+                                                             fake_fashion_mnist):
     # a run made now keeps the buffer's statistics (dropout off): the bench's first reading and
     # its "buffer, dropout off" reading are the same numbers
-    from bitsub_torch.data import scenarios
-
-    rng = np.random.default_rng(0)
-    fm = tmp_path / "fm"
-    fm.mkdir()
-    for split, n in (("train", 120), ("t10k", 40)):
-        _write_idx(fm / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(fm / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
-    monkeypatch.setattr(scenarios, "FASHION_MNIST_DEFAULT_DIR", fm)
     out = tmp_path / "run"
     assert train_main(["--strategy", "er", "--scenario", "splitfmnist2d", "--tasks", "2",
                        "--epochs", "1", "--buffer", "20", "--setting", "class-il",

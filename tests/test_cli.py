@@ -183,23 +183,10 @@ def test_demo_runs_and_retests_from_file(tmp_path, capsys):
     check_run_dir(tmp_path, 2)
 
 
-def _write_idx(path, arr):
-    header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
-    path.write_bytes(header + np.ascontiguousarray(arr, dtype=">u1").tobytes())
-
-
-def test_splitfmnist2d_without_flags_builds_the_tables_network(tmp_path, capsys, monkeypatch):
+def test_splitfmnist2d_without_flags_builds_the_tables_network(tmp_path, capsys,
+                                                              fake_fashion_mnist):
     # no --model, no --width: the reduced AlexNet at width 0.25 (16 first-conv channels, not
     # 64), recorded in config.json; a run directory of the full-width network is refused
-    from bitsub_torch.data import scenarios
-
-    rng = np.random.default_rng(0)
-    fm = tmp_path / "fm"
-    fm.mkdir()
-    for split, n in (("train", 60), ("t10k", 20)):
-        _write_idx(fm / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(fm / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
-    monkeypatch.setattr(scenarios, "FASHION_MNIST_DEFAULT_DIR", fm)
     args = ["--strategy", "packnet", "--scenario", "splitfmnist2d", "--tasks", "1",
             "--epochs", "1", "--no-progress"]
     out = tmp_path / "run"

@@ -120,43 +120,9 @@ def test_ids_drops_examples_and_counts_fewer():
     assert r_on["train_flops"] < r_on["train_flops_dense"]
 
 
-def test_resume_ends_with_the_same_model(tmp_path, monkeypatch):
-    full, net_full = _trainer("esacl")
-    want = full.run()
-    ck = tmp_path / "ck"
-    broken, _ = _trainer("esacl", ck)
-    real = RehearsalTrainer._train_task
-
-    def stop_at_2(self, task):
-        if task == 2:
-            raise KeyboardInterrupt
-        return real(self, task)
-
-    monkeypatch.setattr(RehearsalTrainer, "_train_task", stop_at_2)
-    with pytest.raises(KeyboardInterrupt):
-        broken.run()
-    monkeypatch.setattr(RehearsalTrainer, "_train_task", real)
-    resumed, net_res = _trainer("esacl", ck)
-    got = resumed.run()
-    for k in ("class_il", "task_il", "sparsity", "train_flops", "examples_processed",
-              "examples_dropped"):
-        assert got[k] == want[k], k
-    a, b = net_full.state_dict(), net_res.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_resume_on_a_conv_network_ends_with_the_same_model(tmp_path, monkeypatch):
-    # BatchNorm behind dropout: the regrowth's forward must not depend on the mode the model
-    # was left in (a resumed run builds a fresh model, in train mode)
-    from test_norm_statistics import small_cnn, split_digit_images
-
-    sc = split_digit_images(3)
-
-    def make(ck=None):
-        net = small_cnn(num_tasks=1)
-        return RehearsalTrainer(net, get_strategy("esacl", buffer=30), sc, epochs=1,
-                                batch_size=16, seed=0, progress=False, checkpoint_dir=ck), net
-
+def _resume_equals_uninterrupted(make, tmp_path, monkeypatch, keys):
+    """Run ``make()`` through; run ``make(ck)`` stopped at task 2, then again resumed from
+    ``ck``: the results ``keys`` and every weight and buffer must be equal."""
     full, net_full = make()
     want = full.run()
     ck = tmp_path / "ck"
@@ -174,10 +140,34 @@ def test_resume_on_a_conv_network_ends_with_the_same_model(tmp_path, monkeypatch
     monkeypatch.setattr(RehearsalTrainer, "_train_task", real)
     resumed, net_res = make(ck)
     got = resumed.run()
-    for k in ("class_il", "task_il", "sparsity", "train_flops", "examples_processed"):
+    for k in keys:
         assert got[k] == want[k], k
     a, b = net_full.state_dict(), net_res.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_ends_with_the_same_model(tmp_path, monkeypatch):
+    _resume_equals_uninterrupted(
+        lambda ck=None: _trainer("esacl", ck), tmp_path, monkeypatch,
+        ("class_il", "task_il", "sparsity", "train_flops", "examples_processed",
+         "examples_dropped"))
+
+
+def test_resume_on_a_conv_network_ends_with_the_same_model(tmp_path, monkeypatch):
+    # BatchNorm behind dropout: the regrowth's forward must not depend on the mode the model
+    # was left in (a resumed run builds a fresh model, in train mode)
+    from test_norm_statistics import small_cnn, split_digit_images
+
+    sc = split_digit_images(3)
+
+    def make(ck=None):
+        net = small_cnn(num_tasks=1)
+        return RehearsalTrainer(net, get_strategy("esacl", buffer=30), sc, epochs=1,
+                                batch_size=16, seed=0, progress=False, checkpoint_dir=ck), net
+
+    _resume_equals_uninterrupted(make, tmp_path, monkeypatch,
+                                 ("class_il", "task_il", "sparsity", "train_flops",
+                                  "examples_processed"))
 
 
 def test_task_il_file_refuses_setting(tmp_path, capsys):
@@ -226,25 +216,11 @@ def test_sfw_anchor_task_centres_later_polytopes_on_the_previous_weights():
         assert group["anchor"] is None and group["radius"] == tr.strategy.radius[name]
 
 
-def _write_idx(path, arr):
-    header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
-    path.write_bytes(header + np.ascontiguousarray(arr, dtype=">u1").tobytes())
-
-
 @pytest.mark.parametrize("strategy", ["esacl", "er"])
 def test_one_model_on_the_conv_network_trains_exports_and_retests(tmp_path, capsys,
-                                                                  monkeypatch, strategy):
+                                                                  fake_fashion_mnist, strategy):
     # splitfmnist2d's default network (the reduced AlexNet at width 0.25, BatchNorm behind
     # dropout): the trainer's MAC count once crashed on it (a batch of one in train mode)
-    from bitsub_torch.data import scenarios
-
-    rng = np.random.default_rng(0)
-    fm = tmp_path / "fm"
-    fm.mkdir()
-    for split, n in (("train", 120), ("t10k", 40)):
-        _write_idx(fm / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(fm / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
-    monkeypatch.setattr(scenarios, "FASHION_MNIST_DEFAULT_DIR", fm)
     out = tmp_path / "run"
     assert train_main(["--strategy", strategy, "--scenario", "splitfmnist2d", "--tasks", "2",
                        "--epochs", "1", "--buffer", "20", "--setting", "class-il",

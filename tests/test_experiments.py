@@ -134,22 +134,9 @@ def test_bad_arguments(tmp_path):
     assert experiments.main(["--strategy-args", "[1]", "--out", str(tmp_path)]) == 2
 
 
-def _write_idx(path, arr):
-    header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes()
-    path.write_bytes(header + np.ascontiguousarray(arr, dtype=">u1").tobytes())
-
-
-def test_cnn_rows_run_the_conv_network(tmp_path, monkeypatch):
-    from bitsub_torch.data import scenarios
+def test_cnn_rows_run_the_conv_network(tmp_path, monkeypatch, fake_fashion_mnist):
     from bitsub_torch.nn import models
 
-    rng = np.random.default_rng(0)
-    fm = tmp_path / "fm"
-    fm.mkdir()
-    for split, n in (("train", 80), ("t10k", 20)):
-        _write_idx(fm / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(fm / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
-    monkeypatch.setattr(scenarios, "FASHION_MNIST_DEFAULT_DIR", fm)
     # the table builds what bitsub-train builds without flags: the scenario's network
     assert models.SCENARIO_NETWORKS["splitfmnist2d"] == ("alexnet", 0.25)
     monkeypatch.setitem(models.SCENARIO_NETWORKS, "splitfmnist2d", ("alexnet", 0.1))
