@@ -27,11 +27,11 @@ BatchNorm (the reduced AlexNet of the image scenarios): once a task's training (
 retraining) is over, the running statistics are gathered again with dropout off
 (`bitsub_torch.nn.norm_statistics`) over the replay buffer, a reservoir sample of every example
 seen so far and so of every class the class-IL test asks about (with fewer than two examples in
-the buffer, over `NORM_IMAGES` of the task's own training images). Training's moving average
-is of the last task's batches, taken through dropout: on ``splitfmnist2d`` (EsaCL, seed 0,
-buffer 500) the final model's class-IL validation accuracy read 52.55% with it and 77.40% with
-the buffer's statistics (README). Models without BatchNorm skip it. The gather's forward
-passes are counted in ``train_flops``.
+the buffer, over `bitsub_torch.cl.trainer.NORM_IMAGES` of the task's own training images).
+Training's moving average is of the last task's batches, taken through dropout: on
+``splitfmnist2d`` (EsaCL, seed 0, buffer 500) the final model's class-IL validation accuracy
+read 52.55% with it and 77.40% with the buffer's statistics (README). Models without BatchNorm
+skip it. The gather's forward passes are counted in ``train_flops``.
 
 Reproducibility and resume as in `bitsub_torch.cl.trainer`: the data order, the buffer's draws
 and torch's generator are re-seeded per (seed, task, phase, epoch), and a checkpoint after each
@@ -59,16 +59,14 @@ from bitsub.atomic import atomic_path
 from bitsub_torch.cl import metrics
 from bitsub_torch.cl.esacl import SFW, ExampleStats, magnitude_mask, sam_radius, top_k_mask
 from bitsub_torch.cl.replay import ReservoirBuffer
+from bitsub_torch.cl.trainer import NORM_IMAGES
 from bitsub_torch.nn import norm_statistics
 
 __all__ = ["RehearsalTrainer", "class_ranges"]
 
 _CKPT = re.compile(r"^task_(\d{3,})\.pt$")
 _OPTIMIZERS = ("adam", "adamw", "sgd")
-#: Training images of the task a BatchNorm's statistics are gathered over when the replay buffer
-#: holds fewer than two examples (as `bitsub_torch.cl.trainer.NORM_IMAGES`).
-NORM_IMAGES = 2048
-_NORM_SAMPLE = 1 << 20  # seed stream of that sample
+_NORM_SAMPLE = 1 << 20  # seed stream of the task's images a statistics gather falls back to
 
 
 def class_ranges(scenario: Any) -> tuple[list[tuple[int, ...]], list[int]]:
