@@ -11,7 +11,8 @@ Per task t:
    Positions that already hold a field in t's bank are reused with their stored (quantized)
    values, frozen; the others are trainable and become t's own new weights if its mask keeps
    them. (A position takes at most one field per bank: the word-level bit budget matters for
-   Ada-QPacknet, and here for new banks, which start empty.)
+   Ada-QPacknet, and here for new banks, which start empty.) With ``retrain_epochs`` (ours, off
+   by default) the mask is then fixed and t's own positions in it train again.
 3. **Post-pruning** (Table 5; off by default, on for the scenarios of `SCENARIO_DEFAULTS`): greedy,
    gradient-free removal of t's own weights, smallest magnitude first, ``post_prune_step`` of a
    layer's own weights at a time, layer by layer in turn; a step is kept while the validation
@@ -34,6 +35,11 @@ Replay memory (Table 5, last column): with ``replay=n`` the strategy keeps n tra
 task (float32) as the paper's "additional memory bank for each task"; they are used by the KL gate
 (a bank's distribution is then estimated from its tasks' stored samples) and reported in
 :meth:`replay_bits` for the capacity with replay memory.
+
+Length: one strategy: the paper's four stages and its gate, each a few short methods, and the
+options measured in the README (``new_share``, ``score_reset``, ``skip_dead_inputs``,
+``retrain_epochs``) that act inside those stages; split apart, one strategy's state would be
+spread over several modules.
 """
 
 from __future__ import annotations
