@@ -29,32 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from bitsub_torch.cl.rehearsal import accuracies, class_ranges
+from bitsub_torch.cl.rehearsal import RehearsalTrainer, class_ranges
+from bitsub_torch.cl.strategies import get_strategy
 from bitsub_torch.data.scenarios import get_scenario
 from bitsub_torch.nn import models, norm_statistics
 
 SAMPLE = 2048
-
-
-def readings(net: nn.Module, sc, classes, seen: int, upto: int) -> dict[str, float]:
-    """Mean class-IL / task-IL accuracy over tasks 0..upto, validation and test."""
-    net.eval()
-    out = {}
-    for split in ("val", "test"):
-        ci, ti = [], []
-        for j in range(upto + 1):
-            x, y = getattr(sc.tasks[j], f"x_{split}"), getattr(sc.tasks[j], f"y_{split}")
-            with torch.no_grad():
-                z = torch.cat([net(torch.from_numpy(np.ascontiguousarray(
-                    x[i: i + 1024], dtype=np.float32)), 0) for i in range(0, len(x), 1024)])
-            c, t = accuracies(z.numpy(), y, classes[j], seen)
-            ci.append(c)
-            ti.append(t)
-        out[f"class-IL {split}"] = 100 * float(np.mean(ci))
-        out[f"task-IL {split}"] = 100 * float(np.mean(ti))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,15 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads((args.run / "config.json").read_text())
     sc = get_scenario(cfg["scenario"], tasks=cfg["tasks"], seed=cfg["seed"],
                       data_dir=args.data_dir, val_fraction=cfg["val_fraction"])
-    classes, seen = class_ranges(sc)
+    _, seen = class_ranges(sc)
     last = sorted(glob.glob(str(args.run / "checkpoints" / "task_*.pt")))[-1]
     state = torch.load(last, weights_only=True)
     upto = int(state["task"])
-    kwargs = {} if cfg["width"] is None else {"width": cfg["width"]}
-    if cfg["model"] == "mlp" and "width" in kwargs:
-        kwargs["width"] = int(kwargs["width"])
-    net = getattr(models, cfg["model"])(sc.input_shape, seen[-1], 1, **kwargs)
+    net = models.build(cfg["model"], sc, cfg["width"], num_classes=seen[-1], num_tasks=1)
     net.load_state_dict(state["model"])
+    # the run's own re-test (RehearsalTrainer.test_rows) reads the accuracies
+    trainer = RehearsalTrainer(net, get_strategy(cfg["strategy"], **cfg["strategy_args"]), sc,
+                               batch_size=int(cfg["batch_size"]), progress=False)
     kept = {k: v.clone() for k, v in net.state_dict().items()}
     buffer = state["buffer"]
     held = buffer["x"][: min(int(buffer["seen"]), int(buffer["x"].shape[0]))].numpy()
@@ -88,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             "2,048 of every task seen": every}
 
     def show(name: str) -> None:
-        r = readings(net, sc, classes, seen[upto], upto)
+        r = {}
+        for split in ("val", "test"):
+            ci, ti = trainer.test_rows(upto, split)
+            r[f"class-IL {split}"] = 100 * float(np.mean(ci[: upto + 1]))
+            r[f"task-IL {split}"] = 100 * float(np.mean(ti[: upto + 1]))
         print(f"{name}: " + "  ".join(f"{k} {v:.2f}%" for k, v in r.items()), flush=True)
 
     show("statistics kept")

@@ -541,6 +541,9 @@ def test_build_is_the_factory_with_the_scenarios_shapes():
         build("mlp", flat, 0.5)
     with pytest.raises(ValueError, match="model must be one of mlp, alexnet, tinynet, resnet18"):
         build("vgg", flat)
+    # the one-model runs: one head over every class of the stream
+    one = build("alexnet", sc, 0.25, num_classes=6, num_tasks=1)
+    assert one.num_tasks == 1 and len(one.heads) == 1 and one.heads[0].weight.shape[0] == 6
 
 
 def test_default_network_is_the_scenarios_then_the_input_shapes():

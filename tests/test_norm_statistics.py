@@ -247,18 +247,24 @@ def test_the_one_model_trainer_gathers_statistics_over_its_buffer(buffer):
 
     class Trainer1(rehearsal.RehearsalTrainer):
         def gather_norms(self, task):
+            flops = self.counters["flops"]
             super().gather_norms(task)
             after[task] = ({k: v.clone() for k, v in self.model.state_dict().items()},
-                           self.buffer.x[: len(self.buffer)].numpy().copy())
+                           self.buffer.x[: len(self.buffer)].numpy().copy(),
+                           self.counters["flops"] - flops)
 
     trainer = Trainer1(net, get_strategy("er", buffer=buffer), sc, epochs=1, batch_size=16,
                        seed=0, progress=False)
     trainer.run()
     assert trainer.config()["norm_statistics"] == {"over": "buffer", "dropout": False}
+    # one dense forward, counted by hand: conv1 4 x 6 x 6 outputs x 9, conv2 3 x 4 x 4 x 36,
+    # fc1 6 x 48, head 10 x 6 multiply-adds; 2 FLOPs each
+    forward = 2 * (4 * 36 * 9 + 3 * 16 * 36 + 6 * 48 + 10 * 6)
     for task in (0, 1):
-        state, kept = after[task]
+        state, kept, flops = after[task]
         net.load_state_dict(state)
         x = kept if buffer else sc.tasks[task].x_train  # 250 images < NORM_IMAGES: all of them
+        assert flops == forward * len(x)  # the gather's passes are in train_flops
         if buffer:
             assert len(kept) == buffer
         assert_statistics(net, 0, naive_gathered_statistics(naive_layers(net, 0), x, 16))

@@ -204,9 +204,6 @@ def train_one_model(
     if model_name == "resnet18":
         raise ValueError("resnet18's skip connections have no packed export yet: use --model "
                          "mlp, alexnet or tinynet")
-    kwargs: dict[str, Any] = {}
-    if width is not None:
-        kwargs["width"] = int(width) if model_name == "mlp" else float(width)
     config = {"strategy": strategy, "strategy_args": args, "scenario": scenario,
               "setting": setting, "tasks": len(sc.tasks), "epochs": epochs, "seed": seed,
               "export_bits": export_bits, "batch_size": batch_size, "lr": lr,
@@ -214,7 +211,7 @@ def train_one_model(
               "val_fraction": val_fraction,
               "data_dir": None if data_dir is None else str(data_dir)}
     torch.manual_seed(seed)
-    net = getattr(models, model_name)(sc.input_shape, seen[-1], 1, **kwargs)
+    net = models.build(model_name, sc, width, num_classes=seen[-1], num_tasks=1)
     trainer = RehearsalTrainer(net, strat, sc, epochs=epochs, batch_size=batch_size, lr=lr,
                                optimizer=optimizer, seed=seed,
                                checkpoint_dir=out / "checkpoints", progress=progress)

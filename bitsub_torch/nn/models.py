@@ -493,10 +493,12 @@ def default_network(scenario: str, input_shape: Sequence[int], model: str | None
     return name, width
 
 
-def build(name: str, scenario: Any, width: float | None = None) -> TaskNetwork:
+def build(name: str, scenario: Any, width: float | None = None, *,
+          num_classes: int | None = None, num_tasks: int | None = None) -> TaskNetwork:
     """The network ``name`` (``mlp``, ``alexnet``, ``tinynet``, ``resnet18``) for a scenario.
 
-    Input shape, classes per task and number of tasks come from ``scenario``; ``width`` None is
+    Input shape, classes per task and number of tasks come from ``scenario`` unless given
+    (the one-model runs: one head over every class, ``num_tasks=1``); ``width`` None is
     the model's default. ``mlp`` and ``resnet18`` take a whole number of units (ValueError
     otherwise), the others a float scale; another ``name`` is a ValueError. This is what
     ``bitsub-train --model --width`` builds.
@@ -512,5 +514,7 @@ def build(name: str, scenario: Any, width: float | None = None) -> TaskNetwork:
             kwargs["width"] = int(width)
         else:
             kwargs["width"] = float(width)
-    shape, classes, tasks = scenario.input_shape, scenario.num_classes, len(scenario.tasks)
+    shape = scenario.input_shape
+    classes = scenario.num_classes if num_classes is None else num_classes
+    tasks = len(scenario.tasks) if num_tasks is None else num_tasks
     return factories[name](shape, classes, tasks, **kwargs)
