@@ -208,6 +208,7 @@ class TinySubNets(QuantizedStrategy):
         prefix_bits: int | None = None,
         kmeans_method: str = "auto",
         retrain_epochs: int = 0,
+        post_prune_first: bool = False,
     ) -> None:
         super().__init__(
             delta=delta,
@@ -253,7 +254,13 @@ class TinySubNets(QuantizedStrategy):
         self.summaries: dict[int, dict[str, np.ndarray]] = {}
         self.memory: dict[int, np.ndarray] = {}
         self.retrain = check_int(retrain_epochs, "retrain_epochs", 0)
+        self.post_prune_first = check_bool(post_prune_first, "post_prune_first")
+        if self.post_prune_first and not self.retrain:
+            raise ValueError("post_prune_first=True needs retrain_epochs > 0 (it moves "
+                             "post-pruning before the retraining phase)")
         self._fixed: dict[str, torch.Tensor] | None = None  # masks fixed by prune, this task
+        # (val trained, val post-pruned, positions removed) when prune post-pruned, this task
+        self._pruned: tuple[float, float, int] | None = None
 
     # ------------------------------------------------------------------ hooks
     def setup(self, model: nn.Module, scenario: Any) -> None:
@@ -372,9 +379,21 @@ class TinySubNets(QuantizedStrategy):
         return self.retrain
 
     def prune(self, task: int, model: nn.Module, data: Any, evaluate: Evaluate) -> None:
-        """With ``retrain_epochs``: fix the task's mask now, so that retraining trains under it."""
-        if self.retrain:
-            self._fixed = self._fix_masks(model, task)
+        """With ``retrain_epochs``: fix the task's mask now, so that retraining trains under it.
+
+        With ``post_prune_first`` the post-pruning runs here too, so retraining trains what it
+        kept (PackNet's order: prune, then retrain).
+        """
+        if not self.retrain:
+            return
+        self._fixed = self._fix_masks(model, task)
+        if self.post_prune_first:
+            split = val_split(data)
+            trained = float(evaluate(model, task, split))
+            self._fixed, pruned_acc, removed = self._post_prune(
+                task, model, self._fixed, evaluate, split, trained
+            )
+            self._pruned = (trained, pruned_acc, removed)
 
     def after_task(  # noqa: D102
         self, task: int, model: nn.Module, data: Any, evaluate: Evaluate
@@ -384,8 +403,17 @@ class TinySubNets(QuantizedStrategy):
         masks = self._fixed if self._fixed is not None else self._fix_masks(model, task)
         self._fixed = None
         split = val_split(data)
-        trained = float(evaluate(model, task, split))
-        masks, pruned_acc, removed = self._post_prune(task, model, masks, evaluate, split, trained)
+        retrained = None
+        if self._pruned is not None:  # post-pruned before retraining (post_prune_first)
+            (trained, post_pruned, removed), self._pruned = self._pruned, None
+            # the search's "val" baseline: the retrained sub-network
+            retrained = pruned_acc = float(evaluate(model, task, split))
+        else:
+            trained = float(evaluate(model, task, split))
+            masks, pruned_acc, removed = self._post_prune(
+                task, model, masks, evaluate, split, trained
+            )
+            post_pruned = pruned_acc
         write = {n: masks[n] & cur.trainable[n] for n in layers}
         criterion = self.quant_criterion or "agreement"
         if criterion in ("agreement", "train") and len(data.y_train):
@@ -400,7 +428,8 @@ class TinySubNets(QuantizedStrategy):
         self.log[task].update(
             {
                 "val_trained": trained,
-                "val_post_pruned": pruned_acc,
+                "val_post_pruned": post_pruned,
+                "val_retrained": retrained,
                 "val_stored": stored,
                 "val_quantized": None if result is None else stored,
                 # the search's score of the stored codes on the training pool: the share of
