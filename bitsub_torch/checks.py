@@ -23,7 +23,7 @@ from bitsub import validate
 
 __all__ = [
     "MODELS", "USER_ERRORS", "check_int", "check_out", "check_positive",
-    "check_train_arguments", "error_line", "naming",
+    "check_train_arguments", "error_line", "is_user_error", "naming",
 ]
 
 MODELS = ("mlp", "alexnet", "tinynet", "resnet18")
@@ -31,6 +31,31 @@ MODELS = ("mlp", "alexnet", "tinynet", "resnet18")
 # What a user's mistake, missing data or package, or the file system can raise: one line each.
 # Anything else is a bug in bitsub and keeps its traceback.
 USER_ERRORS = (OSError, ValueError, TypeError, ImportError)
+
+# The packages whose ValueError / TypeError is a message to the user (see `is_user_error`).
+_OWN_PACKAGES = (Path(validate.__file__).resolve().parent, Path(__file__).resolve().parent)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is one line for the user (True) or a bug that keeps its traceback.
+
+    OSError and ImportError always are (the file system, a missing package). A ValueError or
+    TypeError is when bitsub raised it, or C code called from bitsub did (the innermost Python
+    frame is bitsub's): bitsub checks what users give before it runs. Raised inside another
+    library's Python code (torch's ``Expected more than 1 value per channel`` on a batch of one,
+    say), it is bitsub calling that library wrongly, not a mistake of the user's.
+    """
+    if isinstance(exc, (OSError, ImportError)):
+        return True
+    if not isinstance(exc, (ValueError, TypeError)):
+        return False
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    if last is None:  # never raised (made by hand): take it as a message
+        return True
+    where = Path(last.tb_frame.f_code.co_filename).resolve()
+    return any(where.is_relative_to(root) for root in _OWN_PACKAGES)
 
 
 def error_line(exc: BaseException) -> str:

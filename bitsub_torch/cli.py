@@ -64,6 +64,7 @@ from bitsub_torch.checks import (
     check_positive,
     check_train_arguments,
     error_line,
+    is_user_error,
     naming,
 )
 from bitsub_torch.cl.figures import plot_accuracy_matrix
@@ -447,7 +448,14 @@ def _act_ops_lines(report: dict[str, Any]) -> list[str]:
 
 
 def train_main(argv: Sequence[str] | None = None, distributed: Any = None) -> int:
-    """Entry point of ``bitsub-train`` (``distributed``: one rank of ``bitsub_torch.train``)."""
+    """Entry point of ``bitsub-train`` (``distributed``: one rank of ``bitsub_torch.train``).
+
+    ``argv`` None: this process is the command, and its allocator and CPU kernels are set as
+    the command sets them (`bitsub_torch.cpukernels.pin_cpu_kernels`). With an explicit
+    ``argv`` (a library call, as in the tests) the process's own settings are left alone, so a
+    script that calls ``train_main([...])`` runs on the machine's own kernels and may not
+    reproduce the command's files byte for byte; ``python -c "...; train_main()" ARGS`` does.
+    """
     args = _train_parser().parse_args(argv)
     writer = distributed is None or distributed.writer
     who = "bitsub-train" if writer else f"bitsub-train (rank {distributed.rank})"
@@ -497,6 +505,8 @@ def train_main(argv: Sequence[str] | None = None, distributed: Any = None) -> in
             print(f"\nwrote {args.out / 'results.json'}, {args.out / 'model.h5'}, "
                   f"{args.out / 'accuracy_matrix.png'}")
     except USER_ERRORS as exc:
+        if not is_user_error(exc):
+            raise
         print(f"{who}: error: {error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -596,6 +606,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             report = evaluate_mtl_file(args.model, args.scenario, seed=args.seed,
                                        data_dir=args.data_dir, split=args.split)
         except (FileNotFoundError, ValueError, TypeError, KeyError) as exc:
+            if not (isinstance(exc, KeyError) or is_user_error(exc)):
+                raise
             print(f"bitsub-eval: error: {exc}", file=sys.stderr)
             return 2
         print(json.dumps(report["metrics"]))
@@ -621,6 +633,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                                batch_size=args.batch_size)
         print(json.dumps(report))
     except USER_ERRORS as exc:
+        if not is_user_error(exc):
+            raise
         print(f"bitsub-eval: error: {error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -66,6 +66,7 @@ import numpy as np
 from bitsub.atomic import write_bytes
 from bitsub_torch.cl.independent import Independent
 from bitsub_torch.cl.strategies.wsn import WSN
+from bitsub_torch.checks import is_user_error
 from bitsub_torch.cpukernels import pin_cpu_kernels
 
 __all__ = [
@@ -615,6 +616,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     strategy_args=overrides, threads=args.threads, progress=args.progress,
                     train_runs=not args.no_train)
     except (FileNotFoundError, ValueError, TypeError) as exc:
+        if not is_user_error(exc):
+            raise
         print(f"experiments: error: {exc}", file=sys.stderr)
         return 2
     print(format_table(table))

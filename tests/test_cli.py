@@ -128,6 +128,37 @@ def test_cli_errors(tmp_path, capsys):
         train_main(["--strategy", "nope", "--scenario", "splitdigits", "--out", str(tmp_path)])
 
 
+def test_a_value_error_inside_torch_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    """A ValueError raised in another library's Python code is a bug of bitsub's, not a user's
+    mistake: the command does not print it as a one-line error (status 2) but raises it."""
+    import torch
+
+    from bitsub_torch.checks import is_user_error
+
+    def batch_of_one(self, task):  # torch's own message for a BatchNorm batch of one
+        torch.nn.functional.batch_norm(torch.zeros(1, 3), None, None, training=True)
+
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel") as info:
+        batch_of_one(None, 0)
+    assert not is_user_error(info.value)
+    monkeypatch.setattr(trainer_module.Trainer, "_train_task", batch_of_one)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        run_train(tmp_path / "bug", "--strategy", "wsn", "--tasks", "1")
+    # bitsub's own checks, C code called from bitsub, and the file system stay one line
+    with pytest.raises(ValueError) as info:
+        bitsub.decode_mask(b"junk", 10)
+    assert is_user_error(info.value)
+    with pytest.raises(ValueError) as info:
+        np.frombuffer(b"abc", dtype=np.int32)
+    assert not is_user_error(info.value)  # raised here, in a test: not bitsub's code
+    assert is_user_error(OSError(2, "No such file or directory"))
+    assert is_user_error(ValueError("made, never raised"))
+    assert not is_user_error(RuntimeError("a bug"))
+    capsys.readouterr()
+    assert run_train(tmp_path / "user", "--strategy", "wsn", "--tasks", "0") == 2
+    assert "error" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_sigkill_and_rerun(tmp_path):
     """A real `kill -9` of bitsub-train after task 1's checkpoint; the same command finishes."""

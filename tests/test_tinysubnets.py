@@ -578,3 +578,54 @@ def test_a_run_resumes_across_a_strategy_argument_added_at_its_default(tmp_path,
     assert "strategy_args.retrain_epochs (not recorded -> 1)" in capsys.readouterr().err
     assert train_main(args) == 0
     assert (tmp_path / "model.h5").read_bytes() == before
+
+
+def test_post_prune_first_retrains_what_post_pruning_kept():
+    """post_prune_first: post-pruning runs at prune time, before retraining; retraining moves
+    only the task's own positions of the post-pruned mask, that mask is the one stored (no second
+    post-pruning), the log keeps both accuracies, and earlier tasks stay bit-equal."""
+    scenario = digits_tasks(2)
+    strategy = TinySubNets(0.5, post_prune_iters=4, post_prune_step=0.25, post_prune_delta=1.0,
+                           kl_threshold=float("inf"), retrain_epochs=1, post_prune_first=True)
+    snaps = probe_forget_free(strategy)
+    seen = {}
+    prune, after_task = strategy.prune, strategy.after_task
+
+    def probed_prune(task, model, data, evaluate):
+        layers = model.masked_layers()
+        top = {n: la.score_mask().clone() for n, la in layers.items()}
+        prune(task, model, data, evaluate)
+        seen[task] = {"top": top,
+                      "mask": {n: la.task_mask(task).clone() for n, la in layers.items()},
+                      "weight": {n: la.weight.detach().clone() for n, la in layers.items()},
+                      "own": {n: torch.as_tensor(np.asarray(strategy._current(task).trainable[n]))
+                              for n in layers}}
+
+    def probed_after_task(task, model, data, evaluate):
+        s = seen[task]
+        s["moved"] = 0
+        for n, la in model.masked_layers().items():
+            moved = la.weight.detach() != s["weight"][n]
+            assert not (moved & ~(s["mask"][n] & s["own"][n])).any(), (task, n)
+            s["moved"] += int(moved.sum())
+        return after_task(task, model, data, evaluate)
+
+    strategy.prune, strategy.after_task = probed_prune, probed_after_task
+    torch.manual_seed(0)
+    model = mlp((64,), 10, 2, width=48)
+    res = Trainer(model, strategy, scenario, batch_size=32, lr=1e-2, progress=False,
+                  protocol=Protocol(patience=1, max_epochs=2, min_steps=0, decays=0)).run()
+    assert_states_unchanged(model, snaps)
+    assert res.bwt == 0.0
+    for task in (0, 1):
+        s, log = seen[task], strategy.log[task]
+        assert s["moved"] > 0  # the retraining phase ran
+        removed = 0
+        for n, la in model.masked_layers().items():
+            assert not (s["mask"][n] & ~s["top"][n]).any()  # post-pruning only removes
+            removed += int((s["top"][n] & ~s["mask"][n]).sum())
+            assert torch.equal(la.task_mask(task), s["mask"][n])  # stored as retrained
+        assert removed == log["post_pruned"] > 0
+        assert log["val_retrained"] is not None and log["val_post_pruned"] is not None
+    with pytest.raises(ValueError, match="post_prune_first=True needs retrain_epochs > 0"):
+        TinySubNets(post_prune_first=True)

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bitsub_torch.checks import is_user_error
 from bitsub_torch.cpukernels import pin_cpu_kernels
 
 __all__ = ["evaluate_mtl_file", "main", "markdown_table", "plot_sparsity"]
@@ -218,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results = run(args)
     except (FileNotFoundError, ValueError, TypeError) as exc:
+        if not is_user_error(exc):
+            raise
         print(f"bitsub-mtl: error: {exc}", file=sys.stderr)
         return 2
     sp = results["sparsity"]
