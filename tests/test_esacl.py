@@ -158,6 +158,10 @@ def test_example_stats_forgetting_support_and_drop():
     s2.update(np.array([0, 1]), np.array([True, True]), np.array([0.5, 0.9]))
     assert s2.support(np.array([0, 1, 2, 3]), 0.5).tolist() == [2, 3]
     assert s2.support(np.array([1, 0]), 0.5).tolist() == [0]
+    # minimum: at least that many (highest loss first), never more than the batch
+    assert s2.support(np.array([1, 0]), 0.5, minimum=2).tolist() == [0, 1]
+    assert s2.support(np.array([0, 1, 3]), 0.1, minimum=2).tolist() == [1, 2]
+    assert s2.support(np.array([3]), 0.5, minimum=2).tolist() == [0]
     # drop: learned, never forgotten; earliest learned first, then lower loss; cap floor(f n)
     assert s.drop(0.5) == 3
     assert np.flatnonzero(s.dropped).tolist() == [2, 3, 4]

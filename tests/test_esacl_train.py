@@ -170,6 +170,26 @@ def test_resume_on_a_conv_network_ends_with_the_same_model(tmp_path, monkeypatch
                                   "examples_processed"))
 
 
+def test_batchnorm_networks_never_train_on_a_batch_of_one():
+    """The sharpness step's support set keeps two examples on a BatchNorm network (250 training
+    images at batch 248 leave a last batch of two, whose half is one: torch refused it), and a
+    replay batch of one is refused before training with what to give instead."""
+    from test_norm_statistics import small_cnn, split_digit_images
+
+    sc = split_digit_images(2)
+    tr = RehearsalTrainer(small_cnn(num_tasks=1), get_strategy("esacl", buffer=30), sc, epochs=1,
+                          batch_size=248, seed=0, progress=False)
+    res = tr.run()
+    assert np.array(res["class_il"]["accuracy_matrix"]).shape == (2, 2)
+    for kw in ({"buffer": 1}, {"buffer": 30, "replay_batch": 1}):
+        with pytest.raises(ValueError, match="buffer 0 or >= 2 and replay_batch >= 2"):
+            RehearsalTrainer(small_cnn(num_tasks=1), get_strategy("er", **kw), sc,
+                             progress=False)
+    # a network without BatchNorm takes them
+    RehearsalTrainer(mlp((1, 8, 8), 4, 1, width=8), get_strategy("er", buffer=1), sc,
+                     progress=False)
+
+
 def test_task_il_file_refuses_setting(tmp_path, capsys):
     out = tmp_path / "t"
     assert train_main(["--strategy", "finetune", "--scenario", "splitdigits", "--epochs", "1",

@@ -202,13 +202,14 @@ class ExampleStats:
         self.loss[idx] = np.asarray(loss, dtype=np.float64)
         self.step += 1
 
-    def support(self, idx: np.ndarray, fraction: float) -> np.ndarray:
+    def support(self, idx: np.ndarray, fraction: float, minimum: int = 1) -> np.ndarray:
         """Positions in the batch ``idx`` of its ``ceil(fraction * len)`` support examples.
 
+        At least ``minimum`` of them (a network with BatchNorm needs two), at most the batch.
         Highest recorded loss first (never-evaluated examples count as infinite loss; ties:
         earlier batch position), returned in batch order.
         """
-        count = min(len(idx), max(1, math.ceil(fraction * len(idx))))
+        count = min(len(idx), max(minimum, math.ceil(fraction * len(idx))))
         order = np.argsort(-self.loss[np.asarray(idx, dtype=np.int64)], kind="stable")
         return np.sort(order[:count])
 

@@ -174,6 +174,10 @@ class RehearsalTrainer:
                                       model.num_classes)
         self.layer_macs, self.head_macs = _layer_macs(self.model, tuple(scenario.input_shape))
         self._has_norms = bool(norm_statistics.task_batchnorms(self.model, 0))
+        if self._has_norms and 1 in (strategy.buffer, getattr(strategy, "replay_batch", None)):
+            raise ValueError("a network with BatchNorm trains on batches of two or more: give "
+                             "buffer 0 or >= 2 and replay_batch >= 2 (a batch of one has no "
+                             "batch statistics)")
         self.counters = {"flops": 0.0, "flops_dense": 0.0, "examples": 0, "retrain_epochs": 0,
                          "dropped": []}
         self.opt_bytes = 0
@@ -277,8 +281,9 @@ class RehearsalTrainer:
 
         perturb = None
         if getattr(s, "sam", False):
-            sel = (stats.support(idx, s.support_fraction) if stats is not None and s.sse
-                   else np.arange(len(idx)))
+            # BatchNorm needs two examples a batch; a network without keeps the paper's count
+            sel = (stats.support(idx, s.support_fraction, minimum=2 if self._has_norms else 1)
+                   if stats is not None and s.sse else np.arange(len(idx)))
             sel_t = torch.from_numpy(sel)
             for o in opts:
                 o.zero_grad(set_to_none=True)
