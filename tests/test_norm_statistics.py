@@ -279,3 +279,15 @@ def test_the_one_model_trainer_without_batchnorm_records_no_statistics_setting()
     trainer = RehearsalTrainer(mlp(sc.input_shape, 4, 1, width=8), get_strategy("er", buffer=10),
                                sc, epochs=1, progress=False)
     assert "norm_statistics" not in trainer.config()
+
+
+def test_the_trainer_refuses_a_batch_of_one_on_a_batchnorm_network():
+    from bitsub_torch.cl.strategies import get_strategy
+    from bitsub_torch.cl.trainer import Trainer
+    from bitsub_torch.nn.models import mlp
+
+    sc = split_digit_images(2)
+    with pytest.raises(ValueError, match="give batch_size >= 2"):
+        Trainer(small_cnn(), get_strategy("wsn"), sc, batch_size=1, epochs=1, progress=False)
+    Trainer(mlp((1, 8, 8), 2, 2, width=8), get_strategy("wsn"), sc, batch_size=1, epochs=1,
+            progress=False)  # without BatchNorm a batch of one trains

@@ -348,6 +348,9 @@ class Trainer:
         # the model as built: its state grows with the tasks (coded masks, stored values, scores)
         self._shapes = {k: list(v.shape) for k, v in self.model.state_dict().items()}
         self._has_norms = bool(norm_statistics.task_batchnorms(self.model, 0))
+        if self._has_norms and batch_size < 2:
+            raise ValueError("a network with BatchNorm trains on batches of two or more: give "
+                             "batch_size >= 2 (a batch of one has no batch statistics)")
         self._training: int | None = None  # the task in training, while its hooks run
         self.workers = workers
         self.pin_memory = bool(pin_memory)
