@@ -157,8 +157,8 @@ def _train_parser() -> argparse.ArgumentParser:
                    "model's own; 1 is the full network)")
     p.add_argument("--strategy-args", default="{}",
                    help='JSON keyword arguments of the strategy, e.g. \'{"density": 0.3}\' '
-                   '(tinysubnets\' post_prune_iters defaults to the scenario\'s: 20 on '
-                   'pfmnist, 0 elsewhere)')
+                   '(tinysubnets\' post_prune_iters, retrain_epochs and post_prune_first '
+                   'default to the scenario\'s: 20, 1, true on pfmnist, 0, 0, false elsewhere)')
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: for the small MLPs of these scenarios, 2 "

@@ -591,8 +591,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--strategy-args", default="{}",
                    help='JSON: per strategy name, arguments replacing the defaults, e.g. '
-                   '\'{"tinysubnets": {"density": 0.15}}\' (tinysubnets\' post_prune_iters '
-                   'defaults to the scenario\'s: 20 on pfmnist, 0 elsewhere)')
+                   '\'{"tinysubnets": {"density": 0.15}}\' (tinysubnets\' post_prune_iters, '
+                   'retrain_epochs and post_prune_first default to the scenario\'s: 20, 1, true '
+                   'on pfmnist, 0, 0, false elsewhere)')
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true", help="progress bars")
     p.add_argument("--no-train", action="store_true",

@@ -214,20 +214,27 @@ def test_train_criterion_bounds_the_training_accuracy_drop_and_leaves_val_alone(
 
 
 def test_scenario_defaults_fill_only_what_is_left_at_none():
-    assert SCENARIO_DEFAULTS == {"pfmnist": {"post_prune_iters": 20}}
+    assert SCENARIO_DEFAULTS == {
+        "pfmnist": {"post_prune_iters": 20, "retrain_epochs": 1, "post_prune_first": True}}
     model = mlp((64,), 10, 1, width=16)
-    for name, iters in (("pfmnist", 20), ("pmnist5k", 0), ("pdigits", 0)):
+    keys = ("quant_criterion", "post_prune_iters", "retrain", "post_prune_first")
+    for name, resolved in (("pfmnist", ("agreement", 20, 1, True)),
+                           ("pmnist5k", ("agreement", 0, 0, False)),
+                           ("pdigits", ("agreement", 0, 0, False))):
         scenario = digits_tasks(1)
         scenario.name = name
         strategy = TinySubNets(0.5)
-        assert strategy.quant_criterion is None and strategy.post_prune_iters is None
+        assert all(getattr(strategy, k) is None for k in keys)
+        assert strategy.retrain_epochs(0) == 0  # before setup: no retraining phase
         strategy.setup(model, scenario)
-        assert (strategy.quant_criterion, strategy.post_prune_iters) == ("agreement", iters)
+        assert tuple(getattr(strategy, k) for k in keys) == resolved
+        assert strategy.retrain_epochs(0) == resolved[2]
         settings = strategy.state_dict()["settings"]
-        assert (settings["quant_criterion"], settings["post_prune_iters"]) == ("agreement", iters)
+        assert tuple(settings[k] for k in keys) == resolved
         restored = TinySubNets(0.5)
         restored.load_state_dict(strategy.state_dict())
-        assert (restored.quant_criterion, restored.post_prune_iters) == ("agreement", iters)
+        assert tuple(getattr(restored, k) for k in keys) == resolved
+        assert restored.retrain_epochs(0) == resolved[2]
         for chosen in CRITERIA:
             for explicit_iters in (0, 3):
                 explicit = TinySubNets(0.5, quant_criterion=chosen,
@@ -235,6 +242,19 @@ def test_scenario_defaults_fill_only_what_is_left_at_none():
                 explicit.setup(model, scenario)
                 assert (explicit.quant_criterion, explicit.post_prune_iters) == (
                     chosen, explicit_iters)
+        # retrain_epochs 0 given: no retraining, so post-pruning stays after training
+        off = TinySubNets(0.5, retrain_epochs=0)
+        off.setup(model, scenario)
+        assert (off.retrain, off.post_prune_first) == (0, False)
+        for kw, want in (({"retrain_epochs": 2}, (2, resolved[3])),
+                         ({"retrain_epochs": 1, "post_prune_first": False}, (1, False)),
+                         ({"retrain_epochs": 1, "post_prune_first": True}, (1, True))):
+            given = TinySubNets(0.5, **kw)
+            given.setup(model, scenario)
+            assert (given.retrain, given.post_prune_first) == want
+    for kw in ({"post_prune_first": True}, {"post_prune_first": True, "retrain_epochs": 0}):
+        with pytest.raises(ValueError, match="needs retrain_epochs > 0 given with it"):
+            TinySubNets(**kw)
 
 
 def test_val_criterion_scores_the_search_on_the_validation_split():
@@ -554,7 +574,6 @@ def test_retraining_trains_the_fixed_mask_only_and_stays_forget_free():
             assert torch.equal(s["mask"][n], s["top"][n])
             assert torch.equal(la.task_mask(task), s["mask"][n])  # no post-pruning: kept
     assert strategy.arguments()["retrain_epochs"] == 1
-    assert TinySubNets().retrain_epochs(0) == 0
 
 
 def test_a_run_resumes_across_a_strategy_argument_added_at_its_default(tmp_path, capsys):
@@ -627,5 +646,3 @@ def test_post_prune_first_retrains_what_post_pruning_kept():
             assert torch.equal(la.task_mask(task), s["mask"][n])  # stored as retrained
         assert removed == log["post_pruned"] > 0
         assert log["val_retrained"] is not None and log["val_post_pruned"] is not None
-    with pytest.raises(ValueError, match="post_prune_first=True needs retrain_epochs > 0"):
-        TinySubNets(post_prune_first=True)
