@@ -528,11 +528,12 @@ def test_cli_run_is_forget_free_and_the_file_reproduces_it(tmp_path, name, args,
     assert report["capacity"]["percent"] < 100
 
 
-def test_retraining_trains_the_fixed_mask_only_and_stays_forget_free():
-    """retrain_epochs: the mask is fixed at prune time (the top-k of the scores) and kept; the
-    retraining phase moves only the task's own positions in it; earlier tasks stay bit-equal."""
+def _run_probing_retraining(strategy):
+    """Train 2 digits tasks with ``strategy`` under the protocol, recording at prune time each
+    task's top-k mask, the mask set, the weights, scores and own positions, and at after_task
+    how many weights the retraining moved (asserting none outside the own positions of the mask
+    set at prune time). Returns ``(seen, model, result)``; earlier tasks are checked bit-equal."""
     scenario = digits_tasks(2)
-    strategy = TinySubNets(0.5, post_prune_iters=0, kl_threshold=float("inf"), retrain_epochs=1)
     snaps = probe_forget_free(strategy)
     seen = {}
     prune, after_task = strategy.prune, strategy.after_task
@@ -550,11 +551,11 @@ def test_retraining_trains_the_fixed_mask_only_and_stays_forget_free():
 
     def probed_after_task(task, model, data, evaluate):
         s = seen[task]
+        s["moved"] = 0
         for n, la in model.masked_layers().items():
             moved = la.weight.detach() != s["weight"][n]
             assert not (moved & ~(s["mask"][n] & s["own"][n])).any(), (task, n)
             assert torch.equal(la.scores.detach(), s["scores"][n])  # no score trains
-            s.setdefault("moved", 0)
             s["moved"] += int(moved.sum())
         return after_task(task, model, data, evaluate)
 
@@ -568,8 +569,17 @@ def test_retraining_trains_the_fixed_mask_only_and_stays_forget_free():
     assert_states_unchanged(model, snaps)
     assert res.bwt == 0.0
     for task in (0, 1):
+        assert seen[task]["moved"] > 0  # the retraining phase ran
+    return seen, model, res
+
+
+def test_retraining_trains_the_fixed_mask_only_and_stays_forget_free():
+    """retrain_epochs: the mask is fixed at prune time (the top-k of the scores) and kept; the
+    retraining phase moves only the task's own positions in it; earlier tasks stay bit-equal."""
+    strategy = TinySubNets(0.5, post_prune_iters=0, kl_threshold=float("inf"), retrain_epochs=1)
+    seen, model, _ = _run_probing_retraining(strategy)
+    for task in (0, 1):
         s = seen[task]
-        assert s["moved"] > 0  # the retraining phase ran
         for n, la in model.masked_layers().items():
             assert torch.equal(s["mask"][n], s["top"][n])
             assert torch.equal(la.task_mask(task), s["mask"][n])  # no post-pruning: kept
@@ -603,42 +613,11 @@ def test_post_prune_first_retrains_what_post_pruning_kept():
     """post_prune_first: post-pruning runs at prune time, before retraining; retraining moves
     only the task's own positions of the post-pruned mask, that mask is the one stored (no second
     post-pruning), the log keeps both accuracies, and earlier tasks stay bit-equal."""
-    scenario = digits_tasks(2)
     strategy = TinySubNets(0.5, post_prune_iters=4, post_prune_step=0.25, post_prune_delta=1.0,
                            kl_threshold=float("inf"), retrain_epochs=1, post_prune_first=True)
-    snaps = probe_forget_free(strategy)
-    seen = {}
-    prune, after_task = strategy.prune, strategy.after_task
-
-    def probed_prune(task, model, data, evaluate):
-        layers = model.masked_layers()
-        top = {n: la.score_mask().clone() for n, la in layers.items()}
-        prune(task, model, data, evaluate)
-        seen[task] = {"top": top,
-                      "mask": {n: la.task_mask(task).clone() for n, la in layers.items()},
-                      "weight": {n: la.weight.detach().clone() for n, la in layers.items()},
-                      "own": {n: torch.as_tensor(np.asarray(strategy._current(task).trainable[n]))
-                              for n in layers}}
-
-    def probed_after_task(task, model, data, evaluate):
-        s = seen[task]
-        s["moved"] = 0
-        for n, la in model.masked_layers().items():
-            moved = la.weight.detach() != s["weight"][n]
-            assert not (moved & ~(s["mask"][n] & s["own"][n])).any(), (task, n)
-            s["moved"] += int(moved.sum())
-        return after_task(task, model, data, evaluate)
-
-    strategy.prune, strategy.after_task = probed_prune, probed_after_task
-    torch.manual_seed(0)
-    model = mlp((64,), 10, 2, width=48)
-    res = Trainer(model, strategy, scenario, batch_size=32, lr=1e-2, progress=False,
-                  protocol=Protocol(patience=1, max_epochs=2, min_steps=0, decays=0)).run()
-    assert_states_unchanged(model, snaps)
-    assert res.bwt == 0.0
+    seen, model, _ = _run_probing_retraining(strategy)
     for task in (0, 1):
         s, log = seen[task], strategy.log[task]
-        assert s["moved"] > 0  # the retraining phase ran
         removed = 0
         for n, la in model.masked_layers().items():
             assert not (s["mask"][n] & ~s["top"][n]).any()  # post-pruning only removes
