@@ -64,9 +64,9 @@ from typing import Any
 import numpy as np
 
 from bitsub.atomic import write_bytes
+from bitsub_torch.checks import is_user_error
 from bitsub_torch.cl.independent import Independent
 from bitsub_torch.cl.strategies.wsn import WSN
-from bitsub_torch.checks import is_user_error
 from bitsub_torch.cpukernels import pin_cpu_kernels
 
 __all__ = [
