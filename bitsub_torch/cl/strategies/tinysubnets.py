@@ -26,8 +26,8 @@ Per task t:
    quantized sub-network keeps (labels unused; the validation split stays untouched by the search
    and measures what quantization cost), ``"train"`` the accuracy on the same training images
    against the unquantized sub-network's, ``"val"`` the paper's validation accuracy against the
-   post-pruned model's. The codes are stored; t reads exactly those values from now on, and later
-   tasks reuse them frozen.
+   post-pruned model's (retrained after post-pruning, with ``post_prune_first``). The codes are
+   stored; t reads exactly those values from now on, and later tasks reuse them frozen.
 
 Masks are Huffman-coded by the engine at export (``bitsub.encode_mask``); :meth:`mask_bits`
 reports the size of t's mask coded in the context of its bank's earlier masks.
