@@ -26,8 +26,8 @@ Accounting (all in the results):
 BatchNorm (the reduced AlexNet of the image scenarios): once a task's training (and pruning,
 retraining) is over, the running statistics are gathered again with dropout off
 (`bitsub_torch.nn.norm_statistics`) over the replay buffer, a reservoir sample of every example
-seen so far and so of every class the class-IL test asks about (with fewer than two examples in
-the buffer, over `bitsub_torch.cl.trainer.NORM_IMAGES` of the task's own training images).
+seen so far and so of every class the class-IL test asks about (with an empty buffer, over the
+task's own training images, sampled as `bitsub_torch.cl.trainer.norm_sample` samples them).
 Training's moving average is of the last task's batches, taken through dropout: on
 ``splitfmnist2d`` (EsaCL, seed 0, buffer 500) the final model's class-IL validation accuracy
 read 52.55% with it and 77.40% with the buffer's statistics (README). Models without BatchNorm
@@ -59,14 +59,13 @@ from bitsub.atomic import atomic_path
 from bitsub_torch.cl import metrics
 from bitsub_torch.cl.esacl import SFW, ExampleStats, magnitude_mask, sam_radius, top_k_mask
 from bitsub_torch.cl.replay import ReservoirBuffer
-from bitsub_torch.cl.trainer import NORM_IMAGES
+from bitsub_torch.cl.trainer import norm_sample
 from bitsub_torch.nn import norm_statistics
 
 __all__ = ["RehearsalTrainer", "class_ranges"]
 
 _CKPT = re.compile(r"^task_(\d{3,})\.pt$")
 _OPTIMIZERS = ("adam", "adamw", "sgd")
-_NORM_SAMPLE = 1 << 20  # seed stream of the task's images a statistics gather falls back to
 
 
 def class_ranges(scenario: Any) -> tuple[list[tuple[int, ...]], list[int]]:
@@ -405,18 +404,18 @@ class RehearsalTrainer:
     def gather_norms(self, task: int) -> None:
         """Gather the BatchNorm statistics again for the network as it is after task ``task``.
 
-        Over the replay buffer (every class seen so far), dropout off; with fewer than two
-        examples in it, over `NORM_IMAGES` of the task's training images (a seeded sample).
+        Over the replay buffer (every class seen so far), dropout off; with an empty buffer
+        (``buffer`` 0), over the task's training images of `bitsub_torch.cl.trainer.norm_sample`.
         Nothing happens for a model without BatchNorm.
         """
         if not self._has_norms:
             return
-        if len(self.buffer) >= 2:
+        # a buffer of 1 is refused on these networks, and each step adds a batch of >= 2
+        if len(self.buffer):
             x, rows = self.buffer.x[: len(self.buffer)].numpy(), None
         else:
             x = self.scenario.tasks[task].x_train
-            rows = np.sort(np.random.default_rng((self.seed, task, _NORM_SAMPLE))
-                           .permutation(len(x))[:NORM_IMAGES])
+            rows = norm_sample(len(x), self.seed, task)
         norm_statistics.gather(self.model, x, 0, batch_size=self.batch_size, rows=rows)
         self._count(len(x) if rows is None else len(rows), passes=1.0)
 

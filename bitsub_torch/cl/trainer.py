@@ -64,7 +64,8 @@ from bitsub_torch.cl.strategies.base import Strategy
 from bitsub_torch.data.streaming import TaskDataset, batch_loader
 from bitsub_torch.nn import norm_statistics
 
-__all__ = ["Results", "Trainer", "added_arguments", "config_differences"]
+__all__ = ["NORM_IMAGES", "Results", "Trainer", "added_arguments", "config_differences",
+           "norm_sample"]
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
 _CKPT = re.compile(r"^task_(\d{3,})\.pt$")
@@ -74,6 +75,14 @@ _NORM_SAMPLE = 1 << 20  # the seed stream of the statistics' sample (training or
 # accuracy is that of a pass over all 10,800 images to within 0.08 point (README, "CNN rows,
 # 3 seeds, after the fix").
 NORM_IMAGES = 2048
+
+
+def norm_sample(n: int, seed: int, task: int) -> np.ndarray:
+    """Rows of task ``task``'s training images its BatchNorm statistics are gathered over.
+
+    `NORM_IMAGES` of its ``n`` images (all, if fewer), sorted: the same seeded sample every time.
+    """
+    return np.sort(np.random.default_rng((seed, task, _NORM_SAMPLE)).permutation(n)[:NORM_IMAGES])
 
 
 @dataclass
@@ -414,11 +423,10 @@ class Trainer:
         """
         if not self._has_norms:
             return
-        n = len(self.scenario.tasks[task].y_train)
-        rows = np.sort(np.random.default_rng((self.seed, task, _NORM_SAMPLE)).permutation(n)
-                       [:NORM_IMAGES])
+        rows = norm_sample(len(self.scenario.tasks[task].y_train), self.seed, task)
+        # batch_size >= 2 on a network with BatchNorm (checked at construction)
         norm_statistics.gather(self.model, self.scenario.tasks[task].x_train, task,
-                               batch_size=max(2, self.batch_size), rows=rows)
+                               batch_size=self.batch_size, rows=rows)
 
     def _evaluate_training(self, model: nn.Module, task: int, split: str = "val") -> float:
         """`evaluate` for the strategy's hooks: the task being trained gets its statistics first."""
